@@ -1,0 +1,3 @@
+//! The sender's stages: source (WAV, raw, stdin, ALSA capture) → convert
+//! (rate, channels) → packetize (RTP or headerless) → pace (absolute
+//! deadline on the monotonic clock) → socket; and the SDP description.
