@@ -3,7 +3,9 @@
 //!
 //! net (socket, source filter) → rtp (header) → packet (slot, SPSC queue)
 //! → codec (L16, G.711) → jitter (jitter buffer) → conceal (loss hiding)
-//! → stretch / resample (delay and clock following, rate conversion)
+//! → stretch / resample (delay and clock following, rate conversion; the
+//! targets come from delay, the playout delay estimator, and drift, the
+//! delay controller)
 //! → playout (the realtime loop) → alsa_out (device, recovery).
 //!
 //! Around it: stats (counters, the statistics line), service (logging,
@@ -15,6 +17,8 @@ pub mod cli;
 pub mod clock;
 pub mod codec;
 pub mod conceal;
+pub mod delay;
+pub mod drift;
 pub mod format;
 pub mod jitter;
 pub mod net;
