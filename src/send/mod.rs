@@ -1,3 +1,8 @@
 //! The sender's stages: source (WAV, raw, stdin, ALSA capture) → convert
 //! (rate, channels) → packetize (RTP or headerless) → pace (absolute
 //! deadline on the monotonic clock) → socket; and the SDP description.
+
+pub mod pace;
+pub mod packetize;
+pub mod source;
+pub mod wav;
