@@ -1495,4 +1495,146 @@ mod tests {
         assert_eq!(jb.state(), StreamState::NoStream);
         assert_eq!(jb.metrics().unsupported, 1);
     }
+
+    /// xorshift64*: a seeded generator, so failures replay exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn percent(&mut self, p: u64) -> bool {
+            self.below(100) < p
+        }
+    }
+
+    #[test]
+    fn random_impairments_keep_invariants() {
+        let mut totals = JitterMetrics::default();
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let sequential = seed % 5 == 0;
+            let mut jb = buffer();
+            let mut format = if sequential {
+                StreamFormat::TUTORIAL
+            } else {
+                l16(8000, 1)
+            };
+            let mut ssrc = if sequential { 0 } else { 1 };
+            let mut seq = rng.next() as u16;
+            let mut ts = rng.next() as u32;
+            let mut in_flight: Vec<(u64, Packet)> = Vec::new();
+            let mut pause_until = 0;
+            for step in 0..1500u64 {
+                let now = step * 10 * MS;
+                if step % 2 == 0 && now >= pause_until {
+                    if rng.percent(1) {
+                        pause_until = now + rng.below(800) * MS;
+                    }
+                    if !sequential && rng.percent(1) {
+                        ssrc = rng.next() as u32;
+                        format = if rng.percent(50) {
+                            l16(16_000, 2)
+                        } else {
+                            l16(8000, 1)
+                        };
+                    }
+                    let mut marker = false;
+                    if !sequential && rng.percent(2) {
+                        ts = ts.wrapping_add(rng.below(20_000) as u32);
+                        marker = rng.percent(50);
+                    }
+                    if !sequential && rng.percent(1) {
+                        ts = ts.wrapping_sub(rng.below(100_000) as u32);
+                    }
+                    let frames = format.frames_for_ms(20);
+                    let mut p = packet(format, ssrc, seq, ts, frames, 0);
+                    p.marker = marker;
+                    p.sequential = sequential;
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(frames as u32);
+                    if !rng.percent(10) {
+                        let copies = if rng.percent(5) { 2 } else { 1 };
+                        for _ in 0..copies {
+                            let delay = if rng.percent(3) {
+                                rng.below(300)
+                            } else {
+                                rng.below(80)
+                            };
+                            in_flight.push((now + delay * MS, p.clone()));
+                        }
+                    }
+                }
+                in_flight.sort_by_key(|(t, _)| *t);
+                let due = in_flight.iter().take_while(|(t, _)| *t <= now).count();
+                for (t, mut p) in in_flight.drain(..due) {
+                    p.arrival_ns = t;
+                    jb.push(&p);
+                    let rate = jb.format().map_or(8000, |f| f.rate);
+                    let max_delay = frames_for_ms(rate, 200);
+                    assert!(jb.depth_frames() <= max_delay, "seed {seed} step {step}");
+                    assert!(jb.depth_frames() <= jb.capacity_frames());
+                }
+                let channels = jb.format().map_or(1, |f| f.channels as usize);
+                let wanted = 1 + rng.below(jb.format().map_or(80, |f| f.rate as u64 / 50)) as usize;
+                let mut out = vec![i16::MIN; wanted * channels];
+                let cursor = jb.cursor();
+                let ts_at_cursor = cursor_ts(&jb);
+                let status = jb.read(&mut out, now);
+                let n = status.frames();
+                assert!(
+                    (1..=wanted).contains(&n),
+                    "seed {seed} step {step}: {status:?} of {wanted}"
+                );
+                if jb.state() == StreamState::Playing {
+                    assert_eq!(jb.cursor(), cursor + n as u64, "seed {seed} step {step}");
+                } else {
+                    assert!(matches!(status, ReadStatus::Idle(_)));
+                    assert_eq!(jb.cursor(), cursor, "seed {seed} step {step}");
+                }
+                if let (ReadStatus::Audio(n), false) = (status, sequential) {
+                    assert_eq!(
+                        out[..n * channels],
+                        expected(ts_at_cursor, n, channels)[..],
+                        "seed {seed} step {step}"
+                    );
+                }
+            }
+            let m = jb.metrics();
+            assert!(m.audio_frames > 0, "seed {seed}: nothing played");
+            totals.late += m.late;
+            totals.reordered += m.reordered;
+            totals.duplicates += m.duplicates;
+            totals.lost += m.lost;
+            totals.overflow += m.overflow;
+            totals.resyncs += m.resyncs;
+            totals.new_streams += m.new_streams;
+            totals.stream_lost += m.stream_lost;
+            totals.talkspurts += m.talkspurts;
+            totals.underruns += m.underruns;
+        }
+        // The impairments reached every policy.
+        for (name, count) in [
+            ("late", totals.late),
+            ("reordered", totals.reordered),
+            ("duplicates", totals.duplicates),
+            ("lost", totals.lost),
+            ("overflow", totals.overflow),
+            ("resyncs", totals.resyncs),
+            ("new_streams", totals.new_streams),
+            ("stream_lost", totals.stream_lost),
+            ("talkspurts", totals.talkspurts),
+            ("underruns", totals.underruns),
+        ] {
+            assert!(count > 0, "no {name} in any seed");
+        }
+    }
 }
