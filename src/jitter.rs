@@ -363,8 +363,13 @@ impl JitterBuffer {
             self.metrics.new_streams += 1;
             self.set_stream(packet);
             self.anchor(packet);
-        } else if matches!(self.state, StreamState::NoStream | StreamState::Lost) {
-            self.anchor(packet);
+        } else {
+            // A pause longer than the stream-lost timeout that no read saw
+            // (the process was stopped) is a lost stream all the same.
+            self.check_lost(packet.arrival_ns);
+            if matches!(self.state, StreamState::NoStream | StreamState::Lost) {
+                self.anchor(packet);
+            }
         }
         let outcome = if packet.sequential {
             self.push_sequential(packet)
@@ -1367,6 +1372,25 @@ mod tests {
             (m.stream_lost, m.new_streams, m.lost, m.resyncs),
             (1, 1, 0, 0)
         );
+    }
+
+    #[test]
+    fn pause_unseen_by_reads_restarts_prebuffer() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 10); // last packet at 180 ms
+                                      // The receiver was stopped for 2 s: the next packets arrive (and are
+                                      // pushed) before any read notices the pause.
+        let resume = 2180 * MS;
+        let p = |k: u32| packet(l16(8000, 1), 1, 10 + k as u16, (10 + k) * 160, 160, resume);
+        assert_eq!(jb.push(&p(0)), PushOutcome::Stored);
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(jb.metrics().stream_lost, 1);
+        jb.push(&p(1));
+        jb.push(&p(2));
+        let (status, samples) = read(&mut jb, 160, resume);
+        assert_eq!(status, ReadStatus::Audio(160));
+        assert_eq!(samples, expected(1600, 160, 1));
+        assert_eq!(jb.metrics().resyncs, 0);
     }
 
     #[test]
