@@ -90,7 +90,7 @@ pub(crate) enum Search {
 
 /// Normalised cross-correlation of `x[a..a+len]` and `x[b..b+len]`;
 /// 0 when either is silent. Callers keep the ranges inside `x`.
-fn ncc(x: &[f32], a: usize, b: usize, len: usize) -> f32 {
+pub(crate) fn ncc(x: &[f32], a: usize, b: usize, len: usize) -> f32 {
     let (Some(p), Some(q)) = (x.get(a..a + len), x.get(b..b + len)) else {
         return 0.0;
     };
@@ -381,7 +381,7 @@ impl Concealer {
             *m = f.iter().sum::<f32>() / ch as f32;
         }
         let (mut seg, mut ov) = (0, 0);
-        if n >= win + min_p + 1 {
+        if n > win + min_p {
             let max_lag = max_p.min(n - win - 1);
             let d = (self.rate / SEARCH_RATE).max(1) as usize;
             let (lag, score) = find_period(
