@@ -7,7 +7,9 @@
 //! pitch period is estimated from the recent history (normalised
 //! autocorrelation over 2.5–15 ms on a mono mix) and the last period is
 //! repeated, with an overlap-add at every loop join and a decaying offset at
-//! the gap start so the waveform stays continuous. The repetition fades
+//! the gap start so the waveform stays continuous. It starts at the level
+//! at which the history predicted itself (the normalised correlation at the
+//! period; half level for noise-like history) and fades
 //! linearly to zero over 60 ms from the start of the gap, then exact zeros
 //! (comfort silence). Noisy history (no clear period) repeats a longer
 //! segment with a longer overlap, which is heard as faded noise, not a buzz.
@@ -21,7 +23,7 @@ use core::fmt;
 const MIN_PERIOD_US: u32 = 2_500;
 const MAX_PERIOD_US: u32 = 15_000;
 /// Length of the history compared against its lagged copy.
-const CORR_WINDOW_US: u32 = 15_000;
+const CORR_WINDOW_US: u32 = 10_000;
 /// History kept: correlation window plus the longest lag, with margin.
 const HISTORY_US: u32 = 40_000;
 /// The fade from full level to silence, from the start of the gap.
@@ -32,6 +34,9 @@ const UNVOICED_SEGMENT_US: u32 = 20_000;
 const UNVOICED_OVERLAP_US: u32 = 5_000;
 /// Normalised correlation below which the history counts as unvoiced.
 const VOICED_THRESHOLD: f32 = 0.5;
+/// Starting level of a repeated noise-like segment: it does not predict
+/// the lost waveform, so it stays well under the history's level.
+const UNVOICED_LEVEL: f32 = 0.5;
 /// Cross-fade from the concealment into returning audio.
 const MERGE_US: u32 = 5_000;
 /// The pitch search runs on a mono mix decimated to about this rate, then
@@ -218,6 +223,9 @@ pub struct Concealer {
     fade_len: usize,
     /// Pitch period (frames) found at the last gap start; 0 if unvoiced.
     period: usize,
+    /// Starting level of the repetition: how well the history predicts
+    /// itself one period on (see `start_gap`).
+    level: f32,
     metrics: ConcealMetrics,
 }
 
@@ -254,6 +262,7 @@ impl Concealer {
             merge_len: 1,
             fade_len: 1,
             period: 0,
+            level: 1.0,
             metrics: ConcealMetrics::default(),
         };
         c.set_format(max_channels, max_rate);
@@ -381,6 +390,7 @@ impl Concealer {
             *m = f.iter().sum::<f32>() / ch as f32;
         }
         let (mut seg, mut ov) = (0, 0);
+        self.level = UNVOICED_LEVEL;
         if n > win + min_p {
             let max_lag = max_p.min(n - win - 1);
             let d = (self.rate / SEARCH_RATE).max(1) as usize;
@@ -395,6 +405,11 @@ impl Concealer {
             );
             if score >= VOICED_THRESHOLD {
                 self.period = lag;
+                // The repetition predicts the lost audio only as well as the
+                // history predicted itself; scaling by that correlation is
+                // the least-squares gain (NetEQ's expand mutes weakly
+                // voiced audio faster for the same reason).
+                self.level = score.min(1.0);
                 seg = lag;
                 ov = (lag / 4).max(1);
             }
@@ -435,7 +450,8 @@ impl Concealer {
         // let it decay, so the first concealed frame steps as the signal does.
         self.offset_len = ov.max(frames_for(self.rate, 1_000));
         for c in 0..ch {
-            self.offset[c] = self.hist[(n - 1) * ch + c] - self.hist[(base - 1) * ch + c];
+            self.offset[c] =
+                self.hist[(n - 1) * ch + c] - self.level * self.hist[(base - 1) * ch + c];
         }
     }
 
@@ -446,7 +462,7 @@ impl Concealer {
             out.fill(0.0);
             return;
         }
-        let gain = 1.0 - self.gap_pos as f32 / self.fade_len as f32;
+        let gain = self.level * (1.0 - self.gap_pos as f32 / self.fade_len as f32);
         let off = if self.gap_pos < self.offset_len {
             1.0 - self.gap_pos as f32 / self.offset_len as f32
         } else {
