@@ -352,6 +352,10 @@ const RESUME_RETRIES: u32 = 20;
 const RESUME_RETRY_MS: u64 = 50;
 /// No progress for this long means the device (or its server) hangs.
 const STALL_TIMEOUT_MIN_MS: u64 = 1000;
+/// Until a started stream has been seen consuming, allow longer: a
+/// PulseAudio null sink was seen taking over a second to start playing a
+/// new stream on a loaded machine.
+const START_STALL_TIMEOUT_MS: u64 = 5000;
 
 /// An open playback device with its conversion buffer.
 pub struct AlsaOut {
@@ -364,6 +368,12 @@ pub struct AlsaOut {
     /// How long `write` waits without progress before declaring the device
     /// lost, in ms.
     stall_timeout_ms: u64,
+    /// Longest single `snd_pcm_wait`: two periods. The PulseAudio plugin's
+    /// poll descriptor does not always wake when room appears (its pointer
+    /// moves only when asked), so we look again at least this often.
+    wait_slice_ms: u64,
+    /// The device has freed room since it was opened or last prepared.
+    consuming: bool,
 }
 
 impl fmt::Debug for AlsaOut {
@@ -558,6 +568,8 @@ impl AlsaOut {
             bytes_per_frame,
             start_threshold,
             stall_timeout_ms: STALL_TIMEOUT_MIN_MS.max(2 * buffer_ms),
+            consuming: false,
+            wait_slice_ms: (2 * period_frames as u64 * 1000 / u64::from(rate.max(1))).clamp(1, 100),
             negotiated,
         })
     }
@@ -584,6 +596,7 @@ impl AlsaOut {
         let mut underruns = 0u32;
         let mut done = 0usize;
         let mut last_progress_ns = monotonic_ns();
+        let mut waited = false;
         while done < frames {
             if state_of(&self.pcm) == Some(State::Disconnected) {
                 return Err(self.lost("write", libc_errno::ENODEV));
@@ -597,7 +610,20 @@ impl AlsaOut {
                 Ok(0) => {}
                 Ok(n) => {
                     done += n;
-                    last_progress_ns = monotonic_ns();
+                    let now = monotonic_ns();
+                    if waited {
+                        // Room appeared after a wait: the device consumes.
+                        if !self.consuming {
+                            log::debug!(
+                                "alsa_out: '{}' consuming after {} ms",
+                                self.negotiated.device,
+                                now.saturating_sub(last_progress_ns) / 1_000_000
+                            );
+                        }
+                        self.consuming = true;
+                    }
+                    waited = false;
+                    last_progress_ns = now;
                     continue;
                 }
                 Err(e) => match e.errno() {
@@ -610,6 +636,7 @@ impl AlsaOut {
                         self.pcm
                             .prepare()
                             .map_err(|e| self.lost("prepare after underrun", e.errno()))?;
+                        self.consuming = false;
                         if outcome == WriteOutcome::Written {
                             outcome = WriteOutcome::Underrun;
                         }
@@ -618,6 +645,7 @@ impl AlsaOut {
                     }
                     libc_errno::ESTRPIPE => {
                         self.resume()?;
+                        self.consuming = false;
                         outcome = WriteOutcome::Resumed;
                         last_progress_ns = monotonic_ns();
                         continue;
@@ -626,11 +654,17 @@ impl AlsaOut {
                 },
             }
             // Nothing fits now: wait for room, bounded.
+            let stall_timeout_ms = if self.consuming {
+                self.stall_timeout_ms
+            } else {
+                START_STALL_TIMEOUT_MS
+            };
             let waited_ms = monotonic_ns().saturating_sub(last_progress_ns) / 1_000_000;
-            if waited_ms >= self.stall_timeout_ms {
+            if waited_ms >= stall_timeout_ms {
                 return Err(self.lost("write (no progress)", libc_errno::ETIMEDOUT));
             }
-            let timeout = (self.stall_timeout_ms - waited_ms).min(u64::from(u32::MAX)) as u32;
+            let timeout = (stall_timeout_ms - waited_ms).min(self.wait_slice_ms) as u32;
+            waited = true;
             match self.pcm.wait(Some(timeout)) {
                 Ok(_) => {}
                 // The next write reports and recovers underrun and suspend.
