@@ -1,1 +1,1694 @@
-//! (being written)
+//! The jitter buffer: the playout thread's store between the network and
+//! the sound card.
+//!
+//! Input: received packets (`Packet`, payload still encoded) pushed in
+//! arrival order. Output: runs of decoded, interleaved `i16` frames at the
+//! playout cursor, each run homogeneous: `Audio` (stored frames), `Missing`
+//! (a hole the caller conceals) or `Idle` (silence: nothing to play).
+//!
+//! Policy:
+//! - RTP packets are placed by timestamp (extended to 64 bits across wrap)
+//!   in a fixed ring allocated once in `new`; sequence numbers are extended
+//!   too, for duplicate and reorder detection and RFC 3550 loss counting.
+//! - A stream starts (and restarts after being lost) by anchoring the cursor
+//!   on its first packet and reading `Idle` until the buffered depth reaches
+//!   the target playout delay.
+//! - Reordered packets that arrive before their playout time are placed;
+//!   duplicates are dropped; late packets (ending at or before the cursor)
+//!   are dropped; a packet straddling the cursor keeps its unplayed part.
+//!   Each of these is counted.
+//! - Lost audio reads as `Missing`; a forward timestamp jump on a packet with
+//!   the marker bit (silence suppression) reads as `Idle` and is not loss.
+//! - A depth beyond `max_delay_ms` skips the cursor forward to the target
+//!   delay (the oldest audio is dropped, counted as overflow); a timestamp
+//!   jump beyond the ring's capacity re-anchors the stream (resync).
+//! - Headerless PCM (`Packet::sequential`) carries no timing: it is appended
+//!   at the write end in arrival order, and a packet that would take the
+//!   depth beyond `max_delay_ms` is dropped (overflow). This bounds memory
+//!   and latency for a sender that sends faster than real time.
+//! - A new SSRC or a new payload format resets the buffer onto the new
+//!   stream. No packet for `stream_lost_ms` marks the stream lost.
+//!
+//! Nothing allocates after `new`; `read` copies whole runs with slice copies.
+
+use core::fmt;
+
+use crate::codec;
+use crate::format::{StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::packet::Packet;
+
+/// Per-frame state of a ring slot.
+const EMPTY: u8 = 0;
+const AUDIO: u8 = 1;
+/// A talkspurt gap: the sender sent nothing on purpose.
+const SILENCE: u8 = 2;
+
+/// Sequence numbers remembered for duplicate detection. Far more than any
+/// reordering depth that still arrives before its playout time.
+const SEQ_WINDOW: u64 = 1024;
+
+/// Extended positions (timestamps, sequence numbers) start here, so that
+/// a packet older than the anchor still has a positive position.
+const ORIGIN: u64 = 1 << 40;
+
+const NS_PER_S: u64 = 1_000_000_000;
+
+/// Longest ring accepted, so that a typo cannot ask for gigabytes.
+const MAX_CAPACITY_MS: u32 = 60_000;
+
+/// Sizing and delay policy of the jitter buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JitterConfig {
+    /// Ring size in milliseconds at `max_rate`; audio beyond it cannot be stored.
+    pub capacity_ms: u32,
+    /// Playout delay to build up before starting, and to hold (milliseconds).
+    pub target_delay_ms: u32,
+    /// Hard ceiling on the buffered delay (milliseconds); see the overflow policy.
+    pub max_delay_ms: u32,
+    /// No packet for this long (milliseconds) means the stream is lost.
+    pub stream_lost_ms: u32,
+    /// Highest stream rate (frames per second) the ring is sized for.
+    pub max_rate: u32,
+    /// Highest channel count the ring is sized for.
+    pub max_channels: u16,
+}
+
+impl Default for JitterConfig {
+    fn default() -> Self {
+        JitterConfig {
+            capacity_ms: 1000,
+            target_delay_ms: 60,
+            max_delay_ms: 300,
+            stream_lost_ms: 500,
+            max_rate: 48_000,
+            max_channels: 2,
+        }
+    }
+}
+
+/// A `JitterConfig` that cannot be used; names the field and its range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JitterError {
+    Capacity(u32),
+    /// `target_delay_ms` must not exceed `max_delay_ms`.
+    TargetAboveMax {
+        target_ms: u32,
+        max_ms: u32,
+    },
+    /// `max_delay_ms` must be from 1 to `capacity_ms`.
+    MaxDelay {
+        max_ms: u32,
+        capacity_ms: u32,
+    },
+    StreamLost(u32),
+    Rate(u32),
+    Channels(u16),
+}
+
+impl fmt::Display for JitterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JitterError::Capacity(ms) => write!(
+                f,
+                "jitter buffer capacity {ms} ms is out of range: use 1 to {MAX_CAPACITY_MS} ms"
+            ),
+            JitterError::TargetAboveMax { target_ms, max_ms } => write!(
+                f,
+                "target playout delay {target_ms} ms exceeds the maximum delay {max_ms} ms: \
+                 lower the latency or raise the maximum latency"
+            ),
+            JitterError::MaxDelay {
+                max_ms,
+                capacity_ms,
+            } => write!(
+                f,
+                "maximum delay {max_ms} ms must be from 1 ms to the buffer capacity {capacity_ms} ms"
+            ),
+            JitterError::StreamLost(ms) => write!(
+                f,
+                "stream-lost timeout {ms} ms is out of range: use at least 1 ms"
+            ),
+            JitterError::Rate(r) => write!(
+                f,
+                "jitter buffer sized for rate {r} Hz: use {MIN_RATE} to {MAX_RATE} Hz"
+            ),
+            JitterError::Channels(c) => write!(
+                f,
+                "jitter buffer sized for {c} channels: use 1 to {MAX_CHANNELS}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for JitterError {}
+
+/// What `push` did with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Placed in order.
+    Stored,
+    /// Placed, although a packet with a higher sequence number came first.
+    Reordered,
+    /// Already received; dropped.
+    Duplicate,
+    /// Its audio was already played (or skipped); dropped.
+    Late,
+    /// The buffer was over `max_delay_ms`: for timestamped packets the
+    /// oldest audio was dropped to make room and this packet stored; for
+    /// sequential (headerless) packets this packet was dropped.
+    Overflow,
+    /// A new sender (SSRC) or a new payload format: the buffer was reset
+    /// and re-anchored on this packet, which is stored. Log it once.
+    NewStream {
+        previous_ssrc: Option<u32>,
+        ssrc: u32,
+    },
+    /// A timestamp jump beyond the buffer's capacity on the same stream: the
+    /// buffer was re-anchored on this packet, which is stored.
+    Resync,
+    /// Its rate or channel count exceeds what the buffer was sized for.
+    Unsupported,
+}
+
+/// One homogeneous run of frames at the playout cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadStatus {
+    /// Stored audio, copied into the output.
+    Audio(usize),
+    /// Audio that should be there is not (loss, or the buffer ran dry): the
+    /// caller conceals it. The output holds zeros.
+    Missing(usize),
+    /// Nothing to play (no stream, prebuffering, stream lost, or a talkspurt
+    /// gap): silence. The output holds zeros.
+    Idle(usize),
+}
+
+impl ReadStatus {
+    pub fn frames(self) -> usize {
+        match self {
+            ReadStatus::Audio(n) | ReadStatus::Missing(n) | ReadStatus::Idle(n) => n,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamState {
+    /// No packet yet.
+    NoStream,
+    /// Anchored; building up the target delay before playing.
+    Prebuffering,
+    Playing,
+    /// No packet for `stream_lost_ms`; the next packet starts a new prebuffer.
+    Lost,
+}
+
+/// Counters since `new`; they keep counting across streams.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JitterMetrics {
+    /// Packets received, duplicates excluded (late and dropped ones included).
+    pub packets: u64,
+    /// RFC 3550 cumulative loss: expected minus received packets.
+    pub lost: u64,
+    pub late: u64,
+    pub reordered: u64,
+    pub duplicates: u64,
+    /// Overflow events: packets dropped (sequential) or cursor skips (timestamped).
+    pub overflow: u64,
+    /// Frames dropped by overflow.
+    pub overflow_frames: u64,
+    pub new_streams: u64,
+    pub resyncs: u64,
+    /// Times the stream was declared lost.
+    pub stream_lost: u64,
+    /// Talkspurt gaps (marker bit with a timestamp jump) read as silence.
+    pub talkspurts: u64,
+    /// Times the buffer ran dry while playing.
+    pub underruns: u64,
+    /// Packets whose format the buffer is not sized for.
+    pub unsupported: u64,
+    /// RFC 3550 interarrival jitter, in timestamp units of the current stream.
+    pub jitter: f64,
+    /// SSRC of the current stream (0 for headerless PCM).
+    pub ssrc: Option<u32>,
+    /// Frames returned by `read`, by kind.
+    pub audio_frames: u64,
+    pub missing_frames: u64,
+    pub idle_frames: u64,
+}
+
+impl JitterMetrics {
+    /// The interarrival jitter in milliseconds for a stream of `rate` Hz.
+    pub fn jitter_ms(&self, rate: u32) -> f64 {
+        if rate == 0 {
+            0.0
+        } else {
+            self.jitter * 1000.0 / rate as f64
+        }
+    }
+}
+
+fn frames_for_ms(rate: u32, ms: u32) -> usize {
+    (rate as u64 * ms as u64 / 1000) as usize
+}
+
+/// A fixed-capacity jitter buffer; see the module documentation.
+pub struct JitterBuffer {
+    config: JitterConfig,
+    /// Interleaved samples; the current stream uses `ring_frames * channels`.
+    samples: Vec<i16>,
+    /// One state per frame slot (`EMPTY`, `AUDIO`, `SILENCE`). Invariant:
+    /// slots of positions outside `[cursor, newest_end)` are `EMPTY`.
+    states: Vec<u8>,
+    state: StreamState,
+    format: Option<StreamFormat>,
+    sequential: bool,
+    /// Frames the ring holds at the current format (`capacity_ms` at its rate).
+    ring_frames: usize,
+    /// Extended timestamp of the next frame to play.
+    cursor: u64,
+    /// Extended timestamp just past the newest stored audio.
+    newest_end: u64,
+    target_frames: usize,
+    /// Rate `target_frames` is counted in (0: not yet set).
+    target_rate: u32,
+    ts_ref_raw: u32,
+    ts_ref_ext: u64,
+    seq_max_raw: u16,
+    seq_max_ext: u64,
+    seq_base: u64,
+    seq_received: u64,
+    lost_closed: u64,
+    seq_seen: [u64; (SEQ_WINDOW / 64) as usize],
+    prev_transit: Option<i64>,
+    last_arrival_ns: u64,
+    in_underrun: bool,
+    metrics: JitterMetrics,
+}
+
+impl JitterBuffer {
+    /// Validates `config` and allocates the ring; nothing allocates later.
+    pub fn new(config: &JitterConfig) -> Result<Self, JitterError> {
+        if config.capacity_ms == 0 || config.capacity_ms > MAX_CAPACITY_MS {
+            return Err(JitterError::Capacity(config.capacity_ms));
+        }
+        if config.max_delay_ms == 0 || config.max_delay_ms > config.capacity_ms {
+            return Err(JitterError::MaxDelay {
+                max_ms: config.max_delay_ms,
+                capacity_ms: config.capacity_ms,
+            });
+        }
+        if config.target_delay_ms > config.max_delay_ms {
+            return Err(JitterError::TargetAboveMax {
+                target_ms: config.target_delay_ms,
+                max_ms: config.max_delay_ms,
+            });
+        }
+        if config.stream_lost_ms == 0 {
+            return Err(JitterError::StreamLost(config.stream_lost_ms));
+        }
+        if !(MIN_RATE..=MAX_RATE).contains(&config.max_rate) {
+            return Err(JitterError::Rate(config.max_rate));
+        }
+        if !(1..=MAX_CHANNELS).contains(&config.max_channels) {
+            return Err(JitterError::Channels(config.max_channels));
+        }
+        let frames = frames_for_ms(config.max_rate, config.capacity_ms);
+        Ok(JitterBuffer {
+            config: config.clone(),
+            samples: vec![0; frames * config.max_channels as usize],
+            states: vec![EMPTY; frames],
+            state: StreamState::NoStream,
+            format: None,
+            sequential: false,
+            ring_frames: frames,
+            cursor: ORIGIN,
+            newest_end: ORIGIN,
+            target_frames: 0,
+            target_rate: 0,
+            ts_ref_raw: 0,
+            ts_ref_ext: ORIGIN,
+            seq_max_raw: 0,
+            seq_max_ext: 0,
+            seq_base: 1,
+            seq_received: 0,
+            lost_closed: 0,
+            seq_seen: [0; (SEQ_WINDOW / 64) as usize],
+            prev_transit: None,
+            last_arrival_ns: 0,
+            in_underrun: false,
+            metrics: JitterMetrics::default(),
+        })
+    }
+
+    /// Stores one received packet; see the module documentation for policy.
+    pub fn push(&mut self, packet: &Packet) -> PushOutcome {
+        let format = packet.format;
+        if format.channels == 0
+            || format.channels > self.config.max_channels
+            || format.rate < MIN_RATE
+            || format.rate > self.config.max_rate
+        {
+            self.metrics.unsupported += 1;
+            return PushOutcome::Unsupported;
+        }
+        let same_stream = self.metrics.ssrc == Some(packet.ssrc)
+            && self.format == Some(format)
+            && self.sequential == packet.sequential;
+        let mut new_stream = None;
+        if !same_stream {
+            new_stream = Some(PushOutcome::NewStream {
+                previous_ssrc: self.metrics.ssrc,
+                ssrc: packet.ssrc,
+            });
+            self.metrics.new_streams += 1;
+            self.set_stream(packet);
+            self.anchor(packet);
+        } else {
+            // A pause longer than the stream-lost timeout that no read saw
+            // (the process was stopped) is a lost stream all the same.
+            self.check_lost(packet.arrival_ns);
+            if matches!(self.state, StreamState::NoStream | StreamState::Lost) {
+                self.anchor(packet);
+            }
+        }
+        let outcome = if packet.sequential {
+            self.push_sequential(packet)
+        } else {
+            self.push_timestamped(packet)
+        };
+        self.start_when_prebuffered();
+        new_stream.unwrap_or(outcome)
+    }
+
+    /// Reads ONE homogeneous run starting at the playout cursor, at most
+    /// `out.len() / channels` frames (at least one when that is at least
+    /// one), and advances the cursor by it. `out.len()` must be a multiple
+    /// of the current format's channels (1 before any stream). `now_ns` is
+    /// the monotonic clock, compared with packet arrival times to detect a
+    /// lost stream.
+    pub fn read(&mut self, out: &mut [i16], now_ns: u64) -> ReadStatus {
+        let channels = self.channels();
+        let wanted = out.len() / channels;
+        if wanted == 0 {
+            return ReadStatus::Idle(0);
+        }
+        self.check_lost(now_ns);
+        self.start_when_prebuffered();
+        if self.state != StreamState::Playing {
+            zero(out, wanted * channels);
+            self.metrics.idle_frames += wanted as u64;
+            return ReadStatus::Idle(wanted);
+        }
+        if self.cursor >= self.newest_end {
+            if !self.in_underrun {
+                self.in_underrun = true;
+                self.metrics.underruns += 1;
+            }
+            zero(out, wanted * channels);
+            self.cursor += wanted as u64;
+            self.metrics.missing_frames += wanted as u64;
+            return ReadStatus::Missing(wanted);
+        }
+        self.in_underrun = false;
+        let available = wanted.min((self.newest_end - self.cursor) as usize);
+        let (first, second) = self.slot_ranges(self.cursor, available);
+        let kind = self.states.get(first.start).copied().unwrap_or(EMPTY);
+        let mut n = run_length(self.states.get(first.clone()).unwrap_or(&[]), kind);
+        if n == first.len() {
+            n += run_length(self.states.get(second.clone()).unwrap_or(&[]), kind);
+        }
+        let n = n.max(1);
+        let (first, second) = self.slot_ranges(self.cursor, n);
+        if kind == AUDIO {
+            let split = first.len() * channels;
+            let (head, tail) = out.split_at_mut(split.min(out.len()));
+            copy_slots(&self.samples, first.clone(), channels, head);
+            copy_slots(&self.samples, second.clone(), channels, tail);
+        } else {
+            zero(out, n * channels);
+        }
+        for range in [first, second] {
+            if let Some(s) = self.states.get_mut(range) {
+                s.fill(EMPTY);
+            }
+        }
+        self.cursor += n as u64;
+        match kind {
+            AUDIO => {
+                self.metrics.audio_frames += n as u64;
+                ReadStatus::Audio(n)
+            }
+            SILENCE => {
+                self.metrics.idle_frames += n as u64;
+                ReadStatus::Idle(n)
+            }
+            _ => {
+                self.metrics.missing_frames += n as u64;
+                ReadStatus::Missing(n)
+            }
+        }
+    }
+
+    /// The format of the frames `read` returns now (kept after a stream is lost).
+    pub fn format(&self) -> Option<StreamFormat> {
+        self.format
+    }
+
+    pub fn state(&self) -> StreamState {
+        self.state
+    }
+
+    /// Frames from the playout cursor to the end of the newest stored audio.
+    pub fn depth_frames(&self) -> usize {
+        match self.state {
+            StreamState::Prebuffering | StreamState::Playing => {
+                self.newest_end.saturating_sub(self.cursor) as usize
+            }
+            StreamState::NoStream | StreamState::Lost => 0,
+        }
+    }
+
+    pub fn target_delay_frames(&self) -> usize {
+        self.target_frames
+    }
+
+    /// Sets the playout delay to hold (adaptive delay), in frames of the
+    /// current stream (of `max_rate` before any stream); clamped to
+    /// `max_delay_ms`.
+    pub fn set_target_delay_frames(&mut self, frames: usize) {
+        let rate = self.format.map_or(self.config.max_rate, |f| f.rate);
+        self.target_rate = rate;
+        self.target_frames = frames.min(self.max_delay_frames(rate));
+    }
+
+    /// Moves the ceiling on the buffered delay (adaptive delay keeps it a
+    /// headroom above the target); clamped to 1..=`capacity_ms`, and the
+    /// target is clamped under it.
+    pub fn set_max_delay_ms(&mut self, ms: u32) {
+        self.config.max_delay_ms = ms.clamp(1, self.config.capacity_ms);
+        let rate = self.format.map_or(self.config.max_rate, |f| f.rate);
+        self.target_frames = self.target_frames.min(self.max_delay_frames(rate));
+    }
+
+    pub fn max_delay_ms(&self) -> u32 {
+        self.config.max_delay_ms
+    }
+
+    /// Frames the ring holds at the current stream's rate.
+    pub fn capacity_frames(&self) -> usize {
+        self.ring_frames
+    }
+
+    /// The extended timestamp of the playout cursor: advances by exactly
+    /// what `read` returns while playing (for delay and drift estimation).
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn metrics(&self) -> &JitterMetrics {
+        &self.metrics
+    }
+
+    fn channels(&self) -> usize {
+        self.format.map_or(1, |f| f.channels.max(1) as usize)
+    }
+
+    fn max_delay_frames(&self, rate: u32) -> usize {
+        frames_for_ms(rate, self.config.max_delay_ms)
+    }
+
+    /// Adopts a new stream's format and SSRC; keeps an adaptive target by
+    /// rescaling it to the new rate.
+    fn set_stream(&mut self, packet: &Packet) {
+        let rate = packet.format.rate;
+        let old_rate = self.format.map(|f| f.rate);
+        self.format = Some(packet.format);
+        self.sequential = packet.sequential;
+        self.metrics.ssrc = Some(packet.ssrc);
+        self.ring_frames = frames_for_ms(rate, self.config.capacity_ms)
+            .min(self.states.len())
+            .min(self.samples.len() / packet.format.channels.max(1) as usize)
+            .max(1);
+        self.target_frames = if self.target_rate == 0 {
+            frames_for_ms(rate, self.config.target_delay_ms)
+        } else {
+            (self.target_frames as u64 * rate as u64 / self.target_rate as u64) as usize
+        };
+        self.target_rate = rate;
+        self.target_frames = self.target_frames.min(self.max_delay_frames(rate));
+        if let Some(old) = old_rate.filter(|&r| r != rate && r != 0) {
+            // Keep the jitter estimate meaningful in the new timestamp units.
+            self.metrics.jitter = self.metrics.jitter * rate as f64 / old as f64;
+        }
+    }
+
+    /// Empties the ring and anchors the cursor on `packet`'s first frame,
+    /// prebuffering from there; closes the loss accounting of the old run.
+    fn anchor(&mut self, packet: &Packet) {
+        self.close_loss_accounting();
+        let used = self.ring_frames.min(self.states.len());
+        if let Some(s) = self.states.get_mut(..used) {
+            s.fill(EMPTY);
+        }
+        self.state = StreamState::Prebuffering;
+        self.cursor = ORIGIN;
+        self.newest_end = ORIGIN;
+        self.ts_ref_raw = packet.timestamp;
+        self.ts_ref_ext = ORIGIN;
+        self.seq_max_raw = packet.seq.wrapping_sub(1);
+        self.seq_max_ext = ORIGIN - 1;
+        self.seq_base = ORIGIN;
+        self.seq_received = 0;
+        self.seq_seen = [0; (SEQ_WINDOW / 64) as usize];
+        self.prev_transit = None;
+        self.in_underrun = false;
+        self.last_arrival_ns = packet.arrival_ns;
+    }
+
+    fn current_lost(&self) -> u64 {
+        (self.seq_max_ext + 1)
+            .saturating_sub(self.seq_base)
+            .saturating_sub(self.seq_received)
+    }
+
+    fn close_loss_accounting(&mut self) {
+        self.lost_closed += self.current_lost();
+        self.seq_base = 1;
+        self.seq_max_ext = 0;
+        self.seq_received = 0;
+        self.metrics.lost = self.lost_closed;
+    }
+
+    fn start_when_prebuffered(&mut self) {
+        if self.state == StreamState::Prebuffering && self.depth_frames() >= self.target_frames {
+            self.state = StreamState::Playing;
+        }
+    }
+
+    fn check_lost(&mut self, now_ns: u64) {
+        let lost_ns = self.config.stream_lost_ms as u64 * 1_000_000;
+        if matches!(self.state, StreamState::Playing | StreamState::Prebuffering)
+            && now_ns.saturating_sub(self.last_arrival_ns) > lost_ns
+        {
+            self.state = StreamState::Lost;
+            self.metrics.stream_lost += 1;
+            self.in_underrun = false;
+        }
+    }
+
+    /// Headerless PCM: append at the write end in arrival order.
+    fn push_sequential(&mut self, packet: &Packet) -> PushOutcome {
+        self.metrics.packets += 1;
+        self.last_arrival_ns = packet.arrival_ns;
+        if self.state == StreamState::Playing && self.newest_end < self.cursor {
+            // The cursor ran past the written audio: start over with a fresh
+            // prebuffer rather than feeding an underrun cascade.
+            self.newest_end = self.cursor;
+            self.state = StreamState::Prebuffering;
+            self.in_underrun = false;
+        }
+        let frames = packet.frames() as u64;
+        let start = self.newest_end;
+        let end = start + frames;
+        let limit = self.max_delay_frames(packet.format.rate) as u64;
+        if end - self.cursor > limit {
+            self.metrics.overflow += 1;
+            self.metrics.overflow_frames += frames;
+            return PushOutcome::Overflow;
+        }
+        self.store(packet, start, start, end);
+        self.newest_end = end;
+        PushOutcome::Stored
+    }
+
+    /// RTP: place by timestamp.
+    fn push_timestamped(&mut self, packet: &Packet) -> PushOutcome {
+        let mut ext_seq = self.extend_seq(packet.seq);
+        if self.seq_seen(ext_seq) {
+            self.metrics.duplicates += 1;
+            return PushOutcome::Duplicate;
+        }
+        let frames = packet.frames() as u64;
+        let mut start = self.extend_ts(packet.timestamp);
+        let ring = self.ring_frames as u64;
+        let mut outcome = PushOutcome::Stored;
+        if start > self.newest_end + ring || start + frames + ring < self.cursor {
+            self.metrics.resyncs += 1;
+            self.anchor(packet);
+            ext_seq = self.extend_seq(packet.seq);
+            start = self.extend_ts(packet.timestamp);
+            outcome = PushOutcome::Resync;
+        }
+        let end = start + frames;
+
+        self.metrics.packets += 1;
+        let reordered = ext_seq < self.seq_max_ext;
+        self.mark_seq(ext_seq, packet.seq);
+        self.metrics.lost = self.lost_closed + self.current_lost();
+        self.update_jitter(packet, start);
+        self.last_arrival_ns = packet.arrival_ns;
+        if start > self.ts_ref_ext {
+            self.ts_ref_ext = start;
+            self.ts_ref_raw = packet.timestamp;
+        }
+
+        let max_delay = self.max_delay_frames(packet.format.rate) as u64;
+        if self.state == StreamState::Prebuffering
+            && start < self.cursor
+            && self.newest_end.saturating_sub(start) <= max_delay
+        {
+            // Nothing has played yet: an earlier packet moves the anchor back.
+            self.cursor = start;
+        }
+        if end <= self.cursor {
+            self.metrics.late += 1;
+            return PushOutcome::Late;
+        }
+        if end - self.cursor > max_delay {
+            let skip_to = end - (self.target_frames as u64).min(max_delay);
+            if skip_to > self.cursor {
+                self.clear_positions(self.cursor, skip_to.min(self.newest_end));
+                self.metrics.overflow += 1;
+                self.metrics.overflow_frames += skip_to - self.cursor;
+                self.cursor = skip_to;
+                self.newest_end = self.newest_end.max(self.cursor);
+                if outcome == PushOutcome::Stored {
+                    outcome = PushOutcome::Overflow;
+                }
+            }
+        }
+        let from_gap = self.newest_end.max(self.cursor);
+        if packet.marker && start > from_gap {
+            // Silence suppression: the sender sent nothing on purpose.
+            self.fill_positions(from_gap, start, SILENCE);
+            self.metrics.talkspurts += 1;
+        }
+        self.store(packet, start, start.max(self.cursor), end);
+        self.newest_end = self.newest_end.max(end);
+        if reordered && outcome == PushOutcome::Stored {
+            self.metrics.reordered += 1;
+            outcome = PushOutcome::Reordered;
+        }
+        outcome
+    }
+
+    fn extend_seq(&self, raw: u16) -> u64 {
+        let delta = raw.wrapping_sub(self.seq_max_raw) as i16 as i64;
+        (self.seq_max_ext as i64 + delta).max(0) as u64
+    }
+
+    fn extend_ts(&self, raw: u32) -> u64 {
+        let delta = raw.wrapping_sub(self.ts_ref_raw) as i32 as i64;
+        (self.ts_ref_ext as i64 + delta).max(0) as u64
+    }
+
+    fn seq_bit(ext: u64) -> (usize, u64) {
+        let i = ext % SEQ_WINDOW;
+        ((i / 64) as usize, 1u64 << (i % 64))
+    }
+
+    fn seq_seen(&self, ext: u64) -> bool {
+        if ext + SEQ_WINDOW <= self.seq_max_ext || ext > self.seq_max_ext {
+            return false;
+        }
+        let (word, bit) = Self::seq_bit(ext);
+        self.seq_seen.get(word).is_some_and(|w| w & bit != 0)
+    }
+
+    fn mark_seq(&mut self, ext: u64, raw: u16) {
+        if ext > self.seq_max_ext {
+            if ext - self.seq_max_ext >= SEQ_WINDOW {
+                self.seq_seen = [0; (SEQ_WINDOW / 64) as usize];
+            } else {
+                for e in self.seq_max_ext + 1..=ext {
+                    let (word, bit) = Self::seq_bit(e);
+                    if let Some(w) = self.seq_seen.get_mut(word) {
+                        *w &= !bit;
+                    }
+                }
+            }
+            self.seq_max_ext = ext;
+            self.seq_max_raw = raw;
+        }
+        self.seq_received += 1;
+        if ext + SEQ_WINDOW > self.seq_max_ext {
+            let (word, bit) = Self::seq_bit(ext);
+            if let Some(w) = self.seq_seen.get_mut(word) {
+                *w |= bit;
+            }
+        }
+    }
+
+    /// RFC 3550 section 6.4.1: J += (|D| - J) / 16, with D the difference of
+    /// successive transit times (arrival minus RTP timestamp, in timestamp units).
+    fn update_jitter(&mut self, packet: &Packet, ext_ts: u64) {
+        let rate = packet.format.rate as u128;
+        let arrival = (packet.arrival_ns as u128 * rate / NS_PER_S as u128) as i64;
+        let transit = arrival - ext_ts as i64;
+        if let Some(prev) = self.prev_transit {
+            let d = (transit - prev).unsigned_abs() as f64;
+            self.metrics.jitter += (d - self.metrics.jitter) / 16.0;
+        }
+        self.prev_transit = Some(transit);
+    }
+
+    /// Ring slots of `n` frames from position `pos`, as up to two ranges
+    /// (the ring wraps).
+    fn slot_ranges(
+        &self,
+        pos: u64,
+        n: usize,
+    ) -> (core::ops::Range<usize>, core::ops::Range<usize>) {
+        let ring = self.ring_frames.max(1);
+        let n = n.min(ring);
+        let slot = (pos % ring as u64) as usize;
+        let first = n.min(ring - slot);
+        (slot..slot + first, 0..n - first)
+    }
+
+    fn fill_positions(&mut self, from: u64, to: u64, value: u8) {
+        if to <= from {
+            return;
+        }
+        let n = (to - from).min(self.ring_frames as u64) as usize;
+        let (first, second) = self.slot_ranges(from, n);
+        for range in [first, second] {
+            if let Some(s) = self.states.get_mut(range) {
+                s.fill(value);
+            }
+        }
+    }
+
+    fn clear_positions(&mut self, from: u64, to: u64) {
+        self.fill_positions(from, to, EMPTY);
+    }
+
+    /// Decodes `packet`'s frames for positions `[from, end)` (the packet
+    /// starts at `start`) into the ring.
+    fn store(&mut self, packet: &Packet, start: u64, from: u64, end: u64) {
+        if end <= from {
+            return;
+        }
+        let channels = packet.format.channels.max(1) as usize;
+        let bytes_per_frame = packet.format.bytes_per_frame();
+        let n = (end - from) as usize;
+        let (first, second) = self.slot_ranges(from, n);
+        let mut offset = (from - start) as usize * bytes_per_frame;
+        for range in [first, second] {
+            let bytes = range.len() * bytes_per_frame;
+            let src = packet.payload.get(offset..offset + bytes);
+            let dst = self
+                .samples
+                .get_mut(range.start * channels..range.end * channels);
+            if let (Some(src), Some(dst)) = (src, dst) {
+                codec::decode(packet.format.encoding, src, dst);
+                if let Some(s) = self.states.get_mut(range) {
+                    s.fill(AUDIO);
+                }
+            }
+            offset += bytes;
+        }
+    }
+}
+
+/// Length of the leading run of `kind` in `states`.
+fn run_length(states: &[u8], kind: u8) -> usize {
+    states
+        .iter()
+        .position(|&s| s != kind)
+        .unwrap_or(states.len())
+}
+
+fn copy_slots(samples: &[i16], slots: core::ops::Range<usize>, channels: usize, out: &mut [i16]) {
+    let len = slots.len() * channels;
+    if let (Some(src), Some(dst)) = (
+        samples.get(slots.start * channels..slots.end * channels),
+        out.get_mut(..len),
+    ) {
+        dst.copy_from_slice(src);
+    }
+}
+
+fn zero(out: &mut [i16], samples: usize) {
+    let n = samples.min(out.len());
+    if let Some(s) = out.get_mut(..n) {
+        s.fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Encoding;
+
+    const MS: u64 = 1_000_000;
+    /// 20 ms at 8 kHz: the usual VoIP ptime.
+    const PTIME: usize = 160;
+
+    fn l16(rate: u32, channels: u16) -> StreamFormat {
+        StreamFormat {
+            encoding: Encoding::L16,
+            rate,
+            channels,
+        }
+    }
+
+    /// The sample the test senders put at RTP timestamp `ts`, channel `c`:
+    /// distinct for nearby frames, so misplaced audio shows.
+    fn value(ts: u32, c: usize) -> i16 {
+        (ts.wrapping_mul(7).wrapping_add(c as u32 * 5000) % 30_000) as i16
+    }
+
+    fn packet(
+        format: StreamFormat,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        frames: usize,
+        arrival_ns: u64,
+    ) -> Packet {
+        let mut p = Packet::empty(format);
+        p.ssrc = ssrc;
+        p.seq = seq;
+        p.timestamp = ts;
+        p.payload_type = 96;
+        p.arrival_ns = arrival_ns;
+        let mut samples = [0i16; 1];
+        let mut bytes = [0u8; 2];
+        for i in 0..frames {
+            for c in 0..format.channels as usize {
+                samples[0] = value(ts.wrapping_add(i as u32), c);
+                let n = codec::encode(format.encoding, &samples, &mut bytes);
+                for &b in &bytes[..n] {
+                    p.payload.push(b).unwrap();
+                }
+            }
+        }
+        p
+    }
+
+    /// Packet `k` of a mono 8 kHz stream of 20 ms packets, starting at
+    /// `seq0`/`ts0`, arriving on time at `k * 20 ms`.
+    fn voip(seq0: u16, ts0: u32, k: u32) -> Packet {
+        packet(
+            l16(8000, 1),
+            1,
+            seq0.wrapping_add(k as u16),
+            ts0.wrapping_add(k * PTIME as u32),
+            PTIME,
+            k as u64 * 20 * MS,
+        )
+    }
+
+    fn config() -> JitterConfig {
+        JitterConfig {
+            capacity_ms: 1000,
+            target_delay_ms: 60,
+            max_delay_ms: 200,
+            stream_lost_ms: 500,
+            max_rate: 48_000,
+            max_channels: 2,
+        }
+    }
+
+    fn buffer() -> JitterBuffer {
+        JitterBuffer::new(&config()).unwrap()
+    }
+
+    /// Reads up to `frames` frames; returns the run and the samples.
+    fn read(jb: &mut JitterBuffer, frames: usize, now_ns: u64) -> (ReadStatus, Vec<i16>) {
+        let channels = jb.format().map_or(1, |f| f.channels as usize);
+        let mut out = vec![i16::MIN; frames * channels];
+        let status = jb.read(&mut out, now_ns);
+        out.truncate(status.frames() * channels);
+        (status, out)
+    }
+
+    /// The samples a sender put at timestamps `ts .. ts + frames`.
+    fn expected(ts: u32, frames: usize, channels: usize) -> Vec<i16> {
+        (0..frames)
+            .flat_map(|i| (0..channels).map(move |c| value(ts.wrapping_add(i as u32), c)))
+            .collect()
+    }
+
+    /// The raw RTP timestamp of the playout cursor.
+    fn cursor_ts(jb: &JitterBuffer) -> u32 {
+        jb.ts_ref_raw
+            .wrapping_add(jb.cursor.wrapping_sub(jb.ts_ref_ext) as u32)
+    }
+
+    #[test]
+    fn prebuffers_to_target_then_plays_in_order() {
+        let mut jb = buffer();
+        assert_eq!(jb.state(), StreamState::NoStream);
+        assert_eq!(read(&mut jb, PTIME, 0).0, ReadStatus::Idle(PTIME));
+        assert_eq!(
+            jb.push(&voip(10, 1000, 0)),
+            PushOutcome::NewStream {
+                previous_ssrc: None,
+                ssrc: 1
+            }
+        );
+        assert_eq!(jb.target_delay_frames(), 480);
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(read(&mut jb, PTIME, 0).0, ReadStatus::Idle(PTIME));
+        assert_eq!(jb.push(&voip(10, 1000, 1)), PushOutcome::Stored);
+        assert_eq!(read(&mut jb, PTIME, 20 * MS).0, ReadStatus::Idle(PTIME));
+        assert_eq!(jb.push(&voip(10, 1000, 2)), PushOutcome::Stored);
+        assert_eq!(jb.state(), StreamState::Playing);
+        assert_eq!(jb.depth_frames(), 480);
+        for k in 0..20u32 {
+            let (status, samples) = read(&mut jb, PTIME, (40 + 20 * k as u64) * MS);
+            assert_eq!(status, ReadStatus::Audio(PTIME), "read {k}");
+            assert_eq!(samples, expected(1000 + k * PTIME as u32, PTIME, 1));
+            jb.push(&voip(10, 1000, k + 3));
+        }
+        let m = jb.metrics();
+        assert_eq!((m.packets, m.lost, m.late, m.reordered), (23, 0, 0, 0));
+    }
+
+    /// Plays packets `0..count` of a stream in lock step (push one, read
+    /// one period) after the prebuffer; returns the runs read.
+    fn lock_step(jb: &mut JitterBuffer, seq0: u16, ts0: u32, count: u32) -> Vec<ReadStatus> {
+        let mut runs = Vec::new();
+        for k in 0..count {
+            jb.push(&voip(seq0, ts0, k));
+            if k >= 2 {
+                let want = cursor_ts(jb);
+                let (status, samples) = read(jb, PTIME, k as u64 * 20 * MS);
+                if status == ReadStatus::Audio(PTIME) {
+                    assert_eq!(samples, expected(want, PTIME, 1), "packet {k}");
+                }
+                runs.push(status);
+            }
+        }
+        runs
+    }
+
+    #[test]
+    fn timestamp_wrap() {
+        let mut jb = buffer();
+        let runs = lock_step(&mut jb, 7, u32::MAX - 1000, 20);
+        assert!(
+            runs.iter().all(|&r| r == ReadStatus::Audio(PTIME)),
+            "{runs:?}"
+        );
+        let m = jb.metrics();
+        assert_eq!((m.packets, m.lost, m.late, m.resyncs), (20, 0, 0, 0));
+    }
+
+    #[test]
+    fn seq_wrap() {
+        let mut jb = buffer();
+        let runs = lock_step(&mut jb, u16::MAX - 5, 0, 20);
+        assert!(
+            runs.iter().all(|&r| r == ReadStatus::Audio(PTIME)),
+            "{runs:?}"
+        );
+        assert_eq!(jb.metrics().lost, 0);
+        // Across the wrap, an old sequence number is still a duplicate...
+        assert_eq!(jb.push(&voip(u16::MAX - 5, 0, 19)), PushOutcome::Duplicate);
+        // ...and a gap across the next wrap is loss, counted once.
+        let mut jb = buffer();
+        for k in [0, 1, 2, 3, 5, 6] {
+            jb.push(&voip(u16::MAX - 2, 0, k));
+        }
+        assert_eq!(jb.metrics().lost, 1);
+        assert_eq!(jb.metrics().packets, 6);
+    }
+
+    #[test]
+    fn reordered_packet_placed_and_counted() {
+        let mut jb = buffer();
+        for k in [0, 2, 1, 3] {
+            jb.push(&voip(0, 0, k));
+        }
+        assert_eq!(jb.metrics().reordered, 1);
+        for k in 0..4u32 {
+            let (status, samples) = read(&mut jb, PTIME, 60 * MS);
+            assert_eq!(status, ReadStatus::Audio(PTIME));
+            assert_eq!(samples, expected(k * PTIME as u32, PTIME, 1));
+        }
+        assert_eq!(jb.metrics().lost, 0);
+        assert_eq!(jb.metrics().packets, 4);
+    }
+
+    #[test]
+    fn reordered_before_anchor_moves_prebuffer_start() {
+        let mut jb = buffer();
+        jb.push(&voip(0, 0, 1));
+        assert_eq!(jb.push(&voip(0, 0, 0)), PushOutcome::Reordered);
+        jb.push(&voip(0, 0, 2));
+        let (status, samples) = read(&mut jb, PTIME, 40 * MS);
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(0, PTIME, 1));
+    }
+
+    #[test]
+    fn duplicate_dropped_and_not_counted_as_packet() {
+        let mut jb = buffer();
+        assert!(matches!(
+            jb.push(&voip(0, 0, 0)),
+            PushOutcome::NewStream { .. }
+        ));
+        assert_eq!(jb.push(&voip(0, 0, 1)), PushOutcome::Stored);
+        assert_eq!(jb.push(&voip(0, 0, 1)), PushOutcome::Duplicate);
+        assert_eq!(jb.push(&voip(0, 0, 2)), PushOutcome::Stored);
+        assert_eq!(jb.push(&voip(0, 0, 0)), PushOutcome::Duplicate);
+        let m = jb.metrics();
+        assert_eq!((m.packets, m.duplicates, m.lost), (3, 2, 0));
+        assert_eq!(jb.depth_frames(), 3 * PTIME);
+    }
+
+    #[test]
+    fn late_packet_dropped() {
+        let mut jb = buffer();
+        for k in [0, 2, 3] {
+            jb.push(&voip(0, 0, k));
+        }
+        assert_eq!(read(&mut jb, PTIME, 60 * MS).0, ReadStatus::Audio(PTIME));
+        assert_eq!(read(&mut jb, PTIME, 60 * MS).0, ReadStatus::Missing(PTIME));
+        assert_eq!(jb.push(&voip(0, 0, 1)), PushOutcome::Late);
+        assert_eq!(jb.metrics().late, 1);
+        let (status, samples) = read(&mut jb, PTIME, 80 * MS);
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(2 * PTIME as u32, PTIME, 1));
+    }
+
+    #[test]
+    fn straddling_packet_keeps_unplayed_part() {
+        let mut jb = buffer();
+        for k in [0, 2] {
+            jb.push(&voip(0, 0, k));
+        }
+        jb.set_target_delay_frames(2 * PTIME);
+        assert_eq!(read(&mut jb, PTIME, 40 * MS).0, ReadStatus::Audio(PTIME));
+        assert_eq!(read(&mut jb, 60, 40 * MS).0, ReadStatus::Missing(60));
+        assert_eq!(jb.push(&voip(0, 0, 1)), PushOutcome::Reordered);
+        let (status, samples) = read(&mut jb, PTIME, 40 * MS);
+        // The unplayed 100 frames of packet 1 run on into packet 2.
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(PTIME as u32 + 60, PTIME, 1));
+        assert_eq!(jb.metrics().late, 0);
+    }
+
+    #[test]
+    fn loss_reads_missing_and_is_counted() {
+        let mut jb = buffer();
+        for k in [0, 1, 3, 4, 7] {
+            jb.push(&voip(0, 0, k));
+        }
+        let runs: Vec<_> = (0..8).map(|_| read(&mut jb, 400, 100 * MS).0).collect();
+        assert_eq!(
+            runs,
+            [
+                ReadStatus::Audio(320),
+                ReadStatus::Missing(160),
+                ReadStatus::Audio(320),
+                ReadStatus::Missing(320),
+                ReadStatus::Audio(160),
+                // Nothing newer: the buffer ran dry.
+                ReadStatus::Missing(400),
+                ReadStatus::Missing(400),
+                ReadStatus::Missing(400),
+            ]
+        );
+        let m = jb.metrics();
+        assert_eq!((m.lost, m.underruns), (3, 1));
+    }
+
+    #[test]
+    fn talkspurt_gap_reads_idle_not_missing() {
+        for marker in [true, false] {
+            let mut jb = buffer();
+            for k in 0..3 {
+                jb.push(&voip(0, 0, k));
+            }
+            // Silence suppression: the next packet has the next sequence
+            // number but a timestamp 100 ms later.
+            let mut p = voip(0, 800, 3);
+            p.marker = marker;
+            jb.push(&p);
+            let mut runs = Vec::new();
+            while jb.cursor() < jb.newest_end {
+                runs.push(read(&mut jb, 400, 60 * MS).0);
+            }
+            let gap = if marker {
+                ReadStatus::Idle(400)
+            } else {
+                ReadStatus::Missing(400)
+            };
+            assert_eq!(
+                runs,
+                [
+                    ReadStatus::Audio(400),
+                    ReadStatus::Audio(80),
+                    gap,
+                    gap,
+                    ReadStatus::Audio(160)
+                ],
+                "marker {marker}"
+            );
+            assert_eq!(jb.metrics().lost, 0);
+            assert_eq!(jb.metrics().talkspurts, marker as u64);
+        }
+    }
+
+    #[test]
+    fn overflow_skips_cursor_to_target() {
+        let mut jb = buffer();
+        let mut outcomes = Vec::new();
+        for k in 0..15 {
+            outcomes.push(jb.push(&voip(0, 0, k)));
+            assert!(jb.depth_frames() <= 1600, "depth {}", jb.depth_frames());
+        }
+        // Packet 10 ends at 1760 frames (220 ms > 200 ms max): skip to
+        // 1760 - 480 (the target).
+        assert_eq!(outcomes[10], PushOutcome::Overflow);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|&&o| o == PushOutcome::Overflow)
+                .count(),
+            1
+        );
+        let m = jb.metrics();
+        assert_eq!((m.overflow, m.overflow_frames), (1, 1280));
+        assert_eq!(jb.depth_frames(), 2400 - 1280);
+        let (status, samples) = read(&mut jb, PTIME, 300 * MS);
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(1280, PTIME, 1));
+    }
+
+    #[test]
+    fn big_timestamp_jump_resyncs() {
+        for jump in [100_000i64, -100_000] {
+            let mut jb = buffer();
+            lock_step(&mut jb, 0, 50_000, 10);
+            let ts0 = (50_000 + jump) as u32;
+            let p = packet(l16(8000, 1), 1, 10, ts0, PTIME, 200 * MS);
+            assert_eq!(jb.push(&p), PushOutcome::Resync, "jump {jump}");
+            assert_eq!(jb.state(), StreamState::Prebuffering);
+            for k in 1..3u32 {
+                let p = packet(
+                    l16(8000, 1),
+                    1,
+                    10 + k as u16,
+                    ts0 + k * PTIME as u32,
+                    PTIME,
+                    (200 + 20 * k as u64) * MS,
+                );
+                assert_eq!(jb.push(&p), PushOutcome::Stored);
+            }
+            let (status, samples) = read(&mut jb, PTIME, 260 * MS);
+            assert_eq!(status, ReadStatus::Audio(PTIME));
+            assert_eq!(samples, expected(ts0, PTIME, 1));
+            let m = jb.metrics();
+            assert_eq!((m.resyncs, m.lost, m.late, m.new_streams), (1, 0, 0, 1));
+        }
+    }
+
+    fn raw_packet(n: u32, arrival_ns: u64) -> Packet {
+        let mut p = packet(
+            StreamFormat::TUTORIAL,
+            0,
+            n as u16,
+            n * 160,
+            160,
+            arrival_ns,
+        );
+        p.sequential = true;
+        p.payload_type = crate::packet::RAW_PAYLOAD_TYPE;
+        p
+    }
+
+    #[test]
+    fn tutorial_sender_at_twice_real_time_is_bounded() {
+        let mut jb = buffer();
+        let max_depth = 1600; // 200 ms at 8 kHz
+        let mut queue: std::collections::VecDeque<i16> = Default::default();
+        let mut played_audio = 0;
+        let packets = 1000u32; // 10 s of sending, 20 s of audio
+        for n in 0..packets {
+            let now = n as u64 * 10 * MS;
+            let p = raw_packet(n, now);
+            assert_eq!(p.payload.len(), 320);
+            match jb.push(&p) {
+                PushOutcome::Stored | PushOutcome::NewStream { .. } => {
+                    queue.extend(expected(n * 160, 160, 1))
+                }
+                PushOutcome::Overflow => {}
+                other => panic!("packet {n}: {other:?}"),
+            }
+            assert!(jb.depth_frames() <= max_depth);
+            if n % 2 == 1 {
+                let (status, samples) = read(&mut jb, 160, now);
+                if jb.metrics().audio_frames > 0 {
+                    assert_eq!(status, ReadStatus::Audio(160), "read at packet {n}");
+                }
+                if let ReadStatus::Audio(_) = status {
+                    let want: Vec<i16> = queue.drain(..samples.len()).collect();
+                    assert_eq!(samples, want, "arrival order");
+                    played_audio += 1;
+                }
+            }
+        }
+        let m = jb.metrics();
+        assert_eq!(m.packets, packets as u64);
+        // Half the audio is excess; the rest plays without a gap.
+        assert!((450..=550).contains(&m.overflow), "overflow {}", m.overflow);
+        assert_eq!(
+            m.overflow + played_audio + jb.depth_frames() as u64 / 160,
+            packets as u64
+        );
+        assert_eq!(m.missing_frames, 0);
+    }
+
+    #[test]
+    fn sequential_underrun_prebuffers_again() {
+        let mut jb = buffer();
+        for n in 0..3 {
+            jb.push(&raw_packet(n, n as u64 * 20 * MS));
+        }
+        assert_eq!(jb.state(), StreamState::Playing);
+        for _ in 0..3 {
+            assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Audio(160));
+        }
+        assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Missing(160));
+        assert_eq!(jb.metrics().underruns, 1);
+        assert_eq!(jb.push(&raw_packet(3, 80 * MS)), PushOutcome::Stored);
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(read(&mut jb, 160, 80 * MS).0, ReadStatus::Idle(160));
+        jb.push(&raw_packet(4, 100 * MS));
+        jb.push(&raw_packet(5, 120 * MS));
+        let (status, samples) = read(&mut jb, 160, 120 * MS);
+        assert_eq!(status, ReadStatus::Audio(160));
+        assert_eq!(samples, expected(3 * 160, 160, 1));
+    }
+
+    #[test]
+    fn ssrc_change_resets() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 1000, 10);
+        assert!(jb.depth_frames() > 0);
+        let new_sender = |k: u32| {
+            packet(
+                l16(8000, 1),
+                2,
+                9000 + k as u16,
+                77_777 + k * 160,
+                160,
+                (200 + 20 * k as u64) * MS,
+            )
+        };
+        assert_eq!(
+            jb.push(&new_sender(0)),
+            PushOutcome::NewStream {
+                previous_ssrc: Some(1),
+                ssrc: 2
+            }
+        );
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(jb.depth_frames(), 160);
+        assert_eq!(read(&mut jb, 160, 200 * MS).0, ReadStatus::Idle(160));
+        jb.push(&new_sender(1));
+        jb.push(&new_sender(2));
+        let (status, samples) = read(&mut jb, 160, 240 * MS);
+        assert_eq!(status, ReadStatus::Audio(160));
+        assert_eq!(samples, expected(77_777, 160, 1));
+        let m = jb.metrics();
+        assert_eq!(
+            (m.packets, m.new_streams, m.lost, m.ssrc),
+            (13, 2, 0, Some(2))
+        );
+    }
+
+    #[test]
+    fn format_change_on_same_ssrc_is_new_stream() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 5);
+        assert_eq!(jb.target_delay_frames(), 480);
+        let stereo = l16(16_000, 2);
+        let p = packet(stereo, 1, 5, 800, 320, 100 * MS);
+        assert_eq!(
+            jb.push(&p),
+            PushOutcome::NewStream {
+                previous_ssrc: Some(1),
+                ssrc: 1
+            }
+        );
+        assert_eq!(jb.format(), Some(stereo));
+        assert_eq!(jb.target_delay_frames(), 960);
+        assert_eq!(jb.capacity_frames(), 16_000);
+        jb.push(&packet(stereo, 1, 6, 1120, 320, 120 * MS));
+        jb.push(&packet(stereo, 1, 7, 1440, 320, 140 * MS));
+        let (status, samples) = read(&mut jb, 320, 140 * MS);
+        assert_eq!(status, ReadStatus::Audio(320));
+        assert_eq!(samples, expected(800, 320, 2));
+    }
+
+    #[test]
+    fn stream_lost_then_plays_again() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 10); // last packet arrives at 180 ms
+        let mut now = 200 * MS;
+        loop {
+            let status = read(&mut jb, 160, now).0;
+            if jb.state() == StreamState::Lost {
+                assert_eq!(status, ReadStatus::Idle(160));
+                break;
+            }
+            assert!(matches!(
+                status,
+                ReadStatus::Audio(_) | ReadStatus::Missing(_)
+            ));
+            now += 20 * MS;
+        }
+        assert_eq!(jb.state(), StreamState::Lost);
+        assert!(now > 680 * MS && now <= 720 * MS, "lost at {now}");
+        for _ in 0..10 {
+            assert_eq!(read(&mut jb, 160, now).0, ReadStatus::Idle(160));
+            now += 20 * MS;
+        }
+        assert_eq!(jb.metrics().stream_lost, 1);
+        assert_eq!(jb.depth_frames(), 0);
+        // The sender resumes a while later, timestamps advanced by its pause.
+        for k in 0..3u32 {
+            let p = packet(l16(8000, 1), 1, 10 + k as u16, 40_000 + k * 160, 160, now);
+            assert_eq!(jb.push(&p), PushOutcome::Stored);
+        }
+        let (status, samples) = read(&mut jb, 160, now);
+        assert_eq!(status, ReadStatus::Audio(160));
+        assert_eq!(samples, expected(40_000, 160, 1));
+        let m = jb.metrics();
+        assert_eq!(
+            (m.stream_lost, m.new_streams, m.lost, m.resyncs),
+            (1, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn pause_unseen_by_reads_restarts_prebuffer() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 10); // last packet at 180 ms
+                                      // The receiver was stopped for 2 s: the next packets arrive (and are
+                                      // pushed) before any read notices the pause.
+        let resume = 2180 * MS;
+        let p = |k: u32| packet(l16(8000, 1), 1, 10 + k as u16, (10 + k) * 160, 160, resume);
+        assert_eq!(jb.push(&p(0)), PushOutcome::Stored);
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(jb.metrics().stream_lost, 1);
+        jb.push(&p(1));
+        jb.push(&p(2));
+        let (status, samples) = read(&mut jb, 160, resume);
+        assert_eq!(status, ReadStatus::Audio(160));
+        assert_eq!(samples, expected(1600, 160, 1));
+        assert_eq!(jb.metrics().resyncs, 0);
+    }
+
+    #[test]
+    fn interarrival_jitter_matches_rfc3550_by_hand() {
+        let mut jb = buffer();
+        // Arrivals at 0, 21, 40 and 62 ms for timestamps 0, 160, 320, 480 at
+        // 8 kHz: arrival in timestamp units 0, 168, 320, 496; transit 0, 8,
+        // 0, 16; D = 8, -8, 16; J = 8/16 = 0.5, then
+        // 0.5 + (8 - 0.5)/16 = 0.96875, then 0.96875 + (16 - 0.96875)/16.
+        for (k, arrival_ms) in [0u64, 21, 40, 62].into_iter().enumerate() {
+            let p = packet(
+                l16(8000, 1),
+                1,
+                k as u16,
+                k as u32 * 160,
+                160,
+                arrival_ms * MS,
+            );
+            jb.push(&p);
+        }
+        let j = jb.metrics().jitter;
+        assert_eq!(j, 0.96875 + (16.0 - 0.96875) / 16.0);
+        assert_eq!(jb.metrics().jitter_ms(8000), j / 8.0);
+    }
+
+    #[test]
+    fn burst_after_pause_is_stored_and_played_in_order() {
+        let mut jb = JitterBuffer::new(&JitterConfig {
+            target_delay_ms: 120,
+            ..config()
+        })
+        .unwrap();
+        let mut runs = Vec::new();
+        let mut next_ts = 0u32;
+        for period in 0..40u32 {
+            let now = period as u64 * 20 * MS;
+            // Packets 10..=14 are held up by the network and delivered at
+            // once with packet 15.
+            if !(10..15).contains(&period) {
+                let from = if period == 15 { 10 } else { period };
+                for k in from..=period {
+                    let mut p = voip(0, 0, k);
+                    p.arrival_ns = now;
+                    assert_eq!(
+                        jb.push(&p),
+                        if k == 0 {
+                            PushOutcome::NewStream {
+                                previous_ssrc: None,
+                                ssrc: 1,
+                            }
+                        } else {
+                            PushOutcome::Stored
+                        }
+                    );
+                }
+            }
+            let (status, samples) = read(&mut jb, PTIME, now);
+            if let ReadStatus::Audio(n) = status {
+                assert_eq!(samples, expected(next_ts, n, 1));
+                next_ts += n as u32;
+            }
+            runs.push(status);
+        }
+        assert!(
+            runs.iter().all(|r| !matches!(r, ReadStatus::Missing(_))),
+            "{runs:?}"
+        );
+        assert_eq!(next_ts, (40 - 5) * PTIME as u32);
+        let m = jb.metrics();
+        assert_eq!((m.late, m.lost, m.overflow, m.reordered), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn max_delay_moves_and_clamps_target() {
+        let mut jb = JitterBuffer::new(&JitterConfig {
+            capacity_ms: 500,
+            target_delay_ms: 100,
+            max_delay_ms: 300,
+            ..JitterConfig::default()
+        })
+        .unwrap();
+        jb.set_target_delay_frames(48_000 * 200 / 1000);
+        jb.set_max_delay_ms(60);
+        assert_eq!(jb.max_delay_ms(), 60);
+        assert_eq!(jb.target_delay_frames(), 48_000 * 60 / 1000);
+        jb.set_max_delay_ms(10_000);
+        assert_eq!(jb.max_delay_ms(), 500);
+    }
+
+    #[test]
+    fn adaptive_target_is_clamped_to_max_delay() {
+        let mut jb = buffer();
+        jb.push(&voip(0, 0, 0));
+        jb.set_target_delay_frames(100_000);
+        assert_eq!(jb.target_delay_frames(), 1600);
+        jb.set_target_delay_frames(320);
+        assert_eq!(jb.target_delay_frames(), 320);
+        jb.push(&voip(0, 0, 1));
+        assert_eq!(jb.state(), StreamState::Playing);
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let bad = [
+            JitterConfig {
+                capacity_ms: 0,
+                ..config()
+            },
+            JitterConfig {
+                max_delay_ms: 2000,
+                ..config()
+            },
+            JitterConfig {
+                target_delay_ms: 300,
+                ..config()
+            },
+            JitterConfig {
+                stream_lost_ms: 0,
+                ..config()
+            },
+            JitterConfig {
+                max_rate: 1000,
+                ..config()
+            },
+            JitterConfig {
+                max_channels: 0,
+                ..config()
+            },
+        ];
+        for c in bad {
+            let err = JitterBuffer::new(&c).err();
+            assert!(err.is_some(), "{c:?}");
+            assert!(!err.unwrap().to_string().is_empty());
+        }
+        assert!(JitterBuffer::new(&JitterConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn unsupported_format_dropped() {
+        let mut jb = buffer();
+        let p = packet(l16(96_000, 1), 1, 0, 0, 10, 0);
+        assert_eq!(jb.push(&p), PushOutcome::Unsupported);
+        assert_eq!(jb.state(), StreamState::NoStream);
+        assert_eq!(jb.metrics().unsupported, 1);
+    }
+
+    /// xorshift64*: a seeded generator, so failures replay exactly.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+
+        fn percent(&mut self, p: u64) -> bool {
+            self.below(100) < p
+        }
+    }
+
+    #[test]
+    fn random_impairments_keep_invariants() {
+        let mut totals = JitterMetrics::default();
+        for seed in 1..=40u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let sequential = seed % 5 == 0;
+            let mut jb = buffer();
+            let mut format = if sequential {
+                StreamFormat::TUTORIAL
+            } else {
+                l16(8000, 1)
+            };
+            let mut ssrc = if sequential { 0 } else { 1 };
+            let mut seq = rng.next() as u16;
+            let mut ts = rng.next() as u32;
+            let mut in_flight: Vec<(u64, Packet)> = Vec::new();
+            let mut pause_until = 0;
+            for step in 0..1500u64 {
+                let now = step * 10 * MS;
+                if step % 2 == 0 && now >= pause_until {
+                    if rng.percent(1) {
+                        pause_until = now + rng.below(800) * MS;
+                    }
+                    if !sequential && rng.percent(1) {
+                        ssrc = rng.next() as u32;
+                        format = if rng.percent(50) {
+                            l16(16_000, 2)
+                        } else {
+                            l16(8000, 1)
+                        };
+                    }
+                    let mut marker = false;
+                    if !sequential && rng.percent(2) {
+                        ts = ts.wrapping_add(rng.below(20_000) as u32);
+                        marker = rng.percent(50);
+                    }
+                    if !sequential && rng.percent(1) {
+                        ts = ts.wrapping_sub(rng.below(100_000) as u32);
+                    }
+                    let frames = format.frames_for_ms(20);
+                    let mut p = packet(format, ssrc, seq, ts, frames, 0);
+                    p.marker = marker;
+                    p.sequential = sequential;
+                    seq = seq.wrapping_add(1);
+                    ts = ts.wrapping_add(frames as u32);
+                    if !rng.percent(10) {
+                        let copies = if rng.percent(5) { 2 } else { 1 };
+                        for _ in 0..copies {
+                            let delay = if rng.percent(3) {
+                                rng.below(300)
+                            } else {
+                                rng.below(80)
+                            };
+                            in_flight.push((now + delay * MS, p.clone()));
+                        }
+                    }
+                }
+                in_flight.sort_by_key(|(t, _)| *t);
+                let due = in_flight.iter().take_while(|(t, _)| *t <= now).count();
+                for (t, mut p) in in_flight.drain(..due) {
+                    p.arrival_ns = t;
+                    jb.push(&p);
+                    let rate = jb.format().map_or(8000, |f| f.rate);
+                    let max_delay = frames_for_ms(rate, 200);
+                    assert!(jb.depth_frames() <= max_delay, "seed {seed} step {step}");
+                    assert!(jb.depth_frames() <= jb.capacity_frames());
+                }
+                let channels = jb.format().map_or(1, |f| f.channels as usize);
+                let wanted = 1 + rng.below(jb.format().map_or(80, |f| f.rate as u64 / 50)) as usize;
+                let mut out = vec![i16::MIN; wanted * channels];
+                let cursor = jb.cursor();
+                let ts_at_cursor = cursor_ts(&jb);
+                let status = jb.read(&mut out, now);
+                let n = status.frames();
+                assert!(
+                    (1..=wanted).contains(&n),
+                    "seed {seed} step {step}: {status:?} of {wanted}"
+                );
+                if jb.state() == StreamState::Playing {
+                    assert_eq!(jb.cursor(), cursor + n as u64, "seed {seed} step {step}");
+                } else {
+                    assert!(matches!(status, ReadStatus::Idle(_)));
+                    assert_eq!(jb.cursor(), cursor, "seed {seed} step {step}");
+                }
+                if let (ReadStatus::Audio(n), false) = (status, sequential) {
+                    assert_eq!(
+                        out[..n * channels],
+                        expected(ts_at_cursor, n, channels)[..],
+                        "seed {seed} step {step}"
+                    );
+                }
+            }
+            let m = jb.metrics();
+            assert!(m.audio_frames > 0, "seed {seed}: nothing played");
+            totals.late += m.late;
+            totals.reordered += m.reordered;
+            totals.duplicates += m.duplicates;
+            totals.lost += m.lost;
+            totals.overflow += m.overflow;
+            totals.resyncs += m.resyncs;
+            totals.new_streams += m.new_streams;
+            totals.stream_lost += m.stream_lost;
+            totals.talkspurts += m.talkspurts;
+            totals.underruns += m.underruns;
+        }
+        // The impairments reached every policy.
+        for (name, count) in [
+            ("late", totals.late),
+            ("reordered", totals.reordered),
+            ("duplicates", totals.duplicates),
+            ("lost", totals.lost),
+            ("overflow", totals.overflow),
+            ("resyncs", totals.resyncs),
+            ("new_streams", totals.new_streams),
+            ("stream_lost", totals.stream_lost),
+            ("talkspurts", totals.talkspurts),
+            ("underruns", totals.underruns),
+        ] {
+            assert!(count > 0, "no {name} in any seed");
+        }
+    }
+}

