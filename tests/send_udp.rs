@@ -108,6 +108,23 @@ fn check_rtp(
     payload
 }
 
+/// Waits up to `limit` for `child`; a child still running then is killed
+/// and the test fails (rather than hanging).
+fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netspeaker-send still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn run_sender(args: &[&str]) -> std::process::Child {
     Command::new(BIN)
         .args(args)
@@ -247,10 +264,8 @@ fn sigterm_stops_a_looping_stream_cleanly() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let stopped = Instant::now();
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0));
-    assert!(stopped.elapsed() < Duration::from_secs(1));
 }
 
 #[test]
@@ -357,4 +372,25 @@ fn cd_rate_stereo_wav_resampled_to_pcma_8k_mono() {
             "frame {k}: {got} vs {want}"
         );
     }
+}
+
+#[test]
+fn sigterm_stops_while_stdin_is_silent() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["--format", "s16le:8000:1", "-", &dest, "-q"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep the pipe open and silent, as an idle producer would.
+    let _stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(1));
+    assert_eq!(status.code(), Some(0));
 }

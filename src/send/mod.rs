@@ -447,7 +447,7 @@ impl Sender {
             ..
         } = self;
         match source {
-            Source::File(file) => Ok(converter.fill(samples, |buf| file.read(buf))?),
+            Source::File(file) => Ok(converter.fill(samples, |buf| file.read(buf, stop))?),
             Source::Capture {
                 device,
                 capture,
