@@ -5,7 +5,7 @@
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netspeaker::codec;
@@ -55,13 +55,10 @@ fn wait_for(path: &Path) {
     }
 }
 
-fn sigterm(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-}
+/// Seconds ffmpeg records; the signal lasts longer, so ffmpeg may start
+/// up to two seconds late.
+const RECORD_S: usize = 2;
+const SIGNAL_S: usize = 4;
 
 /// Streams `samples` (a WAV at `rate`/`channels`) with `args`, records it
 /// with ffmpeg from the SDP file, and returns the recorded s16le samples.
@@ -92,27 +89,20 @@ fn record_with_ffmpeg(
         .spawn()
         .unwrap();
     wait_for(&sdp);
+    // ffmpeg records RECORD_S seconds and stops by itself (without -t it
+    // would wait ~10 s for more packets after the stream ended).
     let ffmpeg = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
         .args(["-protocol_whitelist", "file,udp,rtp", "-i"])
         .arg(&sdp)
-        .args(["-f", "s16le"])
+        .args(["-t", &RECORD_S.to_string(), "-f", "s16le"])
         .arg(&out)
         .stdin(Stdio::null())
-        .spawn()
-        .expect("start ffmpeg");
+        .status()
+        .expect("run ffmpeg");
+    assert!(ffmpeg.success(), "ffmpeg: {ffmpeg}");
     let status = sender.wait().unwrap();
     assert!(status.success(), "sender: {status}");
-    // Let the last packets through ffmpeg's jitter buffer, then stop it
-    // the way a user would; it finishes its output file.
-    std::thread::sleep(Duration::from_millis(700));
-    sigterm(&ffmpeg);
-    let out_status = ffmpeg.wait_with_output().unwrap();
-    assert!(
-        out_status.status.success() || out_status.status.code() == Some(255),
-        "ffmpeg: {:?}",
-        out_status.status
-    );
     let bytes = std::fs::read(&out).expect("ffmpeg wrote no recording");
     bytes
         .chunks_exact(2)
@@ -138,19 +128,18 @@ fn assert_contiguous_run(sent: &[i16], recorded: &[i16], channels: usize, min_le
 #[test]
 fn ffmpeg_records_l16_stereo_from_sdp() {
     let rate = 48_000;
-    let sent = signal(rate as usize * 2 * 3); // 3 s stereo
+    let sent = signal(rate as usize * 2 * SIGNAL_S);
     let recorded = record_with_ffmpeg("l16", rate, 2, &sent, &[]);
-    // ffmpeg starts within a second or so: most of the 3 s arrive.
-    assert_contiguous_run(&sent, &recorded, 2, rate as usize * 2);
+    assert_contiguous_run(&sent, &recorded, 2, rate as usize * 2 * RECORD_S);
 }
 
 #[test]
 fn ffmpeg_records_pcmu_from_sdp() {
-    let sent = signal(8000 * 3); // 3 s mono
+    let sent = signal(8000 * SIGNAL_S);
     let recorded = record_with_ffmpeg("pcmu", 8000, 1, &sent, &["--codec", "pcmu"]);
     let round_trip: Vec<i16> = sent
         .iter()
         .map(|&s| codec::ulaw_to_linear(codec::linear_to_ulaw(s)))
         .collect();
-    assert_contiguous_run(&round_trip, &recorded, 1, 8000);
+    assert_contiguous_run(&round_trip, &recorded, 1, 8000 * RECORD_S);
 }

@@ -397,10 +397,16 @@ impl Sender {
                 ttl: config.dest.ttl,
                 session_id: u64::from(ssrc),
             });
-            std::fs::write(path, text).map_err(|err| Error::Sdp {
-                path: path.clone(),
-                err,
-            })?;
+            // Written whole, then renamed: a player polling for the file
+            // never reads half of it.
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|err| Error::Sdp {
+                    path: path.clone(),
+                    err,
+                })?;
         }
         log::info!(
             "send: {} from {} Hz/{} ch to {} as {}, {} frames per packet, SSRC {:08x}",
