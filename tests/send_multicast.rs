@@ -128,3 +128,27 @@ fn ipv6_loopback_unicast() {
         assert_eq!(sock.recv(&mut buf).unwrap(), 12 + 160);
     }
 }
+
+/// No route to the destination (a namespace with only loopback): the
+/// sender says so, keeps its pace and finishes normally instead of giving
+/// up at startup.
+#[test]
+fn unreachable_network_is_reported_and_not_fatal() {
+    let dir = std::env::temp_dir().join(format!("ns-send-unreach-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &[1; 1600])).unwrap();
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c"])
+        .arg(format!(
+            "ip link set lo up; exec {BIN} {} 10.9.9.9:5004 --codec pcmu",
+            wav.display()
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+    assert!(err.contains("10 dropped"), "{err}");
+}

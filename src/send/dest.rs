@@ -3,7 +3,9 @@
 //! connected, so the kernel reports ICMP errors; an unreachable network or
 //! host, or a refused port (no receiver yet), is transient: the datagram is
 //! dropped and counted, a rate-limited warning says so, and sending goes on
-//! (the receiver may come up later). Any other send error is fatal.
+//! (the receiver may come up later). The same holds at startup: when no
+//! route leads to the destination yet (a Pi booting before its network is
+//! up), connecting is retried with every packet. Any other error is fatal.
 
 use core::fmt;
 use std::io;
@@ -118,6 +120,9 @@ pub enum SendStatus {
 pub struct Dest {
     socket: UdpSocket,
     addr: SocketAddr,
+    /// False while connect() fails for a transient reason (no route yet,
+    /// e.g. at boot before the network is up); retried on every send.
+    connected: bool,
     limit: RateLimit,
     dropped: u64,
 }
@@ -141,10 +146,21 @@ impl Dest {
             // silently ignoring the option.
             log::warn!("send: --interface {iface} applies to multicast only; {addr} is unicast");
         }
-        socket.connect(addr).map_err(sock_err(addr, "connect"))?;
+        let connected = match socket.connect(addr) {
+            Ok(()) => true,
+            Err(e) if is_transient(&e) => false,
+            Err(err) => {
+                return Err(Error::Socket {
+                    addr,
+                    what: "connect",
+                    err,
+                })
+            }
+        };
         Ok(Dest {
             socket,
             addr,
+            connected,
             limit: RateLimit::default_for_input(),
             dropped: 0,
         })
@@ -166,7 +182,19 @@ impl Dest {
 
     pub fn send(&mut self, datagram: &[u8]) -> Result<SendStatus, Error> {
         loop {
-            match self.socket.send(datagram) {
+            let sent = if self.connected {
+                self.socket.send(datagram)
+            } else {
+                match self.socket.connect(self.addr) {
+                    Ok(()) => {
+                        self.connected = true;
+                        log::info!("send: {} is reachable now", self.addr);
+                        self.socket.send(datagram)
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match sent {
                 Ok(_) => return Ok(SendStatus::Sent),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_transient(&e) => {
