@@ -394,3 +394,31 @@ fn sigterm_stops_while_stdin_is_silent() {
     let status = wait_within(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn stdin_wav_with_open_length_as_pipes_write_it() {
+    // sox and ffmpeg writing WAV to a pipe cannot seek back to fill in the
+    // sizes; they leave 0xFFFFFFFF (or 0).
+    let samples = signal(2 * 1600); // 0.2 s stereo at 8 kHz
+    let mut wav = write_wav(8000, 2, &samples);
+    wav[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    wav[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["-", &dest, "-q"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&wav).unwrap();
+    }
+    let got = receive(&sock, Duration::from_millis(500));
+    assert!(wait_within(&mut child, Duration::from_secs(5)).success());
+    assert_eq!(got.datagrams.len(), 10);
+    let payload = check_rtp(&got.datagrams, 96, 160, 4);
+    let mut expected = vec![0u8; samples.len() * 2];
+    codec::encode(netspeaker::format::Encoding::L16, &samples, &mut expected);
+    assert_eq!(payload, expected);
+}

@@ -322,10 +322,11 @@ fn main() -> ExitCode {
     match sender.run(&stop) {
         Ok(summary) => {
             log::info!(
-                "{}: {} packets, {:.1} s of audio sent, {} dropped (network), {} capture overruns",
+                "{}: {:.1} s of audio in {} packets sent and {} dropped (network), {} capture \
+                 overruns",
                 if summary.finished { "done" } else { "stopped" },
-                summary.packets,
                 summary.frames as f64 / f64::from(sender.format().rate),
+                summary.packets,
                 summary.dropped,
                 summary.overruns
             );
