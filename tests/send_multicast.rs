@@ -3,7 +3,7 @@
 //! creates (`unshare -n`, loopback with a multicast route), and checks
 //! that the datagrams arrive with the TTL `--ttl` set, through the
 //! interface `--interface` named (by name and by address). IPv6 unicast
-//! goes to ::1.
+//! goes to ::1; IPv6 multicast crosses a veth pair inside a namespace.
 
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
@@ -151,4 +151,72 @@ fn unreachable_network_is_reported_and_not_fatal() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(err.contains("unreachable"), "{err}");
     assert!(err.contains("10 dropped"), "{err}");
+}
+
+/// Joins an IPv6 group on the named interface and prints, per datagram,
+/// its length and the hop limit it arrived with.
+const RECEIVER6: &str = r#"
+import socket, struct, sys
+group, port, count, iface = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[5]
+IPV6_RECVHOPLIMIT, IPV6_HOPLIMIT = 51, 52  # Linux values
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", port))
+mreq = socket.inet_pton(socket.AF_INET6, group) + struct.pack("@I", socket.if_nametoindex(iface))
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVHOPLIMIT, 1)
+s.settimeout(5)
+open(sys.argv[4], "w").close()
+for _ in range(count):
+    data, anc, _, _ = s.recvmsg(2048, 64)
+    hops = [struct.unpack("i", d[:4])[0] for (l, t, d) in anc if t == IPV6_HOPLIMIT]
+    print(len(data), hops[0] if hops else -1, flush=True)
+"#;
+
+/// IPv6 multicast out of the interface `--interface` names, with the hop
+/// limit `--ttl` sets: a veth pair inside a private namespace, the sender
+/// on one end, the receiver joined on the other.
+#[test]
+fn ipv6_multicast_in_private_namespace() {
+    let dir = std::env::temp_dir().join(format!("ns-send-mc6-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &[100; 1600])).unwrap();
+    let py = dir.join("recv6.py");
+    std::fs::write(&py, RECEIVER6).unwrap();
+    let ready = dir.join("ready");
+    let _ = std::fs::remove_file(&ready);
+    let script = format!(
+        "set -e
+ip link set lo up
+ip link add va type veth peer name vb
+ip link set va up
+ip link set vb up
+n=0
+# Wait for the link-local addresses to leave duplicate address detection.
+while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+python3 {py} ff15::77 6000 10 {ready} vb &
+r=$!
+n=0
+while [ ! -e {ready} ]; do sleep 0.05; n=$((n+1)); [ $n -lt 200 ] || exit 1; done
+{bin} {wav} [ff15::77]:6000 --codec pcmu --ttl 4 --interface va -q
+wait $r",
+        py = py.display(),
+        ready = ready.display(),
+        bin = BIN,
+        wav = wav.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<&str> = stdout.lines().collect();
+    assert_eq!(got.len(), 10, "{stdout}");
+    assert!(got.iter().all(|l| *l == "172 4"), "{stdout}");
 }
