@@ -34,9 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Capacity of the packet queue between the net and playout threads
-/// (heapless keeps one slot free). 64 packets cover 1.28 s of 20 ms ptime,
-/// far more than one period's worth even for 1 ms ptime bursts.
-pub const PACKET_QUEUE: usize = 64;
+/// (heapless keeps one slot free). 128 packets cover 2.5 s of 20 ms ptime:
+/// a hardware device never blocks the playout thread that long, but a
+/// sound server (PulseAudio, PipeWire as "default") can take a second or
+/// two to start a stream when the device is (re)opened, and packets must
+/// not be lost meanwhile.
+pub const PACKET_QUEUE: usize = 128;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
 
@@ -105,7 +108,7 @@ impl Default for PlayoutConfig {
                 initial_channels: 2,
             },
             period_ms: 5,
-            buffer_periods: 3,
+            buffer_periods: 4,
             rt_priority: 70,
             lock_memory: true,
             max_rate: 48_000,
@@ -173,6 +176,8 @@ pub enum Event {
     DeviceOpened(Negotiated),
     DeviceOpenFailed(AlsaError),
     DeviceLost(AlsaError),
+    /// The device is closed on purpose, to be opened again at once.
+    Reopening(&'static str),
     Underrun,
     Resumed,
     StreamStarted {
@@ -555,10 +560,13 @@ impl PlayoutThread {
         let mut backoff_ms = BACKOFF_MIN_MS;
         let mut next_open_ns = 0u64;
         let mut was_state = StreamState::NoStream;
+        let mut announce: Option<Negotiated> = None;
+        let mut writes_since_open = 0u64;
         while !self.stop.load(Relaxed) {
             let now = crate::clock::monotonic_ns();
             self.drain_packets();
             if self.reopen.swap(false, Relaxed) {
+                self.event(Event::Reopening("SIGHUP"));
                 device = None;
                 next_open_ns = 0;
             }
@@ -566,6 +574,7 @@ impl PlayoutThread {
             if let (Some(dev), Some(wanted)) = (&device, self.wanted_device_format()) {
                 let n = dev.negotiated();
                 if (n.rate, n.channels) != wanted && self.jitter_playing() {
+                    self.event(Event::Reopening("the stream's rate or channels changed"));
                     device = None;
                     next_open_ns = 0;
                 }
@@ -575,7 +584,11 @@ impl PlayoutThread {
                     Ok(dev) => {
                         let n = dev.negotiated().clone();
                         self.engine.set_device(n.rate, n.channels);
-                        self.event(Event::DeviceOpened(n));
+                        // Announced once the device is seen consuming: a
+                        // sound server may take a second or two to start a
+                        // stream, and "open" should mean "playing".
+                        announce = Some(n);
+                        writes_since_open = 0;
                         device = Some(dev);
                         backoff_ms = BACKOFF_MIN_MS;
                     }
@@ -592,7 +605,18 @@ impl PlayoutThread {
                     let n = dev.negotiated();
                     let len = (n.period_frames * n.channels as usize).min(out.len());
                     self.engine.render(&mut out[..len], now);
-                    match dev.write(&out[..len]) {
+                    let written = dev.write(&out[..len]);
+                    if written.is_ok() && announce.is_some() {
+                        // The first buffer's worth of writes only fill
+                        // the device; two more mean it really consumes.
+                        writes_since_open += 1;
+                        if writes_since_open > self.config.buffer_periods as u64 + 2 {
+                            if let Some(n) = announce.take() {
+                                self.event(Event::DeviceOpened(n));
+                            }
+                        }
+                    }
+                    match written {
                         Ok(WriteOutcome::Written) => {}
                         Ok(WriteOutcome::Underrun) => {
                             self.stats.underruns.fetch_add(1, Relaxed);
@@ -639,9 +663,9 @@ impl PlayoutThread {
             self.stats.periods.fetch_add(1, Relaxed);
             self.heartbeat.beat();
         }
-        if let Some(mut dev) = device {
-            dev.drain();
-        }
+        // Stopping: close at once (no drain) so the process exits within
+        // a few periods of SIGTERM; closing flushes plugins such as `file`.
+        drop(device);
     }
 
     fn jitter_playing(&self) -> bool {
