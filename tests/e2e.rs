@@ -488,3 +488,61 @@ fn stats_line_parses() {
     assert_eq!(s.get("target"), 10.0);
     assert_eq!(s.get("drift"), 3.2);
 }
+
+#[test]
+fn without_realtime_privilege_it_says_so_once_and_plays_on() {
+    let dir = TestDir::new("e2e-noprivilege");
+    let alsa = AlsaConfig::write(&dir.path);
+    // The test dir must be reachable for the unprivileged user.
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(&dir.path)
+        .status();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let log = dir.file("receiver.log");
+    let file = std::fs::File::create(&log).unwrap();
+    // As the user nobody: SCHED_FIFO and mlockall are refused.
+    let mut child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_netspeaker"))
+        .args([
+            "--device",
+            "capture",
+            "--listen",
+            &listen,
+            "--raw",
+            "s16le:8000:1",
+        ])
+        .envs(alsa.env())
+        .stderr(file)
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut seen = false;
+    for _ in 0..100 {
+        if text().contains("open:") {
+            seen = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..10 {
+        sock.send_to(&[0u8; 320], dest(port)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).unwrap();
+    let status = child.wait().unwrap();
+    let out = text();
+    assert!(seen, "device not opened\n{out}");
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.matches("cannot use realtime priority").count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(out.matches("cannot lock memory").count(), 1, "{out}");
+    assert!(out.contains("stream started"), "it plays on\n{out}");
+}
