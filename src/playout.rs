@@ -314,6 +314,17 @@ impl Engine {
         &self.metrics
     }
 
+    /// The playout delay this stage holds, in stream frames: what waits in
+    /// the jitter buffer plus what the stretcher and resampler hold back.
+    /// The delay controller keeps it at the target; the device's own delay
+    /// comes on top (constant in blocking mode, reported apart).
+    pub fn buffered_delay_frames(&self) -> f64 {
+        match &self.resampler {
+            Some(r) => buffered_frames(&self.jitter, &self.stretcher, r, self.device_rate),
+            None => self.jitter.depth_frames() as f64,
+        }
+    }
+
     /// The device's format changed (opened or reopened).
     pub fn set_device(&mut self, rate: u32, channels: u16) {
         if self.device_rate != rate || self.device_channels != channels as usize {
@@ -482,12 +493,7 @@ impl Engine {
         let Some(resampler) = self.resampler.as_mut() else {
             return;
         };
-        // The delay this stage controls: what waits in the jitter buffer
-        // plus what the stretcher and resampler hold. The device's own
-        // delay is constant in blocking mode and stays out of the loop.
-        let held = self.stretcher.buffered() as f64
-            + resampler.latency_frames() * rate / self.device_rate.max(1) as f64;
-        let measured = self.jitter.depth_frames() as f64 + held;
+        let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
         let target = self.jitter.target_delay_frames() as f64;
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
         let control = self.controller.update(measured, target, period.max(1));
@@ -499,6 +505,18 @@ impl Engine {
         }
         self.metrics.drift_ppm = self.controller.drift_ppm();
     }
+}
+
+fn buffered_frames(
+    jitter: &JitterBuffer,
+    stretcher: &Stretcher,
+    resampler: &Resampler,
+    device_rate: u32,
+) -> f64 {
+    let rate = jitter.format().map_or(1, |f| f.rate) as f64;
+    // The resampler reports its look-ahead in output (device) frames.
+    let resampler_frames = resampler.latency_frames() * rate / device_rate.max(1) as f64;
+    jitter.depth_frames() as f64 + stretcher.buffered() as f64 + resampler_frames
 }
 
 /// Maps interleaved frames from `in_ch` to `out_ch` channels: equal counts
