@@ -108,6 +108,23 @@ fn check_rtp(
     payload
 }
 
+/// Waits up to `limit` for `child`; a child still running then is killed
+/// and the test fails (rather than hanging).
+fn wait_within(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let t = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("netspeaker-send still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn run_sender(args: &[&str]) -> std::process::Child {
     Command::new(BIN)
         .args(args)
@@ -247,10 +264,8 @@ fn sigterm_stops_a_looping_stream_cleanly() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let stopped = Instant::now();
-    let status = child.wait().unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0));
-    assert!(stopped.elapsed() < Duration::from_secs(1));
 }
 
 #[test]
@@ -325,4 +340,57 @@ fn float_wav_is_a_clear_error() {
         err.contains("floating-point") && err.contains("16-bit"),
         "{err}"
     );
+}
+
+#[test]
+fn cd_rate_stereo_wav_resampled_to_pcma_8k_mono() {
+    let dir = temp_dir("resample");
+    let tone = |rate: f64, k: usize| (2.0 * std::f64::consts::PI * 500.0 * k as f64 / rate).sin();
+    let samples: Vec<i16> = (0..44_100)
+        .flat_map(|k| {
+            let v = (tone(44_100.0, k) * 12_000.0) as i16;
+            [v, v]
+        })
+        .collect();
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(44_100, 2, &samples)).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = run_sender(&[wav.to_str().unwrap(), &dest, "--codec", "pcma", "-q"]);
+    let got = receive(&sock, Duration::from_millis(500));
+    assert!(child.wait().unwrap().success());
+    // One second at 8 kHz: 8000 frames, 50 packets of 160.
+    assert_eq!(got.datagrams.len(), 50);
+    assert!(got.datagrams.iter().all(|d| d.len() == 12 + 160));
+    let payload = check_rtp(&got.datagrams, 8, 160, 1);
+    // The 500 Hz tone survives resampling and A-law within a few percent.
+    for (k, &a) in payload.iter().enumerate().skip(100).take(7800) {
+        let want = tone(8000.0, k) * 12_000.0;
+        let got = f64::from(codec::alaw_to_linear(a));
+        assert!(
+            (got - want).abs() < 12_000.0 * 0.05,
+            "frame {k}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_while_stdin_is_silent() {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["--format", "s16le:8000:1", "-", &dest, "-q"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Keep the pipe open and silent, as an idle producer would.
+    let _stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(1));
+    assert_eq!(status.code(), Some(0));
 }

@@ -136,6 +136,10 @@ impl Dest {
         let socket = UdpSocket::bind(bind).map_err(sock_err(addr, "bind"))?;
         if addr.ip().is_multicast() {
             set_multicast(&socket, config)?;
+        } else if let Some(iface) = &config.interface {
+            // Unicast follows the routing table; say so rather than
+            // silently ignoring the option.
+            log::warn!("send: --interface {iface} applies to multicast only; {addr} is unicast");
         }
         socket.connect(addr).map_err(sock_err(addr, "connect"))?;
         Ok(Dest {

@@ -106,6 +106,12 @@ pub enum Error {
     Rate(u32),
     Channels(u16),
     Random(io::Error),
+    /// A reopened capture device came back in another format.
+    CaptureChanged {
+        device: String,
+        was: StreamFormat,
+        now: StreamFormat,
+    },
 }
 
 impl fmt::Display for Error {
@@ -127,6 +133,11 @@ impl fmt::Display for Error {
             Error::Rate(r) => write!(f, "--rate {r} is outside {MIN_RATE} to {MAX_RATE}"),
             Error::Channels(c) => write!(f, "--channels {c} is outside 1 to {MAX_CHANNELS}"),
             Error::Random(e) => write!(f, "cannot read /dev/urandom: {e}"),
+            Error::CaptureChanged { device, was, now } => write!(
+                f,
+                "capture device '{device}' came back as {now} instead of {was}: restart \
+                 netspeaker-send"
+            ),
         }
     }
 }
@@ -208,6 +219,8 @@ enum Source {
     Capture {
         device: String,
         capture: Capture,
+        /// What was asked of the device, to ask again after it vanished.
+        want: StreamFormat,
         period_frames: usize,
     },
 }
@@ -223,29 +236,56 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
     }
 }
 
-/// Opens a capture device, retrying with backoff (0.5 s doubling to 8 s)
-/// while it is busy, until `stop` is set.
+/// First wait before retrying a busy or vanished capture device; doubles
+/// up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// Calls `open` until it succeeds, retrying with backoff (from `first`
+/// doubling to `MAX_BACKOFF`) while `retry` says the error is worth
+/// waiting out. `Ok(None)`: `stop` was set while waiting.
+pub fn retry_with_backoff<T>(
+    mut open: impl FnMut() -> Result<T, capture::Error>,
+    retry: impl Fn(&capture::Error) -> bool,
+    first: Duration,
+    stop: &AtomicBool,
+) -> Result<Option<T>, capture::Error> {
+    let mut backoff = first;
+    let mut limit = RateLimit::default_for_input();
+    loop {
+        match open() {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) if retry(&e) => {
+                if let Some(s) = limit.check(monotonic_ns()) {
+                    log::warn!(
+                        "{e}; retrying in {:.1} s ({s} messages suppressed)",
+                        backoff.as_secs_f32()
+                    );
+                }
+                sleep_unless_stopped(backoff, stop);
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens a capture device, waiting while another program holds it.
 pub fn open_capture_with_retry(
     device: &str,
     want: StreamFormat,
     period_frames: usize,
     stop: &AtomicBool,
 ) -> Result<Option<Capture>, capture::Error> {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match Capture::open(device, want, period_frames) {
-            Ok(c) => return Ok(Some(c)),
-            Err(e @ capture::Error::Busy { .. }) => {
-                log::warn!("{e}; retrying in {:.1} s", backoff.as_secs_f32());
-                sleep_unless_stopped(backoff, stop);
-                if stop.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(8));
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    retry_with_backoff(
+        || Capture::open(device, want, period_frames),
+        |e| matches!(e, capture::Error::Busy { .. }),
+        FIRST_BACKOFF,
+        stop,
+    )
 }
 
 pub struct Sender {
@@ -258,6 +298,8 @@ pub struct Sender {
     samples: Vec<i16>,
     datagram: Vec<u8>,
     overrun_log: RateLimit,
+    /// Overruns counted by capture handles since replaced.
+    overruns_before: u64,
 }
 
 impl Sender {
@@ -300,6 +342,10 @@ impl Sender {
                 };
                 let format = stream_format(config.output, wanted, config.rate, config.channels);
                 let period = format.frames_for_ms(config.ptime_ms);
+                let format = StreamFormat {
+                    encoding: Encoding::S16Le,
+                    ..format
+                };
                 let Some(capture) = open_capture_with_retry(device, format, period, stop)? else {
                     return Ok(None);
                 };
@@ -308,6 +354,7 @@ impl Sender {
                 let source = Source::Capture {
                     device: device.clone(),
                     period_frames: capture.period_frames(),
+                    want: format,
                     capture,
                 };
                 (source, src, format)
@@ -378,6 +425,7 @@ impl Sender {
             frames_per_packet,
             samples: vec![0; frames_per_packet * usize::from(format.channels)],
             overrun_log: RateLimit::default_for_input(),
+            overruns_before: 0,
         }))
     }
 
@@ -404,7 +452,16 @@ impl Sender {
             overruns: 0,
         };
         while !stop.load(Ordering::Relaxed) {
-            let frames = self.fill(stop)?;
+            let frames = match self.fill(stop) {
+                Ok(n) => n,
+                Err(Error::Capture(e @ capture::Error::Read { .. })) => {
+                    if !self.reopen_capture(e, stop)? {
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if frames == 0 {
                 summary.finished = !stop.load(Ordering::Relaxed);
                 break;
@@ -431,10 +488,60 @@ impl Sender {
             summary.frames += frames as u64;
         }
         summary.dropped = self.dest.dropped();
+        summary.overruns = self.overruns_before;
         if let Source::Capture { capture, .. } = &self.source {
-            summary.overruns = capture.overruns();
+            summary.overruns += capture.overruns();
         }
         Ok(summary)
+    }
+
+    /// The capture device failed while streaming (unplugged, its sound
+    /// server died): reopen it with backoff until it is back. The stream
+    /// goes on with the same SSRC; the RTP timestamp skips the time the
+    /// device was away and the next packet carries the marker bit (a new
+    /// talkspurt), so a receiver does not mistake the gap for late audio.
+    /// False when `stop` was set while waiting.
+    fn reopen_capture(&mut self, err: capture::Error, stop: &AtomicBool) -> Result<bool, Error> {
+        let Source::Capture {
+            device,
+            capture,
+            want,
+            period_frames,
+        } = &mut self.source
+        else {
+            return Err(Error::Capture(err));
+        };
+        log::warn!("{err}; reopening it");
+        let lost_at = monotonic_ns();
+        let (device_name, want_format, period) = (device.clone(), *want, *period_frames);
+        let Some(new) = retry_with_backoff(
+            || Capture::open(&device_name, want_format, period),
+            |_| true,
+            FIRST_BACKOFF,
+            stop,
+        )?
+        else {
+            return Ok(false);
+        };
+        if new.format() != capture.format() {
+            // The converter was built for the old format.
+            return Err(Error::CaptureChanged {
+                device: device_name,
+                was: capture.format(),
+                now: new.format(),
+            });
+        }
+        self.overruns_before += capture.overruns();
+        *capture = new;
+        let gap_ns = monotonic_ns().saturating_sub(lost_at);
+        let gap_frames = u128::from(gap_ns) * u128::from(self.format.rate) / 1_000_000_000;
+        self.packetizer
+            .skip_frames(u32::try_from(gap_frames).unwrap_or(u32::MAX));
+        log::info!(
+            "capture: '{device_name}' is back after {:.1} s",
+            gap_ns as f64 / 1e9
+        );
+        Ok(true)
     }
 
     /// One packet of stream frames into `self.samples`; 0 at the end.
@@ -447,11 +554,12 @@ impl Sender {
             ..
         } = self;
         match source {
-            Source::File(file) => Ok(converter.fill(samples, |buf| file.read(buf))?),
+            Source::File(file) => Ok(converter.fill(samples, |buf| file.read(buf, stop))?),
             Source::Capture {
                 device,
                 capture,
                 period_frames,
+                ..
             } => converter.fill(samples, |buf| loop {
                 if stop.load(Ordering::Relaxed) {
                     return Ok(0);
@@ -536,5 +644,77 @@ mod tests {
         let a = random_start().unwrap();
         let b = random_start().unwrap();
         assert_ne!(a, b);
+    }
+
+    fn busy() -> capture::Error {
+        capture::Error::Busy {
+            device: "hw:1".into(),
+        }
+    }
+
+    fn is_busy(e: &capture::Error) -> bool {
+        matches!(e, capture::Error::Busy { .. })
+    }
+
+    #[test]
+    fn busy_device_retried_with_backoff_until_free() {
+        let stop = AtomicBool::new(false);
+        let mut attempts = Vec::new();
+        let t = std::time::Instant::now();
+        let r = retry_with_backoff(
+            || {
+                attempts.push(t.elapsed());
+                if attempts.len() < 3 {
+                    Err(busy())
+                } else {
+                    Ok(attempts.len())
+                }
+            },
+            is_busy,
+            Duration::from_millis(20),
+            &stop,
+        );
+        assert!(matches!(r, Ok(Some(3))));
+        // Waits of 20 ms then 40 ms: the backoff doubles.
+        assert!(attempts[1] >= Duration::from_millis(20), "{attempts:?}");
+        assert!(
+            attempts[2] - attempts[1] >= Duration::from_millis(40),
+            "{attempts:?}"
+        );
+    }
+
+    #[test]
+    fn other_open_errors_are_not_retried() {
+        let stop = AtomicBool::new(false);
+        let mut n = 0;
+        let r: Result<Option<()>, _> = retry_with_backoff(
+            || {
+                n += 1;
+                Err(capture::Error::Read {
+                    device: "x".into(),
+                    err: alsa::Error::unsupported("test"),
+                })
+            },
+            is_busy,
+            Duration::from_millis(1),
+            &stop,
+        );
+        assert!(matches!(r, Err(capture::Error::Read { .. })));
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn stop_ends_the_wait_for_a_busy_device() {
+        let stop = AtomicBool::new(false);
+        let r: Result<Option<()>, _> = retry_with_backoff(
+            || {
+                stop.store(true, Ordering::Relaxed);
+                Err(busy())
+            },
+            is_busy,
+            Duration::from_secs(60),
+            &stop,
+        );
+        assert!(matches!(r, Ok(None)));
     }
 }

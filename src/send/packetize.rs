@@ -4,7 +4,8 @@
 //! payload, or the encoded payload alone for headerless PCM (`--raw`).
 //! Policy: the sequence number grows by one and the timestamp by the
 //! frames sent, both wrapping; the marker bit is set on the first packet
-//! only (one talkspurt). A short packet (the end of a file) is sent as it
+//! (one talkspurt), and again after a gap the caller reports with
+//! `skip_frames` (the timestamp then skips the missing frames). A short packet (the end of a file) is sent as it
 //! is, never padded, so the receiver gets exactly the source's frames.
 
 use core::fmt;
@@ -114,6 +115,14 @@ impl Packetizer {
             Framing::Rtp { .. } => RTP_HEADER_LEN,
             Framing::Raw => 0,
         }
+    }
+
+    /// Moves the timestamp on by `frames` that will not be sent (the
+    /// source was away) and marks the next packet as the start of a new
+    /// talkspurt, as RFC 3551 §4.1 has it for audio after a silence.
+    pub fn skip_frames(&mut self, frames: u32) {
+        self.timestamp = self.timestamp.wrapping_add(frames);
+        self.first = true;
     }
 
     /// Writes the next datagram for `samples` (interleaved, whole frames,
@@ -278,6 +287,25 @@ mod tests {
         p.packetize(&ramp(160), &mut out);
         let ts = u32::from_be_bytes([out[4], out[5], out[6], out[7]]);
         assert_eq!(ts, (u32::MAX - 100).wrapping_add(50));
+    }
+
+    #[test]
+    fn skipped_frames_move_timestamp_and_mark_next() {
+        let c = config(Encoding::Pcmu, 8000, 1, Framing::Rtp { payload_type: 0 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = [0u8; 172];
+        let samples = ramp(160);
+        p.packetize(&samples, &mut out);
+        p.packetize(&samples, &mut out);
+        assert_eq!(out[1] & 0x80, 0);
+        p.skip_frames(8000);
+        p.packetize(&samples, &mut out);
+        assert_eq!(out[1] & 0x80, 0x80, "marker after the gap");
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 0, "seq does not skip");
+        let ts = u32::from_be_bytes([out[4], out[5], out[6], out[7]]);
+        assert_eq!(ts, (u32::MAX - 100).wrapping_add(320 + 8000));
+        p.packetize(&samples, &mut out);
+        assert_eq!(out[1] & 0x80, 0);
     }
 
     #[test]

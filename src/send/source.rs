@@ -10,6 +10,7 @@ use core::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::codec;
 use crate::format::StreamFormat;
@@ -145,8 +146,9 @@ impl FileSource {
 
     /// Fills `out` with up to `out.len() / channels` frames (at most the
     /// `max_frames` given to `open`) and returns the frames read; 0 means
-    /// the end of the input.
-    pub fn read(&mut self, out: &mut [i16]) -> Result<usize, Error> {
+    /// the end of the input, or that `stop` was set while standard input
+    /// had nothing to read (a pipe can stay silent for ever).
+    pub fn read(&mut self, out: &mut [i16], stop: &AtomicBool) -> Result<usize, Error> {
         let bpf = self.format.bytes_per_frame();
         let channels = usize::from(self.format.channels);
         let want = (out.len() / channels).min(self.bytes.len() / bpf) * bpf;
@@ -159,6 +161,8 @@ impl FileSource {
             };
             let n = if limit == 0 {
                 0
+            } else if !self.readable(stop)? {
+                break;
             } else {
                 match self.reader.read(&mut self.bytes[got..got + limit]) {
                     Ok(n) => n,
@@ -199,6 +203,36 @@ impl FileSource {
         Ok(frames)
     }
 
+    /// Waits until the input can be read; false when `stop` was set
+    /// first. Files are always readable; standard input is polled, because
+    /// the signal handlers restart a blocking read (SA_RESTART) and a stop
+    /// would wait for the next byte.
+    fn readable(&self, stop: &AtomicBool) -> Result<bool, Error> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let Reader::Stdin(stdin) = &self.reader else {
+            return Ok(true);
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(false);
+            }
+            let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+            // Bounded, so a signal that lands just before poll is seen
+            // within 200 ms.
+            match poll(&mut fds, PollTimeout::from(200u8)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => return Ok(true),
+                Err(e) => {
+                    return Err(Error::Read {
+                        input: self.input.to_string(),
+                        err: io::Error::from_raw_os_error(e as i32),
+                    })
+                }
+            }
+        }
+    }
+
     fn rewind(&mut self) -> Result<(), Error> {
         if let Reader::File(f) = &mut self.reader {
             f.seek(SeekFrom::Start(self.data_offset))
@@ -237,7 +271,7 @@ mod tests {
         let mut buf = vec![0i16; chunk * ch];
         let mut all = Vec::new();
         while all.len() < limit {
-            let n = src.read(&mut buf).unwrap();
+            let n = src.read(&mut buf, &AtomicBool::new(false)).unwrap();
             if n == 0 {
                 break;
             }

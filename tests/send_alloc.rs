@@ -1,0 +1,107 @@
+//! After `Sender::new`, streaming allocates nothing: a counting global
+//! allocator watches the thread that runs `Sender::run` over a looping
+//! file, with and without rate and channel conversion.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netspeaker::format::Encoding;
+use netspeaker::send::dest::DestConfig;
+use netspeaker::send::source::Input;
+use netspeaker::send::wav::write_wav;
+use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &str) -> u64 {
+    let dir = std::env::temp_dir().join(format!("ns-send-alloc-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("in.wav");
+    // 0.1 s, looped: the rewind is on the measured path too.
+    let frames = rate as usize / 10;
+    let samples: Vec<i16> = (0..frames * usize::from(channels))
+        .map(|i| (i as i16).wrapping_mul(97))
+        .collect();
+    std::fs::write(&wav, write_wav(rate, channels, &samples)).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let config = SendConfig {
+        source: SourceConfig::File {
+            input: Input::File(wav),
+            raw: None,
+            looping: true,
+        },
+        output,
+        rate: None,
+        channels: None,
+        ptime_ms: 10,
+        dest: DestConfig {
+            addr: sink.local_addr().unwrap(),
+            ttl: 1,
+            interface: None,
+        },
+        sdp: None,
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sender = Sender::new(&config, &stop).unwrap().unwrap();
+    let stopper = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let summary = sender.run(&stop).unwrap();
+    COUNTING.with(|c| c.set(false));
+    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    stopper.join().unwrap();
+    // About 40 packets of 10 ms went out, across several loops of the file.
+    assert!(summary.packets >= 30, "{summary:?}");
+    after - before
+}
+
+#[test]
+fn streaming_allocates_nothing() {
+    assert_eq!(
+        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "l16"),
+        0
+    );
+    // 44.1 kHz stereo → 8 kHz mono PCMU: channel mixing and the resampler.
+    assert_eq!(
+        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Pcmu, 96), "pcmu"),
+        0
+    );
+    assert_eq!(allocations_while_streaming(8000, 1, Output::Raw, "raw"), 0);
+}
