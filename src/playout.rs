@@ -450,8 +450,13 @@ impl Engine {
                     self.concealer.audio(&mut self.stream_in[seg]);
                 }
                 ReadStatus::Missing(_) => {
+                    // Counted while the concealment sounds: a stream that
+                    // stopped fades within 60 ms, then waits in silence
+                    // until it is declared lost; that wait hides nothing.
+                    if !self.concealer.is_silent() {
+                        self.metrics.concealed_frames += n as u64;
+                    }
                     self.concealer.conceal(&mut self.stream_in[seg]);
-                    self.metrics.concealed_frames += n as u64;
                 }
                 ReadStatus::Idle(_) => self.fade_or_silence(done, done + n, ch),
             }
