@@ -6,9 +6,11 @@
 
 use crate::format::StreamFormat;
 
-/// Largest payload a slot holds. 8 KiB covers L16 48 kHz stereo at 40 ms
-/// ptime; larger datagrams are dropped and counted as malformed.
-pub const MAX_PAYLOAD: usize = 8192;
+/// Largest payload a slot holds: 4 KiB covers L16 48 kHz stereo at 20 ms
+/// ptime (3840 bytes, already beyond one Ethernet frame), and every G.711
+/// ptime up to 512 ms; larger datagrams are dropped and counted. Slots are
+/// copied through the packet queue, so their size is its memory.
+pub const MAX_PAYLOAD: usize = 4096;
 
 /// Largest datagram read from the socket (payload plus RTP header, CSRCs,
 /// extension and padding). Anything longer is truncated by the kernel and

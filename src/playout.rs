@@ -34,9 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Capacity of the packet queue between the net and playout threads
-/// (heapless keeps one slot free). 64 packets cover 1.28 s of 20 ms ptime,
-/// far more than one period's worth even for 1 ms ptime bursts.
-pub const PACKET_QUEUE: usize = 64;
+/// (heapless keeps one slot free). 128 packets cover 2.5 s of 20 ms ptime:
+/// a hardware device never blocks the playout thread that long, but a
+/// sound server (PulseAudio, PipeWire as "default") can take a second or
+/// two to start a stream when the device is (re)opened, and packets must
+/// not be lost meanwhile.
+pub const PACKET_QUEUE: usize = 128;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
 
@@ -105,7 +108,7 @@ impl Default for PlayoutConfig {
                 initial_channels: 2,
             },
             period_ms: 5,
-            buffer_periods: 3,
+            buffer_periods: 4,
             rt_priority: 70,
             lock_memory: true,
             max_rate: 48_000,
@@ -173,6 +176,8 @@ pub enum Event {
     DeviceOpened(Negotiated),
     DeviceOpenFailed(AlsaError),
     DeviceLost(AlsaError),
+    /// The device is closed on purpose, to be opened again at once.
+    Reopening(&'static str),
     Underrun,
     Resumed,
     StreamStarted {
@@ -309,6 +314,17 @@ impl Engine {
         &self.metrics
     }
 
+    /// The playout delay this stage holds, in stream frames: what waits in
+    /// the jitter buffer plus what the stretcher and resampler hold back.
+    /// The delay controller keeps it at the target; the device's own delay
+    /// comes on top (constant in blocking mode, reported apart).
+    pub fn buffered_delay_frames(&self) -> f64 {
+        match &self.resampler {
+            Some(r) => buffered_frames(&self.jitter, &self.stretcher, r, self.device_rate),
+            None => self.jitter.depth_frames() as f64,
+        }
+    }
+
     /// The device's format changed (opened or reopened).
     pub fn set_device(&mut self, rate: u32, channels: u16) {
         if self.device_rate != rate || self.device_channels != channels as usize {
@@ -434,8 +450,13 @@ impl Engine {
                     self.concealer.audio(&mut self.stream_in[seg]);
                 }
                 ReadStatus::Missing(_) => {
+                    // Counted while the concealment sounds: a stream that
+                    // stopped fades within 60 ms, then waits in silence
+                    // until it is declared lost; that wait hides nothing.
+                    if !self.concealer.is_silent() {
+                        self.metrics.concealed_frames += n as u64;
+                    }
                     self.concealer.conceal(&mut self.stream_in[seg]);
-                    self.metrics.concealed_frames += n as u64;
                 }
                 ReadStatus::Idle(_) => self.fade_or_silence(done, done + n, ch),
             }
@@ -477,12 +498,7 @@ impl Engine {
         let Some(resampler) = self.resampler.as_mut() else {
             return;
         };
-        // The delay this stage controls: what waits in the jitter buffer
-        // plus what the stretcher and resampler hold. The device's own
-        // delay is constant in blocking mode and stays out of the loop.
-        let held = self.stretcher.buffered() as f64
-            + resampler.latency_frames() * rate / self.device_rate.max(1) as f64;
-        let measured = self.jitter.depth_frames() as f64 + held;
+        let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
         let target = self.jitter.target_delay_frames() as f64;
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
         let control = self.controller.update(measured, target, period.max(1));
@@ -494,6 +510,18 @@ impl Engine {
         }
         self.metrics.drift_ppm = self.controller.drift_ppm();
     }
+}
+
+fn buffered_frames(
+    jitter: &JitterBuffer,
+    stretcher: &Stretcher,
+    resampler: &Resampler,
+    device_rate: u32,
+) -> f64 {
+    let rate = jitter.format().map_or(1, |f| f.rate) as f64;
+    // The resampler reports its look-ahead in output (device) frames.
+    let resampler_frames = resampler.latency_frames() * rate / device_rate.max(1) as f64;
+    jitter.depth_frames() as f64 + stretcher.buffered() as f64 + resampler_frames
 }
 
 /// Maps interleaved frames from `in_ch` to `out_ch` channels: equal counts
@@ -555,10 +583,13 @@ impl PlayoutThread {
         let mut backoff_ms = BACKOFF_MIN_MS;
         let mut next_open_ns = 0u64;
         let mut was_state = StreamState::NoStream;
+        let mut announce: Option<Negotiated> = None;
+        let mut writes_since_open = 0u64;
         while !self.stop.load(Relaxed) {
             let now = crate::clock::monotonic_ns();
             self.drain_packets();
             if self.reopen.swap(false, Relaxed) {
+                self.event(Event::Reopening("SIGHUP"));
                 device = None;
                 next_open_ns = 0;
             }
@@ -566,6 +597,7 @@ impl PlayoutThread {
             if let (Some(dev), Some(wanted)) = (&device, self.wanted_device_format()) {
                 let n = dev.negotiated();
                 if (n.rate, n.channels) != wanted && self.jitter_playing() {
+                    self.event(Event::Reopening("the stream's rate or channels changed"));
                     device = None;
                     next_open_ns = 0;
                 }
@@ -575,7 +607,11 @@ impl PlayoutThread {
                     Ok(dev) => {
                         let n = dev.negotiated().clone();
                         self.engine.set_device(n.rate, n.channels);
-                        self.event(Event::DeviceOpened(n));
+                        // Announced once the device is seen consuming: a
+                        // sound server may take a second or two to start a
+                        // stream, and "open" should mean "playing".
+                        announce = Some(n);
+                        writes_since_open = 0;
                         device = Some(dev);
                         backoff_ms = BACKOFF_MIN_MS;
                     }
@@ -592,7 +628,18 @@ impl PlayoutThread {
                     let n = dev.negotiated();
                     let len = (n.period_frames * n.channels as usize).min(out.len());
                     self.engine.render(&mut out[..len], now);
-                    match dev.write(&out[..len]) {
+                    let written = dev.write(&out[..len]);
+                    if written.is_ok() && announce.is_some() {
+                        // The first buffer's worth of writes only fill
+                        // the device; two more mean it really consumes.
+                        writes_since_open += 1;
+                        if writes_since_open > self.config.buffer_periods as u64 + 2 {
+                            if let Some(n) = announce.take() {
+                                self.event(Event::DeviceOpened(n));
+                            }
+                        }
+                    }
+                    match written {
                         Ok(WriteOutcome::Written) => {}
                         Ok(WriteOutcome::Underrun) => {
                             self.stats.underruns.fetch_add(1, Relaxed);
@@ -639,9 +686,9 @@ impl PlayoutThread {
             self.stats.periods.fetch_add(1, Relaxed);
             self.heartbeat.beat();
         }
-        if let Some(mut dev) = device {
-            dev.drain();
-        }
+        // Stopping: close at once (no drain) so the process exits within
+        // a few periods of SIGTERM; closing flushes plugins such as `file`.
+        drop(device);
     }
 
     fn jitter_playing(&self) -> bool {

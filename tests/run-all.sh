@@ -15,7 +15,7 @@ quick=0
 packages=(alsa-utils libasound2-dev pkg-config pulseaudio pulseaudio-utils
   libasound2-plugins sox jackd2 espeak-ng ffmpeg gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-alsa
-  python3-pyaudio iproute2 util-linux systemd valgrind)
+  python3-pyaudio iproute2 util-linux systemd valgrind shellcheck)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

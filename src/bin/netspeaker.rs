@@ -56,7 +56,7 @@ ALSA:
   --device NAME             ALSA playback device [default: default]
   --access rw|mmap          read/write or mmap transfers [default: rw]
   --period-ms MS            ALSA period [default: 5]
-  --buffer-periods N        ALSA buffer size in periods [default: 3]
+  --buffer-periods N        ALSA buffer size in periods [default: 4]
   --device-rate HZ          fix the device rate (convert streams to it)
                             [default: the stream's rate]
   --device-channels N       fix the device channel count [default: the stream's]
@@ -428,17 +428,18 @@ fn run(options: Options) -> Result<(), String> {
                 Err(e) => log::warn!("systemd watchdog: {e}"),
             }
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     let _ = notifier.stopping();
     net_stop.store(true, Relaxed);
-    log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
-    // Give the threads a moment; a playout thread wedged in a device call
-    // must not keep the process from exiting.
+    // The threads see the flags within a period (playout) or a receive
+    // timeout (net); a playout thread wedged in a device call must not
+    // keep the process from exiting, hence the deadline.
     let deadline = Instant::now() + Duration::from_millis(150);
     while Instant::now() < deadline && !(net_thread.is_finished() && playout_thread.is_finished()) {
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
+    log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
     Ok(())
 }
 
@@ -474,6 +475,7 @@ fn log_event(event: &Event, now: u64, underruns: &mut RateLimit, device: &mut Ra
             }
         }
         Event::DeviceLost(e) => log::warn!("{e}; reopening"),
+        Event::Reopening(why) => log::info!("reopening the device: {why}"),
         Event::Underrun => {
             if let Some(suppressed) = underruns.check(now) {
                 log::warn!(
