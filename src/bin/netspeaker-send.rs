@@ -10,6 +10,7 @@ use netspeaker::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use netspeaker::send::dest::{parse_dest, DestConfig};
 use netspeaker::send::source::Input;
 use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
+use netspeaker::service::{self, LogTarget};
 
 const RTP_PORT: u16 = 5004;
 const RAW_PORT: u16 = 5005;
@@ -51,8 +52,8 @@ Destination:
       --sdp FILE            write an SDP description of the stream to FILE
                             (for ffplay -protocol_whitelist file,udp,rtp -i FILE)
 Other:
-  -v, --verbose             more log output (repeat for more)
-  -q, --quiet               only errors
+  -v, --verbose             more log output: debug, -vv trace [default: info]
+  -q, --quiet               less: warnings only, -qq errors only
   -h, --help                this text
   -V, --version             the version
 
@@ -65,7 +66,8 @@ struct Usage(String);
 
 struct Options {
     config: SendConfig,
-    verbosity: i8,
+    verbose: u8,
+    quiet: u8,
 }
 
 fn value<T: std::str::FromStr>(
@@ -117,7 +119,8 @@ fn parse_args() -> Result<Parsed, Usage> {
     let mut ttl = 1u8;
     let mut interface = None;
     let mut sdp = None;
-    let mut verbosity = 0i8;
+    let mut verbose = 0u8;
+    let mut quiet = 0u8;
     while let Some(arg) = parser.next().map_err(|e| Usage(e.to_string()))? {
         match arg {
             Long("format") => {
@@ -174,8 +177,8 @@ fn parse_args() -> Result<Parsed, Usage> {
             Long("ttl") => ttl = value(&mut parser, "--ttl", |_| true, "a number from 0 to 255")?,
             Long("interface") => interface = Some(string(&mut parser, "--interface")?),
             Long("sdp") => sdp = Some(std::path::PathBuf::from(string(&mut parser, "--sdp")?)),
-            Short('v') | Long("verbose") => verbosity += 1,
-            Short('q') | Long("quiet") => verbosity = -1,
+            Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
+            Short('q') | Long("quiet") => quiet = quiet.saturating_add(1),
             Short('h') | Long("help") => return Ok(Parsed::Help),
             Short('V') | Long("version") => return Ok(Parsed::Version),
             Value(v) => positional.push(
@@ -253,31 +256,10 @@ fn parse_args() -> Result<Parsed, Usage> {
             },
             sdp,
         },
-        verbosity,
+        verbose,
+        quiet,
     })))
 }
-
-/// A minimal stderr logger, until the service module's logging is wired
-/// in; the sender is an interactive tool, so stderr is its natural place.
-struct StderrLogger;
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-    fn log(&self, record: &log::Record) {
-        if self.enabled(record.metadata()) {
-            eprintln!(
-                "netspeaker-send: {}: {}",
-                record.level().as_str().to_ascii_lowercase(),
-                record.args()
-            );
-        }
-    }
-    fn flush(&self) {}
-}
-
-static LOGGER: StderrLogger = StderrLogger;
 
 fn main() -> ExitCode {
     let options = match parse_args() {
@@ -295,13 +277,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = log::set_logger(&LOGGER);
-    log::set_max_level(match options.verbosity {
-        i8::MIN..=-1 => log::LevelFilter::Error,
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    });
+    // stderr at a terminal, syslog when systemd runs it (the receiver's
+    // rule, from the service module).
+    let level = service::level_from_verbosity(options.verbose, options.quiet);
+    if let Err(e) = service::init_logging("netspeaker-send", LogTarget::choose(false), level) {
+        eprintln!("netspeaker-send: {e}");
+        return ExitCode::FAILURE;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -127,9 +127,7 @@ impl Capture {
             rate,
             channels: channels as u16,
         };
-        log::info!(
-            "capture: '{device}' opened at {rate} Hz, {channels} channel(s), period {period} frames"
-        );
+        log::info!("'{device}' opened at {rate} Hz, {channels} channel(s), period {period} frames");
         Ok(Capture {
             device: device.to_string(),
             pcm,

@@ -144,7 +144,7 @@ impl Dest {
         } else if let Some(iface) = &config.interface {
             // Unicast follows the routing table; say so rather than
             // silently ignoring the option.
-            log::warn!("send: --interface {iface} applies to multicast only; {addr} is unicast");
+            log::warn!("--interface {iface} applies to multicast only; {addr} is unicast");
         }
         let connected = match socket.connect(addr) {
             Ok(()) => true,
@@ -188,7 +188,7 @@ impl Dest {
                 match self.socket.connect(self.addr) {
                     Ok(()) => {
                         self.connected = true;
-                        log::info!("send: {} is reachable now", self.addr);
+                        log::info!("{} is reachable now", self.addr);
                         self.socket.send(datagram)
                     }
                     Err(e) => Err(e),
@@ -199,10 +199,12 @@ impl Dest {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if is_transient(&e) => {
                     self.dropped += 1;
-                    if let Some(suppressed) = self.limit.check(monotonic_ns()) {
+                    // The count of dropped datagrams already says what the
+                    // suppressed lines would have.
+                    if self.limit.check(monotonic_ns()).is_some() {
                         log::warn!(
-                            "send: {}: {e}; still sending ({} dropped so far, {suppressed} \
-                             messages suppressed): check the address, route or firewall",
+                            "{}: {e}; still sending ({} dropped so far): check the address, \
+                             route or firewall, or whether the receiver runs",
                             self.addr,
                             self.dropped
                         );

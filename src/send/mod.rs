@@ -409,7 +409,7 @@ impl Sender {
                 })?;
         }
         log::info!(
-            "send: {} from {} Hz/{} ch to {} as {}, {} frames per packet, SSRC {:08x}",
+            "{} from {} Hz/{} ch to {} as {}, {} frames per packet, SSRC {:08x}",
             match &config.source {
                 SourceConfig::File { input, .. } => input.to_string(),
                 SourceConfig::Capture { device } => format!("capture device '{device}'"),
@@ -543,10 +543,7 @@ impl Sender {
         let gap_frames = u128::from(gap_ns) * u128::from(self.format.rate) / 1_000_000_000;
         self.packetizer
             .skip_frames(u32::try_from(gap_frames).unwrap_or(u32::MAX));
-        log::info!(
-            "capture: '{device_name}' is back after {:.1} s",
-            gap_ns as f64 / 1e9
-        );
+        log::info!("'{device_name}' is back after {:.1} s", gap_ns as f64 / 1e9);
         Ok(true)
     }
 
@@ -576,7 +573,7 @@ impl Sender {
                     Ok(capture::ReadStatus::Recovered) => {
                         if let Some(s) = overrun_log.check(monotonic_ns()) {
                             log::warn!(
-                                "capture: '{device}' overran (period {period_frames} frames), \
+                                "'{device}' overran (period {period_frames} frames), \
                                  restarted; {} overruns so far, {s} messages suppressed: the \
                                  system is overloaded",
                                 capture.overruns()

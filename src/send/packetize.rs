@@ -308,6 +308,29 @@ mod tests {
         assert_eq!(out[1] & 0x80, 0);
     }
 
+    /// What we write, the receiver's parser reads back field for field.
+    #[test]
+    fn header_round_trips_through_rtp_parser() {
+        let c = config(Encoding::L16, 48_000, 2, Framing::Rtp { payload_type: 96 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = vec![0u8; p.max_datagram_len()];
+        let samples = ramp(960 * 2);
+        for k in 0..3u16 {
+            let len = p.packetize(&samples, &mut out);
+            let (h, payload) = crate::rtp::parse(&out[..len]).unwrap();
+            assert_eq!(h.marker, k == 0);
+            assert_eq!(h.payload_type, 96);
+            assert_eq!(h.sequence, 65_534u16.wrapping_add(k));
+            assert_eq!(
+                h.timestamp,
+                (u32::MAX - 100).wrapping_add(960 * u32::from(k))
+            );
+            assert_eq!(h.ssrc, 0xDEAD_BEEF);
+            assert_eq!((h.csrc_count, h.padding, h.extension), (0, false, false));
+            assert_eq!(payload.len(), 960 * 4);
+        }
+    }
+
     #[test]
     fn raw_is_s16le_without_header() {
         let c = config(Encoding::S16Le, 8000, 1, Framing::Raw);
