@@ -486,3 +486,133 @@ fn ffmpeg_l16_stereo_dynamic_pt_bit_exact() {
     let p = without_stall(|| play_from_ffmpeg("ff-l16", 48_000, 2, "pcm_s16be", &sent));
     assert_played(&p.recording, &p.expected, 2, &p.log);
 }
+
+/// The frames of `recording` that sit in runs of `sent` (each run at
+/// least 64 frames, bit-exact, mono), and the number of runs.
+fn frames_in_runs(recording: &[i16], sent: &[i16]) -> (usize, usize) {
+    const MIN_RUN: usize = 64;
+    let mut by_head: std::collections::HashMap<&[i16], Vec<usize>> = Default::default();
+    for o in 0..sent.len().saturating_sub(MIN_RUN) {
+        by_head.entry(&sent[o..o + 4]).or_default().push(o);
+    }
+    let (mut matched, mut runs, mut p) = (0, 0, 0);
+    while p + MIN_RUN <= recording.len() {
+        let run = by_head
+            .get(&recording[p..p + 4])
+            .into_iter()
+            .flatten()
+            .map(|&o| {
+                recording[p..]
+                    .iter()
+                    .zip(&sent[o..])
+                    .take_while(|(r, s)| r == s)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if run >= MIN_RUN {
+            matched += run;
+            runs += 1;
+            p += run;
+        } else {
+            p += 1;
+        }
+    }
+    (matched, runs)
+}
+
+/// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
+/// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
+/// `netspeaker --raw s16le:8000:1`. Returns the run, the datagrams sent and
+/// the receiver's VmHWM in KiB just before it stopped.
+fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64) {
+    let _serial = serial();
+    let dir = TestDir::new(name);
+    let sent = noise(31 + seconds as u64, 1, 8000 * seconds, 20_000);
+    let input = dir.file("signal.raw");
+    write_s16le(&input, &sent);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = Receiver::start(
+        &dir,
+        40,
+        8000,
+        1,
+        // mlockall would make every mapping resident (PulseAudio's 64 MiB
+        // shared-memory pools among them), hiding what the receiver itself
+        // uses: without it VmHWM counts the pages it touched.
+        &["--raw", "s16le:8000:1", "--listen", &listen, "--no-mlock"],
+    );
+    let sender = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tutorial/sender.py");
+    let out = Command::new("python3")
+        .arg(sender)
+        .arg(&input)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .output()
+        .expect("run python3");
+    assert!(out.status.success(), "sender.py: {out:?}");
+    let datagrams: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sender.py prints the datagrams it sent");
+    std::thread::sleep(Duration::from_millis(300));
+    let hwm = receiver.vm_hwm_kib();
+    let (log, recording) = receiver.stop();
+    let played = Played {
+        log,
+        recording,
+        expected: sent,
+    };
+    (played, datagrams, hwm)
+}
+
+/// Resident memory of the receiver (without mlock) after the longer
+/// stream, in KiB; its own footprint is about 8 MiB with the PulseAudio
+/// plugin loaded.
+const TUTORIAL_HWM_BOUND_KIB: u64 = 32 * 1024;
+/// Growth allowed between the 5 s and the 20 s stream, in KiB. Buffering
+/// the excess without bound would keep 375 more datagrams: 117 KiB.
+const TUTORIAL_GROWTH_BOUND_KIB: u64 = 64;
+
+#[test]
+fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
+    let (short, short_sent, short_hwm) = play_tutorial("tutorial-5s", 5);
+    let (long, long_sent, long_hwm) = play_tutorial("tutorial-20s", 20);
+    for (p, sent) in [(&short, short_sent), (&long, long_sent)] {
+        let (matched, runs) = frames_in_runs(&p.recording, &p.expected);
+        let packets = final_stat(&p.log, "packets");
+        let overflow = final_stat(&p.log, "overflow");
+        let context = format!(
+            "sent {sent} datagrams; packets {packets} overflow {overflow}; \
+             {matched} frames in {runs} runs; recording {} frames; log:\n{}",
+            p.recording.len(),
+            p.log
+        );
+        // Loopback loses nothing: every datagram is counted.
+        assert_eq!(packets, sent, "{context}");
+        // Sent at twice real time and played at real time: about half is
+        // excess, dropped and counted (a little less: the playout delay
+        // and the device buffer hold some, and playing goes on after).
+        assert!(
+            overflow * 100 >= sent * 40 && overflow * 100 <= sent * 55,
+            "overflow is not about half the datagrams: {context}"
+        );
+        // What was not dropped played, bit-exact, in runs of whole
+        // datagrams (160 frames) of the sent audio.
+        let kept_frames = (packets - overflow) as usize * 160;
+        assert!(
+            matched * 100 >= kept_frames * 95 && matched <= kept_frames,
+            "the kept datagrams did not play bit-exact: {context}"
+        );
+    }
+    eprintln!("VmHWM {short_hwm} KiB after the 5 s stream, {long_hwm} KiB after 20 s");
+    assert!(
+        long_hwm <= TUTORIAL_HWM_BOUND_KIB,
+        "VmHWM {long_hwm} KiB after the 20 s stream"
+    );
+    assert!(
+        long_hwm <= short_hwm + TUTORIAL_GROWTH_BOUND_KIB,
+        "memory grew with the stream: VmHWM {short_hwm} KiB after 5 s, {long_hwm} KiB after 20 s"
+    );
+}
