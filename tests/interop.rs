@@ -461,7 +461,14 @@ fn gstreamer_l16_stereo_bit_exact() {
 fn gstreamer_pcmu_plays_bit_exact() {
     let sent = noise(22, 1, 8000 * 3, 20_000);
     let p = without_stall(|| {
-        play_from_gstreamer("gst-pcmu", 8000, 1, "mulawenc ! rtppcmupay", &[], &sent)
+        play_from_gstreamer(
+            "gst-pcmu",
+            8000,
+            1,
+            "mulawenc ! rtppcmupay max-ptime=20000000",
+            &[],
+            &sent,
+        )
     });
     assert_played(&p.recording, &p.expected, 1, &p.log);
 }
@@ -524,8 +531,9 @@ fn frames_in_runs(recording: &[i16], sent: &[i16]) -> (usize, usize) {
 /// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
 /// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
 /// `netspeaker --raw s16le:8000:1`. Returns the run, the datagrams sent and
-/// the receiver's VmHWM in KiB just before it stopped.
-fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64) {
+/// the receiver's VmHWM in KiB a fifth into the stream and just before it
+/// stopped.
+fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64, u64) {
     let _serial = serial();
     let dir = TestDir::new(name);
     let sent = noise(31 + seconds as u64, 1, 8000 * seconds, 20_000);
@@ -544,13 +552,18 @@ fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64) {
         &["--raw", "s16le:8000:1", "--listen", &listen, "--no-mlock"],
     );
     let sender = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tutorial/sender.py");
-    let out = Command::new("python3")
+    let sender = Command::new("python3")
         .arg(sender)
         .arg(&input)
         .arg("127.0.0.1")
         .arg(port.to_string())
-        .output()
+        .stdout(Stdio::piped())
+        .spawn()
         .expect("run python3");
+    // A fifth into the sending: the receiver has warmed up and is dropping.
+    std::thread::sleep(Duration::from_millis(seconds as u64 * 100));
+    let early_hwm = receiver.vm_hwm_kib();
+    let out = sender.wait_with_output().expect("wait for sender.py");
     assert!(out.status.success(), "sender.py: {out:?}");
     let datagrams: u64 = String::from_utf8_lossy(&out.stdout)
         .trim()
@@ -564,21 +577,23 @@ fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64) {
         recording,
         expected: sent,
     };
-    (played, datagrams, hwm)
+    (played, datagrams, early_hwm, hwm)
 }
 
 /// Resident memory of the receiver (without mlock) after the longer
 /// stream, in KiB; its own footprint is about 8 MiB with the PulseAudio
 /// plugin loaded.
 const TUTORIAL_HWM_BOUND_KIB: u64 = 32 * 1024;
-/// Growth allowed between the 5 s and the 20 s stream, in KiB. Buffering
-/// the excess without bound would keep 375 more datagrams: 117 KiB.
-const TUTORIAL_GROWTH_BOUND_KIB: u64 = 64;
+/// Growth allowed from a fifth into the 20 s stream (2 s of sending) to its
+/// end (10 s), in KiB. Buffering the excess without bound would keep 200
+/// more datagrams: 62 KiB on top of the 40-44 KiB the receiver was seen
+/// to add anyway over that time (runs here); the bound sits between.
+const TUTORIAL_GROWTH_BOUND_KIB: u64 = 80;
 
 #[test]
 fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
-    let (short, short_sent, short_hwm) = play_tutorial("tutorial-5s", 5);
-    let (long, long_sent, long_hwm) = play_tutorial("tutorial-20s", 20);
+    let (short, short_sent, _, short_hwm) = play_tutorial("tutorial-5s", 5);
+    let (long, long_sent, early_hwm, long_hwm) = play_tutorial("tutorial-20s", 20);
     for (p, sent) in [(&short, short_sent), (&long, long_sent)] {
         let (matched, runs) = frames_in_runs(&p.recording, &p.expected);
         let packets = final_stat(&p.log, "packets");
@@ -606,13 +621,16 @@ fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
             "the kept datagrams did not play bit-exact: {context}"
         );
     }
-    eprintln!("VmHWM {short_hwm} KiB after the 5 s stream, {long_hwm} KiB after 20 s");
+    eprintln!(
+        "VmHWM {short_hwm} KiB after the 5 s stream; {early_hwm} KiB 2 s into \
+         the 20 s stream, {long_hwm} KiB at its end"
+    );
     assert!(
         long_hwm <= TUTORIAL_HWM_BOUND_KIB,
         "VmHWM {long_hwm} KiB after the 20 s stream"
     );
     assert!(
-        long_hwm <= short_hwm + TUTORIAL_GROWTH_BOUND_KIB,
-        "memory grew with the stream: VmHWM {short_hwm} KiB after 5 s, {long_hwm} KiB after 20 s"
+        long_hwm <= early_hwm + TUTORIAL_GROWTH_BOUND_KIB,
+        "memory grew with the stream: VmHWM {early_hwm} KiB 2 s in, {long_hwm} KiB at the end"
     );
 }
