@@ -45,6 +45,7 @@ trap cleanup EXIT
 
 espeak-ng -w "$work/speech.wav" \
   "Hello. This is netspeaker. A live audio stream, sent over the network, played with the lowest latency the network allows." 2>/dev/null
+sox "$work/speech.wav" -r 48000 -c 2 "$work/speech48k.wav" && mv "$work/speech48k.wav" "$work/speech.wav"  # espeak-ng writes 22050 Hz mono; the sender converts only integer rate ratios
 echo "== test signal: $work/speech.wav ($(soxi -D "$work/speech.wav") s of speech)"
 
 device=default
