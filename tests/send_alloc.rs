@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use netspeaker::format::Encoding;
+use netspeaker::notify::Heartbeat;
 use netspeaker::send::dest::DestConfig;
 use netspeaker::send::source::Input;
 use netspeaker::send::wav::write_wav;
@@ -73,7 +74,8 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
         sdp: None,
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut sender = Sender::new(&config, &stop).unwrap().unwrap();
+    let heartbeat = Heartbeat::new();
+    let mut sender = Sender::new(&config, &stop, &heartbeat).unwrap().unwrap();
     let stopper = {
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -83,12 +85,18 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
     };
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     COUNTING.with(|c| c.set(true));
-    let summary = sender.run(&stop).unwrap();
+    let summary = sender.run(&stop, &heartbeat).unwrap();
     COUNTING.with(|c| c.set(false));
     let after = ALLOCATIONS.load(Ordering::Relaxed);
     stopper.join().unwrap();
-    // About 40 packets of 10 ms went out, across several loops of the file.
+    // About 40 packets of 10 ms went out, across several loops of the file,
+    // each a beat for the watchdog.
     assert!(summary.packets >= 30, "{summary:?}");
+    assert!(
+        heartbeat.count() >= summary.packets,
+        "{}",
+        heartbeat.count()
+    );
     after - before
 }
 

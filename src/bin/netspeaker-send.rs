@@ -3,13 +3,17 @@
 //! wires the stages of `netspeaker::send`; nothing else lives here.
 
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
+use netspeaker::clock::monotonic_ns;
 use netspeaker::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use netspeaker::notify::{self, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
+use netspeaker::ratelimit::RateLimit;
 use netspeaker::send::dest::{parse_dest, DestConfig};
 use netspeaker::send::source::Input;
-use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
+use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, Summary};
 use netspeaker::service::{self, LogTarget};
 
 const RTP_PORT: u16 = 5004;
@@ -293,29 +297,83 @@ fn main() -> ExitCode {
         }
     }
 
-    let mut sender = match Sender::new(&options.config, &stop) {
-        Ok(Some(s)) => s,
-        Ok(None) => return ExitCode::SUCCESS,
+    // The stream runs on its own thread, so that the main thread can keep
+    // the systemd watchdog fed only while that thread makes progress (a
+    // capture read wedged in a driver must get us restarted).
+    let heartbeat = Arc::new(Heartbeat::new());
+    let pacing = {
+        let (stop, heartbeat, config) = (Arc::clone(&stop), Arc::clone(&heartbeat), options.config);
+        std::thread::Builder::new().name("pacing".into()).spawn(
+            move || -> Result<Option<(Summary, u32)>, send::Error> {
+                let Some(mut sender) = Sender::new(&config, &stop, &heartbeat)? else {
+                    return Ok(None);
+                };
+                let summary = sender.run(&stop, &heartbeat)?;
+                Ok(Some((summary, sender.format().rate)))
+            },
+        )
+    };
+    let pacing = match pacing {
+        Ok(t) => t,
         Err(e) => {
-            log::error!("{e}");
+            log::error!("cannot start the pacing thread: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match sender.run(&stop) {
-        Ok(summary) => {
+    // Ready once started: a capture device that is busy or missing is
+    // waited for with backoff and must not fail the start.
+    let notifier = Notifier::from_env();
+    let mut notify_log = RateLimit::default_for_input();
+    let mut report = |r: Result<(), notify::Error>| {
+        if let Err(e) = r {
+            if notify_log.check(monotonic_ns()).is_some() {
+                log::warn!("{e}");
+            }
+        }
+    };
+    report(notifier.ready());
+    let mut watchdog = WatchdogGate::from_env(Arc::clone(&heartbeat));
+    let poll = watchdog.as_ref().map_or(Duration::from_millis(100), |w| {
+        (w.pet_period() / 4).min(Duration::from_millis(100))
+    });
+    let mut stopping = false;
+    while !pacing.is_finished() {
+        std::thread::sleep(poll);
+        if let Some(w) = watchdog.as_mut() {
+            if let Ok(WatchdogCheck::Stalled { stalled_for }) = w.tick(&notifier, monotonic_ns()) {
+                log::error!(
+                    "the pacing thread made no progress for {:.1} s; not feeding the watchdog",
+                    stalled_for.as_secs_f32()
+                );
+            }
+        }
+        if !stopping && stop.load(Ordering::Relaxed) {
+            stopping = true;
+            report(notifier.stopping());
+        }
+    }
+    match pacing.join() {
+        Ok(Ok(Some((summary, rate)))) => {
             log::info!(
                 "{}: {:.1} s of audio in {} packets sent and {} dropped (network), {} capture \
                  overruns",
                 if summary.finished { "done" } else { "stopped" },
-                summary.frames as f64 / f64::from(sender.format().rate),
+                summary.frames as f64 / f64::from(rate),
                 summary.packets,
                 summary.dropped,
                 summary.overruns
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
+        Ok(Ok(None)) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
             log::error!("{e}");
+            ExitCode::FAILURE
+        }
+        // With panic = "abort" in release this is unreachable; in a debug
+        // build it reports the bug instead of hanging.
+        Err(_) => {
+            log::error!("the pacing thread panicked");
             ExitCode::FAILURE
         }
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use crate::clock::monotonic_ns;
 use crate::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::notify::Heartbeat;
 use crate::ratelimit::RateLimit;
 use capture::Capture;
 use convert::Converter;
@@ -225,13 +226,15 @@ enum Source {
     },
 }
 
-/// Sleeps `d` in small steps, returning early when `stop` is set.
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+/// Sleeps `d` in small steps, returning early when `stop` is set. Waiting
+/// for a device is progress for the watchdog: each step beats.
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool, heartbeat: &Heartbeat) {
     let step = Duration::from_millis(50);
     let mut left = d;
     while !left.is_zero() && !stop.load(Ordering::Relaxed) {
         let s = left.min(step);
         std::thread::sleep(s);
+        heartbeat.beat();
         left -= s;
     }
 }
@@ -249,6 +252,7 @@ pub fn retry_with_backoff<T>(
     retry: impl Fn(&capture::Error) -> bool,
     first: Duration,
     stop: &AtomicBool,
+    heartbeat: &Heartbeat,
 ) -> Result<Option<T>, capture::Error> {
     let mut backoff = first;
     let mut limit = RateLimit::default_for_input();
@@ -262,7 +266,7 @@ pub fn retry_with_backoff<T>(
                         backoff.as_secs_f32()
                     );
                 }
-                sleep_unless_stopped(backoff, stop);
+                sleep_unless_stopped(backoff, stop, heartbeat);
                 if stop.load(Ordering::Relaxed) {
                     return Ok(None);
                 }
@@ -279,12 +283,14 @@ pub fn open_capture_with_retry(
     want: StreamFormat,
     period_frames: usize,
     stop: &AtomicBool,
+    heartbeat: &Heartbeat,
 ) -> Result<Option<Capture>, capture::Error> {
     retry_with_backoff(
         || Capture::open(device, want, period_frames),
         |e| matches!(e, capture::Error::Busy { .. }),
         FIRST_BACKOFF,
         stop,
+        heartbeat,
     )
 }
 
@@ -304,8 +310,13 @@ pub struct Sender {
 
 impl Sender {
     /// Opens the source, the socket and (for `--sdp`) writes the SDP file.
-    /// Returns `None` when `stop` was set while waiting for a busy device.
-    pub fn new(config: &SendConfig, stop: &AtomicBool) -> Result<Option<Sender>, Error> {
+    /// Returns `None` when `stop` was set while waiting for a busy device
+    /// (the wait beats `heartbeat`).
+    pub fn new(
+        config: &SendConfig,
+        stop: &AtomicBool,
+        heartbeat: &Heartbeat,
+    ) -> Result<Option<Sender>, Error> {
         if !(1..=200).contains(&config.ptime_ms) {
             return Err(Error::Ptime(config.ptime_ms));
         }
@@ -346,7 +357,9 @@ impl Sender {
                     encoding: Encoding::S16Le,
                     ..format
                 };
-                let Some(capture) = open_capture_with_retry(device, format, period, stop)? else {
+                let Some(capture) =
+                    open_capture_with_retry(device, format, period, stop, heartbeat)?
+                else {
                     return Ok(None);
                 };
                 let src = capture.format();
@@ -440,8 +453,10 @@ impl Sender {
         self.format
     }
 
-    /// Streams until the source ends or `stop` is set.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<Summary, Error> {
+    /// Streams until the source ends or `stop` is set. `heartbeat` beats
+    /// once per packet (and per backoff step while a vanished capture
+    /// device is reopened), for the systemd watchdog.
+    pub fn run(&mut self, stop: &AtomicBool, heartbeat: &Heartbeat) -> Result<Summary, Error> {
         let mut pacer = match self.source {
             Source::File(_) => Some(Pacer::new(
                 monotonic_ns(),
@@ -458,10 +473,11 @@ impl Sender {
             overruns: 0,
         };
         while !stop.load(Ordering::Relaxed) {
+            heartbeat.beat();
             let frames = match self.fill(stop) {
                 Ok(n) => n,
                 Err(Error::Capture(e @ capture::Error::Read { .. })) => {
-                    if !self.reopen_capture(e, stop)? {
+                    if !self.reopen_capture(e, stop, heartbeat)? {
                         break;
                     }
                     continue;
@@ -507,7 +523,12 @@ impl Sender {
     /// device was away and the next packet carries the marker bit (a new
     /// talkspurt), so a receiver does not mistake the gap for late audio.
     /// False when `stop` was set while waiting.
-    fn reopen_capture(&mut self, err: capture::Error, stop: &AtomicBool) -> Result<bool, Error> {
+    fn reopen_capture(
+        &mut self,
+        err: capture::Error,
+        stop: &AtomicBool,
+        heartbeat: &Heartbeat,
+    ) -> Result<bool, Error> {
         let Source::Capture {
             device,
             capture,
@@ -525,6 +546,7 @@ impl Sender {
             |_| true,
             FIRST_BACKOFF,
             stop,
+            heartbeat,
         )?
         else {
             return Ok(false);
@@ -676,6 +698,7 @@ mod tests {
             is_busy,
             Duration::from_millis(20),
             &stop,
+            &Heartbeat::new(),
         );
         assert!(matches!(r, Ok(Some(3))));
         // Waits of 20 ms then 40 ms: the backoff doubles.
@@ -701,6 +724,7 @@ mod tests {
             is_busy,
             Duration::from_millis(1),
             &stop,
+            &Heartbeat::new(),
         );
         assert!(matches!(r, Err(capture::Error::Read { .. })));
         assert_eq!(n, 1);
@@ -717,6 +741,7 @@ mod tests {
             is_busy,
             Duration::from_secs(60),
             &stop,
+            &Heartbeat::new(),
         );
         assert!(matches!(r, Ok(None)));
     }
