@@ -32,7 +32,17 @@ fn capture_device_frames_reach_the_wire() {
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let dest = sock.local_addr().unwrap().to_string();
     let mut child = Command::new(BIN)
-        .args(["--capture", "cap", "--raw", &dest, "-q"])
+        // Unpaced device, so the sender runs flat out: not at realtime
+        // priority on a shared machine.
+        .args([
+            "--capture",
+            "cap",
+            "--raw",
+            &dest,
+            "-q",
+            "--rt-priority",
+            "0",
+        ])
         .env("ALSA_CONFIG_PATH", &conf)
         .stdin(Stdio::null())
         .spawn()

@@ -275,6 +275,7 @@ fn bad_option_is_one_line_and_status_2() {
         &["--codec", "opus", "x.wav"],
         &["--payload-type", "12", "x.wav"],
         &["--rate", "100", "x.wav"],
+        &["--rt-priority", "100", "x.wav"],
         &["--format", "s16le:8000", "x.wav"],
         &["--frobnicate"],
         &[],
@@ -305,6 +306,8 @@ fn help_lists_every_option_with_defaults() {
         "--ttl",
         "--interface",
         "--sdp",
+        "--rt-priority",
+        "--no-mlock",
         "--verbose",
         "--quiet",
         "--help",
@@ -316,6 +319,7 @@ fn help_lists_every_option_with_defaults() {
         "[default: 96]",
         "127.0.0.1:5004",
         "[default: l16]",
+        "[default: 60]",
     ] {
         assert!(help.contains(default), "{default} missing from --help");
     }

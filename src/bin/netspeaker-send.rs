@@ -11,6 +11,7 @@ use netspeaker::clock::monotonic_ns;
 use netspeaker::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use netspeaker::notify::{self, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
 use netspeaker::ratelimit::RateLimit;
+use netspeaker::sched;
 use netspeaker::send::dest::{parse_dest, DestConfig};
 use netspeaker::send::source::Input;
 use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, Summary};
@@ -55,7 +56,11 @@ Destination:
                             its address [default: chosen by the routing table]
       --sdp FILE            write an SDP description of the stream to FILE
                             (for ffplay -protocol_whitelist file,udp,rtp -i FILE)
-Other:
+Process:
+      --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for
+                            none (it is refused without CAP_SYS_NICE; the
+                            sender says so and runs on) [default: 60]
+      --no-mlock            do not lock memory
   -v, --verbose             more log output: debug, -vv trace [default: info]
   -q, --quiet               less: warnings only, -qq errors only
   -h, --help                this text
@@ -70,6 +75,8 @@ struct Usage(String);
 
 struct Options {
     config: SendConfig,
+    rt_priority: i32,
+    mlock: bool,
     verbose: u8,
     quiet: u8,
 }
@@ -123,6 +130,8 @@ fn parse_args() -> Result<Parsed, Usage> {
     let mut ttl = 1u8;
     let mut interface = None;
     let mut sdp = None;
+    let mut rt_priority = 60i32;
+    let mut mlock = true;
     let mut verbose = 0u8;
     let mut quiet = 0u8;
     while let Some(arg) = parser.next().map_err(|e| Usage(e.to_string()))? {
@@ -181,6 +190,15 @@ fn parse_args() -> Result<Parsed, Usage> {
             Long("ttl") => ttl = value(&mut parser, "--ttl", |_| true, "a number from 0 to 255")?,
             Long("interface") => interface = Some(string(&mut parser, "--interface")?),
             Long("sdp") => sdp = Some(std::path::PathBuf::from(string(&mut parser, "--sdp")?)),
+            Long("rt-priority") => {
+                rt_priority = value(
+                    &mut parser,
+                    "--rt-priority",
+                    |p| (0..=99).contains(p),
+                    "a priority from 0 (none) to 99",
+                )?
+            }
+            Long("no-mlock") => mlock = false,
             Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
             Short('q') | Long("quiet") => quiet = quiet.saturating_add(1),
             Short('h') | Long("help") => return Ok(Parsed::Help),
@@ -260,6 +278,8 @@ fn parse_args() -> Result<Parsed, Usage> {
             },
             sdp,
         },
+        rt_priority,
+        mlock,
         verbose,
         quiet,
     })))
@@ -303,11 +323,23 @@ fn main() -> ExitCode {
     let heartbeat = Arc::new(Heartbeat::new());
     let pacing = {
         let (stop, heartbeat, config) = (Arc::clone(&stop), Arc::clone(&heartbeat), options.config);
+        let (rt_priority, mlock) = (options.rt_priority, options.mlock);
         std::thread::Builder::new().name("pacing".into()).spawn(
             move || -> Result<Option<(Summary, u32)>, send::Error> {
                 let Some(mut sender) = Sender::new(&config, &stop, &heartbeat)? else {
                     return Ok(None);
                 };
+                // Wake-ups on time under load; requests, not requirements.
+                if rt_priority > 0 {
+                    if let Err(e) = sched::set_realtime(rt_priority) {
+                        log::warn!("{e}");
+                    }
+                }
+                if mlock {
+                    if let Err(e) = sched::lock_memory() {
+                        log::warn!("{e}");
+                    }
+                }
                 let summary = sender.run(&stop, &heartbeat)?;
                 Ok(Some((summary, sender.format().rate)))
             },
