@@ -9,7 +9,7 @@
 # PulseAudio null sink (real time, like a card) through ALSA's file plugin,
 # and the audio it played is saved as a WAV file whose name is printed.
 #
-# Usage: deploy/demo.sh [--no-card] [--seconds N]
+# Usage: deploy/demo.sh [--no-card]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 force_nocard=0
@@ -45,7 +45,6 @@ trap cleanup EXIT
 
 espeak-ng -w "$work/speech.wav" \
   "Hello. This is netspeaker. A live audio stream, sent over the network, played with the lowest latency the network allows." 2>/dev/null
-sox "$work/speech.wav" -r 48000 -c 2 "$work/speech48k.wav" && mv "$work/speech48k.wav" "$work/speech.wav"  # espeak-ng writes 22050 Hz mono; the sender converts only integer rate ratios
 echo "== test signal: $work/speech.wav ($(soxi -D "$work/speech.wav") s of speech)"
 
 device=default
@@ -79,7 +78,9 @@ echo "== starting the receiver: netspeaker --device $device --listen 127.0.0.1:5
   --stats-interval 0 2>"$work/receiver.log" &
 rx=$!
 pids+=($rx)
-sleep 0.5
+# "open:" is logged once the device really consumes audio (a sound server
+# can take a second or two to start a stream).
+for _ in $(seq 100); do grep -q "open:" "$work/receiver.log" && break; sleep 0.1; done
 
 echo "== streaming with the sender: netspeaker-send --codec l16 --rate 48000 --channels 2 speech.wav 127.0.0.1:5004"
 "$bin/netspeaker-send" --codec l16 --rate 48000 --channels 2 "$work/speech.wav" 127.0.0.1:5004

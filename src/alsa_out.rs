@@ -464,7 +464,7 @@ impl AlsaOut {
             // The period is asked in our frames; if the device's rate differs
             // the period keeps its length in frames, which is what the
             // caller sizes its buffers by.
-            hwp.set_period_size_near(Frames::from(config.period_frames), ValueOr::Nearest)
+            hwp.set_period_size_near(config.period_frames as Frames, ValueOr::Nearest)
                 .map_err(|e| AlsaError::Period {
                     device: device.clone(),
                     period_frames: config.period_frames,
@@ -476,7 +476,7 @@ impl AlsaOut {
             let want_buffer = config
                 .buffer_periods
                 .saturating_mul(period_got.max(1) as u32);
-            hwp.set_buffer_size_near(Frames::from(want_buffer))
+            hwp.set_buffer_size_near(want_buffer as Frames)
                 .map_err(|e| AlsaError::Buffer {
                     device: device.clone(),
                     buffer_frames: want_buffer,

@@ -10,3 +10,21 @@ pub fn monotonic_ns() -> u64 {
         Err(_) => 0,
     }
 }
+
+/// Sleeps until `deadline_ns` on the monotonic clock. Returns early when a
+/// signal interrupts the sleep, so the caller can check its stop flag.
+pub fn sleep_until(deadline_ns: u64) {
+    use nix::sys::time::TimeSpec;
+    use nix::time::{clock_nanosleep, ClockId, ClockNanosleepFlags};
+    let ts = TimeSpec::new(
+        (deadline_ns / 1_000_000_000) as _,
+        (deadline_ns % 1_000_000_000) as _,
+    );
+    // An absolute deadline: a wake-up that comes late does not shift the
+    // next one. EINTR is the only error on Linux; the caller loops.
+    let _ = clock_nanosleep(
+        ClockId::CLOCK_MONOTONIC,
+        ClockNanosleepFlags::TIMER_ABSTIME,
+        &ts,
+    );
+}

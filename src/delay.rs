@@ -64,6 +64,10 @@ pub struct DelayConfig {
     pub min_ms: f64,
     /// Nor above this (`--max-latency-ms`).
     pub max_ms: f64,
+    /// Where a new stream starts (clamped to [min, max]): cautious, since
+    /// nothing is known of the network yet; the target then comes down at
+    /// `fall_ms_per_s` as the measurements allow, or rises at once.
+    pub initial_ms: f64,
     /// Fraction of packets the target must cover (0.5–0.9999).
     pub quantile: f64,
     /// Added to the quantile.
@@ -79,6 +83,7 @@ impl Default for DelayConfig {
         DelayConfig {
             min_ms: 20.0,
             max_ms: 500.0,
+            initial_ms: 40.0,
             quantile: 0.98,
             margin_ms: 5.0,
             forget_s: 10.0,
@@ -200,7 +205,7 @@ impl DelayEstimator {
         self.block = 0;
         self.peak_max = [0.0; PEAK_BLOCKS];
         self.peak_block = 0;
-        self.target_ms = self.cfg.min_ms;
+        self.target_ms = self.cfg.initial_ms.clamp(self.cfg.min_ms, self.cfg.max_ms);
         self.estimate_ms = 0.0;
     }
 
@@ -554,11 +559,29 @@ mod tests {
     }
 
     #[test]
-    fn reset_returns_to_min() {
+    fn reset_returns_to_initial() {
         let mut e = DelayEstimator::new(&cfg()).unwrap();
         run(&mut e, 20, 0.0, 10, 0, |_, r| r.uniform() * 80.0);
         assert!(e.target_ms() > 50.0);
         e.reset();
+        assert_eq!(e.target_ms(), cfg().initial_ms.clamp(10.0, 500.0));
+    }
+
+    #[test]
+    fn new_stream_starts_cautious_and_comes_down_on_a_clean_link() {
+        let mut e = DelayEstimator::new(&DelayConfig {
+            initial_ms: 40.0,
+            ..cfg()
+        })
+        .unwrap();
+        assert_eq!(e.target_ms(), 40.0);
+        run(&mut e, 2, 0.0, 11, 0, |_, _| 0.0);
+        assert!(
+            e.target_ms() < 40.0 && e.target_ms() > 20.0,
+            "{}",
+            e.target_ms()
+        );
+        run(&mut e, 10, 0.0, 12, 0, |_, _| 0.0);
         assert_eq!(e.target_ms(), 10.0);
     }
 

@@ -268,6 +268,9 @@ pub struct JitterBuffer {
     cursor: u64,
     /// Extended timestamp just past the newest stored audio.
     newest_end: u64,
+    /// Frames in the latest packet (the ptime): the buffer's level saws
+    /// between the target and the target plus one packet.
+    packet_frames: usize,
     target_frames: usize,
     /// Rate `target_frames` is counted in (0: not yet set).
     target_rate: u32,
@@ -323,6 +326,7 @@ impl JitterBuffer {
             ring_frames: frames,
             cursor: ORIGIN,
             newest_end: ORIGIN,
+            packet_frames: 0,
             target_frames: 0,
             target_rate: 0,
             ts_ref_raw: 0,
@@ -470,6 +474,11 @@ impl JitterBuffer {
 
     pub fn target_delay_frames(&self) -> usize {
         self.target_frames
+    }
+
+    /// Frames in the latest packet stored (the stream's ptime).
+    pub fn packet_frames(&self) -> usize {
+        self.packet_frames
     }
 
     /// Sets the playout delay to hold (adaptive delay), in frames of the
@@ -786,6 +795,7 @@ impl JitterBuffer {
     /// Decodes `packet`'s frames for positions `[from, end)` (the packet
     /// starts at `start`) into the ring.
     fn store(&mut self, packet: &Packet, start: u64, from: u64, end: u64) {
+        self.packet_frames = packet.frames();
         if end <= from {
             return;
         }

@@ -221,6 +221,8 @@ pub struct Engine {
     sounding: bool,
     /// Timestamped packets of this stream fed to the delay estimator.
     timed_packets: u64,
+    /// The playout delay margin in ms (see `apply_target`).
+    margin_ms: f64,
     samples_i16: Vec<i16>,
     stream_in: Vec<f32>,
     stretched: Vec<f32>,
@@ -279,6 +281,7 @@ impl Engine {
             device_channels: 0,
             sounding: false,
             timed_packets: 0,
+            margin_ms: config.initial_target_ms() as f64,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
             stretched: vec![0.0; max_frames * max_channels],
@@ -302,6 +305,11 @@ impl Engine {
                 packet.timestamp as u64,
                 packet.format.rate,
             );
+        }
+        // Before playing starts the level must already count the packet
+        // size (known only now); while playing, `control` keeps it.
+        if self.jitter.state() != StreamState::Playing {
+            self.apply_target(packet.format.rate);
         }
         outcome
     }
@@ -476,30 +484,46 @@ impl Engine {
         }
     }
 
-    fn control(&mut self, format: StreamFormat, out_frames: usize) {
-        let rate = format.rate as f64;
-        // Headerless streams carry no timestamps to measure jitter with:
-        // they keep the initial target.
+    /// Sets the jitter buffer's levels from the playout delay margin: the
+    /// fixed `--latency-ms`, or with `--latency auto` the estimate from the
+    /// measured arrival jitter (headerless streams carry no timestamps to
+    /// measure with and keep the initial margin). The buffer starts
+    /// playing at margin + one packet, so that every frame waits at least
+    /// the margin: the level then saws between margin + packet (a packet
+    /// just arrived) and the margin (the next one is due).
+    fn apply_target(&mut self, rate: u32) {
         if let (Latency::Auto { .. }, true) = (self.latency, self.timed_packets > 0) {
-            let target_ms = self.delay.target_ms();
-            // Headroom above the target absorbs a burst before the
-            // overflow policy drops audio; it also bounds the delay of a
-            // sender that runs faster than real time.
-            let headroom_ms = target_ms.max(HEADROOM_MS);
-            self.jitter
-                .set_max_delay_ms((target_ms + headroom_ms).ceil() as u32);
-            self.jitter
-                .set_target_delay_frames((target_ms * rate / 1000.0) as usize);
+            self.margin_ms = self.delay.target_ms();
         }
-        self.metrics.target_frames = self.jitter.target_delay_frames();
+        let packet_ms = self.jitter.packet_frames() as f64 * 1000.0 / rate.max(1) as f64;
+        // Headroom above the level absorbs a burst before the overflow
+        // policy drops audio; it also bounds the delay of a sender that
+        // runs faster than real time.
+        let level_ms = self.margin_ms + packet_ms;
+        let headroom_ms = self.margin_ms.max(HEADROOM_MS);
+        self.jitter
+            .set_max_delay_ms((level_ms + headroom_ms).ceil() as u32);
+        self.jitter
+            .set_target_delay_frames((level_ms * rate as f64 / 1000.0).round() as usize);
+    }
+
+    /// The mean delay the controller holds, in stream frames: the margin
+    /// plus half a packet (the middle of the saw).
+    pub fn target_delay_frames(&self) -> f64 {
+        self.jitter.target_delay_frames() as f64 - self.jitter.packet_frames() as f64 / 2.0
+    }
+
+    fn control(&mut self, format: StreamFormat, out_frames: usize) {
+        self.apply_target(format.rate);
+        self.metrics.target_frames = self.target_delay_frames().max(0.0) as usize;
         if !self.clock_follow || self.jitter.state() != StreamState::Playing {
             return;
         }
+        let target = self.target_delay_frames();
         let Some(resampler) = self.resampler.as_mut() else {
             return;
         };
         let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
-        let target = self.jitter.target_delay_frames() as f64;
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
         let control = self.controller.update(measured, target, period.max(1));
         resampler.set_drift_ppm(control.drift_ppm);
@@ -675,7 +699,7 @@ impl PlayoutThread {
                     let len = frames.min(out.len());
                     self.engine.render(&mut out[..len], now);
                     self.publish(None, rate);
-                    sleep_until(now + period_ns);
+                    crate::clock::sleep_until(now + period_ns);
                 }
             }
             let state = self.engine.jitter().state();
@@ -803,16 +827,4 @@ fn max_period_samples(config: &PlayoutConfig) -> usize {
     let frames =
         (MAX_RATE as usize * config.period_ms.clamp(1, MAX_PERIOD_MS) as usize / 1000) * 4 + 1024;
     frames * MAX_CHANNELS as usize
-}
-
-fn sleep_until(deadline_ns: u64) {
-    let ts = nix::sys::time::TimeSpec::new(
-        (deadline_ns / 1_000_000_000) as i64,
-        (deadline_ns % 1_000_000_000) as i64,
-    );
-    let _ = nix::time::clock_nanosleep(
-        nix::time::ClockId::CLOCK_MONOTONIC,
-        nix::time::ClockNanosleepFlags::TIMER_ABSTIME,
-        &ts,
-    );
 }

@@ -59,11 +59,35 @@ fn libc_sched_param(priority: i32) -> nix::libc::sched_param {
     }
 }
 
-/// Locks all current and future pages of the process in memory, so the
-/// audio path never waits for a page fault from swap.
+/// Linux's MCL_ONFAULT (since 4.4; the same value on arm, aarch64 and
+/// x86), which the libc crate does not export for glibc targets.
+const MCL_ONFAULT: nix::libc::c_int = 4;
+
+/// Locks the process's pages in memory as they are touched, so the audio
+/// path never waits for a page to come back from swap. On fault, not all
+/// at once: the sound-server client libraries (libpulse, PipeWire) map
+/// hundreds of MiB of shared-memory pools they never touch, and locking
+/// those would make them resident (seen: 291 MB instead of 8 MB). The
+/// playout thread's buffers are touched at start-up and stay locked.
 pub fn lock_memory() -> Result<(), SchedError> {
-    use nix::sys::mman::{mlockall, MlockAllFlags};
-    mlockall(MlockAllFlags::MCL_CURRENT | MlockAllFlags::MCL_FUTURE).map_err(SchedError::LockMemory)
+    let flags = nix::libc::MCL_CURRENT | nix::libc::MCL_FUTURE;
+    // SAFETY: mlockall takes only flags and touches no memory of ours.
+    let rc = unsafe { nix::libc::mlockall(flags | MCL_ONFAULT) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let errno = nix::errno::Errno::last();
+    if errno != nix::errno::Errno::EINVAL {
+        return Err(SchedError::LockMemory(errno));
+    }
+    // A kernel older than 4.4 has no MCL_ONFAULT: lock everything.
+    // SAFETY: as above.
+    let rc = unsafe { nix::libc::mlockall(flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(SchedError::LockMemory(nix::errno::Errno::last()))
+    }
 }
 
 #[cfg(test)]

@@ -90,7 +90,8 @@ fn simulate(ppm: f64, clock_follow: bool, minutes: u64, seed: u64) -> Outcome {
             window.push(engine.buffered_delay_frames() * 1000.0 / RATE as f64);
             if window.len() == 200 {
                 let mean = window.iter().sum::<f64>() / window.len() as f64;
-                worst = worst.max((mean - TARGET_MS as f64).abs());
+                let target = engine.target_delay_frames() * 1000.0 / RATE as f64;
+                worst = worst.max((mean - target).abs());
                 window.clear();
             }
         }

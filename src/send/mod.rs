@@ -493,7 +493,7 @@ impl Sender {
                 // Late: the loop comes straight back here and the packets
                 // that fell due go out back to back.
                 while monotonic_ns() < deadline && !stop.load(Ordering::Relaxed) {
-                    pace::sleep_until(deadline);
+                    crate::clock::sleep_until(deadline);
                 }
                 if stop.load(Ordering::Relaxed) {
                     break;

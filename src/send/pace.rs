@@ -79,24 +79,6 @@ impl Pacer {
     }
 }
 
-/// Sleeps until `deadline_ns` on the monotonic clock. Returns early when a
-/// signal interrupts the sleep, so the caller can check its stop flag.
-pub fn sleep_until(deadline_ns: u64) {
-    use nix::sys::time::TimeSpec;
-    use nix::time::{clock_nanosleep, ClockId, ClockNanosleepFlags};
-    let ts = TimeSpec::new(
-        (deadline_ns / 1_000_000_000) as _,
-        (deadline_ns % 1_000_000_000) as _,
-    );
-    // An absolute deadline: a wake-up that comes late does not shift the
-    // next one. EINTR is the only error on Linux; the caller loops.
-    let _ = clock_nanosleep(
-        ClockId::CLOCK_MONOTONIC,
-        ClockNanosleepFlags::TIMER_ABSTIME,
-        &ts,
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,7 +161,7 @@ mod tests {
         let start = crate::clock::monotonic_ns();
         let mut pacer = Pacer::new(start, 8000, 160);
         while pacer.packets_sent() < 10 {
-            sleep_until(pacer.next_deadline_ns());
+            crate::clock::sleep_until(pacer.next_deadline_ns());
             let now = crate::clock::monotonic_ns();
             // Never early: the sleep is against an absolute deadline.
             assert!(now >= pacer.next_deadline_ns());
