@@ -126,6 +126,8 @@ pub struct DelayController {
     coef_period: usize,
     filter_alpha: f64,
     report_alpha: f64,
+    may_shorten: bool,
+    may_lengthen: bool,
 }
 
 impl DelayController {
@@ -173,6 +175,8 @@ impl DelayController {
             coef_period: 0,
             filter_alpha: 0.0,
             report_alpha: 0.0,
+            may_shorten: true,
+            may_lengthen: true,
         })
     }
 
@@ -201,6 +205,14 @@ impl DelayController {
     }
 
     /// One device period: returns what to apply during the next one.
+    /// Whether the stretcher may shorten (remove) or lengthen (insert)
+    /// now: it needs audio buffered beyond the jitter margin to look ahead
+    /// into. Both are allowed until told otherwise.
+    pub fn allow_stretch(&mut self, shorten: bool, lengthen: bool) {
+        self.may_shorten = shorten;
+        self.may_lengthen = lengthen;
+    }
+
     pub fn update(
         &mut self,
         measured_delay_frames: f64,
@@ -228,7 +240,16 @@ impl DelayController {
         let frames_per_ms = rate / 1000.0;
         let error_ms = (filtered - target_delay_frames) / frames_per_ms;
 
-        if error_ms.abs() > self.cfg.stretch_above_ms {
+        let room = if error_ms > 0.0 {
+            self.may_shorten
+        } else {
+            self.may_lengthen
+        };
+        if !room {
+            // The stretcher has no look-ahead to work with: the resampler
+            // alone moves the delay (slowly, within its ppm bound).
+            self.stretching = false;
+        } else if error_ms.abs() > self.cfg.stretch_above_ms {
             self.stretching = true;
         } else if error_ms.abs() < self.cfg.stretch_until_ms {
             self.stretching = false;
@@ -253,8 +274,19 @@ impl DelayController {
             self.integral = (self.integral + self.cfg.ki_ppm_per_ms_s * e * dt_s)
                 .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         }
-        let ppm =
-            (self.cfg.kp_ppm_per_ms * e + self.integral).clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
+        // Without room to stretch, the resampler alone must close a large
+        // error: let the proportional term use the whole ppm range
+        // (2500 ppm is a 4-cent pitch glide) rather than the stretch
+        // threshold's share of it. The integrator keeps the small clamp so
+        // a target change does not wind it up as if it were drift.
+        let p_error = if room {
+            e
+        } else {
+            let wide = self.cfg.max_ppm / self.cfg.kp_ppm_per_ms.max(f64::MIN_POSITIVE);
+            error_ms.clamp(-wide, wide)
+        };
+        let ppm = (self.cfg.kp_ppm_per_ms * p_error + self.integral)
+            .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         self.reported += self.report_alpha * (self.integral - self.reported);
         self.last = Control {
             drift_ppm: ppm,

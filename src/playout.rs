@@ -234,7 +234,10 @@ pub struct Engine {
 pub struct EngineMetrics {
     pub concealed_frames: u64,
     pub stretched_frames: u64,
+    /// The sender's clock error as estimated (the controller's integral).
     pub drift_ppm: f64,
+    /// The ratio correction applied now (drift plus delay correction).
+    pub applied_ppm: f64,
     pub target_frames: usize,
 }
 
@@ -269,6 +272,7 @@ impl Engine {
             delay: DelayEstimator::new(&DelayConfig {
                 min_ms: min_ms as f64,
                 max_ms: max_ms.max(min_ms + 1) as f64,
+                initial_ms: config.initial_target_ms() as f64,
                 ..DelayConfig::default()
             })
             .map_err(PlayoutError::Delay)?,
@@ -291,6 +295,11 @@ impl Engine {
     }
 
     pub fn push(&mut self, packet: &Packet) -> PushOutcome {
+        // Before playing starts the level must count the packet size,
+        // known only now, so the buffer does not start one packet early.
+        if self.jitter.state() != StreamState::Playing {
+            self.apply_target(packet.format.rate, packet.frames());
+        }
         let outcome = self.jitter.push(packet);
         if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
             self.delay.reset();
@@ -305,11 +314,6 @@ impl Engine {
                 packet.timestamp as u64,
                 packet.format.rate,
             );
-        }
-        // Before playing starts the level must already count the packet
-        // size (known only now); while playing, `control` keeps it.
-        if self.jitter.state() != StreamState::Playing {
-            self.apply_target(packet.format.rate);
         }
         outcome
     }
@@ -362,7 +366,18 @@ impl Engine {
             return;
         };
         let mid_frames = resampler.input_needed(out_frames).min(self.max_frames);
-        let in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+        let mut in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+        // The stretcher's look-ahead must come from audio that has
+        // arrived: reading ahead of it would turn frames still on their
+        // way into concealment (and the packets, arriving, into late
+        // ones). Without room, the stretch waits for a later period.
+        if in_frames > mid_frames
+            && self.jitter.state() == StreamState::Playing
+            && in_frames > self.jitter.depth_frames()
+        {
+            self.stretcher.cancel();
+            in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+        }
         self.fill_from_jitter(in_frames, ch, now_ns);
         let (_, stretched) = self.stretcher.process(
             &self.stream_in[..in_frames * ch],
@@ -491,11 +506,11 @@ impl Engine {
     /// playing at margin + one packet, so that every frame waits at least
     /// the margin: the level then saws between margin + packet (a packet
     /// just arrived) and the margin (the next one is due).
-    fn apply_target(&mut self, rate: u32) {
+    fn apply_target(&mut self, rate: u32, packet_frames: usize) {
         if let (Latency::Auto { .. }, true) = (self.latency, self.timed_packets > 0) {
             self.margin_ms = self.delay.target_ms();
         }
-        let packet_ms = self.jitter.packet_frames() as f64 * 1000.0 / rate.max(1) as f64;
+        let packet_ms = packet_frames as f64 * 1000.0 / rate.max(1) as f64;
         // Headroom above the level absorbs a burst before the overflow
         // policy drops audio; it also bounds the delay of a sender that
         // runs faster than real time.
@@ -514,7 +529,7 @@ impl Engine {
     }
 
     fn control(&mut self, format: StreamFormat, out_frames: usize) {
-        self.apply_target(format.rate);
+        self.apply_target(format.rate, self.jitter.packet_frames());
         self.metrics.target_frames = self.target_delay_frames().max(0.0) as usize;
         if !self.clock_follow || self.jitter.state() != StreamState::Playing {
             return;
@@ -525,8 +540,20 @@ impl Engine {
         };
         let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
+        // A stretch may start only with its look-ahead already here:
+        // shortening must leave the jitter margin intact behind it;
+        // lengthening (the delay is short of the target) at least must
+        // not run the buffer dry.
+        let depth = self.jitter.depth_frames();
+        let look_ahead = self.stretcher.look_ahead(period.max(1)) + period;
+        let margin_frames = (self.margin_ms * format.rate as f64 / 1000.0) as usize;
+        self.controller.allow_stretch(
+            self.stretcher.pending() != 0 || depth >= look_ahead + margin_frames,
+            self.stretcher.pending() != 0 || depth >= look_ahead,
+        );
         let control = self.controller.update(measured, target, period.max(1));
         resampler.set_drift_ppm(control.drift_ppm);
+        self.metrics.applied_ppm = control.drift_ppm;
         // A new request only once the last is done: requests add up.
         if control.stretch_frames != 0 && self.stretcher.pending() == 0 {
             self.stretcher.request(control.stretch_frames);

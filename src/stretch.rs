@@ -182,6 +182,12 @@ impl Stretcher {
         self.pending = self.pending.saturating_add(frames);
     }
 
+    /// Input beyond `output_frames` that stretching holds as look-ahead
+    /// (the caller lets a stretch start only when that much has arrived).
+    pub fn look_ahead(&self, output_frames: usize) -> usize {
+        Self::need(output_frames, self.window, self.max_lag) - output_frames
+    }
+
     /// Drops what is still pending (held frames still play).
     pub fn cancel(&mut self) {
         self.pending = 0;
