@@ -15,37 +15,10 @@ mod common;
 
 use common::*;
 use netspeaker::alsa_out::{Access, AlsaError, AlsaOut, DeviceConfig, SampleFormat, WriteOutcome};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-/// Counts allocations made by threads that opted in (see
-/// `write_does_not_allocate`); everything else goes straight to System.
-struct CountingAlloc;
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new_size)
-    }
-}
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
 
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 480;
@@ -539,16 +512,16 @@ fn write_does_not_allocate() {
             // allocation in the steady state (alsa-lib's C malloc is not
             // seen by a Rust allocator).
             out.write(&sent[..period]).expect("first write");
-            COUNTING.with(|c| c.set(true));
+            common::alloc::count_this_thread(true);
             let mut results = 0usize;
             for chunk in sent.chunks(period).skip(1) {
                 results += usize::from(out.write(chunk).is_ok());
             }
             let _ = out.delay_frames();
-            COUNTING.with(|c| c.set(false));
+            common::alloc::count_this_thread(false);
             report(
                 &format!("allocations_{}", access.name()),
-                ALLOCATIONS.swap(0, Ordering::Relaxed),
+                common::alloc::take(),
             );
             report(&format!("ok_writes_{}", access.name()), results);
             out.close();

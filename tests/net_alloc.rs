@@ -3,8 +3,8 @@
 //! instruction to its return, while a stream of valid packets mixed with
 //! every kind of bad input (and a full queue) goes through it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -15,36 +15,8 @@ use netspeaker::net::{run, Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::packet::{Packet, MAX_DATAGRAM};
 use netspeaker::rtp::{InputMode, PacketParser, RtpHeader};
 
-struct Counting;
-
-thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
 
 fn wait_for(counter: &AtomicU64, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -75,9 +47,9 @@ fn net_thread_allocates_nothing() {
 
     std::thread::scope(|s| {
         s.spawn(|| {
-            COUNTED.with(|c| c.set(true));
+            common::alloc::count_this_thread(true);
             run(&receiver, &mut parser, &mut producer, &counters, &stop);
-            COUNTED.with(|c| c.set(false));
+            common::alloc::count_this_thread(false);
         });
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let foreign = UdpSocket::bind("127.0.0.2:0").unwrap();
@@ -139,5 +111,5 @@ fn net_thread_allocates_nothing() {
         assert_eq!(n, 400, "{name}");
     }
     // ...and none of them allocated.
-    assert_eq!(ALLOCATIONS.load(Ordering::Relaxed), 0);
+    assert_eq!(common::alloc::allocations(), 0);
 }

@@ -7,44 +7,14 @@
 //! renders one device period at a time. The warm-up (the first stream's
 //! set-up) is excluded; everything after it must allocate nothing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+mod common;
 
 use netspeaker::format::{Encoding, StreamFormat};
 use netspeaker::packet::Packet;
 use netspeaker::playout::{Engine, Latency, PlayoutConfig};
 
-struct Counting;
-
-thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTED.with(Cell::get) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded unchanged to the system allocator.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
 
 const RATE: u32 = 48_000;
 const PTIME_FRAMES: usize = 960; // 20 ms
@@ -159,10 +129,10 @@ fn steady_stream_with_loss_reordering_and_ssrc_change_allocates_nothing() {
         // start-up, not the audio path.
         if tick == 400 {
             counting_from_tick = Some(tick);
-            COUNTED.with(|c| c.set(true));
+            common::alloc::count_this_thread(true);
         }
     }
-    COUNTED.with(|c| c.set(false));
+    common::alloc::count_this_thread(false);
     assert!(counting_from_tick.is_some());
     let m = engine.jitter().metrics();
     // The stream really went through every policy while counted.
@@ -172,7 +142,7 @@ fn steady_stream_with_loss_reordering_and_ssrc_change_allocates_nothing() {
     assert!(m.new_streams >= 2, "{m:?}");
     assert!(engine.metrics().concealed_frames > 0);
     assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
+        common::alloc::allocations(),
         0,
         "allocations on the playout path after start-up"
     );

@@ -2,10 +2,10 @@
 //! allocator watches the thread that runs `Sender::run` over a looping
 //! file, with and without rate and channel conversion.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::net::UdpSocket;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,34 +16,8 @@ use netspeaker::send::source::Input;
 use netspeaker::send::wav::write_wav;
 use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.alloc(layout)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(|c| c.get()) {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: common::alloc::Counting = common::alloc::Counting;
 
 fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &str) -> u64 {
     let dir = std::env::temp_dir().join(format!("ns-send-alloc-{name}-{}", std::process::id()));
@@ -83,11 +57,11 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
             stop.store(true, Ordering::Relaxed);
         })
     };
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
+    let before = common::alloc::allocations();
+    common::alloc::count_this_thread(true);
     let summary = sender.run(&stop, &heartbeat).unwrap();
-    COUNTING.with(|c| c.set(false));
-    let after = ALLOCATIONS.load(Ordering::Relaxed);
+    common::alloc::count_this_thread(false);
+    let after = common::alloc::allocations();
     stopper.join().unwrap();
     // About 40 packets of 10 ms went out, across several loops of the file,
     // each a beat for the watchdog.

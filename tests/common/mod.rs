@@ -32,6 +32,7 @@
 //!   offset), [`compare`] compares the overlap exactly or with a tolerance.
 #![allow(dead_code)]
 
+pub mod alloc;
 pub mod receiver;
 
 use std::path::{Path, PathBuf};
