@@ -125,7 +125,7 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str]) -> Outco
         log.contains(&format!("{RATE} Hz 1 ch")),
         "{name}: the device was not opened at the stream's rate:\n{log}"
     );
-    let recording = common::read_s16le(&bench.alsa.paced);
+    let recording = bench.recorded();
     Outcome {
         name,
         relay: relay.counts(),

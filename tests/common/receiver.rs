@@ -1,5 +1,5 @@
 //! The real programs for end-to-end tests: `netspeaker` playing into the
-//! harness's `paced` device (a private PulseAudio null sink behind a file
+//! harness's PulseAudio null sink through a file plugin (a private PulseAudio null sink behind a file
 //! plugin: real time, and a bit-exact recording), `netspeaker-send`
 //! streaming a WAV file. Input: a test signal and the options. Output: the
 //! receiver's log lines with their arrival times, its statistics lines
@@ -10,7 +10,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -218,32 +218,83 @@ pub fn free_port() -> u16 {
 }
 
 /// One receiver set-up: a private directory, ALSA configuration and
-/// PulseAudio server; the receiver plays into `paced`.
+/// PulseAudio server; the receiver plays into `recorded`.
 pub struct Bench {
     pub dir: TestDir,
     pub alsa: AlsaConfig,
     pub pulse: PulseServer,
     pub port: u16,
+    /// What the receiver played, s16le at the stream's rate, across every
+    /// reopen of the device.
+    pub recording: PathBuf,
 }
 
 impl Bench {
     pub fn new(name: &str) -> Bench {
         let dir = TestDir::new(name);
         let alsa = AlsaConfig::write(&dir.path);
+        // The harness's `paced` device truncates its file whenever the
+        // device is opened, so a reopen (server restart, a stall taken for
+        // a lost device) would discard everything before it. `recorded` is
+        // `paced` without truncation: alsa-lib then writes each opening to
+        // a new file (recorded.raw, recorded.raw.0001, …), which
+        // [`Bench::recorded`] joins into one recording on the device's
+        // sample clock for the whole run.
+        let recording = dir.file("recorded.raw");
+        let extra = format!(
+            "pcm.recorded {{ type file slave.pcm \"pulse\" file \"{}\" format \"raw\" truncate false }}\n",
+            recording.display()
+        );
+        let mut conf = std::fs::read_to_string(&alsa.path).expect("read alsa.conf");
+        conf.push_str(&extra);
+        std::fs::write(&alsa.path, conf).expect("write alsa.conf");
         let pulse = PulseServer::start(&dir.path);
         Bench {
             dir,
             alsa,
             pulse,
             port: free_port(),
+            recording,
         }
+    }
+
+    /// The parts of the recording, in order.
+    fn recording_parts(&self) -> Vec<PathBuf> {
+        let mut parts = vec![self.recording.clone()];
+        for n in 1.. {
+            let part = PathBuf::from(format!("{}.{n:04}", self.recording.display()));
+            if !part.exists() {
+                break;
+            }
+            parts.push(part);
+        }
+        parts
+    }
+
+    /// Frames recorded so far (the plugin appends in chunks of at most a
+    /// device buffer).
+    pub fn recorded_frames(&self) -> usize {
+        self.recording_parts()
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len() as usize / 2))
+            .sum()
+    }
+
+    /// The whole recording (mono s16le): read it after the receiver closed
+    /// the device.
+    pub fn recorded(&self) -> Vec<i16> {
+        self.recording_parts()
+            .iter()
+            .filter(|p| p.exists())
+            .flat_map(|p| crate::common::read_s16le(p))
+            .collect()
     }
 
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// Starts `netspeaker` on the bench's port, playing into `paced`, with
+    /// Starts `netspeaker` on the bench's port, playing into `recorded`, with
     /// a statistics line every second, debug logging and `extra` options;
     /// waits until it listens, then until the device consumes audio (a
     /// fresh PulseAudio stream can take a second or more to start, during
@@ -255,7 +306,7 @@ impl Bench {
             .args([
                 "-v",
                 "--device",
-                "paced",
+                "recorded",
                 "--stats-interval",
                 "1",
                 "--listen",

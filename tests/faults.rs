@@ -1,0 +1,274 @@
+//! Faults and recovery, end to end: the real `netspeaker` plays a looping
+//! tone from the real `netspeaker-send` into the paced PulseAudio device
+//! (tests/common/receiver.rs), and a fault is injected mid-stream — the
+//! sound server killed and restarted, the sender restarted (new SSRC and
+//! timestamps), the receiver stopped with SIGSTOP for 2 s. Input: the
+//! fault. Output: the recovery time, measured from the moment the cause
+//! went away to the moment the tone is back in the recording (by the
+//! recording's own sample clock), printed, and asserted ≤ 1 s (issue 6).
+
+mod common;
+#[path = "common/receiver.rs"]
+mod receiver;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use receiver::{block_rms, sender, write_wav, Bench, Proc};
+
+/// L16 16 kHz mono, a 440 Hz tone at amplitude 8000 (RMS ≈ 5657).
+const RATE: u32 = 16_000;
+const BLOCK_MS: usize = 10;
+const BLOCK: usize = RATE as usize * BLOCK_MS / 1000;
+/// A 10 ms block "has the tone" above half its RMS: concealment's fade
+/// and silence fall below within a few blocks, the tone never does.
+const TONE_RMS: f64 = 8000.0 / std::f64::consts::SQRT_2;
+const PRESENT: f64 = TONE_RMS / 2.0;
+/// The issue's bar for every fault.
+const RECOVERY: Duration = Duration::from_secs(1);
+/// How long the tone runs after the fault.
+const AFTER: Duration = Duration::from_secs(4);
+
+fn tone_file(bench: &Bench) -> std::path::PathBuf {
+    let wav = bench.dir.file("tone.wav");
+    write_wav(
+        &wav,
+        RATE,
+        1,
+        &common::sine(RATE, 1, 440.0, RATE as usize * 2, 8000),
+    );
+    wav
+}
+
+fn start(bench: &Bench) -> (Proc, Proc) {
+    let rx = bench.receiver(&["--rtp-format", "96=L16/16000/1"]);
+    let tx = sender(&tone_file(bench), bench.addr(), &["--loop"]);
+    (rx, tx)
+}
+
+/// Stops the receiver (closing the device completes the recording) and
+/// returns the recording as 10 ms blocks: true where the tone is present.
+fn finish(bench: &Bench, mut rx: Proc, mut tx: Proc) -> (Vec<bool>, String) {
+    tx.terminate(Duration::from_secs(1));
+    assert!(
+        rx.terminate(Duration::from_secs(3)),
+        "the receiver ignored SIGTERM:\n{}",
+        rx.log.text()
+    );
+    let rec = bench.recorded();
+    let present = block_rms(&rec, BLOCK)
+        .into_iter()
+        .map(|r| r > PRESENT)
+        .collect();
+    (present, rx.log.text())
+}
+
+/// Where the recording is now, in blocks: the file plugin appends as the
+/// device takes audio (in chunks of at most a buffer, 15 ms here).
+fn position(bench: &Bench) -> usize {
+    bench.recorded_frames() / BLOCK
+}
+
+/// The longest run of blocks without the tone that starts at or after
+/// `from` (less 300 ms for the plugin's chunking and the device buffer)
+/// and ends before the last block with the tone: (its first block, its
+/// length in blocks). Earlier dropouts (the start) are not this fault's.
+fn dropout_after(present: &[bool], from: usize) -> (usize, usize) {
+    let first = from.saturating_sub(blocks(Duration::from_millis(300)));
+    let last = present.iter().rposition(|&p| p).unwrap_or(0);
+    let mut best = (first, 0);
+    let mut run_start = first;
+    for (i, &p) in present.iter().enumerate().take(last + 1).skip(first) {
+        if p {
+            if i - run_start > best.1 {
+                best = (run_start, i - run_start);
+            }
+            run_start = i + 1;
+        }
+    }
+    best
+}
+
+/// After the fault, the tone must play on: in at least 90 % of the
+/// blocks from the end of the dropout to the end of the recording, and for
+/// at least 0.5 s of them (a device reopen costs a PulseAudio stream start,
+/// which shortens what is recorded before the receiver is stopped).
+fn assert_tone_stays(present: &[bool], from: usize, log: &str) {
+    let rest = present.get(from..).unwrap_or(&[]);
+    let on = rest.iter().filter(|&&p| p).count();
+    assert!(
+        on >= blocks(Duration::from_millis(500)) && on * 10 >= rest.len() * 9,
+        "the tone did not come back for the rest of the run ({on} of {} blocks):\n{log}",
+        rest.len()
+    );
+}
+
+/// PulseAudio's own delay in starting a newly opened stream (the receiver
+/// logs it at debug level as "consuming after N ms"): part of every reopen
+/// here, though not the receiver's doing; printed next to the recovery.
+fn stream_start_stalls(log: &[(Instant, String)], since: Instant) -> Vec<String> {
+    log.iter()
+        .filter(|(t, l)| *t >= since && l.contains("consuming after"))
+        .filter_map(|(_, l)| l.rsplit("after ").next().map(str::to_string))
+        .collect()
+}
+
+fn blocks(d: Duration) -> usize {
+    (d.as_millis() as usize).div_ceil(BLOCK_MS)
+}
+
+fn ms(n_blocks: usize) -> Duration {
+    Duration::from_millis((n_blocks * BLOCK_MS) as u64)
+}
+
+/// The sound server is killed mid-stream and started again 2 s later. The
+/// receiver keeps running, reopens the device, and plays again. While the
+/// server is gone nothing is recorded, so the recording's one dropout is
+/// the fade before the loss plus the silence after the reopen; the
+/// recovery is the time from the server's restart to the reopen (by the
+/// log) plus that dropout (by the recording's sample clock) — an upper
+/// bound, as the fade before the loss is counted too.
+#[test]
+fn sound_server_killed_and_restarted() {
+    let mut bench = Bench::new("fault-pulse");
+    let (rx, tx) = start(&bench);
+    std::thread::sleep(Duration::from_secs(3));
+    let killed = Instant::now();
+    let at_fault = position(&bench);
+    bench.pulse.kill();
+    assert!(
+        rx.log
+            .wait_for("reopening", killed, Duration::from_secs(5))
+            .is_some(),
+        "the receiver did not notice the server was gone:\n{}",
+        rx.log.text()
+    );
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed()));
+    bench.pulse.restart();
+    // restart() returns once the server answers: the cause is gone.
+    let restarted = Instant::now();
+    let reopened = rx
+        .log
+        .wait_for("device 'recorded' open", restarted, Duration::from_secs(5));
+    std::thread::sleep(AFTER);
+    let stalls = stream_start_stalls(&rx.log.lines(), restarted);
+    let (present, log) = finish(&bench, rx, tx);
+    let reopened =
+        reopened.unwrap_or_else(|| panic!("the device was not reopened within 5 s:\n{log}"));
+    let to_reopen = reopened.duration_since(restarted);
+    let (at, dropout) = dropout_after(&present, at_fault);
+    let recovery = to_reopen + ms(dropout);
+    println!(
+        "\nsound server restart: reopened {} ms after the server answered, \
+         tone missing for {} ms of the recording (at {} ms): recovery {} ms; \
+         PulseAudio started the new stream after {stalls:?} (not in the recording)",
+        to_reopen.as_millis(),
+        ms(dropout).as_millis(),
+        ms(at).as_millis(),
+        recovery.as_millis()
+    );
+    assert_tone_stays(&present, at + dropout, &log);
+    assert!(
+        recovery <= RECOVERY,
+        "recovery took {} ms (bar {} ms):\n{log}",
+        recovery.as_millis(),
+        RECOVERY.as_millis()
+    );
+}
+
+/// The sender is stopped and another one started at once (a new process:
+/// new SSRC, new sequence numbers and timestamps). The recording runs on
+/// the device's clock without a break, so the silence between the first
+/// sender's tone and the second's, minus the time the test itself left
+/// between them, is the receiver's recovery.
+#[test]
+fn sender_restarted_with_new_ssrc() {
+    let bench = Bench::new("fault-sender");
+    let (rx, mut tx) = start(&bench);
+    std::thread::sleep(Duration::from_secs(3));
+    let stopped = Instant::now();
+    let at_fault = position(&bench);
+    tx.terminate(Duration::from_secs(1));
+    let tx2 = sender(&tone_file(&bench), bench.addr(), &["--loop"]);
+    let started = Instant::now();
+    let switch = started.duration_since(stopped);
+    std::thread::sleep(AFTER);
+    let noticed = rx
+        .log
+        .matching("new sender")
+        .first()
+        .map(|(t, _)| t.saturating_duration_since(started));
+    let (present, log) = finish(&bench, rx, tx2);
+    let (at, dropout) = dropout_after(&present, at_fault);
+    let recovery = ms(dropout).saturating_sub(switch);
+    let new_sender = log.matches("new sender").count();
+    println!(
+        "\nsender restart: senders switched in {} ms, tone missing for {} ms \
+         (at {} ms of the recording): recovery {} ms; \"new sender\" logged {new_sender}x, \
+         {noticed:?} after the new sender started",
+        switch.as_millis(),
+        ms(dropout).as_millis(),
+        ms(at).as_millis(),
+        recovery.as_millis()
+    );
+    assert_tone_stays(&present, at + dropout, &log);
+    assert_eq!(
+        new_sender, 1,
+        "\"new sender\" should be logged once:\n{log}"
+    );
+    assert!(
+        recovery <= RECOVERY,
+        "recovery took {} ms (bar {} ms):\n{log}",
+        recovery.as_millis(),
+        RECOVERY.as_millis()
+    );
+}
+
+/// The receiver is frozen with SIGSTOP for 2 s, then continued. While it is
+/// stopped it writes nothing, so the recording (the device's sample clock)
+/// has no hole for those 2 s: everything between the tone before the stop
+/// and the tone after it is time after SIGCONT. The packets that queued in
+/// the socket meanwhile are stale: playing them is allowed, but the fresh
+/// stream must be back within 1 s.
+#[test]
+fn receiver_stopped_and_continued() {
+    let bench = Bench::new("fault-sigstop");
+    let (rx, tx) = start(&bench);
+    std::thread::sleep(Duration::from_secs(3));
+    rx.signal(Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(2));
+    let at_fault = position(&bench);
+    rx.signal(Signal::SIGCONT);
+    let continued = Instant::now();
+    std::thread::sleep(AFTER);
+    let asked = Instant::now();
+    rx.signal(Signal::SIGUSR1);
+    let _ = rx.log.wait_for("packets ", asked, Duration::from_secs(2));
+    let after: Vec<_> = rx
+        .log
+        .stats()
+        .into_iter()
+        .filter(|(t, _)| *t >= continued)
+        .collect();
+    let stalls = stream_start_stalls(&rx.log.lines(), continued);
+    let (present, log) = finish(&bench, rx, tx);
+    let (at, dropout) = dropout_after(&present, at_fault);
+    let recovery = ms(dropout);
+    println!(
+        "\nSIGSTOP 2 s: tone missing for {} ms after SIGCONT (at {} ms of the recording); \
+         PulseAudio stream starts after SIGCONT {stalls:?} (not in the recording); \
+         statistics after: {}",
+        recovery.as_millis(),
+        ms(at).as_millis(),
+        after
+            .last()
+            .map_or("none".into(), |(_, s)| format!("{s:?}"))
+    );
+    assert_tone_stays(&present, at + dropout, &log);
+    assert!(
+        recovery <= RECOVERY,
+        "recovery took {} ms (bar {} ms):\n{log}",
+        recovery.as_millis(),
+        RECOVERY.as_millis()
+    );
+}
