@@ -50,8 +50,13 @@ struct Outcome {
     total: Stats,
     /// Counters over [SETTLE, READ_AT]; gauges at READ_AT.
     stats: Stats,
+    /// The receiver found the device making no progress for a second or
+    /// more before READ_AT (the PulseAudio server starved on a loaded
+    /// machine; the product then reopens the device).
+    device_stalled: bool,
     /// Highest target seen in the per-second lines up to `READ_AT`.
     max_target_ms: f64,
+    /// Gaps in what was played over [SETTLE, READ_AT].
     gaps: Gaps,
     log: String,
 }
@@ -83,7 +88,12 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str]) -> Outco
     let t0 = Instant::now();
     let mut tx = sender(&wav, relay.addr, &[]);
 
+    // The same window in the recording: where it stood at SETTLE and at
+    // READ_AT (the file plugin appends within a device buffer, 15 ms).
+    std::thread::sleep(SETTLE.saturating_sub(t0.elapsed()));
+    let settled_at = bench.recorded_frames();
     std::thread::sleep(READ_AT.saturating_sub(t0.elapsed()));
+    let read_at = bench.recorded_frames();
     let asked = Instant::now();
     rx.signal(Signal::SIGUSR1);
     let read = rx
@@ -120,6 +130,11 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str]) -> Outco
     relay.stop();
     let clean_exit = rx.terminate(Duration::from_secs(3));
     let log = rx.log.text();
+    let device_stalled = rx
+        .log
+        .matching("(no progress)")
+        .iter()
+        .any(|(t, _)| *t <= read);
     assert!(clean_exit, "{name}: the receiver ignored SIGTERM:\n{log}");
     assert!(
         log.contains(&format!("{RATE} Hz 1 ch")),
@@ -132,7 +147,11 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str]) -> Outco
         total,
         stats,
         max_target_ms,
-        gaps: gaps(&recording, GAP_FRAMES),
+        device_stalled,
+        gaps: gaps(
+            recording.get(settled_at..read_at).unwrap_or(&[]),
+            GAP_FRAMES,
+        ),
         log,
     }
 }
@@ -149,6 +168,15 @@ fn run_matrix(options: &'static [&'static str], rows: Vec<Row>) {
         .map(|(name, imp, bar)| {
             let h = std::thread::spawn(move || {
                 let _slot = Slot::take();
+                let first = run_condition(name, imp.clone(), options);
+                if !first.device_stalled {
+                    return first;
+                }
+                // The sound server (not the receiver) stopped consuming for
+                // a second or more: the run says nothing about the network
+                // condition. Once more; the bar judges the second run
+                // whatever happens in it.
+                println!("{name}: the sound server stalled (receiver: \"no progress\"); running it again");
                 run_condition(name, imp, options)
             });
             (name, h, bar)
@@ -486,10 +514,16 @@ fn reorder_bar(o: &Outcome) -> Vec<String> {
     let mut b = Bar::new();
     no_underrun(o, &mut b);
     let s = &o.stats;
-    b.check(s.reordered as f64 >= o.relay.reordered as f64 * 0.8, || {
+    // A held-back packet counts as reordered, or as late if it missed
+    // its playout time; the relay counted to the end of the stream, the
+    // receiver to READ_AT, so scale to the packets it saw.
+    let expected =
+        o.relay.reordered as f64 * o.total.packets as f64 / o.relay.received.max(1) as f64;
+    let seen = (o.total.reordered + o.total.late) as f64;
+    b.check(seen >= 0.8 * expected - 2.0, || {
         format!(
-            "reordered {} of {} held back",
-            s.reordered, o.relay.reordered
+            "reordered {} + late {} of ~{expected:.0} held back",
+            o.total.reordered, o.total.late
         )
     })
     .check(s.lost == 0, || {
@@ -549,8 +583,9 @@ fn burst2x_bar(o: &Outcome) -> Vec<String> {
 
 /// The control: the same harness, relay and bars with the receiver at a
 /// fixed 60 ms target and without clock following (no estimator, no
-/// delay controller, no stretching). A clean link and 5 % loss must meet
-/// the same bars as in the adaptive matrix; if this passes where the
+/// delay controller, no stretching). A clean link, 50 ms of jitter (under
+/// the fixed target: no late packet is excused) and 5 % loss must meet the
+/// clean and loss bars of the adaptive matrix; if this passes where the
 /// adaptive rows fail, the adaptive path is at fault, not the harness.
 #[test]
 fn fixed_latency_control() {
@@ -567,6 +602,17 @@ fn fixed_latency_control() {
         &["--latency", "60", "--clock-follow", "off"],
         vec![
             matrix_row("fixed clean", Impairment::default(), clean_fixed),
+            matrix_row(
+                "fixed jit 50",
+                // Jitter 0..50 ms under a fixed 60 ms target: nothing is
+                // late, nothing concealed.
+                Impairment {
+                    seed: 50,
+                    jitter_ms: 50.0,
+                    ..Default::default()
+                },
+                clean_fixed,
+            ),
             matrix_row(
                 "fixed loss 5%",
                 Impairment {

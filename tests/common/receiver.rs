@@ -258,32 +258,16 @@ impl Bench {
         }
     }
 
-    /// The parts of the recording, in order.
-    fn recording_parts(&self) -> Vec<PathBuf> {
-        let mut parts = vec![self.recording.clone()];
-        for n in 1.. {
-            let part = PathBuf::from(format!("{}.{n:04}", self.recording.display()));
-            if !part.exists() {
-                break;
-            }
-            parts.push(part);
-        }
-        parts
-    }
-
     /// Frames recorded so far (the plugin appends in chunks of at most a
     /// device buffer).
     pub fn recorded_frames(&self) -> usize {
-        self.recording_parts()
-            .iter()
-            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len() as usize / 2))
-            .sum()
+        recorded_frames(&self.recording)
     }
 
     /// The whole recording (mono s16le): read it after the receiver closed
     /// the device.
     pub fn recorded(&self) -> Vec<i16> {
-        self.recording_parts()
+        recording_parts(&self.recording)
             .iter()
             .filter(|p| p.exists())
             .flat_map(|p| crate::common::read_s16le(p))
@@ -337,6 +321,62 @@ impl Bench {
             .log
             .wait_for("consuming after", started, Duration::from_secs(5));
         proc
+    }
+}
+
+/// The parts of a `recorded` device's recording, in order.
+fn recording_parts(recording: &Path) -> Vec<PathBuf> {
+    let mut parts = vec![recording.to_path_buf()];
+    for n in 1.. {
+        let part = PathBuf::from(format!("{}.{n:04}", recording.display()));
+        if !part.exists() {
+            break;
+        }
+        parts.push(part);
+    }
+    parts
+}
+
+/// Mono frames recorded so far into a `recorded` device's recording.
+pub fn recorded_frames(recording: &Path) -> usize {
+    recording_parts(recording)
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len() as usize / 2))
+        .sum()
+}
+
+/// How the recording grew in wall time: (when, frames so far), sampled
+/// every 10 ms by a thread until dropped. It ties the recording's sample
+/// clock to wall time, so that time the device spent stalled (nothing
+/// written, nothing recorded) is seen too.
+pub struct Progress {
+    pub samples: Arc<Mutex<Vec<(Instant, usize)>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Progress {
+    pub fn start(recording: &Path) -> Progress {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, st, path) = (samples.clone(), stop.clone(), recording.to_path_buf());
+        std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let frames = recorded_frames(&path);
+                s.lock().expect("progress").push((Instant::now(), frames));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Progress { samples, stop }
+    }
+
+    pub fn samples(&self) -> Vec<(Instant, usize)> {
+        self.samples.lock().expect("progress").clone()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
