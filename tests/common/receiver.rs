@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::common::{AlsaConfig, PulseServer, TestDir};
+use crate::common::{AlsaConfig, JackServer, PulseServer, TestDir};
 
 /// One statistics line, in numbers.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -224,9 +224,13 @@ pub struct Bench {
     pub alsa: AlsaConfig,
     pub pulse: PulseServer,
     pub port: u16,
-    /// What the receiver played, s16le at the stream's rate, across every
-    /// reopen of the device.
+    /// What the receiver played, across every reopen of the device:
+    /// s16le mono at the stream's rate (PulseAudio), or FLOAT_LE stereo at
+    /// the JACK server's rate (with [`Bench::with_jack`]).
     pub recording: PathBuf,
+    /// With [`Bench::with_jack`]: the receiver plays into JACK's dummy
+    /// backend instead (a timer-paced server that starts a stream at once).
+    pub jack: Option<JackServer>,
 }
 
 impl Bench {
@@ -255,13 +259,81 @@ impl Bench {
             pulse,
             port: free_port(),
             recording,
+            jack: None,
+        }
+    }
+
+    /// As [`Bench::new`], but the receiver plays into `jrecorded`: JACK's
+    /// dummy backend at 48 kHz through a plug (format and rate
+    /// conversion) and a non-truncating file plugin. PulseAudio takes
+    /// 0.5–1.8 s to (re)start a stream here, JACK none: where a test
+    /// must time the receiver's own reaction to a device restart, this
+    /// keeps the sound server's start-up out of the figure.
+    pub fn with_jack(name: &str) -> Bench {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let mut bench = Bench::new(name);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let jack = JackServer::start(&format!("nsimp{}x{n}", std::process::id()), 48_000, 256);
+        bench.recording = bench.dir.file("jrecorded.raw");
+        let extra = format!(
+            "pcm.jrec {{ type file slave.pcm \"jack\" file \"{}\" format \"raw\" truncate false }}\n\
+             pcm.jrecorded {{ type plug slave.pcm \"jrec\" }}\n",
+            bench.recording.display()
+        );
+        let mut conf = std::fs::read_to_string(&bench.alsa.path).expect("read alsa.conf");
+        conf.push_str(&extra);
+        std::fs::write(&bench.alsa.path, conf).expect("write alsa.conf");
+        bench.jack = Some(jack);
+        bench
+    }
+
+    fn device(&self) -> &'static str {
+        if self.jack.is_some() {
+            "jrecorded"
+        } else {
+            "recorded"
+        }
+    }
+
+    /// Bytes per recorded frame: s16 mono, or f32 stereo from JACK.
+    pub fn frame_bytes(&self) -> usize {
+        if self.jack.is_some() {
+            8
+        } else {
+            2
+        }
+    }
+
+    /// The recording as mono f32 (the first channel) and its rate; a
+    /// PulseAudio recording is at the stream's rate, `stream_rate`.
+    pub fn recorded_mono(&self, stream_rate: u32) -> (Vec<f32>, u32) {
+        let bytes: Vec<u8> = recording_parts(&self.recording)
+            .iter()
+            .filter(|p| p.exists())
+            .flat_map(|p| std::fs::read(p).unwrap_or_default())
+            .collect();
+        match &self.jack {
+            Some(j) => (
+                bytes
+                    .chunks_exact(8)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+                j.rate,
+            ),
+            None => (
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                    .collect(),
+                stream_rate,
+            ),
         }
     }
 
     /// Frames recorded so far (the plugin appends in chunks of at most a
     /// device buffer).
     pub fn recorded_frames(&self) -> usize {
-        recorded_frames(&self.recording)
+        recorded_frames(&self.recording, self.frame_bytes())
     }
 
     /// The whole recording (mono s16le): read it after the receiver closed
@@ -290,7 +362,7 @@ impl Bench {
             .args([
                 "-v",
                 "--device",
-                "recorded",
+                self.device(),
                 "--stats-interval",
                 "1",
                 "--listen",
@@ -299,6 +371,7 @@ impl Bench {
             .args(extra)
             .envs(self.alsa.env())
             .envs(self.pulse.env())
+            .envs(self.jack.iter().flat_map(|j| j.env()))
             .env_remove("NOTIFY_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -337,11 +410,11 @@ fn recording_parts(recording: &Path) -> Vec<PathBuf> {
     parts
 }
 
-/// Mono frames recorded so far into a `recorded` device's recording.
-pub fn recorded_frames(recording: &Path) -> usize {
+/// Frames recorded so far into a `recorded` device's recording.
+pub fn recorded_frames(recording: &Path, frame_bytes: usize) -> usize {
     recording_parts(recording)
         .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len() as usize / 2))
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len() as usize / frame_bytes))
         .sum()
 }
 
@@ -355,13 +428,14 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn start(recording: &Path) -> Progress {
+    pub fn start(bench: &Bench) -> Progress {
+        let (recording, frame_bytes) = (bench.recording.as_path(), bench.frame_bytes());
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (s, st, path) = (samples.clone(), stop.clone(), recording.to_path_buf());
         std::thread::spawn(move || {
             while !st.load(std::sync::atomic::Ordering::Relaxed) {
-                let frames = recorded_frames(&path);
+                let frames = recorded_frames(&path, frame_bytes);
                 s.lock().expect("progress").push((Instant::now(), frames));
                 std::thread::sleep(Duration::from_millis(10));
             }
