@@ -1,0 +1,498 @@
+//! Shared harness for netspeaker's end-to-end tests: real ALSA devices with
+//! no sound card, the sound servers behind them, signals and the comparison
+//! of what was sent with what a device recorded. See ../../shared TESTING.md
+//! for why each device exists. Use it with `mod common;` in a test file.
+//!
+//! - [`TestDir::new("name")`]: a private directory per test (removed on
+//!   drop unless `NETSPEAKER_KEEP_TEST_DIRS` is set, for post-mortems).
+//! - [`AlsaConfig::write(&dir)`]: writes `alsa.conf` into it with the devices
+//!   `null`, `capture` (file over null, not paced), `pulse`, `paced` (file
+//!   over pulse: paced and bit-exact), `jack`, `jfile` (file over jack),
+//!   `jplug` (plug over jfile: paced, mmap). Recordings go to
+//!   `config.capture`, `config.paced`, `config.jfile`. Give the process
+//!   under test `ALSA_CONFIG_PATH=config.path` (see [`AlsaConfig::env`]);
+//!   never /etc. Read a recording only after the device was closed.
+//! - [`PulseServer::start(&dir)`]: a private PulseAudio with a null sink at
+//!   48 kHz; `env()` gives `PULSE_SERVER` for children,
+//!   `kill()`, `restart()`; killed on drop.
+//! - [`JackServer::start(name, rate, period)`]: jackd with the dummy backend
+//!   (paced by a timer); `env()` gives `JACK_DEFAULT_SERVER`; killed on drop.
+//! - alsa-lib reads `ALSA_CONFIG_PATH` when it loads its configuration, and
+//!   test threads share one environment, so device work runs in a child:
+//!   [`in_child`] tells the re-executed test binary it is the child,
+//!   [`run_child`] re-executes the current test with extra environment.
+//! - Signals: [`sine`], [`noise`] (seeded, so a 64-frame window occurs once:
+//!   alignment is unambiguous), [`to_f32`]; readers [`read_s16le`],
+//!   [`read_f32le`], [`f32_to_s16`].
+//! - [`align`] finds where the sent signal sits in a recording (start-up
+//!   offset), [`compare`] compares the overlap exactly or with a tolerance.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A private directory for one test.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(name: &str) -> TestDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("netspeaker-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TestDir { path }
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::env::var_os("NETSPEAKER_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A private ALSA configuration holding only the test devices.
+pub struct AlsaConfig {
+    pub path: PathBuf,
+    /// Recording of `capture` (file over null).
+    pub capture: PathBuf,
+    /// Recording of `paced` (file over pulse).
+    pub paced: PathBuf,
+    /// Recording of `jfile` / `jplug` (FLOAT_LE at the JACK server's rate).
+    pub jfile: PathBuf,
+}
+
+impl AlsaConfig {
+    pub fn write(dir: &Path) -> AlsaConfig {
+        let path = dir.join("alsa.conf");
+        let capture = dir.join("capture.raw");
+        let paced = dir.join("paced.raw");
+        let jfile = dir.join("jfile.raw");
+        // The pulse and jack types need no declaration: alsa-lib loads
+        // libasound_module_pcm_<type>.so from its plugin directory.
+        let text = format!(
+            r#"pcm.null {{ type null }}
+pcm.capture {{ type file slave.pcm "null" file "{capture}" format "raw" }}
+pcm.pulse {{ type pulse }}
+pcm.paced {{ type file slave.pcm "pulse" file "{paced}" format "raw" }}
+pcm.jack {{ type jack playback_ports {{ 0 system:playback_1 1 system:playback_2 }} }}
+pcm.jfile {{ type file slave.pcm "jack" file "{jfile}" format "raw" }}
+pcm.jplug {{ type plug slave.pcm "jfile" }}
+"#,
+            capture = capture.display(),
+            paced = paced.display(),
+            jfile = jfile.display(),
+        );
+        std::fs::write(&path, text).expect("write alsa.conf");
+        AlsaConfig {
+            path,
+            capture,
+            paced,
+            jfile,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "ALSA_CONFIG_PATH".to_string(),
+            self.path.display().to_string(),
+        )]
+    }
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A private PulseAudio server with a null sink (consumes audio at its
+/// nominal rate: a paced device).
+pub struct PulseServer {
+    dir: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl PulseServer {
+    pub fn start(dir: &Path) -> PulseServer {
+        let pa = dir.join("pulse");
+        std::fs::create_dir_all(pa.join("rt")).expect("pulse dir");
+        let socket = pa.join("native");
+        let script = format!(
+            "load-module module-null-sink sink_name=speaker rate=48000\n\
+             load-module module-native-protocol-unix auth-anonymous=1 socket={}\n\
+             set-default-sink speaker\n",
+            socket.display()
+        );
+        std::fs::write(pa.join("default.pa"), script).expect("default.pa");
+        let mut server = PulseServer {
+            dir: pa,
+            socket,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.socket);
+        let log = std::fs::File::create(self.dir.join("pulseaudio.log")).expect("pulse log");
+        let child = Command::new("pulseaudio")
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--use-pid-file=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "-F",
+            ])
+            .arg(self.dir.join("default.pa"))
+            .env("PULSE_RUNTIME_PATH", self.dir.join("rt"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start pulseaudio (apt-get install pulseaudio)");
+        self.child = Some(child);
+        let env = self.env();
+        let ready = wait_until(Duration::from_secs(10), || {
+            Command::new("pactl")
+                .arg("info")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        });
+        assert!(
+            ready,
+            "pulseaudio did not answer pactl info within 10 s; see {}",
+            self.dir.display()
+        );
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Environment for a child that should play into this server (the
+    /// socket is enough; the runtime directory is the server's own).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "PULSE_SERVER".to_string(),
+            format!("unix:{}", self.socket.display()),
+        )]
+    }
+
+    /// Kills the server (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Kills it if running, then starts it again and waits until it answers.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for PulseServer {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// jackd with the dummy backend: a timer-paced server with no card.
+pub struct JackServer {
+    pub name: String,
+    pub rate: u32,
+    child: Option<Child>,
+}
+
+impl JackServer {
+    /// `name` must be unique among running tests (e.g. include the pid).
+    pub fn start(name: &str, rate: u32, period: u32) -> JackServer {
+        let child = Command::new("jackd")
+            .args(["-n", name, "-d", "dummy", "-r"])
+            .arg(rate.to_string())
+            .arg("-p")
+            .arg(period.to_string())
+            .env("JACK_NO_AUDIO_RESERVATION", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start jackd (apt-get install jackd2)");
+        let server = JackServer {
+            name: name.to_string(),
+            rate,
+            child: Some(child),
+        };
+        let env = server.env();
+        let ready = wait_until(Duration::from_secs(10), || {
+            Command::new("jack_lsp")
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("system:playback_1"))
+                .unwrap_or(false)
+        });
+        assert!(ready, "jackd '{name}' did not come up within 10 s");
+        server
+    }
+
+    /// Environment for a child that should use this server (and never
+    /// start one of its own).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("JACK_DEFAULT_SERVER".to_string(), self.name.clone()),
+            ("JACK_NO_START_SERVER".to_string(), "1".to_string()),
+        ]
+    }
+}
+
+impl Drop for JackServer {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+/// The variable that marks a re-executed test binary as the child.
+pub const CHILD_ENV: &str = "NETSPEAKER_TEST_CHILD";
+
+/// True in the child that [`run_child`] started for test `name`.
+pub fn in_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(name)
+}
+
+/// Re-executes this test binary running only test `name` (a top-level
+/// `#[test] fn name` of the test file) with `env` added, and waits for it.
+/// The child's stdout/stderr are returned; [`report`] hands values back.
+pub fn run_child(name: &str, env: &[(String, String)]) -> Output {
+    spawn_child(name, env)
+        .wait_with_output()
+        .expect("wait for test child")
+}
+
+/// Like [`run_child`] but returns at once (stdout and stderr piped).
+pub fn spawn_child(name: &str, env: &[(String, String)]) -> Child {
+    let exe = std::env::current_exe().expect("current test binary");
+    Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, name)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("re-execute test binary")
+}
+
+/// Panics with the child's output unless it succeeded; returns its stdout.
+pub fn child_ok(out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "test child failed: {}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Hands a value from the child to the parent (see [`child_value`]). The
+/// marker keeps it apart from libtest's own output on the same line.
+pub fn report(key: &str, value: impl std::fmt::Display) {
+    println!("\n@{key}={value}");
+}
+
+/// The value the child reported for `key`.
+pub fn child_value(stdout: &str, key: &str) -> Option<String> {
+    let marker = format!("@{key}=");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&marker).map(|v| v.trim().to_string()))
+}
+
+/// Interleaved 16-bit sine, the same on every channel.
+pub fn sine(rate: u32, channels: u16, freq_hz: f64, frames: usize, amplitude: i16) -> Vec<i16> {
+    let mut out = Vec::with_capacity(frames * usize::from(channels));
+    for n in 0..frames {
+        let v = (f64::from(amplitude)
+            * (2.0 * std::f64::consts::PI * freq_hz * n as f64 / f64::from(rate)).sin())
+        .round() as i16;
+        out.extend(std::iter::repeat(v).take(usize::from(channels)));
+    }
+    out
+}
+
+/// Seeded white noise (xorshift64*), different on every channel, never
+/// all-zero: any 64-frame window is unique, so alignment is unambiguous.
+/// `amplitude` bounds |sample| (use < 32767 to leave headroom).
+pub fn noise(seed: u64, channels: u16, frames: usize, amplitude: i16) -> Vec<i16> {
+    let mut state = seed | 1;
+    let span = i64::from(amplitude.max(1)) * 2 + 1;
+    (0..frames * usize::from(channels))
+        .map(|_| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33;
+            (r as i64 % span - i64::from(amplitude)) as i16
+        })
+        .collect()
+}
+
+/// Exact f32 form of 16-bit samples (k / 32768), as the playout stage
+/// hands them to the device stage.
+pub fn to_f32(samples: &[i16]) -> Vec<f32> {
+    samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
+}
+
+/// Back from f32 (as the jack device records) to 16 bits; exact for
+/// values that came from 16 bits.
+pub fn f32_to_s16(samples: &[f32]) -> Vec<i16> {
+    samples
+        .iter()
+        .map(|&s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
+        .collect()
+}
+
+pub fn read_s16le(path: &Path) -> Vec<i16> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+pub fn read_f32le(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+/// Where the two signals line up: `recording[recording_frame..]` plays
+/// `sent[sent_frame..]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Alignment {
+    pub recording_frame: usize,
+    pub sent_frame: usize,
+}
+
+const PROBE_FRAMES: usize = 64;
+
+fn window_matches(a: &[i16], b: &[i16], tolerance: i32) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (i32::from(*x) - i32::from(*y)).abs() <= tolerance)
+}
+
+/// Finds the start-up offset: first where the start of `sent` appears in
+/// `recording` (the device got everything after some silence), else where
+/// the recording's first non-silent window appears in `sent` (the start was
+/// missed). Samples may differ by `tolerance` (0 = bit-exact).
+pub fn align(recording: &[i16], sent: &[i16], channels: u16, tolerance: i32) -> Option<Alignment> {
+    let ch = usize::from(channels);
+    let probe_len = PROBE_FRAMES * ch;
+    let rec_frames = recording.len() / ch;
+    let sent_frames = sent.len() / ch;
+    if sent_frames < PROBE_FRAMES || rec_frames < PROBE_FRAMES {
+        return None;
+    }
+    let probe = &sent[..probe_len];
+    for f in 0..=rec_frames - PROBE_FRAMES {
+        if window_matches(&recording[f * ch..f * ch + probe_len], probe, tolerance) {
+            return Some(Alignment {
+                recording_frame: f,
+                sent_frame: 0,
+            });
+        }
+    }
+    let first_loud = recording
+        .chunks_exact(ch)
+        .position(|fr| fr.iter().any(|&s| i32::from(s).abs() > tolerance))?;
+    if first_loud + PROBE_FRAMES > rec_frames {
+        return None;
+    }
+    let probe = &recording[first_loud * ch..first_loud * ch + probe_len];
+    (0..=sent_frames - PROBE_FRAMES)
+        .find(|&f| window_matches(&sent[f * ch..f * ch + probe_len], probe, tolerance))
+        .map(|f| Alignment {
+            recording_frame: first_loud,
+            sent_frame: f,
+        })
+}
+
+/// The result of comparing the aligned overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Comparison {
+    /// Frames compared (the overlap).
+    pub frames: usize,
+    /// Frames with at least one sample off by more than the tolerance.
+    pub mismatched_frames: usize,
+    pub first_mismatch: Option<usize>,
+    pub max_abs_diff: i32,
+}
+
+/// Compares `recording` with `sent` over their overlap after `al`.
+pub fn compare(
+    recording: &[i16],
+    sent: &[i16],
+    channels: u16,
+    al: Alignment,
+    tolerance: i32,
+) -> Comparison {
+    let ch = usize::from(channels);
+    let rec = recording.get(al.recording_frame * ch..).unwrap_or(&[]);
+    let snt = sent.get(al.sent_frame * ch..).unwrap_or(&[]);
+    let mut cmp = Comparison {
+        frames: 0,
+        mismatched_frames: 0,
+        first_mismatch: None,
+        max_abs_diff: 0,
+    };
+    for (i, (r, s)) in rec.chunks_exact(ch).zip(snt.chunks_exact(ch)).enumerate() {
+        cmp.frames += 1;
+        let diff = r
+            .iter()
+            .zip(s)
+            .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
+            .max()
+            .unwrap_or(0);
+        cmp.max_abs_diff = cmp.max_abs_diff.max(diff);
+        if diff > tolerance {
+            cmp.mismatched_frames += 1;
+            cmp.first_mismatch.get_or_insert(i);
+        }
+    }
+    cmp
+}
