@@ -92,13 +92,11 @@ impl StreamFormat {
 
 impl fmt::Display for StreamFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}/{}/{}",
-            self.encoding.rtp_name(),
-            self.rate,
-            self.channels
-        )
+        let name = match self.encoding {
+            Encoding::S16Le => "s16le",
+            e => e.rtp_name(),
+        };
+        write!(f, "{}/{}/{}", name, self.rate, self.channels)
     }
 }
 

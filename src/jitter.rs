@@ -481,6 +481,19 @@ impl JitterBuffer {
         self.target_frames = frames.min(self.max_delay_frames(rate));
     }
 
+    /// Moves the ceiling on the buffered delay (adaptive delay keeps it a
+    /// headroom above the target); clamped to 1..=`capacity_ms`, and the
+    /// target is clamped under it.
+    pub fn set_max_delay_ms(&mut self, ms: u32) {
+        self.config.max_delay_ms = ms.clamp(1, self.config.capacity_ms);
+        let rate = self.format.map_or(self.config.max_rate, |f| f.rate);
+        self.target_frames = self.target_frames.min(self.max_delay_frames(rate));
+    }
+
+    pub fn max_delay_ms(&self) -> u32 {
+        self.config.max_delay_ms
+    }
+
     /// Frames the ring holds at the current stream's rate.
     pub fn capacity_frames(&self) -> usize {
         self.ring_frames
@@ -1461,6 +1474,23 @@ mod tests {
         assert_eq!(next_ts, (40 - 5) * PTIME as u32);
         let m = jb.metrics();
         assert_eq!((m.late, m.lost, m.overflow, m.reordered), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn max_delay_moves_and_clamps_target() {
+        let mut jb = JitterBuffer::new(&JitterConfig {
+            capacity_ms: 500,
+            target_delay_ms: 100,
+            max_delay_ms: 300,
+            ..JitterConfig::default()
+        })
+        .unwrap();
+        jb.set_target_delay_frames(48_000 * 200 / 1000);
+        jb.set_max_delay_ms(60);
+        assert_eq!(jb.max_delay_ms(), 60);
+        assert_eq!(jb.target_delay_frames(), 48_000 * 60 / 1000);
+        jb.set_max_delay_ms(10_000);
+        assert_eq!(jb.max_delay_ms(), 500);
     }
 
     #[test]

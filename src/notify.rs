@@ -14,6 +14,14 @@
 //! wedged driver, a hung sound server) must not keep the service alive, so
 //! systemd kills and restarts it. A playout thread that is merely waiting
 //! for a missing device (reopening with backoff) is alive and keeps beating.
+//!
+//! Wiring, in `main`: `Notifier::from_env()` first; `ready()` once the
+//! socket is bound and the playout thread runs (device open, or being
+//! waited for: a missing card must not fail the start); a
+//! `WatchdogGate::from_env(heartbeat)` polled with `tick()` from the main
+//! loop at least every `pet_period() / 4` (a late poll eats into the margin
+//! the second half of the interval gives); `status()` with the statistics
+//! line; `stopping()` on SIGTERM.
 
 use std::fmt;
 use std::io;

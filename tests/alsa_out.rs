@@ -15,7 +15,37 @@ mod common;
 
 use common::*;
 use netspeaker::alsa_out::{Access, AlsaError, AlsaOut, DeviceConfig, SampleFormat, WriteOutcome};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Counts allocations made by threads that opted in (see
+/// `write_does_not_allocate`); everything else goes straight to System.
+struct CountingAlloc;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(|c| c.get()) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const RATE: u32 = 48_000;
 const PERIOD: u32 = 480;
@@ -41,13 +71,24 @@ fn signal(seconds: f64) -> Vec<i16> {
 fn play(out: &mut AlsaOut, samples: &[f32]) -> Vec<(usize, WriteOutcome)> {
     let step = out.negotiated().period_frames * usize::from(out.negotiated().channels);
     let mut odd = Vec::new();
+    let mut slowest = (0, Duration::ZERO);
     for (i, chunk) in samples.chunks(step).enumerate() {
-        match out.write(chunk) {
+        let t = Instant::now();
+        let result = out.write(chunk);
+        if t.elapsed() > slowest.1 {
+            slowest = (i, t.elapsed());
+        }
+        match result {
             Ok(WriteOutcome::Written) => {}
             Ok(other) => odd.push((i, other)),
             Err(e) => panic!("write {i}: {e}"),
         }
     }
+    // For the record (a device's start-up stall shows here), not asserted.
+    report(
+        "slowest_write",
+        format_args!("period {} took {} ms", slowest.0, slowest.1.as_millis()),
+    );
     odd
 }
 
@@ -95,6 +136,7 @@ fn rw_on_paced_pulse_device_records_bit_exact() {
     let alsa = AlsaConfig::write(&dir.path);
     let pulse = PulseServer::start(&dir.path);
     let stdout = child_ok(&run_child(NAME, &env_of(&[alsa.env(), pulse.env()])));
+    eprintln!("{stdout}");
     // Paced: 2 s of audio cannot be accepted much faster than real time
     // (the device buffer holds 40 ms).
     let elapsed: u64 = child_value(&stdout, "elapsed_ms")
@@ -128,6 +170,7 @@ fn mmap_on_jack_plug_device_records_exact() {
     let alsa = AlsaConfig::write(&dir.path);
     let jack = JackServer::start(&format!("ns-mmap-{}", std::process::id()), RATE, 256);
     let stdout = child_ok(&run_child(NAME, &env_of(&[alsa.env(), jack.env()])));
+    eprintln!("{stdout}");
     let elapsed: u64 = child_value(&stdout, "elapsed_ms")
         .and_then(|v| v.parse().ok())
         .expect("elapsed");
@@ -295,6 +338,7 @@ fn pulse_server_killed_gives_device_lost_then_reopen_works() {
         pulse.pid().expect("pulse pid").to_string(),
     ));
     let stdout = child_ok(&run_child(NAME, &env));
+    eprintln!("{stdout}");
     pulse.kill(); // reap it
     let lost_ms: u64 = child_value(&stdout, "lost_after_ms")
         .and_then(|v| v.parse().ok())
@@ -327,4 +371,198 @@ fn missing_device_is_reported_by_name() {
     let stdout = child_ok(&run_child(NAME, &alsa.env()));
     let err = child_value(&stdout, "error").expect("error line");
     assert!(err.contains("'hw:5'"), "{err}");
+}
+
+#[test]
+fn pulse_server_hung_gives_device_lost_not_a_hang() {
+    const NAME: &str = "pulse_server_hung_gives_device_lost_not_a_hang";
+    if in_child(NAME) {
+        let pid: i32 = std::env::var("PULSE_PID")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .expect("PULSE_PID");
+        let mut out = AlsaOut::open(&config("pulse", Access::ReadWrite)).expect("open pulse");
+        let sent = to_f32(&signal(0.5));
+        play(&mut out, &sent);
+        // A stopped server keeps its socket open: a blocking write would
+        // wait forever (tried with aplay); ours must give up.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .expect("stop pulseaudio");
+        let stopped = Instant::now();
+        let step = PERIOD as usize * 2;
+        for _ in 0..1000 {
+            match out.write(&sent[..step]) {
+                Ok(_) => {}
+                Err(e @ AlsaError::DeviceLost { .. }) => {
+                    report("lost_after_ms", stopped.elapsed().as_millis());
+                    report("error", format_args!("{e}"));
+                    // Closing a PCM whose server hangs blocks in the pulse
+                    // plugin until its 30 s timeout: close_detached must
+                    // not. The process exits without waiting for it.
+                    let closing = Instant::now();
+                    out.close_detached();
+                    report("close_ms", closing.elapsed().as_millis());
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(0);
+                }
+                Err(e) => panic!("not DeviceLost: {e:?}"),
+            }
+        }
+        panic!("10 s of writes into a stopped server and no error");
+    }
+    let dir = TestDir::new("pulse-hang");
+    let alsa = AlsaConfig::write(&dir.path);
+    let mut pulse = PulseServer::start(&dir.path);
+    let mut env = env_of(&[alsa.env(), pulse.env()]);
+    env.push((
+        "PULSE_PID".into(),
+        pulse.pid().expect("pulse pid").to_string(),
+    ));
+    let out = run_child(NAME, &env);
+    pulse.kill(); // SIGKILL ends a stopped process too
+    let stdout = child_ok(&out);
+    eprintln!("{stdout}");
+    let lost_ms: u64 = child_value(&stdout, "lost_after_ms")
+        .and_then(|v| v.parse().ok())
+        .expect("lost");
+    // The stall bound is 1 s once the device was seen consuming; the slack
+    // is for a loaded machine.
+    assert!(lost_ms <= 3000, "a hung server took {lost_ms} ms to report");
+    assert!(
+        child_value(&stdout, "error").is_some_and(|e| e.contains("no progress")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn rw_and_mmap_on_capture_device_record_s16_bit_exact() {
+    const NAME: &str = "rw_and_mmap_on_capture_device_record_s16_bit_exact";
+    if in_child(NAME) {
+        let access = match std::env::var("ACCESS").as_deref() {
+            Ok("mmap") => Access::Mmap,
+            _ => Access::ReadWrite,
+        };
+        let mut out = AlsaOut::open(&config("capture", access)).expect("open capture");
+        assert_eq!(out.negotiated().format, SampleFormat::S16);
+        // Not a whole number of periods: the last write is short.
+        let sent = signal(0.505);
+        play(&mut out, &to_f32(&sent));
+        out.close();
+        return;
+    }
+    for access in ["rw", "mmap"] {
+        let dir = TestDir::new(&format!("capture-{access}"));
+        let alsa = AlsaConfig::write(&dir.path);
+        let mut env = alsa.env();
+        env.push(("ACCESS".into(), access.into()));
+        child_ok(&run_child(NAME, &env));
+        let recorded = read_s16le(&alsa.capture);
+        let sent = signal(0.505);
+        assert_eq!(recorded.len(), sent.len(), "{access}: frames recorded");
+        assert!(
+            recorded == sent,
+            "{access}: recording differs from what was written"
+        );
+    }
+}
+
+/// The harness itself: alignment must find a start-up offset in either
+/// direction and the comparison must see a changed sample.
+#[test]
+fn harness_aligns_and_compares() {
+    let sent = noise(7, 2, 4800, 10_000);
+    // Device started late: 300 frames of silence first.
+    let mut late = vec![0i16; 600];
+    late.extend_from_slice(&sent);
+    let al = align(&late, &sent, 2, 0).expect("aligned");
+    assert_eq!(
+        al,
+        Alignment {
+            recording_frame: 300,
+            sent_frame: 0
+        }
+    );
+    assert_eq!(compare(&late, &sent, 2, al, 0).mismatched_frames, 0);
+    // Receiver joined late: the recording starts 1000 frames into the signal.
+    let joined = sent[2000..].to_vec();
+    let al = align(&joined, &sent, 2, 0).expect("aligned");
+    assert_eq!(
+        al,
+        Alignment {
+            recording_frame: 0,
+            sent_frame: 1000
+        }
+    );
+    // One changed sample is one mismatched frame, within tolerance or not.
+    let mut bad = late.clone();
+    bad[600 + 2 * 4000 + 1] = bad[600 + 2 * 4000 + 1].wrapping_add(3);
+    let cmp = compare(
+        &bad,
+        &sent,
+        2,
+        Alignment {
+            recording_frame: 300,
+            sent_frame: 0,
+        },
+        0,
+    );
+    assert_eq!(
+        (cmp.mismatched_frames, cmp.first_mismatch, cmp.max_abs_diff),
+        (1, Some(4000), 3)
+    );
+    let cmp = compare(
+        &bad,
+        &sent,
+        2,
+        Alignment {
+            recording_frame: 300,
+            sent_frame: 0,
+        },
+        3,
+    );
+    assert_eq!(cmp.mismatched_frames, 0);
+}
+
+#[test]
+fn write_does_not_allocate() {
+    const NAME: &str = "write_does_not_allocate";
+    if in_child(NAME) {
+        let sent = to_f32(&signal(1.0));
+        let period = PERIOD as usize * 2;
+        for access in [Access::ReadWrite, Access::Mmap] {
+            let mut out = AlsaOut::open(&config("capture", access)).expect("open capture");
+            // The first write may let alsa-lib settle; ours is Rust-side
+            // allocation in the steady state (alsa-lib's C malloc is not
+            // seen by a Rust allocator).
+            out.write(&sent[..period]).expect("first write");
+            COUNTING.with(|c| c.set(true));
+            let mut results = 0usize;
+            for chunk in sent.chunks(period).skip(1) {
+                results += usize::from(out.write(chunk).is_ok());
+            }
+            let _ = out.delay_frames();
+            COUNTING.with(|c| c.set(false));
+            report(
+                &format!("allocations_{}", access.name()),
+                ALLOCATIONS.swap(0, Ordering::Relaxed),
+            );
+            report(&format!("ok_writes_{}", access.name()), results);
+            out.close();
+        }
+        return;
+    }
+    let dir = TestDir::new("no-alloc");
+    let alsa = AlsaConfig::write(&dir.path);
+    let stdout = child_ok(&run_child(NAME, &alsa.env()));
+    for access in ["rw", "mmap"] {
+        let value = |key: &str| {
+            child_value(&stdout, &format!("{key}_{access}")).and_then(|v| v.parse::<usize>().ok())
+        };
+        assert_eq!(value("ok_writes"), Some(99), "{access}: {stdout}");
+        assert_eq!(value("allocations"), Some(0), "{access}: write allocated");
+    }
 }

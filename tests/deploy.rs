@@ -404,3 +404,85 @@ fn scripts_pass_shellcheck() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The ssh mode end to end, with `ssh` and `sudo` stand-ins on PATH: `ssh`
+/// runs the remote command here (and logs it), `sudo` turns the remote
+/// `--local` into `--root DIR`, so what the Pi would get lands in DIR.
+#[test]
+fn install_and_uninstall_over_ssh() {
+    let s = Scratch::new("ssh");
+    let bins = fake_bins(&s, "1");
+    let root = s.path("root");
+    let fakes = s.path("fakes");
+    fs::create_dir_all(&fakes).expect("dir");
+    let log = s.path("ssh.log");
+    let ssh = "#!/usr/bin/env bash\n\
+        while [ \"${1:-}\" != \"${1#-}\" ]; do shift; done\n\
+        host=$1; shift\n\
+        printf '%s\\t%s\\n' \"$host\" \"$*\" >>\"$SSH_LOG\"\n\
+        if [ \"$*\" = 'uname -m' ]; then echo aarch64; exit; fi\n\
+        exec bash -c \"$*\"\n";
+    let sudo = "#!/usr/bin/env bash\n\
+        args=()\n\
+        for a in \"$@\"; do\n\
+        if [ \"$a\" = --local ]; then args+=(--root \"$FAKE_ROOT\"); else args+=(\"$a\"); fi\n\
+        done\n\
+        exec \"${args[@]}\"\n";
+    for (name, text) in [("ssh", ssh), ("sudo", sudo)] {
+        let p = fakes.join(name);
+        fs::write(&p, text).expect("fake");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let path = format!(
+        "{}:{}",
+        fakes.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |name: &str, args: &[&Path]| {
+        ok(Command::new("bash")
+            .arg(repo().join("deploy").join(name))
+            .args(args)
+            .env("PATH", &path)
+            .env("SSH_LOG", &log)
+            .env("FAKE_ROOT", &root)
+            .output()
+            .expect("bash"))
+    };
+
+    let out = run(
+        "install.sh",
+        &[Path::new("--bin-dir"), &bins, Path::new("pi@speaker")],
+    );
+    assert!(
+        out.contains("would run: systemctl restart netspeaker.service"),
+        "{out}"
+    );
+    let want: BTreeSet<String> = expected(&bins).into_iter().map(|w| w.0).collect();
+    assert_eq!(files(&root), want);
+    assert_eq!(
+        fs::read_to_string(root.join("usr/local/bin/netspeaker-send")).expect("shipped"),
+        "#!/bin/sh\necho netspeaker-send 1\n"
+    );
+
+    let out = run("uninstall.sh", &[Path::new("pi@speaker")]);
+    assert!(out.contains("removed /usr/local/bin/netspeaker"), "{out}");
+    let left: Vec<String> = files(&root).into_iter().collect();
+    assert_eq!(
+        left,
+        ["/etc/default/netspeaker", "/etc/default/netspeaker-send"]
+    );
+
+    // Every command went to the named host, and the staging directories
+    // made there are gone.
+    let log = fs::read_to_string(&log).expect("ssh log");
+    assert!(log.lines().all(|l| l.starts_with("pi@speaker\t")), "{log}");
+    let staged: Vec<&str> = log
+        .split('\'')
+        .filter(|w| w.starts_with("/tmp/netspeaker-"))
+        .collect();
+    assert!(staged.len() >= 2, "{log}");
+    for dir in staged {
+        let dir = dir.split('/').take(3).collect::<Vec<_>>().join("/");
+        assert!(!Path::new(&dir).exists(), "{dir} left behind");
+    }
+}

@@ -203,3 +203,229 @@ fn from_env_follows_notify_socket_and_watchdog_variables() {
     assert_eq!(watchdog_interval(), None);
     assert!(WatchdogGate::from_env(Arc::new(Heartbeat::new())).is_none());
 }
+
+/// End to end with the real receiver, as systemd runs it: READY=1 once it
+/// is bound and its device open, WATCHDOG=1 while it plays, no pets while
+/// its playout thread is wedged inside an ALSA write (the PulseAudio server
+/// behind the `pulse` device is SIGSTOPped), pets again once it is freed,
+/// STOPPING=1 on SIGTERM.
+mod receiver {
+    use super::*;
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::net::UdpSocket;
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// A child process killed (and reaped) when dropped.
+    struct Kill(Child);
+
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// A private PulseAudio server with a null sink: a paced device that
+    /// needs no sound card (TESTING.md).
+    fn start_pulseaudio(dir: &std::path::Path) -> (Kill, String) {
+        std::fs::create_dir_all(dir.join("pa")).expect("pa dir");
+        let server = format!("unix:{}", dir.join("pa/native").display());
+        std::fs::write(
+            dir.join("default.pa"),
+            format!(
+                "load-module module-null-sink sink_name=speaker rate=48000\n\
+                 load-module module-native-protocol-unix auth-anonymous=1 socket={}\n\
+                 set-default-sink speaker\n",
+                dir.join("pa/native").display()
+            ),
+        )
+        .expect("default.pa");
+        let child = Command::new("pulseaudio")
+            .args([
+                "-n",
+                "--daemonize=no",
+                "--use-pid-file=no",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "-F",
+            ])
+            .arg(dir.join("default.pa"))
+            .env("PULSE_RUNTIME_PATH", dir.join("rt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pulseaudio (apt-get install pulseaudio pulseaudio-utils)");
+        let pa = Kill(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = Command::new("pactl")
+                .arg("info")
+                .env("PULSE_SERVER", &server)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if up {
+                return (pa, server);
+            }
+            assert!(Instant::now() < deadline, "pulseaudio did not come up");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Everything the receiver sends to its notify socket, with arrival
+    /// times, collected by a thread.
+    struct Log {
+        messages: Arc<Mutex<Vec<(Instant, String)>>>,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Log {
+        fn start(socket: UnixDatagram) -> Log {
+            let messages = Arc::new(Mutex::new(Vec::new()));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (m, s) = (messages.clone(), stop.clone());
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !s.load(Ordering::Relaxed) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        m.lock().expect("log").push((Instant::now(), text));
+                    }
+                }
+            });
+            Log { messages, stop }
+        }
+
+        /// Messages containing the line `line`, arrived in [from, to).
+        fn count(&self, line: &str, from: Instant, to: Instant) -> usize {
+            self.messages
+                .lock()
+                .expect("log")
+                .iter()
+                .filter(|(t, m)| *t >= from && *t < to && m.lines().any(|l| l == line))
+                .count()
+        }
+
+        fn wait_for(&self, line: &str, from: Instant, timeout: Duration) -> bool {
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                if self.count(line, from, deadline) > 0 {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            false
+        }
+    }
+
+    impl Drop for Log {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// PCMU (PT 0, 8 kHz mono) at 20 ms per packet, paced on an absolute
+    /// clock, until `stop`.
+    fn send_rtp(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").expect("sender socket");
+            let start = Instant::now();
+            let mut pkt = [0u8; 12 + 160];
+            for k in 0u32.. {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                pkt[0] = 0x80;
+                pkt[1] = if k == 0 { 0x80 } else { 0 };
+                pkt[2..4].copy_from_slice(&(k as u16).to_be_bytes());
+                pkt[4..8].copy_from_slice(&(k * 160).to_be_bytes());
+                pkt[8..12].copy_from_slice(&0x5eed_0001u32.to_be_bytes());
+                for (i, b) in pkt[12..].iter_mut().enumerate() {
+                    // A quiet 500 Hz square wave in mu-law.
+                    *b = if (i / 8) % 2 == 0 { 0x9f } else { 0x1f };
+                }
+                let _ = sock.send_to(&pkt, ("127.0.0.1", port));
+                let due = start + Duration::from_millis(20 * (k as u64 + 1));
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn receiver_ready_then_watchdog_follows_playout() {
+        let m = PathManager::new();
+        let (pa, pulse_server) = start_pulseaudio(&m.dir);
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port")
+            .port();
+        let log = Log::start(m.socket.try_clone().expect("clone"));
+        let t0 = Instant::now();
+        let receiver = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
+            .args(["--device", "pulse", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("NOTIFY_SOCKET", m.name())
+            // 2 s: pets every second, a wedge shows within seconds.
+            .env("WATCHDOG_USEC", "2000000")
+            .env_remove("WATCHDOG_PID")
+            .env("PULSE_SERVER", &pulse_server)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("netspeaker binary");
+        let receiver = Kill(receiver);
+
+        assert!(
+            log.wait_for("READY=1", t0, Duration::from_secs(10)),
+            "no READY=1 from the receiver"
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = send_rtp(port, stop.clone());
+
+        // Playing: pets at about half the 2 s interval.
+        std::thread::sleep(Duration::from_secs(4));
+        let now = Instant::now();
+        let pets = log.count("WATCHDOG=1", now - Duration::from_secs(3), now);
+        assert!(pets >= 2, "{pets} pets in 3 s of playing");
+
+        // Wedge the playout thread: its ALSA write to `pulse` blocks.
+        let pa_pid = Pid::from_raw(pa.0.id() as i32);
+        kill(pa_pid, Signal::SIGSTOP).expect("SIGSTOP pulseaudio");
+        let wedged = Instant::now();
+        // Let the device buffer fill and one pet already due go by.
+        std::thread::sleep(Duration::from_secs(5));
+        let quiet_from = wedged + Duration::from_millis(1500);
+        let pets = log.count("WATCHDOG=1", quiet_from, Instant::now());
+        kill(pa_pid, Signal::SIGCONT).expect("SIGCONT pulseaudio");
+        assert_eq!(
+            pets, 0,
+            "watchdog petted while the playout thread was wedged"
+        );
+
+        // Freed: it beats and is petted again.
+        let freed = Instant::now();
+        assert!(
+            log.wait_for("WATCHDOG=1", freed, Duration::from_secs(5)),
+            "no pet after the playout thread was freed"
+        );
+
+        let stopping = Instant::now();
+        kill(Pid::from_raw(receiver.0.id() as i32), Signal::SIGTERM).expect("SIGTERM");
+        assert!(
+            log.wait_for("STOPPING=1", stopping, Duration::from_secs(5)),
+            "no STOPPING=1 on SIGTERM"
+        );
+        stop.store(true, Ordering::Relaxed);
+        let _ = sender.join();
+    }
+}

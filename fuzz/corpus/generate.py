@@ -80,5 +80,32 @@ def main():
         struct.pack("<h", int(8000 * math.sin(i / 5))) for i in range(160)))
 
 
+
+def jitter_seeds():
+    """Op sequences for the jitter_buffer target (see its Input decoder):
+    a steady PCMU stream with 20 ms reads, and an L16 stereo one with a
+    swapped pair, a duplicate and a loss."""
+    out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "jitter_buffer")
+    os.makedirs(out, exist_ok=True)
+    header = bytes([60, 40, 100])  # max delay 61 ms, target 40 ms, lost 101 ms
+
+    def push(fmt, seq_delta, ts_delta, frames):
+        # op 0, flags (format index), seq delta, ts delta, frames - 1, fill, 20 ms
+        return bytes([0, fmt, seq_delta]) + struct.pack("<HH", ts_delta, frames - 1) + bytes([7, 200])
+
+    def read(frames):
+        return bytes([2]) + struct.pack("<H", frames - 1)
+
+    steady = header + b"".join(push(0, 1, 160, 160) + read(160) for _ in range(60))
+    with open(os.path.join(out, "steady_pcmu"), "wb") as f:
+        f.write(steady)
+    ops = [push(1, 1, 960, 960), push(1, 2, 1920, 960), push(1, 3, 2880, 960),
+           push(1, 0, 0, 960), read(960), push(1, 2, 1920, 960), read(960), read(960)]
+    with open(os.path.join(out, "l16_gaps_dup"), "wb") as f:
+        f.write(header + b"".join(ops * 10))
+
+
+
 if __name__ == "__main__":
     main()
+    jitter_seeds()

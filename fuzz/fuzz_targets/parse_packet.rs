@@ -14,7 +14,10 @@ fn check_slot(slot: &Packet) {
     let len = slot.payload.len();
     let bpf = slot.format.bytes_per_frame();
     assert!(len > 0 && len <= MAX_PAYLOAD, "payload length {len}");
-    assert!(bpf > 0 && len % bpf == 0, "{len} bytes is not whole {bpf}-byte frames");
+    assert!(
+        bpf > 0 && len % bpf == 0,
+        "{len} bytes is not whole {bpf}-byte frames"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

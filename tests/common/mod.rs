@@ -16,7 +16,8 @@
 //!   48 kHz; `env()` gives `PULSE_SERVER` for children,
 //!   `kill()`, `restart()`; killed on drop.
 //! - [`JackServer::start(name, rate, period)`]: jackd with the dummy backend
-//!   (paced by a timer); `env()` gives `JACK_DEFAULT_SERVER`; killed on drop.
+//!   (paced by a timer); `env()` gives `JACK_DEFAULT_SERVER`; stopped with
+//!   SIGTERM on drop (see [`JackServer::stop`]: never SIGKILL jackd).
 //! - alsa-lib reads `ALSA_CONFIG_PATH` when it loads its configuration, and
 //!   test threads share one environment, so device work runs in a child:
 //!   [`in_child`] tells the re-executed test binary it is the child,
@@ -237,6 +238,8 @@ pub struct JackServer {
 impl JackServer {
     /// `name` must be unique among running tests (e.g. include the pid).
     pub fn start(name: &str, rate: u32, period: u32) -> JackServer {
+        let log_path = std::env::temp_dir().join(format!("netspeaker-jackd-{name}.log"));
+        let log = std::fs::File::create(&log_path).expect("jackd log");
         let child = Command::new("jackd")
             .args(["-n", name, "-d", "dummy", "-r"])
             .arg(rate.to_string())
@@ -244,24 +247,32 @@ impl JackServer {
             .arg(period.to_string())
             .env("JACK_NO_AUDIO_RESERVATION", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(log.try_clone().expect("jackd log"))
+            .stderr(log)
             .spawn()
             .expect("start jackd (apt-get install jackd2)");
-        let server = JackServer {
+        let mut server = JackServer {
             name: name.to_string(),
             rate,
             child: Some(child),
         };
         let env = server.env();
-        let ready = wait_until(Duration::from_secs(10), || {
+        let ready = wait_until(Duration::from_secs(20), || {
             Command::new("jack_lsp")
                 .envs(env.iter().map(|(k, v)| (k, v)))
+                .stderr(Stdio::null())
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).contains("system:playback_1"))
                 .unwrap_or(false)
         });
-        assert!(ready, "jackd '{name}' did not come up within 10 s");
+        if !ready {
+            server.stop();
+            panic!(
+                "jackd '{name}' did not come up within 20 s:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(&log_path);
         server
     }
 
@@ -275,9 +286,30 @@ impl JackServer {
     }
 }
 
+impl JackServer {
+    /// Stops jackd with SIGTERM so that it removes itself from JACK's
+    /// machine-wide registry: that registry has 8 slots and never reclaims
+    /// the slot of a SIGKILLed server with another name, so killed servers
+    /// with unique names soon make every jackd on the machine fail ("Too
+    /// many servers already active"). SIGKILL only if it does not exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let exited = wait_until(Duration::from_secs(5), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+            if !exited {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
 impl Drop for JackServer {
     fn drop(&mut self) {
-        kill_child(&mut self.child);
+        self.stop();
     }
 }
 

@@ -1,0 +1,356 @@
+//! Destination socket. Input: encoded datagrams. Output: UDP to one
+//! address, unicast or multicast, IPv4 or IPv6. Policy: the socket is
+//! connected, so the kernel reports ICMP errors; an unreachable network or
+//! host, or a refused port (no receiver yet), is transient: the datagram is
+//! dropped and counted, a rate-limited warning says so, and sending goes on
+//! (the receiver may come up later). Any other send error is fatal.
+
+use core::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+
+use crate::clock::monotonic_ns;
+use crate::ratelimit::RateLimit;
+
+#[derive(Debug)]
+pub enum Error {
+    /// Not `HOST:PORT`, `HOST` or `[V6ADDR]:PORT`, or the name did not resolve.
+    Address {
+        value: String,
+        err: Option<io::Error>,
+    },
+    Interface {
+        value: String,
+        why: &'static str,
+    },
+    Socket {
+        addr: SocketAddr,
+        what: &'static str,
+        err: io::Error,
+    },
+    Send {
+        addr: SocketAddr,
+        err: io::Error,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Address { value, err: None } => write!(
+                f,
+                "destination '{value}' is not HOST:PORT (IPv6 as [ADDR]:PORT)"
+            ),
+            Error::Address {
+                value,
+                err: Some(e),
+            } => write!(f, "cannot resolve destination '{value}': {e}"),
+            Error::Interface { value, why } => write!(f, "--interface {value}: {why}"),
+            Error::Socket { addr, what, err } => {
+                write!(f, "socket for {addr}: cannot {what}: {err}")
+            }
+            Error::Send { addr, err } => write!(f, "sending to {addr} failed: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Parses a destination: `HOST:PORT`, `[V6]:PORT`, or a bare host or
+/// address, which gets `default_port`. Names are resolved (at startup).
+pub fn parse_dest(value: &str, default_port: u16) -> Result<SocketAddr, Error> {
+    if let Ok(a) = value.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = value
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let resolved = match value.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') => {
+            let port = port.parse::<u16>().map_err(|_| Error::Address {
+                value: value.to_string(),
+                err: None,
+            })?;
+            (host, port).to_socket_addrs()
+        }
+        Some(_) => {
+            return Err(Error::Address {
+                value: value.to_string(),
+                err: None,
+            })
+        }
+        None => (value, default_port).to_socket_addrs(),
+    };
+    match resolved {
+        Ok(mut addrs) => addrs.next().ok_or(Error::Address {
+            value: value.to_string(),
+            err: None,
+        }),
+        Err(e) => Err(Error::Address {
+            value: value.to_string(),
+            err: Some(e),
+        }),
+    }
+}
+
+/// Where and how to send.
+#[derive(Debug, Clone)]
+pub struct DestConfig {
+    pub addr: SocketAddr,
+    /// Multicast TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
+    /// Outgoing interface for multicast: a name (`eth0`) or, for IPv4, an
+    /// address of the interface.
+    pub interface: Option<String>,
+}
+
+/// What became of one datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    Sent,
+    /// Dropped for a transient reason (unreachable, refused); counted.
+    Dropped,
+}
+
+pub struct Dest {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    limit: RateLimit,
+    dropped: u64,
+}
+
+fn sock_err(addr: SocketAddr, what: &'static str) -> impl Fn(io::Error) -> Error {
+    move |err| Error::Socket { addr, what, err }
+}
+
+impl Dest {
+    pub fn open(config: &DestConfig) -> Result<Dest, Error> {
+        let addr = config.addr;
+        let bind: SocketAddr = match addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(bind).map_err(sock_err(addr, "bind"))?;
+        if addr.ip().is_multicast() {
+            set_multicast(&socket, config)?;
+        }
+        socket.connect(addr).map_err(sock_err(addr, "connect"))?;
+        Ok(Dest {
+            socket,
+            addr,
+            limit: RateLimit::default_for_input(),
+            dropped: 0,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The address packets leave from (the SDP origin).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    /// Datagrams dropped for transient reasons so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    pub fn send(&mut self, datagram: &[u8]) -> Result<SendStatus, Error> {
+        loop {
+            match self.socket.send(datagram) {
+                Ok(_) => return Ok(SendStatus::Sent),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_transient(&e) => {
+                    self.dropped += 1;
+                    if let Some(suppressed) = self.limit.check(monotonic_ns()) {
+                        log::warn!(
+                            "send: {}: {e}; still sending ({} dropped so far, {suppressed} \
+                             messages suppressed): check the address, route or firewall",
+                            self.addr,
+                            self.dropped
+                        );
+                    }
+                    return Ok(SendStatus::Dropped);
+                }
+                Err(err) => {
+                    return Err(Error::Send {
+                        addr: self.addr,
+                        err,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    use nix::libc;
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ECONNREFUSED | libc::ENOBUFS)
+    )
+}
+
+fn set_multicast(socket: &UdpSocket, config: &DestConfig) -> Result<(), Error> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let addr = config.addr;
+    match addr {
+        SocketAddr::V4(_) => {
+            socket
+                .set_multicast_ttl_v4(u32::from(config.ttl))
+                .map_err(sock_err(addr, "set the multicast TTL"))?;
+        }
+        SocketAddr::V6(_) => {
+            setsockopt(socket, sockopt::Ipv6MulticastHops, &i32::from(config.ttl))
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))
+                .map_err(sock_err(addr, "set the multicast hop limit"))?;
+        }
+    }
+    if let Some(iface) = &config.interface {
+        set_multicast_if(socket, addr, iface)?;
+    }
+    Ok(())
+}
+
+/// IP_MULTICAST_IF / IPV6_MULTICAST_IF, which nix does not wrap.
+fn set_multicast_if(socket: &UdpSocket, addr: SocketAddr, iface: &str) -> Result<(), Error> {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let bad = |why| Error::Interface {
+        value: iface.to_string(),
+        why,
+    };
+    let index = || -> Result<u32, Error> {
+        nix::net::if_::if_nametoindex(iface).map_err(|_| bad("no such interface"))
+    };
+    let fd = socket.as_raw_fd();
+    let rc = match addr {
+        SocketAddr::V4(_) => {
+            let mut req = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr { s_addr: 0 },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: 0,
+            };
+            match iface.parse::<Ipv4Addr>() {
+                Ok(a) => req.imr_address.s_addr = u32::from(a).to_be(),
+                Err(_) => req.imr_ifindex = index()? as libc::c_int,
+            }
+            // SAFETY: fd is a valid socket for the call's duration and req
+            // is a properly initialised ip_mreqn of the length passed.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_MULTICAST_IF,
+                    (&req as *const libc::ip_mreqn).cast(),
+                    core::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
+                )
+            }
+        }
+        SocketAddr::V6(_) => {
+            if iface.parse::<IpAddr>().is_ok() {
+                return Err(bad("IPv6 multicast needs an interface name, e.g. eth0"));
+            }
+            let idx = index()? as libc::c_int;
+            // SAFETY: as above, with a c_int option value.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_IF,
+                    (&idx as *const libc::c_int).cast(),
+                    core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(Error::Socket {
+            addr,
+            what: "set the multicast interface",
+            err: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dest_forms() {
+        assert_eq!(
+            parse_dest("127.0.0.1:6000", 5004).unwrap(),
+            "127.0.0.1:6000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dest("127.0.0.1", 5005).unwrap(),
+            "127.0.0.1:5005".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dest("[::1]:7000", 5004).unwrap(),
+            "[::1]:7000".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dest("::1", 5004).unwrap(),
+            "[::1]:5004".parse().unwrap()
+        );
+        assert_eq!(parse_dest("localhost:6001", 5004).unwrap().port(), 6001);
+        assert!(matches!(
+            parse_dest("127.0.0.1:99999", 5004),
+            Err(Error::Address { .. })
+        ));
+        assert!(parse_dest("no.such.host.invalid", 5004).is_err());
+    }
+
+    #[test]
+    fn sends_to_loopback_and_refused_port_is_transient() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = rx.local_addr().unwrap();
+        let mut d = Dest::open(&DestConfig {
+            addr,
+            ttl: 1,
+            interface: None,
+        })
+        .unwrap();
+        assert_eq!(d.send(b"hello").unwrap(), SendStatus::Sent);
+        let mut buf = [0u8; 16];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 5);
+        drop(rx);
+        // The first send to a closed port draws an ICMP port unreachable;
+        // the next one reports it as ECONNREFUSED: dropped, not fatal.
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(d.send(b"x").unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(statuses.contains(&SendStatus::Dropped), "{statuses:?}");
+        assert!(d.dropped() >= 1);
+    }
+
+    #[test]
+    fn ipv6_multicast_needs_interface_name() {
+        let e = Dest::open(&DestConfig {
+            addr: "[ff02::1234]:5004".parse().unwrap(),
+            ttl: 1,
+            interface: Some("::1".into()),
+        });
+        // Hosts without IPv6 fail at bind; with it, at the interface check.
+        if let Err(Error::Interface { .. }) = e {
+        } else {
+            assert!(matches!(e, Err(Error::Socket { .. })), "{:?}", e.err());
+        }
+        let e = Dest::open(&DestConfig {
+            addr: "239.255.77.1:5004".parse().unwrap(),
+            ttl: 1,
+            interface: Some("no-such-if0".into()),
+        });
+        assert!(matches!(e, Err(Error::Interface { .. })));
+    }
+}

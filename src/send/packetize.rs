@@ -1,0 +1,312 @@
+//! Packetizer. Input: one packet's worth of interleaved `i16` frames in the
+//! stream's format. Output: one datagram — a 12-byte RTP header (RFC 3550,
+//! version 2, no padding, extension or CSRCs) followed by the encoded
+//! payload, or the encoded payload alone for headerless PCM (`--raw`).
+//! Policy: the sequence number grows by one and the timestamp by the
+//! frames sent, both wrapping; the marker bit is set on the first packet
+//! only (one talkspurt). A short packet (the end of a file) is sent as it
+//! is, never padded, so the receiver gets exactly the source's frames.
+
+use core::fmt;
+
+use crate::codec;
+use crate::format::{Encoding, StreamFormat};
+use crate::packet::MAX_PAYLOAD;
+
+/// Length of the fixed RTP header we write.
+pub const RTP_HEADER_LEN: usize = 12;
+
+/// How packets are framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// RTP with this payload type.
+    Rtp { payload_type: u8 },
+    /// Headerless PCM, as the tutorial's sender sends it.
+    Raw,
+}
+
+/// Everything the packetizer needs, fixed at startup.
+#[derive(Clone, Copy, Debug)]
+pub struct PacketizerConfig {
+    /// Encoding, rate and channels of the stream on the wire.
+    pub format: StreamFormat,
+    pub framing: Framing,
+    /// Frames per packet: the ptime in frames at the stream's rate.
+    pub frames_per_packet: usize,
+    /// RTP synchronisation source (random, RFC 3550 §8).
+    pub ssrc: u32,
+    /// Sequence number of the first packet (random, RFC 3550 §5.1).
+    pub first_seq: u16,
+    /// RTP timestamp of the first packet (random, RFC 3550 §5.1).
+    pub first_timestamp: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A packet of `bytes` payload would not fit the receiver's packet slot.
+    TooLarge { bytes: usize },
+    /// Zero frames per packet.
+    Empty,
+    /// The payload type is not a 7-bit RTP payload type.
+    PayloadType(u8),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::TooLarge { bytes } => write!(
+                f,
+                "a packet would carry {bytes} bytes of audio, more than the {MAX_PAYLOAD} a receiver \
+                 accepts: lower --ptime, --rate or --channels"
+            ),
+            Error::Empty => write!(f, "--ptime gives less than one frame per packet: raise it"),
+            Error::PayloadType(pt) => {
+                write!(f, "payload type {pt} is not an RTP payload type (0 to 127)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Turns frames into datagrams; keeps the RTP sequence and timestamp.
+#[derive(Debug, Clone)]
+pub struct Packetizer {
+    config: PacketizerConfig,
+    seq: u16,
+    timestamp: u32,
+    first: bool,
+}
+
+impl Packetizer {
+    pub fn new(config: &PacketizerConfig) -> Result<Packetizer, Error> {
+        if config.frames_per_packet == 0 {
+            return Err(Error::Empty);
+        }
+        let bytes = config.frames_per_packet * config.format.bytes_per_frame();
+        if bytes > MAX_PAYLOAD {
+            return Err(Error::TooLarge { bytes });
+        }
+        if let Framing::Rtp { payload_type } = config.framing {
+            if payload_type > 127 {
+                return Err(Error::PayloadType(payload_type));
+            }
+        }
+        Ok(Packetizer {
+            config: *config,
+            seq: config.first_seq,
+            timestamp: config.first_timestamp,
+            first: true,
+        })
+    }
+
+    /// The largest datagram `packetize` writes: size the output buffer so.
+    pub fn max_datagram_len(&self) -> usize {
+        self.header_len() + self.config.frames_per_packet * self.config.format.bytes_per_frame()
+    }
+
+    pub fn frames_per_packet(&self) -> usize {
+        self.config.frames_per_packet
+    }
+
+    fn header_len(&self) -> usize {
+        match self.config.framing {
+            Framing::Rtp { .. } => RTP_HEADER_LEN,
+            Framing::Raw => 0,
+        }
+    }
+
+    /// Writes the next datagram for `samples` (interleaved, whole frames,
+    /// at most `frames_per_packet`; extra samples are ignored) into `out`
+    /// and returns its length. `out` shorter than `max_datagram_len()`
+    /// gets a truncated payload, so callers size it once at startup.
+    pub fn packetize(&mut self, samples: &[i16], out: &mut [u8]) -> usize {
+        let channels = usize::from(self.config.format.channels.max(1));
+        let frames = (samples.len() / channels).min(self.config.frames_per_packet);
+        let samples = &samples[..frames * channels];
+        let header = self.header_len();
+        if out.len() < header {
+            return 0;
+        }
+        if let Framing::Rtp { payload_type } = self.config.framing {
+            let marker = if self.first { 0x80 } else { 0 };
+            out[0] = 0x80; // version 2, no padding, no extension, no CSRC
+            out[1] = marker | (payload_type & 0x7F);
+            out[2..4].copy_from_slice(&self.seq.to_be_bytes());
+            out[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
+            out[8..12].copy_from_slice(&self.config.ssrc.to_be_bytes());
+        }
+        let encoding = match (self.config.framing, self.config.format.encoding) {
+            // RTP carries L16 in network byte order whatever the caller said.
+            (Framing::Rtp { .. }, Encoding::S16Le) => Encoding::L16,
+            (_, e) => e,
+        };
+        let written = codec::encode(encoding, samples, &mut out[header..]);
+        self.first = false;
+        self.seq = self.seq.wrapping_add(1);
+        // RTP timestamps count sampling instants, i.e. frames (RFC 3551 §4.1).
+        self.timestamp = self.timestamp.wrapping_add(frames as u32);
+        header + written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(encoding: Encoding, rate: u32, channels: u16, framing: Framing) -> PacketizerConfig {
+        let format = StreamFormat {
+            encoding,
+            rate,
+            channels,
+        };
+        PacketizerConfig {
+            format,
+            framing,
+            frames_per_packet: format.frames_for_ms(20),
+            ssrc: 0xDEAD_BEEF,
+            first_seq: 65_534,
+            first_timestamp: u32::MAX - 100,
+        }
+    }
+
+    fn ramp(n: usize) -> Vec<i16> {
+        (0..n).map(|i| (i as i16).wrapping_mul(257)).collect()
+    }
+
+    #[test]
+    fn sizes_per_ptime_and_codec() {
+        let cases = [
+            (
+                Encoding::L16,
+                48_000,
+                2,
+                Framing::Rtp { payload_type: 96 },
+                12 + 960 * 4,
+            ),
+            (
+                Encoding::L16,
+                44_100,
+                1,
+                Framing::Rtp { payload_type: 96 },
+                12 + 882 * 2,
+            ),
+            (
+                Encoding::Pcmu,
+                8000,
+                1,
+                Framing::Rtp { payload_type: 0 },
+                12 + 160,
+            ),
+            (
+                Encoding::Pcma,
+                8000,
+                1,
+                Framing::Rtp { payload_type: 8 },
+                12 + 160,
+            ),
+            (Encoding::S16Le, 8000, 1, Framing::Raw, 320),
+        ];
+        for (enc, rate, ch, framing, len) in cases {
+            let c = config(enc, rate, ch, framing);
+            let mut p = Packetizer::new(&c).unwrap();
+            assert_eq!(p.max_datagram_len(), len, "{enc:?} {rate} {ch}");
+            let mut out = vec![0u8; len];
+            let samples = ramp(c.frames_per_packet * usize::from(ch));
+            assert_eq!(p.packetize(&samples, &mut out), len);
+        }
+    }
+
+    #[test]
+    fn rtp_header_fields() {
+        let c = config(Encoding::Pcmu, 8000, 1, Framing::Rtp { payload_type: 0 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = [0u8; 172];
+        let samples = ramp(160);
+        p.packetize(&samples, &mut out);
+        assert_eq!(out[0], 0x80);
+        assert_eq!(out[1], 0x80); // marker + PT 0
+        assert_eq!(u16::from_be_bytes([out[2], out[3]]), 65_534);
+        assert_eq!(
+            u32::from_be_bytes([out[4], out[5], out[6], out[7]]),
+            u32::MAX - 100
+        );
+        assert_eq!(
+            u32::from_be_bytes([out[8], out[9], out[10], out[11]]),
+            0xDEAD_BEEF
+        );
+        for (i, &s) in samples.iter().enumerate() {
+            assert_eq!(out[12 + i], codec::linear_to_ulaw(s));
+        }
+    }
+
+    #[test]
+    fn seq_and_timestamp_wrap_marker_only_first() {
+        let c = config(Encoding::L16, 8000, 2, Framing::Rtp { payload_type: 97 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = vec![0u8; p.max_datagram_len()];
+        let samples = ramp(320);
+        let mut seqs = Vec::new();
+        let mut stamps = Vec::new();
+        for k in 0..4 {
+            p.packetize(&samples, &mut out);
+            assert_eq!(out[1] & 0x80 != 0, k == 0, "marker on packet {k}");
+            assert_eq!(out[1] & 0x7F, 97);
+            seqs.push(u16::from_be_bytes([out[2], out[3]]));
+            stamps.push(u32::from_be_bytes([out[4], out[5], out[6], out[7]]));
+        }
+        assert_eq!(seqs, [65_534, 65_535, 0, 1]);
+        let first = u32::MAX - 100;
+        assert_eq!(
+            stamps,
+            [
+                first,
+                first.wrapping_add(160),
+                first.wrapping_add(320),
+                first.wrapping_add(480)
+            ]
+        );
+        assert!(stamps[1] < stamps[0], "the timestamp wrapped");
+    }
+
+    #[test]
+    fn short_last_packet_advances_by_its_frames() {
+        let c = config(Encoding::L16, 8000, 1, Framing::Rtp { payload_type: 96 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = vec![0u8; p.max_datagram_len()];
+        assert_eq!(p.packetize(&ramp(50), &mut out), 12 + 100);
+        p.packetize(&ramp(160), &mut out);
+        let ts = u32::from_be_bytes([out[4], out[5], out[6], out[7]]);
+        assert_eq!(ts, (u32::MAX - 100).wrapping_add(50));
+    }
+
+    #[test]
+    fn raw_is_s16le_without_header() {
+        let c = config(Encoding::S16Le, 8000, 1, Framing::Raw);
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = [0u8; 320];
+        let samples = ramp(160);
+        assert_eq!(p.packetize(&samples, &mut out), 320);
+        for (i, &s) in samples.iter().enumerate() {
+            assert_eq!([out[2 * i], out[2 * i + 1]], s.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn rtp_l16_is_big_endian() {
+        let c = config(Encoding::L16, 8000, 1, Framing::Rtp { payload_type: 96 });
+        let mut p = Packetizer::new(&c).unwrap();
+        let mut out = [0u8; 12 + 320];
+        p.packetize(&[0x1234, -2], &mut out);
+        assert_eq!(&out[12..16], &[0x12, 0x34, 0xFF, 0xFE]);
+    }
+
+    #[test]
+    fn too_large_refused() {
+        let mut c = config(Encoding::L16, 192_000, 8, Framing::Rtp { payload_type: 96 });
+        c.frames_per_packet = 192 * 40;
+        assert!(matches!(Packetizer::new(&c), Err(Error::TooLarge { .. })));
+        c.frames_per_packet = 0;
+        assert_eq!(Packetizer::new(&c).unwrap_err(), Error::Empty);
+    }
+}

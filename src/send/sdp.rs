@@ -1,0 +1,142 @@
+//! SDP description (RFC 4566, payload formats of RFC 3551). Input: the
+//! stream's destination, format, payload type and ptime. Output: the text
+//! of a session description that ffmpeg/ffplay (`-protocol_whitelist
+//! file,udp,rtp -i x.sdp`) and GStreamer can open to receive the stream.
+//! Policy: the connection line names the destination (with `/TTL` for IPv4
+//! multicast, as RFC 4566 requires); the origin names the sender's address.
+
+use std::fmt::Write;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::format::StreamFormat;
+
+/// What the description says.
+#[derive(Debug, Clone)]
+pub struct SdpParams {
+    pub dest: SocketAddr,
+    /// The sender's own address (for the `o=` line).
+    pub origin: IpAddr,
+    pub format: StreamFormat,
+    pub payload_type: u8,
+    pub ptime_ms: u32,
+    /// Multicast TTL, written on the `c=` line for IPv4 multicast.
+    pub ttl: u8,
+    /// Session id and version (NTP-ish numbers; any unique value will do).
+    pub session_id: u64,
+}
+
+fn addr_type(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IP4",
+        IpAddr::V6(_) => "IP6",
+    }
+}
+
+/// The SDP text, CRLF line endings as RFC 4566 specifies.
+pub fn describe(p: &SdpParams) -> String {
+    let mut s = String::new();
+    let ip = p.dest.ip();
+    let conn = match ip {
+        IpAddr::V4(v4) if v4.is_multicast() => format!("{v4}/{}", p.ttl),
+        _ => ip.to_string(),
+    };
+    let channels = if p.format.channels > 1 {
+        format!("/{}", p.format.channels)
+    } else {
+        String::new()
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(
+        s,
+        "v=0\r\n\
+         o=- {id} {id} IN {ot} {origin}\r\n\
+         s=netspeaker-send\r\n\
+         c=IN {ct} {conn}\r\n\
+         t=0 0\r\n\
+         m=audio {port} RTP/AVP {pt}\r\n\
+         a=rtpmap:{pt} {name}/{rate}{channels}\r\n\
+         a=ptime:{ptime}\r\n\
+         a=sendonly\r\n",
+        id = p.session_id,
+        ot = addr_type(p.origin),
+        origin = p.origin,
+        ct = addr_type(ip),
+        port = p.dest.port(),
+        pt = p.payload_type,
+        name = p.format.encoding.rtp_name(),
+        rate = p.format.rate,
+        ptime = p.ptime_ms,
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Encoding;
+
+    #[test]
+    fn unicast_l16_stereo() {
+        let p = SdpParams {
+            dest: "127.0.0.1:5004".parse().unwrap(),
+            origin: "127.0.0.1".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::L16,
+                rate: 48_000,
+                channels: 2,
+            },
+            payload_type: 96,
+            ptime_ms: 20,
+            ttl: 1,
+            session_id: 42,
+        };
+        assert_eq!(
+            describe(&p),
+            "v=0\r\no=- 42 42 IN IP4 127.0.0.1\r\ns=netspeaker-send\r\n\
+             c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 96\r\n\
+             a=rtpmap:96 L16/48000/2\r\na=ptime:20\r\na=sendonly\r\n"
+        );
+    }
+
+    #[test]
+    fn multicast_pcmu_has_ttl_and_no_channel_count() {
+        let p = SdpParams {
+            dest: "239.255.77.1:6000".parse().unwrap(),
+            origin: "192.168.1.2".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::Pcmu,
+                rate: 8000,
+                channels: 1,
+            },
+            payload_type: 0,
+            ptime_ms: 40,
+            ttl: 16,
+            session_id: 7,
+        };
+        let s = describe(&p);
+        assert!(s.contains("c=IN IP4 239.255.77.1/16\r\n"), "{s}");
+        assert!(s.contains("m=audio 6000 RTP/AVP 0\r\n"), "{s}");
+        assert!(s.contains("a=rtpmap:0 PCMU/8000\r\n"), "{s}");
+        assert!(s.contains("a=ptime:40\r\n"), "{s}");
+    }
+
+    #[test]
+    fn ipv6_multicast_has_no_ttl() {
+        let p = SdpParams {
+            dest: "[ff15::77]:5004".parse().unwrap(),
+            origin: "::1".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::Pcma,
+                rate: 8000,
+                channels: 1,
+            },
+            payload_type: 8,
+            ptime_ms: 20,
+            ttl: 5,
+            session_id: 1,
+        };
+        let s = describe(&p);
+        assert!(s.contains("o=- 1 1 IN IP6 ::1\r\n"), "{s}");
+        assert!(s.contains("c=IN IP6 ff15::77\r\n"), "{s}");
+    }
+}

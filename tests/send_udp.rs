@@ -1,0 +1,328 @@
+//! The real `netspeaker-send` binary streaming to UDP sockets this test
+//! owns on loopback: packet count, sizes, RTP headers, payload equal to the
+//! encoded file, pacing close to real time; the tutorial's `--raw` stream;
+//! standard input; signals; option and file errors.
+
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netspeaker::codec;
+use netspeaker::send::wav::write_wav;
+
+const BIN: &str = env!("CARGO_BIN_EXE_netspeaker-send");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ns-send-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A deterministic signal in which no two neighbouring frames are equal.
+fn signal(samples: usize) -> Vec<i16> {
+    let mut x: u32 = 12345;
+    (0..samples)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as i16
+        })
+        .collect()
+}
+
+struct Received {
+    datagrams: Vec<Vec<u8>>,
+    /// Arrival of the first and the last datagram.
+    span: Duration,
+}
+
+/// Receives until `quiet` passes without a datagram (after the first).
+fn receive(sock: &UdpSocket, quiet: Duration) -> Received {
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut datagrams = Vec::new();
+    let mut buf = [0u8; 65536];
+    let mut first = None;
+    let mut last = Instant::now();
+    while let Ok(n) = sock.recv(&mut buf) {
+        last = Instant::now();
+        first.get_or_insert(last);
+        datagrams.push(buf[..n].to_vec());
+        sock.set_read_timeout(Some(quiet)).unwrap();
+    }
+    Received {
+        datagrams,
+        span: first.map(|f| last - f).unwrap_or_default(),
+    }
+}
+
+struct Rtp<'a> {
+    marker: bool,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    payload: &'a [u8],
+}
+
+fn rtp(d: &[u8]) -> Rtp<'_> {
+    assert!(d.len() >= 12, "datagram of {} bytes", d.len());
+    assert_eq!(d[0], 0x80, "version 2, no padding, extension or CSRC");
+    Rtp {
+        marker: d[1] & 0x80 != 0,
+        pt: d[1] & 0x7F,
+        seq: u16::from_be_bytes([d[2], d[3]]),
+        ts: u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+        ssrc: u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
+        payload: &d[12..],
+    }
+}
+
+/// Checks the RTP stream's headers and returns the concatenated payload.
+fn check_rtp(
+    datagrams: &[Vec<u8>],
+    pt: u8,
+    frames_per_packet: u32,
+    bytes_per_frame: usize,
+) -> Vec<u8> {
+    let first = rtp(&datagrams[0]);
+    let mut payload = Vec::new();
+    for (k, d) in datagrams.iter().enumerate() {
+        let p = rtp(d);
+        assert_eq!(p.marker, k == 0, "marker bit on packet {k}");
+        assert_eq!(p.pt, pt);
+        assert_eq!(p.ssrc, first.ssrc);
+        assert_eq!(p.seq, first.seq.wrapping_add(k as u16), "seq of packet {k}");
+        assert_eq!(
+            p.ts,
+            first.ts.wrapping_add(k as u32 * frames_per_packet),
+            "timestamp of packet {k}"
+        );
+        if k + 1 < datagrams.len() {
+            assert_eq!(
+                p.payload.len(),
+                frames_per_packet as usize * bytes_per_frame
+            );
+        }
+        payload.extend_from_slice(p.payload);
+    }
+    payload
+}
+
+fn run_sender(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start netspeaker-send")
+}
+
+#[test]
+fn wav_stereo_l16_packets_and_pacing() {
+    let dir = temp_dir("l16");
+    let rate = 16_000;
+    let frames = rate as usize; // 1 s
+    let samples = signal(frames * 2);
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(rate, 2, &samples)).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let start = Instant::now();
+    let mut child = run_sender(&[wav.to_str().unwrap(), &dest, "--payload-type", "101", "-q"]);
+    let got = receive(&sock, Duration::from_millis(500));
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // 20 ms at 16 kHz: 320 frames, 50 packets for one second.
+    assert_eq!(got.datagrams.len(), 50);
+    assert!(got.datagrams.iter().all(|d| d.len() == 12 + 320 * 4));
+    let payload = check_rtp(&got.datagrams, 101, 320, 4);
+    let mut expected = vec![0u8; samples.len() * 2];
+    codec::encode(netspeaker::format::Encoding::L16, &samples, &mut expected);
+    assert_eq!(
+        payload, expected,
+        "payload is the file in network byte order"
+    );
+    // Paced: 49 intervals of 20 ms = 0.98 s; never early (absolute
+    // deadlines), generous above for a loaded machine.
+    assert!(got.span >= Duration::from_millis(950), "{:?}", got.span);
+    assert!(got.span < Duration::from_secs(3), "{:?}", got.span);
+    assert!(start.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn stereo_wav_as_pcmu_mixes_to_mono() {
+    let dir = temp_dir("pcmu");
+    let samples = signal(8000 / 2 * 2); // 0.5 s of stereo at 8 kHz
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 2, &samples)).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = run_sender(&[
+        "--codec",
+        "pcmu",
+        "--ptime",
+        "40",
+        "--dest",
+        &dest,
+        wav.to_str().unwrap(),
+        "-q",
+    ]);
+    let got = receive(&sock, Duration::from_millis(500));
+    assert!(child.wait().unwrap().success());
+    // 4000 frames in 320-frame packets: 12 full and one of 160.
+    assert_eq!(got.datagrams.len(), 13);
+    assert_eq!(got.datagrams[12].len(), 12 + 160);
+    let payload = check_rtp(&got.datagrams, 0, 320, 1);
+    let expected: Vec<u8> = samples
+        .chunks(2)
+        .map(|lr| codec::linear_to_ulaw(((i32::from(lr[0]) + i32::from(lr[1])) / 2) as i16))
+        .collect();
+    assert_eq!(payload, expected);
+}
+
+#[test]
+fn raw_tutorial_stream_320_byte_datagrams() {
+    let dir = temp_dir("raw");
+    let samples = signal(8000 * 6 / 10); // 0.6 s mono
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &samples)).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = sock.local_addr().unwrap().port().to_string();
+    let mut child = run_sender(&[
+        "--raw",
+        wav.to_str().unwrap(),
+        &format!("127.0.0.1:{port}"),
+        "-q",
+    ]);
+    let got = receive(&sock, Duration::from_millis(500));
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got.datagrams.len(), 30);
+    assert!(got.datagrams.iter().all(|d| d.len() == 320));
+    let bytes: Vec<u8> = got.datagrams.concat();
+    let expected: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    assert_eq!(bytes, expected);
+}
+
+#[test]
+fn stdin_raw_format_to_raw_stream() {
+    let samples = signal(1600); // 0.2 s at 8 kHz mono
+    let input: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = Command::new(BIN)
+        .args(["--raw", "--format", "s16le:8000:1", "-", &dest, "-q"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&input).unwrap();
+    }
+    let got = receive(&sock, Duration::from_millis(500));
+    assert!(child.wait().unwrap().success());
+    assert_eq!(got.datagrams.len(), 10);
+    assert_eq!(got.datagrams.concat(), input);
+}
+
+#[test]
+fn sigterm_stops_a_looping_stream_cleanly() {
+    let dir = temp_dir("loop");
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &signal(800))).unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = sock.local_addr().unwrap().to_string();
+    let mut child = run_sender(&["--loop", wav.to_str().unwrap(), &dest, "-q"]);
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 2048];
+    // 0.1 s file, looped: well past its end, packets still come.
+    let t = Instant::now();
+    let mut n = 0;
+    while t.elapsed() < Duration::from_millis(400) {
+        sock.recv(&mut buf).unwrap();
+        n += 1;
+    }
+    assert!(n >= 15, "{n} packets in 0.4 s");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopped = Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(stopped.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn bad_option_is_one_line_and_status_2() {
+    for args in [
+        &["--ptime", "0", "x.wav"][..],
+        &["--codec", "opus", "x.wav"],
+        &["--payload-type", "12", "x.wav"],
+        &["--rate", "100", "x.wav"],
+        &["--format", "s16le:8000", "x.wav"],
+        &["--frobnicate"],
+        &[],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_lists_every_option_with_defaults() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--format",
+        "--loop",
+        "--capture",
+        "--codec",
+        "--payload-type",
+        "--raw",
+        "--rate",
+        "--channels",
+        "--ptime",
+        "--dest",
+        "--ttl",
+        "--interface",
+        "--sdp",
+        "--verbose",
+        "--quiet",
+        "--help",
+    ] {
+        assert!(help.contains(opt), "{opt} missing from --help");
+    }
+    for default in [
+        "[default: 20]",
+        "[default: 96]",
+        "127.0.0.1:5004",
+        "[default: l16]",
+    ] {
+        assert!(help.contains(default), "{default} missing from --help");
+    }
+}
+
+#[test]
+fn float_wav_is_a_clear_error() {
+    let dir = temp_dir("float");
+    let mut w = write_wav(48_000, 1, &[0, 0]);
+    w[20] = 3; // WAVE_FORMAT_IEEE_FLOAT
+    w[34] = 32;
+    let wav = dir.join("float.wav");
+    std::fs::write(&wav, w).unwrap();
+    let out = Command::new(BIN)
+        .arg(&wav)
+        .arg("127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("floating-point") && err.contains("16-bit"),
+        "{err}"
+    );
+}
