@@ -309,6 +309,11 @@ impl Receiver {
         }
         let recv_buffer_bytes =
             sock::getsockopt(&fd, sockopt::RcvBuf).map_err(opt_err("SO_RCVBUF"))?;
+        if listen.is_ipv6() && listen.ip().is_unspecified() {
+            // `[::]` means both families, whatever the host's bindv6only
+            // default; IPv4 senders then appear as IPv4-mapped addresses.
+            sock::setsockopt(&fd, sockopt::Ipv6V6Only, &false).map_err(opt_err("IPV6_V6ONLY"))?;
+        }
 
         sock::bind(fd.as_raw_fd(), &SockaddrStorage::from(listen)).map_err(
             |errno| match errno {
@@ -795,6 +800,28 @@ mod tests {
         .unwrap();
         assert!(small.recv_buffer_bytes() >= 64 * 1024);
         assert!(small.recv_buffer_bytes() < r.recv_buffer_bytes() || floor <= 128 * 1024);
+    }
+
+    #[test]
+    fn dual_stack_listen_takes_ipv4_and_filters_mapped_sources() {
+        let receiver = Receiver::bind(&NetConfig {
+            allow: vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+            ..loopback("::")
+        })
+        .unwrap();
+        let port = receiver.local_addr().port();
+        let counters = NetCounters::default();
+        let got = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let allowed = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let denied = UdpSocket::bind("127.0.0.3:0").unwrap();
+            let v6 = UdpSocket::bind("[::1]:0").unwrap();
+            allowed.send_to(&pcmu(0), ("127.0.0.1", port)).unwrap();
+            denied.send_to(&pcmu(1), ("127.0.0.1", port)).unwrap();
+            v6.send_to(&pcmu(2), ("::1", port)).unwrap();
+            wait_for(&counters.datagrams, 3);
+        });
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(counters.filtered.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -606,7 +606,11 @@ impl PlayoutThread {
                             self.stats.device_errors.fetch_add(1, Relaxed);
                             self.stats.reopens.fetch_add(1, Relaxed);
                             self.event(Event::DeviceLost(e));
-                            device = None;
+                            // Closing a PCM whose sound server hangs can
+                            // block for many seconds: close it elsewhere.
+                            if let Some(dev) = device.take() {
+                                dev.close_detached();
+                            }
                             next_open_ns = now + BACKOFF_MIN_MS * 1_000_000;
                         }
                     }

@@ -95,11 +95,7 @@ struct Options {
 /// A bad command line: one line for the user, exit status 2.
 struct UsageError(String);
 
-fn number<T>(
-    option: &str,
-    value: &str,
-    range: std::ops::RangeInclusive<T>,
-) -> Result<T, UsageError>
+fn number<T>(option: &str, value: &str, range: std::ops::RangeInclusive<T>) -> Result<T, UsageError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display,
 {

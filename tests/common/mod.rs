@@ -25,9 +25,14 @@
 //! - Signals: [`sine`], [`noise`] (seeded, so a 64-frame window occurs once:
 //!   alignment is unambiguous), [`to_f32`]; readers [`read_s16le`],
 //!   [`read_f32le`], [`f32_to_s16`].
+//! - [`receiver`]: the real `netspeaker` started and stopped with its
+//!   final statistics parsed ([`receiver::RunningReceiver`],
+//!   [`receiver::Stats`]), and a paced RTP / headerless test sender.
 //! - [`align`] finds where the sent signal sits in a recording (start-up
 //!   offset), [`compare`] compares the overlap exactly or with a tolerance.
 #![allow(dead_code)]
+
+pub mod receiver;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
