@@ -596,6 +596,7 @@ impl AlsaOut {
         let mut underruns = 0u32;
         let mut done = 0usize;
         let mut last_progress_ns = monotonic_ns();
+        let mut stalled_ns = 0u64;
         let mut waited = false;
         while done < frames {
             if state_of(&self.pcm) == Some(State::Disconnected) {
@@ -624,6 +625,7 @@ impl AlsaOut {
                     }
                     waited = false;
                     last_progress_ns = now;
+                    stalled_ns = 0;
                     continue;
                 }
                 Err(e) => match e.errno() {
@@ -641,6 +643,7 @@ impl AlsaOut {
                             outcome = WriteOutcome::Underrun;
                         }
                         last_progress_ns = monotonic_ns();
+                        stalled_ns = 0;
                         continue;
                     }
                     libc_errno::ESTRPIPE => {
@@ -648,6 +651,7 @@ impl AlsaOut {
                         self.consuming = false;
                         outcome = WriteOutcome::Resumed;
                         last_progress_ns = monotonic_ns();
+                        stalled_ns = 0;
                         continue;
                     }
                     errno => return Err(self.lost("write", errno)),
@@ -659,13 +663,21 @@ impl AlsaOut {
             } else {
                 START_STALL_TIMEOUT_MS
             };
-            let waited_ms = monotonic_ns().saturating_sub(last_progress_ns) / 1_000_000;
+            // Stalled time is counted in wait slices, each at most a slice
+            // long: time this process spent stopped (SIGSTOP, a suspended
+            // VM) is not the device's fault and must not count.
+            let waited_ms = stalled_ns / 1_000_000;
             if waited_ms >= stall_timeout_ms {
                 return Err(self.lost("write (no progress)", libc_errno::ETIMEDOUT));
             }
             let timeout = (stall_timeout_ms - waited_ms).min(self.wait_slice_ms) as u32;
             waited = true;
-            match self.pcm.wait(Some(timeout)) {
+            let before_wait = monotonic_ns();
+            let waited_result = self.pcm.wait(Some(timeout));
+            stalled_ns += monotonic_ns()
+                .saturating_sub(before_wait)
+                .min(u64::from(timeout) * 1_000_000 + 1_000_000);
+            match waited_result {
                 Ok(_) => {}
                 // The next write reports and recovers underrun and suspend.
                 Err(e)

@@ -612,9 +612,11 @@ pub struct PlayoutThread {
     pub heartbeat: Arc<crate::notify::Heartbeat>,
 }
 
-/// Reopen backoff: first retry after 100 ms, doubling to 2 s.
+/// Reopen backoff: first retry after 100 ms, doubling to 500 ms: a sound
+/// server or USB DAC that comes back is played to within half a second,
+/// and a try costs little (a failed open is quick).
 const BACKOFF_MIN_MS: u64 = 100;
-const BACKOFF_MAX_MS: u64 = 2000;
+const BACKOFF_MAX_MS: u64 = 500;
 
 impl PlayoutThread {
     /// The thread body; returns when `stop` is set.
