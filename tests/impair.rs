@@ -11,16 +11,16 @@
 //! printed at the end (`cargo test --test impair -- --nocapture`).
 
 mod common;
-#[path = "common/rig.rs"]
-mod rig;
 #[path = "common/relay.rs"]
 mod relay;
+#[path = "common/rig.rs"]
+mod rig;
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rig::{gaps, sender, write_wav, Bench, Gaps, Stats};
 use relay::{Impairment, Relay, RelayCounts};
+use rig::{gaps, sender, write_wav, Bench, Gaps, Stats};
 
 /// The stream: L16 16 kHz mono (dynamic payload type 96), 20 ms packets.
 const RATE: u32 = 16_000;
