@@ -36,7 +36,7 @@ if ! command -v cargo >/dev/null; then
 fi
 
 echo "== cargo test"
-cargo test --all-targets 2>&1
+cargo test --all-targets --no-fail-fast 2>&1
 
 echo "== lint"
 cargo fmt --all -- --check
