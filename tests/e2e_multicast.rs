@@ -1,0 +1,105 @@
+//! The receiver on a multicast group (issue 3: `--group`, `--interface`),
+//! IPv4 and IPv6, with the real `netspeaker-send` as the sender. Multicast
+//! is sent only inside a private network namespace (TESTING.md): IPv4 on
+//! the namespace's loopback, IPv6 across a veth pair, so that the sender
+//! and the receiver sit on two interfaces and the group is joined on the
+//! receiver's one. The receiver plays into ALSA's `null` device.
+
+mod common;
+
+use common::receiver::Stats;
+use common::{AlsaConfig, TestDir};
+use std::process::{Command, Stdio};
+
+const RX: &str = env!("CARGO_BIN_EXE_netspeaker");
+const TX: &str = env!("CARGO_BIN_EXE_netspeaker-send");
+
+/// Runs `setup`, then the receiver (in the background) and the sender in a
+/// private network namespace; returns the receiver's final statistics.
+fn run_in_namespace(dir: &TestDir, setup: &str, rx_args: &str, tx_args: &str) -> (Stats, String) {
+    let alsa = AlsaConfig::write(&dir.path);
+    let wav = dir.file("in.wav");
+    let samples: Vec<u8> = (0..8000u32)
+        .flat_map(|i| ((i % 200) as i16 * 50).to_le_bytes())
+        .collect();
+    let mut file = Vec::new();
+    file.extend_from_slice(b"RIFF");
+    file.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
+    file.extend_from_slice(b"WAVEfmt ");
+    file.extend_from_slice(&16u32.to_le_bytes());
+    file.extend_from_slice(&1u16.to_le_bytes());
+    file.extend_from_slice(&1u16.to_le_bytes());
+    file.extend_from_slice(&8000u32.to_le_bytes());
+    file.extend_from_slice(&16000u32.to_le_bytes());
+    file.extend_from_slice(&2u16.to_le_bytes());
+    file.extend_from_slice(&16u16.to_le_bytes());
+    file.extend_from_slice(b"data");
+    file.extend_from_slice(&(samples.len() as u32).to_le_bytes());
+    file.extend_from_slice(&samples);
+    std::fs::write(&wav, file).unwrap();
+    let log = dir.file("rx.log");
+    let script = format!(
+        "set -e
+{setup}
+ALSA_CONFIG_PATH={conf} {rx} --device null --no-mlock --rt-priority 0 --stats-interval 0 {rx_args} 2>{log} >/dev/null &
+r=$!
+trap 'kill $r 2>/dev/null || true' EXIT
+n=0
+while ! grep -q 'open:' {log}; do sleep 0.05; n=$((n+1)); [ $n -lt 200 ] || exit 1; done
+{tx} -q {wav} {tx_args}
+sleep 0.3
+kill -TERM $r
+wait $r",
+        conf = alsa.path.display(),
+        rx = RX,
+        tx = TX,
+        log = log.display(),
+        wav = wav.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare (util-linux)");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nreceiver log:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = Stats::last_in(&text).unwrap_or_else(|| panic!("no statistics line:\n{text}"));
+    (stats, text)
+}
+
+#[test]
+fn ipv4_group_joined_on_named_interface() {
+    let dir = TestDir::new("mc4");
+    let (stats, log) = run_in_namespace(
+        &dir,
+        "ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo",
+        "--listen 0.0.0.0:5004 --group 239.255.77.1 --interface lo",
+        "--codec pcmu --ttl 1 --interface lo 239.255.77.1:5004",
+    );
+    // 1 s of audio in 20 ms packets.
+    assert_eq!(stats.get("packets"), 50.0, "{log}");
+    assert_eq!(stats.get("malformed"), 0.0, "{log}");
+}
+
+#[test]
+fn ipv6_group_joined_across_a_veth_pair() {
+    let dir = TestDir::new("mc6");
+    let setup = "ip link set lo up
+ip link add va type veth peer name vb
+ip link set va up
+ip link set vb up
+n=0
+while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done";
+    let (stats, log) = run_in_namespace(
+        &dir,
+        setup,
+        "--listen [::]:5004 --group ff15::77 --interface vb",
+        "--codec pcmu --ttl 2 --interface va [ff15::77]:5004",
+    );
+    assert_eq!(stats.get("packets"), 50.0, "{log}");
+}
