@@ -4,8 +4,9 @@
 //! default), which plays into a paced device and records what it played:
 //! PulseAudio's null sink, or for the jitter matrix JACK's timer-paced
 //! dummy backend (the null sink's clock runs up to ~1 % slow on this
-//! loaded machine, which the delay controller would chase). Input per condition: an impairment. Output per condition:
-//! one table row — what the relay did, the receiver's statistics line taken
+//! loaded machine, and the jitter rows judge the delay controller against
+//! the device's clock). Input per condition: an impairment. Output per
+//! condition: one table row — what the relay did, the receiver's statistics line taken
 //! (SIGUSR1) shortly before the stream ends, the gaps (runs of exact zeros)
 //! inside the played span of the recording — and the condition's bar,
 //! justified next to each check. Conditions of a group run at the same
