@@ -198,6 +198,11 @@ impl Proc {
         false
     }
 
+    /// How it ended, if it has: a crash shows as a signal.
+    pub fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
@@ -216,6 +221,9 @@ pub fn free_port() -> u16 {
         .expect("free port")
         .port()
 }
+
+/// The JACK dummy backend's period (5.3 ms at 48 kHz).
+const JACK_PERIOD: u32 = 256;
 
 /// One receiver set-up: a private directory, ALSA configuration and
 /// PulseAudio server; the receiver plays into `recorded`.
@@ -273,7 +281,11 @@ impl Bench {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let mut bench = Bench::new(name);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let jack = JackServer::start(&format!("nsimp{}x{n}", std::process::id()), 48_000, 256);
+        let jack = JackServer::start(
+            &format!("nsimp{}x{n}", std::process::id()),
+            48_000,
+            JACK_PERIOD,
+        );
         bench.recording = bench.dir.file("jrecorded.raw");
         let extra = format!(
             "pcm.jrec {{ type file slave.pcm \"jack\" file \"{}\" format \"raw\" truncate false }}\n\
@@ -287,7 +299,28 @@ impl Bench {
         bench
     }
 
-    fn device(&self) -> &'static str {
+    /// Stops the bench's jackd with SIGTERM (never SIGKILL: that leaks one
+    /// of JACK's 8 machine-wide server slots); the receiver loses its
+    /// device. No-op without JACK.
+    pub fn stop_jack(&mut self) {
+        if let Some(j) = self.jack.as_mut() {
+            j.stop();
+        }
+    }
+
+    /// Starts the bench's jackd again under the same name and rate, and
+    /// returns once it answers (`jack_lsp` lists its playback ports): the
+    /// moment the receiver can open its device again. No-op without JACK.
+    pub fn restart_jack(&mut self) {
+        if let Some(old) = self.jack.take() {
+            let (name, rate) = (old.name.clone(), old.rate);
+            drop(old);
+            self.jack = Some(JackServer::start(&name, rate, JACK_PERIOD));
+        }
+    }
+
+    /// The ALSA device the receiver plays into.
+    pub fn device(&self) -> &'static str {
         if self.jack.is_some() {
             "jrecorded"
         } else {
