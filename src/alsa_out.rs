@@ -327,6 +327,17 @@ impl fmt::Display for AlsaError {
 
 impl std::error::Error for AlsaError {}
 
+impl AlsaError {
+    /// The device stopped making progress (its sound server hangs): closing
+    /// it may block too, so the caller closes it in the background.
+    pub fn is_hang(&self) -> bool {
+        matches!(
+            self,
+            AlsaError::DeviceLost { errno, .. } if *errno == libc_errno::ETIMEDOUT
+        )
+    }
+}
+
 /// The errno values this stage acts on (the `alsa` crate reports positive
 /// errno codes; nix's `Errno` is the same table).
 mod libc_errno {

@@ -404,14 +404,18 @@ impl JitterBuffer {
             return ReadStatus::Idle(wanted);
         }
         if self.cursor >= self.newest_end {
-            if !self.in_underrun {
-                self.in_underrun = true;
-                self.metrics.underruns += 1;
-            }
+            // Starved: nothing newer has arrived, so nothing is known to be
+            // lost yet. The cursor stays and the buffer prebuffers again:
+            // packets that were only delayed (a stalled sender, a Wi-Fi
+            // hiccup) then play instead of arriving "late" behind a
+            // cursor that ran on; the delay grows by the stall and the
+            // delay controller takes it back without a gap.
+            self.in_underrun = true;
+            self.metrics.underruns += 1;
+            self.state = StreamState::Prebuffering;
             zero(out, wanted * channels);
-            self.cursor += wanted as u64;
-            self.metrics.missing_frames += wanted as u64;
-            return ReadStatus::Missing(wanted);
+            self.metrics.idle_frames += wanted as u64;
+            return ReadStatus::Idle(wanted);
         }
         self.in_underrun = false;
         let available = wanted.min((self.newest_end - self.cursor) as usize);
@@ -1117,14 +1121,38 @@ mod tests {
                 ReadStatus::Audio(320),
                 ReadStatus::Missing(320),
                 ReadStatus::Audio(160),
-                // Nothing newer: the buffer ran dry.
-                ReadStatus::Missing(400),
-                ReadStatus::Missing(400),
-                ReadStatus::Missing(400),
+                // Nothing newer: the buffer ran dry. Nothing is known
+                // lost, so the cursor waits and the buffer prebuffers.
+                ReadStatus::Idle(400),
+                ReadStatus::Idle(400),
+                ReadStatus::Idle(400),
             ]
         );
         let m = jb.metrics();
         assert_eq!((m.lost, m.underruns), (3, 1));
+    }
+
+    #[test]
+    fn stalled_sender_plays_on_without_late_packets() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 6); // packets 0..6, playing in step
+                                     // The sender stalls for 200 ms: reads find nothing newer.
+        for i in 0..10 {
+            let status = read(&mut jb, PTIME, (120 + 20 * i) * MS).0;
+            assert!(matches!(status, ReadStatus::Audio(_) | ReadStatus::Idle(_)));
+        }
+        assert_eq!(jb.metrics().underruns, 1);
+        // Then the held packets arrive at once: none is late, none lost,
+        // and playing resumes exactly where it stopped.
+        let next = cursor_ts(&jb);
+        for k in 6..16 {
+            assert_eq!(jb.push(&voip(0, 0, k)), PushOutcome::Stored, "packet {k}");
+        }
+        let (status, samples) = read(&mut jb, PTIME, 330 * MS);
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(next, PTIME, 1));
+        let m = jb.metrics();
+        assert_eq!((m.late, m.lost, m.missing_frames), (0, 0, 0));
     }
 
     #[test]
@@ -1284,7 +1312,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Audio(160));
         }
-        assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Missing(160));
+        assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Idle(160));
         assert_eq!(jb.metrics().underruns, 1);
         assert_eq!(jb.push(&raw_packet(3, 80 * MS)), PushOutcome::Stored);
         assert_eq!(jb.state(), StreamState::Prebuffering);
@@ -1368,10 +1396,7 @@ mod tests {
                 assert_eq!(status, ReadStatus::Idle(160));
                 break;
             }
-            assert!(matches!(
-                status,
-                ReadStatus::Audio(_) | ReadStatus::Missing(_)
-            ));
+            assert!(matches!(status, ReadStatus::Audio(_) | ReadStatus::Idle(_)));
             now += 20 * MS;
         }
         assert_eq!(jb.state(), StreamState::Lost);

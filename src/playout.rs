@@ -137,7 +137,7 @@ impl PlayoutConfig {
             Latency::Fixed { ms } => ms,
             // Start a little above the floor: the estimator lowers or
             // raises it once packets have shown the network's jitter.
-            Latency::Auto { min_ms, max_ms } => (min_ms.max(20)).min(max_ms),
+            Latency::Auto { min_ms, max_ms } => (min_ms.max(10)).min(max_ms),
         }
     }
 }
@@ -276,7 +276,7 @@ impl Engine {
                 ..DelayConfig::default()
             })
             .map_err(PlayoutError::Delay)?,
-            controller: DelayController::new(&ControllerConfig::default())
+            controller: DelayController::new(&controller_config(48_000))
                 .map_err(PlayoutError::Controller)?,
             latency: config.latency,
             clock_follow: config.clock_follow,
@@ -432,10 +432,7 @@ impl Engine {
         self.resampler = Resampler::new(ch, format.rate, device_rate, self.max_frames).ok();
         // The controller counts in stream frames; it holds no buffers, so
         // rebuilding it for the new rate allocates nothing.
-        match DelayController::new(&ControllerConfig {
-            rate: format.rate,
-            ..ControllerConfig::default()
-        }) {
+        match DelayController::new(&controller_config(format.rate)) {
             Ok(c) => self.controller = c,
             Err(_) => self.controller.reset(),
         }
@@ -554,12 +551,29 @@ impl Engine {
         let control = self.controller.update(measured, target, period.max(1));
         resampler.set_drift_ppm(control.drift_ppm);
         self.metrics.applied_ppm = control.drift_ppm;
-        // A new request only once the last is done: requests add up.
+        // A new request only once the last is done (requests add up), and
+        // for the whole error at once: the stretcher spreads it at its own
+        // bounded rate (≤ 8 %), where the controller's per-period share
+        // would leave it waiting for a segment long enough to cut.
         if control.stretch_frames != 0 && self.stretcher.pending() == 0 {
-            self.stretcher.request(control.stretch_frames);
-            self.metrics.stretched_frames += control.stretch_frames.unsigned_abs() as u64;
+            let tolerance = format.rate as f64 / 1000.0;
+            let whole = ((measured - target).abs() - tolerance).max(0.0) as isize;
+            let frames = control.stretch_frames.signum() * whole.max(control.stretch_frames.abs());
+            self.stretcher.request(frames);
+            self.metrics.stretched_frames += frames.unsigned_abs() as u64;
         }
         self.metrics.drift_ppm = self.controller.drift_ppm();
+    }
+}
+
+/// The delay controller as playout uses it: the resampler's whole drift
+/// range (±5000 ppm, a pitch glide under 9 cents) so that the delay can
+/// move at 5 ms/s where there is no room to stretch.
+fn controller_config(rate: u32) -> ControllerConfig {
+    ControllerConfig {
+        rate,
+        max_ppm: crate::resample::MAX_DRIFT_PPM,
+        ..ControllerConfig::default()
     }
 }
 
@@ -705,11 +719,20 @@ impl PlayoutThread {
                         Err(e) => {
                             self.stats.device_errors.fetch_add(1, Relaxed);
                             self.stats.reopens.fetch_add(1, Relaxed);
+                            let e_hung = e.is_hang();
                             self.event(Event::DeviceLost(e));
                             // Closing a PCM whose sound server hangs can
-                            // block for many seconds: close it elsewhere.
+                            // block for many seconds: close that one
+                            // elsewhere. Any other lost device closes at
+                            // once, here: a close on another thread while
+                            // this one reopens races inside plugin
+                            // libraries (libjack crashes).
                             if let Some(dev) = device.take() {
-                                dev.close_detached();
+                                if e_hung {
+                                    dev.close_detached();
+                                } else {
+                                    drop(dev);
+                                }
                             }
                             next_open_ns = now + BACKOFF_MIN_MS * 1_000_000;
                         }
@@ -819,6 +842,7 @@ impl PlayoutThread {
         s.overflow.store(m.overflow, Relaxed);
         s.new_streams.store(m.new_streams, Relaxed);
         s.stream_lost.store(m.stream_lost, Relaxed);
+        s.starved.store(m.underruns, Relaxed);
         let em = self.engine.metrics();
         s.concealed_frames.store(em.concealed_frames, Relaxed);
         s.stretched_frames.store(em.stretched_frames, Relaxed);

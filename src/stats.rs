@@ -23,6 +23,8 @@ pub struct PlayoutStats {
     pub concealed_frames: AtomicU64,
     pub stretched_frames: AtomicU64,
     pub underruns: AtomicU64,
+    /// The jitter buffer ran dry (nothing had arrived to play).
+    pub starved: AtomicU64,
     pub resumes: AtomicU64,
     pub device_errors: AtomicU64,
     pub reopens: AtomicU64,
@@ -52,6 +54,7 @@ pub struct StatsLine {
     pub concealed_ms: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
+    pub starved: u64,
     pub jitter_ms: f64,
     pub depth_ms: f64,
     pub target_ms: f64,
@@ -77,6 +80,7 @@ impl PlayoutStats {
         line.concealed_ms = self.concealed_frames.load(Relaxed) * 1000 / rate;
         line.stretched_ms = self.stretched_frames.load(Relaxed) * 1000 / rate;
         line.underruns = self.underruns.load(Relaxed);
+        line.starved = self.starved.load(Relaxed);
         line.jitter_ms = us_to_ms(self.jitter_us.load(Relaxed));
         line.depth_ms = us_to_ms(self.depth_us.load(Relaxed));
         line.target_ms = us_to_ms(self.target_us.load(Relaxed));
@@ -91,7 +95,7 @@ impl fmt::Display for StatsLine {
             f,
             "packets {} lost {} late {} reordered {} duplicates {} \
              dropped {} (overflow {} filtered {} malformed {}) \
-             concealed {} ms stretched {} ms underruns {} jitter {:.1} ms \
+             concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
              buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm",
             self.packets,
             self.lost,
@@ -105,6 +109,7 @@ impl fmt::Display for StatsLine {
             self.concealed_ms,
             self.stretched_ms,
             self.underruns,
+            self.starved,
             self.jitter_ms,
             self.depth_ms,
             self.target_ms,
