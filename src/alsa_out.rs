@@ -815,15 +815,19 @@ impl AlsaOut {
     /// once. For a device reported lost: closing a PulseAudio PCM whose
     /// server hangs blocks in the plugin until its 30 s timeout (seen with
     /// a stopped server), which the playout thread must not wait for.
-    pub fn close_detached(self) {
+    pub fn close_detached(self) -> Option<std::thread::JoinHandle<()>> {
         let pcm = self.pcm;
         let spawned = std::thread::Builder::new()
             .name("alsa-close".into())
             .spawn(move || drop(pcm));
-        if let Err(e) = spawned {
-            // The closure, and the handle with it, was dropped: this thread
-            // has closed it after all.
-            log::warn!("alsa_out: could not close the lost device in the background: {e}");
+        match spawned {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                // The closure, and the handle with it, was dropped: this
+                // thread has closed it after all.
+                log::warn!("alsa_out: could not close the lost device in the background: {e}");
+                None
+            }
         }
     }
 }

@@ -268,6 +268,8 @@ pub struct JitterBuffer {
     cursor: u64,
     /// Extended timestamp just past the newest stored audio.
     newest_end: u64,
+    /// Frames concealed since the buffer starved (cursor held).
+    starved_frames: u64,
     /// Frames in the latest packet (the ptime): the buffer's level saws
     /// between the target and the target plus one packet.
     packet_frames: usize,
@@ -326,6 +328,7 @@ impl JitterBuffer {
             ring_frames: frames,
             cursor: ORIGIN,
             newest_end: ORIGIN,
+            starved_frames: 0,
             packet_frames: 0,
             target_frames: 0,
             target_rate: 0,
@@ -405,17 +408,22 @@ impl JitterBuffer {
         }
         if self.cursor >= self.newest_end {
             // Starved: nothing newer has arrived, so nothing is known to be
-            // lost yet. The cursor stays and the buffer prebuffers again:
+            // lost yet. The frames are concealed but the cursor stays:
             // packets that were only delayed (a stalled sender, a Wi-Fi
-            // hiccup) then play instead of arriving "late" behind a
-            // cursor that ran on; the delay grows by the stall and the
-            // delay controller takes it back without a gap.
-            self.in_underrun = true;
-            self.metrics.underruns += 1;
-            self.state = StreamState::Prebuffering;
+            // hiccup) then play instead of arriving "late" behind a cursor
+            // that ran on, and the delay grows by the stall (the delay
+            // controller takes it back without a gap). When the next packet
+            // shows a gap (a loss), the concealment already played stands
+            // in for it (see `resume_after_starving`).
+            if !self.in_underrun {
+                self.in_underrun = true;
+                self.metrics.underruns += 1;
+                self.starved_frames = 0;
+            }
+            self.starved_frames += wanted as u64;
             zero(out, wanted * channels);
-            self.metrics.idle_frames += wanted as u64;
-            return ReadStatus::Idle(wanted);
+            self.metrics.missing_frames += wanted as u64;
+            return ReadStatus::Missing(wanted);
         }
         self.in_underrun = false;
         let available = wanted.min((self.newest_end - self.cursor) as usize);
@@ -592,6 +600,22 @@ impl JitterBuffer {
         self.metrics.lost = self.lost_closed;
     }
 
+    /// The first packet after the buffer starved starts at `start`. The
+    /// frames concealed meanwhile stand in for a gap before it (lost
+    /// packets): the cursor skips as much of the gap as was concealed, so
+    /// a loss at the head of the buffer costs no delay; a packet that just
+    /// continues (a stall) skips nothing and plays in full.
+    fn resume_after_starving(&mut self, start: u64) {
+        let skip = (start - self.cursor).min(self.starved_frames);
+        if skip > 0 {
+            self.clear_positions(self.cursor, self.cursor + skip);
+            self.cursor += skip;
+            self.newest_end = self.newest_end.max(self.cursor);
+        }
+        self.in_underrun = false;
+        self.starved_frames = 0;
+    }
+
     fn start_when_prebuffered(&mut self) {
         if self.state == StreamState::Prebuffering && self.depth_frames() >= self.target_frames {
             self.state = StreamState::Playing;
@@ -672,6 +696,9 @@ impl JitterBuffer {
         {
             // Nothing has played yet: an earlier packet moves the anchor back.
             self.cursor = start;
+        }
+        if self.in_underrun && self.state == StreamState::Playing && start >= self.cursor {
+            self.resume_after_starving(start);
         }
         if end <= self.cursor {
             self.metrics.late += 1;
@@ -1121,11 +1148,11 @@ mod tests {
                 ReadStatus::Audio(320),
                 ReadStatus::Missing(320),
                 ReadStatus::Audio(160),
-                // Nothing newer: the buffer ran dry. Nothing is known
-                // lost, so the cursor waits and the buffer prebuffers.
-                ReadStatus::Idle(400),
-                ReadStatus::Idle(400),
-                ReadStatus::Idle(400),
+                // Nothing newer: the buffer ran dry (concealed, the
+                // cursor held until something arrives).
+                ReadStatus::Missing(400),
+                ReadStatus::Missing(400),
+                ReadStatus::Missing(400),
             ]
         );
         let m = jb.metrics();
@@ -1139,7 +1166,10 @@ mod tests {
                                      // The sender stalls for 200 ms: reads find nothing newer.
         for i in 0..10 {
             let status = read(&mut jb, PTIME, (120 + 20 * i) * MS).0;
-            assert!(matches!(status, ReadStatus::Audio(_) | ReadStatus::Idle(_)));
+            assert!(matches!(
+                status,
+                ReadStatus::Audio(_) | ReadStatus::Missing(_)
+            ));
         }
         assert_eq!(jb.metrics().underruns, 1);
         // Then the held packets arrive at once: none is late, none lost,
@@ -1152,7 +1182,27 @@ mod tests {
         assert_eq!(status, ReadStatus::Audio(PTIME));
         assert_eq!(samples, expected(next, PTIME, 1));
         let m = jb.metrics();
-        assert_eq!((m.late, m.lost, m.missing_frames), (0, 0, 0));
+        assert_eq!((m.late, m.lost), (0, 0));
+    }
+
+    #[test]
+    fn loss_at_the_head_is_replaced_by_what_was_concealed_while_starved() {
+        let mut jb = buffer();
+        lock_step(&mut jb, 0, 0, 5); // packets 0..5
+        while jb.depth_frames() > 0 {
+            read(&mut jb, PTIME, 100 * MS);
+        }
+        // Packet 5 is lost: the buffer starves for one packet's time...
+        assert_eq!(read(&mut jb, PTIME, 120 * MS).0, ReadStatus::Missing(PTIME));
+        let held = jb.cursor();
+        // ...then packet 6 arrives: the concealment stood in for packet 5,
+        // so packet 6 plays next, with no delay added.
+        assert_eq!(jb.push(&voip(0, 0, 6)), PushOutcome::Stored);
+        assert_eq!(jb.cursor(), held + PTIME as u64);
+        let (status, samples) = read(&mut jb, PTIME, 140 * MS);
+        assert_eq!(status, ReadStatus::Audio(PTIME));
+        assert_eq!(samples, expected(6 * PTIME as u32, PTIME, 1));
+        assert_eq!(jb.metrics().lost, 1);
     }
 
     #[test]
@@ -1303,7 +1353,7 @@ mod tests {
     }
 
     #[test]
-    fn sequential_underrun_prebuffers_again() {
+    fn sequential_underrun_resumes_in_place() {
         let mut jb = buffer();
         for n in 0..3 {
             jb.push(&raw_packet(n, n as u64 * 20 * MS));
@@ -1312,14 +1362,13 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Audio(160));
         }
-        assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Idle(160));
+        // Starved: concealed while the cursor waits.
+        assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Missing(160));
         assert_eq!(jb.metrics().underruns, 1);
         assert_eq!(jb.push(&raw_packet(3, 80 * MS)), PushOutcome::Stored);
-        assert_eq!(jb.state(), StreamState::Prebuffering);
-        assert_eq!(read(&mut jb, 160, 80 * MS).0, ReadStatus::Idle(160));
-        jb.push(&raw_packet(4, 100 * MS));
-        jb.push(&raw_packet(5, 120 * MS));
-        let (status, samples) = read(&mut jb, 160, 120 * MS);
+        assert_eq!(jb.state(), StreamState::Playing);
+        // The next datagram continues exactly where the stream left off.
+        let (status, samples) = read(&mut jb, 160, 80 * MS);
         assert_eq!(status, ReadStatus::Audio(160));
         assert_eq!(samples, expected(3 * 160, 160, 1));
     }
@@ -1396,7 +1445,10 @@ mod tests {
                 assert_eq!(status, ReadStatus::Idle(160));
                 break;
             }
-            assert!(matches!(status, ReadStatus::Audio(_) | ReadStatus::Idle(_)));
+            assert!(matches!(
+                status,
+                ReadStatus::Audio(_) | ReadStatus::Missing(_)
+            ));
             now += 20 * MS;
         }
         assert_eq!(jb.state(), StreamState::Lost);
@@ -1676,6 +1728,7 @@ mod tests {
                 let wanted = 1 + rng.below(jb.format().map_or(80, |f| f.rate as u64 / 50)) as usize;
                 let mut out = vec![i16::MIN; wanted * channels];
                 let cursor = jb.cursor();
+                let depth_before = jb.depth_frames();
                 let ts_at_cursor = cursor_ts(&jb);
                 let status = jb.read(&mut out, now);
                 let n = status.frames();
@@ -1683,7 +1736,11 @@ mod tests {
                     (1..=wanted).contains(&n),
                     "seed {seed} step {step}: {status:?} of {wanted}"
                 );
-                if jb.state() == StreamState::Playing {
+                let starved = matches!(status, ReadStatus::Missing(_)) && depth_before == 0;
+                if jb.state() == StreamState::Playing && starved {
+                    // Starved: concealed, the cursor held for what arrives.
+                    assert_eq!(jb.cursor(), cursor, "seed {seed} step {step}");
+                } else if jb.state() == StreamState::Playing {
                     assert_eq!(jb.cursor(), cursor + n as u64, "seed {seed} step {step}");
                 } else {
                     assert!(matches!(status, ReadStatus::Idle(_)));

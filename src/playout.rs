@@ -652,6 +652,7 @@ impl PlayoutThread {
         let mut was_state = StreamState::NoStream;
         let mut announce: Option<Negotiated> = None;
         let mut writes_since_open = 0u64;
+        let mut closing: Option<std::thread::JoinHandle<()>> = None;
         while !self.stop.load(Relaxed) {
             let now = crate::clock::monotonic_ns();
             self.drain_packets();
@@ -669,7 +670,13 @@ impl PlayoutThread {
                     next_open_ns = 0;
                 }
             }
-            if device.is_none() && now >= next_open_ns {
+            // Plugin libraries (libjack) crash when a PCM is opened while
+            // another of theirs is still closing: reopen only after the
+            // background close of a hung device has finished.
+            if closing.as_ref().is_some_and(|h| h.is_finished()) {
+                closing = None;
+            }
+            if device.is_none() && closing.is_none() && now >= next_open_ns {
                 match self.open_device() {
                     Ok(dev) => {
                         let n = dev.negotiated().clone();
@@ -729,7 +736,7 @@ impl PlayoutThread {
                             // libraries (libjack crashes).
                             if let Some(dev) = device.take() {
                                 if e_hung {
-                                    dev.close_detached();
+                                    closing = dev.close_detached();
                                 } else {
                                     drop(dev);
                                 }

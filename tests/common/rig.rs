@@ -35,6 +35,8 @@ pub struct Stats {
     pub concealed_ms: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
+    /// The jitter buffer ran dry (concealed while it waited).
+    pub starved: u64,
     pub jitter_ms: f64,
     pub depth_ms: f64,
     pub target_ms: f64,
@@ -61,6 +63,7 @@ impl Stats {
             concealed_ms: self.concealed_ms.saturating_sub(earlier.concealed_ms),
             stretched_ms: self.stretched_ms.saturating_sub(earlier.stretched_ms),
             underruns: self.underruns.saturating_sub(earlier.underruns),
+            starved: self.starved.saturating_sub(earlier.starved),
             ..self.clone()
         }
     }
@@ -93,6 +96,7 @@ impl Stats {
             concealed_ms: int("concealed")?,
             stretched_ms: int("stretched")?,
             underruns: int("underruns")?,
+            starved: int("starved").unwrap_or(0),
             jitter_ms: float("jitter")?,
             depth_ms: depth.parse().ok()?,
             target_ms: target.parse().ok()?,
