@@ -653,6 +653,8 @@ impl PlayoutThread {
         let mut announce: Option<Negotiated> = None;
         let mut writes_since_open = 0u64;
         let mut closing: Option<std::thread::JoinHandle<()>> = None;
+        // The stream format the device was last opened for.
+        let mut asked_for: Option<(u32, u16)> = None;
         while !self.stop.load(Relaxed) {
             let now = crate::clock::monotonic_ns();
             self.drain_packets();
@@ -662,9 +664,11 @@ impl PlayoutThread {
                 next_open_ns = 0;
             }
             // A stream of another format wants the device reopened at it.
-            if let (Some(dev), Some(wanted)) = (&device, self.wanted_device_format()) {
-                let n = dev.negotiated();
-                if (n.rate, n.channels) != wanted && self.jitter_playing() {
+            // Compared with what was asked at the last open, not with what
+            // the device gave: a device that refuses the format keeps its
+            // own (the engine converts) and must not be reopened forever.
+            if let (Some(_), Some(wanted)) = (&device, self.wanted_device_format()) {
+                if Some(wanted) != asked_for && self.jitter_playing() {
                     self.event(Event::Reopening("the stream's rate or channels changed"));
                     device = None;
                     next_open_ns = 0;
@@ -677,6 +681,7 @@ impl PlayoutThread {
                 closing = None;
             }
             if device.is_none() && closing.is_none() && now >= next_open_ns {
+                asked_for = self.wanted_device_format();
                 match self.open_device() {
                     Ok(dev) => {
                         let n = dev.negotiated().clone();

@@ -581,3 +581,110 @@ fn without_realtime_privilege_it_says_so_once_and_plays_on() {
     assert_eq!(out.matches("cannot lock memory").count(), 1, "{out}");
     assert!(out.contains("stream started"), "it plays on\n{out}");
 }
+
+/// A device that refuses the stream's format (TESTING.md: the bare JACK
+/// device takes only FLOAT_LE at the server's rate, two channels, like a
+/// USB DAC or HDMI output that only does 48 kHz): the receiver converts in
+/// the playout thread. An 8 kHz mono 1 kHz tone must come out of the
+/// device as a clean 1 kHz tone at 48 kHz on both channels.
+#[test]
+fn device_that_refuses_the_format_gets_it_converted() {
+    let _slot = paced_slot();
+    let dir = TestDir::new("e2e-convert");
+    let jack = JackServer::start(&format!("ns-e2e-conv-{}", std::process::id()), 48_000, 256);
+    let alsa = AlsaConfig::write(&dir.path);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = alsa.env();
+    env.extend(jack.env());
+    let mut rx = RunningReceiver::start(
+        &[
+            "--device",
+            "jfile",
+            "--listen",
+            &listen,
+            "--raw",
+            "s16le:8000:1",
+            // Clock following off: the conversion alone, at a fixed
+            // 8000 → 48000 ratio (following would glide the pitch by up to
+            // 5000 ppm while it takes the start-up delay back).
+            "--clock-follow",
+            "off",
+            "--latency-ms",
+            "60",
+            "--stats-interval",
+            "0",
+        ],
+        &env,
+        dir.file("receiver.log"),
+    );
+    let log = rx.log_text();
+    assert!(
+        log.contains("FLOAT_LE, 48000 Hz, 2 channel"),
+        "the device negotiated its own format\n{log}"
+    );
+    let tone = common::sine(8000, 1, 1000.0, 8000 * 3, 12_000);
+    send_raw(dest(port), &tone, 320, Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(300));
+    let (code, _, stats) = rx.stop();
+    assert_eq!(code, Some(0));
+    let log = rx.log_text();
+    assert!(stats.get("packets") >= 140.0, "{log}");
+    let recording = read_f32le(&alsa.jfile);
+    let frames = recording.len() / 2;
+    assert!(
+        frames > 48_000 * 2,
+        "too little recorded ({frames} frames)\n{log}"
+    );
+    // The loud stretch of the recording, left and right.
+    let left: Vec<f32> = recording.chunks_exact(2).map(|f| f[0]).collect();
+    let right: Vec<f32> = recording.chunks_exact(2).map(|f| f[1]).collect();
+    assert_eq!(left, right, "mono is played on both channels");
+    let start = left
+        .iter()
+        .position(|v| v.abs() > 0.2)
+        .expect("the tone is there");
+    let window = &left[start + 4800..start + 4800 + 48_000];
+    // Frequency by zero crossings over one second: 2000 for 1 kHz.
+    let crossings = window
+        .windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count();
+    assert!(
+        (1990..=2010).contains(&crossings),
+        "{crossings} zero crossings in 1 s: not a 1 kHz tone\n{log}"
+    );
+    // Level: 12000/32768 peak, kept by the conversion (±3 %).
+    let peak = window.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let want = 12_000.0 / 32_768.0;
+    assert!(
+        (peak - want).abs() < want * 0.03,
+        "peak {peak} instead of {want}\n{log}"
+    );
+    // Clean: in each 20 ms block the tone against a fitted ideal sine
+    // leaves a small residual.
+    let mut snrs: Vec<f64> = window
+        .chunks_exact(960)
+        .map(|block| {
+            let (mut sc, mut cc) = (0.0f64, 0.0f64);
+            for (i, v) in block.iter().enumerate() {
+                let ph = 2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 48_000.0;
+                sc += *v as f64 * ph.sin();
+                cc += *v as f64 * ph.cos();
+            }
+            let n = block.len() as f64;
+            let (a, b) = (2.0 * sc / n, 2.0 * cc / n);
+            let (mut noise, mut power) = (0.0f64, 0.0f64);
+            for (i, v) in block.iter().enumerate() {
+                let ph = 2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 48_000.0;
+                let fit = a * ph.sin() + b * ph.cos();
+                noise += (*v as f64 - fit).powi(2);
+                power += fit * fit;
+            }
+            10.0 * (power / noise.max(1e-30)).log10()
+        })
+        .collect();
+    snrs.sort_by(f64::total_cmp);
+    let snr = snrs[snrs.len() / 2];
+    assert!(snr > 50.0, "SNR {snr:.1} dB after conversion\n{log}");
+}
