@@ -772,7 +772,12 @@ impl PlayoutThread {
                 was_state = state;
             }
             self.stats.periods.fetch_add(1, Relaxed);
-            self.heartbeat.beat();
+            // Progress for the watchdog: periods written, or waits for a
+            // missing device. Not while a hung device's close is pending:
+            // the sound system is wedged and a restart is the way out.
+            if closing.is_none() {
+                self.heartbeat.beat();
+            }
         }
         // Stopping: close at once (no drain) so the process exits within
         // a few periods of SIGTERM; closing flushes plugins such as `file`.
