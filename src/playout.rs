@@ -681,7 +681,7 @@ impl PlayoutThread {
                 closing = None;
             }
             if device.is_none() && closing.is_none() && now >= next_open_ns {
-                asked_for = self.wanted_device_format();
+                asked_for = Some(self.device_format_to_ask());
                 match self.open_device() {
                     Ok(dev) => {
                         let n = dev.negotiated().clone();
@@ -797,8 +797,10 @@ impl PlayoutThread {
         }
     }
 
-    fn open_device(&self) -> Result<AlsaOut, AlsaError> {
-        let (rate, channels) = match self.config.device_format {
+    /// The rate and channels to open the device at: fixed by the user, or
+    /// the stream's (before any stream: the initial guess).
+    fn device_format_to_ask(&self) -> (u32, u16) {
+        match self.config.device_format {
             DeviceFormat::Fixed { rate, channels } => (rate, channels),
             DeviceFormat::FollowStream {
                 initial_rate,
@@ -806,7 +808,11 @@ impl PlayoutThread {
             } => self
                 .wanted_device_format()
                 .unwrap_or((initial_rate, initial_channels)),
-        };
+        }
+    }
+
+    fn open_device(&self) -> Result<AlsaOut, AlsaError> {
+        let (rate, channels) = self.device_format_to_ask();
         AlsaOut::open(&DeviceConfig {
             device: self.config.device.clone(),
             access: self.config.access,
