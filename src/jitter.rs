@@ -611,6 +611,11 @@ impl JitterBuffer {
             self.clear_positions(self.cursor, self.cursor + skip);
             self.cursor += skip;
             self.newest_end = self.newest_end.max(self.cursor);
+        } else {
+            // The stream just continues: it stalled. Its margin is gone,
+            // so prebuffer it again (the delay grows by the stall and the
+            // controller takes the excess back later).
+            self.state = StreamState::Prebuffering;
         }
         self.in_underrun = false;
         self.starved_frames = 0;
@@ -637,12 +642,15 @@ impl JitterBuffer {
     fn push_sequential(&mut self, packet: &Packet) -> PushOutcome {
         self.metrics.packets += 1;
         self.last_arrival_ns = packet.arrival_ns;
-        if self.state == StreamState::Playing && self.newest_end < self.cursor {
-            // The cursor ran past the written audio: start over with a fresh
-            // prebuffer rather than feeding an underrun cascade.
-            self.newest_end = self.cursor;
+        if self.state == StreamState::Playing && (self.in_underrun || self.newest_end < self.cursor)
+        {
+            // The buffer ran dry: the stream continues where it stopped,
+            // after a fresh prebuffer that restores the margin, rather than
+            // feeding an underrun cascade.
+            self.newest_end = self.newest_end.max(self.cursor);
             self.state = StreamState::Prebuffering;
             self.in_underrun = false;
+            self.starved_frames = 0;
         }
         let frames = packet.frames() as u64;
         let start = self.newest_end;
@@ -1353,7 +1361,7 @@ mod tests {
     }
 
     #[test]
-    fn sequential_underrun_resumes_in_place() {
+    fn sequential_underrun_prebuffers_and_resumes_in_place() {
         let mut jb = buffer();
         for n in 0..3 {
             jb.push(&raw_packet(n, n as u64 * 20 * MS));
@@ -1366,9 +1374,13 @@ mod tests {
         assert_eq!(read(&mut jb, 160, 60 * MS).0, ReadStatus::Missing(160));
         assert_eq!(jb.metrics().underruns, 1);
         assert_eq!(jb.push(&raw_packet(3, 80 * MS)), PushOutcome::Stored);
-        assert_eq!(jb.state(), StreamState::Playing);
+        // A fresh prebuffer restores the margin before playing on.
+        assert_eq!(jb.state(), StreamState::Prebuffering);
+        assert_eq!(read(&mut jb, 160, 80 * MS).0, ReadStatus::Idle(160));
+        jb.push(&raw_packet(4, 100 * MS));
+        jb.push(&raw_packet(5, 120 * MS));
         // The next datagram continues exactly where the stream left off.
-        let (status, samples) = read(&mut jb, 160, 80 * MS);
+        let (status, samples) = read(&mut jb, 160, 120 * MS);
         assert_eq!(status, ReadStatus::Audio(160));
         assert_eq!(samples, expected(3 * 160, 160, 1));
     }

@@ -223,6 +223,9 @@ pub struct Engine {
     timed_packets: u64,
     /// The playout delay margin in ms (see `apply_target`).
     margin_ms: f64,
+    /// The rate the jitter buffer was sized for (its frame unit before the
+    /// first stream).
+    jitter_max_rate: u32,
     samples_i16: Vec<i16>,
     stream_in: Vec<f32>,
     stretched: Vec<f32>,
@@ -286,6 +289,7 @@ impl Engine {
             sounding: false,
             timed_packets: 0,
             margin_ms: config.initial_target_ms() as f64,
+            jitter_max_rate: max_rate,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
             stretched: vec![0.0; max_frames * max_channels],
@@ -515,8 +519,14 @@ impl Engine {
         let headroom_ms = self.margin_ms.max(HEADROOM_MS);
         self.jitter
             .set_max_delay_ms((level_ms + headroom_ms).ceil() as u32);
+        // The buffer counts its target in frames of its current stream, or
+        // of its largest rate before the first stream has set it up.
+        let basis = self
+            .jitter
+            .format()
+            .map_or(self.jitter_max_rate, |f| f.rate);
         self.jitter
-            .set_target_delay_frames((level_ms * rate as f64 / 1000.0).round() as usize);
+            .set_target_delay_frames((level_ms * basis as f64 / 1000.0).round() as usize);
     }
 
     /// The mean delay the controller holds, in stream frames: the margin
@@ -903,4 +913,61 @@ fn max_period_samples(config: &PlayoutConfig) -> usize {
     let frames =
         (MAX_RATE as usize * config.period_ms.clamp(1, MAX_PERIOD_MS) as usize / 1000) * 4 + 1024;
     frames * MAX_CHANNELS as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::Encoding;
+
+    fn pcmu_packet(k: u32) -> Packet {
+        let format = StreamFormat {
+            encoding: Encoding::Pcmu,
+            rate: 8000,
+            channels: 1,
+        };
+        let mut p = Packet::empty(format);
+        p.ssrc = 9;
+        p.seq = k as u16;
+        p.timestamp = k * 320;
+        p.arrival_ns = k as u64 * 40_000_000;
+        p.payload_type = 0;
+        let _ = p.payload.extend_from_slice(&[0x55; 320]);
+        p
+    }
+
+    #[test]
+    fn first_packet_of_a_slower_stream_waits_for_the_whole_margin() {
+        // Sized for 44.1 kHz (the static L16 types), fed 8 kHz PCMU in
+        // 40 ms packets with a 120 ms margin: playing starts at 160 ms.
+        let mut engine = Engine::new(&PlayoutConfig {
+            latency: Latency::Fixed { ms: 120 },
+            clock_follow: false,
+            max_rate: 44_100,
+            max_channels: 2,
+            ..PlayoutConfig::default()
+        })
+        .unwrap();
+        for k in 0..3 {
+            engine.push(&pcmu_packet(k));
+            assert_eq!(
+                engine.jitter().state(),
+                StreamState::Prebuffering,
+                "packet {k}"
+            );
+        }
+        engine.push(&pcmu_packet(3));
+        assert_eq!(engine.jitter().state(), StreamState::Playing);
+        assert_eq!(engine.jitter().target_delay_frames(), 1280);
+    }
+
+    #[test]
+    fn mono_is_played_on_every_channel_and_stereo_mixed_to_mono() {
+        let mut out = [0.0f32; 4];
+        map_channels(&[0.25, -0.5], 1, &mut out, 2);
+        assert_eq!(out, [0.25, 0.25, -0.5, -0.5]);
+        let mut mono = [0.0f32; 2];
+        map_channels(&[0.5, 0.25, -0.5, 0.0], 2, &mut mono, 1);
+        assert_eq!(mono, [0.375, -0.25]);
+    }
 }
