@@ -388,12 +388,8 @@ fn join(socket: &UdpSocket, group: IpAddr, interface: Option<&str>) -> Result<()
             })?;
             // Linux otherwise delivers every group any socket on this host
             // joined on our port; we want the one we were told to play.
-            set_int(socket, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL, 0).map_err(|errno| {
-                NetError::SocketOption {
-                    option: "IP_MULTICAST_ALL",
-                    errno,
-                }
-            })
+            only_joined_group(socket, libc::IPPROTO_IP, libc::IP_MULTICAST_ALL);
+            Ok(())
         }
         IpAddr::V6(g) => {
             let index = match interface {
@@ -406,13 +402,20 @@ fn join(socket: &UdpSocket, group: IpAddr, interface: Option<&str>) -> Result<()
             socket
                 .join_multicast_v6(&g, index)
                 .map_err(|e| join_err(Errno::from_raw(e.raw_os_error().unwrap_or(0))))?;
-            set_int(socket, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL, 0).map_err(|errno| {
-                NetError::SocketOption {
-                    option: "IPV6_MULTICAST_ALL",
-                    errno,
-                }
-            })
+            only_joined_group(socket, libc::IPPROTO_IPV6, libc::IPV6_MULTICAST_ALL);
+            Ok(())
         }
+    }
+}
+
+/// Asks for the joined group only (`IP[V6]_MULTICAST_ALL` off). A filter,
+/// not a necessity: a kernel or emulator without the option (qemu's user
+/// mode) still delivers our group, with other groups on the same port as
+/// well, which the source filter and the parser then see. So a refusal is
+/// noted, not fatal.
+fn only_joined_group(socket: &UdpSocket, level: libc::c_int, option: libc::c_int) {
+    if let Err(errno) = set_int(socket, level, option, 0) {
+        log::debug!("net: cannot restrict the socket to the joined group ({errno}); continuing");
     }
 }
 
