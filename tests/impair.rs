@@ -383,7 +383,7 @@ fn clean_bar(o: &Outcome) -> Vec<String> {
         (s.depth_ms - s.target_ms).abs() <= PTIME_MS / 2.0 + 3.0,
         || {
             format!(
-                "delay: buffer {:.1} ms against a target of {:.1} ms on a clean link",
+                "delay buffer {:.1} ms against a target of {:.1} ms on a clean link",
                 s.depth_ms, s.target_ms
             )
         },
