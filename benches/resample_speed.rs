@@ -1,7 +1,7 @@
 //! How fast the resampler runs when it only follows clock drift (equal
 //! rates, +100 ppm) and when it converts 44.1 → 48 kHz, stereo: prints
 //! frames per second of CPU. `cargo bench --bench resample_speed`.
-use netspeaker::resample::Resampler;
+use netspeaker::audio::resample::Resampler;
 use std::time::Instant;
 
 fn run(name: &str, in_rate: u32, out_rate: u32, ppm: f64) {

@@ -1,35 +1,35 @@
-//! netspeaker: a network speaker. The receiver's data path, one module per
-//! stage, in the order audio flows through them:
+//! netspeaker: a network speaker and its sender.
 //!
-//! net (socket, source filter) → rtp (header) → packet (slot, SPSC queue)
-//! → codec (L16, G.711) → jitter (jitter buffer) → conceal (loss hiding)
-//! → stretch / resample (delay and clock following, rate conversion; the
-//! targets come from delay, the playout delay estimator, and drift, the
-//! delay controller)
-//! → playout (the realtime loop) → alsa_out (device, recovery).
+//! The receiver's data path, in the order audio flows:
 //!
-//! Around it: stats (counters, the statistics line), service (logging,
-//! signals, systemd notify/watchdog), sched (realtime priority, locked
-//! memory), and `send` (the sender's stages).
+//! ```text
+//! net::receive (socket, source filter) → rtp (header, packet slot)
+//!   → [SPSC queue] → receive::playout (realtime thread):
+//!     receive::jitter (jitter buffer) → audio::codec (decode)
+//!     → receive::conceal (loss hiding) → receive::stretch / audio::resample
+//!       (delay targets from receive::delay, clock following from
+//!        receive::drift) → audio::channels → alsa::playback (device)
+//! ```
+//!
+//! The sender's, the other way round:
+//!
+//! ```text
+//! send::source (file, stdin) | alsa::capture → send::convert (audio::*)
+//!   → send::packetize (rtp header, audio::codec) → send::pace → net::send
+//! ```
+//!
+//! Layers shared by both directions: `net` (sockets, multicast), `rtp`
+//! (header parse and write, RFC 3550 statistics), `audio` (formats, codecs,
+//! sample conversion, channel map, resampler, pitch search), `alsa` (one
+//! open ladder for playback and capture), `service` (logging, signals,
+//! systemd notify and watchdog, realtime scheduling, clocks, rate limits).
+//! The stages of each direction live in `receive` and `send`; the binaries
+//! in `src/bin` only parse options and wire stages together.
 
-pub mod alsa_out;
-pub mod cli;
-pub mod clock;
-pub mod codec;
-pub mod conceal;
-pub mod delay;
-pub mod drift;
-pub mod format;
-pub mod jitter;
+pub mod alsa;
+pub mod audio;
 pub mod net;
-pub mod notify;
-pub mod packet;
-pub mod playout;
-pub mod ratelimit;
-pub mod resample;
+pub mod receive;
 pub mod rtp;
-pub mod sched;
 pub mod send;
 pub mod service;
-pub mod stats;
-pub mod stretch;

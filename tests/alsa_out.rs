@@ -14,7 +14,9 @@
 mod common;
 
 use common::*;
-use netspeaker::alsa_out::{Access, AlsaError, AlsaOut, DeviceConfig, SampleFormat, WriteOutcome};
+use netspeaker::alsa::playback::{
+    Access, AlsaError, AlsaOut, DeviceConfig, SampleFormat, WriteOutcome,
+};
 use std::time::{Duration, Instant};
 
 #[global_allocator]

@@ -14,7 +14,7 @@ use common::{
     align, compare, f32_to_s16, noise, read_f32le, read_s16le, AlsaConfig, JackServer, PulseServer,
     TestDir,
 };
-use netspeaker::format::Encoding;
+use netspeaker::audio::format::Encoding;
 use nix::sys::signal::Signal;
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -212,9 +212,9 @@ fn rtp_l16_mmap_on_jack_bit_exact() {
 
 fn g711_round_trip(encoding: Encoding, samples: &[i16]) -> Vec<i16> {
     let mut bytes = vec![0u8; samples.len()];
-    netspeaker::codec::encode(encoding, samples, &mut bytes);
+    netspeaker::audio::codec::encode(encoding, samples, &mut bytes);
     let mut out = vec![0i16; samples.len()];
-    netspeaker::codec::decode(encoding, &bytes, &mut out);
+    netspeaker::audio::codec::decode(encoding, &bytes, &mut out);
     out
 }
 

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{align, compare, noise, read_s16le, AlsaConfig, PulseServer, TestDir};
-use netspeaker::codec;
+use netspeaker::audio::codec;
 
 const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
 

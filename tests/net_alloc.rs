@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use heapless::spsc::Queue;
-use netspeaker::format::PayloadMap;
+use netspeaker::audio::format::PayloadMap;
 use netspeaker::net::{run, Cidr, NetConfig, NetCounters, Receiver};
-use netspeaker::packet::{Packet, MAX_DATAGRAM};
+use netspeaker::rtp::packet::{Packet, MAX_DATAGRAM};
 use netspeaker::rtp::{InputMode, PacketParser, RtpHeader};
 
 #[global_allocator]

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use heapless::spsc::Queue;
-use netspeaker::codec;
-use netspeaker::format::{Encoding, PayloadMap, StreamFormat};
+use netspeaker::audio::codec;
+use netspeaker::audio::format::{Encoding, PayloadMap, StreamFormat};
 use netspeaker::net::{run, NetConfig, NetCounters, Receiver};
-use netspeaker::packet::Packet;
+use netspeaker::rtp::packet::Packet;
 use netspeaker::rtp::{InputMode, PacketParser};
 
 /// Streams one second of a sine through ffmpeg as `codec` and returns what

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use netspeaker::notify::{watchdog_interval, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
+use netspeaker::service::notify::{
+    watchdog_interval, Heartbeat, Notifier, WatchdogCheck, WatchdogGate,
+};
 
 const MS: u64 = 1_000_000;
 
@@ -106,7 +108,7 @@ fn ready_status_stopping_on_path_socket() {
         .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
         .expect("RELOADING with MONOTONIC_USEC");
     let usec: u64 = usec.parse().expect("decimal microseconds");
-    let now_usec = netspeaker::clock::monotonic_ns() / 1000;
+    let now_usec = netspeaker::service::clock::monotonic_ns() / 1000;
     assert!(usec > 0 && usec <= now_usec, "{usec} vs now {now_usec}");
 }
 

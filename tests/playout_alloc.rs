@@ -9,9 +9,9 @@
 
 mod common;
 
-use netspeaker::format::{Encoding, StreamFormat};
-use netspeaker::packet::Packet;
-use netspeaker::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::receive::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::rtp::packet::Packet;
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;

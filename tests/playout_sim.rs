@@ -6,9 +6,9 @@
 //! `drift.rs`; here the whole chain (jitter buffer, stretcher, resampler,
 //! controller) runs on real samples for ten simulated minutes.
 
-use netspeaker::format::{Encoding, StreamFormat};
-use netspeaker::packet::Packet;
-use netspeaker::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::receive::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::rtp::packet::Packet;
 
 const RATE: u32 = 8000;
 const PTIME_FRAMES: usize = 160;

@@ -4,8 +4,8 @@
 //! repeating blocks of samples). The speech comes from espeak-ng, run at
 //! test time. Figures are printed (`cargo test --test quality -- --nocapture`).
 
-use netspeaker::conceal::Concealer;
-use netspeaker::stretch::Stretcher;
+use netspeaker::receive::conceal::Concealer;
+use netspeaker::receive::stretch::Stretcher;
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -9,12 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use netspeaker::format::Encoding;
-use netspeaker::notify::Heartbeat;
-use netspeaker::send::dest::DestConfig;
+use netspeaker::audio::format::Encoding;
+use netspeaker::net::send::DestConfig;
 use netspeaker::send::source::Input;
 use netspeaker::send::wav::write_wav;
 use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
+use netspeaker::service::notify::Heartbeat;
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netspeaker::codec;
+use netspeaker::audio::codec;
 use netspeaker::send::wav::write_wav;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netspeaker-send");

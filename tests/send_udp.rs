@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netspeaker::codec;
+use netspeaker::audio::codec;
 use netspeaker::send::wav::write_wav;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netspeaker-send");
@@ -171,7 +171,11 @@ fn wav_stereo_l16_packets_and_pacing() {
     assert!(got.datagrams.iter().all(|d| d.len() == 12 + 320 * 4));
     let payload = check_rtp(&got.datagrams, 101, 320, 4);
     let mut expected = vec![0u8; samples.len() * 2];
-    codec::encode(netspeaker::format::Encoding::L16, &samples, &mut expected);
+    codec::encode(
+        netspeaker::audio::format::Encoding::L16,
+        &samples,
+        &mut expected,
+    );
     assert_eq!(
         payload, expected,
         "payload is the file in network byte order"
@@ -441,6 +445,10 @@ fn stdin_wav_with_open_length_as_pipes_write_it() {
     assert_eq!(got.datagrams.len(), 10);
     let payload = check_rtp(&got.datagrams, 96, 160, 4);
     let mut expected = vec![0u8; samples.len() * 2];
-    codec::encode(netspeaker::format::Encoding::L16, &samples, &mut expected);
+    codec::encode(
+        netspeaker::audio::format::Encoding::L16,
+        &samples,
+        &mut expected,
+    );
     assert_eq!(payload, expected);
 }

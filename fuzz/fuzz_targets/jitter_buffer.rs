@@ -8,9 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netspeaker::format::{Encoding, StreamFormat};
-use netspeaker::jitter::{JitterBuffer, JitterConfig, ReadStatus};
-use netspeaker::packet::{Packet, MAX_PAYLOAD};
+use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::receive::jitter::{JitterBuffer, JitterConfig, ReadStatus};
+use netspeaker::rtp::packet::{Packet, MAX_PAYLOAD};
 
 const FORMATS: [StreamFormat; 5] = [
     StreamFormat {

@@ -6,8 +6,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use netspeaker::format::{Encoding, PayloadMap, StreamFormat};
-use netspeaker::packet::{Packet, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
+use netspeaker::audio::format::{Encoding, PayloadMap, StreamFormat};
+use netspeaker::rtp::packet::{Packet, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
 use netspeaker::rtp::{self, InputMode, PacketParser};
 
 fn check_slot(slot: &Packet) {

@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use netspeaker::clock::monotonic_ns;
-use netspeaker::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
-use netspeaker::notify::{self, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
-use netspeaker::ratelimit::RateLimit;
-use netspeaker::sched;
-use netspeaker::send::dest::{parse_dest, DestConfig};
+use netspeaker::audio::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use netspeaker::net::send::{parse_dest, DestConfig};
 use netspeaker::send::source::Input;
 use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, Summary};
+use netspeaker::service::clock::monotonic_ns;
+use netspeaker::service::notify::{self, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
+use netspeaker::service::ratelimit::RateLimit;
+use netspeaker::service::sched;
 use netspeaker::service::{self, LogTarget};
 
 const RTP_PORT: u16 = 5004;

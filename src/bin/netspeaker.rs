@@ -4,17 +4,17 @@
 //! thread (jitter buffer … ALSA), main thread for signals, systemd
 //! notify/watchdog and the statistics line.
 
-use netspeaker::alsa_out::Access;
-use netspeaker::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
+use netspeaker::alsa::playback::Access;
+use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
-use netspeaker::notify::{Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
-use netspeaker::playout::{
+use netspeaker::receive::playout::{
     DeviceFormat, Engine, Event, EventQueue, Latency, PacketQueue, PlayoutConfig, PlayoutThread,
 };
-use netspeaker::ratelimit::RateLimit;
+use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::rtp::{InputMode, PacketParser};
+use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
+use netspeaker::service::ratelimit::RateLimit;
 use netspeaker::service::{self, LogTarget, SignalFlags};
-use netspeaker::stats::{PlayoutStats, StatsLine};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -393,7 +393,7 @@ fn run(options: Options) -> Result<(), String> {
     let mut device_log = RateLimit::new(30_000_000_000, 3);
     while !signals.stop.load(Relaxed) {
         while let Some(event) = event_rx.dequeue() {
-            let now = netspeaker::clock::monotonic_ns();
+            let now = netspeaker::service::clock::monotonic_ns();
             let first_open = matches!(event, Event::DeviceOpened(_) | Event::DeviceOpenFailed(_));
             log_event(&event, now, &mut underrun_log, &mut device_log);
             if first_open && !ready_sent {
@@ -414,7 +414,7 @@ fn run(options: Options) -> Result<(), String> {
             last_stats = Instant::now();
         }
         if let Some(gate) = watchdog.as_mut() {
-            let now = netspeaker::clock::monotonic_ns();
+            let now = netspeaker::service::clock::monotonic_ns();
             match gate.tick(&notifier, now) {
                 Ok(WatchdogCheck::Stalled { stalled_for }) => {
                     if stall_log.check(now).is_some() {

@@ -5,14 +5,14 @@
 //! channel on every output; otherwise output channel c takes input channel
 //! c, wrapping round when there are more outputs, so 5.1 → stereo keeps
 //! front left/right as WAV orders them); then the rate is converted (when
-//! the rates differ, with `crate::resample::Resampler`; at the end of the
+//! the rates differ, with `crate::audio::resample::Resampler`; at the end of the
 //! source its look-ahead is flushed with silence and the output cut at
 //! the source's length converted to the stream rate). All buffers are sized in `new`; nothing allocates
 //! afterwards.
 
 use core::fmt;
 
-use crate::resample::{ResampleError, Resampler};
+use crate::audio::resample::{ResampleError, Resampler};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Error {

@@ -7,9 +7,7 @@
 //! Everything is opened and sized in `Sender::new`; `run` allocates
 //! nothing.
 
-pub mod capture;
 pub mod convert;
-pub mod dest;
 pub mod pace;
 pub mod packetize;
 pub mod sdp;
@@ -22,13 +20,13 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::clock::monotonic_ns;
-use crate::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
-use crate::notify::Heartbeat;
-use crate::ratelimit::RateLimit;
-use capture::Capture;
+use crate::alsa::capture::{self, Capture};
+use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::net::send::{self as dest, Dest, DestConfig, SendStatus};
+use crate::service::clock::monotonic_ns;
+use crate::service::notify::Heartbeat;
+use crate::service::ratelimit::RateLimit;
 use convert::Converter;
-use dest::{Dest, DestConfig, SendStatus};
 use pace::Pacer;
 use packetize::{Framing, Packetizer, PacketizerConfig};
 use source::{FileSource, Input};
@@ -493,7 +491,7 @@ impl Sender {
                 // Late: the loop comes straight back here and the packets
                 // that fell due go out back to back.
                 while monotonic_ns() < deadline && !stop.load(Ordering::Relaxed) {
-                    crate::clock::sleep_until(deadline);
+                    crate::service::clock::sleep_until(deadline);
                 }
                 if stop.load(Ordering::Relaxed) {
                     break;

@@ -158,15 +158,15 @@ mod tests {
 
     #[test]
     fn real_clock_sleep_reaches_deadline() {
-        let start = crate::clock::monotonic_ns();
+        let start = crate::service::clock::monotonic_ns();
         let mut pacer = Pacer::new(start, 8000, 160);
         while pacer.packets_sent() < 10 {
-            crate::clock::sleep_until(pacer.next_deadline_ns());
-            let now = crate::clock::monotonic_ns();
+            crate::service::clock::sleep_until(pacer.next_deadline_ns());
+            let now = crate::service::clock::monotonic_ns();
             // Never early: the sleep is against an absolute deadline.
             assert!(now >= pacer.next_deadline_ns());
             pacer.mark_sent();
         }
-        assert!(crate::clock::monotonic_ns() - start >= 9 * 20_000_000);
+        assert!(crate::service::clock::monotonic_ns() - start >= 9 * 20_000_000);
     }
 }

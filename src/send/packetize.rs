@@ -10,9 +10,9 @@
 
 use core::fmt;
 
-use crate::codec;
-use crate::format::{Encoding, StreamFormat};
-use crate::packet::MAX_PAYLOAD;
+use crate::audio::codec;
+use crate::audio::format::{Encoding, StreamFormat};
+use crate::rtp::packet::MAX_PAYLOAD;
 
 /// Length of the fixed RTP header we write.
 pub const RTP_HEADER_LEN: usize = 12;

@@ -8,7 +8,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::format::StreamFormat;
+use crate::audio::format::StreamFormat;
 
 /// What the description says.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub fn describe(p: &SdpParams) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Encoding;
+    use crate::audio::format::Encoding;
 
     #[test]
     fn unicast_l16_stereo() {

@@ -12,8 +12,8 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::codec;
-use crate::format::StreamFormat;
+use crate::audio::codec;
+use crate::audio::format::StreamFormat;
 use crate::send::wav;
 
 /// Where the samples come from.
@@ -256,7 +256,7 @@ fn open_file(p: &Path) -> Result<File, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{parse_raw, Encoding};
+    use crate::audio::format::{parse_raw, Encoding};
 
     fn temp(name: &str, bytes: &[u8]) -> Input {
         let dir = std::env::temp_dir().join(format!("ns-source-{}", std::process::id()));

@@ -10,7 +10,7 @@
 use core::fmt;
 use std::io::{self, Read};
 
-use crate::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 
 const WAVE_FORMAT_PCM: u16 = 0x0001;
 const WAVE_FORMAT_IEEE_FLOAT: u16 = 0x0003;

@@ -182,7 +182,7 @@ pub struct RtpStream {
     pub channels: u16,
     pub ptime_ms: u32,
     /// Encodes interleaved samples into the payload.
-    pub encoding: netspeaker::format::Encoding,
+    pub encoding: netspeaker::audio::format::Encoding,
 }
 
 /// Sends `samples` as RTP to `dest`, one packet per ptime, paced against
@@ -212,7 +212,7 @@ pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize 
         buf[2..4].copy_from_slice(&seq.to_be_bytes());
         buf[4..8].copy_from_slice(&ts.to_be_bytes());
         buf[8..12].copy_from_slice(&stream.ssrc.to_be_bytes());
-        let n = netspeaker::codec::encode(stream.encoding, chunk, &mut buf[12..]);
+        let n = netspeaker::audio::codec::encode(stream.encoding, chunk, &mut buf[12..]);
         sock.send_to(&buf[..12 + n], dest).expect("send RTP");
         sent += 1;
     }

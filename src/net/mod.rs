@@ -14,6 +14,8 @@
 //! are passed on as they arrive, for the jitter buffer to place. After
 //! `bind`, nothing allocates per packet.
 
+pub mod send;
+
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -26,10 +28,10 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::sys::socket::{self as sock, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage};
 
-use crate::clock::monotonic_ns;
-use crate::packet::{Packet, MAX_DATAGRAM};
-use crate::ratelimit::RateLimit;
+use crate::rtp::packet::{Packet, MAX_DATAGRAM};
 use crate::rtp::{InputMode, PacketParser, ParseError};
+use crate::service::clock::monotonic_ns;
+use crate::service::ratelimit::RateLimit;
 
 /// How long one `recv` waits before the loop looks at the stop flag again;
 /// bounds shutdown time.
@@ -530,7 +532,7 @@ pub fn run(
     let mut buf = [0u8; MAX_DATAGRAM + 1];
     let slot_format = match parser.mode() {
         InputMode::Raw(f) => *f,
-        InputMode::Rtp(_) => crate::format::StreamFormat::TUTORIAL,
+        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
     };
     let mut slot = Packet::empty(slot_format);
     let mut log = DropLog::new();
@@ -629,7 +631,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{PayloadMap, StreamFormat};
+    use crate::audio::format::{PayloadMap, StreamFormat};
     use crate::rtp::RtpHeader;
     use heapless::spsc::Queue;
     use std::time::Instant;

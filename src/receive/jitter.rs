@@ -33,9 +33,9 @@
 
 use core::fmt;
 
-use crate::codec;
-use crate::format::{StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
-use crate::packet::Packet;
+use crate::audio::codec;
+use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::rtp::packet::Packet;
 
 /// Per-frame state of a ring slot.
 const EMPTY: u8 = 0;
@@ -888,7 +888,7 @@ fn zero(out: &mut [i16], samples: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Encoding;
+    use crate::audio::format::Encoding;
 
     const MS: u64 = 1_000_000;
     /// 20 ms at 8 kHz: the usual VoIP ptime.
@@ -1314,7 +1314,7 @@ mod tests {
             arrival_ns,
         );
         p.sequential = true;
-        p.payload_type = crate::packet::RAW_PAYLOAD_TYPE;
+        p.payload_type = crate::rtp::packet::RAW_PAYLOAD_TYPE;
         p
     }
 

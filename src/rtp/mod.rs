@@ -14,10 +14,12 @@
 //! buffer to place. Headerless PCM has no header to tell order, so the
 //! parser numbers datagrams in arrival order and marks them `sequential`.
 
+pub mod packet;
+
 use core::fmt;
 
-use crate::format::{PayloadMap, StreamFormat};
-use crate::packet::{Packet, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
+use crate::audio::format::{PayloadMap, StreamFormat};
+use crate::rtp::packet::{Packet, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
 
 /// Length of the fixed RTP header.
 pub const HEADER_LEN: usize = 12;
@@ -366,7 +368,7 @@ fn fill_payload(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Encoding;
+    use crate::audio::format::Encoding;
 
     const L16_STEREO_48K: StreamFormat = StreamFormat {
         encoding: Encoding::L16,

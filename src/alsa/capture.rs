@@ -11,7 +11,7 @@ use core::fmt;
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
-use crate::format::{Encoding, StreamFormat};
+use crate::audio::format::{Encoding, StreamFormat};
 
 #[derive(Debug)]
 pub enum Error {

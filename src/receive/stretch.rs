@@ -19,7 +19,7 @@
 
 use core::fmt;
 
-use crate::conceal::{find_period, ncc, Search};
+use crate::receive::conceal::{find_period, ncc, Search};
 
 /// Segment lengths searched (400 Hz down to 83 Hz).
 const MIN_LAG_US: u32 = 2_500;
@@ -117,10 +117,10 @@ impl Stretcher {
         max_rate: u32,
         max_block_frames: usize,
     ) -> Result<Stretcher, StretchError> {
-        if !(1..=crate::format::MAX_CHANNELS as usize).contains(&max_channels) {
+        if !(1..=crate::audio::format::MAX_CHANNELS as usize).contains(&max_channels) {
             return Err(StretchError::Channels(max_channels));
         }
-        if !(crate::format::MIN_RATE..=crate::format::MAX_RATE).contains(&max_rate) {
+        if !(crate::audio::format::MIN_RATE..=crate::audio::format::MAX_RATE).contains(&max_rate) {
             return Err(StretchError::Rate(max_rate));
         }
         if max_block_frames == 0 || max_block_frames > max_rate as usize {
@@ -165,7 +165,7 @@ impl Stretcher {
     /// the maxima given to `new` are clamped.
     pub fn set_format(&mut self, channels: usize, rate: u32) {
         self.channels = channels.clamp(1, self.max_channels);
-        self.rate = rate.clamp(crate::format::MIN_RATE, self.max_rate);
+        self.rate = rate.clamp(crate::audio::format::MIN_RATE, self.max_rate);
         self.min_lag = frames_for(self.rate, MIN_LAG_US);
         self.max_lag = frames_for(self.rate, MAX_LAG_US);
         self.window = 2 * self.max_lag;

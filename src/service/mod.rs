@@ -3,6 +3,11 @@
 //! SIGHUP reopens the device, SIGUSR1 prints statistics). Signal handlers
 //! only set flags; the main thread acts on them.
 
+pub mod clock;
+pub mod notify;
+pub mod ratelimit;
+pub mod sched;
+
 use core::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -4,7 +4,7 @@
 //! The payload stays encoded; the playout side decodes it, so that codecs
 //! whose loss concealment lives in the decoder (Opus) fit later.
 
-use crate::format::StreamFormat;
+use crate::audio::format::StreamFormat;
 
 /// Largest payload a slot holds: 4 KiB covers L16 48 kHz stereo at 20 ms
 /// ptime (3840 bytes, already beyond one Ethernet frame), and every G.711

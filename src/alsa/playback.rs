@@ -29,7 +29,7 @@ use alsa::{Direction, ValueOr};
 use core::fmt;
 use std::ffi::CString;
 
-use crate::clock::monotonic_ns;
+use crate::service::clock::monotonic_ns;
 
 /// How frames reach the device's ring buffer (`--access rw|mmap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

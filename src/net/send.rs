@@ -11,8 +11,8 @@ use core::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
-use crate::clock::monotonic_ns;
-use crate::ratelimit::RateLimit;
+use crate::service::clock::monotonic_ns;
+use crate::service::ratelimit::RateLimit;
 
 #[derive(Debug)]
 pub enum Error {

@@ -232,10 +232,10 @@ pub struct Concealer {
 impl Concealer {
     /// Sizes every buffer for up to `max_channels` at up to `max_rate`.
     pub fn new(max_channels: usize, max_rate: u32) -> Result<Concealer, ConcealError> {
-        if !(1..=crate::format::MAX_CHANNELS as usize).contains(&max_channels) {
+        if !(1..=crate::audio::format::MAX_CHANNELS as usize).contains(&max_channels) {
             return Err(ConcealError::Channels(max_channels));
         }
-        if !(crate::format::MIN_RATE..=crate::format::MAX_RATE).contains(&max_rate) {
+        if !(crate::audio::format::MIN_RATE..=crate::audio::format::MAX_RATE).contains(&max_rate) {
             return Err(ConcealError::Rate(max_rate));
         }
         let hist_cap = frames_for(max_rate, HISTORY_US);
@@ -273,7 +273,7 @@ impl Concealer {
     /// maxima given to `new` are clamped (the caller validated them).
     pub fn set_format(&mut self, channels: usize, rate: u32) {
         self.channels = channels.clamp(1, self.max_channels);
-        self.rate = rate.clamp(crate::format::MIN_RATE, self.max_rate);
+        self.rate = rate.clamp(crate::audio::format::MIN_RATE, self.max_rate);
         self.hist_cap = frames_for(self.rate, HISTORY_US);
         self.fade_len = frames_for(self.rate, FADE_US);
         self.merge_len = frames_for(self.rate, MERGE_US);
@@ -302,7 +302,7 @@ impl Concealer {
             self.metrics.merges += 1;
         }
         if self.merging {
-            let mut cont = [0f32; crate::format::MAX_CHANNELS as usize];
+            let mut cont = [0f32; crate::audio::format::MAX_CHANNELS as usize];
             for frame in frames.chunks_exact_mut(ch) {
                 if self.merge_pos >= self.merge_len {
                     self.merging = false;

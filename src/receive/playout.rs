@@ -19,16 +19,16 @@
 //! thread through a second SPSC queue. It never logs, never blocks on a
 //! lock and never allocates in its loop.
 
-use crate::alsa_out::{Access, AlsaError, AlsaOut, DeviceConfig, Negotiated, WriteOutcome};
-use crate::conceal::Concealer;
-use crate::delay::{DelayConfig, DelayEstimator};
-use crate::drift::{ControllerConfig, ControllerError, DelayController};
-use crate::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
-use crate::jitter::{JitterBuffer, JitterConfig, PushOutcome, ReadStatus, StreamState};
-use crate::packet::Packet;
-use crate::resample::Resampler;
-use crate::stats::PlayoutStats;
-use crate::stretch::Stretcher;
+use crate::alsa::playback::{Access, AlsaError, AlsaOut, DeviceConfig, Negotiated, WriteOutcome};
+use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
+use crate::audio::resample::Resampler;
+use crate::receive::conceal::Concealer;
+use crate::receive::delay::{DelayConfig, DelayEstimator};
+use crate::receive::drift::{ControllerConfig, ControllerError, DelayController};
+use crate::receive::jitter::{JitterBuffer, JitterConfig, PushOutcome, ReadStatus, StreamState};
+use crate::receive::stats::PlayoutStats;
+use crate::receive::stretch::Stretcher;
+use crate::rtp::packet::Packet;
 use core::fmt;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -145,11 +145,11 @@ impl PlayoutConfig {
 /// Failures building the engine: configuration out of range.
 #[derive(Debug)]
 pub enum PlayoutError {
-    Jitter(crate::jitter::JitterError),
-    Conceal(crate::conceal::ConcealError),
-    Stretch(crate::stretch::StretchError),
-    Resample(crate::resample::ResampleError),
-    Delay(crate::delay::DelayError),
+    Jitter(crate::receive::jitter::JitterError),
+    Conceal(crate::receive::conceal::ConcealError),
+    Stretch(crate::receive::stretch::StretchError),
+    Resample(crate::audio::resample::ResampleError),
+    Delay(crate::receive::delay::DelayError),
     Controller(ControllerError),
 }
 
@@ -171,8 +171,8 @@ impl std::error::Error for PlayoutError {}
 /// What the playout thread tells the main thread (which logs it).
 #[derive(Debug)]
 pub enum Event {
-    RealtimeRefused(crate::sched::SchedError),
-    MemoryLockRefused(crate::sched::SchedError),
+    RealtimeRefused(crate::service::sched::SchedError),
+    MemoryLockRefused(crate::service::sched::SchedError),
     DeviceOpened(Negotiated),
     DeviceOpenFailed(AlsaError),
     DeviceLost(AlsaError),
@@ -582,7 +582,7 @@ impl Engine {
 fn controller_config(rate: u32) -> ControllerConfig {
     ControllerConfig {
         rate,
-        max_ppm: crate::resample::MAX_DRIFT_PPM,
+        max_ppm: crate::audio::resample::MAX_DRIFT_PPM,
         ..ControllerConfig::default()
     }
 }
@@ -633,7 +633,7 @@ pub struct PlayoutThread {
     pub reopen: Arc<AtomicBool>,
     /// Beaten once per loop; the main thread pets systemd's watchdog only
     /// while it moves.
-    pub heartbeat: Arc<crate::notify::Heartbeat>,
+    pub heartbeat: Arc<crate::service::notify::Heartbeat>,
 }
 
 /// Reopen backoff: first retry after 100 ms, doubling to 500 ms: a sound
@@ -646,12 +646,12 @@ impl PlayoutThread {
     /// The thread body; returns when `stop` is set.
     pub fn run(mut self) {
         if self.config.rt_priority > 0 {
-            if let Err(e) = crate::sched::set_realtime(self.config.rt_priority) {
+            if let Err(e) = crate::service::sched::set_realtime(self.config.rt_priority) {
                 self.event(Event::RealtimeRefused(e));
             }
         }
         if self.config.lock_memory {
-            if let Err(e) = crate::sched::lock_memory() {
+            if let Err(e) = crate::service::sched::lock_memory() {
                 self.event(Event::MemoryLockRefused(e));
             }
         }
@@ -666,7 +666,7 @@ impl PlayoutThread {
         // The stream format the device was last opened for.
         let mut asked_for: Option<(u32, u16)> = None;
         while !self.stop.load(Relaxed) {
-            let now = crate::clock::monotonic_ns();
+            let now = crate::service::clock::monotonic_ns();
             self.drain_packets();
             if self.reopen.swap(false, Relaxed) {
                 self.event(Event::Reopening("SIGHUP"));
@@ -773,7 +773,7 @@ impl PlayoutThread {
                     let len = frames.min(out.len());
                     self.engine.render(&mut out[..len], now);
                     self.publish(None, rate);
-                    crate::clock::sleep_until(now + period_ns);
+                    crate::service::clock::sleep_until(now + period_ns);
                 }
             }
             let state = self.engine.jitter().state();
@@ -918,7 +918,7 @@ fn max_period_samples(config: &PlayoutConfig) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::Encoding;
+    use crate::audio::format::Encoding;
 
     fn pcmu_packet(k: u32) -> Packet {
         let format = StreamFormat {

@@ -187,7 +187,7 @@ impl Notifier {
         let mut buf = [0u8; 64];
         let mut w = Cursor::new(&mut buf);
         w.put(b"RELOADING=1\nMONOTONIC_USEC=");
-        w.put_u64(crate::clock::monotonic_ns() / 1000);
+        w.put_u64(crate::service::clock::monotonic_ns() / 1000);
         let len = w.len;
         self.send(&buf[..len])
     }
@@ -351,7 +351,7 @@ pub struct WatchdogGate {
 
 impl WatchdogGate {
     /// For a watchdog timeout of `interval` (from [`watchdog_interval`]);
-    /// `now_ns` on [`crate::clock::monotonic_ns`].
+    /// `now_ns` on [`crate::service::clock::monotonic_ns`].
     pub fn new(heartbeat: Arc<Heartbeat>, interval: Duration, now_ns: u64) -> WatchdogGate {
         let pet_every_ns = (interval.as_nanos() / 2).min(u64::MAX as u128) as u64;
         let last_seen = heartbeat.count();
@@ -368,7 +368,8 @@ impl WatchdogGate {
     /// A gate when systemd asked for a watchdog (`WATCHDOG_USEC`), else
     /// `None`.
     pub fn from_env(heartbeat: Arc<Heartbeat>) -> Option<WatchdogGate> {
-        watchdog_interval().map(|i| WatchdogGate::new(heartbeat, i, crate::clock::monotonic_ns()))
+        watchdog_interval()
+            .map(|i| WatchdogGate::new(heartbeat, i, crate::service::clock::monotonic_ns()))
     }
 
     /// How often the main thread must call [`WatchdogGate::poll`] at least

@@ -4,7 +4,7 @@
 //! The G.711 conversions follow ITU-T G.711 as the widely used reference
 //! implementation by Sun Microsystems does (segment search, bias 0x84).
 
-use crate::format::Encoding;
+use crate::audio::format::Encoding;
 
 /// Decodes `payload` into `out`, returning the number of samples written:
 /// the smaller of what the payload holds and what `out` has room for. A

@@ -1,0 +1,11 @@
+//! The receiver's stages, in path order: jitter buffer, concealment,
+//! stretching, delay estimate, delay controller (clock following), the
+//! playout engine and its realtime thread, and the statistics they publish.
+
+pub mod conceal;
+pub mod delay;
+pub mod drift;
+pub mod jitter;
+pub mod playout;
+pub mod stats;
+pub mod stretch;
