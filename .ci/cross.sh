@@ -21,7 +21,7 @@ sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
 # --- packages (skipped when present, so a warm machine starts at once) ----
-pkgs=(pkg-config gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf binutils-aarch64-linux-gnu
+pkgs=(pkg-config gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross binutils-aarch64-linux-gnu
     binutils-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf)
 missing=()
 for p in "${pkgs[@]}"; do
