@@ -10,7 +10,7 @@
 mod common;
 
 use netspeaker::audio::format::{Encoding, StreamFormat};
-use netspeaker::receive::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::receive::engine::{Engine, Latency, PlayoutConfig, ResamplerBank};
 use netspeaker::rtp::packet::Packet;
 
 #[global_allocator]
@@ -57,10 +57,12 @@ fn steady_stream_with_loss_reordering_and_ssrc_change_allocates_nothing() {
         },
         max_rate: RATE,
         max_channels: 2,
+        stream_formats: vec![(RATE, 2)],
         ..PlayoutConfig::default()
     };
     let mut engine = Engine::new(&config).expect("engine");
-    engine.set_device(RATE, 2);
+    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
+    engine.attach_device(2, Some(bank));
     let mut out = vec![0.0f32; PERIOD_FRAMES * 2];
     let mut slot = Packet::empty(format());
     let mut held = Packet::empty(format());

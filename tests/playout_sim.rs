@@ -7,7 +7,7 @@
 //! controller) runs on real samples for ten simulated minutes.
 
 use netspeaker::audio::format::{Encoding, StreamFormat};
-use netspeaker::receive::playout::{Engine, Latency, PlayoutConfig};
+use netspeaker::receive::engine::{Engine, Latency, PlayoutConfig, ResamplerBank};
 use netspeaker::rtp::packet::Packet;
 
 const RATE: u32 = 8000;
@@ -28,10 +28,12 @@ fn simulate(ppm: f64, clock_follow: bool, minutes: u64, seed: u64) -> Outcome {
         clock_follow,
         max_rate: RATE,
         max_channels: 1,
+        stream_formats: vec![(RATE, 1)],
         ..PlayoutConfig::default()
     };
     let mut engine = Engine::new(&config).expect("engine");
-    engine.set_device(RATE, 1);
+    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
+    engine.attach_device(1, Some(bank));
     let format = StreamFormat {
         encoding: Encoding::L16,
         rate: RATE,

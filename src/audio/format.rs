@@ -261,6 +261,18 @@ impl PayloadMap {
         self.formats.get(payload_type as usize).copied().flatten()
     }
 
+    /// Every (rate, channels) a mapped type can carry, each once: the
+    /// receiver builds a resampler for each at start-up.
+    pub fn rates_channels(&self) -> Vec<(u32, u16)> {
+        let mut all: Vec<(u32, u16)> = Vec::new();
+        for f in self.formats.iter().flatten() {
+            if !all.contains(&(f.rate, f.channels)) {
+                all.push((f.rate, f.channels));
+            }
+        }
+        all
+    }
+
     /// The highest rate and channel count any mapped type can carry; sizes
     /// the jitter buffer and playout scratch space at startup.
     pub fn max_rate_channels(&self) -> (u32, u16) {

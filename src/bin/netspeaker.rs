@@ -7,15 +7,19 @@
 use netspeaker::alsa::playback::Access;
 use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
-use netspeaker::receive::playout::{
-    DeviceFormat, Engine, Event, EventQueue, Latency, PacketQueue, PlayoutConfig, PlayoutThread,
-};
+use netspeaker::receive::engine::{Latency, PlayoutConfig};
+use netspeaker::receive::playout::{self, Event, PacketQueue};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
 use netspeaker::service::ratelimit::RateLimit;
 use netspeaker::service::{self, LogTarget, SignalFlags};
 use std::net::SocketAddr;
+
+/// Counts what the realtime threads allocate after start-up (shown on the
+/// statistics line as `rt-allocs`).
+#[global_allocator]
+static ALLOCATOR: netspeaker::service::alloc::Counting = netspeaker::service::alloc::Counting;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -283,20 +287,12 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
     };
     o.playout.max_rate = max_rate;
     o.playout.max_channels = max_channels;
-    let (initial_rate, initial_channels) = match (o.raw, o.payload_map.get(96)) {
-        (Some(f), _) | (None, Some(f)) => (f.rate, f.channels),
-        (None, None) => (48_000, 2),
+    o.playout.stream_formats = match o.raw {
+        Some(f) => vec![(f.rate, f.channels)],
+        None => o.payload_map.rates_channels(),
     };
-    o.playout.device_format = match (o.device_rate, o.device_channels) {
-        (None, None) => DeviceFormat::FollowStream {
-            initial_rate,
-            initial_channels,
-        },
-        (rate, channels) => DeviceFormat::Fixed {
-            rate: rate.unwrap_or(initial_rate),
-            channels: channels.unwrap_or(initial_channels),
-        },
-    };
+    o.playout.device_rate = o.device_rate;
+    o.playout.device_channels = o.device_channels;
     Ok(Some(o))
 }
 
@@ -343,14 +339,11 @@ fn run(options: Options) -> Result<(), String> {
             None => "RTP".to_string(),
         }
     );
-    let engine = Engine::new(&options.playout).map_err(|e| e.to_string())?;
 
     // The queues live as long as the process: leaked once at startup so
     // their ends can move into threads without locks or allocation.
     let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
     let (mut packet_tx, packet_rx) = packets.split();
-    let events: &'static mut EventQueue = Box::leak(Box::new(EventQueue::new()));
-    let (event_tx, mut event_rx) = events.split();
 
     let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
@@ -364,25 +357,21 @@ fn run(options: Options) -> Result<(), String> {
         std::thread::Builder::new()
             .name("net".into())
             .spawn(move || {
+                use netspeaker::service::alloc::{watch_this_thread, Watched};
+                watch_this_thread(Watched::Net);
                 netspeaker::net::run(&receiver, &mut parser, &mut packet_tx, &counters, &stop)
             })
             .map_err(|e| format!("cannot start the net thread: {e}"))?
     };
-    let playout_stop = Arc::clone(&signals.stop);
-    let playout = PlayoutThread {
-        config: options.playout.clone(),
-        engine,
-        packets: packet_rx,
-        events: event_tx,
-        stats: Arc::clone(&playout_stats),
-        stop: Arc::clone(&playout_stop),
-        reopen: Arc::clone(&signals.reopen),
-        heartbeat: Arc::clone(&heartbeat),
-    };
-    let playout_thread = std::thread::Builder::new()
-        .name("playout".into())
-        .spawn(move || playout.run())
-        .map_err(|e| format!("cannot start the playout thread: {e}"))?;
+    let mut playout = playout::start(
+        &options.playout,
+        packet_rx,
+        Arc::clone(&playout_stats),
+        Arc::clone(&signals.stop),
+        Arc::clone(&signals.reopen),
+        Arc::clone(&heartbeat),
+    )
+    .map_err(|e| e.to_string())?;
 
     let notifier = Notifier::from_env();
     let mut watchdog = WatchdogGate::from_env(Arc::clone(&heartbeat));
@@ -392,7 +381,7 @@ fn run(options: Options) -> Result<(), String> {
     let mut underrun_log = RateLimit::new(10_000_000_000, 3);
     let mut device_log = RateLimit::new(30_000_000_000, 3);
     while !signals.stop.load(Relaxed) {
-        while let Some(event) = event_rx.dequeue() {
+        while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
             let first_open = matches!(event, Event::DeviceOpened(_) | Event::DeviceOpenFailed(_));
             log_event(&event, now, &mut underrun_log, &mut device_log);
@@ -436,7 +425,7 @@ fn run(options: Options) -> Result<(), String> {
     // timeout (net); a playout thread wedged in a device call must not
     // keep the process from exiting, hence the deadline.
     let deadline = Instant::now() + Duration::from_millis(150);
-    while Instant::now() < deadline && !(net_thread.is_finished() && playout_thread.is_finished()) {
+    while Instant::now() < deadline && !(net_thread.is_finished() && playout.is_finished()) {
         std::thread::sleep(Duration::from_millis(2));
     }
     log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
@@ -444,7 +433,9 @@ fn run(options: Options) -> Result<(), String> {
 }
 
 fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {
+    use netspeaker::service::alloc::{allocations, Watched};
     let mut line = StatsLine {
+        realtime_allocs: allocations(Watched::Playout) + allocations(Watched::Net),
         dropped_filtered: net.filtered.load(Relaxed),
         dropped_malformed: net.malformed.load(Relaxed)
             + net.unknown_payload_type.load(Relaxed)
@@ -499,6 +490,9 @@ fn log_event(event: &Event, now: u64, underruns: &mut RateLimit, device: &mut Ra
             log::warn!("stream lost: no packets; faded out, waiting for the sender")
         }
         Event::Resync => log::info!("timestamp jump: jitter buffer resynchronised"),
+        Event::QueueFull => {
+            log::warn!("playout: an internal queue was full (a bug: please report)")
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 
 pub mod conceal;
 pub mod delay;
+pub mod device;
 pub mod drift;
+pub mod engine;
 pub mod jitter;
 pub mod playout;
 pub mod stats;

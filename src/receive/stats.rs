@@ -60,6 +60,9 @@ pub struct StatsLine {
     pub target_ms: f64,
     pub alsa_delay_ms: f64,
     pub drift_ppm: f64,
+    /// Allocations the playout and net threads made after start-up (see
+    /// `service::alloc`); anything but 0 is a bug.
+    pub realtime_allocs: u64,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -96,7 +99,7 @@ impl fmt::Display for StatsLine {
             "packets {} lost {} late {} reordered {} duplicates {} \
              dropped {} (overflow {} filtered {} malformed {}) \
              concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
-             buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm",
+             buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm rt-allocs {}",
             self.packets,
             self.lost,
             self.late,
@@ -116,6 +119,7 @@ impl fmt::Display for StatsLine {
             self.alsa_delay_ms,
             self.depth_ms + self.alsa_delay_ms,
             self.drift_ppm,
+            self.realtime_allocs,
         )
     }
 }

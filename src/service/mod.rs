@@ -3,6 +3,7 @@
 //! SIGHUP reopens the device, SIGUSR1 prints statistics). Signal handlers
 //! only set flags; the main thread acts on them.
 
+pub mod alloc;
 pub mod clock;
 pub mod notify;
 pub mod ratelimit;

@@ -1,0 +1,359 @@
+//! The playback device as the playout thread sees it: a named state
+//! machine (`DeviceLink`) on the realtime side, and a device thread
+//! (`DeviceThread`) that does everything alsa-lib allocates or blocks for.
+//!
+//! alsa-lib allocates whenever it opens or closes a PCM, and closing a PCM
+//! whose sound server hangs can block for many seconds; the playout thread
+//! must do neither. So it asks the device thread to open (`Request::Open`)
+//! and hands it lost devices to close (`Request::Close`); the device
+//! thread answers with a ready device (`Reply::Opened`, with the resampler
+//! bank for its rate when that is new) or the error. Both directions are
+//! fixed `heapless::spsc` queues: no lock, no allocation, no syscall on the
+//! realtime side.
+//!
+//! States of the link, in the order a device goes through them:
+//! `Closed` (waiting for the backoff to pass) → `Opening` (asked) →
+//! `Open` (writing; announced as opened once the device is seen consuming,
+//! since a sound server may take a second or two to start a stream) →
+//! back to `Closed` when the device is lost or released (its close is
+//! queued behind the open requests on the device thread, which runs them in
+//! order: plugin libraries such as libjack crash when a PCM is opened while
+//! another of theirs is still closing).
+//!
+//! While a close has been pending on the device thread for longer than
+//! `HUNG_CLOSE_MS`, the sound system is wedged: `close_hung` says so and the
+//! playout thread stops beating the watchdog, so that systemd restarts the
+//! process.
+
+use core::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::alsa::playback::{AlsaError, AlsaOut, DeviceConfig, Negotiated};
+use crate::audio::resample::ResampleError;
+use crate::receive::engine::{PlayoutConfig, ResamplerBank};
+use crate::service::clock::monotonic_ns;
+
+/// Requests and replies in flight at once: one open and a few closes.
+pub const DEVICE_QUEUE: usize = 8;
+
+/// Reopen backoff: first retry after 100 ms, doubling to 500 ms: a sound
+/// server or USB DAC that comes back is played to within half a second,
+/// and a try costs little (a failed open is quick).
+const BACKOFF_MIN_MS: u64 = 100;
+const BACKOFF_MAX_MS: u64 = 500;
+/// A close still running after this long means the sound server hangs.
+const HUNG_CLOSE_MS: u64 = 2_000;
+/// How often the device thread looks for work when idle.
+const POLL_MS: u64 = 5;
+
+/// From the playout thread to the device thread.
+pub enum Request {
+    /// Open the device; `bank_rate` is the rate of the resampler bank the
+    /// engine already has (none is built again for the same rate).
+    Open { bank_rate: Option<u32> },
+    /// Close (without draining) a device that was lost or released.
+    Close(AlsaOut),
+    /// Free a resampler bank the engine no longer uses.
+    Free(ResamplerBank),
+}
+
+/// From the device thread to the playout thread.
+pub enum Reply {
+    Opened {
+        device: AlsaOut,
+        negotiated: Negotiated,
+        bank: Option<ResamplerBank>,
+    },
+    OpenFailed(OpenError),
+}
+
+/// Why a device could not be put to use.
+#[derive(Debug)]
+pub enum OpenError {
+    Alsa(AlsaError),
+    /// The device opened at a rate no stream can be converted to.
+    Rate {
+        device: String,
+        rate: u32,
+        error: ResampleError,
+    },
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OpenError::Alsa(e) => write!(f, "{e}"),
+            OpenError::Rate {
+                device,
+                rate,
+                error,
+            } => write!(
+                f,
+                "device '{device}' opened at {rate} Hz, which the streams cannot be \
+                 converted to ({error}); choose a rate with --device-rate"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+pub type RequestQueue = heapless::spsc::Queue<Request, DEVICE_QUEUE>;
+pub type ReplyQueue = heapless::spsc::Queue<Reply, DEVICE_QUEUE>;
+
+/// What the link tells the playout thread, to be passed on as events.
+pub enum LinkEvent {
+    /// The device has been seen consuming: it really plays.
+    Playing(Negotiated),
+    OpenFailed(OpenError),
+    /// A bank could not be queued for freeing (the queue was full); it is
+    /// dropped here instead. Never expected: counted as a fault.
+    QueueFull,
+}
+
+/// Where the device is.
+enum State {
+    Closed {
+        retry_at_ns: u64,
+    },
+    Opening,
+    Open {
+        device: AlsaOut,
+        /// Held until the device is seen consuming, then sent as an event.
+        announce: Option<Negotiated>,
+        writes: u64,
+    },
+}
+
+/// The realtime side of the device: its state, and the queue ends to the
+/// device thread.
+pub struct DeviceLink {
+    state: State,
+    backoff_ms: u64,
+    requests: heapless::spsc::Producer<'static, Request>,
+    replies: heapless::spsc::Consumer<'static, Reply>,
+    closing_since_ns: Arc<AtomicU64>,
+    /// Writes after which a freshly opened device counts as consuming: its
+    /// buffer's worth only fills it; two more mean it really plays.
+    writes_to_confirm: u64,
+}
+
+impl DeviceLink {
+    pub fn new(
+        requests: heapless::spsc::Producer<'static, Request>,
+        replies: heapless::spsc::Consumer<'static, Reply>,
+        closing_since_ns: Arc<AtomicU64>,
+        buffer_periods: u32,
+    ) -> DeviceLink {
+        DeviceLink {
+            state: State::Closed { retry_at_ns: 0 },
+            backoff_ms: BACKOFF_MIN_MS,
+            requests,
+            replies,
+            closing_since_ns,
+            writes_to_confirm: buffer_periods as u64 + 2,
+        }
+    }
+
+    /// Moves the state machine on: asks for an open when due, takes the
+    /// device thread's answer. A newly opened device's bank goes to the
+    /// engine through `attach`, which returns the bank it replaced.
+    pub fn poll(
+        &mut self,
+        now_ns: u64,
+        bank_rate: Option<u32>,
+        mut attach: impl FnMut(&Negotiated, Option<ResamplerBank>) -> Option<ResamplerBank>,
+    ) -> Option<LinkEvent> {
+        match &self.state {
+            State::Closed { retry_at_ns } if now_ns >= *retry_at_ns => {
+                if self.requests.enqueue(Request::Open { bank_rate }).is_ok() {
+                    self.state = State::Opening;
+                }
+                None
+            }
+            State::Opening => match self.replies.dequeue()? {
+                Reply::Opened {
+                    device,
+                    negotiated,
+                    bank,
+                } => {
+                    self.backoff_ms = BACKOFF_MIN_MS;
+                    let mut event = None;
+                    if let Some(old) = attach(&negotiated, bank) {
+                        if let Err(Request::Free(old)) = self.requests.enqueue(Request::Free(old)) {
+                            drop(old);
+                            event = Some(LinkEvent::QueueFull);
+                        }
+                    }
+                    self.state = State::Open {
+                        device,
+                        announce: Some(negotiated),
+                        writes: 0,
+                    };
+                    event
+                }
+                Reply::OpenFailed(e) => {
+                    self.state = State::Closed {
+                        retry_at_ns: now_ns + self.backoff_ms * 1_000_000,
+                    };
+                    self.backoff_ms = (self.backoff_ms * 2).min(BACKOFF_MAX_MS);
+                    Some(LinkEvent::OpenFailed(e))
+                }
+            },
+            _ => None,
+        }
+    }
+
+    /// The open device, to write to.
+    pub fn device(&mut self) -> Option<&mut AlsaOut> {
+        match &mut self.state {
+            State::Open { device, .. } => Some(device),
+            _ => None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open { .. })
+    }
+
+    /// A write went through; after enough of them the device is known to
+    /// consume, and its announcement is handed out once.
+    pub fn written(&mut self) -> Option<LinkEvent> {
+        let confirm = self.writes_to_confirm;
+        if let State::Open {
+            announce, writes, ..
+        } = &mut self.state
+        {
+            if announce.is_some() {
+                *writes += 1;
+                if *writes > confirm {
+                    return announce.take().map(LinkEvent::Playing);
+                }
+            }
+        }
+        None
+    }
+
+    /// Gives the device up (lost, or released on purpose): it is closed on
+    /// the device thread, and a new open is asked after `retry_after_ms`.
+    pub fn release(&mut self, now_ns: u64, retry_after_ms: u64) {
+        let state = core::mem::replace(
+            &mut self.state,
+            State::Closed {
+                retry_at_ns: now_ns + retry_after_ms * 1_000_000,
+            },
+        );
+        match state {
+            State::Open { device, .. } => {
+                if let Err(Request::Close(device)) = self.requests.enqueue(Request::Close(device)) {
+                    // The queue holds 8 requests and the device thread
+                    // runs them in order; a full queue means it is stuck
+                    // in a close, so this one would wait there too. Keep
+                    // the device here instead and try again next period.
+                    self.state = State::Open {
+                        device,
+                        announce: None,
+                        writes: 0,
+                    };
+                }
+            }
+            // An open in flight stays in flight: its answer is taken as
+            // the new device.
+            State::Opening => self.state = State::Opening,
+            closed @ State::Closed { .. } => self.state = closed,
+        }
+    }
+
+    /// The device was lost: release it and retry soon.
+    pub fn lost(&mut self, now_ns: u64) {
+        self.release(now_ns, BACKOFF_MIN_MS);
+    }
+
+    /// A close has been pending on the device thread for too long.
+    pub fn close_hung(&self, now_ns: u64) -> bool {
+        let since = self.closing_since_ns.load(Relaxed);
+        since != 0 && now_ns.saturating_sub(since) > HUNG_CLOSE_MS * 1_000_000
+    }
+
+    /// At shutdown: hands the device to the device thread to close.
+    pub fn shut_down(&mut self) {
+        self.release(0, u64::MAX / 2_000_000);
+    }
+}
+
+/// The device thread: opens, closes and frees for the playout thread.
+pub struct DeviceThread {
+    pub config: PlayoutConfig,
+    pub requests: heapless::spsc::Consumer<'static, Request>,
+    pub replies: heapless::spsc::Producer<'static, Reply>,
+    pub closing_since_ns: Arc<AtomicU64>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl DeviceThread {
+    /// The thread body: serves requests in order until `stop` is set and
+    /// every queued close has been done.
+    pub fn run(mut self) {
+        loop {
+            match self.requests.dequeue() {
+                Some(Request::Open { bank_rate }) => {
+                    let reply = self.open(bank_rate);
+                    // The playout thread has one open in flight at a time,
+                    // so there is room; if not, the device is closed here.
+                    let _ = self.replies.enqueue(reply);
+                }
+                Some(Request::Close(device)) => {
+                    self.closing_since_ns.store(monotonic_ns().max(1), Relaxed);
+                    drop(device);
+                    self.closing_since_ns.store(0, Relaxed);
+                }
+                Some(Request::Free(bank)) => drop(bank),
+                None => {
+                    if self.stop.load(Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(POLL_MS));
+                }
+            }
+        }
+    }
+
+    fn open(&self, bank_rate: Option<u32>) -> Reply {
+        let c = &self.config;
+        let rate = c.device_rate.unwrap_or(48_000);
+        let channels = c.device_channels.unwrap_or(2);
+        let device = match AlsaOut::open(&DeviceConfig {
+            device: c.device.clone(),
+            access: c.access,
+            rate,
+            channels,
+            period_frames: (rate as u64 * c.period_ms as u64 / 1000).max(16) as u32,
+            buffer_periods: c.buffer_periods,
+        }) {
+            Ok(d) => d,
+            Err(e) => return Reply::OpenFailed(OpenError::Alsa(e)),
+        };
+        let negotiated = device.negotiated().clone();
+        let bank = if bank_rate == Some(negotiated.rate) {
+            None
+        } else {
+            match ResamplerBank::new(&c.stream_formats, negotiated.rate, c) {
+                Ok(b) => Some(b),
+                Err(error) => {
+                    return Reply::OpenFailed(OpenError::Rate {
+                        device: negotiated.device.clone(),
+                        rate: negotiated.rate,
+                        error,
+                    })
+                }
+            }
+        };
+        Reply::Opened {
+            device,
+            negotiated,
+            bank,
+        }
+    }
+}

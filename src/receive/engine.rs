@@ -1,0 +1,816 @@
+//! The playout engine: the pure part of the receiver's realtime stage,
+//! tested in simulated time. Input: packets (`push`) and a clock; output:
+//! exactly one device period of interleaved f32 frames per `render` call.
+//!
+//! Order of the chain: jitter buffer (reordering, duplicates and late
+//! packets are handled there) → i16 to f32 → concealer (missing frames:
+//! pitch-period repetition fading over 60 ms; real audio after a gap is
+//! merged back) → stretcher (reaches a new target delay without gaps) →
+//! resampler (stream rate to device rate, and the sender's clock drift) →
+//! channel map. The delay controller measures the jitter-buffer depth every
+//! period and sets the resampler's drift and the stretcher's requests; with
+//! `--latency auto` the delay estimator sets the target from the measured
+//! arrival jitter.
+//!
+//! The device's format is fixed while it is open; every stream is converted
+//! to it. The resamplers for every stream format the receiver can be sent
+//! (the payload map, or the raw format) are built off the realtime thread
+//! as a `ResamplerBank` for one device rate and handed in with the device:
+//! a stream of another rate or channel count, or a reopened device, costs
+//! the realtime thread no allocation.
+
+use crate::alsa::playback::Access;
+use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
+use crate::audio::resample::{ResampleError, Resampler};
+use crate::receive::conceal::Concealer;
+use crate::receive::delay::{DelayConfig, DelayEstimator};
+use crate::receive::drift::{ControllerConfig, ControllerError, DelayController};
+use crate::receive::jitter::{JitterBuffer, JitterConfig, PushOutcome, ReadStatus, StreamState};
+use crate::receive::stretch::Stretcher;
+use crate::rtp::packet::Packet;
+use core::fmt;
+
+/// How the playout delay target is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Latency {
+    /// `--latency-ms N`: a fixed target.
+    Fixed { ms: u32 },
+    /// `--latency auto`: from the measured arrival jitter, within bounds.
+    Auto { min_ms: u32, max_ms: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct PlayoutConfig {
+    pub latency: Latency,
+    /// Follow the sender's clock (resampler drift) and reach target
+    /// changes by time-stretching. Off: a plain fixed-delay buffer (for
+    /// senders locked to the same clock, and for bit-exact tests).
+    pub clock_follow: bool,
+    /// No packet for this long: the stream is lost (fade out, log once).
+    pub stream_lost_ms: u32,
+    pub device: String,
+    pub access: Access,
+    /// The device's rate and channel count, fixed for as long as it is
+    /// open; `None`: the device's own preference (48 kHz where offered,
+    /// else its nearest; its own channel count). Every stream is converted
+    /// to it, so a stream start never waits for the device to reopen.
+    pub device_rate: Option<u32>,
+    pub device_channels: Option<u16>,
+    pub period_ms: u32,
+    pub buffer_periods: u32,
+    /// SCHED_FIFO priority for the playout thread; 0 leaves it normal.
+    pub rt_priority: i32,
+    pub lock_memory: bool,
+    /// Highest stream rate and channel count the payload map can carry.
+    pub max_rate: u32,
+    pub max_channels: u16,
+    /// Every (rate, channels) a stream may have (from the payload map, or
+    /// the raw format): a resampler is built for each at start-up.
+    pub stream_formats: Vec<(u32, u16)>,
+}
+
+impl Default for PlayoutConfig {
+    fn default() -> Self {
+        PlayoutConfig {
+            latency: Latency::Auto {
+                min_ms: 5,
+                max_ms: 300,
+            },
+            clock_follow: true,
+            stream_lost_ms: 500,
+            device: "default".into(),
+            access: Access::ReadWrite,
+            device_rate: None,
+            device_channels: None,
+            stream_formats: vec![(8000, 1), (44_100, 1), (44_100, 2)],
+            period_ms: 5,
+            buffer_periods: 4,
+            rt_priority: 70,
+            lock_memory: true,
+            max_rate: 48_000,
+            max_channels: 2,
+        }
+    }
+}
+
+impl PlayoutConfig {
+    /// The ceiling on the buffered delay: a headroom above the target
+    /// (with `--latency auto` the engine moves it with the target).
+    fn max_delay_ms(&self) -> u32 {
+        let target = self.initial_target_ms();
+        target + target.max(HEADROOM_MS as u32)
+    }
+
+    /// The jitter buffer holds at least `MIN_CAPACITY_MS`: audio that
+    /// arrives while the device is not ready (being opened, recovering)
+    /// is kept, not dropped, so the start of a stream is heard.
+    fn capacity_ms(&self) -> u32 {
+        let for_target = match self.latency {
+            Latency::Fixed { ms } => 2 * ms + 2 * HEADROOM_MS as u32,
+            Latency::Auto { max_ms, .. } => 2 * max_ms + 2 * HEADROOM_MS as u32,
+        };
+        for_target.max(MIN_CAPACITY_MS)
+    }
+
+    fn initial_target_ms(&self) -> u32 {
+        match self.latency {
+            Latency::Fixed { ms } => ms,
+            // Start a little above the floor: the estimator lowers or
+            // raises it once packets have shown the network's jitter.
+            Latency::Auto { min_ms, max_ms } => (min_ms.max(10)).min(max_ms),
+        }
+    }
+}
+
+/// Failures building the engine: configuration out of range.
+#[derive(Debug)]
+pub enum PlayoutError {
+    Jitter(crate::receive::jitter::JitterError),
+    Conceal(crate::receive::conceal::ConcealError),
+    Stretch(crate::receive::stretch::StretchError),
+    Resample(crate::audio::resample::ResampleError),
+    Delay(crate::receive::delay::DelayError),
+    Controller(ControllerError),
+}
+
+impl fmt::Display for PlayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PlayoutError::Jitter(e) => write!(f, "jitter buffer: {e}"),
+            PlayoutError::Conceal(e) => write!(f, "concealment: {e}"),
+            PlayoutError::Stretch(e) => write!(f, "time-stretcher: {e}"),
+            PlayoutError::Resample(e) => write!(f, "resampler: {e}"),
+            PlayoutError::Delay(e) => write!(f, "delay estimator: {e}"),
+            PlayoutError::Controller(e) => write!(f, "delay controller: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for PlayoutError {}
+
+/// Least headroom between the target delay and the delay at which audio
+/// is dropped (see `PlayoutConfig::max_delay_ms`).
+const HEADROOM_MS: f64 = 40.0;
+
+/// Largest period the scratch buffers are sized for.
+pub const MAX_PERIOD_MS: u32 = 100;
+
+/// Audio kept while there is no device to play it (see `capacity_ms`).
+const MIN_CAPACITY_MS: u32 = 2_000;
+
+/// The pure playout chain; one call to `render` makes one device period.
+pub struct Engine {
+    jitter: JitterBuffer,
+    concealer: Concealer,
+    stretcher: Stretcher,
+    /// One resampler per stream format, for the device's rate; handed in
+    /// with the device (built off the realtime thread).
+    bank: Option<ResamplerBank>,
+    /// The bank entry serving the current stream.
+    active: Option<usize>,
+    max_frames: usize,
+    delay: DelayEstimator,
+    controller: DelayController,
+    latency: Latency,
+    clock_follow: bool,
+    /// Format the downstream stages are set up for.
+    format: Option<StreamFormat>,
+    device_rate: u32,
+    device_channels: usize,
+    /// Audio came out since the last silence: an Idle run fades out.
+    sounding: bool,
+    /// Timestamped packets of this stream fed to the delay estimator.
+    timed_packets: u64,
+    /// The playout delay margin in ms (see `apply_target`).
+    margin_ms: f64,
+    /// Raised ceiling on the buffered delay while audio held during a
+    /// device wait is caught up; lowered as the backlog shrinks.
+    ceiling_ms: Option<f64>,
+    /// No device: nothing is read, the audio waits.
+    holding: bool,
+    /// The rate the jitter buffer was sized for (its frame unit before the
+    /// first stream).
+    jitter_max_rate: u32,
+    samples_i16: Vec<i16>,
+    stream_in: Vec<f32>,
+    stretched: Vec<f32>,
+    resampled: Vec<f32>,
+    metrics: EngineMetrics,
+}
+
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct EngineMetrics {
+    pub concealed_frames: u64,
+    pub stretched_frames: u64,
+    /// The sender's clock error as estimated (the controller's integral).
+    pub drift_ppm: f64,
+    /// The ratio correction applied now (drift plus delay correction).
+    pub applied_ppm: f64,
+    pub target_frames: usize,
+}
+
+impl Engine {
+    pub fn new(config: &PlayoutConfig) -> Result<Engine, PlayoutError> {
+        let max_rate = config.max_rate.clamp(8000, MAX_RATE);
+        let max_channels = config.max_channels.clamp(1, MAX_CHANNELS) as usize;
+        let jitter = JitterBuffer::new(&JitterConfig {
+            capacity_ms: config.capacity_ms(),
+            target_delay_ms: config.initial_target_ms(),
+            max_delay_ms: config.max_delay_ms(),
+            stream_lost_ms: config.stream_lost_ms,
+            max_rate,
+            max_channels: max_channels as u16,
+        })
+        .map_err(PlayoutError::Jitter)?;
+        let max_frames = max_render_frames(config);
+        let (min_ms, max_ms) = match config.latency {
+            Latency::Fixed { ms } => (ms, ms),
+            Latency::Auto { min_ms, max_ms } => (min_ms, max_ms),
+        };
+        Ok(Engine {
+            jitter,
+            concealer: Concealer::new(max_channels, max_rate).map_err(PlayoutError::Conceal)?,
+            stretcher: Stretcher::new(max_channels, max_rate, max_frames)
+                .map_err(PlayoutError::Stretch)?,
+            bank: None,
+            active: None,
+            max_frames,
+            delay: DelayEstimator::new(&DelayConfig {
+                min_ms: min_ms as f64,
+                max_ms: max_ms.max(min_ms + 1) as f64,
+                initial_ms: config.initial_target_ms() as f64,
+                ..DelayConfig::default()
+            })
+            .map_err(PlayoutError::Delay)?,
+            controller: DelayController::new(&controller_config(48_000))
+                .map_err(PlayoutError::Controller)?,
+            latency: config.latency,
+            clock_follow: config.clock_follow,
+            format: None,
+            device_rate: 0,
+            device_channels: 0,
+            sounding: false,
+            timed_packets: 0,
+            margin_ms: config.initial_target_ms() as f64,
+            ceiling_ms: None,
+            holding: false,
+            jitter_max_rate: max_rate,
+            samples_i16: vec![0; max_frames * max_channels],
+            stream_in: vec![0.0; max_frames * max_channels],
+            stretched: vec![0.0; max_frames * max_channels],
+            resampled: vec![0.0; max_frames * max_channels],
+            metrics: EngineMetrics::default(),
+        })
+    }
+
+    pub fn push(&mut self, packet: &Packet) -> PushOutcome {
+        // Before playing starts the level must count the packet size,
+        // known only now, so the buffer does not start one packet early.
+        if self.jitter.state() != StreamState::Playing {
+            self.apply_target(packet.format.rate, packet.frames());
+        }
+        let outcome = self.jitter.push(packet);
+        if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
+            self.delay.reset();
+        }
+        if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
+            self.timed_packets = 0;
+        }
+        if matches!(self.latency, Latency::Auto { .. }) && !packet.sequential {
+            self.timed_packets += 1;
+            self.delay.on_packet(
+                packet.arrival_ns,
+                packet.timestamp as u64,
+                packet.format.rate,
+            );
+        }
+        outcome
+    }
+
+    pub fn jitter(&self) -> &JitterBuffer {
+        &self.jitter
+    }
+
+    pub fn metrics(&self) -> &EngineMetrics {
+        &self.metrics
+    }
+
+    /// The playout delay this stage holds, in stream frames: what waits in
+    /// the jitter buffer plus what the stretcher and resampler hold back.
+    /// The delay controller keeps it at the target; the device's own delay
+    /// comes on top (constant in blocking mode, reported apart).
+    pub fn buffered_delay_frames(&self) -> f64 {
+        match self.resampler() {
+            Some(r) => buffered_frames(&self.jitter, &self.stretcher, r, self.device_rate),
+            None => self.jitter.depth_frames() as f64,
+        }
+    }
+
+    /// A device was opened (or reopened) at `channels` and the bank's
+    /// rate. A bank for another rate replaces the current one, which is
+    /// returned so that the caller can free it off the realtime thread.
+    pub fn attach_device(
+        &mut self,
+        channels: u16,
+        bank: Option<ResamplerBank>,
+    ) -> Option<ResamplerBank> {
+        let mut old = None;
+        if let Some(bank) = bank {
+            if self.bank.as_ref().map(ResamplerBank::device_rate) != Some(bank.device_rate) {
+                self.device_rate = bank.device_rate;
+                old = self.bank.replace(bank);
+                self.format = None;
+            } else {
+                old = Some(bank);
+            }
+        }
+        if self.device_channels != channels as usize {
+            self.device_channels = channels as usize;
+            self.format = None;
+        }
+        old
+    }
+
+    /// The device rate the engine renders at (0 before the first device).
+    pub fn device_rate(&self) -> u32 {
+        self.device_rate
+    }
+
+    /// The device rate of the resampler bank in use, if any.
+    pub fn bank_rate(&self) -> Option<u32> {
+        self.bank.as_ref().map(ResamplerBank::device_rate)
+    }
+
+    /// No device (`true`): hold the audio in the jitter buffer instead of
+    /// reading it; when the device is back, the backlog is played out
+    /// faster by stretching instead of dropped.
+    pub fn set_holding(&mut self, holding: bool) {
+        if holding == self.holding {
+            return;
+        }
+        self.holding = holding;
+        if !holding {
+            self.ceiling_ms = Some(f64::INFINITY);
+        }
+        let (rate, packet) = (
+            self.jitter
+                .format()
+                .map_or(self.jitter_max_rate, |f| f.rate),
+            self.jitter.packet_frames(),
+        );
+        self.apply_target(rate, packet);
+    }
+
+    /// A period passes with no device. Audio waits in the jitter buffer
+    /// until it is full; past that the oldest goes, one period per
+    /// period, as if played.
+    pub fn idle(&mut self, now_ns: u64, period_ms: u32) {
+        let Some(format) = self.jitter.format() else {
+            return;
+        };
+        let ch = format.channels.max(1) as usize;
+        let frames =
+            (format.rate as usize * period_ms as usize / 1000).min(self.samples_i16.len() / ch);
+        let room = self
+            .jitter
+            .capacity_frames()
+            .saturating_sub(self.jitter.packet_frames() * 2);
+        if self.jitter.depth_frames() > room {
+            self.jitter
+                .read(&mut self.samples_i16[..frames * ch], now_ns);
+        }
+    }
+
+    fn resampler(&self) -> Option<&Resampler> {
+        self.bank
+            .as_ref()?
+            .entries
+            .get(self.active?)
+            .map(|e| &e.resampler)
+    }
+
+    /// Renders one period of interleaved f32 frames at the device's rate
+    /// and channel count into `out`.
+    pub fn render(&mut self, out: &mut [f32], now_ns: u64) {
+        let dev_ch = self.device_channels.max(1);
+        let out_frames = (out.len() / dev_ch).min(self.max_frames);
+        let Some(format) = self.jitter.format() else {
+            // No stream yet: nothing to decode; still let the buffer see
+            // the clock so it can judge a lost stream.
+            out.fill(0.0);
+            return;
+        };
+        if self.format != Some(format) {
+            self.configure(format);
+        }
+        let ch = format.channels as usize;
+        let Some(resampler) = self.resampler() else {
+            out.fill(0.0);
+            return;
+        };
+        let mid_frames = resampler.input_needed(out_frames).min(self.max_frames);
+        let mut in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+        // The stretcher's look-ahead must come from audio that has
+        // arrived: reading ahead of it would turn frames still on their
+        // way into concealment (and the packets, arriving, into late
+        // ones). Without room, the stretch waits for a later period.
+        if in_frames > mid_frames
+            && self.jitter.state() == StreamState::Playing
+            && in_frames > self.jitter.depth_frames()
+        {
+            self.stretcher.cancel();
+            in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+        }
+        self.fill_from_jitter(in_frames, ch, now_ns);
+        let (_, stretched) = self.stretcher.process(
+            &self.stream_in[..in_frames * ch],
+            &mut self.stretched[..mid_frames * ch],
+        );
+        let mut produced = 0;
+        if let Some(resampler) = active_mut(&mut self.bank, self.active) {
+            let mut consumed = 0;
+            // The resampler takes what its history has room for; loop so
+            // every stretched frame is used this period.
+            while produced < out_frames {
+                let (c, p) = resampler.process(
+                    &self.stretched[consumed * ch..stretched * ch],
+                    &mut self.resampled[produced * ch..out_frames * ch],
+                );
+                consumed += c;
+                produced += p;
+                if c == 0 && p == 0 {
+                    break;
+                }
+            }
+        }
+        // Rounding at a ratio change can leave the period a frame short:
+        // hold the last frame rather than leave a hole.
+        let period = &mut self.resampled[..out_frames * ch];
+        if produced == 0 {
+            period.fill(0.0);
+        } else if produced < out_frames {
+            let (filled, rest) = period.split_at_mut(produced * ch);
+            let last = &filled[(produced - 1) * ch..];
+            for frame in rest.chunks_exact_mut(ch) {
+                frame.copy_from_slice(last);
+            }
+        }
+        map_channels(period, ch, &mut out[..out_frames * dev_ch], dev_ch);
+        self.control(format, out_frames);
+    }
+
+    /// Sets the chain up for a new stream format or device format: picks
+    /// the bank's resampler for the stream and clears its history. Nothing
+    /// is allocated; a format the bank was not built for (it cannot be
+    /// sent: the bank covers the payload map) plays as silence.
+    fn configure(&mut self, format: StreamFormat) {
+        let ch = format.channels as usize;
+        self.concealer.set_format(ch, format.rate);
+        self.stretcher.set_format(ch, format.rate);
+        self.active = self
+            .bank
+            .as_ref()
+            .and_then(|b| b.find(format.rate, format.channels));
+        if let Some(r) = active_mut(&mut self.bank, self.active) {
+            r.reset();
+        }
+        // The controller counts in stream frames; it holds no buffers, so
+        // rebuilding it for the new rate allocates nothing.
+        match DelayController::new(&controller_config(format.rate)) {
+            Ok(c) => self.controller = c,
+            Err(_) => self.controller.reset(),
+        }
+        self.sounding = false;
+        self.format = Some(format);
+    }
+
+    fn fill_from_jitter(&mut self, frames: usize, ch: usize, now_ns: u64) {
+        let mut done = 0;
+        while done < frames {
+            let want = frames - done;
+            let status = self.jitter.read(&mut self.samples_i16[..want * ch], now_ns);
+            let n = status.frames().min(want);
+            if n == 0 {
+                // Nothing came back: the rest is silence (or the fade of
+                // what was playing), never a spin.
+                self.fade_or_silence(done, frames, ch);
+                return;
+            }
+            let seg = done * ch..(done + n) * ch;
+            match status {
+                ReadStatus::Audio(_) => {
+                    if !self.sounding {
+                        // Audio after silence starts clean: no fade-in,
+                        // the first frame exactly as sent.
+                        self.concealer.reset();
+                        self.sounding = true;
+                    }
+                    for (dst, &s) in self.stream_in[seg.clone()]
+                        .iter_mut()
+                        .zip(&self.samples_i16[..n * ch])
+                    {
+                        *dst = s as f32 / 32768.0;
+                    }
+                    self.concealer.audio(&mut self.stream_in[seg]);
+                }
+                ReadStatus::Missing(_) => {
+                    // Counted while the concealment sounds: a stream that
+                    // stopped fades within 60 ms, then waits in silence
+                    // until it is declared lost; that wait hides nothing.
+                    if !self.concealer.is_silent() {
+                        self.metrics.concealed_frames += n as u64;
+                    }
+                    self.concealer.conceal(&mut self.stream_in[seg]);
+                }
+                ReadStatus::Idle(_) => self.fade_or_silence(done, done + n, ch),
+            }
+            done += n;
+        }
+    }
+
+    /// Idle frames (stream ended, lost, or a talkspurt's silence): what
+    /// was playing fades out through the concealer, then exact silence.
+    fn fade_or_silence(&mut self, from: usize, to: usize, ch: usize) {
+        let seg = &mut self.stream_in[from * ch..to * ch];
+        if self.sounding && !self.concealer.is_silent() {
+            self.concealer.conceal(seg);
+        } else {
+            self.sounding = false;
+            seg.fill(0.0);
+        }
+    }
+
+    /// Sets the jitter buffer's levels from the playout delay margin: the
+    /// fixed `--latency-ms`, or with `--latency auto` the estimate from the
+    /// measured arrival jitter (headerless streams carry no timestamps to
+    /// measure with and keep the initial margin). The buffer starts
+    /// playing at margin + one packet, so that every frame waits at least
+    /// the margin: the level then saws between margin + packet (a packet
+    /// just arrived) and the margin (the next one is due).
+    fn apply_target(&mut self, rate: u32, packet_frames: usize) {
+        if let (Latency::Auto { .. }, true) = (self.latency, self.timed_packets > 0) {
+            self.margin_ms = self.delay.target_ms();
+        }
+        let packet_ms = packet_frames as f64 * 1000.0 / rate.max(1) as f64;
+        // Headroom above the level absorbs a burst before the overflow
+        // policy drops audio; it also bounds the delay of a sender that
+        // runs faster than real time.
+        let level_ms = self.margin_ms + packet_ms;
+        let headroom_ms = self.margin_ms.max(HEADROOM_MS);
+        let normal_ms = level_ms + headroom_ms;
+        // Audio held while the device was away stays: the ceiling comes
+        // down with the backlog as stretching plays it out faster, never
+        // below what is buffered (which would drop its oldest part).
+        let max_ms = if self.holding {
+            f64::INFINITY
+        } else if let Some(ceiling) = self.ceiling_ms {
+            let depth_ms = self.jitter.depth_frames() as f64 * 1000.0 / rate.max(1) as f64;
+            let lowered = ceiling.min(depth_ms + headroom_ms);
+            if lowered <= normal_ms {
+                self.ceiling_ms = None;
+                normal_ms
+            } else {
+                self.ceiling_ms = Some(lowered);
+                lowered
+            }
+        } else {
+            normal_ms
+        };
+        self.jitter
+            .set_max_delay_ms(max_ms.min(u32::MAX as f64).ceil() as u32);
+        // The buffer counts its target in frames of its current stream, or
+        // of its largest rate before the first stream has set it up.
+        let basis = self
+            .jitter
+            .format()
+            .map_or(self.jitter_max_rate, |f| f.rate);
+        self.jitter
+            .set_target_delay_frames((level_ms * basis as f64 / 1000.0).round() as usize);
+    }
+
+    /// The mean delay the controller holds, in stream frames: the margin
+    /// plus half a packet (the middle of the saw).
+    pub fn target_delay_frames(&self) -> f64 {
+        self.jitter.target_delay_frames() as f64 - self.jitter.packet_frames() as f64 / 2.0
+    }
+
+    fn control(&mut self, format: StreamFormat, out_frames: usize) {
+        self.apply_target(format.rate, self.jitter.packet_frames());
+        self.metrics.target_frames = self.target_delay_frames().max(0.0) as usize;
+        if !self.clock_follow || self.jitter.state() != StreamState::Playing {
+            return;
+        }
+        let target = self.target_delay_frames();
+        let Some(resampler) = active_mut(&mut self.bank, self.active) else {
+            return;
+        };
+        let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
+        let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
+        // A stretch may start only with its look-ahead already here:
+        // shortening must leave the jitter margin intact behind it;
+        // lengthening (the delay is short of the target) at least must
+        // not run the buffer dry.
+        let depth = self.jitter.depth_frames();
+        let look_ahead = self.stretcher.look_ahead(period.max(1)) + period;
+        let margin_frames = (self.margin_ms * format.rate as f64 / 1000.0) as usize;
+        self.controller.allow_stretch(
+            self.stretcher.pending() != 0 || depth >= look_ahead + margin_frames,
+            self.stretcher.pending() != 0 || depth >= look_ahead,
+        );
+        let control = self.controller.update(measured, target, period.max(1));
+        resampler.set_drift_ppm(control.drift_ppm);
+        self.metrics.applied_ppm = control.drift_ppm;
+        // A new request only once the last is done (requests add up), and
+        // for the whole error at once: the stretcher spreads it at its own
+        // bounded rate (≤ 8 %), where the controller's per-period share
+        // would leave it waiting for a segment long enough to cut.
+        if control.stretch_frames != 0 && self.stretcher.pending() == 0 {
+            let tolerance = format.rate as f64 / 1000.0;
+            let whole = ((measured - target).abs() - tolerance).max(0.0) as isize;
+            let frames = control.stretch_frames.signum() * whole.max(control.stretch_frames.abs());
+            self.stretcher.request(frames);
+            self.metrics.stretched_frames += frames.unsigned_abs() as u64;
+        }
+        self.metrics.drift_ppm = self.controller.drift_ppm();
+    }
+}
+
+fn active_mut(bank: &mut Option<ResamplerBank>, active: Option<usize>) -> Option<&mut Resampler> {
+    bank.as_mut()?
+        .entries
+        .get_mut(active?)
+        .map(|e| &mut e.resampler)
+}
+
+struct BankEntry {
+    rate: u32,
+    channels: u16,
+    resampler: Resampler,
+}
+
+/// A resampler for each stream format the receiver can be sent, all to one
+/// device rate. Built where allocation is allowed (start-up, the device
+/// thread) and handed to the engine with the device.
+pub struct ResamplerBank {
+    device_rate: u32,
+    entries: Vec<BankEntry>,
+}
+
+impl ResamplerBank {
+    /// `formats`: every (rate, channels) a stream may have; duplicates are
+    /// built once.
+    pub fn new(
+        formats: &[(u32, u16)],
+        device_rate: u32,
+        config: &PlayoutConfig,
+    ) -> Result<ResamplerBank, ResampleError> {
+        let max_frames = max_render_frames(config);
+        let mut entries: Vec<BankEntry> = Vec::with_capacity(formats.len());
+        for &(rate, channels) in formats {
+            if entries
+                .iter()
+                .any(|e| e.rate == rate && e.channels == channels)
+            {
+                continue;
+            }
+            entries.push(BankEntry {
+                rate,
+                channels,
+                resampler: Resampler::new(channels.max(1) as usize, rate, device_rate, max_frames)?,
+            });
+        }
+        Ok(ResamplerBank {
+            device_rate,
+            entries,
+        })
+    }
+
+    pub fn device_rate(&self) -> u32 {
+        self.device_rate
+    }
+
+    fn find(&self, rate: u32, channels: u16) -> Option<usize> {
+        self.entries
+            .iter()
+            .position(|e| e.rate == rate && e.channels == channels)
+    }
+}
+
+impl fmt::Debug for ResamplerBank {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResamplerBank")
+            .field("device_rate", &self.device_rate)
+            .field("formats", &self.entries.len())
+            .finish()
+    }
+}
+
+/// Frames one render may produce: sized for the largest period at the
+/// highest rate either side could run at, with room for stretching and
+/// resampling ratios.
+fn max_render_frames(config: &PlayoutConfig) -> usize {
+    let period_ms = config.period_ms.clamp(1, MAX_PERIOD_MS);
+    (MAX_RATE as usize * period_ms as usize / 1000) * 2 + 256
+}
+
+/// The delay controller as playout uses it: the resampler's whole drift
+/// range (±5000 ppm, a pitch glide under 9 cents) so that the delay can
+/// move at 5 ms/s where there is no room to stretch.
+fn controller_config(rate: u32) -> ControllerConfig {
+    ControllerConfig {
+        rate,
+        max_ppm: crate::audio::resample::MAX_DRIFT_PPM,
+        ..ControllerConfig::default()
+    }
+}
+
+fn buffered_frames(
+    jitter: &JitterBuffer,
+    stretcher: &Stretcher,
+    resampler: &Resampler,
+    device_rate: u32,
+) -> f64 {
+    let rate = jitter.format().map_or(1, |f| f.rate) as f64;
+    // The resampler reports its look-ahead in output (device) frames.
+    let resampler_frames = resampler.latency_frames() * rate / device_rate.max(1) as f64;
+    jitter.depth_frames() as f64 + stretcher.buffered() as f64 + resampler_frames
+}
+
+/// Maps interleaved frames from `in_ch` to `out_ch` channels: equal counts
+/// copy; mono is duplicated to every output; to mono the channels are
+/// averaged; otherwise channels are taken in order and missing ones are
+/// silent.
+pub fn map_channels(input: &[f32], in_ch: usize, out: &mut [f32], out_ch: usize) {
+    if in_ch == out_ch {
+        out[..input.len()].copy_from_slice(input);
+        return;
+    }
+    for (src, dst) in input.chunks_exact(in_ch).zip(out.chunks_exact_mut(out_ch)) {
+        if in_ch == 1 {
+            dst.fill(src[0]);
+        } else if out_ch == 1 {
+            dst[0] = src.iter().sum::<f32>() / in_ch as f32;
+        } else {
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = src.get(i).copied().unwrap_or(0.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::format::Encoding;
+
+    fn pcmu_packet(k: u32) -> Packet {
+        let format = StreamFormat {
+            encoding: Encoding::Pcmu,
+            rate: 8000,
+            channels: 1,
+        };
+        let mut p = Packet::empty(format);
+        p.ssrc = 9;
+        p.seq = k as u16;
+        p.timestamp = k * 320;
+        p.arrival_ns = k as u64 * 40_000_000;
+        p.payload_type = 0;
+        let _ = p.payload.extend_from_slice(&[0x55; 320]);
+        p
+    }
+
+    #[test]
+    fn first_packet_of_a_slower_stream_waits_for_the_whole_margin() {
+        // Sized for 44.1 kHz (the static L16 types), fed 8 kHz PCMU in
+        // 40 ms packets with a 120 ms margin: playing starts at 160 ms.
+        let mut engine = Engine::new(&PlayoutConfig {
+            latency: Latency::Fixed { ms: 120 },
+            clock_follow: false,
+            max_rate: 44_100,
+            max_channels: 2,
+            ..PlayoutConfig::default()
+        })
+        .unwrap();
+        for k in 0..3 {
+            engine.push(&pcmu_packet(k));
+            assert_eq!(
+                engine.jitter().state(),
+                StreamState::Prebuffering,
+                "packet {k}"
+            );
+        }
+        engine.push(&pcmu_packet(3));
+        assert_eq!(engine.jitter().state(), StreamState::Playing);
+        assert_eq!(engine.jitter().target_delay_frames(), 1280);
+    }
+
+    #[test]
+    fn mono_is_played_on_every_channel_and_stereo_mixed_to_mono() {
+        let mut out = [0.0f32; 4];
+        map_channels(&[0.25, -0.5], 1, &mut out, 2);
+        assert_eq!(out, [0.25, 0.25, -0.5, -0.5]);
+        let mut mono = [0.0f32; 2];
+        map_channels(&[0.5, 0.25, -0.5, 0.0], 2, &mut mono, 1);
+        assert_eq!(mono, [0.375, -0.25]);
+    }
+}
