@@ -1,0 +1,216 @@
+//! The realtime playout thread, run for real (`receive::playout::start`:
+//! playout thread, device thread, a PulseAudio device behind the file
+//! plugin), with the library's counting allocator and a real logger
+//! installed, through the fault paths of issue #10: streams of three
+//! formats one after another (8 kHz PCMU mono, 48 kHz L16 stereo, 44.1 kHz
+//! L16 mono: each a new SSRC), the sound server killed mid-stream (device
+//! lost) and started again (device reopened), and a SIGHUP-style release.
+//! The playout thread must allocate nothing from its first period to the
+//! last, and say everything through events, which the main thread logs.
+//!
+//! The device work runs in a child (the test binary re-executed, see
+//! `common::run_child`) so that ALSA and PulseAudio see only this test's
+//! configuration; the parent kills and restarts the sound server on a
+//! fixed schedule.
+
+mod common;
+
+use common::*;
+use netspeaker::audio::codec;
+use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::receive::engine::{Latency, PlayoutConfig};
+use netspeaker::receive::playout::{self, Event, PacketQueue};
+use netspeaker::receive::stats::PlayoutStats;
+use netspeaker::rtp::packet::Packet;
+use netspeaker::service::alloc::{allocations, Counting, Watched};
+use netspeaker::service::clock::monotonic_ns;
+use netspeaker::service::notify::Heartbeat;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A logger that formats every record into a fresh `String`: any log call
+/// on a watched thread would be counted as an allocation.
+struct StringLogger;
+
+impl log::Log for StringLogger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        let line = format!("{} {}: {}", record.level(), record.target(), record.args());
+        eprintln!("{line}");
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StringLogger = StringLogger;
+
+const KILL_AT: Duration = Duration::from_millis(2500);
+const RESTART_AT: Duration = Duration::from_millis(4000);
+const RUN_FOR: Duration = Duration::from_millis(8000);
+
+fn formats() -> [(u8, StreamFormat); 3] {
+    [
+        (
+            0,
+            StreamFormat {
+                encoding: Encoding::Pcmu,
+                rate: 8000,
+                channels: 1,
+            },
+        ),
+        (
+            96,
+            StreamFormat {
+                encoding: Encoding::L16,
+                rate: 48_000,
+                channels: 2,
+            },
+        ),
+        (
+            11,
+            StreamFormat {
+                encoding: Encoding::L16,
+                rate: 44_100,
+                channels: 1,
+            },
+        ),
+    ]
+}
+
+#[test]
+fn playout_thread_allocates_nothing_through_device_loss_reopen_and_format_changes() {
+    const NAME: &str =
+        "playout_thread_allocates_nothing_through_device_loss_reopen_and_format_changes";
+    if in_child(NAME) {
+        return child();
+    }
+    let dir = TestDir::new("playout-thread-alloc");
+    let mut pulse = PulseServer::start(&dir.path);
+    let alsa = AlsaConfig::write(&dir.path);
+    let mut env = alsa.env();
+    env.extend(pulse.env());
+    let child = spawn_child(NAME, &env);
+    let start = Instant::now();
+    std::thread::sleep(KILL_AT);
+    pulse.kill();
+    std::thread::sleep(RESTART_AT.saturating_sub(start.elapsed()));
+    pulse.restart();
+    let out = child.wait_with_output().expect("child");
+    let stdout = child_ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let get = |k: &str| -> u64 {
+        child_value(&stdout, k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("child did not report {k}\n{stdout}\n{stderr}"))
+    };
+    // The faults really happened, and were said by the main thread.
+    assert!(get("lost") >= 1, "the device was never lost\n{stderr}");
+    assert!(
+        get("opened") >= 2,
+        "the device was not opened again after the server came back\n{stderr}"
+    );
+    assert!(get("streams") >= 3, "three stream formats\n{stderr}");
+    assert!(get("periods") > 300, "the playout thread ran\n{stderr}");
+    assert_eq!(
+        get("playout_allocations"),
+        0,
+        "the playout thread allocated\n{stderr}"
+    );
+}
+
+fn child() {
+    log::set_logger(&LOGGER).expect("logger");
+    log::set_max_level(log::LevelFilter::Trace);
+    let config = PlayoutConfig {
+        device: "paced".into(),
+        latency: Latency::Fixed { ms: 40 },
+        period_ms: 10,
+        buffer_periods: 4,
+        rt_priority: 0,
+        lock_memory: false,
+        max_rate: 48_000,
+        max_channels: 2,
+        stream_formats: formats()
+            .iter()
+            .map(|(_, f)| (f.rate, f.channels))
+            .collect(),
+        ..PlayoutConfig::default()
+    };
+    let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
+    let (mut packet_tx, packet_rx) = packets.split();
+    let stats = Arc::new(PlayoutStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reopen = Arc::new(AtomicBool::new(false));
+    let mut playout = playout::start(
+        &config,
+        packet_rx,
+        Arc::clone(&stats),
+        Arc::clone(&stop),
+        Arc::clone(&reopen),
+        Arc::new(Heartbeat::new()),
+    )
+    .expect("start playout");
+
+    let start = Instant::now();
+    let (mut lost, mut opened, mut streams) = (0u64, 0u64, 0u64);
+    let mut sent = 0u64;
+    let mut samples = vec![0i16; 48_000 / 50 * 2];
+    let mut hup_sent = false;
+    while start.elapsed() < RUN_FOR {
+        // One 20 ms packet per 20 ms; the format changes every ~2.5 s.
+        let due = start.elapsed().as_millis() as u64 / 20;
+        while sent <= due {
+            let k = sent;
+            let segment = (k / 125) as usize % 3;
+            let (pt, format) = formats()[segment];
+            let frames = format.rate as usize / 50;
+            let ch = format.channels as usize;
+            for (i, s) in samples[..frames * ch].iter_mut().enumerate() {
+                let t = (k as usize * frames + i / ch) as f64 / format.rate as f64;
+                *s = (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+            }
+            let mut p = Packet::empty(format);
+            p.ssrc = 0x1000 + segment as u32;
+            p.seq = k as u16;
+            p.timestamp = (k as u32).wrapping_mul(frames as u32);
+            p.payload_type = pt;
+            p.arrival_ns = monotonic_ns();
+            p.marker = k % 125 == 0;
+            let mut bytes = [0u8; 4096];
+            let n = codec::encode(format.encoding, &samples[..frames * ch], &mut bytes);
+            let _ = p.payload.extend_from_slice(&bytes[..n]);
+            let _ = packet_tx.enqueue(p);
+            sent += 1;
+        }
+        if !hup_sent && start.elapsed() > Duration::from_millis(6500) {
+            // A released device (SIGHUP) goes through the same close/open.
+            reopen.store(true, Relaxed);
+            hup_sent = true;
+        }
+        while let Some(event) = playout.events.dequeue() {
+            match &event {
+                Event::DeviceLost(_) => lost += 1,
+                Event::DeviceOpened(_) => opened += 1,
+                Event::StreamStarted { .. } | Event::NewStream { .. } => streams += 1,
+                _ => {}
+            }
+            log::info!("event: {event:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !playout.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    report("lost", lost);
+    report("opened", opened);
+    report("streams", streams);
+    report("periods", stats.periods.load(Relaxed));
+    report("playout_allocations", allocations(Watched::Playout));
+}
