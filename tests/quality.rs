@@ -4,6 +4,7 @@
 //! repeating blocks of samples). The speech comes from espeak-ng, run at
 //! test time. Figures are printed (`cargo test --test quality -- --nocapture`).
 
+use netspeaker::audio::convert::i16_to_f32;
 use netspeaker::receive::conceal::Concealer;
 use netspeaker::receive::stretch::Stretcher;
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ fn parse_wav(b: &[u8]) -> (Vec<f32>, u32) {
             }
             let s = b[body..body + size]
                 .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0)
+                .map(|c| i16_to_f32(i16::from_le_bytes([c[0], c[1]])))
                 .collect();
             assert!(rate > 0, "WAV data before fmt");
             return (s, rate);

@@ -2,5 +2,6 @@
 //! sample conversion, the channel map and the resampler.
 
 pub mod codec;
+pub mod convert;
 pub mod format;
 pub mod resample;

@@ -20,6 +20,7 @@
 //! lock and never allocates in its loop.
 
 use crate::alsa::playback::{Access, AlsaError, AlsaOut, DeviceConfig, Negotiated, WriteOutcome};
+use crate::audio::convert::i16s_to_f32;
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
 use crate::audio::resample::Resampler;
 use crate::receive::conceal::Concealer;
@@ -465,12 +466,10 @@ impl Engine {
                         self.concealer.reset();
                         self.sounding = true;
                     }
-                    for (dst, &s) in self.stream_in[seg.clone()]
-                        .iter_mut()
-                        .zip(&self.samples_i16[..n * ch])
-                    {
-                        *dst = s as f32 / 32768.0;
-                    }
+                    i16s_to_f32(
+                        &self.samples_i16[..n * ch],
+                        &mut self.stream_in[seg.clone()],
+                    );
                     self.concealer.audio(&mut self.stream_in[seg]);
                 }
                 ReadStatus::Missing(_) => {

@@ -12,6 +12,7 @@
 
 use core::fmt;
 
+use crate::audio::convert::{f32s_to_i16, i16s_to_f32};
 use crate::audio::resample::{ResampleError, Resampler};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -73,10 +74,6 @@ pub fn map_channels(input: &[i16], from: usize, output: &mut [i16], to: usize) -
         }
     }
     frames
-}
-
-fn to_i16(x: f32) -> i16 {
-    (x * 32768.0).round().clamp(-32768.0, 32767.0) as i16
 }
 
 /// The rate step, present only when the rates differ (equal rates stay
@@ -210,12 +207,7 @@ impl Converter {
                 rs.in_total += n as u64;
                 let m = map_channels(&self.raw[..n * from_ch], from_ch, &mut rs.mapped, to_ch);
                 let at = rs.pending_frames * to_ch;
-                for (d, &s) in rs.pending[at..at + m * to_ch]
-                    .iter_mut()
-                    .zip(&rs.mapped[..m * to_ch])
-                {
-                    *d = f32::from(s) / 32768.0;
-                }
+                i16s_to_f32(&rs.mapped[..m * to_ch], &mut rs.pending[at..at + m * to_ch]);
                 rs.pending_frames += m;
             }
             if rs.ended {
@@ -239,12 +231,10 @@ impl Converter {
             rs.pending
                 .copy_within(consumed * to_ch..rs.pending_frames * to_ch, 0);
             rs.pending_frames -= consumed;
-            for (d, &s) in out[done * to_ch..(done + produced) * to_ch]
-                .iter_mut()
-                .zip(&rs.out[..produced * to_ch])
-            {
-                *d = to_i16(s);
-            }
+            f32s_to_i16(
+                &rs.out[..produced * to_ch],
+                &mut out[done * to_ch..(done + produced) * to_ch],
+            );
             done += produced;
             rs.out_total += produced as u64;
             if consumed == 0 && produced == 0 {

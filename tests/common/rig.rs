@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use netspeaker::audio::convert::i16_to_f32;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -360,7 +361,7 @@ impl Bench {
             None => (
                 bytes
                     .chunks_exact(2)
-                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                    .map(|b| i16_to_f32(i16::from_le_bytes([b[0], b[1]])))
                     .collect(),
                 stream_rate,
             ),
