@@ -1,17 +1,19 @@
 //! Format conversion. Input: interleaved `i16` frames at the source's rate
 //! and channel count, pulled from a source as needed. Output: whole packets
 //! of frames at the stream's rate and channel count. Policy: channels are
-//! mapped first (to mono: the average of all channels; from mono: the one
-//! channel on every output; otherwise output channel c takes input channel
-//! c, wrapping round when there are more outputs, so 5.1 → stereo keeps
-//! front left/right as WAV orders them); then the rate is converted (when
-//! the rates differ, with `crate::audio::resample::Resampler`; at the end of the
-//! source its look-ahead is flushed with silence and the output cut at
-//! the source's length converted to the stream rate). All buffers are sized in `new`; nothing allocates
-//! afterwards.
+//! mapped first, by the rule the receiver uses too (`audio::channels`:
+//! from mono, the one channel on every output; more outputs, the inputs
+//! repeated round; fewer, each output the mean of the inputs folded onto
+//! it, so stereo → mono is (L + R) / 2); then the rate is converted (when
+//! the rates differ, with `crate::audio::resample::Resampler`, samples
+//! turned to `f32` and back by `audio::convert`; at the end of the source
+//! its look-ahead is flushed with silence and the output cut at the
+//! source's length converted to the stream rate). All buffers are sized in
+//! `new`; nothing allocates afterwards.
 
 use core::fmt;
 
+use crate::audio::channels;
 use crate::audio::convert::{f32s_to_i16, i16s_to_f32};
 use crate::audio::resample::{ResampleError, Resampler};
 
@@ -45,36 +47,6 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
-
-/// Maps `from`-channel frames in `input` to `to`-channel frames in
-/// `output`; returns the frames converted (as many as both hold).
-pub fn map_channels(input: &[i16], from: usize, output: &mut [i16], to: usize) -> usize {
-    if from == 0 || to == 0 {
-        return 0;
-    }
-    let frames = (input.len() / from).min(output.len() / to);
-    let pairs = input
-        .chunks_exact(from)
-        .zip(output.chunks_exact_mut(to))
-        .take(frames);
-    if from == to {
-        for (i, o) in pairs {
-            o.copy_from_slice(i);
-        }
-    } else if to == 1 {
-        for (i, o) in pairs {
-            let sum: i32 = i.iter().map(|&s| i32::from(s)).sum();
-            o[0] = (sum / from as i32) as i16;
-        }
-    } else {
-        for (i, o) in pairs {
-            for (c, s) in o.iter_mut().enumerate() {
-                *s = i[c % from];
-            }
-        }
-    }
-    frames
-}
 
 /// The rate step, present only when the rates differ (equal rates stay
 /// bit-exact `i16` all the way).
@@ -182,7 +154,7 @@ impl Converter {
                     break;
                 }
                 let n = n.min(want - done);
-                done += map_channels(
+                done += channels::map(
                     &self.raw[..n * from_ch],
                     from_ch,
                     &mut out[done * to_ch..want * to_ch],
@@ -205,7 +177,7 @@ impl Converter {
                     break;
                 }
                 rs.in_total += n as u64;
-                let m = map_channels(&self.raw[..n * from_ch], from_ch, &mut rs.mapped, to_ch);
+                let m = channels::map(&self.raw[..n * from_ch], from_ch, &mut rs.mapped, to_ch);
                 let at = rs.pending_frames * to_ch;
                 i16s_to_f32(&rs.mapped[..m * to_ch], &mut rs.pending[at..at + m * to_ch]);
                 rs.pending_frames += m;
@@ -248,38 +220,6 @@ impl Converter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stereo_to_mono_averages() {
-        let mut out = [0i16; 3];
-        let n = map_channels(&[100, 300, -32768, -32768, 32767, -32768], 2, &mut out, 1);
-        assert_eq!(n, 3);
-        assert_eq!(out, [200, -32768, 0]);
-    }
-
-    #[test]
-    fn mono_to_stereo_duplicates() {
-        let mut out = [0i16; 6];
-        assert_eq!(map_channels(&[1, 2, 3], 1, &mut out, 2), 3);
-        assert_eq!(out, [1, 1, 2, 2, 3, 3]);
-    }
-
-    #[test]
-    fn surround_to_stereo_keeps_front_pair_and_stereo_to_quad_wraps() {
-        let mut out = [0i16; 2];
-        assert_eq!(map_channels(&[1, 2, 3, 4, 5, 6], 6, &mut out, 2), 1);
-        assert_eq!(out, [1, 2]);
-        let mut out = [0i16; 4];
-        assert_eq!(map_channels(&[7, 8], 2, &mut out, 4), 1);
-        assert_eq!(out, [7, 8, 7, 8]);
-    }
-
-    #[test]
-    fn map_stops_at_smaller_buffer() {
-        let mut out = [0i16; 2];
-        assert_eq!(map_channels(&[1, 2, 3, 4], 1, &mut out, 1), 2);
-        assert_eq!(map_channels(&[1, 2, 3], 2, &mut [0i16; 8], 2), 1);
-    }
 
     #[test]
     fn fill_pulls_in_pieces_until_end() {
