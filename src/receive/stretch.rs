@@ -19,7 +19,7 @@
 
 use core::fmt;
 
-use crate::receive::conceal::{find_period, ncc, Search};
+use crate::audio::pitch::{self, find_period, ncc, Search};
 
 /// Segment lengths searched (400 Hz down to 83 Hz).
 const MIN_LAG_US: u32 = 2_500;
@@ -33,8 +33,6 @@ const SIMILAR_ENOUGH: f32 = 0.5;
 const MAX_WAITS: u32 = 8;
 /// Mean square below which audio counts as silence (any place is good).
 const SILENCE_POWER: f32 = 1e-7;
-/// The similarity search runs decimated to about this rate.
-const SEARCH_RATE: u32 = 16_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StretchError {
@@ -282,7 +280,7 @@ impl Stretcher {
             power += *m * *m;
         }
         power /= w as f32;
-        let d = (self.rate / SEARCH_RATE).max(1) as usize;
+        let d = pitch::decimation(self.rate);
         let len = self.max_lag;
         let (r, score) = if lo == hi {
             (lo, ncc(&self.mono[..w], 0, lo, len))
