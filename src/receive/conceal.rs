@@ -19,6 +19,7 @@
 
 use core::fmt;
 
+use crate::audio::channels;
 use crate::audio::pitch::{self, find_period, Search};
 
 /// Shortest and longest pitch period searched (400 Hz down to 66 Hz).
@@ -276,10 +277,8 @@ impl Concealer {
         let min_p = frames_for(self.rate, MIN_PERIOD_US);
         let max_p = frames_for(self.rate, MAX_PERIOD_US);
         let win = frames_for(self.rate, CORR_WINDOW_US);
-        for (i, m) in self.mono[..n].iter_mut().enumerate() {
-            let f = &self.hist[i * ch..(i + 1) * ch];
-            *m = f.iter().sum::<f32>() / ch as f32;
-        }
+        // The period is searched on the mix of all channels (their mean).
+        channels::map(&self.hist[..n * ch], ch, &mut self.mono[..n], 1);
         let (mut seg, mut ov) = (0, 0);
         self.level = UNVOICED_LEVEL;
         if n > win + min_p {

@@ -19,6 +19,7 @@
 
 use core::fmt;
 
+use crate::audio::channels;
 use crate::audio::pitch::{self, find_period, ncc, Search};
 
 /// Segment lengths searched (400 Hz down to 83 Hz).
@@ -273,13 +274,9 @@ impl Stretcher {
         let hi = self.max_lag.min(want);
         let lo = self.min_lag.min(hi);
         let w = self.window;
-        let mut power = 0f32;
-        for (k, m) in self.mono[..w].iter_mut().enumerate() {
-            let f = &self.buf[(p + k) * ch..(p + k + 1) * ch];
-            *m = f.iter().sum::<f32>() / ch as f32;
-            power += *m * *m;
-        }
-        power /= w as f32;
+        // The search compares the mix of all channels (their mean).
+        channels::map(&self.buf[p * ch..(p + w) * ch], ch, &mut self.mono[..w], 1);
+        let power = self.mono[..w].iter().map(|m| m * m).sum::<f32>() / w as f32;
         let d = pitch::decimation(self.rate);
         let len = self.max_lag;
         let (r, score) = if lo == hi {
