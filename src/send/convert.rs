@@ -15,6 +15,7 @@ use core::fmt;
 
 use crate::audio::channels;
 use crate::audio::convert::{f32s_to_i16, i16s_to_f32};
+use crate::audio::format::MAX_CHANNELS;
 use crate::audio::resample::{ResampleError, Resampler};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,9 +40,11 @@ impl fmt::Display for Error {
                 "cannot convert {from} Hz to {to} Hz ({err}): give --rate {from}, or convert \
                  the file first (sox IN -r {to} OUT.wav)"
             ),
-            Error::Channels { from, to } => {
-                write!(f, "cannot convert {from} channels to {to}")
-            }
+            Error::Channels { from, to } => write!(
+                f,
+                "cannot convert {from} channels to {to}: both counts must be 1 to \
+                 {MAX_CHANNELS} (check --channels and the source's channel count)"
+            ),
         }
     }
 }
@@ -345,6 +348,13 @@ mod tests {
             .collect();
         let mut c = Converter::new(22_050, 1, 22_050, 1, 441).unwrap();
         assert_eq!(convert_all(&mut c, &src, 1, 1, 441), src);
+    }
+
+    #[test]
+    fn zero_channels_refused_with_the_range() {
+        let err = Converter::new(8000, 0, 8000, 1, 160).err().unwrap();
+        assert_eq!(err, Error::Channels { from: 0, to: 1 });
+        assert!(err.to_string().contains("1 to 8"), "{err}");
     }
 
     #[test]
