@@ -9,6 +9,7 @@ mod common;
 
 use common::receiver::Stats;
 use common::{AlsaConfig, TestDir};
+use netspeaker::send::wav::write_wav;
 use std::process::{Command, Stdio};
 
 const RX: &str = env!("CARGO_BIN_EXE_netspeaker");
@@ -19,24 +20,8 @@ const TX: &str = env!("CARGO_BIN_EXE_netspeaker-send");
 fn run_in_namespace(dir: &TestDir, setup: &str, rx_args: &str, tx_args: &str) -> (Stats, String) {
     let alsa = AlsaConfig::write(&dir.path);
     let wav = dir.file("in.wav");
-    let samples: Vec<u8> = (0..8000u32)
-        .flat_map(|i| ((i % 200) as i16 * 50).to_le_bytes())
-        .collect();
-    let mut file = Vec::new();
-    file.extend_from_slice(b"RIFF");
-    file.extend_from_slice(&(36 + samples.len() as u32).to_le_bytes());
-    file.extend_from_slice(b"WAVEfmt ");
-    file.extend_from_slice(&16u32.to_le_bytes());
-    file.extend_from_slice(&1u16.to_le_bytes());
-    file.extend_from_slice(&1u16.to_le_bytes());
-    file.extend_from_slice(&8000u32.to_le_bytes());
-    file.extend_from_slice(&16000u32.to_le_bytes());
-    file.extend_from_slice(&2u16.to_le_bytes());
-    file.extend_from_slice(&16u16.to_le_bytes());
-    file.extend_from_slice(b"data");
-    file.extend_from_slice(&(samples.len() as u32).to_le_bytes());
-    file.extend_from_slice(&samples);
-    std::fs::write(&wav, file).unwrap();
+    let samples: Vec<i16> = (0..8000u32).map(|i| (i % 200) as i16 * 50).collect();
+    std::fs::write(&wav, write_wav(8000, 1, &samples)).unwrap();
     let log = dir.file("rx.log");
     let script = format!(
         "set -e

@@ -170,10 +170,7 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     );
     // As s16 for `gaps`: JACK's float recording keeps exact zeros exact.
     let (mono, rate) = bench.recorded_mono(RATE);
-    let recording: Vec<i16> = mono
-        .iter()
-        .map(|&x| (x * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
-        .collect();
+    let recording = common::f32_to_s16(&mono);
     let gap_frames = GAP_FRAMES * rate as usize / RATE as usize;
     Outcome {
         name,

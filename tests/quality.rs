@@ -4,8 +4,10 @@
 //! repeating blocks of samples). The speech comes from espeak-ng, run at
 //! test time. Figures are printed (`cargo test --test quality -- --nocapture`).
 
+use netspeaker::audio::convert::i16_to_f32;
 use netspeaker::receive::conceal::Concealer;
 use netspeaker::receive::stretch::Stretcher;
+use netspeaker::send::wav::read_header;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -31,42 +33,21 @@ fn speech(tag: &str) -> (Vec<f32>, u32) {
     parse_wav(&bytes)
 }
 
-/// Minimal RIFF/WAVE reader for 16-bit mono PCM.
+/// Reads espeak-ng's 16-bit mono WAV with the sender's own header parser.
 fn parse_wav(b: &[u8]) -> (Vec<f32>, u32) {
-    assert!(
-        b.len() > 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WAVE",
-        "not a WAV file"
-    );
-    let mut pos = 12;
-    let mut rate = 0;
-    while pos + 8 <= b.len() {
-        let id = &b[pos..pos + 4];
-        let mut size = u32::from_le_bytes(b[pos + 4..pos + 8].try_into().unwrap()) as usize;
-        let body = pos + 8;
-        if id == b"fmt " {
-            let channels = u16::from_le_bytes([b[body + 2], b[body + 3]]);
-            rate = u32::from_le_bytes(b[body + 4..body + 8].try_into().unwrap());
-            let bits = u16::from_le_bytes([b[body + 14], b[body + 15]]);
-            assert_eq!(
-                (channels, bits),
-                (1, 16),
-                "expected 16-bit mono from espeak-ng"
-            );
-        } else if id == b"data" {
-            // espeak-ng writing to a file may leave the size unset.
-            if size == 0 || size == 0xffff_ffff || body + size > b.len() {
-                size = b.len() - body;
-            }
-            let s = b[body..body + size]
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as f32 / 32768.0)
-                .collect();
-            assert!(rate > 0, "WAV data before fmt");
-            return (s, rate);
-        }
-        pos = body + size + (size & 1);
-    }
-    panic!("WAV file without data");
+    let mut rest = b;
+    let info = read_header(&mut rest).unwrap_or_else(|e| panic!("espeak-ng output: {e}"));
+    assert_eq!(info.format.channels, 1, "expected mono from espeak-ng");
+    // espeak-ng writing to a file may leave the size unset (None) or, as
+    // the file is cut, too large.
+    let len = info
+        .data_len
+        .map_or(rest.len(), |n| rest.len().min(n as usize));
+    let s = rest[..len]
+        .chunks_exact(2)
+        .map(|c| i16_to_f32(i16::from_le_bytes([c[0], c[1]])))
+        .collect();
+    (s, info.format.rate)
 }
 
 struct Lcg(u64);

@@ -213,7 +213,11 @@ fn stereo_wav_as_pcmu_mixes_to_mono() {
     let payload = check_rtp(&got.datagrams, 0, 320, 1);
     let expected: Vec<u8> = samples
         .chunks(2)
-        .map(|lr| codec::linear_to_ulaw(((i32::from(lr[0]) + i32::from(lr[1])) / 2) as i16))
+        // (L + R) / 2, rounded half away from zero (audio::channels).
+        .map(|lr| {
+            let mean = (f64::from(lr[0]) + f64::from(lr[1])) / 2.0;
+            codec::linear_to_ulaw(mean.round() as i16)
+        })
         .collect();
     assert_eq!(payload, expected);
 }

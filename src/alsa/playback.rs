@@ -29,6 +29,7 @@ use alsa::{Direction, ValueOr};
 use core::fmt;
 use std::ffi::CString;
 
+use crate::audio::convert::{to_device, Layout};
 use crate::service::clock::monotonic_ns;
 
 /// How frames reach the device's ring buffer (`--access rw|mmap`).
@@ -87,6 +88,16 @@ impl SampleFormat {
             SampleFormat::S32 => "S32_LE",
             SampleFormat::F32 => "FLOAT_LE",
             SampleFormat::S24_3 => "S24_3LE",
+        }
+    }
+
+    /// The byte layout `audio::convert` writes for this format.
+    pub const fn layout(self) -> Layout {
+        match self {
+            SampleFormat::S16 => Layout::S16Le,
+            SampleFormat::S32 => Layout::S32Le,
+            SampleFormat::F32 => Layout::F32Le,
+            SampleFormat::S24_3 => Layout::S24_3Le,
         }
     }
 
@@ -710,7 +721,11 @@ impl AlsaOut {
         let Some(out) = self.convert.get_mut(..bytes) else {
             return Ok(0);
         };
-        convert(self.negotiated.format, &samples[..frames * channels], out);
+        to_device(
+            self.negotiated.format.layout(),
+            &samples[..frames * channels],
+            out,
+        );
         self.pcm.io_bytes().writei(out)
     }
 
@@ -728,8 +743,8 @@ impl AlsaOut {
         let bpf = self.bytes_per_frame;
         let n = self.pcm.io_bytes().mmap(want.min(avail), |area| {
             let frames = (area.len() / bpf).min(want);
-            convert(
-                format,
+            to_device(
+                format.layout(),
                 &samples[..frames * channels],
                 &mut area[..frames * bpf],
             );
@@ -832,112 +847,9 @@ impl AlsaOut {
     }
 }
 
-/// Converts interleaved f32 to the device format, `out.len()` ==
-/// `samples.len() * bytes_per_sample`. Values k/32768 convert exactly
-/// (scaling by a power of two, then round and clamp), so 16-bit streams
-/// reach the device bit-exact in every format.
-pub fn convert(format: SampleFormat, samples: &[f32], out: &mut [u8]) {
-    match format {
-        SampleFormat::S16 => {
-            for (s, o) in samples.iter().zip(out.chunks_exact_mut(2)) {
-                let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        SampleFormat::S32 => {
-            for (s, o) in samples.iter().zip(out.chunks_exact_mut(4)) {
-                let v = (f64::from(*s) * 2_147_483_648.0)
-                    .round()
-                    .clamp(-2_147_483_648.0, 2_147_483_647.0) as i32;
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        SampleFormat::S24_3 => {
-            for (s, o) in samples.iter().zip(out.chunks_exact_mut(3)) {
-                let v = (s * 8_388_608.0).round().clamp(-8_388_608.0, 8_388_607.0) as i32;
-                let b = v.to_le_bytes();
-                o.copy_from_slice(&b[..3]);
-            }
-        }
-        SampleFormat::F32 => {
-            for (s, o) in samples.iter().zip(out.chunks_exact_mut(4)) {
-                // NaN would be played as a full-scale click by some DACs.
-                let v = if s.is_nan() { 0.0 } else { s.clamp(-1.0, 1.0) };
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn conv(format: SampleFormat, samples: &[f32]) -> Vec<u8> {
-        let mut out = vec![0u8; samples.len() * format.bytes_per_sample()];
-        convert(format, samples, &mut out);
-        out
-    }
-
-    #[test]
-    fn s16_values_are_bit_exact() {
-        for k in [-32768i32, -32767, -12345, -1, 0, 1, 2, 12345, 32766, 32767] {
-            let x = k as f32 / 32768.0;
-            assert_eq!(
-                conv(SampleFormat::S16, &[x]),
-                (k as i16).to_le_bytes(),
-                "k = {k}"
-            );
-        }
-    }
-
-    #[test]
-    fn s16_every_value_round_trips() {
-        let samples: Vec<f32> = (i16::MIN..=i16::MAX)
-            .map(|k| f32::from(k) / 32768.0)
-            .collect();
-        let out = conv(SampleFormat::S16, &samples);
-        for (k, b) in (i16::MIN..=i16::MAX).zip(out.chunks_exact(2)) {
-            assert_eq!(i16::from_le_bytes([b[0], b[1]]), k);
-        }
-    }
-
-    #[test]
-    fn s32_and_s24_3_are_exact_for_16_bit_values() {
-        for k in [-32768i32, -7, 0, 1, 32767] {
-            let x = k as f32 / 32768.0;
-            assert_eq!(
-                conv(SampleFormat::S32, &[x]),
-                (k << 16).to_le_bytes(),
-                "k = {k}"
-            );
-            assert_eq!(
-                conv(SampleFormat::S24_3, &[x]),
-                (k << 8).to_le_bytes()[..3],
-                "k = {k}"
-            );
-        }
-    }
-
-    #[test]
-    fn f32_passes_values_and_clamps_out_of_range() {
-        let out = conv(SampleFormat::F32, &[0.25, -1.0, 1.5, f32::NAN]);
-        let got: Vec<f32> = out
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        assert_eq!(got, [0.25, -1.0, 1.0, 0.0]);
-    }
-
-    #[test]
-    fn full_scale_positive_clamps() {
-        assert_eq!(
-            conv(SampleFormat::S16, &[1.0, 2.0, -3.0]),
-            [0xff, 0x7f, 0xff, 0x7f, 0x00, 0x80]
-        );
-        assert_eq!(conv(SampleFormat::S24_3, &[1.0]), [0xff, 0xff, 0x7f]);
-        assert_eq!(conv(SampleFormat::S32, &[1.0]), i32::MAX.to_le_bytes());
-    }
 
     #[test]
     fn zero_period_is_refused_before_opening() {

@@ -2,7 +2,10 @@
 //! (PCMA), decoding a payload to interleaved `i16` samples and encoding
 //! them back (the sender). Stateless, sample by sample; never allocates.
 //! The G.711 conversions follow ITU-T G.711 as the widely used reference
-//! implementation by Sun Microsystems does (segment search, bias 0x84).
+//! implementation by Sun Microsystems does (segment search, bias 0x84): a
+//! 16-bit sample is cut to 14 bits (mu-law) or 13 (A-law) by dropping the
+//! low bits. The tests hold every code and every 16-bit value against
+//! sox (`testdata/README`).
 
 use crate::audio::format::Encoding;
 
@@ -165,25 +168,99 @@ mod tests {
         assert_eq!(bytes, [0x12, 0x34, 0xFF, 0xFE]);
     }
 
+    // Expected values from sox, an outside codec (testdata/make.sh says
+    // how they were made): the decoded value of every code, and the code
+    // of every 16-bit value as runs of (first value, code).
+    const ULAW_DECODED: &[u8; 512] = include_bytes!("testdata/ulaw_decode.s16le");
+    const ALAW_DECODED: &[u8; 512] = include_bytes!("testdata/alaw_decode.s16le");
+    const ULAW_ENCODED: &[u8] = include_bytes!("testdata/ulaw_encode.runs");
+    const ALAW_ENCODED: &[u8] = include_bytes!("testdata/alaw_encode.runs");
+
+    fn check_decoder(reference: &[u8; 512], decode: fn(u8) -> i16, law: &str) {
+        for (code, b) in (0..=255u8).zip(reference.chunks_exact(2)) {
+            let want = i16::from_le_bytes([b[0], b[1]]);
+            assert_eq!(decode(code), want, "{law} code {code:#04x}");
+        }
+    }
+
+    /// Expands the runs into the code of every value -32768..=32767.
+    fn expand_runs(runs: &[u8]) -> Vec<u8> {
+        assert_eq!(runs.len() % 3, 0);
+        let records: Vec<(i32, u8)> = runs
+            .chunks_exact(3)
+            .map(|r| (i32::from(i16::from_le_bytes([r[0], r[1]])), r[2]))
+            .collect();
+        assert_eq!(records[0].0, -32768, "the runs start at the lowest value");
+        let mut codes = Vec::with_capacity(65_536);
+        for (k, &(start, code)) in records.iter().enumerate() {
+            let end = records.get(k + 1).map_or(32_768, |r| r.0);
+            assert!(end > start, "runs in order");
+            codes.extend(std::iter::repeat(code).take((end - start) as usize));
+        }
+        assert_eq!(codes.len(), 65_536);
+        codes
+    }
+
+    /// G.711 codes 14-bit (mu-law) or 13-bit (A-law) samples; a 16-bit
+    /// sample is first cut to that width. We cut by dropping the low bits
+    /// (floor), as Sun's and the ITU-T G.191 reference coders do; sox
+    /// rounds instead, so the two differ only off the coarse grid. Every
+    /// value must therefore encode as sox encodes the grid value below it,
+    /// which on the grid is sox's own code.
+    fn check_encoder(runs: &[u8], encode: fn(i16) -> u8, dropped_bits: u32, law: &str) {
+        let sox = expand_runs(runs);
+        let sox_code = |s: i16| sox[(i32::from(s) + 32_768) as usize];
+        let wrong: Vec<(i16, u8, u8)> = (i16::MIN..=i16::MAX)
+            .map(|s| {
+                let grid = (s >> dropped_bits) << dropped_bits;
+                (s, encode(s), sox_code(grid))
+            })
+            .filter(|&(_, got, want)| got != want)
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{law}: {} of 65536 values encoded unlike sox, first (value, ours, sox): {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(8)]
+        );
+        // Most values lie on the grid's steps, where sox agrees exactly.
+        let exact = (i16::MIN..=i16::MAX)
+            .filter(|&s| encode(s) == sox_code(s))
+            .count();
+        assert!(exact > 64_000, "{law}: only {exact} values agree exactly");
+    }
+
     #[test]
-    fn g711_reference_points() {
-        assert_eq!(ulaw_to_linear(0xFF), 0);
-        assert_eq!(ulaw_to_linear(0x80), 32124);
-        assert_eq!(ulaw_to_linear(0x00), -32124);
-        assert_eq!(alaw_to_linear(0xD5), 8);
-        assert_eq!(alaw_to_linear(0x55), -8);
-        assert_eq!(alaw_to_linear(0xAA), 32256);
-        assert_eq!(alaw_to_linear(0x2A), -32256);
-        assert_eq!(linear_to_ulaw(0), 0xFF);
-        assert_eq!(linear_to_alaw(0), 0xD5);
-        // Encoding a decoded value gives the code back (both laws, all codes
-        // but mu-law's negative zero 0x7F, which decodes to 0 = 0xFF).
+    fn ulaw_every_code_decodes_as_sox_does() {
+        check_decoder(ULAW_DECODED, ulaw_to_linear, "mu-law");
+    }
+
+    #[test]
+    fn alaw_every_code_decodes_as_sox_does() {
+        check_decoder(ALAW_DECODED, alaw_to_linear, "A-law");
+    }
+
+    #[test]
+    fn ulaw_every_sample_encodes_as_sox_does() {
+        check_encoder(ULAW_ENCODED, linear_to_ulaw, 2, "mu-law");
+    }
+
+    #[test]
+    fn alaw_every_sample_encodes_as_sox_does() {
+        check_encoder(ALAW_ENCODED, linear_to_alaw, 3, "A-law");
+    }
+
+    #[test]
+    fn g711_decoded_codes_encode_back() {
+        // All codes but mu-law's negative zero 0x7F, which decodes to 0
+        // and so encodes as positive zero 0xFF.
         for c in 0..=255u8 {
             if c != 0x7F {
                 assert_eq!(linear_to_ulaw(ulaw_to_linear(c)), c, "ulaw {c:#x}");
             }
             assert_eq!(linear_to_alaw(alaw_to_linear(c)), c, "alaw {c:#x}");
         }
+        assert_eq!(linear_to_ulaw(ulaw_to_linear(0x7F)), 0xFF);
     }
 
     #[test]

@@ -19,6 +19,9 @@
 
 use core::fmt;
 
+use crate::audio::channels;
+use crate::audio::pitch::{self, find_period, Search};
+
 /// Shortest and longest pitch period searched (400 Hz down to 66 Hz).
 const MIN_PERIOD_US: u32 = 2_500;
 const MAX_PERIOD_US: u32 = 15_000;
@@ -39,9 +42,6 @@ const VOICED_THRESHOLD: f32 = 0.5;
 const UNVOICED_LEVEL: f32 = 0.5;
 /// Cross-fade from the concealment into returning audio.
 const MERGE_US: u32 = 5_000;
-/// The pitch search runs on a mono mix decimated to about this rate, then
-/// is refined at the full rate: keeps a 192 kHz search cheap.
-const SEARCH_RATE: u32 = 16_000;
 
 /// Frames in `us` microseconds at `rate`, at least 1.
 fn frames_for(rate: u32, us: u32) -> usize {
@@ -82,114 +82,6 @@ pub struct ConcealMetrics {
     pub events: u64,
     /// Gaps ended by returning audio that was cross-faded in.
     pub merges: u64,
-}
-
-/// Direction of a similarity search (see `find_period`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Search {
-    /// The last `len` samples against the `len` samples `lag` earlier.
-    Back,
-    /// The first `len` samples against the `len` samples `lag` later.
-    Forward,
-}
-
-/// Normalised cross-correlation of `x[a..a+len]` and `x[b..b+len]`;
-/// 0 when either is silent. Callers keep the ranges inside `x`.
-pub(crate) fn ncc(x: &[f32], a: usize, b: usize, len: usize) -> f32 {
-    let (Some(p), Some(q)) = (x.get(a..a + len), x.get(b..b + len)) else {
-        return 0.0;
-    };
-    let (mut pq, mut pp, mut qq) = (0f32, 0f32, 0f32);
-    for (&u, &v) in p.iter().zip(q) {
-        pq += u * v;
-        pp += u * u;
-        qq += v * v;
-    }
-    if pp <= 1e-9 || qq <= 1e-9 {
-        return 0.0;
-    }
-    pq / (pp * qq).sqrt()
-}
-
-fn search_range(x: &[f32], lo: usize, hi: usize, len: usize, dir: Search) -> (usize, f32) {
-    // The smallest lag that is a local maximum close to the best one wins:
-    // on a periodic signal every multiple of the period correlates as well,
-    // and the shortest is the one the ear calls the pitch.
-    let n = x.len();
-    let score = |lag: usize| -> f32 {
-        match dir {
-            Search::Back if n >= len + lag => ncc(x, n - len, n - len - lag, len),
-            Search::Forward if n >= len + lag => ncc(x, 0, lag, len),
-            _ => f32::MIN,
-        }
-    };
-    let mut best = (lo, f32::MIN);
-    for lag in lo..=hi {
-        let s = score(lag);
-        if s > best.1 {
-            best = (lag, s);
-        }
-    }
-    if best.1 <= 0.0 {
-        return best;
-    }
-    let mut prev = f32::MIN;
-    let mut cur = score(lo);
-    for lag in lo..=hi {
-        let next = if lag < hi { score(lag + 1) } else { f32::MIN };
-        if cur >= prev && cur >= next && cur >= 0.9 * best.1 {
-            return (lag, cur);
-        }
-        prev = cur;
-        cur = next;
-    }
-    best
-}
-
-/// Finds the lag in `min_lag..=max_lag` at which `x` is most similar to
-/// itself over `len` samples (see `Search`), searching coarsely on a copy
-/// decimated by `d` (written into `deci`), then at full rate around the
-/// coarse result. Returns (lag, normalised correlation); the correlation is
-/// ≤ 0 when nothing matched.
-pub(crate) fn find_period(
-    x: &[f32],
-    deci: &mut [f32],
-    d: usize,
-    min_lag: usize,
-    max_lag: usize,
-    len: usize,
-    dir: Search,
-) -> (usize, f32) {
-    let d = d.max(1);
-    let min_lag = min_lag.max(1);
-    let max_lag = max_lag.max(min_lag);
-    if d == 1 {
-        return search_range(x, min_lag, max_lag, len, dir);
-    }
-    let m = (x.len() / d).min(deci.len());
-    // Align the decimated copy with the end searched from.
-    let start = match dir {
-        Search::Back => x.len() - m * d,
-        Search::Forward => 0,
-    };
-    for (i, v) in deci[..m].iter_mut().enumerate() {
-        let from = start + i * d;
-        let s: f32 = x.get(from..from + d).map_or(0.0, |c| c.iter().sum());
-        *v = s / d as f32;
-    }
-    let lo = min_lag.div_ceil(d).max(1);
-    let hi = (max_lag / d).max(lo);
-    let (coarse, _) = search_range(&deci[..m], lo, hi, len / d, dir);
-    let lo = (coarse.saturating_sub(1) * d).max(min_lag);
-    let hi = ((coarse + 1) * d).min(max_lag).max(lo);
-    let mut best = (lo, f32::MIN);
-    for lag in lo..=hi {
-        let s = search_range(x, lag, lag, len, dir).1;
-        if s > best.1 {
-            best = (lag, s);
-        }
-    }
-    best
 }
 
 /// Pitch-period repetition concealment with fade-out and smooth merge.
@@ -385,15 +277,13 @@ impl Concealer {
         let min_p = frames_for(self.rate, MIN_PERIOD_US);
         let max_p = frames_for(self.rate, MAX_PERIOD_US);
         let win = frames_for(self.rate, CORR_WINDOW_US);
-        for (i, m) in self.mono[..n].iter_mut().enumerate() {
-            let f = &self.hist[i * ch..(i + 1) * ch];
-            *m = f.iter().sum::<f32>() / ch as f32;
-        }
+        // The period is searched on the mix of all channels (their mean).
+        channels::map(&self.hist[..n * ch], ch, &mut self.mono[..n], 1);
         let (mut seg, mut ov) = (0, 0);
         self.level = UNVOICED_LEVEL;
         if n > win + min_p {
             let max_lag = max_p.min(n - win - 1);
-            let d = (self.rate / SEARCH_RATE).max(1) as usize;
+            let d = pitch::decimation(self.rate);
             let (lag, score) = find_period(
                 &self.mono[..n],
                 &mut self.deci,

@@ -20,6 +20,8 @@
 //! the realtime thread no allocation.
 
 use crate::alsa::playback::Access;
+use crate::audio::channels;
+use crate::audio::convert::i16s_to_f32;
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
 use crate::audio::resample::{ResampleError, Resampler};
 use crate::receive::conceal::Concealer;
@@ -455,7 +457,7 @@ impl Engine {
                 frame.copy_from_slice(last);
             }
         }
-        map_channels(period, ch, &mut out[..out_frames * dev_ch], dev_ch);
+        channels::map(period, ch, &mut out[..out_frames * dev_ch], dev_ch);
         self.control(format, out_frames);
     }
 
@@ -505,12 +507,10 @@ impl Engine {
                         self.concealer.reset();
                         self.sounding = true;
                     }
-                    for (dst, &s) in self.stream_in[seg.clone()]
-                        .iter_mut()
-                        .zip(&self.samples_i16[..n * ch])
-                    {
-                        *dst = s as f32 / 32768.0;
-                    }
+                    i16s_to_f32(
+                        &self.samples_i16[..n * ch],
+                        &mut self.stream_in[seg.clone()],
+                    );
                     self.concealer.audio(&mut self.stream_in[seg]);
                 }
                 ReadStatus::Missing(_) => {
@@ -736,28 +736,6 @@ fn buffered_frames(
     jitter.depth_frames() as f64 + stretcher.buffered() as f64 + resampler_frames
 }
 
-/// Maps interleaved frames from `in_ch` to `out_ch` channels: equal counts
-/// copy; mono is duplicated to every output; to mono the channels are
-/// averaged; otherwise channels are taken in order and missing ones are
-/// silent.
-pub fn map_channels(input: &[f32], in_ch: usize, out: &mut [f32], out_ch: usize) {
-    if in_ch == out_ch {
-        out[..input.len()].copy_from_slice(input);
-        return;
-    }
-    for (src, dst) in input.chunks_exact(in_ch).zip(out.chunks_exact_mut(out_ch)) {
-        if in_ch == 1 {
-            dst.fill(src[0]);
-        } else if out_ch == 1 {
-            dst[0] = src.iter().sum::<f32>() / in_ch as f32;
-        } else {
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = src.get(i).copied().unwrap_or(0.0);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,15 +780,5 @@ mod tests {
         engine.push(&pcmu_packet(3));
         assert_eq!(engine.jitter().state(), StreamState::Playing);
         assert_eq!(engine.jitter().target_delay_frames(), 1280);
-    }
-
-    #[test]
-    fn mono_is_played_on_every_channel_and_stereo_mixed_to_mono() {
-        let mut out = [0.0f32; 4];
-        map_channels(&[0.25, -0.5], 1, &mut out, 2);
-        assert_eq!(out, [0.25, 0.25, -0.5, -0.5]);
-        let mut mono = [0.0f32; 2];
-        map_channels(&[0.5, 0.25, -0.5, 0.0], 2, &mut mono, 1);
-        assert_eq!(mono, [0.375, -0.25]);
     }
 }

@@ -19,7 +19,8 @@
 
 use core::fmt;
 
-use crate::receive::conceal::{find_period, ncc, Search};
+use crate::audio::channels;
+use crate::audio::pitch::{self, find_period, ncc, Search};
 
 /// Segment lengths searched (400 Hz down to 83 Hz).
 const MIN_LAG_US: u32 = 2_500;
@@ -33,8 +34,6 @@ const SIMILAR_ENOUGH: f32 = 0.5;
 const MAX_WAITS: u32 = 8;
 /// Mean square below which audio counts as silence (any place is good).
 const SILENCE_POWER: f32 = 1e-7;
-/// The similarity search runs decimated to about this rate.
-const SEARCH_RATE: u32 = 16_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StretchError {
@@ -275,14 +274,10 @@ impl Stretcher {
         let hi = self.max_lag.min(want);
         let lo = self.min_lag.min(hi);
         let w = self.window;
-        let mut power = 0f32;
-        for (k, m) in self.mono[..w].iter_mut().enumerate() {
-            let f = &self.buf[(p + k) * ch..(p + k + 1) * ch];
-            *m = f.iter().sum::<f32>() / ch as f32;
-            power += *m * *m;
-        }
-        power /= w as f32;
-        let d = (self.rate / SEARCH_RATE).max(1) as usize;
+        // The search compares the mix of all channels (their mean).
+        channels::map(&self.buf[p * ch..(p + w) * ch], ch, &mut self.mono[..w], 1);
+        let power = self.mono[..w].iter().map(|m| m * m).sum::<f32>() / w as f32;
+        let d = pitch::decimation(self.rate);
         let len = self.max_lag;
         let (r, score) = if lo == hi {
             (lo, ncc(&self.mono[..w], 0, lo, len))

@@ -1,17 +1,21 @@
 //! Format conversion. Input: interleaved `i16` frames at the source's rate
 //! and channel count, pulled from a source as needed. Output: whole packets
 //! of frames at the stream's rate and channel count. Policy: channels are
-//! mapped first (to mono: the average of all channels; from mono: the one
-//! channel on every output; otherwise output channel c takes input channel
-//! c, wrapping round when there are more outputs, so 5.1 → stereo keeps
-//! front left/right as WAV orders them); then the rate is converted (when
-//! the rates differ, with `crate::audio::resample::Resampler`; at the end of the
-//! source its look-ahead is flushed with silence and the output cut at
-//! the source's length converted to the stream rate). All buffers are sized in `new`; nothing allocates
-//! afterwards.
+//! mapped first, by the rule the receiver uses too (`audio::channels`:
+//! from mono, the one channel on every output; more outputs, the inputs
+//! repeated round; fewer, each output the mean of the inputs folded onto
+//! it, so stereo → mono is (L + R) / 2); then the rate is converted (when
+//! the rates differ, with `crate::audio::resample::Resampler`, samples
+//! turned to `f32` and back by `audio::convert`; at the end of the source
+//! its look-ahead is flushed with silence and the output cut at the
+//! source's length converted to the stream rate). All buffers are sized in
+//! `new`; nothing allocates afterwards.
 
 use core::fmt;
 
+use crate::audio::channels;
+use crate::audio::convert::{f32s_to_i16, i16s_to_f32};
+use crate::audio::format::MAX_CHANNELS;
 use crate::audio::resample::{ResampleError, Resampler};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -36,48 +40,16 @@ impl fmt::Display for Error {
                 "cannot convert {from} Hz to {to} Hz ({err}): give --rate {from}, or convert \
                  the file first (sox IN -r {to} OUT.wav)"
             ),
-            Error::Channels { from, to } => {
-                write!(f, "cannot convert {from} channels to {to}")
-            }
+            Error::Channels { from, to } => write!(
+                f,
+                "cannot convert {from} channels to {to}: both counts must be 1 to \
+                 {MAX_CHANNELS} (check --channels and the source's channel count)"
+            ),
         }
     }
 }
 
 impl std::error::Error for Error {}
-
-/// Maps `from`-channel frames in `input` to `to`-channel frames in
-/// `output`; returns the frames converted (as many as both hold).
-pub fn map_channels(input: &[i16], from: usize, output: &mut [i16], to: usize) -> usize {
-    if from == 0 || to == 0 {
-        return 0;
-    }
-    let frames = (input.len() / from).min(output.len() / to);
-    let pairs = input
-        .chunks_exact(from)
-        .zip(output.chunks_exact_mut(to))
-        .take(frames);
-    if from == to {
-        for (i, o) in pairs {
-            o.copy_from_slice(i);
-        }
-    } else if to == 1 {
-        for (i, o) in pairs {
-            let sum: i32 = i.iter().map(|&s| i32::from(s)).sum();
-            o[0] = (sum / from as i32) as i16;
-        }
-    } else {
-        for (i, o) in pairs {
-            for (c, s) in o.iter_mut().enumerate() {
-                *s = i[c % from];
-            }
-        }
-    }
-    frames
-}
-
-fn to_i16(x: f32) -> i16 {
-    (x * 32768.0).round().clamp(-32768.0, 32767.0) as i16
-}
 
 /// The rate step, present only when the rates differ (equal rates stay
 /// bit-exact `i16` all the way).
@@ -185,7 +157,7 @@ impl Converter {
                     break;
                 }
                 let n = n.min(want - done);
-                done += map_channels(
+                done += channels::map(
                     &self.raw[..n * from_ch],
                     from_ch,
                     &mut out[done * to_ch..want * to_ch],
@@ -208,14 +180,9 @@ impl Converter {
                     break;
                 }
                 rs.in_total += n as u64;
-                let m = map_channels(&self.raw[..n * from_ch], from_ch, &mut rs.mapped, to_ch);
+                let m = channels::map(&self.raw[..n * from_ch], from_ch, &mut rs.mapped, to_ch);
                 let at = rs.pending_frames * to_ch;
-                for (d, &s) in rs.pending[at..at + m * to_ch]
-                    .iter_mut()
-                    .zip(&rs.mapped[..m * to_ch])
-                {
-                    *d = f32::from(s) / 32768.0;
-                }
+                i16s_to_f32(&rs.mapped[..m * to_ch], &mut rs.pending[at..at + m * to_ch]);
                 rs.pending_frames += m;
             }
             if rs.ended {
@@ -239,12 +206,10 @@ impl Converter {
             rs.pending
                 .copy_within(consumed * to_ch..rs.pending_frames * to_ch, 0);
             rs.pending_frames -= consumed;
-            for (d, &s) in out[done * to_ch..(done + produced) * to_ch]
-                .iter_mut()
-                .zip(&rs.out[..produced * to_ch])
-            {
-                *d = to_i16(s);
-            }
+            f32s_to_i16(
+                &rs.out[..produced * to_ch],
+                &mut out[done * to_ch..(done + produced) * to_ch],
+            );
             done += produced;
             rs.out_total += produced as u64;
             if consumed == 0 && produced == 0 {
@@ -258,38 +223,6 @@ impl Converter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stereo_to_mono_averages() {
-        let mut out = [0i16; 3];
-        let n = map_channels(&[100, 300, -32768, -32768, 32767, -32768], 2, &mut out, 1);
-        assert_eq!(n, 3);
-        assert_eq!(out, [200, -32768, 0]);
-    }
-
-    #[test]
-    fn mono_to_stereo_duplicates() {
-        let mut out = [0i16; 6];
-        assert_eq!(map_channels(&[1, 2, 3], 1, &mut out, 2), 3);
-        assert_eq!(out, [1, 1, 2, 2, 3, 3]);
-    }
-
-    #[test]
-    fn surround_to_stereo_keeps_front_pair_and_stereo_to_quad_wraps() {
-        let mut out = [0i16; 2];
-        assert_eq!(map_channels(&[1, 2, 3, 4, 5, 6], 6, &mut out, 2), 1);
-        assert_eq!(out, [1, 2]);
-        let mut out = [0i16; 4];
-        assert_eq!(map_channels(&[7, 8], 2, &mut out, 4), 1);
-        assert_eq!(out, [7, 8, 7, 8]);
-    }
-
-    #[test]
-    fn map_stops_at_smaller_buffer() {
-        let mut out = [0i16; 2];
-        assert_eq!(map_channels(&[1, 2, 3, 4], 1, &mut out, 1), 2);
-        assert_eq!(map_channels(&[1, 2, 3], 2, &mut [0i16; 8], 2), 1);
-    }
 
     #[test]
     fn fill_pulls_in_pieces_until_end() {
@@ -415,6 +348,13 @@ mod tests {
             .collect();
         let mut c = Converter::new(22_050, 1, 22_050, 1, 441).unwrap();
         assert_eq!(convert_all(&mut c, &src, 1, 1, 441), src);
+    }
+
+    #[test]
+    fn zero_channels_refused_with_the_range() {
+        let err = Converter::new(8000, 0, 8000, 1, 160).err().unwrap();
+        assert_eq!(err, Error::Channels { from: 0, to: 1 });
+        assert!(err.to_string().contains("1 to 8"), "{err}");
     }
 
     #[test]

@@ -35,6 +35,7 @@
 pub mod alloc;
 pub mod receiver;
 
+use netspeaker::audio::convert::{f32_to_i16, i16_to_f32};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -409,16 +410,13 @@ pub fn noise(seed: u64, channels: u16, frames: usize, amplitude: i16) -> Vec<i16
 /// Exact f32 form of 16-bit samples (k / 32768), as the playout stage
 /// hands them to the device stage.
 pub fn to_f32(samples: &[i16]) -> Vec<f32> {
-    samples.iter().map(|&s| f32::from(s) / 32768.0).collect()
+    samples.iter().map(|&s| i16_to_f32(s)).collect()
 }
 
 /// Back from f32 (as the jack device records) to 16 bits; exact for
 /// values that came from 16 bits.
 pub fn f32_to_s16(samples: &[f32]) -> Vec<i16> {
-    samples
-        .iter()
-        .map(|&s| (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16)
-        .collect()
+    samples.iter().map(|&s| f32_to_i16(s)).collect()
 }
 
 pub fn read_s16le(path: &Path) -> Vec<i16> {

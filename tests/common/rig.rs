@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use netspeaker::audio::convert::i16_to_f32;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -360,7 +361,7 @@ impl Bench {
             None => (
                 bytes
                     .chunks_exact(2)
-                    .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
+                    .map(|b| i16_to_f32(i16::from_le_bytes([b[0], b[1]])))
                     .collect(),
                 stream_rate,
             ),
@@ -507,26 +508,10 @@ pub fn sender(wav: &Path, to: SocketAddr, extra: &[&str]) -> Proc {
     Proc { child, log }
 }
 
-/// Writes a 16-bit PCM WAV file.
+/// Writes a 16-bit PCM WAV file (the sender's own writer).
 pub fn write_wav(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
-    let data_len = (samples.len() * 2) as u32;
-    let mut b = Vec::with_capacity(44 + samples.len() * 2);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&channels.to_le_bytes());
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * u32::from(channels) * 2).to_le_bytes());
-    b.extend_from_slice(&(channels * 2).to_le_bytes());
-    b.extend_from_slice(&16u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data_len.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, b).expect("write wav");
+    let wav = netspeaker::send::wav::write_wav(rate, channels, samples);
+    std::fs::write(path, wav).expect("write wav");
 }
 
 /// Runs of silence inside the played span of a mono recording.
