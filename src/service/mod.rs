@@ -26,6 +26,3 @@ pub mod supervise;
 pub mod usage;
 
 pub use supervise::{supervise, Callbacks, Config, Ending, Poll};
-
-// The sender's names from before the split, until it moves to the modules.
-pub use self::log::{init as init_logging, level_from_verbosity, LogTarget};
