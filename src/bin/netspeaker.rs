@@ -1,8 +1,9 @@
 //! netspeaker: plays a live audio stream arriving over UDP (RTP L16/PCMU/
 //! PCMA or headerless PCM) through ALSA. This file only parses options
 //! and wires the stages together: net thread → SPSC queue → playout
-//! thread (jitter buffer … ALSA), main thread for signals, systemd
-//! notify/watchdog and the statistics line.
+//! thread (jitter buffer … ALSA); the main thread runs
+//! `service::supervise` (signals, systemd notify/watchdog, the statistics
+//! line, draining the playout thread's events).
 
 use netspeaker::alsa::playback::Access;
 use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
