@@ -430,4 +430,68 @@ mod receiver {
         stop.store(true, Ordering::Relaxed);
         let _ = sender.join();
     }
+
+    /// The main thread's signal handling through the supervisor, on
+    /// ALSA's `null` device: READY=1 with the "playing" status once the
+    /// device is open, the statistics line on SIGUSR1, a device reopen on
+    /// SIGHUP, STOPPING=1, the final statistics and status 0 on SIGTERM.
+    #[test]
+    fn receiver_signals_reach_their_callbacks() {
+        let m = PathManager::new();
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free port")
+            .port();
+        let log = Log::start(m.socket.try_clone().expect("clone"));
+        let stderr_path = m.dir.join("stderr");
+        let t0 = Instant::now();
+        let receiver = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
+            .args(["--device", "null", "--rt-priority", "0", "--no-mlock"])
+            // No periodic line: any statistics line comes from SIGUSR1.
+            .args(["--stats-interval", "0", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .env("NOTIFY_SOCKET", m.name())
+            .env_remove("WATCHDOG_USEC")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+            .spawn()
+            .expect("netspeaker binary");
+        let mut receiver = Kill(receiver);
+        let pid = Pid::from_raw(receiver.0.id() as i32);
+        let stderr = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let wait_stderr = |what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !stderr().contains(what) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stderr().contains(what)
+        };
+        assert!(
+            log.wait_for("READY=1", t0, Duration::from_secs(10)),
+            "no READY=1: {}",
+            stderr()
+        );
+        assert_eq!(log.count("STATUS=playing", t0, Instant::now()), 1);
+        assert!(!stderr().contains(" packets "), "{}", stderr());
+
+        kill(pid, Signal::SIGUSR1).expect("SIGUSR1");
+        assert!(wait_stderr("info netspeaker: packets "), "{}", stderr());
+        kill(pid, Signal::SIGHUP).expect("SIGHUP");
+        assert!(wait_stderr("reopening the device: SIGHUP"), "{}", stderr());
+
+        let stopping = Instant::now();
+        kill(pid, Signal::SIGTERM).expect("SIGTERM");
+        assert!(
+            log.wait_for("STOPPING=1", stopping, Duration::from_secs(5)),
+            "no STOPPING=1 on SIGTERM"
+        );
+        let status = receiver.0.wait().expect("exit status");
+        let text = stderr();
+        assert_eq!(status.code(), Some(0), "{text}");
+        assert!(
+            text.contains("info netspeaker: stopping: packets "),
+            "{text}"
+        );
+        assert_eq!(log.count("READY=1", t0, Instant::now()), 1, "READY once");
+    }
 }

@@ -3,7 +3,6 @@
 //! wires the stages of `netspeaker::send`; nothing else lives here.
 
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +10,12 @@ use netspeaker::audio::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE
 use netspeaker::net::send::{parse_dest, DestConfig};
 use netspeaker::send::source::Input;
 use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, Summary};
-use netspeaker::service::clock::monotonic_ns;
-use netspeaker::service::notify::{self, Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
-use netspeaker::service::ratelimit::RateLimit;
-use netspeaker::service::sched;
-use netspeaker::service::{self, LogTarget};
+use netspeaker::service::log::{self as logging, LogTarget};
+use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
+use netspeaker::service::sched::{self, Request};
+use netspeaker::service::signals::{Handled, Signals};
+use netspeaker::service::usage::{self, number, quantity, text};
+use netspeaker::service::{self, Callbacks, Poll};
 
 const RTP_PORT: u16 = 5004;
 const RAW_PORT: u16 = 5005;
@@ -70,9 +70,6 @@ SIGTERM or SIGINT stops it; exit status 0 when stopped or done, 1 on an
 error, 2 for a bad option.
 ";
 
-/// A bad option: one line on stderr, exit status 2.
-struct Usage(String);
-
 struct Options {
     config: SendConfig,
     rt_priority: i32,
@@ -81,38 +78,13 @@ struct Options {
     quiet: u8,
 }
 
-fn value<T: std::str::FromStr>(
-    parser: &mut lexopt::Parser,
-    name: &str,
-    range: impl Fn(&T) -> bool,
-    expected: &str,
-) -> Result<T, Usage> {
-    let raw = parser
-        .value()
-        .map_err(|e| Usage(e.to_string()))?
-        .into_string()
-        .map_err(|_| Usage(format!("{name}: the value is not valid text")))?;
-    match raw.parse::<T>() {
-        Ok(v) if range(&v) => Ok(v),
-        _ => Err(Usage(format!("{name} '{raw}': expected {expected}"))),
-    }
-}
-
-fn string(parser: &mut lexopt::Parser, name: &str) -> Result<String, Usage> {
-    parser
-        .value()
-        .map_err(|e| Usage(e.to_string()))?
-        .into_string()
-        .map_err(|_| Usage(format!("{name}: the value is not valid text")))
-}
-
 enum Parsed {
     Run(Box<Options>),
     Help,
     Version,
 }
 
-fn parse_args() -> Result<Parsed, Usage> {
+fn parse_args() -> Result<Parsed, usage::Error> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
     let mut positional: Vec<String> = Vec::new();
@@ -134,68 +106,75 @@ fn parse_args() -> Result<Parsed, Usage> {
     let mut mlock = true;
     let mut verbose = 0u8;
     let mut quiet = 0u8;
-    while let Some(arg) = parser.next().map_err(|e| Usage(e.to_string()))? {
+    while let Some(arg) = parser.next()? {
         match arg {
             Long("format") => {
-                let v = string(&mut parser, "--format")?;
-                raw_format =
-                    Some(format::parse_raw(&v).map_err(|e| Usage(format!("--format: {e}")))?);
+                let v = text(&mut parser, "--format")?;
+                raw_format = Some(
+                    format::parse_raw(&v)
+                        .map_err(|e| usage::Error::value("--format", e.to_string()))?,
+                );
             }
             Long("loop") => looping = true,
-            Long("capture") => capture = Some(string(&mut parser, "--capture")?),
+            Long("capture") => capture = Some(text(&mut parser, "--capture")?),
             Long("codec") => {
-                let v = string(&mut parser, "--codec")?;
+                let v = text(&mut parser, "--codec")?;
                 codec = match v.to_ascii_lowercase().as_str() {
                     "l16" => Encoding::L16,
                     "pcmu" => Encoding::Pcmu,
                     "pcma" => Encoding::Pcma,
-                    _ => return Err(Usage(format!("--codec '{v}': expected l16, pcmu or pcma"))),
+                    _ => {
+                        return Err(usage::Error::value(
+                            "--codec",
+                            format!("'{v}' is not l16, pcmu or pcma"),
+                        ))
+                    }
                 };
             }
             Long("payload-type") => {
-                payload_type = value(
-                    &mut parser,
+                payload_type = quantity(
                     "--payload-type",
-                    |p| (96..=127).contains(p),
-                    "a dynamic RTP payload type, 96 to 127",
+                    &text(&mut parser, "--payload-type")?,
+                    96..=127,
+                    "a dynamic RTP payload type",
                 )?;
                 payload_type_given = true;
             }
             Long("raw") => raw = true,
             Long("rate") => {
-                rate = Some(value(
-                    &mut parser,
+                rate = Some(quantity(
                     "--rate",
-                    |r| (MIN_RATE..=MAX_RATE).contains(r),
-                    &format!("a sample rate from {MIN_RATE} to {MAX_RATE}"),
+                    &text(&mut parser, "--rate")?,
+                    MIN_RATE..=MAX_RATE,
+                    "a sample rate in Hz",
                 )?)
             }
             Long("channels") => {
-                channels = Some(value(
-                    &mut parser,
+                channels = Some(quantity(
                     "--channels",
-                    |c| (1..=MAX_CHANNELS).contains(c),
-                    &format!("a channel count from 1 to {MAX_CHANNELS}"),
+                    &text(&mut parser, "--channels")?,
+                    1..=MAX_CHANNELS,
+                    "a channel count",
                 )?)
             }
             Long("ptime") => {
-                ptime_ms = value(
-                    &mut parser,
+                ptime_ms = quantity(
                     "--ptime",
-                    |p| (1..=200).contains(p),
-                    "milliseconds from 1 to 200",
+                    &text(&mut parser, "--ptime")?,
+                    1..=200,
+                    "a number of milliseconds",
                 )?
             }
-            Long("dest") => dest = Some(string(&mut parser, "--dest")?),
-            Long("ttl") => ttl = value(&mut parser, "--ttl", |_| true, "a number from 0 to 255")?,
-            Long("interface") => interface = Some(string(&mut parser, "--interface")?),
-            Long("sdp") => sdp = Some(std::path::PathBuf::from(string(&mut parser, "--sdp")?)),
+            Long("dest") => dest = Some(text(&mut parser, "--dest")?),
+            Long("ttl") => ttl = number("--ttl", &text(&mut parser, "--ttl")?, 0..=255)?,
+            Long("interface") => interface = Some(text(&mut parser, "--interface")?),
+            Long("sdp") => sdp = Some(std::path::PathBuf::from(text(&mut parser, "--sdp")?)),
             Long("rt-priority") => {
-                rt_priority = value(
-                    &mut parser,
+                rt_priority = quantity(
                     "--rt-priority",
-                    |p| (0..=99).contains(p),
-                    "a priority from 0 (none) to 99",
+                    &text(&mut parser, "--rt-priority")?,
+                    0..=99,
+                    "a priority",
                 )?
             }
             Long("no-mlock") => mlock = false,
@@ -205,25 +184,25 @@ fn parse_args() -> Result<Parsed, Usage> {
             Short('V') | Long("version") => return Ok(Parsed::Version),
             Value(v) => positional.push(
                 v.into_string()
-                    .map_err(|_| Usage("an argument is not valid text".into()))?,
+                    .map_err(|_| usage::Error::rule("an argument is not valid UTF-8 text"))?,
             ),
-            _ => return Err(Usage(arg.unexpected().to_string())),
+            _ => return Err(arg.unexpected().into()),
         }
     }
     let mut positional = positional.into_iter();
     let source = match capture {
         Some(device) => {
             if looping || raw_format.is_some() {
-                return Err(Usage(
-                    "--loop and --format apply to files, not to --capture".into(),
+                return Err(usage::Error::rule(
+                    "--loop and --format apply to files, not to --capture",
                 ));
             }
             SourceConfig::Capture { device }
         }
         None => {
             let Some(input) = positional.next() else {
-                return Err(Usage(
-                    "no input: give a WAV file, - for standard input, or --capture DEVICE".into(),
+                return Err(usage::Error::rule(
+                    "no input: give a WAV file, - for standard input, or --capture DEVICE",
                 ));
             };
             SourceConfig::File {
@@ -235,23 +214,23 @@ fn parse_args() -> Result<Parsed, Usage> {
     };
     if let Some(extra) = positional.next() {
         if dest.is_some() {
-            return Err(Usage(format!(
+            return Err(usage::Error::rule(format!(
                 "'{extra}': the destination is already given by --dest"
             )));
         }
         dest = Some(extra);
     }
     if let Some(extra) = positional.next() {
-        return Err(Usage(format!("unexpected argument '{extra}'")));
+        return Err(usage::Error::rule(format!("unexpected argument '{extra}'")));
     }
     if raw && (codec != Encoding::L16 || payload_type_given) {
-        return Err(Usage(
-            "--raw sends headerless s16le: --codec and --payload-type do not apply".into(),
+        return Err(usage::Error::rule(
+            "--raw sends headerless s16le: --codec and --payload-type do not apply",
         ));
     }
     if payload_type_given && codec != Encoding::L16 {
-        return Err(Usage(
-            "--payload-type is for L16; PCMU and PCMA use their static types 0 and 8".into(),
+        return Err(usage::Error::rule(
+            "--payload-type is for L16; PCMU and PCMA use their static types 0 and 8",
         ));
     }
     let output = if raw {
@@ -261,7 +240,7 @@ fn parse_args() -> Result<Parsed, Usage> {
     };
     let default_port = if raw { RAW_PORT } else { RTP_PORT };
     let addr = match dest {
-        Some(d) => parse_dest(&d, default_port).map_err(|e| Usage(e.to_string()))?,
+        Some(d) => parse_dest(&d, default_port).map_err(|e| usage::Error::rule(e.to_string()))?,
         None => std::net::SocketAddr::from(([127, 0, 0, 1], default_port)),
     };
     Ok(Parsed::Run(Box::new(Options {
@@ -296,49 +275,44 @@ fn main() -> ExitCode {
             println!("netspeaker-send {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Err(Usage(msg)) => {
-            eprintln!("netspeaker-send: {msg} (see --help)");
-            return ExitCode::from(2);
-        }
+        Err(e) => return e.exit("netspeaker-send"),
     };
     // stderr at a terminal, syslog when systemd runs it (the receiver's
     // rule, from the service module).
-    let level = service::level_from_verbosity(options.verbose, options.quiet);
-    if let Err(e) = service::init_logging("netspeaker-send", LogTarget::choose(false), level) {
+    let level = logging::level_from_verbosity(options.verbose, options.quiet);
+    if let Err(e) = logging::init("netspeaker-send", LogTarget::choose(false), level) {
         eprintln!("netspeaker-send: {e}");
         return ExitCode::FAILURE;
     }
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            log::error!("cannot install the handler for signal {sig}: {e}");
+    // TERM and INT only: a hangup of the terminal ends the sender, as the
+    // default action always did.
+    let signals = match Signals::install(Handled::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("{e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
 
     // The stream runs on its own thread, so that the main thread can keep
     // the systemd watchdog fed only while that thread makes progress (a
     // capture read wedged in a driver must get us restarted).
     let heartbeat = Arc::new(Heartbeat::new());
     let pacing = {
-        let (stop, heartbeat, config) = (Arc::clone(&stop), Arc::clone(&heartbeat), options.config);
-        let (rt_priority, mlock) = (options.rt_priority, options.mlock);
+        let (stop, heartbeat, config) =
+            (signals.stop_flag(), Arc::clone(&heartbeat), options.config);
+        let request = Request {
+            priority: options.rt_priority,
+            lock_memory: options.mlock,
+        };
         std::thread::Builder::new().name("pacing".into()).spawn(
             move || -> Result<Option<(Summary, u32)>, send::Error> {
                 let Some(mut sender) = Sender::new(&config, &stop, &heartbeat)? else {
                     return Ok(None);
                 };
                 // Wake-ups on time under load; requests, not requirements.
-                if rt_priority > 0 {
-                    if let Err(e) = sched::set_realtime(rt_priority) {
-                        log::warn!("{e}");
-                    }
-                }
-                if mlock {
-                    if let Err(e) = sched::lock_memory() {
-                        log::warn!("{e}");
-                    }
+                for refusal in sched::enter_realtime(request).iter() {
+                    log::warn!("{refusal}");
                 }
                 let summary = sender.run(&stop, &heartbeat)?;
                 Ok(Some((summary, sender.format().rate)))
@@ -353,37 +327,38 @@ fn main() -> ExitCode {
         }
     };
     // Ready once started: a capture device that is busy or missing is
-    // waited for with backoff and must not fail the start.
+    // waited for with backoff and must not fail the start. The first poll
+    // says ready even when the thread already ended (an empty file), so
+    // a Type=notify unit never sees an exit before READY=1.
     let notifier = Notifier::from_env();
-    let mut notify_log = RateLimit::default_for_input();
-    let mut report = |r: Result<(), notify::Error>| {
-        if let Err(e) = r {
-            if notify_log.check(monotonic_ns()).is_some() {
-                log::warn!("{e}");
-            }
+    let mut announced = false;
+    let mut poll = || {
+        if announced && pacing.is_finished() {
+            return Poll::Finished;
         }
+        announced = true;
+        Poll::Ready(None)
     };
-    report(notifier.ready());
-    let mut watchdog = WatchdogGate::from_env(Arc::clone(&heartbeat));
-    let poll = watchdog.as_ref().map_or(Duration::from_millis(100), |w| {
-        (w.pet_period() / 4).min(Duration::from_millis(100))
-    });
-    let mut stopping = false;
-    while !pacing.is_finished() {
-        std::thread::sleep(poll);
-        if let Some(w) = watchdog.as_mut() {
-            if let Ok(WatchdogCheck::Stalled { stalled_for }) = w.tick(&notifier, monotonic_ns()) {
-                log::error!(
-                    "the pacing thread made no progress for {:.1} s; not feeding the watchdog",
-                    stalled_for.as_secs_f32()
-                );
-            }
-        }
-        if !stopping && stop.load(Ordering::Relaxed) {
-            stopping = true;
-            report(notifier.stopping());
-        }
-    }
+    // The sender has no statistics line and no device to reopen (it
+    // handles neither SIGUSR1 nor SIGHUP).
+    let (mut statistics, mut reopen) = (|| {}, || {});
+    service::supervise(
+        service::Config {
+            signals: &signals,
+            notifier: &notifier,
+            watchdog: WatchdogGate::from_env(Arc::clone(&heartbeat)),
+            watched: "pacing",
+            poll_every: Duration::from_millis(100),
+            statistics_every: None,
+        },
+        Callbacks {
+            poll: &mut poll,
+            statistics: &mut statistics,
+            reopen: &mut reopen,
+        },
+    );
+    // After a stop the pacing thread sees the same flag and ends within a
+    // packet time; its summary is the last line.
     match pacing.join() {
         Ok(Ok(Some((summary, rate)))) => {
             log::info!(

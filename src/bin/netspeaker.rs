@@ -1,8 +1,9 @@
 //! netspeaker: plays a live audio stream arriving over UDP (RTP L16/PCMU/
 //! PCMA or headerless PCM) through ALSA. This file only parses options
 //! and wires the stages together: net thread → SPSC queue → playout
-//! thread (jitter buffer … ALSA), main thread for signals, systemd
-//! notify/watchdog and the statistics line.
+//! thread (jitter buffer … ALSA); the main thread runs
+//! `service::supervise` (signals, systemd notify/watchdog, the statistics
+//! line, draining the playout thread's events).
 
 use netspeaker::alsa::playback::Access;
 use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
@@ -11,9 +12,12 @@ use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::playout::{self, Event, PacketQueue};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::rtp::{InputMode, PacketParser};
-use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogCheck, WatchdogGate};
+use netspeaker::service::log::{self as logging, LogTarget};
+use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
 use netspeaker::service::ratelimit::RateLimit;
-use netspeaker::service::{self, LogTarget, SignalFlags};
+use netspeaker::service::signals::{Handled, Signals};
+use netspeaker::service::usage::{self, number};
+use netspeaker::service::{self, Callbacks, Poll};
 use std::net::SocketAddr;
 
 /// Counts what the realtime threads allocate after start-up (shown on the
@@ -96,24 +100,7 @@ struct Options {
     quiet: u8,
 }
 
-/// A bad command line: one line for the user, exit status 2.
-struct UsageError(String);
-
-fn number<T>(option: &str, value: &str, range: std::ops::RangeInclusive<T>) -> Result<T, UsageError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display,
-{
-    match value.parse::<T>() {
-        Ok(v) if range.contains(&v) => Ok(v),
-        _ => Err(UsageError(format!(
-            "{option}: '{value}' is not a number from {} to {}",
-            range.start(),
-            range.end()
-        ))),
-    }
-}
-
-fn parse_args() -> Result<Option<Options>, UsageError> {
+fn parse_args() -> Result<Option<Options>, usage::Error> {
     use lexopt::prelude::*;
     let mut o = Options {
         net: NetConfig::default(),
@@ -132,25 +119,18 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
         quiet: 0,
     };
     let mut parser = lexopt::Parser::from_env();
-    let bad = |e: lexopt::Error| UsageError(e.to_string());
-    while let Some(arg) = parser.next().map_err(bad)? {
+    while let Some(arg) = parser.next()? {
         let name = match &arg {
             Long(l) => format!("--{l}"),
             Short(s) => format!("-{s}"),
             Value(v) => {
-                return Err(UsageError(format!(
-                    "unexpected argument '{}': see --help",
+                return Err(usage::Error::rule(format!(
+                    "unexpected argument '{}'",
                     v.to_string_lossy()
                 )))
             }
         };
-        let mut value = || -> Result<String, UsageError> {
-            parser
-                .value()
-                .map_err(bad)?
-                .into_string()
-                .map_err(|_| UsageError(format!("{name}: value is not valid UTF-8")))
-        };
+        let mut value = || usage::text(&mut parser, &name);
         match name.as_str() {
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -166,21 +146,23 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
             "--listen" => {
                 let v = value()?;
                 o.net.listen = v.parse::<SocketAddr>().map_err(|_| {
-                    UsageError(format!(
-                        "--listen: '{v}' is not ADDR:PORT (e.g. 0.0.0.0:5004 or [::]:5004)"
-                    ))
+                    usage::Error::value(
+                        "--listen",
+                        format!("'{v}' is not ADDR:PORT (e.g. 0.0.0.0:5004 or [::]:5004)"),
+                    )
                 })?;
                 o.listen_given = true;
             }
             "--group" => {
                 let v = value()?;
-                let addr = v
-                    .parse::<std::net::IpAddr>()
-                    .map_err(|_| UsageError(format!("--group: '{v}' is not an IP address")))?;
+                let addr = v.parse::<std::net::IpAddr>().map_err(|_| {
+                    usage::Error::value("--group", format!("'{v}' is not an IP address"))
+                })?;
                 if !addr.is_multicast() {
-                    return Err(UsageError(format!(
-                        "--group: {addr} is not a multicast address (224.0.0.0/4 or ff00::/8)"
-                    )));
+                    return Err(usage::Error::value(
+                        "--group",
+                        format!("{addr} is not a multicast address (224.0.0.0/4 or ff00::/8)"),
+                    ));
                 }
                 o.net.group = Some(addr);
             }
@@ -189,7 +171,7 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
                 let v = value()?;
                 let cidr = v
                     .parse::<Cidr>()
-                    .map_err(|e| UsageError(format!("--allow: {e}")))?;
+                    .map_err(|e| usage::Error::value("--allow", e.to_string()))?;
                 o.net.allow.push(cidr);
             }
             "--recv-buffer" => {
@@ -197,11 +179,14 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
             }
             "--rtp-format" => {
                 let (pt, f) = parse_rtp_format(&value()?)
-                    .map_err(|e| UsageError(format!("--rtp-format: {e}")))?;
+                    .map_err(|e| usage::Error::value("--rtp-format", e.to_string()))?;
                 o.payload_map.set(pt, f);
             }
             "--raw" => {
-                o.raw = Some(parse_raw(&value()?).map_err(|e| UsageError(format!("--raw: {e}")))?)
+                o.raw = Some(
+                    parse_raw(&value()?)
+                        .map_err(|e| usage::Error::value("--raw", e.to_string()))?,
+                )
             }
             "--latency" => {
                 let v = value()?;
@@ -225,9 +210,10 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
                     "on" => true,
                     "off" => false,
                     v => {
-                        return Err(UsageError(format!(
-                            "--clock-follow: '{v}' is neither on nor off"
-                        )))
+                        return Err(usage::Error::value(
+                            "--clock-follow",
+                            format!("'{v}' is neither on nor off"),
+                        ))
                     }
                 }
             }
@@ -240,9 +226,10 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
                     "rw" => Access::ReadWrite,
                     "mmap" => Access::Mmap,
                     v => {
-                        return Err(UsageError(format!(
-                            "--access: '{v}' is neither rw nor mmap"
-                        )))
+                        return Err(usage::Error::value(
+                            "--access",
+                            format!("'{v}' is neither rw nor mmap"),
+                        ))
                     }
                 }
             }
@@ -262,11 +249,11 @@ fn parse_args() -> Result<Option<Options>, UsageError> {
                 o.stats_interval =
                     Duration::from_secs(number("--stats-interval", &value()?, 0..=86_400)?)
             }
-            _ => return Err(UsageError(format!("unknown option '{name}': see --help"))),
+            _ => return Err(usage::Error::rule(format!("unknown option '{name}'"))),
         }
     }
     if o.min_latency_ms > o.max_latency_ms {
-        return Err(UsageError(format!(
+        return Err(usage::Error::rule(format!(
             "--min-latency-ms {} is above --max-latency-ms {}",
             o.min_latency_ms, o.max_latency_ms
         )));
@@ -300,13 +287,10 @@ fn main() -> ExitCode {
     let options = match parse_args() {
         Ok(Some(o)) => o,
         Ok(None) => return ExitCode::SUCCESS,
-        Err(UsageError(msg)) => {
-            eprintln!("netspeaker: {msg}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return e.exit("netspeaker"),
     };
-    let level = service::level_from_verbosity(options.verbose, options.quiet);
-    if let Err(e) = service::init_logging("netspeaker", LogTarget::choose(options.syslog), level) {
+    let level = logging::level_from_verbosity(options.verbose, options.quiet);
+    if let Err(e) = logging::init("netspeaker", LogTarget::choose(options.syslog), level) {
         eprintln!("netspeaker: {e}");
         return ExitCode::FAILURE;
     }
@@ -320,7 +304,11 @@ fn main() -> ExitCode {
 }
 
 fn run(options: Options) -> Result<(), String> {
-    let signals = SignalFlags::install().map_err(|e| e.to_string())?;
+    let signals = Signals::install(Handled {
+        reopen: true,
+        statistics: true,
+    })
+    .map_err(|e| e.to_string())?;
     let receiver = Receiver::bind(&options.net).map_err(|e| e.to_string())?;
     let mode = match options.raw {
         Some(f) => InputMode::Raw(f),
@@ -348,6 +336,8 @@ fn run(options: Options) -> Result<(), String> {
     let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
     let net_stop = Arc::new(AtomicBool::new(false));
+    // Set by the supervisor on SIGHUP, taken by the playout thread.
+    let reopen = Arc::new(AtomicBool::new(false));
     let heartbeat = Arc::new(Heartbeat::new());
 
     let net_thread = {
@@ -367,59 +357,53 @@ fn run(options: Options) -> Result<(), String> {
         &options.playout,
         packet_rx,
         Arc::clone(&playout_stats),
-        Arc::clone(&signals.stop),
-        Arc::clone(&signals.reopen),
+        signals.stop_flag(),
+        Arc::clone(&reopen),
         Arc::clone(&heartbeat),
     )
     .map_err(|e| e.to_string())?;
 
     let notifier = Notifier::from_env();
-    let mut watchdog = WatchdogGate::from_env(Arc::clone(&heartbeat));
-    let mut stall_log = RateLimit::new(10_000_000_000, 1);
-    let mut ready_sent = false;
-    let mut last_stats = Instant::now();
     let mut underrun_log = RateLimit::new(10_000_000_000, 3);
     let mut device_log = RateLimit::new(30_000_000_000, 3);
-    while !signals.stop.load(Relaxed) {
+    // READY once the playout thread reports on its first device open,
+    // success or not: a missing card is waited for and must not fail the
+    // start.
+    let mut ready: Option<&'static str> = None;
+    let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            let first_open = matches!(event, Event::DeviceOpened(_) | Event::DeviceOpenFailed(_));
             log_event(&event, now, &mut underrun_log, &mut device_log);
-            if first_open && !ready_sent {
-                let status = match event {
-                    Event::DeviceOpened(_) => "playing",
-                    _ => "waiting for the sound device",
+            if ready.is_none() {
+                ready = match event {
+                    Event::DeviceOpened(_) => Some("playing"),
+                    Event::DeviceOpenFailed(_) => Some("waiting for the sound device"),
+                    _ => None,
                 };
-                if let Err(e) = notifier.ready_with_status(status) {
-                    log::warn!("systemd notify: {e}");
-                }
-                ready_sent = true;
             }
         }
-        if SignalFlags::take(&signals.stats)
-            || (!options.stats_interval.is_zero() && last_stats.elapsed() >= options.stats_interval)
-        {
-            log::info!("{}", stats_line(&net_counters, &playout_stats));
-            last_stats = Instant::now();
+        match ready {
+            Some(status) => Poll::Ready(Some(status)),
+            None => Poll::Starting,
         }
-        if let Some(gate) = watchdog.as_mut() {
-            let now = netspeaker::service::clock::monotonic_ns();
-            match gate.tick(&notifier, now) {
-                Ok(WatchdogCheck::Stalled { stalled_for }) => {
-                    if stall_log.check(now).is_some() {
-                        log::error!(
-                            "playout thread stalled for {} ms: not petting the watchdog, systemd will restart us",
-                            stalled_for.as_millis()
-                        );
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("systemd watchdog: {e}"),
-            }
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = notifier.stopping();
+    };
+    let mut statistics = || log::info!("{}", stats_line(&net_counters, &playout_stats));
+    let mut reopen_device = || reopen.store(true, Relaxed);
+    service::supervise(
+        service::Config {
+            signals: &signals,
+            notifier: &notifier,
+            watchdog: WatchdogGate::from_env(Arc::clone(&heartbeat)),
+            watched: "playout",
+            poll_every: Duration::from_millis(10),
+            statistics_every: Some(options.stats_interval).filter(|d| !d.is_zero()),
+        },
+        Callbacks {
+            poll: &mut drain_events,
+            statistics: &mut statistics,
+            reopen: &mut reopen_device,
+        },
+    );
     net_stop.store(true, Relaxed);
     // The threads see the flags within a period (playout) or a receive
     // timeout (net); a playout thread wedged in a device call must not

@@ -15,13 +15,13 @@
 //! systemd kills and restarts it. A playout thread that is merely waiting
 //! for a missing device (reopening with backoff) is alive and keeps beating.
 //!
-//! Wiring, in `main`: `Notifier::from_env()` first; `ready()` once the
-//! socket is bound and the playout thread runs (device open, or being
-//! waited for: a missing card must not fail the start); a
-//! `WatchdogGate::from_env(heartbeat)` polled with `tick()` from the main
-//! loop at least every `pet_period() / 4` (a late poll eats into the margin
-//! the second half of the interval gives); `status()` with the statistics
-//! line; `stopping()` on SIGTERM.
+//! Wiring: `main` makes a `Notifier::from_env()` and a
+//! `WatchdogGate::from_env(heartbeat)` and hands both to
+//! [`crate::service::supervise()`], which sends `READY=1` once the program
+//! says it is ready (the receiver: device open, or being waited for — a
+//! missing card must not fail the start), ticks the gate at least every
+//! `pet_period() / 4` (a late poll eats into the margin the second half of
+//! the interval gives), and sends `STOPPING=1` on SIGTERM.
 
 use std::fmt;
 use std::io;

@@ -1,7 +1,12 @@
-//! Realtime scheduling and locked memory for the playout thread. Both are
+//! Realtime scheduling and locked memory for the time-critical thread (the
+//! receiver's playout thread, the sender's pacing thread). Both are
 //! requests: without the privilege (no CAP_SYS_NICE / RLIMIT_RTPRIO, no
-//! CAP_IPC_LOCK / RLIMIT_MEMLOCK) the caller says so once and runs on at
-//! normal priority, as DESIGN.md asks.
+//! CAP_IPC_LOCK / RLIMIT_MEMLOCK) the thread runs on at normal priority.
+//!
+//! [`enter_realtime`] is the one call such a thread makes, at its start: it
+//! asks for both and returns what was refused as a value ([`Refusals`]),
+//! without logging, so that a thread that must not log (the playout
+//! thread) can hand it on, and whoever logs says so once.
 
 use core::fmt;
 
@@ -34,6 +39,53 @@ impl fmt::Display for SchedError {
 }
 
 impl std::error::Error for SchedError {}
+
+/// What a thread asks for: SCHED_FIFO at `priority` (0 for none) and
+/// locked memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// 1..=99; 0 leaves the thread at normal priority.
+    pub priority: i32,
+    pub lock_memory: bool,
+}
+
+/// What [`enter_realtime`] was refused; empty when everything asked for was
+/// granted. Plain values, no allocation: it may be made on a realtime thread.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use = "a refusal is to be logged once by the caller"]
+pub struct Refusals {
+    pub realtime: Option<SchedError>,
+    pub memory: Option<SchedError>,
+}
+
+impl Refusals {
+    /// Whether everything asked for was granted.
+    pub fn is_empty(&self) -> bool {
+        self.realtime.is_none() && self.memory.is_none()
+    }
+
+    /// The refusals, one log line each.
+    pub fn iter(&self) -> impl Iterator<Item = &SchedError> {
+        self.realtime.iter().chain(self.memory.iter())
+    }
+}
+
+/// Puts the calling thread in SCHED_FIFO and locks the process's memory,
+/// as far as `request` asks and the privileges allow.
+pub fn enter_realtime(request: Request) -> Refusals {
+    Refusals {
+        realtime: if request.priority > 0 {
+            set_realtime(request.priority).err()
+        } else {
+            None
+        },
+        memory: if request.lock_memory {
+            lock_memory().err()
+        } else {
+            None
+        },
+    }
+}
 
 /// Puts the calling thread in SCHED_FIFO at `priority` (1..=99).
 pub fn set_realtime(priority: i32) -> Result<(), SchedError> {
@@ -99,5 +151,32 @@ mod tests {
         let err = set_realtime(1000).unwrap_err();
         assert!(matches!(err, SchedError::Realtime { priority: 1000, .. }));
         assert!(err.to_string().contains("CAP_SYS_NICE"));
+    }
+
+    #[test]
+    fn nothing_asked_nothing_refused() {
+        let r = enter_realtime(Request {
+            priority: 0,
+            lock_memory: false,
+        });
+        assert!(r.is_empty());
+        assert_eq!(r.iter().count(), 0);
+    }
+
+    #[test]
+    fn impossible_priority_refused_as_a_value() {
+        // Priority 1000 is out of range for every policy: refused even with
+        // CAP_SYS_NICE, so the test holds under root too.
+        let r = enter_realtime(Request {
+            priority: 1000,
+            lock_memory: false,
+        });
+        assert!(!r.is_empty());
+        assert!(matches!(
+            r.realtime,
+            Some(SchedError::Realtime { priority: 1000, .. })
+        ));
+        assert!(r.memory.is_none());
+        assert_eq!(r.iter().count(), 1);
     }
 }
