@@ -351,6 +351,10 @@ fn run(options: Options) -> Result<(), String> {
     let (mut packet_tx, packet_rx) = packets.split();
     let events: &'static mut EventQueue = Box::leak(Box::new(EventQueue::new()));
     let (event_tx, mut event_rx) = events.split();
+    let net_events: &'static mut netspeaker::net::EventQueue =
+        Box::leak(Box::new(netspeaker::net::EventQueue::new()));
+    let (mut net_event_tx, mut net_event_rx) = net_events.split();
+    let mut net_event_log = netspeaker::net::EventLog::default();
 
     let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
@@ -364,7 +368,14 @@ fn run(options: Options) -> Result<(), String> {
         std::thread::Builder::new()
             .name("net".into())
             .spawn(move || {
-                netspeaker::net::run(&receiver, &mut parser, &mut packet_tx, &counters, &stop)
+                netspeaker::net::run(
+                    &receiver,
+                    &mut parser,
+                    &mut packet_tx,
+                    &mut net_event_tx,
+                    &counters,
+                    &stop,
+                )
             })
             .map_err(|e| format!("cannot start the net thread: {e}"))?
     };
@@ -407,6 +418,11 @@ fn run(options: Options) -> Result<(), String> {
                 ready_sent = true;
             }
         }
+        // The net thread reports its drops; the lines are written here.
+        net_event_log.drain(
+            &mut net_event_rx,
+            netspeaker::service::clock::monotonic_ns(),
+        );
         if SignalFlags::take(&signals.stats)
             || (!options.stats_interval.is_zero() && last_stats.elapsed() >= options.stats_interval)
         {
