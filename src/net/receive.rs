@@ -27,7 +27,7 @@ use std::time::Duration;
 use heapless::spsc::{Consumer, Producer};
 use nix::errno::Errno;
 
-use crate::net::filter::{self, Cidr, SourceFilter};
+use crate::net::filter::{Cidr, SourceFilter};
 use crate::net::socket::{self, Buffer, Interface};
 use crate::rtp::packet::{Packet, MAX_DATAGRAM};
 use crate::rtp::{InputMode, PacketParser, ParseError};
@@ -111,7 +111,6 @@ fn bump(c: &AtomicU64) {
 /// Why the socket could not be set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetError {
-    Cidr(filter::Error),
     NotMulticast(IpAddr),
     FamilyMismatch {
         listen: SocketAddr,
@@ -136,7 +135,6 @@ pub enum NetError {
 impl fmt::Display for NetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            NetError::Cidr(e) => write!(f, "{e}"),
             NetError::NotMulticast(g) => write!(
                 f,
                 "--group {g} is not a multicast address (224.0.0.0/4 or ff00::/8)"
@@ -182,12 +180,6 @@ impl std::error::Error for NetError {}
 impl From<socket::Error> for NetError {
     fn from(e: socket::Error) -> Self {
         NetError::Socket(e)
-    }
-}
-
-impl From<filter::Error> for NetError {
-    fn from(e: filter::Error) -> Self {
-        NetError::Cidr(e)
     }
 }
 
