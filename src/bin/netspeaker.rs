@@ -455,6 +455,10 @@ fn run(options: Options) -> Result<(), String> {
     while Instant::now() < deadline && !(net_thread.is_finished() && playout_thread.is_finished()) {
         std::thread::sleep(Duration::from_millis(2));
     }
+    net_event_log.drain(
+        &mut net_event_rx,
+        netspeaker::service::clock::monotonic_ns(),
+    );
     log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
     Ok(())
 }
