@@ -1,22 +1,57 @@
 //! The net thread allocates nothing: a counting global allocator counts the
 //! allocations made on the thread that runs `net::run`, from its first
 //! instruction to its return, while a stream of valid packets mixed with
-//! every kind of bad input (and a full queue) goes through it.
+//! every kind of bad input (malformed, foreign, filtered, oversized, RTCP,
+//! an unknown payload type, and a full queue) goes through it. A real
+//! logger is installed, one that formats every record into a `String`, so
+//! a log call on the net thread would allocate and fail the test; the drop
+//! events it reports instead are logged by this (main) thread, which
+//! proves they arrive.
 
 mod common;
 
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use heapless::spsc::Queue;
 use netspeaker::audio::format::PayloadMap;
-use netspeaker::net::{run, Cidr, NetConfig, NetCounters, Receiver};
+use netspeaker::net::{run, Cidr, EventLog, EventQueue, NetConfig, NetCounters, Receiver};
 use netspeaker::rtp::packet::{Packet, MAX_DATAGRAM};
 use netspeaker::rtp::{InputMode, PacketParser, RtpHeader};
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;
+
+/// Keeps every formatted line, as a file or syslog logger would write it.
+struct Formatting {
+    lines: Mutex<Vec<String>>,
+}
+
+impl log::Log for Formatting {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        let line = format!(
+            "[{}] {} {}",
+            std::thread::current().name().unwrap_or("?"),
+            record.level(),
+            record.args()
+        );
+        if let Ok(mut lines) = self.lines.lock() {
+            lines.push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Formatting = Formatting {
+    lines: Mutex::new(Vec::new()),
+};
 
 fn wait_for(counter: &AtomicU64, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -30,7 +65,9 @@ fn wait_for(counter: &AtomicU64, n: u64) {
 }
 
 #[test]
-fn net_thread_allocates_nothing() {
+fn net_thread_allocates_nothing_with_a_real_logger() {
+    log::set_logger(&LOGGER).unwrap();
+    log::set_max_level(log::LevelFilter::Trace);
     let receiver = Receiver::bind(&NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         allow: vec!["127.0.0.1".parse::<Cidr>().unwrap()],
@@ -42,15 +79,28 @@ fn net_thread_allocates_nothing() {
     let mut parser = PacketParser::new(InputMode::Rtp(PayloadMap::default()));
     let mut queue: Box<Queue<Packet, 16>> = Box::default();
     let (mut producer, mut consumer) = queue.split();
+    let mut events: Box<EventQueue> = Box::default();
+    let (mut event_tx, mut event_rx) = events.split();
+    let mut event_log = EventLog::default();
     let stop = AtomicBool::new(false);
     let mut received = 0u64;
 
     std::thread::scope(|s| {
-        s.spawn(|| {
-            common::alloc::count_this_thread(true);
-            run(&receiver, &mut parser, &mut producer, &counters, &stop);
-            common::alloc::count_this_thread(false);
-        });
+        std::thread::Builder::new()
+            .name("net".into())
+            .spawn_scoped(s, || {
+                common::alloc::count_this_thread(true);
+                run(
+                    &receiver,
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                );
+                common::alloc::count_this_thread(false);
+            })
+            .unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let foreign = UdpSocket::bind("127.0.0.2:0").unwrap();
         let mut packet = vec![0u8; 172];
@@ -82,6 +132,7 @@ fn net_thread_allocates_nothing() {
             sent += 6;
             if seq % 20 == 19 {
                 wait_for(&counters.datagrams, sent);
+                event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
                 // Drain only every other time, so the queue also runs full.
                 if seq % 40 == 39 {
                     while consumer.dequeue().is_some() {
@@ -110,6 +161,23 @@ fn net_thread_allocates_nothing() {
     ] {
         assert_eq!(n, 400, "{name}");
     }
-    // ...and none of them allocated.
+    // ...and none of them allocated...
     assert_eq!(common::alloc::allocations(), 0);
+    // ...while their reports reached the log, from this thread only.
+    event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
+    let lines = LOGGER.lines.lock().unwrap();
+    for needle in [
+        "source not in --allow",
+        "malformed RTP packet",
+        "payload type 97 is not mapped",
+        "RTCP packet",
+        "longer than",
+        "playout queue full",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "no line about {needle:?} in {lines:#?}"
+        );
+    }
+    assert!(lines.iter().all(|l| !l.starts_with("[net]")), "{lines:#?}");
 }

@@ -28,11 +28,22 @@ fn stream_from_ffmpeg(codec: &str, rate: u32, channels: u16) -> (Vec<Packet>, Ne
     let mut parser = PacketParser::new(InputMode::Rtp(PayloadMap::default()));
     let mut queue: Box<Queue<Packet, 64>> = Box::default();
     let (mut producer, mut consumer) = queue.split();
+    let mut events: Box<netspeaker::net::EventQueue> = Box::default();
+    let (mut event_tx, _event_rx) = events.split();
     let stop = AtomicBool::new(false);
     let mut got = Vec::new();
     let want_frames = rate as usize;
     std::thread::scope(|s| {
-        s.spawn(|| run(&receiver, &mut parser, &mut producer, &counters, &stop));
+        s.spawn(|| {
+            run(
+                &receiver,
+                &mut parser,
+                &mut producer,
+                &mut event_tx,
+                &counters,
+                &stop,
+            )
+        });
         let status = Command::new("ffmpeg")
             // -re: paced at real time, as a live sender sends.
             .args([

@@ -52,8 +52,9 @@ Destination:
                             IPv6 as [ADDR]:PORT) [default: 127.0.0.1:5004,
                             with --raw 127.0.0.1:5005]
       --ttl N               multicast TTL / hop limit, 0 to 255 [default: 1]
-      --interface IF        multicast interface: a name (eth0) or, for IPv4,
-                            its address [default: chosen by the routing table]
+      --interface IF        multicast interface: a name (eth0) or one of its
+                            addresses, IPv4 or IPv6 [default: chosen by the
+                            routing table]
       --sdp FILE            write an SDP description of the stream to FILE
                             (for ffplay -protocol_whitelist file,udp,rtp -i FILE)
 Process:

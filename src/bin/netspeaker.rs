@@ -332,6 +332,10 @@ fn run(options: Options) -> Result<(), String> {
     // their ends can move into threads without locks or allocation.
     let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
     let (mut packet_tx, packet_rx) = packets.split();
+    let net_events: &'static mut netspeaker::net::EventQueue =
+        Box::leak(Box::new(netspeaker::net::EventQueue::new()));
+    let (mut net_event_tx, mut net_event_rx) = net_events.split();
+    let mut net_event_log = netspeaker::net::EventLog::default();
 
     let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
@@ -349,7 +353,14 @@ fn run(options: Options) -> Result<(), String> {
             .spawn(move || {
                 use netspeaker::service::alloc::{watch_this_thread, Watched};
                 watch_this_thread(Watched::Net);
-                netspeaker::net::run(&receiver, &mut parser, &mut packet_tx, &counters, &stop)
+                netspeaker::net::run(
+                    &receiver,
+                    &mut parser,
+                    &mut packet_tx,
+                    &mut net_event_tx,
+                    &counters,
+                    &stop,
+                )
             })
             .map_err(|e| format!("cannot start the net thread: {e}"))?
     };
@@ -382,6 +393,11 @@ fn run(options: Options) -> Result<(), String> {
                 };
             }
         }
+        // The net thread reports its drops; the lines are written here.
+        net_event_log.drain(
+            &mut net_event_rx,
+            netspeaker::service::clock::monotonic_ns(),
+        );
         match ready {
             Some(status) => Poll::Ready(Some(status)),
             None => Poll::Starting,
@@ -412,6 +428,10 @@ fn run(options: Options) -> Result<(), String> {
     while Instant::now() < deadline && !(net_thread.is_finished() && playout.is_finished()) {
         std::thread::sleep(Duration::from_millis(2));
     }
+    net_event_log.drain(
+        &mut net_event_rx,
+        netspeaker::service::clock::monotonic_ns(),
+    );
     log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
     Ok(())
 }

@@ -6,11 +6,15 @@
 //! (the receiver may come up later). The same holds at startup: when no
 //! route leads to the destination yet (a Pi booting before its network is
 //! up), connecting is retried with every packet. Any other error is fatal.
+//! The socket itself, and `--interface` (a name or an address of a local
+//! interface, IPv4 or IPv6), come from [`crate::net::socket`], as the
+//! receiver's do.
 
 use core::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 
+use crate::net::socket::{self, Interface, MulticastOut};
 use crate::service::clock::monotonic_ns;
 use crate::service::ratelimit::RateLimit;
 
@@ -21,9 +25,11 @@ pub enum Error {
         value: String,
         err: Option<io::Error>,
     },
-    Interface {
-        value: String,
-        why: &'static str,
+    /// `--interface` could not be resolved, or a multicast option was
+    /// refused.
+    Net {
+        addr: SocketAddr,
+        err: socket::Error,
     },
     Socket {
         addr: SocketAddr,
@@ -47,7 +53,12 @@ impl fmt::Display for Error {
                 value,
                 err: Some(e),
             } => write!(f, "cannot resolve destination '{value}': {e}"),
-            Error::Interface { value, why } => write!(f, "--interface {value}: {why}"),
+            // Worded as the receiver words it: the option is the subject.
+            Error::Net {
+                err: err @ socket::Error::NoSuchInterface(_),
+                ..
+            } => write!(f, "{err}"),
+            Error::Net { addr, err } => write!(f, "socket for {addr}: {err}"),
             Error::Socket { addr, what, err } => {
                 write!(f, "socket for {addr}: cannot {what}: {err}")
             }
@@ -104,8 +115,8 @@ pub struct DestConfig {
     pub addr: SocketAddr,
     /// Multicast TTL (IPv4) or hop limit (IPv6).
     pub ttl: u8,
-    /// Outgoing interface for multicast: a name (`eth0`) or, for IPv4, an
-    /// address of the interface.
+    /// Outgoing interface for multicast: a name (`eth0`) or an address of
+    /// a local interface, IPv4 or IPv6.
     pub interface: Option<String>,
 }
 
@@ -127,10 +138,6 @@ pub struct Dest {
     dropped: u64,
 }
 
-fn sock_err(addr: SocketAddr, what: &'static str) -> impl Fn(io::Error) -> Error {
-    move |err| Error::Socket { addr, what, err }
-}
-
 impl Dest {
     pub fn open(config: &DestConfig) -> Result<Dest, Error> {
         let addr = config.addr;
@@ -138,9 +145,24 @@ impl Dest {
             SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
             SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let socket = UdpSocket::bind(bind).map_err(sock_err(addr, "bind"))?;
+        let net_err = |err| Error::Net { addr, err };
+        let socket = UdpSocket::from(socket::udp_for(bind).map_err(net_err)?);
+        socket::bind(&socket, bind).map_err(|errno| Error::Socket {
+            addr,
+            what: "bind",
+            err: io::Error::from(errno),
+        })?;
         if addr.ip().is_multicast() {
-            set_multicast(&socket, config)?;
+            let interface = match &config.interface {
+                Some(i) => Some(Interface::resolve(i).map_err(net_err)?),
+                None => None,
+            };
+            let out = MulticastOut {
+                ttl: config.ttl,
+                loopback: true,
+                interface,
+            };
+            socket::set_multicast_out(&socket, addr, &out).map_err(net_err)?;
         } else if let Some(iface) = &config.interface {
             // Unicast follows the routing table; say so rather than
             // silently ignoring the option.
@@ -230,89 +252,6 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-fn set_multicast(socket: &UdpSocket, config: &DestConfig) -> Result<(), Error> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let addr = config.addr;
-    match addr {
-        SocketAddr::V4(_) => {
-            socket
-                .set_multicast_ttl_v4(u32::from(config.ttl))
-                .map_err(sock_err(addr, "set the multicast TTL"))?;
-        }
-        SocketAddr::V6(_) => {
-            setsockopt(socket, sockopt::Ipv6MulticastHops, &i32::from(config.ttl))
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))
-                .map_err(sock_err(addr, "set the multicast hop limit"))?;
-        }
-    }
-    if let Some(iface) = &config.interface {
-        set_multicast_if(socket, addr, iface)?;
-    }
-    Ok(())
-}
-
-/// IP_MULTICAST_IF / IPV6_MULTICAST_IF, which nix does not wrap.
-fn set_multicast_if(socket: &UdpSocket, addr: SocketAddr, iface: &str) -> Result<(), Error> {
-    use nix::libc;
-    use std::os::fd::AsRawFd;
-    let bad = |why| Error::Interface {
-        value: iface.to_string(),
-        why,
-    };
-    let index = || -> Result<u32, Error> {
-        nix::net::if_::if_nametoindex(iface).map_err(|_| bad("no such interface"))
-    };
-    let fd = socket.as_raw_fd();
-    let rc = match addr {
-        SocketAddr::V4(_) => {
-            let mut req = libc::ip_mreqn {
-                imr_multiaddr: libc::in_addr { s_addr: 0 },
-                imr_address: libc::in_addr { s_addr: 0 },
-                imr_ifindex: 0,
-            };
-            match iface.parse::<Ipv4Addr>() {
-                Ok(a) => req.imr_address.s_addr = u32::from(a).to_be(),
-                Err(_) => req.imr_ifindex = index()? as libc::c_int,
-            }
-            // SAFETY: fd is a valid socket for the call's duration and req
-            // is a properly initialised ip_mreqn of the length passed.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    libc::IP_MULTICAST_IF,
-                    (&req as *const libc::ip_mreqn).cast(),
-                    core::mem::size_of::<libc::ip_mreqn>() as libc::socklen_t,
-                )
-            }
-        }
-        SocketAddr::V6(_) => {
-            if iface.parse::<IpAddr>().is_ok() {
-                return Err(bad("IPv6 multicast needs an interface name, e.g. eth0"));
-            }
-            let idx = index()? as libc::c_int;
-            // SAFETY: as above, with a c_int option value.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_MULTICAST_IF,
-                    (&idx as *const libc::c_int).cast(),
-                    core::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            }
-        }
-    };
-    if rc != 0 {
-        return Err(Error::Socket {
-            addr,
-            what: "set the multicast interface",
-            err: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,22 +308,31 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_multicast_needs_interface_name() {
-        let e = Dest::open(&DestConfig {
-            addr: "[ff02::1234]:5004".parse().unwrap(),
-            ttl: 1,
-            interface: Some("::1".into()),
-        });
-        // Hosts without IPv6 fail at bind; with it, at the interface check.
-        if let Err(Error::Interface { .. }) = e {
-        } else {
-            assert!(matches!(e, Err(Error::Socket { .. })), "{:?}", e.err());
+    fn multicast_interface_by_name_or_address_of_either_family() {
+        let open = |addr: &str, interface: &str| {
+            Dest::open(&DestConfig {
+                addr: addr.parse().unwrap(),
+                ttl: 1,
+                interface: Some(interface.into()),
+            })
+        };
+        for interface in ["lo", "127.0.0.1"] {
+            open("239.255.77.1:5004", interface).unwrap();
         }
-        let e = Dest::open(&DestConfig {
-            addr: "239.255.77.1:5004".parse().unwrap(),
-            ttl: 1,
-            interface: Some("no-such-if0".into()),
-        });
-        assert!(matches!(e, Err(Error::Interface { .. })));
+        // Hosts without IPv6 have neither ::1 nor an IPv6 socket.
+        if UdpSocket::bind("[::1]:0").is_ok() {
+            for interface in ["lo", "::1", "127.0.0.1"] {
+                open("[ff02::1234]:5004", interface).unwrap();
+            }
+        }
+        for interface in ["no-such-if0", "192.0.2.1", "2001:db8::1"] {
+            let e = open("239.255.77.1:5004", interface).err().unwrap();
+            // The receiver's words for the same mistake.
+            assert_eq!(
+                e.to_string(),
+                crate::net::NetError::Socket(socket::Error::NoSuchInterface(interface.into()))
+                    .to_string()
+            );
+        }
     }
 }

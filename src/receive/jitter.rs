@@ -36,6 +36,7 @@ use core::fmt;
 use crate::audio::codec;
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use crate::rtp::packet::Packet;
+use crate::rtp::stats::{ReceiverStats, SeqStatus};
 
 /// Per-frame state of a ring slot.
 const EMPTY: u8 = 0;
@@ -43,15 +44,9 @@ const AUDIO: u8 = 1;
 /// A talkspurt gap: the sender sent nothing on purpose.
 const SILENCE: u8 = 2;
 
-/// Sequence numbers remembered for duplicate detection. Far more than any
-/// reordering depth that still arrives before its playout time.
-const SEQ_WINDOW: u64 = 1024;
-
-/// Extended positions (timestamps, sequence numbers) start here, so that
-/// a packet older than the anchor still has a positive position.
+/// Extended timestamps start here, so that a packet older than the anchor
+/// still has a positive position.
 const ORIGIN: u64 = 1 << 40;
-
-const NS_PER_S: u64 = 1_000_000_000;
 
 /// Longest ring accepted, so that a typo cannot ask for gigabytes.
 const MAX_CAPACITY_MS: u32 = 60_000;
@@ -278,13 +273,9 @@ pub struct JitterBuffer {
     target_rate: u32,
     ts_ref_raw: u32,
     ts_ref_ext: u64,
-    seq_max_raw: u16,
-    seq_max_ext: u64,
-    seq_base: u64,
-    seq_received: u64,
-    lost_closed: u64,
-    seq_seen: [u64; (SEQ_WINDOW / 64) as usize],
-    prev_transit: Option<i64>,
+    /// RFC 3550 receiver statistics; also tells duplicates and reordered
+    /// packets apart (sequence numbers extended in one place).
+    rtp_stats: ReceiverStats,
     last_arrival_ns: u64,
     in_underrun: bool,
     metrics: JitterMetrics,
@@ -334,13 +325,7 @@ impl JitterBuffer {
             target_rate: 0,
             ts_ref_raw: 0,
             ts_ref_ext: ORIGIN,
-            seq_max_raw: 0,
-            seq_max_ext: 0,
-            seq_base: 1,
-            seq_received: 0,
-            lost_closed: 0,
-            seq_seen: [0; (SEQ_WINDOW / 64) as usize],
-            prev_transit: None,
+            rtp_stats: ReceiverStats::default(),
             last_arrival_ns: 0,
             in_underrun: false,
             metrics: JitterMetrics::default(),
@@ -559,14 +544,16 @@ impl JitterBuffer {
         self.target_frames = self.target_frames.min(self.max_delay_frames(rate));
         if let Some(old) = old_rate.filter(|&r| r != rate && r != 0) {
             // Keep the jitter estimate meaningful in the new timestamp units.
-            self.metrics.jitter = self.metrics.jitter * rate as f64 / old as f64;
+            self.rtp_stats.rescale_jitter(old, rate);
+            self.metrics.jitter = self.rtp_stats.jitter();
         }
     }
 
     /// Empties the ring and anchors the cursor on `packet`'s first frame,
     /// prebuffering from there; closes the loss accounting of the old run.
     fn anchor(&mut self, packet: &Packet) {
-        self.close_loss_accounting();
+        self.rtp_stats.restart(packet.seq);
+        self.metrics.lost = self.rtp_stats.cumulative_lost();
         let used = self.ring_frames.min(self.states.len());
         if let Some(s) = self.states.get_mut(..used) {
             s.fill(EMPTY);
@@ -576,28 +563,8 @@ impl JitterBuffer {
         self.newest_end = ORIGIN;
         self.ts_ref_raw = packet.timestamp;
         self.ts_ref_ext = ORIGIN;
-        self.seq_max_raw = packet.seq.wrapping_sub(1);
-        self.seq_max_ext = ORIGIN - 1;
-        self.seq_base = ORIGIN;
-        self.seq_received = 0;
-        self.seq_seen = [0; (SEQ_WINDOW / 64) as usize];
-        self.prev_transit = None;
         self.in_underrun = false;
         self.last_arrival_ns = packet.arrival_ns;
-    }
-
-    fn current_lost(&self) -> u64 {
-        (self.seq_max_ext + 1)
-            .saturating_sub(self.seq_base)
-            .saturating_sub(self.seq_received)
-    }
-
-    fn close_loss_accounting(&mut self) {
-        self.lost_closed += self.current_lost();
-        self.seq_base = 1;
-        self.seq_max_ext = 0;
-        self.seq_received = 0;
-        self.metrics.lost = self.lost_closed;
     }
 
     /// The first packet after the buffer starved starts at `start`. The
@@ -668,8 +635,7 @@ impl JitterBuffer {
 
     /// RTP: place by timestamp.
     fn push_timestamped(&mut self, packet: &Packet) -> PushOutcome {
-        let mut ext_seq = self.extend_seq(packet.seq);
-        if self.seq_seen(ext_seq) {
+        if self.rtp_stats.status(packet.seq) == SeqStatus::Duplicate {
             self.metrics.duplicates += 1;
             return PushOutcome::Duplicate;
         }
@@ -680,17 +646,17 @@ impl JitterBuffer {
         if start > self.newest_end + ring || start + frames + ring < self.cursor {
             self.metrics.resyncs += 1;
             self.anchor(packet);
-            ext_seq = self.extend_seq(packet.seq);
             start = self.extend_ts(packet.timestamp);
             outcome = PushOutcome::Resync;
         }
         let end = start + frames;
 
         self.metrics.packets += 1;
-        let reordered = ext_seq < self.seq_max_ext;
-        self.mark_seq(ext_seq, packet.seq);
-        self.metrics.lost = self.lost_closed + self.current_lost();
-        self.update_jitter(packet, start);
+        let reordered = self.rtp_stats.record(packet.seq) == SeqStatus::Reordered;
+        self.metrics.lost = self.rtp_stats.cumulative_lost();
+        self.rtp_stats
+            .update_jitter(packet.arrival_ns, start, packet.format.rate);
+        self.metrics.jitter = self.rtp_stats.jitter();
         self.last_arrival_ns = packet.arrival_ns;
         if start > self.ts_ref_ext {
             self.ts_ref_ext = start;
@@ -740,64 +706,9 @@ impl JitterBuffer {
         outcome
     }
 
-    fn extend_seq(&self, raw: u16) -> u64 {
-        let delta = raw.wrapping_sub(self.seq_max_raw) as i16 as i64;
-        (self.seq_max_ext as i64 + delta).max(0) as u64
-    }
-
     fn extend_ts(&self, raw: u32) -> u64 {
         let delta = raw.wrapping_sub(self.ts_ref_raw) as i32 as i64;
         (self.ts_ref_ext as i64 + delta).max(0) as u64
-    }
-
-    fn seq_bit(ext: u64) -> (usize, u64) {
-        let i = ext % SEQ_WINDOW;
-        ((i / 64) as usize, 1u64 << (i % 64))
-    }
-
-    fn seq_seen(&self, ext: u64) -> bool {
-        if ext + SEQ_WINDOW <= self.seq_max_ext || ext > self.seq_max_ext {
-            return false;
-        }
-        let (word, bit) = Self::seq_bit(ext);
-        self.seq_seen.get(word).is_some_and(|w| w & bit != 0)
-    }
-
-    fn mark_seq(&mut self, ext: u64, raw: u16) {
-        if ext > self.seq_max_ext {
-            if ext - self.seq_max_ext >= SEQ_WINDOW {
-                self.seq_seen = [0; (SEQ_WINDOW / 64) as usize];
-            } else {
-                for e in self.seq_max_ext + 1..=ext {
-                    let (word, bit) = Self::seq_bit(e);
-                    if let Some(w) = self.seq_seen.get_mut(word) {
-                        *w &= !bit;
-                    }
-                }
-            }
-            self.seq_max_ext = ext;
-            self.seq_max_raw = raw;
-        }
-        self.seq_received += 1;
-        if ext + SEQ_WINDOW > self.seq_max_ext {
-            let (word, bit) = Self::seq_bit(ext);
-            if let Some(w) = self.seq_seen.get_mut(word) {
-                *w |= bit;
-            }
-        }
-    }
-
-    /// RFC 3550 section 6.4.1: J += (|D| - J) / 16, with D the difference of
-    /// successive transit times (arrival minus RTP timestamp, in timestamp units).
-    fn update_jitter(&mut self, packet: &Packet, ext_ts: u64) {
-        let rate = packet.format.rate as u128;
-        let arrival = (packet.arrival_ns as u128 * rate / NS_PER_S as u128) as i64;
-        let transit = arrival - ext_ts as i64;
-        if let Some(prev) = self.prev_transit {
-            let d = (transit - prev).unsigned_abs() as f64;
-            self.metrics.jitter += (d - self.metrics.jitter) / 16.0;
-        }
-        self.prev_transit = Some(transit);
     }
 
     /// Ring slots of `n` frames from position `pos`, as up to two ranges

@@ -1,6 +1,7 @@
 //! Packetizer. Input: one packet's worth of interleaved `i16` frames in the
-//! stream's format. Output: one datagram — a 12-byte RTP header (RFC 3550,
-//! version 2, no padding, extension or CSRCs) followed by the encoded
+//! stream's format. Output: one datagram — an RTP header written by
+//! [`crate::rtp::RtpHeader::write`] (RFC 3550, version 2, no padding,
+//! extension or CSRCs) followed by the encoded
 //! payload, or the encoded payload alone for headerless PCM (`--raw`).
 //! Policy: the sequence number grows by one and the timestamp by the
 //! frames sent, both wrapping; the marker bit is set on the first packet
@@ -13,9 +14,7 @@ use core::fmt;
 use crate::audio::codec;
 use crate::audio::format::{Encoding, StreamFormat};
 use crate::rtp::packet::MAX_PAYLOAD;
-
-/// Length of the fixed RTP header we write.
-pub const RTP_HEADER_LEN: usize = 12;
+use crate::rtp::{is_payload_type, RtpHeader, HEADER_LEN};
 
 /// How packets are framed on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,7 +88,7 @@ impl Packetizer {
             return Err(Error::TooLarge { bytes });
         }
         if let Framing::Rtp { payload_type } = config.framing {
-            if payload_type > 127 {
+            if !is_payload_type(payload_type) {
                 return Err(Error::PayloadType(payload_type));
             }
         }
@@ -112,7 +111,7 @@ impl Packetizer {
 
     fn header_len(&self) -> usize {
         match self.config.framing {
-            Framing::Rtp { .. } => RTP_HEADER_LEN,
+            Framing::Rtp { .. } => HEADER_LEN,
             Framing::Raw => 0,
         }
     }
@@ -133,18 +132,25 @@ impl Packetizer {
         let channels = usize::from(self.config.format.channels.max(1));
         let frames = (samples.len() / channels).min(self.config.frames_per_packet);
         let samples = &samples[..frames * channels];
-        let header = self.header_len();
-        if out.len() < header {
-            return 0;
-        }
-        if let Framing::Rtp { payload_type } = self.config.framing {
-            let marker = if self.first { 0x80 } else { 0 };
-            out[0] = 0x80; // version 2, no padding, no extension, no CSRC
-            out[1] = marker | (payload_type & 0x7F);
-            out[2..4].copy_from_slice(&self.seq.to_be_bytes());
-            out[4..8].copy_from_slice(&self.timestamp.to_be_bytes());
-            out[8..12].copy_from_slice(&self.config.ssrc.to_be_bytes());
-        }
+        let header = match self.config.framing {
+            Framing::Rtp { payload_type } => {
+                let fields = RtpHeader {
+                    marker: self.first,
+                    payload_type,
+                    sequence: self.seq,
+                    timestamp: self.timestamp,
+                    ssrc: self.config.ssrc,
+                    ..RtpHeader::default()
+                };
+                // `new` checked the payload type, so only a buffer too
+                // short for the header fails here.
+                match fields.write(out) {
+                    Ok(n) => n,
+                    Err(_) => return 0,
+                }
+            }
+            Framing::Raw => 0,
+        };
         let encoding = match (self.config.framing, self.config.format.encoding) {
             // RTP carries L16 in network byte order whatever the caller said.
             (Framing::Rtp { .. }, Encoding::S16Le) => Encoding::L16,

@@ -1,0 +1,1082 @@
+//! The receiver's socket and the net thread's loop.
+//!
+//! Input: datagrams on the listening socket (unicast or multicast, IPv4 or
+//! IPv6). Output: validated packet slots pushed onto the `heapless::spsc`
+//! queue to the playout thread, the counters in [`NetCounters`] that the
+//! main thread reads, and a [`NetEvent`] per dropped datagram on a second
+//! preallocated queue, which the main thread drains and logs
+//! ([`EventLog`]): the net thread itself never logs, since formatting a
+//! line allocates and may block on the logger.
+//!
+//! Policy: a datagram from a source outside `--allow`, a truncated or
+//! oversized datagram, a malformed RTP header, an unknown payload type,
+//! RTCP, or a payload that is not whole frames is counted, reported as an
+//! event with its source, and dropped. A full packet queue drops the new
+//! packet and counts it; a full event queue counts the event as a
+//! suppressed repeat, carried by the next event of its kind that fits. The
+//! net thread never waits for another thread. Order is not judged here:
+//! late, lost, duplicate and reordered packets are passed on as they
+//! arrive, for the jitter buffer to place. After `bind`, nothing allocates
+//! per packet.
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use heapless::spsc::{Consumer, Producer};
+use nix::errno::Errno;
+
+use crate::net::filter::{Cidr, SourceFilter};
+use crate::net::socket::{self, Buffer, Interface};
+use crate::rtp::packet::{Packet, MAX_DATAGRAM};
+use crate::rtp::{InputMode, PacketParser, ParseError};
+use crate::service::clock::monotonic_ns;
+use crate::service::ratelimit::RateLimit;
+
+/// How long one `recv` waits before the loop looks at the stop flag again;
+/// bounds shutdown time.
+pub const RECV_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// Default receive buffer request: ~5 s of L16 48 kHz stereo, enough to
+/// ride out a burst (Wi-Fi retries, a sender catching up) while the
+/// playout thread is busy.
+pub const DEFAULT_RECV_BUFFER_BYTES: usize = 1 << 20;
+
+/// Slots of the event queue (one fewer usable). The main thread drains it
+/// every 10 ms; a flood beyond this is carried as suppressed counts.
+pub const EVENT_QUEUE_LEN: usize = 64;
+
+/// The net thread's event queue; allocate once at startup and split.
+pub type EventQueue = heapless::spsc::Queue<NetEvent, EVENT_QUEUE_LEN>;
+
+/// Options of the net stage.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Address and UDP port to listen on (`--listen`); `[::]` listens on
+    /// IPv6 and IPv4 both.
+    pub listen: SocketAddr,
+    /// Multicast group to join (`--group`).
+    pub group: Option<IpAddr>,
+    /// Interface to join the group on (`--interface`): a name (`eth0`) or
+    /// an address of a local interface, IPv4 or IPv6; `None` lets the
+    /// kernel pick by route.
+    pub interface: Option<String>,
+    /// Sources accepted (`--allow`); empty accepts every source.
+    pub allow: Vec<Cidr>,
+    /// Socket receive buffer to request, in bytes (the kernel may grant
+    /// less; see `Receiver::recv_buffer_bytes`).
+    pub recv_buffer_bytes: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 5004)),
+            group: None,
+            interface: None,
+            allow: Vec::new(),
+            recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
+        }
+    }
+}
+
+/// Counters of the net thread, read by the main thread for the statistics
+/// line. `datagrams` and `bytes` count everything received; every datagram
+/// then lands in exactly one of `queued` or a drop counter.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub datagrams: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Handed to the playout thread.
+    pub queued: AtomicU64,
+    /// From a source outside `--allow`.
+    pub filtered: AtomicU64,
+    /// Bad RTP header, empty payload or not whole frames.
+    pub malformed: AtomicU64,
+    pub unknown_payload_type: AtomicU64,
+    pub rtcp: AtomicU64,
+    /// Longer than a packet slot or the receive buffer.
+    pub too_large: AtomicU64,
+    /// The playout thread's queue was full.
+    pub queue_full: AtomicU64,
+    /// `recv` failed (other than the periodic timeout).
+    pub recv_errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Why the socket could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetError {
+    NotMulticast(IpAddr),
+    FamilyMismatch {
+        listen: SocketAddr,
+        group: IpAddr,
+    },
+    /// Creating the socket, setting an option, or resolving `--interface`.
+    Socket(socket::Error),
+    AddressInUse(SocketAddr),
+    Permission(SocketAddr),
+    AddressNotAvailable(SocketAddr),
+    Bind {
+        addr: SocketAddr,
+        errno: Errno,
+    },
+    Join {
+        group: IpAddr,
+        interface: Option<String>,
+        errno: Errno,
+    },
+}
+
+impl fmt::Display for NetError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetError::NotMulticast(g) => write!(
+                f,
+                "--group {g} is not a multicast address (224.0.0.0/4 or ff00::/8)"
+            ),
+            NetError::FamilyMismatch { listen, group } => write!(
+                f,
+                "--group {group} and --listen {listen} are of different address families: \
+                 listen on 0.0.0.0:PORT for an IPv4 group, [::]:PORT for an IPv6 group"
+            ),
+            NetError::Socket(e) => write!(f, "{e}"),
+            NetError::AddressInUse(a) => write!(
+                f,
+                "cannot listen on {a}: another netspeaker or program is bound to that port \
+                 (see `ss -ulpn`); stop it or choose another --listen port"
+            ),
+            NetError::Permission(a) => write!(
+                f,
+                "cannot listen on {a}: permission denied; ports below 1024 need \
+                 CAP_NET_BIND_SERVICE, or use a port such as 5004"
+            ),
+            NetError::AddressNotAvailable(a) => write!(
+                f,
+                "cannot listen on {a}: the address is not configured on this host; \
+                 use one of its addresses (see `ip addr`) or 0.0.0.0 / [::]"
+            ),
+            NetError::Bind { addr, errno } => write!(f, "cannot listen on {addr}: {errno}"),
+            NetError::Join {
+                group,
+                interface,
+                errno,
+            } => write!(
+                f,
+                "cannot join multicast group {group} on {}: {errno}; check that the interface \
+                 is up, has multicast enabled and a route for the group",
+                interface.as_deref().unwrap_or("the default interface")
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NetError {}
+
+impl From<socket::Error> for NetError {
+    fn from(e: socket::Error) -> Self {
+        NetError::Socket(e)
+    }
+}
+
+/// The bound (and, for multicast, joined) socket.
+#[derive(Debug)]
+pub struct Receiver {
+    socket: UdpSocket,
+    local: SocketAddr,
+    filter: SourceFilter,
+    recv_buffer_bytes: usize,
+}
+
+impl Receiver {
+    pub fn bind(config: &NetConfig) -> Result<Receiver, NetError> {
+        let mut listen = config.listen;
+        if let Some(group) = config.group {
+            if !group.is_multicast() {
+                return Err(NetError::NotMulticast(group));
+            }
+            if group.is_ipv4() != listen.is_ipv4() {
+                // The default listen address is IPv4; an IPv6 group only
+                // needs the matching wildcard, which is what was meant.
+                if !listen.ip().is_unspecified() {
+                    return Err(NetError::FamilyMismatch { listen, group });
+                }
+                let any = match group {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                listen = SocketAddr::new(any, listen.port());
+            }
+        }
+        // Resolved before anything is bound, so a typo fails alone.
+        let interface = match (config.group, config.interface.as_deref()) {
+            (Some(_), Some(i)) => Some(Interface::resolve(i)?),
+            _ => None,
+        };
+        let fd = socket::udp_for(listen)?;
+        if config.group.is_some() {
+            socket::set_reuse_addr(&fd)?;
+        }
+        let recv_buffer_bytes = socket::set_buffer(&fd, Buffer::Receive, config.recv_buffer_bytes)?;
+        if listen.is_ipv6() && listen.ip().is_unspecified() {
+            socket::set_dual_stack(&fd)?;
+        }
+        socket::bind(&fd, listen).map_err(|errno| match errno {
+            Errno::EADDRINUSE => NetError::AddressInUse(listen),
+            Errno::EACCES | Errno::EPERM => NetError::Permission(listen),
+            Errno::EADDRNOTAVAIL => NetError::AddressNotAvailable(listen),
+            errno => NetError::Bind {
+                addr: listen,
+                errno,
+            },
+        })?;
+
+        let socket = UdpSocket::from(fd);
+        if let Some(group) = config.group {
+            socket::join(&socket, group, interface.as_ref()).map_err(|errno| match errno {
+                Errno::ENODEV | Errno::EADDRNOTAVAIL if interface.is_some() => NetError::Socket(
+                    socket::Error::NoSuchInterface(config.interface.clone().unwrap_or_default()),
+                ),
+                errno => NetError::Join {
+                    group,
+                    interface: config.interface.clone(),
+                    errno,
+                },
+            })?;
+            if let Err(errno) = socket::only_joined_group(&socket, group) {
+                // Startup, on the main thread: logging is fine here. Other
+                // groups on our port then reach the filter and the parser.
+                log::debug!(
+                    "net: cannot restrict the socket to the joined group ({errno}); continuing"
+                );
+            }
+        }
+        socket
+            .set_read_timeout(Some(RECV_TIMEOUT))
+            .map_err(|e| socket::Error::Option {
+                option: "SO_RCVTIMEO",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        let local = socket.local_addr().unwrap_or(listen);
+        Ok(Receiver {
+            socket,
+            local,
+            filter: SourceFilter::new(&config.allow),
+            recv_buffer_bytes,
+        })
+    }
+
+    /// The bound address (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The receive buffer the kernel granted, as it reports it (Linux
+    /// reports twice the usable size, counting its bookkeeping).
+    pub fn recv_buffer_bytes(&self) -> usize {
+        self.recv_buffer_bytes
+    }
+}
+
+/// Why the net thread dropped a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Its source is outside `--allow`.
+    Filtered,
+    /// Longer than `MAX_DATAGRAM` (truncated by the kernel).
+    TooLarge,
+    /// The playout thread's queue was full.
+    QueueFull,
+    /// The parser refused it.
+    Parse(ParseError),
+}
+
+/// What the net thread reports to the main thread instead of logging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetEvent {
+    Dropped {
+        reason: DropReason,
+        source: SocketAddr,
+        /// Earlier events of the same kind that did not fit the queue.
+        suppressed: u32,
+    },
+    /// `recv` on the socket bound to `local` failed (not a timeout).
+    RecvFailed {
+        local: SocketAddr,
+        errno: Errno,
+        suppressed: u32,
+    },
+}
+
+/// The kinds rate-limited separately, so a flood of one kind does not
+/// hide the first report of another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Filtered,
+    Malformed,
+    UnknownPayloadType,
+    Rtcp,
+    TooLarge,
+    QueueFull,
+    RecvError,
+}
+
+const KINDS: usize = 7;
+
+impl NetEvent {
+    fn kind(&self) -> Kind {
+        match self {
+            NetEvent::RecvFailed { .. } => Kind::RecvError,
+            NetEvent::Dropped { reason, .. } => match reason {
+                DropReason::Filtered => Kind::Filtered,
+                DropReason::TooLarge | DropReason::Parse(ParseError::TooLarge(_)) => Kind::TooLarge,
+                DropReason::QueueFull => Kind::QueueFull,
+                DropReason::Parse(ParseError::UnknownPayloadType(_)) => Kind::UnknownPayloadType,
+                DropReason::Parse(ParseError::Rtcp) => Kind::Rtcp,
+                DropReason::Parse(
+                    ParseError::Malformed(_)
+                    | ParseError::NotWholeFrames { .. }
+                    | ParseError::Empty,
+                ) => Kind::Malformed,
+            },
+        }
+    }
+
+    fn suppressed(&self) -> u32 {
+        match self {
+            NetEvent::Dropped { suppressed, .. } | NetEvent::RecvFailed { suppressed, .. } => {
+                *suppressed
+            }
+        }
+    }
+
+    fn with_suppressed(self, n: u32) -> Self {
+        match self {
+            NetEvent::Dropped { reason, source, .. } => NetEvent::Dropped {
+                reason,
+                source,
+                suppressed: n,
+            },
+            NetEvent::RecvFailed { local, errno, .. } => NetEvent::RecvFailed {
+                local,
+                errno,
+                suppressed: n,
+            },
+        }
+    }
+}
+
+impl fmt::Display for NetEvent {
+    /// The log line, without the count of suppressed repeats.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            NetEvent::RecvFailed { local, errno, .. } => {
+                write!(
+                    f,
+                    "net: receive on {local} failed: {}",
+                    std::io::Error::from(errno)
+                )
+            }
+            NetEvent::Dropped { reason, source, .. } => match reason {
+                DropReason::Filtered => write!(
+                    f,
+                    "net: dropped datagram from {source}: source not in --allow"
+                ),
+                DropReason::TooLarge => write!(
+                    f,
+                    "net: dropped datagram from {source}: longer than {MAX_DATAGRAM} bytes; \
+                     lower the sender's packet time (ptime)"
+                ),
+                DropReason::QueueFull => write!(
+                    f,
+                    "net: dropped packet from {source}: playout queue full, the sender \
+                     sends faster than real time or playout is stalled"
+                ),
+                DropReason::Parse(e) => write!(f, "net: dropped datagram from {source}: {e}"),
+            },
+        }
+    }
+}
+
+/// The net thread's side of the event queue: pushes without waiting and
+/// counts, per kind, what did not fit.
+struct EventSender<'q, 'p> {
+    queue: &'q mut Producer<'p, NetEvent>,
+    pending: [u32; KINDS],
+}
+
+impl EventSender<'_, '_> {
+    fn send(&mut self, event: NetEvent) {
+        let k = event.kind() as usize;
+        let Some(pending) = self.pending.get_mut(k) else {
+            return;
+        };
+        match self.queue.enqueue(event.with_suppressed(*pending)) {
+            Ok(()) => *pending = 0,
+            Err(_) => *pending = pending.saturating_add(1),
+        }
+    }
+}
+
+/// The main thread's side: logs drained events, rate-limited per kind,
+/// with the repeats suppressed on either side.
+#[derive(Debug, Clone)]
+pub struct EventLog {
+    limits: [RateLimit; KINDS],
+    /// Repeats carried by events this side suppressed, owed to the next
+    /// line of their kind.
+    carried: [u64; KINDS],
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            limits: core::array::from_fn(|_| RateLimit::default_for_input()),
+            carried: [0; KINDS],
+        }
+    }
+}
+
+impl EventLog {
+    /// Whether `event` may be logged at `now_ns`, and if so how many
+    /// repeats of its kind went unlogged before it.
+    fn admit(&mut self, event: &NetEvent, now_ns: u64) -> Option<u64> {
+        let k = event.kind() as usize;
+        let (limit, carried) = (self.limits.get_mut(k)?, self.carried.get_mut(k)?);
+        let Some(s) = limit.check(now_ns) else {
+            *carried += u64::from(event.suppressed());
+            return None;
+        };
+        let suppressed = s + *carried + u64::from(event.suppressed());
+        *carried = 0;
+        Some(suppressed)
+    }
+
+    /// Logs `event` at `now_ns` unless its kind is over its rate.
+    pub fn log(&mut self, event: &NetEvent, now_ns: u64) {
+        let Some(suppressed) = self.admit(event, now_ns) else {
+            return;
+        };
+        let k = event.kind();
+        // RTCP next to RTP is normal for VoIP senders: worth a note when
+        // debugging, not a warning.
+        let level = if k == Kind::Rtcp {
+            log::Level::Debug
+        } else {
+            log::Level::Warn
+        };
+        log::log!(level, "{event} ({suppressed} similar suppressed)");
+    }
+
+    /// Drains every event the net thread has queued and logs it.
+    pub fn drain(&mut self, events: &mut Consumer<'_, NetEvent>, now_ns: u64) {
+        while let Some(event) = events.dequeue() {
+            self.log(&event, now_ns);
+        }
+    }
+}
+
+/// The net thread's body: receives, filters, parses and enqueues until
+/// `stop` is set (seen within `RECV_TIMEOUT`). Never returns early on bad
+/// input or a failing `recv`, never logs and never allocates.
+pub fn run(
+    receiver: &Receiver,
+    parser: &mut PacketParser,
+    queue: &mut Producer<'_, Packet>,
+    events: &mut Producer<'_, NetEvent>,
+    counters: &NetCounters,
+    stop: &AtomicBool,
+) {
+    // One byte more than the largest datagram we accept: a datagram that
+    // fills the buffer was longer and has been truncated by the kernel.
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let slot_format = match parser.mode() {
+        InputMode::Raw(f) => *f,
+        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
+    };
+    let mut slot = Packet::empty(slot_format);
+    let mut events = EventSender {
+        queue: events,
+        pending: [0; KINDS],
+    };
+
+    while !stop.load(Ordering::Relaxed) {
+        let (len, source) = match receiver.socket.recv_from(&mut buf) {
+            Ok(r) => r,
+            Err(e) => {
+                use std::io::ErrorKind;
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) {
+                    continue;
+                }
+                bump(&counters.recv_errors);
+                events.send(NetEvent::RecvFailed {
+                    local: receiver.local,
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    suppressed: 0,
+                });
+                // A persistent error must not spin a core; the pause is
+                // short against the jitter buffer's depth.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        let now = monotonic_ns();
+        bump(&counters.datagrams);
+        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        let mut reject = |reason, counter: &AtomicU64| {
+            bump(counter);
+            events.send(NetEvent::Dropped {
+                reason,
+                source,
+                suppressed: 0,
+            });
+        };
+
+        if !receiver.filter.allows(source.ip()) {
+            reject(DropReason::Filtered, &counters.filtered);
+            continue;
+        }
+        let Some(datagram) = buf.get(..len).filter(|_| len <= MAX_DATAGRAM) else {
+            reject(DropReason::TooLarge, &counters.too_large);
+            continue;
+        };
+        match parser.parse_into(datagram, now, &mut slot) {
+            Ok(()) => match queue.enqueue(slot.clone()) {
+                Ok(()) => bump(&counters.queued),
+                Err(_) => reject(DropReason::QueueFull, &counters.queue_full),
+            },
+            Err(e) => {
+                let counter = match e {
+                    ParseError::Malformed(_)
+                    | ParseError::NotWholeFrames { .. }
+                    | ParseError::Empty => &counters.malformed,
+                    ParseError::UnknownPayloadType(_) => &counters.unknown_payload_type,
+                    ParseError::Rtcp => &counters.rtcp,
+                    ParseError::TooLarge(_) => &counters.too_large,
+                };
+                reject(DropReason::Parse(e), counter);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::format::{PayloadMap, StreamFormat};
+    use crate::rtp::RtpHeader;
+    use heapless::spsc::Queue;
+    use std::time::Instant;
+
+    fn loopback(ip: &str) -> NetConfig {
+        NetConfig {
+            listen: SocketAddr::new(ip.parse().unwrap(), 0),
+            ..NetConfig::default()
+        }
+    }
+
+    fn rtp_parser() -> PacketParser {
+        PacketParser::new(InputMode::Rtp(PayloadMap::default()))
+    }
+
+    /// A PCMU packet (payload type 0) of 160 bytes whose payload carries
+    /// `seq` so arrival can be checked packet by packet.
+    fn pcmu(seq: u16) -> Vec<u8> {
+        let mut d = vec![0u8; 12 + 160];
+        RtpHeader {
+            payload_type: 0,
+            sequence: seq,
+            timestamp: u32::from(seq) * 160,
+            ssrc: 7,
+            ..RtpHeader::default()
+        }
+        .write(&mut d)
+        .unwrap();
+        d[12..14].copy_from_slice(&seq.to_be_bytes());
+        d
+    }
+
+    fn wait_for(counter: &AtomicU64, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while counter.load(Ordering::Relaxed) < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} datagrams"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Runs the net loop on `receiver` in a thread while `body` sends, then
+    /// stops it and returns what reached the queue.
+    fn with_running<const N: usize>(
+        receiver: &Receiver,
+        parser: &mut PacketParser,
+        counters: &NetCounters,
+        body: impl FnOnce(),
+    ) -> (Vec<Packet>, Vec<NetEvent>) {
+        let mut queue: Box<Queue<Packet, N>> = Box::default();
+        let (mut producer, mut consumer) = queue.split();
+        let mut event_queue: Box<EventQueue> = Box::default();
+        let (mut event_tx, mut event_rx) = event_queue.split();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                run(
+                    receiver,
+                    parser,
+                    &mut producer,
+                    &mut event_tx,
+                    counters,
+                    &stop,
+                )
+            });
+            body();
+            stop.store(true, Ordering::Relaxed);
+        });
+        let mut got = Vec::new();
+        while let Some(p) = consumer.dequeue() {
+            got.push(p);
+        }
+        let mut events = Vec::new();
+        while let Some(e) = event_rx.dequeue() {
+            events.push(e);
+        }
+        (got, events)
+    }
+
+    fn receive_on(ip: &str) {
+        let receiver = Receiver::bind(&loopback(ip)).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        let (got, _events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let tx = UdpSocket::bind(SocketAddr::new(to.ip(), 0)).unwrap();
+            for seq in 0..5 {
+                tx.send_to(&pcmu(seq), to).unwrap();
+            }
+            wait_for(&counters.datagrams, 5);
+        });
+        let seqs: Vec<u16> = got.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, [0, 1, 2, 3, 4]);
+        assert!(got
+            .iter()
+            .all(|p| p.frames() == 160 && p.ssrc == 7 && p.arrival_ns > 0));
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 5);
+        assert_eq!(counters.bytes.load(Ordering::Relaxed), 5 * 172);
+    }
+
+    #[test]
+    fn loopback_ipv4_receive() {
+        receive_on("127.0.0.1");
+    }
+
+    #[test]
+    fn loopback_ipv6_receive() {
+        receive_on("::1");
+    }
+
+    #[test]
+    fn recv_buffer_granted_is_reported() {
+        let requested = DEFAULT_RECV_BUFFER_BYTES;
+        let r = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        // Privileged, SO_RCVBUFFORCE grants the request; otherwise the
+        // kernel caps it at rmem_max. Either way it reports at least that.
+        let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let floor = if nix::unistd::geteuid().is_root() {
+            requested
+        } else {
+            requested.min(rmem_max)
+        };
+        assert!(
+            r.recv_buffer_bytes() >= floor,
+            "{} < {floor}",
+            r.recv_buffer_bytes()
+        );
+        let small = Receiver::bind(&NetConfig {
+            recv_buffer_bytes: 64 * 1024,
+            ..loopback("127.0.0.1")
+        })
+        .unwrap();
+        assert!(small.recv_buffer_bytes() >= 64 * 1024);
+        assert!(small.recv_buffer_bytes() < r.recv_buffer_bytes() || floor <= 128 * 1024);
+    }
+
+    #[test]
+    fn dual_stack_listen_takes_ipv4_and_filters_mapped_sources() {
+        let receiver = Receiver::bind(&NetConfig {
+            allow: vec!["127.0.0.2".parse().unwrap(), "::1".parse().unwrap()],
+            ..loopback("::")
+        })
+        .unwrap();
+        let port = receiver.local_addr().port();
+        let counters = NetCounters::default();
+        let (got, _events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let allowed = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let denied = UdpSocket::bind("127.0.0.3:0").unwrap();
+            let v6 = UdpSocket::bind("[::1]:0").unwrap();
+            allowed.send_to(&pcmu(0), ("127.0.0.1", port)).unwrap();
+            denied.send_to(&pcmu(1), ("127.0.0.1", port)).unwrap();
+            v6.send_to(&pcmu(2), ("::1", port)).unwrap();
+            wait_for(&counters.datagrams, 3);
+        });
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 2]);
+        assert_eq!(counters.filtered.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn allow_filter_drops_and_counts_other_sources() {
+        let receiver = Receiver::bind(&NetConfig {
+            allow: vec!["127.0.0.2/32".parse().unwrap()],
+            ..loopback("127.0.0.1")
+        })
+        .unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        let (got, events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let allowed = UdpSocket::bind("127.0.0.2:0").unwrap();
+            let denied = UdpSocket::bind("127.0.0.3:0").unwrap();
+            for seq in 0..6 {
+                let tx = if seq % 2 == 0 { &allowed } else { &denied };
+                tx.send_to(&pcmu(seq), to).unwrap();
+            }
+            wait_for(&counters.datagrams, 6);
+        });
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 2, 4]);
+        assert_eq!(counters.filtered.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 3);
+        assert_eq!(events.len(), 3);
+        for e in events {
+            assert!(
+                matches!(e, NetEvent::Dropped { reason: DropReason::Filtered, source, suppressed: 0 }
+                    if source.ip() == "127.0.0.3".parse::<IpAddr>().unwrap()),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn full_event_queue_carries_suppressed_repeats() {
+        let mut queue: heapless::spsc::Queue<NetEvent, 3> = heapless::spsc::Queue::new();
+        let (mut tx, mut rx) = queue.split();
+        let mut sender = EventSender {
+            queue: &mut tx,
+            pending: [0; KINDS],
+        };
+        let source: SocketAddr = "192.0.2.7:5004".parse().unwrap();
+        let filtered = NetEvent::Dropped {
+            reason: DropReason::Filtered,
+            source,
+            suppressed: 0,
+        };
+        let rtcp = NetEvent::Dropped {
+            reason: DropReason::Parse(ParseError::Rtcp),
+            source,
+            suppressed: 0,
+        };
+        // Two fit; three more filtered and one RTCP do not.
+        for e in [filtered, filtered, filtered, filtered, filtered, rtcp] {
+            sender.send(e);
+        }
+        assert_eq!(rx.dequeue(), Some(filtered));
+        assert_eq!(rx.dequeue(), Some(filtered));
+        assert_eq!(rx.dequeue(), None);
+        sender.send(filtered);
+        sender.send(rtcp);
+        assert_eq!(rx.dequeue().map(|e| e.suppressed()), Some(3));
+        assert_eq!(rx.dequeue(), Some(rtcp.with_suppressed(1)));
+    }
+
+    #[test]
+    fn event_log_rate_limits_per_kind_and_counts_all_repeats() {
+        let mut log = EventLog::default();
+        let source: SocketAddr = "192.0.2.7:5004".parse().unwrap();
+        let malformed = NetEvent::Dropped {
+            reason: DropReason::Parse(ParseError::Empty),
+            source,
+            suppressed: 2,
+        };
+        let full = NetEvent::Dropped {
+            reason: DropReason::QueueFull,
+            source,
+            suppressed: 0,
+        };
+        // A burst of five lines, then silence for the rest of the window.
+        let admitted: Vec<_> = (0..8).map(|_| log.admit(&malformed, 1_000)).collect();
+        assert_eq!(&admitted[..5], &[Some(2); 5]);
+        assert_eq!(&admitted[5..], &[None; 3]);
+        // Another kind is not held back by the flood.
+        assert_eq!(log.admit(&full, 1_000), Some(0));
+        // The next window's first line owes the three held lines and the
+        // repeats they carried: 3 + 3 * 2, plus its own 2.
+        assert_eq!(log.admit(&malformed, 11_000_000_000), Some(3 + 6 + 2));
+        assert_eq!(
+            malformed.to_string(),
+            "net: dropped datagram from 192.0.2.7:5004: packet without audio payload: check the sender"
+        );
+    }
+
+    #[test]
+    fn flood_of_bad_input_keeps_every_valid_packet() {
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        let mut parser = rtp_parser();
+        let mut queue: Box<Queue<Packet, 64>> = Box::default();
+        let (mut producer, mut consumer) = queue.split();
+        // Never drained while running: the flood must overflow it and be
+        // carried as suppressed counts.
+        let mut event_queue: Box<EventQueue> = Box::default();
+        let (mut event_tx, mut event_rx) = event_queue.split();
+        let stop = AtomicBool::new(false);
+        let mut got = Vec::new();
+        let rounds = 200u16;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                run(
+                    &receiver,
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                )
+            });
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut unknown = pcmu(0);
+            unknown[1] = 97;
+            let rtcp = [0x81u8, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3];
+            let oversize = vec![0x80u8; MAX_DATAGRAM + 100];
+            let mut sent = 0;
+            for seq in 0..rounds {
+                let mut bad_version = pcmu(seq);
+                bad_version[0] = 0x40;
+                for d in [
+                    &pcmu(seq)[..],
+                    &[0x80, 0, 1][..],
+                    &bad_version[..],
+                    &unknown[..],
+                    &rtcp[..],
+                    &oversize[..],
+                ] {
+                    tx.send_to(d, to).unwrap();
+                }
+                sent += 6;
+                // Keep the socket buffer from overflowing (which would be
+                // the kernel's drop, not ours) and drain the queue.
+                if seq % 10 == 9 {
+                    wait_for(&counters.datagrams, sent);
+                }
+                while let Some(p) = consumer.dequeue() {
+                    got.push(p.seq);
+                }
+            }
+            wait_for(&counters.datagrams, sent);
+            stop.store(true, Ordering::Relaxed);
+        });
+        while let Some(p) = consumer.dequeue() {
+            got.push(p.seq);
+        }
+        let mut queued_events = 0;
+        while let Some(e) = event_rx.dequeue() {
+            assert!(matches!(e, NetEvent::Dropped { .. }), "{e:?}");
+            queued_events += 1;
+        }
+        assert_eq!(queued_events, EVENT_QUEUE_LEN - 1);
+        let n = u64::from(rounds);
+        assert_eq!(got, (0..rounds).collect::<Vec<_>>());
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(c(&counters.queued), n);
+        assert_eq!(c(&counters.malformed), 2 * n);
+        assert_eq!(c(&counters.unknown_payload_type), n);
+        assert_eq!(c(&counters.rtcp), n);
+        assert_eq!(c(&counters.too_large), n);
+        assert_eq!(c(&counters.queue_full), 0);
+        assert_eq!(c(&counters.filtered), 0);
+        assert_eq!(c(&counters.datagrams), 6 * n);
+    }
+
+    #[test]
+    fn queue_full_drops_and_counts() {
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        // Capacity 3, never drained while running.
+        let (got, _events) = with_running::<4>(&receiver, &mut rtp_parser(), &counters, || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for seq in 0..5 {
+                tx.send_to(&pcmu(seq), to).unwrap();
+            }
+            wait_for(&counters.datagrams, 5);
+        });
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.queue_full.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn raw_tutorial_stream_received() {
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        let mut parser = PacketParser::new(InputMode::Raw(StreamFormat::TUTORIAL));
+        let (got, _events) = with_running::<8>(&receiver, &mut parser, &counters, || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for i in 0..4u8 {
+                tx.send_to(&[i; 320], to).unwrap();
+            }
+            wait_for(&counters.datagrams, 4);
+        });
+        assert_eq!(got.len(), 4);
+        for (i, p) in got.iter().enumerate() {
+            assert!(p.sequential);
+            assert_eq!(p.timestamp, 160 * i as u32);
+            assert!(p.payload.iter().all(|&b| b == i as u8));
+        }
+    }
+
+    #[test]
+    fn stop_flag_honoured_within_200ms() {
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let counters = NetCounters::default();
+        let mut parser = rtp_parser();
+        let mut queue: Box<Queue<Packet, 4>> = Box::default();
+        let (mut producer, _consumer) = queue.split();
+        let mut event_queue: Box<EventQueue> = Box::default();
+        let (mut event_tx, _event_rx) = event_queue.split();
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                run(
+                    &receiver,
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                );
+                let _ = tx.send(Instant::now());
+            });
+            // Let the loop settle into a blocking recv with no traffic.
+            std::thread::sleep(Duration::from_millis(120));
+            let stopped_at = Instant::now();
+            stop.store(true, Ordering::Relaxed);
+            let returned_at = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            let took = returned_at - stopped_at;
+            assert!(took < Duration::from_millis(200), "stop took {took:?}");
+        });
+    }
+
+    #[test]
+    fn bind_errors_name_the_cause() {
+        let first = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let e = Receiver::bind(&NetConfig {
+            listen: first.local_addr(),
+            ..NetConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(e, NetError::AddressInUse(first.local_addr()));
+        assert!(
+            e.to_string().contains("another netspeaker or program"),
+            "{e}"
+        );
+
+        let e = Receiver::bind(&NetConfig {
+            group: Some("10.0.0.1".parse().unwrap()),
+            ..loopback("0.0.0.0")
+        })
+        .unwrap_err();
+        assert_eq!(e, NetError::NotMulticast("10.0.0.1".parse().unwrap()));
+
+        let e = Receiver::bind(&NetConfig {
+            group: Some("ff15::77".parse().unwrap()),
+            ..loopback("127.0.0.1")
+        })
+        .unwrap_err();
+        assert!(matches!(e, NetError::FamilyMismatch { .. }), "{e}");
+
+        let e = Receiver::bind(&loopback("192.0.2.1")).unwrap_err();
+        assert_eq!(
+            e,
+            NetError::AddressNotAvailable("192.0.2.1:0".parse().unwrap())
+        );
+    }
+
+    /// Runs `f` on a thread of its own in a fresh network namespace with a
+    /// multicast-capable loopback, so no multicast leaves the machine.
+    fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("unshare(CLONE_NEWNET) needs root or CAP_SYS_ADMIN");
+                for args in [
+                    &["link", "set", "lo", "up"][..],
+                    &["link", "set", "lo", "multicast", "on"],
+                    &["route", "add", "224.0.0.0/4", "dev", "lo"],
+                ] {
+                    let st = std::process::Command::new("ip")
+                        .args(args)
+                        .status()
+                        .unwrap();
+                    assert!(st.success(), "ip {args:?}");
+                }
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn multicast_join_and_receive_in_private_netns() {
+        in_private_netns(|| {
+            let group: IpAddr = "239.255.77.1".parse().unwrap();
+            for interface in ["127.0.0.1", "lo"] {
+                let receiver = Receiver::bind(&NetConfig {
+                    listen: "0.0.0.0:0".parse().unwrap(),
+                    group: Some(group),
+                    interface: Some(interface.to_string()),
+                    ..NetConfig::default()
+                })
+                .unwrap();
+                let to = SocketAddr::new(group, receiver.local_addr().port());
+                let counters = NetCounters::default();
+                let (got, _events) =
+                    with_running::<8>(&receiver, &mut rtp_parser(), &counters, || {
+                        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        for seq in 0..3 {
+                            tx.send_to(&pcmu(seq), to).unwrap();
+                        }
+                        wait_for(&counters.datagrams, 3);
+                    });
+                assert_eq!(
+                    got.iter().map(|p| p.seq).collect::<Vec<_>>(),
+                    [0, 1, 2],
+                    "{interface}"
+                );
+            }
+            let e = Receiver::bind(&NetConfig {
+                listen: "0.0.0.0:0".parse().unwrap(),
+                group: Some(group),
+                interface: Some("nosuch0".to_string()),
+                ..NetConfig::default()
+            })
+            .unwrap_err();
+            assert_eq!(
+                e,
+                NetError::Socket(socket::Error::NoSuchInterface("nosuch0".to_string()))
+            );
+        });
+    }
+}
