@@ -106,10 +106,7 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     let mut args = vec!["--rtp-format", "96=L16/16000/1"];
     args.extend_from_slice(options);
     let mut rx = bench.receiver(&args);
-    let watch = {
-        let (path, frame_bytes) = (bench.recording.clone(), bench.frame_bytes());
-        common::GrowthWatch::start(move || rig::recorded_frames(&path, frame_bytes) as u64)
-    };
+    let watch = rig::Progress::start(&bench).0;
     let mut relay = Relay::start(bench.addr(), imp);
     let t0 = Instant::now();
     let mut tx = sender(&wav, relay.addr, &[]);
