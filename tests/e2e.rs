@@ -11,15 +11,13 @@ mod common;
 
 use common::receiver::{free_port, send_raw, send_rtp, RtpStream, RunningReceiver, Stats};
 use common::{
-    align, compare, f32_to_s16, noise, read_f32le, read_s16le, AlsaConfig, JackServer, PulseServer,
-    TestDir,
+    align, compare, f32_to_s16, noise, once_more_if_stalled, read_f32le, read_s16le, AlsaConfig,
+    GrowthWatch, JackServer, PulseServer, TestDir,
 };
 use netspeaker::audio::format::Encoding;
 use nix::sys::signal::Signal;
-use std::cell::Cell;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn dest(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -94,27 +92,6 @@ fn assert_played(
     );
 }
 
-/// Runs a paced scenario, once more if the first run was spoiled by the
-/// machine: an ALSA underrun, or a starved jitter buffer while a paced
-/// sender on loopback streamed, means the sound server or the scheduler
-/// stalled (a loaded 2-core machine; PulseAudio is not realtime). The
-/// second run is judged whatever happens in it.
-fn paced_run(body: impl Fn(&Cell<bool>)) {
-    let spoiled = Cell::new(false);
-    match std::panic::catch_unwind(AssertUnwindSafe(|| body(&spoiled))) {
-        Ok(()) => {}
-        Err(_) if spoiled.get() => {
-            eprintln!("first run spoiled by a stall (see its statistics); running again");
-            body(&Cell::new(false));
-        }
-        Err(e) => std::panic::resume_unwind(e),
-    }
-}
-
-fn spoiled_by_stall(stats: &Stats) -> bool {
-    stats.get("underruns") > 0.0 || stats.get("starved") > 0.0
-}
-
 fn l16_stream(rate: u32, channels: u16) -> RtpStream {
     RtpStream {
         payload_type: 96,
@@ -131,7 +108,7 @@ fn l16_stream(rate: u32, channels: u16) -> RtpStream {
 #[test]
 fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
     let _slot = paced_slot();
-    paced_run(|spoiled| {
+    once_more_if_stalled("e2e-l16-rw", |stalled| {
         let dir = TestDir::new("e2e-l16-rw");
         let port = free_port();
         let (_pulse, alsa, mut rx) = receiver_on_paced(
@@ -147,11 +124,13 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
             ],
         );
         let signal = noise(7, 2, 48_000 * 10, 20_000);
+        let watch = GrowthWatch::file(&alsa.paced);
+        let t0 = Instant::now();
         let sent = send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
+        stalled.set(watch.stall("e2e-l16-rw", t0, Instant::now()));
         assert_eq!(sent, 500);
         std::thread::sleep(Duration::from_millis(300));
         let (code, took, stats) = rx.stop();
-        spoiled.set(spoiled_by_stall(&stats));
         assert_eq!(code, Some(0), "exit status");
         assert!(took < Duration::from_millis(200), "SIGTERM took {took:?}");
         let log = rx.log_text();
@@ -165,7 +144,7 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
 #[test]
 fn rtp_l16_mmap_on_jack_bit_exact() {
     let _slot = paced_slot();
-    paced_run(|spoiled| {
+    once_more_if_stalled("e2e-l16-mmap", |stalled| {
         let dir = TestDir::new("e2e-l16-mmap");
         let jack = JackServer::start(&format!("ns-e2e-{}", std::process::id()), 48_000, 256);
         let alsa = AlsaConfig::write(&dir.path);
@@ -197,10 +176,12 @@ fn rtp_l16_mmap_on_jack_bit_exact() {
         );
         assert!(rx.log_text().contains("mmap access"), "{}", rx.log_text());
         let signal = noise(11, 2, 48_000 * 3, 20_000);
+        let watch = GrowthWatch::file(&alsa.jfile);
+        let t0 = Instant::now();
         send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
+        stalled.set(watch.stall("e2e-l16-mmap", t0, Instant::now()));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
-        spoiled.set(spoiled_by_stall(&stats));
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         assert_eq!(stats.get("underruns"), 0.0, "{log}");
@@ -220,7 +201,7 @@ fn g711_round_trip(encoding: Encoding, samples: &[i16]) -> Vec<i16> {
 
 fn g711_case(encoding: Encoding, payload_type: u8, name: &str) {
     let _slot = paced_slot();
-    paced_run(|spoiled| {
+    once_more_if_stalled(name, |stalled| {
         let dir = TestDir::new(name);
         let port = free_port();
         // The device is fixed at the stream's format: following the stream
@@ -251,10 +232,12 @@ fn g711_case(encoding: Encoding, payload_type: u8, name: &str) {
             channels: 1,
             ..l16_stream(8000, 1)
         };
+        let watch = GrowthWatch::file(&alsa.paced);
+        let t0 = Instant::now();
         send_rtp(dest(port), &stream, &signal);
+        stalled.set(watch.stall(name, t0, Instant::now()));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
-        spoiled.set(spoiled_by_stall(&stats));
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         assert_eq!(stats.get("underruns"), 0.0, "{log}");
@@ -282,7 +265,7 @@ fn rtp_pcma_equals_g711_round_trip() {
 #[test]
 fn raw_s16le_at_real_time_bit_exact_and_malformed_input_counted() {
     let _slot = paced_slot();
-    paced_run(|spoiled| {
+    once_more_if_stalled("e2e-raw", |stalled| {
         let dir = TestDir::new("e2e-raw");
         let port = free_port();
         let (_pulse, alsa, mut rx) = receiver_on_paced(
@@ -298,6 +281,8 @@ fn raw_s16le_at_real_time_bit_exact_and_malformed_input_counted() {
             ],
         );
         let signal = noise(5, 1, 8000 * 4, 15_000);
+        let watch = GrowthWatch::file(&alsa.paced);
+        let t0 = Instant::now();
         // Garbage from another source while the stream plays: odd sizes are
         // not whole frames and must be dropped and counted, the stream intact.
         let junk = std::thread::spawn(move || {
@@ -310,9 +295,9 @@ fn raw_s16le_at_real_time_bit_exact_and_malformed_input_counted() {
         });
         let sent = send_raw(dest(port), &signal, 320, Duration::from_millis(20));
         junk.join().unwrap();
+        stalled.set(watch.stall("e2e-raw", t0, Instant::now()));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
-        spoiled.set(spoiled_by_stall(&stats));
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         assert_eq!(stats.get("malformed"), 200.0, "{log}");

@@ -63,10 +63,10 @@ struct Outcome {
     total: Stats,
     /// Counters over [SETTLE, READ_AT]; gauges at READ_AT.
     stats: Stats,
-    /// The receiver found the device making no progress for a second or
-    /// more before READ_AT (the PulseAudio server starved on a loaded
-    /// machine; the product then reopens the device).
-    device_stalled: bool,
+    /// The sound server took nothing for this long between the stream's
+    /// start and READ_AT, by the evidence of the recording's growth
+    /// (`common::GrowthWatch`; never the receiver's own log or figures).
+    device_stalled: Option<Duration>,
     /// Highest target seen in the per-second lines up to `READ_AT`.
     max_target_ms: f64,
     /// Gaps in what was played over [SETTLE, READ_AT].
@@ -106,6 +106,7 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     let mut args = vec!["--rtp-format", "96=L16/16000/1"];
     args.extend_from_slice(options);
     let mut rx = bench.receiver(&args);
+    let watch = rig::Progress::start(&bench).0;
     let mut relay = Relay::start(bench.addr(), imp);
     let t0 = Instant::now();
     let mut tx = sender(&wav, relay.addr, &[]);
@@ -123,6 +124,7 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     std::thread::sleep(READ_AT.saturating_sub(t0.elapsed()));
     let read_at = bench.recorded_frames();
     let asked = Instant::now();
+    let device_stalled = watch.stall(name, t0, asked);
     rx.signal(Signal::SIGUSR1);
     let read = rx
         .log
@@ -158,11 +160,6 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     relay.stop();
     let clean_exit = rx.terminate(Duration::from_secs(3));
     let log = rx.log.text();
-    let device_stalled = rx
-        .log
-        .matching("(no progress)")
-        .iter()
-        .any(|(t, _)| *t <= read);
     assert!(clean_exit, "{name}: the receiver ignored SIGTERM:\n{log}");
     assert!(
         log.contains(&format!("{RATE} Hz 1 ch")),
@@ -201,14 +198,23 @@ fn run_matrix(options: &'static [&'static str], device: Device, rows: Vec<Row>) 
             let h = std::thread::spawn(move || {
                 let _slot = Slot::take();
                 let first = run_condition(name, imp.clone(), options, device);
-                if !first.device_stalled {
+                let Some(stood) = first.device_stalled else {
+                    return first;
+                };
+                let misses = bar(&first);
+                if misses.is_empty() {
                     return first;
                 }
-                // The sound server (not the receiver) stopped consuming for
-                // a second or more: the run says nothing about the network
+                // The bar was missed while the sound server (by the
+                // recording, not by the receiver's word) took nothing for
+                // a while: the run says nothing certain about the network
                 // condition. Once more; the bar judges the second run
                 // whatever happens in it.
-                println!("{name}: the sound server stalled (receiver: \"no progress\"); running it again");
+                println!(
+                    "{name}: missed {misses:?} while the sound server stood still for {} ms; \
+                     running it again",
+                    stood.as_millis()
+                );
                 run_condition(name, imp, options, device)
             });
             (name, h, bar)

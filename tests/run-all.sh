@@ -4,7 +4,8 @@
 #   1. cargo test (unit, simulated-time and end-to-end tests: the end-to-end
 #      tests start their own PulseAudio/JACK servers and network namespaces),
 #   2. lint (fmt, clippy),
-#   3. the aarch64 build and its tests under qemu, and the stripped sizes,
+#   3. the aarch64 and armv7 builds, the stripped sizes, and under qemu the
+#      tests that need no sound server (.ci/cross.sh lists them),
 #   4. a short fuzz run of every fuzz target.
 # Usage: tests/run-all.sh [--quick]   (--quick: steps 1 and 2 only)
 set -euo pipefail
@@ -12,10 +13,31 @@ cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 
-packages=(alsa-utils libasound2-dev pkg-config pulseaudio pulseaudio-utils
-  libasound2-plugins sox jackd2 espeak-ng ffmpeg gstreamer1.0-tools
+# Installed with --no-install-recommends: every package a step needs is
+# named here, nothing comes along unasked.
+#   build-essential    gcc + libc6-dev (cargo links with cc; gcc alone lacks
+#                      crti.o), g++ (cargo-fuzz builds libFuzzer)
+#   pkg-config libasound2-dev            alsa-sys
+#   alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
+#                      the paced devices (pulseaudio, pactl, the pulse and
+#                      jack ALSA plugins)
+#   jackd2             jackd, jack_lsp
+#   ffmpeg, gstreamer1.0-tools + -plugins-base (rawaudioparse,
+#   audioconvert) + -plugins-good (rtp, udp, mulaw) + -alsa (benches)
+#                      interop, net_ffmpeg, send_ffmpeg, send_gstreamer
+#   python3            interop runs tests/tutorial/sender.py
+#   python3-pyaudio    the tutorial's client (benches)
+#   espeak-ng          quality (speech test signal)
+#   iproute2 util-linux  ip, unshare, nsenter, setpriv (multicast, privileges)
+#   systemd            systemd-analyze (deploy)
+#   linter shellcheck  deploy
+#   procps             pgrep (below)
+#   sox valgrind       benches/report
+packages=(build-essential pkg-config libasound2-dev alsa-utils pulseaudio
+  pulseaudio-utils libasound2-plugins jackd2 ffmpeg gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-alsa
-  python3-pyaudio iproute2 util-linux systemd valgrind shellcheck)
+  python3 python3-pyaudio espeak-ng iproute2 util-linux systemd shellcheck
+  procps sox valgrind)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -1,9 +1,15 @@
 //! Delay controller: holds the playout delay at its target while the
 //! sender's clock runs at its own rate.
 //!
-//! Input, once per device period: the measured delay (jitter-buffer depth
-//! plus ALSA delay, in device frames), the target delay (from `delay` or
-//! `--latency-ms`, in device frames) and the period size. Output: a
+//! Input, once per device period: the measured delay, the target delay and
+//! the period, all in frames of `ControllerConfig::rate`. The playout
+//! stage runs one controller per stream at the stream's rate and measures
+//! the audio it holds before the device: jitter-buffer depth plus what the
+//! stretcher and the resampler hold (the ALSA delay is not part of it; it
+//! does not depend on the sender's clock). Its target is the level the
+//! jitter margin sets: margin plus half a packet (`--latency-ms`, or the
+//! adaptive margin of `delay`). Also, through `allow_stretch`, whether the
+//! stretcher has the audio to shorten or lengthen now. Output: a
 //! `Control`, holding the drift in ppm for `Resampler::set_drift_ppm` and
 //! the number of frames the time-stretcher should remove (positive) or add
 //! (negative) now.
@@ -19,9 +25,12 @@
 //!   1 µs per second), so with P = 300 ppm/ms and I = 22.5 ppm/(ms·s) the
 //!   loop is critically damped at ω = 0.15 rad/s: a 1000 ppm clock step
 //!   peaks at ≈ 2.5 ms of error and is gone in ≈ 30 s, and the ratio never
-//!   moves fast enough to be heard. Output bounded to ±2500 ppm (a PC's
-//!   and a Pi's crystals are within ±100 ppm each; USB and Bluetooth
-//!   devices drift more), with the integrator clamped so it cannot wind up.
+//!   moves fast enough to be heard. Output bounded to ±`max_ppm` (default
+//!   2500 ppm; the playout stage passes the resampler's whole ±5000 ppm;
+//!   a PC's and a Pi's crystals are within ±100 ppm each, USB and
+//!   Bluetooth devices drift more). The error each term sees is clamped to
+//!   the stretch threshold (4 ms) and the integrator to ±`max_ppm`, so it
+//!   cannot wind up.
 //! - Large errors (a new target, a burst that filled the buffer, the start)
 //!   are not the clock's: above 4 ms the controller asks the stretcher to
 //!   remove or add up to 5 % of each period until the error is under 1 ms;
@@ -29,10 +38,15 @@
 //!   polluted. A 40 ms change of target takes ≈ 0.8 s and no jump. The
 //!   stretch asked for is subtracted from the filter's state at once, since
 //!   the stretcher applies it now and the filter would only see it later.
+//! - Without room to stretch in the error's direction (`allow_stretch`),
+//!   nothing is stretched: the proportional term alone may then use the
+//!   whole ±`max_ppm` to close the error through the resampler; the
+//!   integrator keeps its small clamp.
 //! - The drift estimate (for the statistics line) is the integrator,
 //!   smoothed over 20 s: on average it is the ratio that holds the delay,
 //!   i.e. the sender's clock against the device's.
-//! - No allocation at all; non-finite inputs leave the control unchanged.
+//! - No allocation at all; a non-finite input or a zero period repeats the
+//!   last drift and asks for no stretch.
 
 use std::fmt;
 

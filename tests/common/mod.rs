@@ -30,6 +30,10 @@
 //!   [`receiver::Stats`]), and a paced RTP / headerless test sender.
 //! - [`align`] finds where the sent signal sits in a recording (start-up
 //!   offset), [`compare`] compares the overlap exactly or with a tolerance.
+//! - [`GrowthWatch`]: evidence from outside the receiver that the sound
+//!   server stalled (the recording stopped growing in wall time). The only
+//!   ground on which a paced test may run again: never the receiver's own
+//!   statistics (every stream ends starved) nor its own log.
 #![allow(dead_code)]
 
 pub mod alloc;
@@ -38,7 +42,8 @@ pub mod receiver;
 use netspeaker::audio::convert::{f32_to_i16, i16_to_f32};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A private directory for one test.
@@ -531,4 +536,153 @@ pub fn compare(
         }
     }
     cmp
+}
+
+/// A device that consumed nothing for at least this long stalled: the
+/// receivers under test write a period every 10 ms or less and the file
+/// plugin appends whatever exceeds one device buffer (40-120 ms in these
+/// tests) at every write, so a healthy device grows its recording many
+/// times in this span.
+pub const STALL_BAR: Duration = Duration::from_millis(250);
+
+/// How a recording grew in wall time, sampled by a thread every 10 ms
+/// until dropped: the evidence, from outside the receiver, that the sound
+/// server stalled. A paced device (PulseAudio null sink, JACK dummy) takes
+/// frames at its own pace and the file plugin in front of it records them
+/// as the writes it blocks return, so a wall-clock span in which the
+/// recording did not grow is a span in which the device took nothing.
+///
+/// Only spans with a sample at both ends count ([`GrowthWatch::longest_flat`]),
+/// so a watcher thread that was itself descheduled never reports a stall
+/// it did not see. A receiver whose playout thread stopped writing would
+/// look the same; that is why a stall earns at most one more run, and the
+/// figures are printed so that a run that stalls twice can be looked into.
+pub struct GrowthWatch {
+    samples: Arc<Mutex<Vec<(Instant, u64)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl GrowthWatch {
+    /// Watches `size()` (bytes recorded so far).
+    pub fn start(size: impl Fn() -> u64 + Send + 'static) -> GrowthWatch {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, st) = (samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let n = size();
+                s.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((Instant::now(), n));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        GrowthWatch { samples, stop }
+    }
+
+    /// Watches one recording file (0 bytes while it does not exist; a
+    /// truncation on reopen counts as a change).
+    pub fn file(path: &Path) -> GrowthWatch {
+        let path = path.to_path_buf();
+        GrowthWatch::start(move || std::fs::metadata(&path).map_or(0, |m| m.len()))
+    }
+
+    /// (when, bytes) so far.
+    pub fn samples(&self) -> Vec<(Instant, u64)> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The longest span inside [from, to] between two samples that saw the
+    /// same size (the recording did not grow in between).
+    pub fn longest_flat(&self, from: Instant, to: Instant) -> Duration {
+        longest_flat(&self.samples(), from, to)
+    }
+
+    /// `Some(span)` if the device took nothing for [`STALL_BAR`] or more
+    /// inside [from, to]. `what` names the run in the line printed either
+    /// way, so the figure is in every test's output.
+    pub fn stall(&self, what: &str, from: Instant, to: Instant) -> Option<Duration> {
+        let flat = self.longest_flat(from, to);
+        let stalled = flat >= STALL_BAR;
+        eprintln!(
+            "{what}: the recording's longest standstill while streaming: {} ms{}",
+            flat.as_millis(),
+            if stalled {
+                " (the sound server stalled)"
+            } else {
+                ""
+            }
+        );
+        stalled.then_some(flat)
+    }
+}
+
+impl Drop for GrowthWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// See [`GrowthWatch::longest_flat`].
+pub fn longest_flat(samples: &[(Instant, u64)], from: Instant, to: Instant) -> Duration {
+    let mut longest = Duration::ZERO;
+    let mut run: Option<(Instant, u64)> = None;
+    for &(t, n) in samples.iter().filter(|(t, _)| *t >= from && *t <= to) {
+        match run {
+            Some((start, size)) if size == n => longest = longest.max(t - start),
+            _ => run = Some((t, n)),
+        }
+    }
+    longest
+}
+
+/// Runs a paced scenario once; once more only if it failed and the sound
+/// server stalled during it, by outside evidence: `body` returns the
+/// [`GrowthWatch::stall`] of its run (before it judges anything) through
+/// the cell it is given. The second run is judged whatever happens in it.
+pub fn once_more_if_stalled(name: &str, body: impl Fn(&std::cell::Cell<Option<Duration>>)) {
+    let stalled = std::cell::Cell::new(None);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&stalled))) {
+        Ok(()) => {}
+        Err(_) if stalled.get().is_some() => {
+            eprintln!(
+                "{name}: the first run failed while the sound server stood still for {} ms; \
+                 running it again (judged whatever happens)",
+                stalled.get().unwrap_or_default().as_millis()
+            );
+            body(&std::cell::Cell::new(None));
+        }
+        Err(e) => std::panic::resume_unwind(e),
+    }
+}
+
+#[cfg(test)]
+mod growth_tests {
+    use super::*;
+
+    #[test]
+    fn flat_spans_need_a_sample_at_both_ends() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Grows every 10 ms, stands still from 100 to 400 ms, and the
+        // watcher itself was away from 500 to 900 ms (no samples).
+        let mut s: Vec<(Instant, u64)> = (0..=10).map(|i| (at(i * 10), i * 100)).collect();
+        s.extend((11..=40).map(|i| (at(i * 10), 1000)));
+        s.push((at(410), 1100));
+        s.push((at(500), 1200));
+        s.push((at(900), 5200));
+        assert_eq!(
+            longest_flat(&s, at(0), at(1000)),
+            Duration::from_millis(300)
+        );
+        // Only the part inside the window counts.
+        assert_eq!(
+            longest_flat(&s, at(200), at(1000)),
+            Duration::from_millis(200)
+        );
+        assert_eq!(longest_flat(&s, at(450), at(1000)), Duration::ZERO);
+    }
 }

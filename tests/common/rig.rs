@@ -457,38 +457,26 @@ pub fn recorded_frames(recording: &Path, frame_bytes: usize) -> usize {
 }
 
 /// How the recording grew in wall time: (when, frames so far), sampled
-/// every 10 ms by a thread until dropped. It ties the recording's sample
-/// clock to wall time, so that time the device spent stalled (nothing
-/// written, nothing recorded) is seen too.
-pub struct Progress {
-    pub samples: Arc<Mutex<Vec<(Instant, usize)>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-}
+/// every 10 ms until dropped (`common::GrowthWatch` over the recording's
+/// parts). It ties the recording's sample clock to wall time, so that time
+/// the device spent stalled (nothing written, nothing recorded) is seen
+/// too.
+pub struct Progress(pub crate::common::GrowthWatch);
 
 impl Progress {
     pub fn start(bench: &Bench) -> Progress {
-        let (recording, frame_bytes) = (bench.recording.as_path(), bench.frame_bytes());
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (s, st, path) = (samples.clone(), stop.clone(), recording.to_path_buf());
-        std::thread::spawn(move || {
-            while !st.load(std::sync::atomic::Ordering::Relaxed) {
-                let frames = recorded_frames(&path, frame_bytes);
-                s.lock().expect("progress").push((Instant::now(), frames));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Progress { samples, stop }
+        let (path, frame_bytes) = (bench.recording.clone(), bench.frame_bytes());
+        Progress(crate::common::GrowthWatch::start(move || {
+            recorded_frames(&path, frame_bytes) as u64
+        }))
     }
 
     pub fn samples(&self) -> Vec<(Instant, usize)> {
-        self.samples.lock().expect("progress").clone()
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .samples()
+            .into_iter()
+            .map(|(t, n)| (t, n as usize))
+            .collect()
     }
 }
 
