@@ -91,6 +91,8 @@ const POSTERIOR_SDS: f64 = 3.0;
 /// Slope uncertainty reported when the envelope gives no way to judge it
 /// (1000 ppm: "unknown").
 const UNKNOWN_SLOPE_U: f64 = 1e-3;
+/// Block numbers are clamped to ± this.
+const MAX_BLOCK: f64 = 1e15;
 /// Fewest blocks a fit is made of.
 const MIN_POINTS: usize = 4;
 
@@ -313,7 +315,9 @@ impl Track {
         if !(x.is_finite() && y.is_finite()) {
             return false;
         }
-        let no = (x / self.block).floor() as i64;
+        // Bounded so that block arithmetic cannot overflow (1e15 blocks of
+        // 10 ms are 300 000 years).
+        let no = (x / self.block).floor().clamp(-MAX_BLOCK, MAX_BLOCK) as i64;
         if self.stale(no) {
             return false;
         }
