@@ -56,7 +56,7 @@ fn a_minute_of_everything_allocates_nothing() {
                 frames -= 480; // an underrun
             }
             frames += 240;
-            c.on_device(t0 + t, frames);
+            c.on_device(t0 + t, frames, 48_000);
         }
         if k == 2500 {
             c.reset();
@@ -68,7 +68,7 @@ fn a_minute_of_everything_allocates_nothing() {
     for _ in 0..10_000 {
         let v = (rng.uniform() * u64::MAX as f64) as u64;
         c.on_packet(v, v as u32, (v >> 40) as u32 % 3);
-        c.on_device(v, v.rotate_left(7));
+        c.on_device(v, v.rotate_left(7), (v >> 20) as u32 % 3 * 24_000);
     }
     common::alloc::count_this_thread(false);
     assert!(c.metrics().packets > 2500);

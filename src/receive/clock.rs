@@ -4,9 +4,9 @@
 //! Input, two feeds:
 //! - per received packet: its arrival time (local monotonic ns), its RTP
 //!   timestamp (32 bits, wrapping) and the stream's clock rate;
-//! - per device status: a monotonic time (ns) and the frames the device
-//!   had played by then (frames written − ALSA delay, from
-//!   `snd_pcm_status`), at the device's nominal rate.
+//! - per device status: a monotonic time (ns), the frames the device had
+//!   played by then (frames written − ALSA delay, from `snd_pcm_status`
+//!   or `snd_pcm_delay`) and the device's nominal rate.
 //!
 //! Output, each `Option` until the windows hold enough (`min_span_s`):
 //! the sender's clock against the monotonic clock (`sender_ppm`), the
@@ -67,8 +67,9 @@
 //!   (`device_block_ms`) is enough; uncertainty is two standard errors of
 //!   the slope. A position step (an underrun: the device played silence
 //!   not counted in frames written) of more than 2 ms (plus three RMS
-//!   residuals) for 1 s restarts the device fit, held the same way; the caller calls `reset_device()`
-//!   when the device is reopened.
+//!   residuals) for 1 s restarts the device fit, held the same way. The
+//!   caller calls `reset_device()` when the device is reopened; a change
+//!   of `device_rate` starts the device side over by itself.
 //! - Everything is allocated in `new`; no panics on any input: a zero
 //!   rate is counted and ignored, time going backwards is clamped, every
 //!   division is guarded.
@@ -102,8 +103,6 @@ const MIN_POINTS: usize = 4;
 /// Options of the estimator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClockConfig {
-    /// The device's nominal rate, frames per second.
-    pub device_rate: u32,
     /// Length of the sliding window both fits look at, seconds (5–600).
     pub window_s: f64,
     /// Block of media time over which the lowest transit is kept, ms.
@@ -119,7 +118,6 @@ pub struct ClockConfig {
 impl Default for ClockConfig {
     fn default() -> Self {
         ClockConfig {
-            device_rate: 48000,
             window_s: 60.0,
             sender_block_ms: 250.0,
             device_block_ms: 500.0,
@@ -132,21 +130,13 @@ impl Default for ClockConfig {
 /// A configuration the estimator cannot work with.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClockError {
-    DeviceRate(u32),
     /// Names the field and its refused value.
-    Value {
-        field: &'static str,
-        value: f64,
-    },
+    Value { field: &'static str, value: f64 },
 }
 
 impl fmt::Display for ClockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ClockError::DeviceRate(r) => write!(
-                f,
-                "clock estimator: device rate {r} Hz must be above 0 (pass the rate the device was opened at)"
-            ),
             ClockError::Value { field, value } => write!(
                 f,
                 "clock estimator: {field} = {value} is out of range (window_s 5..600; blocks 10..5000 ms and at least 8, at most 10000 per window; min_span_s above 0 and below window_s; step_ms above 0)"
@@ -171,7 +161,7 @@ pub struct Estimate {
 pub struct ClockMetrics {
     /// Packets that went into a block.
     pub packets: u64,
-    /// Packets with a zero clock rate, ignored.
+    /// Packets and device samples with a zero rate, ignored.
     pub zero_rate: u64,
     /// Packets older than the window, ignored.
     pub stale: u64,
@@ -421,7 +411,9 @@ impl Track {
                 b.suspect = false;
             }
         }
-        self.held = self.line;
+        // Whichever knew the clock better: a second step soon after the
+        // first must not replace a long-held estimate with a young one.
+        self.held = self.estimate();
         self.line = None;
         self.suspect_run = 0;
         self.steps += 1;
@@ -632,7 +624,8 @@ fn exp_moments(c: f64, k: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
 /// Sender-to-device clock ratio from packet arrivals and device positions.
 #[derive(Debug, Clone)]
 pub struct ClockEstimator {
-    device_rate: f64,
+    /// The device's nominal rate, frames per second (0: none yet).
+    device_rate: u32,
     sender: Track,
     device: Track,
     /// First packet's arrival; timestamps are unwrapped relative to it.
@@ -651,9 +644,6 @@ pub struct ClockEstimator {
 
 impl ClockEstimator {
     pub fn new(cfg: &ClockConfig) -> Result<ClockEstimator, ClockError> {
-        if cfg.device_rate == 0 {
-            return Err(ClockError::DeviceRate(cfg.device_rate));
-        }
         let bad = |field, value| Err(ClockError::Value { field, value });
         if !(5.0..=600.0).contains(&cfg.window_s) {
             return bad("window_s", cfg.window_s);
@@ -674,7 +664,7 @@ impl ClockEstimator {
             return bad("step_ms", cfg.step_ms);
         }
         Ok(ClockEstimator {
-            device_rate: cfg.device_rate as f64,
+            device_rate: 0,
             sender: Track::new(
                 Fit::Envelope,
                 cfg.sender_block_ms / 1000.0,
@@ -767,9 +757,18 @@ impl ClockEstimator {
         self.metrics.route_steps = self.sender.steps;
     }
 
-    /// One device status: a monotonic time (ns) and the frames the device
-    /// had played by then (frames written − delay).
-    pub fn on_device(&mut self, monotonic_ns: u64, frames_played: u64) {
+    /// One device status: a monotonic time (ns), the frames the device had
+    /// played by then (frames written − delay) and its nominal rate (Hz).
+    /// Feed it only while the device runs (not while it prebuffers).
+    pub fn on_device(&mut self, monotonic_ns: u64, frames_played: u64, device_rate: u32) {
+        if device_rate == 0 {
+            self.metrics.zero_rate += 1;
+            return;
+        }
+        if self.device_origin.is_some() && device_rate != self.device_rate {
+            self.reset_device();
+        }
+        self.device_rate = device_rate;
         let (t0, f0) = *self
             .device_origin
             .get_or_insert((monotonic_ns, frames_played));
@@ -780,7 +779,7 @@ impl ClockEstimator {
         }
         self.last_device_ns = t;
         let x = (t - t0) as f64 / 1e9;
-        let played_s = (frames_played as i128 - f0 as i128) as f64 / self.device_rate;
+        let played_s = (frames_played as i128 - f0 as i128) as f64 / device_rate as f64;
         if self.device.add(x, played_s - x) {
             self.metrics.device_samples += 1;
         }
@@ -1033,7 +1032,7 @@ mod tests {
                 }
                 match *e {
                     Event::Packet { ns, ts, rate } => self.c.on_packet(ns, ts, rate),
-                    Event::Device { ns, frames } => self.c.on_device(ns, frames),
+                    Event::Device { ns, frames } => self.c.on_device(ns, frames, RATE),
                 }
                 self.next += 1;
             }
@@ -1195,7 +1194,7 @@ mod tests {
                         assert!(c.sender_ppm().is_none());
                         assert!(c.device_ppm().is_some(), "the device is the same");
                     }
-                    c.on_device(ns, frames);
+                    c.on_device(ns, frames, RATE);
                 }
             }
         }
@@ -1385,10 +1384,11 @@ mod tests {
                     }
                 }
                 Event::Device { ns, frames } => {
-                    c.on_device(ns, frames);
+                    c.on_device(ns, frames, RATE);
                     if i % 5 == 0 {
-                        c.on_device(ns, frames);
-                        c.on_device(ns - 3_000, frames);
+                        c.on_device(ns, frames, RATE);
+                        c.on_device(ns - 3_000, frames, RATE);
+                        c.on_device(ns, frames, 0);
                     }
                 }
             }
@@ -1408,7 +1408,8 @@ mod tests {
             let ts = pick(1 << 32) as u32;
             let rate = [0, 1, u32::MAX, RATE][pick(4) as usize];
             c.on_packet(ns, ts, rate);
-            c.on_device(ns, [0, u64::MAX, pick(u64::MAX)][pick(3) as usize]);
+            let frames = [0, u64::MAX, pick(u64::MAX)][pick(3) as usize];
+            c.on_device(ns, frames, [0, 1, u32::MAX, RATE][pick(4) as usize]);
             if pick(1000) == 0 {
                 c.reset();
                 c.reset_device();
@@ -1420,6 +1421,33 @@ mod tests {
         {
             assert!(e.ppm.is_finite() && e.uncertainty_ppm.is_finite());
         }
+    }
+
+    #[test]
+    fn device_rate_change_starts_the_device_over() {
+        // Reopened at 44.1 kHz without a word: the old fit is dropped and
+        // the new one measures the same clock.
+        let s = Scenario::new(0.0, 100.0, Jitter::Uniform(20.0), 17);
+        let mut c = estimator();
+        let mut switched = false;
+        for e in s.events() {
+            let Event::Device { ns, frames } = e else {
+                continue;
+            };
+            if ns < T0_NS + 10_000_000_000 {
+                c.on_device(ns, frames, RATE);
+            } else {
+                let at_44k1 = (frames as f64 * 44_100.0 / RATE as f64) as u64;
+                c.on_device(ns, at_44k1, 44_100);
+                if !switched {
+                    assert!(c.device_ppm().is_none(), "the 48 kHz fit is gone");
+                    switched = true;
+                }
+            }
+        }
+        assert!(switched);
+        let d = c.device_ppm().unwrap();
+        assert!((d.ppm - 100.0).abs() <= 1.0, "{d:?}");
     }
 
     #[test]
@@ -1437,10 +1465,6 @@ mod tests {
         let d = ClockConfig::default;
         assert!(ClockEstimator::new(&d()).is_ok());
         for cfg in [
-            ClockConfig {
-                device_rate: 0,
-                ..d()
-            },
             ClockConfig {
                 window_s: f64::NAN,
                 ..d()
