@@ -156,6 +156,13 @@ pub struct Estimate {
     pub uncertainty_ppm: f64,
 }
 
+/// As the statistics line prints it: `+1000.3±4.2ppm`.
+impl fmt::Display for Estimate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:+.1}±{:.1}ppm", self.ppm, self.uncertainty_ppm)
+    }
+}
+
 /// Counters for the statistics line.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClockMetrics {
@@ -1458,6 +1465,15 @@ mod tests {
         c.reset_device();
         assert!(c.device_ppm().is_none() && c.ratio_ppm().is_none());
         assert!(c.sender_ppm().is_some());
+    }
+
+    #[test]
+    fn estimate_prints_for_the_statistics_line() {
+        let e = Estimate {
+            ppm: -1000.26,
+            uncertainty_ppm: 4.21,
+        };
+        assert_eq!(e.to_string(), "-1000.3±4.2ppm");
     }
 
     #[test]
