@@ -1272,6 +1272,40 @@ mod tests {
     }
 
     #[test]
+    fn two_route_changes_in_a_row_keep_the_old_estimate() {
+        // The floor moves up 40 ms at 30 s and again at 38 s, before the
+        // window after the first could know the clock as well: the
+        // estimate from the first 30 s stands through both.
+        let s = Scenario {
+            secs: 60.0,
+            floor_step: Some((30.0, 40.0)),
+            ..Scenario::new(1000.0, 0.0, Jitter::Uniform(20.0), 18)
+        };
+        let mut run = Run::new(&s);
+        let second = T0_NS + 38_000_000_000;
+        for e in run.ev.iter_mut() {
+            if let Event::Packet { ns, .. } = e {
+                if *ns >= second {
+                    *ns += 40_000_000;
+                }
+            }
+        }
+        run.ev.sort_by_key(|e| e.ns());
+        let before = run.until(30.0).sender_ppm().unwrap();
+        let mut t = 30.0;
+        while t <= 50.0 {
+            let e = run.until(t).sender_ppm().unwrap();
+            assert!(
+                e.uncertainty_ppm <= before.uncertainty_ppm * 1.5,
+                "at {t} s: {e:?}, before the steps {before:?}"
+            );
+            assert!((e.ppm - 1000.0).abs() <= 20.0, "at {t} s: {e:?}");
+            t += 0.25;
+        }
+        assert_eq!(run.c.metrics().route_steps, 2);
+    }
+
+    #[test]
     fn jitter_alone_is_not_a_route_change() {
         // An hour of 0–60 ms jitter with its tail: no restart.
         for jitter in [Jitter::Uniform(60.0), Jitter::Exp(20.0)] {
