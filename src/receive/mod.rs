@@ -2,6 +2,7 @@
 //! stretching, delay estimate, delay controller (clock following), the
 //! playout engine and its realtime thread, and the statistics they publish.
 
+pub mod clock;
 pub mod conceal;
 pub mod delay;
 pub mod device;
