@@ -124,6 +124,9 @@ enum State {
         /// Held until the device is seen consuming, then sent as an event.
         announce: Option<Negotiated>,
         writes: u64,
+        /// Frames written since the open: with the device's delay, where
+        /// it is (for the clock estimate).
+        frames: u64,
     },
 }
 
@@ -191,6 +194,7 @@ impl DeviceLink {
                         device,
                         announce: Some(negotiated),
                         writes: 0,
+                        frames: 0,
                     };
                     event
                 }
@@ -214,18 +218,30 @@ impl DeviceLink {
         }
     }
 
+    /// Frames written to the open device since it was opened.
+    pub fn frames_written(&self) -> u64 {
+        match &self.state {
+            State::Open { frames, .. } => *frames,
+            _ => 0,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
     }
 
-    /// A write went through; after enough of them the device is known to
-    /// consume, and its announcement is handed out once.
-    pub fn written(&mut self) -> Option<LinkEvent> {
+    /// A write of `frames` went through; after enough of them the device
+    /// is known to consume, and its announcement is handed out once.
+    pub fn written(&mut self, frames: usize) -> Option<LinkEvent> {
         let confirm = self.writes_to_confirm;
         if let State::Open {
-            announce, writes, ..
+            announce,
+            writes,
+            frames: total,
+            ..
         } = &mut self.state
         {
+            *total += frames as u64;
             if announce.is_some() {
                 *writes += 1;
                 if *writes > confirm {
@@ -256,6 +272,7 @@ impl DeviceLink {
                         device,
                         announce: None,
                         writes: 0,
+                        frames: 0,
                     };
                 }
             }

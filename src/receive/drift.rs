@@ -142,6 +142,12 @@ pub struct DelayController {
     report_alpha: f64,
     may_shorten: bool,
     may_lengthen: bool,
+    /// The clock estimate's ratio, applied as is; the loop's integral then
+    /// only holds what the estimate gets wrong.
+    feed_forward_ppm: f64,
+    /// False while the caller passes audio through untouched: the error is
+    /// let grow on purpose, and must not wind the integral up.
+    integrating: bool,
 }
 
 impl DelayController {
@@ -190,6 +196,8 @@ impl DelayController {
             filter_alpha: 0.0,
             report_alpha: 0.0,
             may_shorten: true,
+            feed_forward_ppm: 0.0,
+            integrating: true,
             may_lengthen: true,
         })
     }
@@ -216,6 +224,28 @@ impl DelayController {
     /// update).
     pub fn filtered_delay_frames(&self) -> f64 {
         self.filtered.unwrap_or(0.0)
+    }
+
+    /// The separately estimated clock ratio (`receive::clock`), added to the
+    /// loop's output; 0 without an estimate. Non-finite values are ignored.
+    pub fn set_feed_forward_ppm(&mut self, ppm: f64) {
+        if ppm.is_finite() {
+            self.feed_forward_ppm = ppm.clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
+        }
+    }
+
+    /// Whether the integral follows the error (see `integrating`).
+    pub fn set_integrating(&mut self, on: bool) {
+        self.integrating = on;
+    }
+
+    /// The smoothed delay error the loop acts on, in ms (0 before the
+    /// first update).
+    pub fn error_ms(&self, target_delay_frames: f64) -> f64 {
+        match self.filtered {
+            Some(f) => (f - target_delay_frames) * 1000.0 / self.cfg.rate as f64,
+            None => 0.0,
+        }
     }
 
     /// One device period: returns what to apply during the next one.
@@ -284,7 +314,7 @@ impl DelayController {
 
         let limit = self.cfg.stretch_above_ms;
         let e = error_ms.clamp(-limit, limit);
-        if !self.stretching {
+        if !self.stretching && self.integrating {
             self.integral = (self.integral + self.cfg.ki_ppm_per_ms_s * e * dt_s)
                 .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         }
@@ -299,9 +329,10 @@ impl DelayController {
             let wide = self.cfg.max_ppm / self.cfg.kp_ppm_per_ms.max(f64::MIN_POSITIVE);
             error_ms.clamp(-wide, wide)
         };
-        let ppm = (self.cfg.kp_ppm_per_ms * p_error + self.integral)
+        let ppm = (self.feed_forward_ppm + self.cfg.kp_ppm_per_ms * p_error + self.integral)
             .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
-        self.reported += self.report_alpha * (self.integral - self.reported);
+        self.reported +=
+            self.report_alpha * (self.feed_forward_ppm + self.integral - self.reported);
         self.last = Control {
             drift_ppm: ppm,
             stretch_frames,

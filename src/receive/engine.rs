@@ -24,6 +24,7 @@ use crate::audio::channels;
 use crate::audio::convert::i16s_to_f32;
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
 use crate::audio::resample::{ResampleError, Resampler};
+use crate::receive::clock::{ClockConfig, ClockError, ClockEstimator, Estimate};
 use crate::receive::conceal::Concealer;
 use crate::receive::delay::{DelayConfig, DelayEstimator};
 use crate::receive::drift::{ControllerConfig, ControllerError, DelayController};
@@ -133,6 +134,7 @@ pub enum PlayoutError {
     Resample(crate::audio::resample::ResampleError),
     Delay(crate::receive::delay::DelayError),
     Controller(ControllerError),
+    Clock(ClockError),
 }
 
 impl fmt::Display for PlayoutError {
@@ -144,11 +146,20 @@ impl fmt::Display for PlayoutError {
             PlayoutError::Resample(e) => write!(f, "resampler: {e}"),
             PlayoutError::Delay(e) => write!(f, "delay estimator: {e}"),
             PlayoutError::Controller(e) => write!(f, "delay controller: {e}"),
+            PlayoutError::Clock(e) => write!(f, "clock estimator: {e}"),
         }
     }
 }
 
 impl std::error::Error for PlayoutError {}
+
+/// Clock ratios within this of 1 are passed through (bit-exact) and their
+/// slow drift corrected in stretches; the estimate is good to ≈ ±20 ppm.
+const DEAD_BAND_PPM: f64 = 50.0;
+/// Delay error (smoothed) that starts a resampled correction...
+const ENTER_CORRECTION_MS: f64 = 2.0;
+/// ...and that ends it.
+const LEAVE_CORRECTION_MS: f64 = 0.25;
 
 /// Least headroom between the target delay and the delay at which audio
 /// is dropped (see `PlayoutConfig::max_delay_ms`).
@@ -185,6 +196,10 @@ pub struct Engine {
     timed_packets: u64,
     /// The playout delay margin in ms (see `apply_target`).
     margin_ms: f64,
+    /// The sender-to-device clock ratio, measured apart from the loop.
+    clock: ClockEstimator,
+    /// A resampled correction of the delay is under way.
+    correcting: bool,
     /// Raised ceiling on the buffered delay while audio held during a
     /// device wait is caught up; lowered as the backlog shrinks.
     ceiling_ms: Option<f64>,
@@ -204,7 +219,10 @@ pub struct Engine {
 pub struct EngineMetrics {
     pub concealed_frames: u64,
     pub stretched_frames: u64,
-    /// The sender's clock error as estimated (the controller's integral).
+    /// Samples passed through untouched now (equal rates, clocks agree).
+    pub passthrough: bool,
+    /// The sender's clock against the device's, as estimated on its own
+    /// (`receive::clock`); 0 until known.
     pub drift_ppm: f64,
     /// The ratio correction applied now (drift plus delay correction).
     pub applied_ppm: f64,
@@ -256,6 +274,8 @@ impl Engine {
             margin_ms: config.initial_target_ms() as f64,
             ceiling_ms: None,
             holding: false,
+            clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
+            correcting: false,
             jitter_max_rate: max_rate,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
@@ -273,10 +293,17 @@ impl Engine {
         }
         let outcome = self.jitter.push(packet);
         if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
+            // A new sender, or a jump of its timeline: its clock is
+            // measured afresh, and so is its jitter.
             self.delay.reset();
-        }
-        if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
+            self.clock.reset();
             self.timed_packets = 0;
+        }
+        // Late, reordered and duplicate packets still tell when the sender
+        // sent them; the estimator's lower envelope sorts them out.
+        if !packet.sequential && outcome != PushOutcome::Unsupported {
+            self.clock
+                .on_packet(packet.arrival_ns, packet.timestamp, packet.format.rate);
         }
         if matches!(self.latency, Latency::Auto { .. }) && !packet.sequential {
             self.timed_packets += 1;
@@ -330,6 +357,8 @@ impl Engine {
             self.device_channels = channels as usize;
             self.format = None;
         }
+        // A (re)opened device counts its frames from zero.
+        self.clock.reset_device();
         old
     }
 
@@ -594,9 +623,24 @@ impl Engine {
         self.jitter.target_delay_frames() as f64 - self.jitter.packet_frames() as f64 / 2.0
     }
 
+    /// Where the device is: `frames_played` (frames written − its delay)
+    /// at `now_ns`, for the clock estimate's device side.
+    pub fn device_position(&mut self, now_ns: u64, frames_played: u64) {
+        self.clock
+            .on_device(now_ns, frames_played, self.device_rate);
+    }
+
+    /// The sender-to-device clock ratio as estimated on its own (ppm, +:
+    /// the sender is fast), with its uncertainty; None until known.
+    pub fn clock_estimate(&self) -> Option<Estimate> {
+        self.clock.ratio_ppm()
+    }
+
     fn control(&mut self, format: StreamFormat, out_frames: usize) {
         self.apply_target(format.rate, self.jitter.packet_frames());
         self.metrics.target_frames = self.target_delay_frames().max(0.0) as usize;
+        let estimate = self.clock.ratio_ppm();
+        self.metrics.drift_ppm = estimate.map_or(0.0, |e| e.ppm);
         if !self.clock_follow || self.jitter.state() != StreamState::Playing {
             return;
         }
@@ -617,9 +661,32 @@ impl Engine {
             self.stretcher.pending() != 0 || depth >= look_ahead + margin_frames,
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
+        // Bit-perfect when the clocks agree: a stream at the device's rate
+        // whose clock is within the dead band of the device's (or not yet
+        // known to differ) passes through untouched while the delay stays
+        // within `ENTER_CORRECTION_MS` of its target. Beyond that the
+        // resampler corrects, with the estimate fed forward, until the
+        // error is under `LEAVE_CORRECTION_MS`; then it lands back on a
+        // whole input frame and copies again. A slow drift is thus undone
+        // in short resampled stretches, a fast one followed throughout.
+        let in_band = estimate.is_none_or(|e| e.ppm.abs() < DEAD_BAND_PPM);
+        let error_ms = self.controller.error_ms(target).abs();
+        if self.correcting {
+            if in_band && error_ms < LEAVE_CORRECTION_MS {
+                self.correcting = false;
+            }
+        } else if !in_band || error_ms > ENTER_CORRECTION_MS {
+            self.correcting = true;
+        }
+        let pass = format.rate == self.device_rate && !self.correcting;
+        self.controller
+            .set_feed_forward_ppm(estimate.map_or(0.0, |e| e.ppm));
+        self.controller.set_integrating(!pass);
         let control = self.controller.update(measured, target, period.max(1));
-        resampler.set_drift_ppm(control.drift_ppm);
-        self.metrics.applied_ppm = control.drift_ppm;
+        let drift = if pass { 0.0 } else { control.drift_ppm };
+        resampler.set_drift_ppm(drift);
+        self.metrics.applied_ppm = drift;
+        self.metrics.passthrough = resampler.is_passthrough();
         // A new request only once the last is done (requests add up), and
         // for the whole error at once: the stretcher spreads it at its own
         // bounded rate (≤ 8 %), where the controller's per-period share
@@ -631,7 +698,6 @@ impl Engine {
             self.stretcher.request(frames);
             self.metrics.stretched_frames += frames.unsigned_abs() as u64;
         }
-        self.metrics.drift_ppm = self.controller.drift_ppm();
     }
 }
 

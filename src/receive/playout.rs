@@ -122,13 +122,19 @@ impl PlayoutThread {
                         n.rate,
                         (n.period_frames * n.channels as usize).min(out.len()),
                     );
+                    let channels = n.channels.max(1) as usize;
                     self.engine.render(&mut out[..len], now);
                     let written = dev.write(&out[..len]);
                     let delay = dev.delay_frames();
+                    let delay_at = crate::service::clock::monotonic_ns();
                     match written {
                         Ok(outcome) => {
-                            if let Some(e) = self.device.written() {
+                            if let Some(e) = self.device.written(len / channels) {
                                 self.link_event(e);
+                            }
+                            if let Some(d) = delay {
+                                let played = self.device.frames_written().saturating_sub(d.max(0) as u64);
+                                self.engine.device_position(delay_at, played);
                             }
                             match outcome {
                                 WriteOutcome::Written => {}
@@ -238,6 +244,13 @@ impl PlayoutThread {
         s.concealed_frames.store(em.concealed_frames, Relaxed);
         s.stretched_frames.store(em.stretched_frames, Relaxed);
         s.drift_uppm.store((em.drift_ppm * 1e6) as i64, Relaxed);
+        s.drift_uncertainty_uppm.store(
+            self.engine
+                .clock_estimate()
+                .map_or(-1, |e| (e.uncertainty_ppm * 1e6) as i64),
+            Relaxed,
+        );
+        s.passthrough.store(em.passthrough as u32, Relaxed);
         if let Some(f) = jb.format() {
             let rate = f.rate.max(1) as u64;
             s.stream_rate.store(f.rate, Relaxed);

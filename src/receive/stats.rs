@@ -38,6 +38,10 @@ pub struct PlayoutStats {
     pub alsa_delay_us: AtomicI64,
     /// Estimated sender clock error, in millionths of a ppm.
     pub drift_uppm: AtomicI64,
+    /// Its uncertainty, in millionths of a ppm; negative: not known yet.
+    pub drift_uncertainty_uppm: AtomicI64,
+    /// 1 while samples pass through untouched (equal rates, clocks agree).
+    pub passthrough: AtomicU32,
 }
 
 /// One reading of every figure, in plain numbers: what the line prints.
@@ -60,6 +64,9 @@ pub struct StatsLine {
     pub target_ms: f64,
     pub alsa_delay_ms: f64,
     pub drift_ppm: f64,
+    /// None until the clock estimate is known.
+    pub drift_uncertainty_ppm: Option<f64>,
+    pub passthrough: bool,
     /// Allocations the playout and net threads made after start-up (see
     /// `service::alloc`); anything but 0 is a bug.
     pub realtime_allocs: u64,
@@ -89,6 +96,9 @@ impl PlayoutStats {
         line.target_ms = us_to_ms(self.target_us.load(Relaxed));
         line.alsa_delay_ms = self.alsa_delay_us.load(Relaxed) as f64 / 1000.0;
         line.drift_ppm = self.drift_uppm.load(Relaxed) as f64 / 1e6;
+        let u = self.drift_uncertainty_uppm.load(Relaxed);
+        line.drift_uncertainty_ppm = (u >= 0).then_some(u as f64 / 1e6);
+        line.passthrough = self.passthrough.load(Relaxed) != 0;
     }
 }
 
@@ -99,7 +109,7 @@ impl fmt::Display for StatsLine {
             "packets {} lost {} late {} reordered {} duplicates {} \
              dropped {} (overflow {} filtered {} malformed {}) \
              concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
-             buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm rt-allocs {}",
+             buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm ",
             self.packets,
             self.lost,
             self.late,
@@ -119,7 +129,20 @@ impl fmt::Display for StatsLine {
             self.alsa_delay_ms,
             self.depth_ms + self.alsa_delay_ms,
             self.drift_ppm,
-            self.realtime_allocs,
+        )?;
+        match self.drift_uncertainty_ppm {
+            Some(u) => write!(f, "(±{u:.1}) ")?,
+            None => write!(f, "(unknown) ")?,
+        }
+        write!(
+            f,
+            "{} rt-allocs {}",
+            if self.passthrough {
+                "bit-exact"
+            } else {
+                "resampled"
+            },
+            self.realtime_allocs
         )
     }
 }
@@ -157,6 +180,12 @@ mod tests {
             text.contains("buffer 12.5/10.0 ms alsa 10.0 ms delay 22.5 ms"),
             "{text}"
         );
-        assert!(text.contains("drift -1234.0 ppm"), "{text}");
+        assert!(text.contains("drift -1234.0 ppm (±0.0) resampled"), "{text}");
+        s.drift_uncertainty_uppm.store(-1, Relaxed);
+        s.passthrough.store(1, Relaxed);
+        let mut line = StatsLine::default();
+        s.read_into(&mut line);
+        let text = line.to_string();
+        assert!(text.contains("ppm (unknown) bit-exact rt-allocs 0"), "{text}");
     }
 }
