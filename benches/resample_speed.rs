@@ -7,7 +7,9 @@
 //!     target/.../resample_speed 1                   # 1 s per run, 1 run
 //!
 //! A number argument sets the audio seconds per run and makes it a single
-//! run (for instruction counts under an emulator, where time means nothing).
+//! run (for instruction counts under valgrind or an emulator, where time
+//! means nothing); a word runs only the cases whose name contains it
+//! (`pass`, `drift`, `convert`).
 use netspeaker::audio::resample::Resampler;
 use std::time::Instant;
 
@@ -33,7 +35,21 @@ fn once(in_rate: u32, out_rate: u32, ppm: f64, seconds: f64) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn run(name: &str, in_rate: u32, out_rate: u32, ppm: f64, seconds: f64, reps: usize) {
+struct Plan {
+    seconds: f64,
+    reps: usize,
+    only: Option<String>,
+}
+
+fn run(plan: &Plan, name: &str, in_rate: u32, out_rate: u32, ppm: f64) {
+    if plan
+        .only
+        .as_ref()
+        .is_some_and(|w| !name.contains(w.as_str()))
+    {
+        return;
+    }
+    let (seconds, reps) = (plan.seconds, plan.reps);
     let mut cpu: Vec<f64> = (0..reps)
         .map(|_| once(in_rate, out_rate, ppm, seconds))
         .collect();
@@ -49,27 +65,25 @@ fn run(name: &str, in_rate: u32, out_rate: u32, ppm: f64, seconds: f64, reps: us
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a bare number is the seconds per run.
-    let arg = std::env::args().skip(1).find_map(|a| a.parse::<f64>().ok());
-    let (seconds, reps) = match arg {
-        Some(s) => (s, 1),
-        None => (20.0, 5),
+    // `cargo bench` passes `--bench`; a bare number is the seconds per run,
+    // another word picks the cases.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds = args.iter().find_map(|a| a.parse::<f64>().ok());
+    let plan = Plan {
+        seconds: seconds.unwrap_or(20.0),
+        reps: if seconds.is_some() { 1 } else { 5 },
+        only: args
+            .iter()
+            .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err())
+            .cloned(),
     };
+    run(&plan, "pass-through, 48000 Hz 0 ppm", 48_000, 48_000, 0.0);
     run(
-        "pass-through, 48000 Hz 0 ppm",
-        48_000,
-        48_000,
-        0.0,
-        seconds,
-        reps,
-    );
-    run(
+        &plan,
         "drift only, 48000 Hz +100 ppm",
         48_000,
         48_000,
         100.0,
-        seconds,
-        reps,
     );
-    run("44100 -> 48000 Hz", 44_100, 48_000, 0.0, seconds, reps);
+    run(&plan, "convert 44100 -> 48000 Hz", 44_100, 48_000, 0.0);
 }
