@@ -211,6 +211,22 @@ fn blend_dot(row0: &[f32], row1: &[f32], history: &[f32], blend: f32) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
+/// A position ≥ 0 split into whole frames and the fraction: the floor, for
+/// the steps this stage takes (mostly 0 or 1 whole frames) without a
+/// conversion (`f64::floor` is a libm call on baseline x86_64, and `as
+/// usize` and back is a dozen instructions there).
+#[inline(always)]
+fn split(f: f64) -> (usize, f64) {
+    if f < 1.0 {
+        (0, f)
+    } else if f < 2.0 {
+        (1, f - 1.0)
+    } else {
+        let whole = f as usize;
+        (whole, f - whole as f64)
+    }
+}
+
 fn bessel_i0(x: f64) -> f64 {
     // Power series; converges fast for the β used here (terms < 1e-17
     // relative after ~30).
@@ -390,22 +406,20 @@ impl Resampler {
                     land_delta: 0.0,
                 };
             }
-            let whole = f as usize;
+            let (whole, frac) = split(f);
             return Cursor {
                 ipos: c.ipos + whole,
-                frac: f - whole as f64,
+                frac,
                 applied_ppm,
                 land_left: c.land_left - 1,
                 land_delta: c.land_delta,
             };
         }
-        // f > 0, so truncation is the floor (`f64::floor` is a libm call
-        // on baseline x86_64, which lacks SSE4.1's `roundsd`).
         let f = c.frac + self.nominal_step * (1.0 + applied_ppm * 1e-6);
-        let whole = f as usize;
+        let (whole, frac) = split(f);
         let mut next = Cursor {
             ipos: c.ipos + whole,
-            frac: f - whole as f64,
+            frac,
             applied_ppm,
             land_left: 0,
             land_delta: 0.0,
