@@ -21,24 +21,51 @@
 //!   48000→44100 99 dB, 44100→48000 98.5 dB, 8000→48000 110 dB,
 //!   48000→8000 111 dB; 15 kHz 92 dB; a 5 kHz tone at 48000→8000 is
 //!   rejected by 95 dB. The tests hold them to 90 dB.
-//! - Cost: 16 zero crossings (not 32) and the phase-major table make it
-//!   4–8x cheaper than per-tap interpolation of a 32-crossing prototype
-//!   for the same 90 dB bar (`cargo bench --bench resample_speed`).
+//! - Layout for the vector unit: the history is planar (one contiguous run
+//!   of frames per channel, deinterleaved once on the way in), each kernel
+//!   row is padded on its oldest side with zero taps to a multiple of 8, and the
+//!   dot products keep 8 independent partial sums, summed once at the end.
+//!   That is a plain element-wise loop over fixed-size chunks, which the
+//!   compiler turns into SSE2 (the x86_64 baseline; no `target-cpu`
+//!   needed) or NEON multiply-adds. The summation order is fixed, so block
+//!   sizes still give bit-identical output (`blocks_equal_one_call`).
 //! - The output timeline is aligned with the input: output frame k is the
 //!   input signal at input position k·ratio, so the signal has no group
 //!   delay of its own; what the stage holds back is the filter's look-ahead
 //!   (`half` input frames), which `latency_frames` reports.
-//! - Equal rates and 0 ppm: bit-transparent pass-through with no delay (the
-//!   end-to-end tests compare bytes). The first non-zero drift engages the
-//!   filter; the look-ahead is then taken from the input once (the caller
-//!   sees a larger `input_needed` for one call), the output continues at the
-//!   next position without a jump. It stays engaged, even back at 0 ppm,
-//!   until `reset` (switching back and forth would each time cost a
-//!   look-ahead's worth of input).
 //! - Drift changes glide at most 5000 ppm per second of output, so a
 //!   controller's step is a pitch glide, never a click.
 //! - Everything is allocated in `new`; `process`, `input_needed` and
 //!   `set_drift_ppm` do not allocate.
+//!
+//! Pass-through (equal rates, the clocks agree), and switching in and out
+//! of it without a click:
+//! - Pass-through holds while the rates are equal, the requested and the
+//!   applied drift are both exactly 0 and the read position sits exactly
+//!   on an input frame (fraction 0, no landing under way):
+//!   `is_passthrough`. Frames are then copied: output == input, bit for
+//!   bit, with no delay. The last `half + pad - 1` input frames are kept as
+//!   planar history all the while (a copy of at most that many frames per
+//!   call).
+//! - Entering: a non-zero `set_drift_ppm` leaves pass-through at once. The
+//!   next output frame is computed at the very position pass-through would
+//!   have copied (the next input frame, fraction 0), from a history that is
+//!   already full, so the stream neither jumps nor restarts from silence;
+//!   the drift then glides up from 0. The filter's look-ahead (`half`
+//!   frames) is taken from the input once: `input_needed` asks for that
+//!   much more in the call where it happens, and `latency_frames` shows it.
+//! - Leaving: after `set_drift_ppm(0.0)` the drift glides back to 0. The
+//!   position then generally sits between two input frames (fraction f).
+//!   The stage lands it on a frame: it moves the position by −f (f < ½)
+//!   or 1 − f (f ≥ ½), in equal steps of at most 500 ppm per output frame
+//!   (≤ 1000 frames: 21 ms at 48 kHz; a pitch offset of at most 0.9 cent,
+//!   position-continuous), and the last of those steps sets the fraction to
+//!   exactly 0 (the rounding it absorbs is ~1e-13 frame). From that frame on
+//!   the stage passes through again: the frames still held as look-ahead
+//!   are played first, straight from the history (bit-exact), then input is
+//!   copied; `input_needed` asks for that much less once, and the latency
+//!   returns to 0. A new non-zero drift during the landing cancels it.
+//! - Unequal rates never pass through; drift there just glides.
 
 use std::fmt;
 
@@ -102,40 +129,107 @@ pub struct Resampler {
     out_rate: u32,
     /// in_rate / out_rate: input frames per output frame at 0 ppm.
     nominal_step: f64,
-    /// Half the kernel length in input frames: taps reach from
-    /// `ipos - half + 1` to `ipos + half`.
+    /// The filter's look-ahead in input frames: an output frame at
+    /// (ipos, frac) reads input up to frame `ipos + half`.
     half: usize,
-    /// The kernel laid out by phase: row p (0..=PHASES) holds the
-    /// `2·half` taps for an output position p/PHASES past an input frame,
-    /// so an output frame is two dot products with contiguous rows and a
-    /// linear blend between them; nothing is computed per tap at run time.
+    /// History behind the read position: an output frame reads input from
+    /// frame `ipos - behind` on; `behind = taps - half - 1`.
+    behind: usize,
+    /// Row length: the kernel's `2·half` taps plus zero taps on the oldest
+    /// side up to a multiple of `LANES`.
+    taps: usize,
+    /// The kernel laid out by phase: row p (0..=PHASES) holds the `taps`
+    /// weights for an output position p/PHASES past an input frame, so an
+    /// output frame is two dot products with contiguous rows and a linear
+    /// blend between them; nothing is computed per tap at run time.
     poly: Vec<f32>,
-    /// Input history, interleaved; `buf_frames` frames are valid.
+    /// Input history, planar: channel c's frames are
+    /// `buf[c·cap .. c·cap + buf_frames]`.
     buf: Vec<f32>,
+    cap: usize,
     buf_frames: usize,
-    /// Position of the next output frame: frame index into `buf` plus a
-    /// fraction in [0, 1). Kept apart so that the fraction's arithmetic does
-    /// not depend on where the buffer happens to start (block sizes give
-    /// bit-identical output).
-    ipos: usize,
-    frac: f64,
+    /// Where the next output frame is read, and how the drift stands.
+    cur: Cursor,
     target_ppm: f64,
-    applied_ppm: f64,
     slew_ppm_per_frame: f64,
-    /// False while equal rates and 0 ppm let frames pass untouched.
-    engaged: bool,
 }
 
+/// The read position and the state that moves it, apart from the history
+/// so `input_needed` can run it ahead on a copy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Cursor {
+    /// Position of the next output frame: frame index into the history plus
+    /// a fraction in [0, 1). Kept apart so that the fraction's arithmetic
+    /// does not depend on where the buffer happens to start (block sizes
+    /// give bit-identical output).
+    ipos: usize,
+    frac: f64,
+    /// The drift applied (after the glide), ppm.
+    applied_ppm: f64,
+    /// Output frames left in a landing (the glide back to pass-through):
+    /// each moves the position by 1 + `land_delta` frames.
+    land_left: u32,
+    land_delta: f64,
+}
+
+/// Independent partial sums per dot product: 8 `f32`, two SSE2 registers
+/// or one AVX register, two NEON registers.
+const LANES: usize = 8;
+/// The largest position change per output frame, beyond 1, while landing
+/// on an input frame to pass through again (500 ppm).
+const LAND_STEP: f64 = 500e-6;
+
 /// Two kernel rows against the same history, blended: the interpolation
-/// between neighbouring phases, in one pass over the history.
+/// between neighbouring phases, in one pass over the history. The lengths
+/// are multiples of `LANES`; each lane sums its own taps, so the loop body
+/// is element-wise over fixed-size arrays and vectorises.
+#[inline(always)]
 fn blend_dot(row0: &[f32], row1: &[f32], history: &[f32], blend: f32) -> f32 {
-    let mut a0 = 0.0f32;
-    let mut a1 = 0.0f32;
-    for ((w0, w1), v) in row0.iter().zip(row1).zip(history) {
-        a0 += w0 * v;
-        a1 += w1 * v;
+    let mut a0 = [0.0f32; LANES];
+    let mut a1 = [0.0f32; LANES];
+    for ((w0, w1), v) in row0
+        .chunks_exact(LANES)
+        .zip(row1.chunks_exact(LANES))
+        .zip(history.chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            a0[l] += w0[l] * v[l];
+            a1[l] += w1[l] * v[l];
+        }
     }
-    a0 + (a1 - a0) * blend
+    let mut acc = [0.0f32; LANES];
+    for l in 0..LANES {
+        acc[l] = a0[l] + (a1[l] - a0[l]) * blend;
+    }
+    // Pairwise, in a fixed order.
+    let q = [
+        acc[0] + acc[4],
+        acc[1] + acc[5],
+        acc[2] + acc[6],
+        acc[3] + acc[7],
+    ];
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// A position ≥ 0 split into whole frames and the fraction (the floor).
+/// On x86_64 the steps this stage takes (mostly 0 or 1 whole frames) are
+/// told apart by comparison: baseline x86_64 has no floor instruction
+/// (`f64::floor` is a libm call) and `as usize` and back is a dozen
+/// instructions. aarch64 converts in one instruction each way, and the
+/// branches would cost more there. Both give the same values.
+#[inline(always)]
+fn split(f: f64) -> (usize, f64) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if f < 1.0 {
+            return (0, f);
+        }
+        if f < 2.0 {
+            return (1, f - 1.0);
+        }
+    }
+    let whole = f as usize;
+    (whole, f - whole as f64)
 }
 
 fn bessel_i0(x: f64) -> f64 {
@@ -195,38 +289,47 @@ impl Resampler {
         }
         let cutoff = ROLLOFF * (out_rate as f64 / in_rate as f64).min(1.0);
         let half = (ZERO_CROSSINGS as f64 / cutoff).ceil() as usize;
-        let taps = 2 * half;
+        let taps = (2 * half).div_ceil(LANES) * LANES;
+        let behind = taps - half - 1;
         let gain = cutoff as f32;
         let mut poly = vec![0.0f32; (PHASES + 1) * taps];
         for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
             let frac = p as f64 / PHASES as f64;
             for (k, w) in row.iter_mut().enumerate() {
-                // Tap k is input frame ipos + 1 - half + k; its distance
+                // Tap k is input frame ipos - behind + k; its distance
                 // from the output position, scaled to the kernel's time.
-                let t = (half as f64 - 1.0 - k as f64) + frac;
+                // The padding taps (k < taps - 2·half) are ≥ half frames
+                // away, where the prototype is 0.
+                let t = behind as f64 - k as f64 + frac;
                 *w = gain * prototype(t * cutoff) as f32;
             }
         }
         // Input for a full output block at the fastest drift, plus the
-        // kernel's two wings and rounding slack.
+        // kernel's reach and rounding slack.
         let max_step = nominal_step * (1.0 + MAX_DRIFT_PPM * 1e-6);
         let max_input = (max_output_frames as f64 * max_step).ceil() as usize + 2;
-        let capacity = max_input + 2 * half + 4;
+        let cap = max_input + taps + 4;
         let mut r = Resampler {
             channels,
             in_rate,
             out_rate,
             nominal_step,
             half,
+            behind,
+            taps,
             poly,
-            buf: vec![0.0; capacity * channels],
+            buf: vec![0.0; cap * channels],
+            cap,
             buf_frames: 0,
-            ipos: 0,
-            frac: 0.0,
+            cur: Cursor {
+                ipos: 0,
+                frac: 0.0,
+                applied_ppm: 0.0,
+                land_left: 0,
+                land_delta: 0.0,
+            },
             target_ppm: 0.0,
-            applied_ppm: 0.0,
             slew_ppm_per_frame: DRIFT_SLEW_PPM_PER_S / out_rate as f64,
-            engaged: false,
         };
         r.reset();
         Ok(r)
@@ -235,36 +338,48 @@ impl Resampler {
     /// Forgets the history and the drift: the next input frame is treated
     /// as the start of a new stream (and equal rates pass through again).
     pub fn reset(&mut self) {
-        // The history starts as `half` frames of silence, so the first
-        // output frame sits exactly on the first input frame.
-        self.buf_frames = self.half;
-        self.buf[..self.half * self.channels].fill(0.0);
-        self.ipos = self.half;
-        self.frac = 0.0;
+        // The history starts as silence, so the first output frame sits
+        // exactly on the first input frame.
+        self.buf.fill(0.0);
+        self.buf_frames = self.behind;
+        self.cur = Cursor {
+            ipos: self.behind,
+            frac: 0.0,
+            applied_ppm: 0.0,
+            land_left: 0,
+            land_delta: 0.0,
+        };
         self.target_ppm = 0.0;
-        self.applied_ppm = 0.0;
-        self.engaged = false;
     }
 
     /// Fine adjustment of the ratio; clamped to ±`MAX_DRIFT_PPM`, glides
-    /// there at a bounded rate. A non-finite value is ignored.
+    /// there at a bounded rate. A non-finite value is ignored. At equal
+    /// rates, 0 returns to pass-through (see the module header) and any
+    /// other value leaves it.
     pub fn set_drift_ppm(&mut self, ppm: f64) {
         if !ppm.is_finite() {
             return;
         }
         self.target_ppm = ppm.clamp(-MAX_DRIFT_PPM, MAX_DRIFT_PPM);
-        if self.target_ppm != 0.0 {
-            self.engaged = true;
-        }
     }
 
     /// The drift currently applied (after the glide).
     pub fn drift_ppm(&self) -> f64 {
-        self.applied_ppm
+        self.cur.applied_ppm
     }
 
-    fn passthrough(&self) -> bool {
-        !self.engaged && self.in_rate == self.out_rate
+    /// True while frames are copied untouched: equal rates, no drift asked
+    /// or applied, the position on an input frame.
+    pub fn is_passthrough(&self) -> bool {
+        self.passes(&self.cur)
+    }
+
+    fn passes(&self, c: &Cursor) -> bool {
+        self.in_rate == self.out_rate
+            && self.target_ppm == 0.0
+            && c.applied_ppm == 0.0
+            && c.frac == 0.0
+            && c.land_left == 0
     }
 
     /// The drift after one more output frame of glide.
@@ -280,28 +395,73 @@ impl Resampler {
         }
     }
 
-    /// Moves a position (ipos, frac) on by one output frame.
-    fn advance(&self, ipos: usize, frac: f64, applied: f64) -> (usize, f64) {
-        let f = frac + self.nominal_step * (1.0 + applied * 1e-6);
-        let whole = f.floor();
-        (ipos + whole as usize, f - whole)
+    /// Moves the cursor on by one output frame.
+    fn step(&self, c: Cursor) -> Cursor {
+        let applied_ppm = self.glide(c.applied_ppm);
+        if c.land_left > 0 && self.target_ppm == 0.0 {
+            let f = c.frac + 1.0 + c.land_delta;
+            if c.land_left == 1 {
+                // The last step of a landing ends on a frame: f is within
+                // rounding of 1 (landing down) or 2 (landing up).
+                return Cursor {
+                    ipos: c.ipos + (f + 0.5) as usize,
+                    frac: 0.0,
+                    applied_ppm,
+                    land_left: 0,
+                    land_delta: 0.0,
+                };
+            }
+            let (whole, frac) = split(f);
+            return Cursor {
+                ipos: c.ipos + whole,
+                frac,
+                applied_ppm,
+                land_left: c.land_left - 1,
+                land_delta: c.land_delta,
+            };
+        }
+        let f = c.frac + self.nominal_step * (1.0 + applied_ppm * 1e-6);
+        let (whole, frac) = split(f);
+        let mut next = Cursor {
+            ipos: c.ipos + whole,
+            frac,
+            applied_ppm,
+            land_left: 0,
+            land_delta: 0.0,
+        };
+        if self.in_rate == self.out_rate
+            && self.target_ppm == 0.0
+            && applied_ppm == 0.0
+            && next.frac != 0.0
+        {
+            // Back at 0 ppm between two frames: land on the nearer one.
+            let distance = if next.frac < 0.5 {
+                -next.frac
+            } else {
+                1.0 - next.frac
+            };
+            let frames = (distance.abs() / LAND_STEP).ceil().max(1.0);
+            next.land_left = frames as u32;
+            next.land_delta = distance / frames;
+        }
+        next
     }
 
     /// Input frames `process` must be given now to produce exactly
     /// `output_frames` (it may produce them with fewer only when 0).
     pub fn input_needed(&self, output_frames: usize) -> usize {
-        if output_frames == 0 {
-            return 0;
+        let mut c = self.cur;
+        let mut need = self.buf_frames;
+        for i in 0..output_frames {
+            if self.passes(&c) {
+                // The rest are copied: frames ipos, ipos + 1, …
+                need = need.max(c.ipos + (output_frames - i));
+                break;
+            }
+            need = need.max(c.ipos + self.half + 1);
+            c = self.step(c);
         }
-        if self.passthrough() {
-            return output_frames;
-        }
-        let (mut ipos, mut frac, mut applied) = (self.ipos, self.frac, self.applied_ppm);
-        for _ in 1..output_frames {
-            applied = self.glide(applied);
-            (ipos, frac) = self.advance(ipos, frac, applied);
-        }
-        (ipos + self.half + 1).saturating_sub(self.buf_frames)
+        need - self.buf_frames
     }
 
     /// Converts interleaved `input` into interleaved `output`; returns
@@ -310,93 +470,119 @@ impl Resampler {
     /// to `output`'s size; a trailing partial frame in either slice is
     /// ignored.
     pub fn process(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize) {
-        let ch = self.channels;
-        let in_frames = input.len() / ch;
-        let out_frames = output.len() / ch;
-        if self.passthrough() {
-            return self.pass(input, output, in_frames.min(out_frames));
+        if self.is_passthrough() {
+            return self.pass(input, output);
         }
-        let capacity = self.buf.len() / ch;
-        let consumed = in_frames.min(capacity - self.buf_frames);
-        let start = self.buf_frames * ch;
-        self.buf[start..start + consumed * ch].copy_from_slice(&input[..consumed * ch]);
-        self.buf_frames += consumed;
+        let ch = self.channels;
+        let cap = self.cap;
+        let out_frames = output.len() / ch;
+        let consumed = (input.len() / ch).min(cap - self.buf_frames);
+        self.append(&input[..consumed * ch]);
 
         let mut produced = 0;
-        let taps = 2 * self.half;
-        while produced < out_frames && self.ipos + self.half < self.buf_frames {
-            let x = self.frac * PHASES as f64;
+        let taps = self.taps;
+        while produced < out_frames
+            && self.cur.ipos + self.half < self.buf_frames
+            && !self.is_passthrough()
+        {
+            let x = self.cur.frac * PHASES as f64;
             let p = (x as usize).min(PHASES - 1);
             let blend = (x - p as f64) as f32;
             let row0 = &self.poly[p * taps..(p + 1) * taps];
             let row1 = &self.poly[(p + 1) * taps..(p + 2) * taps];
-            let first = (self.ipos + 1 - self.half) * ch;
-            let history = &self.buf[first..first + taps * ch];
+            let first = self.cur.ipos - self.behind;
             let out = &mut output[produced * ch..(produced + 1) * ch];
-            if ch == 1 {
-                out[0] = blend_dot(row0, row1, history, blend);
-            } else {
-                for (c, o) in out.iter_mut().enumerate() {
-                    let mut a0 = 0.0f32;
-                    let mut a1 = 0.0f32;
-                    for (k, (w0, w1)) in row0.iter().zip(row1).enumerate() {
-                        let v = history[k * ch + c];
-                        a0 += w0 * v;
-                        a1 += w1 * v;
-                    }
-                    *o = a0 + (a1 - a0) * blend;
-                }
+            for (c, o) in out.iter_mut().enumerate() {
+                let history = &self.buf[c * cap + first..c * cap + first + taps];
+                *o = blend_dot(row0, row1, history, blend);
             }
             produced += 1;
-            self.applied_ppm = self.glide(self.applied_ppm);
-            (self.ipos, self.frac) = self.advance(self.ipos, self.frac, self.applied_ppm);
+            self.cur = self.step(self.cur);
         }
         self.compact();
+        if produced < out_frames && self.is_passthrough() {
+            // Landed: the rest of the block passes through.
+            let (c, p) = self.pass(&input[consumed * ch..], &mut output[produced * ch..]);
+            return (consumed + c, produced + p);
+        }
         (consumed, produced)
     }
 
-    /// Taps for the output frame at (ipos, frac).
+    /// Appends interleaved frames to the planar history (room checked by
+    /// the caller).
+    fn append(&mut self, input: &[f32]) {
+        let ch = self.channels;
+        let frames = input.len() / ch;
+        let start = self.buf_frames;
+        for c in 0..ch {
+            let dst = &mut self.buf[c * self.cap + start..c * self.cap + start + frames];
+            for (d, s) in dst.iter_mut().zip(input[c..].iter().step_by(ch)) {
+                *d = *s;
+            }
+        }
+        self.buf_frames += frames;
+    }
+
     /// Drops history the next output frame no longer reaches.
     fn compact(&mut self) {
-        let keep_from = (self.ipos + 1).saturating_sub(self.half);
+        let keep_from = self.cur.ipos - self.behind;
         if keep_from == 0 {
             return;
         }
-        let ch = self.channels;
-        self.buf
-            .copy_within(keep_from * ch..self.buf_frames * ch, 0);
+        for c in 0..self.channels {
+            let base = c * self.cap;
+            self.buf
+                .copy_within(base + keep_from..base + self.buf_frames, base);
+        }
         self.buf_frames -= keep_from;
-        self.ipos -= keep_from;
+        self.cur.ipos -= keep_from;
     }
 
-    /// Equal rates at 0 ppm: copy, and keep the last `half` frames as
-    /// history so engaging the filter later continues seamlessly.
-    fn pass(&mut self, input: &[f32], output: &mut [f32], frames: usize) -> (usize, usize) {
+    /// Pass-through: first the frames still held as look-ahead (after a
+    /// landing), then input copied as it is; the last `behind` frames stay
+    /// as history so that leaving pass-through continues seamlessly.
+    fn pass(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize) {
         let ch = self.channels;
-        let n = frames * ch;
-        output[..n].copy_from_slice(&input[..n]);
-        let half = self.half;
-        if frames >= half {
-            self.buf[..half * ch].copy_from_slice(&input[n - half * ch..n]);
-            self.buf_frames = half;
-        } else {
-            let drop = (self.buf_frames + frames).saturating_sub(half);
-            self.buf.copy_within(drop * ch..self.buf_frames * ch, 0);
-            self.buf_frames -= drop;
-            let start = self.buf_frames * ch;
-            self.buf[start..start + n].copy_from_slice(&input[..n]);
-            self.buf_frames += frames;
+        let cap = self.cap;
+        let out_frames = output.len() / ch;
+        let pending = self.buf_frames - self.cur.ipos;
+        let from_history = pending.min(out_frames);
+        let ipos = self.cur.ipos;
+        for c in 0..ch {
+            let src = &self.buf[c * cap + ipos..c * cap + ipos + from_history];
+            for (o, s) in output[c..].iter_mut().step_by(ch).zip(src) {
+                *o = *s;
+            }
         }
-        self.ipos = self.buf_frames;
-        self.frac = 0.0;
-        (frames, frames)
+        self.cur.ipos += from_history;
+        let direct = (out_frames - from_history).min(input.len() / ch);
+        if direct == 0 {
+            self.compact();
+            return (0, from_history);
+        }
+        // Here the history is played out: ipos == buf_frames.
+        let n = direct * ch;
+        output[from_history * ch..from_history * ch + n].copy_from_slice(&input[..n]);
+        let behind = self.behind;
+        if direct >= behind {
+            self.buf_frames = 0;
+            self.append(&input[n - behind * ch..n]);
+        } else {
+            self.cur.ipos = self.buf_frames + direct;
+            self.compact();
+            // compact keeps `behind - direct` old frames; the new follow.
+            self.cur.ipos -= direct;
+            self.append(&input[..n]);
+        }
+        self.cur.ipos = self.buf_frames;
+        (direct, from_history + direct)
     }
 
     /// Input held inside (taken but not yet played), in output frames:
     /// the filter's look-ahead, 0 in pass-through.
     pub fn latency_frames(&self) -> f64 {
-        let held = self.buf_frames as f64 - self.ipos as f64 - self.frac;
-        (held / (self.nominal_step * (1.0 + self.applied_ppm * 1e-6))).max(0.0)
+        let held = self.buf_frames as f64 - self.cur.ipos as f64 - self.cur.frac;
+        (held / (self.nominal_step * (1.0 + self.cur.applied_ppm * 1e-6))).max(0.0)
     }
 
     pub fn channels(&self) -> usize {
@@ -428,24 +614,29 @@ mod tests {
             .collect()
     }
 
-    /// Runs mono `input` through in periods of `period` output frames,
-    /// feeding exactly `input_needed`, as the playout thread does.
+    /// Runs interleaved `input` through in periods of `period` output
+    /// frames, feeding exactly `input_needed`, as the playout thread does.
     fn run_periods(r: &mut Resampler, input: &[f32], period: usize) -> Vec<f32> {
+        let ch = r.channels();
         let mut out = Vec::new();
-        let mut block = vec![0.0; period];
+        let mut block = vec![0.0; period * ch];
         let mut pos = 0;
         loop {
             let need = r.input_needed(period);
-            if pos + need > input.len() {
+            if (pos + need) * ch > input.len() {
                 break;
             }
-            let (c, p) = r.process(&input[pos..pos + need], &mut block);
+            let (c, p) = r.process(&input[pos * ch..(pos + need) * ch], &mut block);
             assert_eq!(c, need);
             assert_eq!(p, period, "input_needed must be exact");
             pos += c;
-            out.extend_from_slice(&block[..p]);
+            out.extend_from_slice(&block[..p * ch]);
         }
         out
+    }
+
+    fn interleave(left: &[f32], right: &[f32]) -> Vec<f32> {
+        left.iter().zip(right).flat_map(|(&l, &r)| [l, r]).collect()
     }
 
     /// SNR (dB) of `out` against the ideal sine at the output rate, skipping
@@ -574,7 +765,144 @@ mod tests {
             let peak = chunk.iter().fold(0.0f32, |m, &s| m.max(s.abs()));
             assert!(peak > 0.49, "level dropped to {peak}");
         }
-        assert!(r.engaged);
+        assert!(r.is_passthrough());
+    }
+
+    #[test]
+    fn drift_stretch_returns_to_bit_exact() {
+        // Two tones passed through, drift asked for 100 ms (the glide
+        // reaches ±500 ppm) and released: before the stretch the output is
+        // the input bit for bit; after it (glide down, landing) it is the
+        // input again, shifted by whole frames; and nowhere, entering or
+        // leaving, does the signal jump. A jump shows in the second
+        // difference, which for a sine is at most amp·ω² (ω per frame); the
+        // allowance on top (1e-4, −74 dB re 0.5) is a few times the
+        // filter's own error (≈ −90 dB) and the landing's 500 ppm bend.
+        let rate = 48000u32;
+        let period = 480;
+        let tones = [(1000.0, 0.5), (440.0, 0.3)];
+        let frames_in = rate as usize * 2;
+        let input = interleave(
+            &sine(rate, tones[0].0, frames_in, tones[0].1),
+            &sine(rate, tones[1].0, frames_in, tones[1].1),
+        );
+        for ppm in [2500.0, -2500.0] {
+            let mut r = Resampler::new(2, rate, rate, period).unwrap();
+            let mut out = Vec::new();
+            let mut block = vec![0.0; period * 2];
+            let mut pos = 0;
+            let mut passing = Vec::new();
+            while pos + 2 * period < frames_in {
+                match passing.len() {
+                    50 => r.set_drift_ppm(ppm),
+                    60 => r.set_drift_ppm(0.0),
+                    _ => {}
+                }
+                let need = r.input_needed(period);
+                let (c, p) = r.process(&input[pos * 2..(pos + need) * 2], &mut block);
+                assert_eq!(
+                    (c, p),
+                    (need, period),
+                    "{ppm} ppm: input_needed must be exact"
+                );
+                pos += c;
+                out.extend_from_slice(&block);
+                passing.push(r.is_passthrough());
+            }
+            let frames = out.len() / 2;
+            assert!(passing[49] && !passing[50], "{ppm} ppm: drift must engage");
+            assert!(r.is_passthrough(), "{ppm} ppm: must pass through again");
+            assert_eq!(r.latency_frames(), 0.0);
+            assert_eq!(out[..50 * period * 2], input[..50 * period * 2]);
+            // Output frame k is input frame k + shift from the landing on.
+            let shift = pos as isize - frames as isize;
+            assert!(shift != 0 && shift.abs() <= 4, "{ppm} ppm: shift {shift}");
+            let exact = |k: usize| {
+                let i = (k as isize + shift) as usize;
+                out[2 * k..2 * k + 2] == input[2 * i..2 * i + 2]
+            };
+            let last_diff = (0..frames).rev().find(|&k| !exact(k)).unwrap();
+            // 100 ms of glide back to 0 after period 60, ≤ 1000 frames of
+            // landing, a period's slack.
+            let stretch_end = 60 * period + 4800 + 1000 + period;
+            assert!(
+                (50 * period..stretch_end).contains(&last_diff),
+                "{ppm} ppm: last inexact frame {last_diff}"
+            );
+            assert!(frames > stretch_end + rate as usize / 2);
+            for (c, (freq, amp)) in tones.into_iter().enumerate() {
+                let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
+                let bound = amp * w * w * 1.01 + 1e-4;
+                for k in 1..frames - 1 {
+                    let d2 = out[2 * (k + 1) + c] as f64 - 2.0 * out[2 * k + c] as f64
+                        + out[2 * (k - 1) + c] as f64;
+                    assert!(
+                        d2.abs() <= bound,
+                        "{ppm} ppm: jump {d2} at frame {k} ch {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn landing_cancelled_by_new_drift() {
+        // Drift released, then asked again while the position is landing:
+        // the landing gives way to the glide, and the second release still
+        // ends in bit-exact pass-through.
+        let rate = 8000u32;
+        let period = 80;
+        let input: Vec<f32> = sine(rate, 300.0, rate as usize * 3, 0.5);
+        let mut r = Resampler::new(1, rate, rate, period).unwrap();
+        let mut out = Vec::new();
+        let mut block = vec![0.0; period];
+        let mut pos = 0;
+        let mut periods = 0;
+        let mut saw_landing = false;
+        while pos + 2 * period < input.len() {
+            match periods {
+                10 => r.set_drift_ppm(-3000.0),
+                30 => r.set_drift_ppm(0.0),
+                _ => {}
+            }
+            if periods > 30 && r.cur.land_left > 0 && !saw_landing {
+                saw_landing = true;
+                r.set_drift_ppm(1000.0);
+            } else if saw_landing && r.cur.applied_ppm > 900.0 {
+                r.set_drift_ppm(0.0);
+            }
+            let need = r.input_needed(period);
+            let (c, p) = r.process(&input[pos..pos + need], &mut block);
+            assert_eq!((c, p), (need, period));
+            pos += c;
+            out.extend_from_slice(&block);
+            periods += 1;
+        }
+        assert!(saw_landing);
+        assert!(r.is_passthrough());
+        let shift = pos as isize - out.len() as isize;
+        let tail = out.len() - rate as usize / 2;
+        for (k, &o) in out.iter().enumerate().skip(tail) {
+            assert_eq!(o, input[(k as isize + shift) as usize], "frame {k}");
+        }
+    }
+
+    #[test]
+    fn stereo_channels_match_mono() {
+        // The planar history keeps channels apart: each channel of a
+        // stereo conversion is the mono conversion of that channel.
+        let left = sine(44100, 997.0, 20000, 0.7);
+        let right = sine(44100, 3001.0, 20000, 0.4);
+        let convert = |ch: usize, input: &[f32]| {
+            let mut r = Resampler::new(ch, 44100, 48000, 256).unwrap();
+            r.set_drift_ppm(-700.0);
+            run_periods(&mut r, input, 256)
+        };
+        let both = convert(2, &interleave(&left, &right));
+        let (l, r) = (convert(1, &left), convert(1, &right));
+        assert_eq!(both.len(), 2 * l.len());
+        assert!(l.len() > 20000);
+        assert_eq!(both, interleave(&l, &r));
     }
 
     #[test]
