@@ -662,20 +662,22 @@ impl Engine {
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
         // Bit-perfect when the clocks agree: a stream at the device's rate
-        // whose clock is within the dead band of the device's (or not yet
-        // known to differ) passes through untouched while the delay stays
+        // whose clock is within the dead band of the device's passes through untouched while the delay stays
         // within `ENTER_CORRECTION_MS` of its target. Beyond that the
         // resampler corrects, with the estimate fed forward, until the
         // error is under `LEAVE_CORRECTION_MS`; then it lands back on a
         // whole input frame and copies again. A slow drift is thus undone
         // in short resampled stretches, a fast one followed throughout.
-        let in_band = estimate.is_none_or(|e| e.ppm.abs() < DEAD_BAND_PPM);
+        // Until the estimate is known the clocks are taken to agree; once a
+        // correction was needed without one, it goes on (the loop learns
+        // the ratio meanwhile) until the estimate says they do.
+        let in_band = estimate.map(|e| e.ppm.abs() < DEAD_BAND_PPM);
         let error_ms = self.controller.error_ms(target).abs();
         if self.correcting {
-            if in_band && error_ms < LEAVE_CORRECTION_MS {
+            if in_band == Some(true) && error_ms < LEAVE_CORRECTION_MS {
                 self.correcting = false;
             }
-        } else if !in_band || error_ms > ENTER_CORRECTION_MS {
+        } else if in_band == Some(false) || error_ms > ENTER_CORRECTION_MS {
             self.correcting = true;
         }
         let pass = format.rate == self.device_rate && !self.correcting;

@@ -133,7 +133,8 @@ impl PlayoutThread {
                                 self.link_event(e);
                             }
                             if let Some(d) = delay {
-                                let played = self.device.frames_written().saturating_sub(d.max(0) as u64);
+                                let played =
+                                    self.device.frames_written().saturating_sub(d.max(0) as u64);
                                 self.engine.device_position(delay_at, played);
                             }
                             match outcome {

@@ -180,12 +180,18 @@ mod tests {
             text.contains("buffer 12.5/10.0 ms alsa 10.0 ms delay 22.5 ms"),
             "{text}"
         );
-        assert!(text.contains("drift -1234.0 ppm (±0.0) resampled"), "{text}");
+        assert!(
+            text.contains("drift -1234.0 ppm (±0.0) resampled"),
+            "{text}"
+        );
         s.drift_uncertainty_uppm.store(-1, Relaxed);
         s.passthrough.store(1, Relaxed);
         let mut line = StatsLine::default();
         s.read_into(&mut line);
         let text = line.to_string();
-        assert!(text.contains("ppm (unknown) bit-exact rt-allocs 0"), "{text}");
+        assert!(
+            text.contains("ppm (unknown) bit-exact rt-allocs 0"),
+            "{text}"
+        );
     }
 }
