@@ -92,6 +92,41 @@ fn assert_played(
     );
 }
 
+/// Asserts the last `seconds` the device played before the stream's end
+/// are the signal, bit for bit, at an alignment of their own: what clock
+/// following on the defaults must deliver once it has settled (a
+/// correction at the start may have moved the alignment by whole frames).
+/// Returns the frame of the signal the tail starts at.
+fn assert_tail_exact(
+    recording: &[i16],
+    sent: &[i16],
+    channels: u16,
+    rate: u32,
+    seconds: f64,
+    log: &str,
+) -> usize {
+    let ch = usize::from(channels);
+    let last_sound = recording
+        .chunks_exact(ch)
+        .rposition(|f| f.iter().any(|&v| v != 0))
+        .unwrap_or_else(|| panic!("nothing was played\n{log}"));
+    // Skip the fade-out after the stream's end.
+    let end = last_sound.saturating_sub(rate as usize / 10);
+    let frames = (seconds * rate as f64) as usize;
+    assert!(end > frames, "less than {seconds} s played\n{log}");
+    let tail = &recording[(end - frames) * ch..end * ch];
+    let al = align(tail, sent, channels, 0).unwrap_or_else(|| {
+        panic!("the signal is not in the last {seconds} s played, bit-exact\n{log}")
+    });
+    let cmp = compare(tail, sent, channels, al, 0);
+    assert_eq!(
+        (cmp.frames, cmp.mismatched_frames),
+        (frames - al.recording_frame, 0),
+        "the last {seconds} s played are the signal, exact ({al:?})\n{log}"
+    );
+    al.sent_frame
+}
+
 fn l16_stream(rate: u32, channels: u16) -> RtpStream {
     RtpStream {
         payload_type: 96,
@@ -114,30 +149,40 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
         let (_pulse, alsa, mut rx) = receiver_on_paced(
             &dir,
             port,
-            &[
-                "--rtp-format",
-                "96=L16/48000/2",
-                "--latency-ms",
-                "40",
-                "--clock-follow",
-                "off",
-            ],
+            // The defaults, as users run it: adaptive delay, clock
+            // following on. Sender and sound server share this machine's
+            // clock, so the samples must pass through untouched.
+            &["--rtp-format", "96=L16/48000/2", "--stats-interval", "1"],
         );
-        let signal = noise(7, 2, 48_000 * 10, 20_000);
+        let signal = noise(7, 2, 48_000 * 15, 20_000);
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
         let sent = send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
         stalled.set(watch.stall("e2e-l16-rw", t0, Instant::now()));
-        assert_eq!(sent, 500);
+        assert_eq!(sent, 750);
         std::thread::sleep(Duration::from_millis(300));
         let (code, took, stats) = rx.stop();
         assert_eq!(code, Some(0), "exit status");
         assert!(took < Duration::from_millis(200), "SIGTERM took {took:?}");
         let log = rx.log_text();
         assert_eq!(stats.get("underruns"), 0.0, "{log}");
-        assert_eq!(stats.get("packets"), 500.0, "{log}");
+        assert_eq!(stats.get("packets"), 750.0, "{log}");
         assert_eq!(stats.get("lost"), 0.0, "{log}");
-        assert_played(&read_s16le(&alsa.paced), &signal, 2, 0, 0.99, &log);
+        assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
+        // One clock: the estimate finds it, and the samples pass through
+        // untouched once the start's delay correction is over.
+        let drift = stats.get("drift");
+        assert!(
+            drift.abs() < 20.0,
+            "drift estimate {drift} ppm on one clock\n{log}"
+        );
+        assert!(
+            log.lines().rev().take(4).any(|l| l.contains("bit-exact")),
+            "not passing through at the end\n{log}"
+        );
+        let recording = read_s16le(&alsa.paced);
+        // The last 5 s bit for bit.
+        assert_tail_exact(&recording, &signal, 2, 48_000, 5.0, &log);
     });
 }
 

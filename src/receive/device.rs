@@ -218,6 +218,12 @@ impl DeviceLink {
         }
     }
 
+    /// The open device has been seen consuming (its position means
+    /// something from here on).
+    pub fn consuming(&self) -> bool {
+        matches!(&self.state, State::Open { announce: None, .. })
+    }
+
     /// Frames written to the open device since it was opened.
     pub fn frames_written(&self) -> u64 {
         match &self.state {

@@ -234,6 +234,12 @@ impl DelayController {
         }
     }
 
+    /// The loop's integral: the ratio correction it has learnt beyond the
+    /// feed-forward, ppm.
+    pub fn integral_ppm(&self) -> f64 {
+        self.integral
+    }
+
     /// Whether the integral follows the error (see `integrating`).
     pub fn set_integrating(&mut self, on: bool) {
         self.integrating = on;

@@ -156,10 +156,26 @@ impl std::error::Error for PlayoutError {}
 /// Clock ratios within this of 1 are passed through (bit-exact) and their
 /// slow drift corrected in stretches; the estimate is good to ≈ ±20 ppm.
 const DEAD_BAND_PPM: f64 = 50.0;
-/// Delay error (smoothed) that starts a resampled correction...
+/// Delay error (smoothed) that starts a resampled stretch.
 const ENTER_CORRECTION_MS: f64 = 2.0;
-/// ...and that ends it.
-const LEAVE_CORRECTION_MS: f64 = 0.25;
+/// Error under which following a clock hands back to pass-through.
+const LEAVE_CORRECTION_MS: f64 = 0.5;
+/// How the resampler serves a stream at the device's rate.
+///
+/// `Pass`: the clocks agree (the estimate is within `DEAD_BAND_PPM`, or not
+/// known yet): samples are copied bit for bit, and the delay is let drift
+/// by up to `ENTER_CORRECTION_MS`. `Follow`: the delay loop steers the
+/// resampler, the estimate fed forward, until the estimate (or, before
+/// there is one, the loop's own integral) is inside the dead band and the
+/// error under `LEAVE_CORRECTION_MS`; then the resampler lands on a whole
+/// frame and copies again. So a slow drift is undone in short resampled
+/// stretches, a fast one followed throughout, and a stream at another
+/// rate always follows.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Correction {
+    Pass,
+    Follow,
+}
 
 /// Least headroom between the target delay and the delay at which audio
 /// is dropped (see `PlayoutConfig::max_delay_ms`).
@@ -198,8 +214,8 @@ pub struct Engine {
     margin_ms: f64,
     /// The sender-to-device clock ratio, measured apart from the loop.
     clock: ClockEstimator,
-    /// A resampled correction of the delay is under way.
-    correcting: bool,
+    /// How the resampler serves the stream now.
+    correction: Correction,
     /// Raised ceiling on the buffered delay while audio held during a
     /// device wait is caught up; lowered as the backlog shrinks.
     ceiling_ms: Option<f64>,
@@ -275,7 +291,7 @@ impl Engine {
             ceiling_ms: None,
             holding: false,
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
-            correcting: false,
+            correction: Correction::Pass,
             jitter_max_rate: max_rate,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
@@ -298,6 +314,7 @@ impl Engine {
             self.delay.reset();
             self.clock.reset();
             self.timed_packets = 0;
+            self.correction = Correction::Pass;
         }
         // Late, reordered and duplicate packets still tell when the sender
         // sent them; the estimator's lower envelope sorts them out.
@@ -630,6 +647,12 @@ impl Engine {
             .on_device(now_ns, frames_played, self.device_rate);
     }
 
+    /// The device's position starts over (opened, or seen consuming at
+    /// last): the clock estimate's device side forgets what it had.
+    pub fn device_restarted(&mut self) {
+        self.clock.reset_device();
+    }
+
     /// The sender-to-device clock ratio as estimated on its own (ppm, +:
     /// the sender is fast), with its uncertainty; None until known.
     pub fn clock_estimate(&self) -> Option<Estimate> {
@@ -661,31 +684,34 @@ impl Engine {
             self.stretcher.pending() != 0 || depth >= look_ahead + margin_frames,
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
-        // Bit-perfect when the clocks agree: a stream at the device's rate
-        // whose clock is within the dead band of the device's passes through untouched while the delay stays
-        // within `ENTER_CORRECTION_MS` of its target. Beyond that the
-        // resampler corrects, with the estimate fed forward, until the
-        // error is under `LEAVE_CORRECTION_MS`; then it lands back on a
-        // whole input frame and copies again. A slow drift is thus undone
-        // in short resampled stretches, a fast one followed throughout.
-        // Until the estimate is known the clocks are taken to agree; once a
-        // correction was needed without one, it goes on (the loop learns
-        // the ratio meanwhile) until the estimate says they do.
+        // Bit-perfect when the clocks agree (see `Correction`).
         let in_band = estimate.map(|e| e.ppm.abs() < DEAD_BAND_PPM);
-        let error_ms = self.controller.error_ms(target).abs();
-        if self.correcting {
-            if in_band == Some(true) && error_ms < LEAVE_CORRECTION_MS {
-                self.correcting = false;
+        let error_frames = self.controller.error_ms(target) * format.rate as f64 / 1000.0;
+        let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
+        let stretching = self.stretcher.pending() != 0;
+        self.correction = match self.correction {
+            _ if format.rate != self.device_rate || in_band == Some(false) => Correction::Follow,
+            Correction::Pass if error_ms > ENTER_CORRECTION_MS && !stretching => Correction::Follow,
+            Correction::Pass => Correction::Pass,
+            Correction::Follow => {
+                // Without an estimate yet, the loop's own integral stands in.
+                let agree = in_band.unwrap_or(self.controller.integral_ppm().abs() < DEAD_BAND_PPM);
+                if agree && error_ms < LEAVE_CORRECTION_MS {
+                    Correction::Pass
+                } else {
+                    Correction::Follow
+                }
             }
-        } else if in_band == Some(false) || error_ms > ENTER_CORRECTION_MS {
-            self.correcting = true;
-        }
-        let pass = format.rate == self.device_rate && !self.correcting;
+        };
+        let feed_forward = estimate.map_or(0.0, |e| e.ppm);
+        self.controller.set_feed_forward_ppm(feed_forward);
         self.controller
-            .set_feed_forward_ppm(estimate.map_or(0.0, |e| e.ppm));
-        self.controller.set_integrating(!pass);
+            .set_integrating(self.correction == Correction::Follow);
         let control = self.controller.update(measured, target, period.max(1));
-        let drift = if pass { 0.0 } else { control.drift_ppm };
+        let drift = match self.correction {
+            Correction::Pass => 0.0,
+            Correction::Follow => control.drift_ppm,
+        };
         resampler.set_drift_ppm(drift);
         self.metrics.applied_ppm = drift;
         self.metrics.passthrough = resampler.is_passthrough();

@@ -130,9 +130,13 @@ impl PlayoutThread {
                     match written {
                         Ok(outcome) => {
                             if let Some(e) = self.device.written(len / channels) {
+                                // From now on its position is real: a
+                                // sound server that was still starting
+                                // its stream reported none.
+                                self.engine.device_restarted();
                                 self.link_event(e);
                             }
-                            if let Some(d) = delay {
+                            if let (Some(d), true) = (delay, self.device.consuming()) {
                                 let played =
                                     self.device.frames_written().saturating_sub(d.max(0) as u64);
                                 self.engine.device_position(delay_at, played);
