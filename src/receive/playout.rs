@@ -738,6 +738,12 @@ impl PlayoutThread {
                             self.stats.resumes.fetch_add(1, Relaxed);
                             self.event(Event::Resumed);
                         }
+                        Ok(WriteOutcome::Suspended) => {
+                            // Nothing was queued and the device cannot
+                            // pace us while it wakes: keep the period pace.
+                            let period_ns = self.config.period_ms as u64 * 1_000_000;
+                            crate::service::clock::sleep_until(now + period_ns);
+                        }
                         Err(e) => {
                             self.stats.device_errors.fetch_add(1, Relaxed);
                             self.stats.reopens.fetch_add(1, Relaxed);
@@ -751,7 +757,13 @@ impl PlayoutThread {
                             // libraries (libjack crashes).
                             if let Some(dev) = device.take() {
                                 if e_hung {
-                                    closing = dev.close_detached();
+                                    // AlsaOut is Send: close it on a thread
+                                    // of its own (a failed spawn drops the
+                                    // closure, closing it here after all).
+                                    closing = std::thread::Builder::new()
+                                        .name("alsa-close".into())
+                                        .spawn(move || drop(dev))
+                                        .ok();
                                 } else {
                                     drop(dev);
                                 }
@@ -826,8 +838,8 @@ impl PlayoutThread {
         AlsaOut::open(&DeviceConfig {
             device: self.config.device.clone(),
             access: self.config.access,
-            rate,
-            channels,
+            rate: Some(rate),
+            channels: Some(channels),
             period_frames: (rate as u64 * self.config.period_ms as u64 / 1000).max(16) as u32,
             buffer_periods: self.config.buffer_periods,
         })
