@@ -223,8 +223,10 @@ impl fmt::Display for AlsaError {
                 f,
                 "device '{device}': installing hw params ({setup}) failed ({}), also at the \
                  device's own rate and channel count: its plugin chain cannot run this \
-                 setup (plug/route over pulse cannot, see aplay -v -D {device}) — try the \
-                 device without the plug/route in front, or another --period-ms",
+                 setup (a route or rate plugin, which plug inserts for a ttable or a \
+                 forced slave channel count, needs mmap on its slave and pulse has only \
+                 rw; aplay -v -D {device} fails the same way) — drop the ttable/forced \
+                 channels, or put the route over a device with mmap",
                 errno_text(*errno)
             ),
             AlsaError::Params {

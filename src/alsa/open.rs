@@ -155,8 +155,10 @@ pub struct DeviceConfig {
     /// Channels wished for; `None`: the device's own preference (2 where
     /// offered, else the nearest it has).
     pub channels: Option<u16>,
-    /// Frames per period at the granted rate: how much one write carries
-    /// and how often the device wakes the thread.
+    /// Frames per period (at the rate asked, or at 48 kHz when the rate is
+    /// left to the device; a device granting another rate keeps the count
+    /// in frames): how much one write carries and how often the device
+    /// wakes the thread.
     pub period_frames: u32,
     /// Periods in the device's ring buffer; the buffer is the device's share
     /// of the delay.
@@ -270,11 +272,14 @@ pub(crate) fn open_pcm(
         stream,
         errno: errno::EINVAL,
     })?;
-    let pcm = PCM::open(&name, stream.direction(), nonblock).map_err(|e| AlsaError::Open {
-        device: device.clone(),
-        stream,
-        errno: e.errno(),
-    })?;
+    let open = || {
+        PCM::open(&name, stream.direction(), nonblock).map_err(|e| AlsaError::Open {
+            device: device.clone(),
+            stream,
+            errno: e.errno(),
+        })
+    };
+    let mut pcm = open()?;
 
     let mut fell_back = false;
     if let Err(e) = install(&pcm, config, stream, formats, config.rate, config.channels) {
@@ -282,10 +287,24 @@ pub(crate) fn open_pcm(
         if !explicit || !matches!(e, AlsaError::Install { .. }) {
             return Err(e);
         }
-        // The chain refused the whole set (module comment): once more
-        // from scratch at the device's own preference. Failing that, the
-        // error of the setup asked is the one to report.
-        install(&pcm, config, stream, formats, None, None).map_err(|_| e)?;
+        // The chain refused the whole set (module comment): once more at
+        // the device's own preference, on a freshly opened PCM: a plugin
+        // chain that failed halfway through hw_params (plug had already
+        // built its route and connected the pulse stream) was seen to
+        // stall every write after a second hw_params on the same handle.
+        // Failing that, the error of the setup asked is the one to report.
+        // The period keeps its length in time, not in frames: 80 frames
+        // asked at 8 kHz are 480 at 48 kHz (a 1.7 ms period over pulse
+        // was seen to stall the stream for good).
+        let asked_rate = u64::from(config.rate.unwrap_or(PREFERRED_RATE).max(1));
+        let scaled = u64::from(config.period_frames) * u64::from(PREFERRED_RATE) / asked_rate;
+        let preferred = DeviceConfig {
+            period_frames: u32::try_from(scaled.max(1)).unwrap_or(u32::MAX),
+            ..config.clone()
+        };
+        drop(pcm);
+        pcm = open()?;
+        install(&pcm, &preferred, stream, formats, None, None).map_err(|_| e)?;
         fell_back = true;
     }
     let negotiated = read_back(&pcm, config, stream, fell_back)?;
@@ -341,7 +360,13 @@ fn install(
     channels: Option<u16>,
 ) -> Result<(), AlsaError> {
     let device = &config.device;
-    let hwp = HwParams::any(pcm).map_err(params(device, "reading hw params"))?;
+    // EINVAL here: the chain offers no configuration at all, e.g. a route
+    // or rate plugin (they need mmap on their slave) over pulse (rw only).
+    let hwp = HwParams::any(pcm).map_err(params(
+        device,
+        "finding any configuration (a route/rate plugin over a slave without mmap, \
+         such as pulse, has none)",
+    ))?;
     let format = choose(&hwp, config, stream, formats)?;
     let want_rate = rate.unwrap_or(PREFERRED_RATE);
     let rate_err = |e: alsa::Error| AlsaError::Rate {
