@@ -15,7 +15,7 @@ mod common;
 
 use common::*;
 use netspeaker::alsa::playback::{
-    Access, AlsaError, AlsaOut, DeviceConfig, SampleFormat, WriteOutcome,
+    Access, AlsaError, AlsaOut, DeviceConfig, DeviceStatus, SampleFormat, WriteOutcome,
 };
 use std::time::{Duration, Instant};
 
@@ -555,6 +555,7 @@ fn write_does_not_allocate() {
                 results += usize::from(out.write(chunk).is_ok());
             }
             let _ = out.delay_frames();
+            let _ = out.status();
             common::alloc::count_this_thread(false);
             report(
                 &format!("allocations_{}", access.name()),
@@ -574,5 +575,63 @@ fn write_does_not_allocate() {
         };
         assert_eq!(value("ok_writes"), Some(99), "{access}: {stdout}");
         assert_eq!(value("allocations"), Some(0), "{access}: write allocated");
+    }
+}
+
+#[test]
+fn status_while_playing_gives_device_timestamps_and_fill() {
+    const NAME: &str = "status_while_playing_gives_device_timestamps_and_fill";
+    if in_child(NAME) {
+        for (device, access) in [("paced", Access::ReadWrite), ("jplug", Access::Mmap)] {
+            let mut out = AlsaOut::open(&config(device, access)).expect(device);
+            let sent = to_f32(&signal(0.5));
+            play(&mut out, &sent);
+            let now = netspeaker::service::clock::monotonic_ns();
+            let status: Option<DeviceStatus> = out.status();
+            let s = status.expect("status while playing");
+            report(
+                &format!("{device}_status"),
+                format_args!(
+                    "{} {} {} {} {}",
+                    s.delay_frames,
+                    s.avail_frames,
+                    now.abs_diff(s.htstamp_ns) / 1_000_000,
+                    now.saturating_sub(s.trigger_ns) / 1_000_000,
+                    out.negotiated().buffer_frames
+                ),
+            );
+            out.close();
+        }
+        return;
+    }
+    let dir = TestDir::new("status");
+    let alsa = AlsaConfig::write(&dir.path);
+    let pulse = PulseServer::start(&dir.path);
+    let jack = JackServer::start(&format!("ns-status-{}", std::process::id()), RATE, 256);
+    let stdout = child_ok(&run_child(
+        NAME,
+        &env_of(&[alsa.env(), pulse.env(), jack.env()]),
+    ));
+    for device in ["paced", "jplug"] {
+        let line = child_value(&stdout, &format!("{device}_status")).expect("status");
+        let v: Vec<i64> = line.split(' ').map(|x| x.parse().expect(&line)).collect();
+        let (delay, avail, stamp_age_ms, since_trigger_ms, buffer) = (v[0], v[1], v[2], v[3], v[4]);
+        // Right after a blocking write frames are queued. The delay counts
+        // every frame not yet at the "DAC", a sound server's own queue too
+        // (pulse: ~470 frames over the 1920 of the buffer were seen), so
+        // it may exceed the ALSA buffer, by well under 100 ms here.
+        let server_queue = i64::from(RATE) / 10;
+        assert!(
+            delay > 0 && delay <= buffer + server_queue,
+            "{device}: delay {line}"
+        );
+        assert!(avail <= buffer, "{device}: avail {line}");
+        // The timestamps are on the monotonic clock: taken just now, and
+        // the stream was started during the 0.5 s of writes before.
+        assert!(stamp_age_ms < 200, "{device}: status stamp {line}");
+        assert!(
+            (200..5000).contains(&since_trigger_ms),
+            "{device}: trigger {line}"
+        );
     }
 }
