@@ -324,9 +324,17 @@ fn pulse_server_killed_gives_device_lost_then_reopen_works() {
         .expect("kill pulseaudio");
         let killed = Instant::now();
         let step = PERIOD as usize * 2;
+        // The loss is met on the playout thread: reporting it must not
+        // allocate (Rust-side; alsa-lib's C malloc is not counted).
+        common::alloc::count_this_thread(true);
         // Bounded: 10 s of periods; a hang would end in the parent's view.
         for _ in 0..1000 {
-            match out.write(&sent[..step]) {
+            let result = out.write(&sent[..step]);
+            if result.is_err() {
+                common::alloc::count_this_thread(false);
+                report("loss_allocations", common::alloc::take());
+            }
+            match result {
                 Ok(_) => {}
                 Err(e @ AlsaError::DeviceLost { .. }) => {
                     report("lost_after_ms", killed.elapsed().as_millis());
@@ -354,6 +362,11 @@ fn pulse_server_killed_gives_device_lost_then_reopen_works() {
         .expect("lost");
     // About a second is the design bound; the slack is for a loaded machine.
     assert!(lost_ms <= 3000, "device loss took {lost_ms} ms to report");
+    assert_eq!(
+        child_value(&stdout, "loss_allocations").as_deref(),
+        Some("0"),
+        "writing into a lost device allocated"
+    );
     assert!(
         child_value(&stdout, "error").is_some_and(|e| e.contains("'pulse' was lost")),
         "{stdout}"

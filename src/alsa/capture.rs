@@ -17,6 +17,7 @@
 //! retries with backoff.
 
 use alsa::pcm::{State, PCM};
+use std::sync::Arc;
 
 use super::error::{errno, AlsaError};
 use super::open::{open_pcm, Access, DeviceConfig, Negotiated, SampleFormat, Stream};
@@ -42,6 +43,8 @@ const MAX_SUSPENDED_PERIODS: u32 = 50;
 pub struct Capture {
     pcm: PCM,
     negotiated: Negotiated,
+    /// The device name for errors (see playback).
+    device: Arc<str>,
     /// Device-format bytes for formats other than S16; sized once in `open`.
     raw: Vec<u8>,
     overruns: u64,
@@ -89,6 +92,7 @@ impl Capture {
         log::info!("capture device {negotiated}");
         Ok(Capture {
             pcm,
+            device: Arc::from(negotiated.device.as_str()),
             negotiated,
             raw,
             overruns: 0,
@@ -213,7 +217,7 @@ impl Capture {
 
     fn lost(&self, during: &'static str, errno: i32) -> AlsaError {
         AlsaError::DeviceLost {
-            device: self.negotiated.device.clone(),
+            device: Arc::clone(&self.device),
             during,
             errno,
         }

@@ -8,6 +8,7 @@
 //! wrong: report and stop).
 
 use core::fmt;
+use std::sync::Arc;
 
 use super::open::{Access, HwSetup, Stream};
 
@@ -72,7 +73,9 @@ pub enum AlsaError {
     /// died or hung, or an error no in-place recovery covers. Close and
     /// reopen with backoff.
     DeviceLost {
-        device: String,
+        /// Shared with the open device: building this error on the
+        /// playout thread must not allocate.
+        device: Arc<str>,
         during: &'static str,
         errno: i32,
     },

@@ -32,6 +32,7 @@
 
 use alsa::pcm::{State, PCM};
 use core::fmt;
+use std::sync::Arc;
 
 use super::error::errno;
 pub use super::error::AlsaError;
@@ -96,6 +97,9 @@ const START_STALL_TIMEOUT_MS: u64 = 5000;
 pub struct AlsaOut {
     pcm: PCM,
     negotiated: Negotiated,
+    /// The device name for errors, shared so that reporting a loss does
+    /// not allocate.
+    device: Arc<str>,
     /// Device-format bytes for rw writes; sized once in `open`.
     convert: Vec<u8>,
     bytes_per_frame: usize,
@@ -148,6 +152,7 @@ impl AlsaOut {
         let period_ms = negotiated.period_frames as u64 * 1000 / rate;
         Ok(AlsaOut {
             pcm,
+            device: Arc::from(negotiated.device.as_str()),
             convert: vec![0u8; negotiated.period_frames * bytes_per_frame],
             bytes_per_frame,
             stall_timeout_ms: STALL_TIMEOUT_MIN_MS.max(2 * buffer_ms),
@@ -357,7 +362,7 @@ impl AlsaOut {
 
     fn lost(&self, during: &'static str, errno: i32) -> AlsaError {
         AlsaError::DeviceLost {
-            device: self.negotiated.device.clone(),
+            device: Arc::clone(&self.device),
             during,
             errno,
         }
