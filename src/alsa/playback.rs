@@ -339,25 +339,19 @@ impl AlsaOut {
     /// take frames again (resumed, or prepared because it cannot resume or
     /// has been waking up for too many writes); false while it still wakes.
     fn resume_once(&mut self) -> Result<bool, AlsaError> {
-        match self.pcm.resume() {
-            Ok(()) => {
-                self.suspended_writes = 0;
-                return Ok(true);
+        let resumed = self.pcm.resume().map_err(|e| e.errno());
+        let (step, writes) = suspend_step(resumed, self.suspended_writes);
+        self.suspended_writes = writes;
+        match step {
+            SuspendStep::Resumed => Ok(true),
+            SuspendStep::StillWaking => Ok(false),
+            SuspendStep::Prepare => {
+                self.pcm
+                    .prepare()
+                    .map_err(|e| self.lost("prepare after suspend", e.errno()))?;
+                Ok(true)
             }
-            Err(e) if e.errno() == errno::EAGAIN => {
-                self.suspended_writes += 1;
-                if self.suspended_writes < MAX_SUSPENDED_WRITES {
-                    return Ok(false);
-                }
-            }
-            // The device cannot resume (ENOSYS): prepare instead.
-            Err(_) => {}
         }
-        self.suspended_writes = 0;
-        self.pcm
-            .prepare()
-            .map_err(|e| self.lost("prepare after suspend", e.errno()))?;
-        Ok(true)
     }
 
     fn lost(&self, during: &'static str, errno: i32) -> AlsaError {
@@ -401,6 +395,32 @@ impl AlsaOut {
     /// `drop`): call it on the opener thread.
     pub fn close(mut self) {
         self.drain();
+    }
+}
+
+/// What a write does on meeting a suspended device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SuspendStep {
+    /// `resume()` worked: write the frames.
+    Resumed,
+    /// Still waking up: return `Suspended`, try again next period.
+    StillWaking,
+    /// Waking took too long, or the device cannot resume: prepare, then
+    /// write the frames.
+    Prepare,
+}
+
+/// The suspend ladder as a pure decision: the result of one `resume()`
+/// (an errno on failure) and the writes that already found the device
+/// waking give the step and the new count.
+fn suspend_step(resumed: Result<(), i32>, writes_waking: u32) -> (SuspendStep, u32) {
+    match resumed {
+        Ok(()) => (SuspendStep::Resumed, 0),
+        Err(errno::EAGAIN) if writes_waking + 1 < MAX_SUSPENDED_WRITES => {
+            (SuspendStep::StillWaking, writes_waking + 1)
+        }
+        // Waking too long, or the device cannot resume (ENOSYS).
+        Err(_) => (SuspendStep::Prepare, 0),
     }
 }
 
@@ -534,5 +554,32 @@ mod tests {
         // PCM that could not cross threads would not compile here.
         fn is_send<T: Send>() {}
         is_send::<AlsaOut>();
+    }
+
+    #[test]
+    fn suspended_device_is_retried_each_period_then_prepared() {
+        let mut writes = 0;
+        // While the hardware wakes, every write returns at once.
+        for n in 1..MAX_SUSPENDED_WRITES {
+            let (step, w) = suspend_step(Err(errno::EAGAIN), writes);
+            assert_eq!(step, SuspendStep::StillWaking, "write {n}");
+            writes = w;
+        }
+        // The bound reached: prepare instead, and the count starts over.
+        assert_eq!(
+            suspend_step(Err(errno::EAGAIN), writes),
+            (SuspendStep::Prepare, 0)
+        );
+    }
+
+    #[test]
+    fn suspended_device_that_resumes_is_written_at_once() {
+        assert_eq!(suspend_step(Ok(()), 7), (SuspendStep::Resumed, 0));
+    }
+
+    #[test]
+    fn device_that_cannot_resume_is_prepared_at_once() {
+        let enosys = nix::errno::Errno::ENOSYS as i32;
+        assert_eq!(suspend_step(Err(enosys), 0), (SuspendStep::Prepare, 0));
     }
 }
