@@ -8,16 +8,23 @@
 //!
 //! Policy, like `aplay`: ask, then accept what the device offers. In order:
 //! access (exact: the caller's write path depends on it), sample format
-//! (the first of the caller's preference list the device takes), rate
-//! (`rate_near`), channels (exact when offered, else the nearest), period
-//! and buffer (the "near" calls). Then the whole set is installed and read
-//! back; the caller converts to whatever was granted. Some plugin chains
-//! accept every parameter one by one and still refuse the whole set at
-//! install time (alsa-lib 1.2.8: any `route` that `plug` inserts in front
-//! of the PulseAudio plugin gives EINVAL, `aplay` fails the same way); the
-//! ladder then tries once more at the device's own preference, which
-//! needs no conversion inside the chain. Software parameters (start
-//! threshold, avail_min, timestamps) are set from what was granted.
+//! (the first of the caller's preference list the device takes), rate,
+//! channels, period and buffer (all with the "near" calls: the value asked
+//! where the device has it, else the closest). Then the whole set is
+//! installed and read back; the caller converts to whatever was granted.
+//!
+//! Some plugin chains accept every parameter one by one and still refuse
+//! the whole set at install time: a `route` or `rate` plugin needs mmap
+//! access on its slave, and the PulseAudio plugin has read/write only, so
+//! a `plug` over pulse that must insert a route (a ttable, or slave
+//! channels forced to another count than asked) gives EINVAL at
+//! `hw_params` (alsa-lib 1.2.8; `aplay` fails the same way). The ladder
+//! then tries once more at the device's own preference, where a plug has
+//! nothing to convert unless its configuration forces it (a ttable always
+//! does: that still fails, with an error naming the setup).
+//!
+//! Software parameters (start threshold, avail_min, timestamps) are set
+//! from what was granted.
 
 use core::fmt;
 use std::ffi::CString;
@@ -288,14 +295,13 @@ pub(crate) fn open_pcm(
             return Err(e);
         }
         // The chain refused the whole set (module comment): once more at
-        // the device's own preference, on a freshly opened PCM: a plugin
-        // chain that failed halfway through hw_params (plug had already
-        // built its route and connected the pulse stream) was seen to
-        // stall every write after a second hw_params on the same handle.
-        // Failing that, the error of the setup asked is the one to report.
+        // the device's own preference. On a freshly opened PCM, as a
+        // precaution: plug had built part of its chain during the failed
+        // hw_params, and a new handle starts from a known state. Failing
+        // that, the error of the setup asked is the one to report.
         // The period keeps its length in time, not in frames: 80 frames
-        // asked at 8 kHz are 480 at 48 kHz (a 1.7 ms period over pulse
-        // was seen to stall the stream for good).
+        // asked at 8 kHz are 480 at 48 kHz (kept at 80, a 1.7 ms period,
+        // writes over pulse stalled for good in 2 runs of 3).
         let asked_rate = u64::from(config.rate.unwrap_or(PREFERRED_RATE).max(1));
         let scaled = u64::from(config.period_frames) * u64::from(PREFERRED_RATE) / asked_rate;
         let preferred = DeviceConfig {
@@ -374,22 +380,20 @@ fn install(
         rate: want_rate,
         errno: e.errno(),
     };
-    // Exact first where offered: "near" on an interval the plug plugin
-    // widened can settle a hair off (44099) on some chains.
-    if hwp.set_rate(want_rate, ValueOr::Nearest).is_err() {
-        hwp.set_rate_near(want_rate, ValueOr::Nearest)
-            .map_err(rate_err)?;
-    }
+    // "Near", never exact: the exact rate or count where the device has
+    // it, else the closest it has (the caller converts), as the module
+    // comment says.
+    hwp.set_rate_near(want_rate, ValueOr::Nearest)
+        .map_err(rate_err)?;
     let want_channels = u32::from(channels.unwrap_or(PREFERRED_CHANNELS));
-    if hwp.set_channels(want_channels).is_err() {
-        hwp.set_channels_near(want_channels)
-            .map_err(|e| AlsaError::Channels {
-                device: device.clone(),
-                channels: channels.unwrap_or(PREFERRED_CHANNELS),
-                errno: e.errno(),
-            })?;
-    }
-    hwp.set_period_size_near(Frames::from(config.period_frames as i32), ValueOr::Nearest)
+    hwp.set_channels_near(want_channels)
+        .map_err(|e| AlsaError::Channels {
+            device: device.clone(),
+            channels: channels.unwrap_or(PREFERRED_CHANNELS),
+            errno: e.errno(),
+        })?;
+    let frames = |v: u32| Frames::from(i32::try_from(v).unwrap_or(i32::MAX));
+    hwp.set_period_size_near(frames(config.period_frames), ValueOr::Nearest)
         .map_err(|e| AlsaError::Period {
             device: device.clone(),
             period_frames: config.period_frames,
@@ -401,7 +405,7 @@ fn install(
     let want_buffer = config
         .buffer_periods
         .saturating_mul(u32::try_from(period_got.max(1)).unwrap_or(u32::MAX));
-    hwp.set_buffer_size_near(Frames::from(want_buffer.min(i32::MAX as u32) as i32))
+    hwp.set_buffer_size_near(frames(want_buffer))
         .map_err(|e| AlsaError::Buffer {
             device: device.clone(),
             buffer_frames: want_buffer,
