@@ -1,63 +1,27 @@
 //! ALSA capture source. Input: a capture device (`--capture DEVICE`).
 //! Output: interleaved `i16` frames at the rate and channel count the
 //! device granted (asked for: the stream's; the converter bridges any
-//! difference). Policy: blocking reads, so the device's clock paces the
-//! stream; an overrun (`EPIPE`, we were too slow) or a suspend (`ESTRPIPE`)
-//! is recovered in place, counted and reported by `read` as a value; a busy
-//! device at open is its own error, which the caller retries with backoff.
+//! difference).
+//!
+//! Policy: the shared open ladder of [`super::open`] (format from a
+//! preference list, S16 first; other formats are converted to `i16` here);
+//! blocking reads, so the device's clock paces the stream. The recovery
+//! ladder of playback, for reading: EAGAIN/EINTR read again; an overrun
+//! (EPIPE, we were too slow) prepares and restarts; a suspend (ESTRPIPE)
+//! resumes, waiting a period at a time while the device wakes, then
+//! prepares; each is counted and reported by `read` as
+//! [`ReadStatus::Recovered`]. Too many recoveries without a frame between
+//! them, a DISCONNECTED state or any other error is
+//! [`AlsaError::DeviceLost`]: the sender reopens the device with backoff.
+//! A busy device at open is [`AlsaError::is_busy`], which the caller
+//! retries with backoff.
 
-use core::fmt;
+use alsa::pcm::{State, PCM};
+use std::sync::Arc;
 
-use alsa::pcm::{Access, Format, HwParams, PCM};
-use alsa::{Direction, ValueOr};
-
+use super::error::{errno, AlsaError};
+use super::open::{open_pcm, Access, DeviceConfig, Negotiated, SampleFormat, Stream};
 use crate::audio::format::{Encoding, StreamFormat};
-
-#[derive(Debug)]
-pub enum Error {
-    /// Another program holds the device.
-    Busy {
-        device: String,
-    },
-    Open {
-        device: String,
-        err: alsa::Error,
-    },
-    /// The device refused a parameter.
-    Param {
-        device: String,
-        what: &'static str,
-        err: alsa::Error,
-    },
-    Read {
-        device: String,
-        err: alsa::Error,
-    },
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Busy { device } => write!(
-                f,
-                "capture device '{device}' is busy: another program is recording from it \
-                 (check with fuser -v /dev/snd/*)"
-            ),
-            Error::Open { device, err } => write!(
-                f,
-                "cannot open capture device '{device}': {err} (list devices with arecord -L)"
-            ),
-            Error::Param { device, what, err } => {
-                write!(f, "capture device '{device}' refused {what}: {err}")
-            }
-            Error::Read { device, err } => {
-                write!(f, "reading from capture device '{device}' failed: {err}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// What one `read` brought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,108 +33,272 @@ pub enum ReadStatus {
     Recovered,
 }
 
+/// Recoveries in a row, with no frame read between them, before the device
+/// counts as lost: one is normal after a stall, several mean restarting
+/// does not help.
+const MAX_RECOVERIES_IN_A_ROW: u32 = 8;
+/// Periods to wait for a suspended device to wake before preparing it.
+const MAX_SUSPENDED_PERIODS: u32 = 50;
+
 pub struct Capture {
-    device: String,
     pcm: PCM,
-    format: StreamFormat,
-    period_frames: usize,
+    negotiated: Negotiated,
+    /// The device name for errors (see playback).
+    device: Arc<str>,
+    /// Device-format bytes for formats other than S16; sized once in `open`.
+    raw: Vec<u8>,
     overruns: u64,
+    recoveries_in_a_row: u32,
 }
 
 impl Capture {
     /// Opens `device` asking for `want.rate` and `want.channels`, with
     /// periods of `period_frames` (the ptime) and a buffer of four.
-    pub fn open(device: &str, want: StreamFormat, period_frames: usize) -> Result<Capture, Error> {
-        let pcm = PCM::new(device, Direction::Capture, false).map_err(|err| {
-            if err.errno() == nix::libc::EBUSY {
-                Error::Busy {
-                    device: device.to_string(),
-                }
-            } else {
-                Error::Open {
-                    device: device.to_string(),
-                    err,
-                }
-            }
-        })?;
-        let param = |what| {
-            let device = device.to_string();
-            move |err| Error::Param { device, what, err }
-        };
-        let (rate, channels, period) = {
-            let hwp = HwParams::any(&pcm).map_err(param("any configuration"))?;
-            hwp.set_access(Access::RWInterleaved)
-                .map_err(param("interleaved read/write access"))?;
-            hwp.set_format(Format::s16())
-                .map_err(param("16-bit samples"))?;
-            hwp.set_channels_near(u32::from(want.channels))
-                .map_err(param("the channel count"))?;
-            hwp.set_rate_near(want.rate, ValueOr::Nearest)
-                .map_err(param("the sample rate"))?;
-            let period = hwp
-                .set_period_size_near(period_frames as alsa::pcm::Frames, ValueOr::Nearest)
-                .map_err(param("the period size"))?;
-            // Four periods: room for a scheduling hiccup without overrun.
-            hwp.set_buffer_size_near(period * 4)
-                .map_err(param("the buffer size"))?;
-            pcm.hw_params(&hwp).map_err(param("the configuration"))?;
-            // Read back what was granted; "near" may differ from asked.
-            let cur = pcm.hw_params_current().map_err(param("reading back"))?;
-            (
-                cur.get_rate().map_err(param("reading back"))?,
-                cur.get_channels().map_err(param("reading back"))?,
-                cur.get_period_size().map_err(param("reading back"))?,
-            )
-        };
-        let format = StreamFormat {
-            encoding: Encoding::S16Le,
-            rate,
-            channels: channels as u16,
-        };
-        log::info!("'{device}' opened at {rate} Hz, {channels} channel(s), period {period} frames");
-        Ok(Capture {
+    pub fn open(
+        device: &str,
+        want: StreamFormat,
+        period_frames: usize,
+    ) -> Result<Capture, AlsaError> {
+        let config = DeviceConfig {
             device: device.to_string(),
+            access: Access::ReadWrite,
+            rate: Some(want.rate),
+            channels: Some(want.channels),
+            period_frames: u32::try_from(period_frames).unwrap_or(u32::MAX),
+            // Four periods: room for a scheduling hiccup without overrun.
+            buffer_periods: 4,
+        };
+        Capture::open_config(&config)
+    }
+
+    /// Opens with a full [`DeviceConfig`] (rate and channels may be left
+    /// to the device). Read/write access only: the sender reads blocking.
+    pub fn open_config(config: &DeviceConfig) -> Result<Capture, AlsaError> {
+        let config = DeviceConfig {
+            access: Access::ReadWrite,
+            ..config.clone()
+        };
+        let (pcm, negotiated) =
+            open_pcm(&config, Stream::Capture, &SampleFormat::PREFERENCE, false)?;
+        let raw = match negotiated.format {
+            SampleFormat::S16 => Vec::new(),
+            other => vec![
+                0u8;
+                negotiated.period_frames
+                    * usize::from(negotiated.channels)
+                    * other.bytes_per_sample()
+            ],
+        };
+        log::info!("capture device {negotiated}");
+        Ok(Capture {
             pcm,
-            format,
-            period_frames: usize::try_from(period).unwrap_or(period_frames),
+            device: Arc::from(negotiated.device.as_str()),
+            negotiated,
+            raw,
             overruns: 0,
+            recoveries_in_a_row: 0,
         })
     }
 
-    /// The granted format.
+    /// The granted format, as the samples `read` returns.
     pub fn format(&self) -> StreamFormat {
-        self.format
+        StreamFormat {
+            encoding: Encoding::S16Le,
+            rate: self.negotiated.rate,
+            channels: self.negotiated.channels,
+        }
+    }
+
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.negotiated
     }
 
     pub fn period_frames(&self) -> usize {
-        self.period_frames
+        self.negotiated.period_frames
     }
 
+    /// Overruns and suspends recovered since open.
     pub fn overruns(&self) -> u64 {
         self.overruns
     }
 
-    /// Blocks until frames are available and reads as many as `out` holds.
-    pub fn read(&mut self, out: &mut [i16]) -> Result<ReadStatus, Error> {
-        // SAFETY: the format was set to S16 (native endian) in `open` and
-        // hw_params succeeded; the checked accessor would allocate a
-        // parameter block on every call.
-        let io = unsafe { self.pcm.io_unchecked::<i16>() };
-        match io.readi(out) {
-            Ok(n) => Ok(ReadStatus::Frames(n)),
-            Err(e) if e.errno() == nix::libc::EPIPE || e.errno() == nix::libc::ESTRPIPE => {
-                self.overruns += 1;
-                self.pcm.try_recover(e, true).map_err(|err| Error::Read {
-                    device: self.device.clone(),
-                    err,
-                })?;
-                Ok(ReadStatus::Recovered)
-            }
-            Err(e) if e.errno() == nix::libc::EINTR => Ok(ReadStatus::Frames(0)),
-            Err(err) => Err(Error::Read {
-                device: self.device.clone(),
-                err,
-            }),
+    /// Blocks until frames are available and reads as many as `out` holds
+    /// (whole frames).
+    pub fn read(&mut self, out: &mut [i16]) -> Result<ReadStatus, AlsaError> {
+        if matches!(state_of(&self.pcm), Some(State::Disconnected)) {
+            return Err(self.lost("read", errno::ENODEV));
         }
+        let result = match self.negotiated.format {
+            SampleFormat::S16 => {
+                // SAFETY: the format is S16 (native endian on every target
+                // we build for: little endian) and hw_params succeeded; the
+                // checked accessor would allocate a parameter block on every
+                // call.
+                let io = unsafe { self.pcm.io_unchecked::<i16>() };
+                io.readi(out)
+            }
+            format => self.read_converted(format, out),
+        };
+        match result {
+            Ok(n) => {
+                if n > 0 {
+                    self.recoveries_in_a_row = 0;
+                }
+                Ok(ReadStatus::Frames(n))
+            }
+            Err(e) => match e.errno() {
+                errno::EAGAIN | errno::EINTR => Ok(ReadStatus::Frames(0)),
+                errno::EPIPE => {
+                    self.count_recovery("overrun recovery")?;
+                    self.restart("prepare after overrun")?;
+                    Ok(ReadStatus::Recovered)
+                }
+                errno::ESTRPIPE => {
+                    self.count_recovery("suspend recovery")?;
+                    self.resume()?;
+                    Ok(ReadStatus::Recovered)
+                }
+                other => Err(self.lost("read", other)),
+            },
+        }
+    }
+
+    /// Reads into the raw buffer and converts to `i16`.
+    fn read_converted(&mut self, format: SampleFormat, out: &mut [i16]) -> alsa::Result<usize> {
+        let channels = usize::from(self.negotiated.channels);
+        let bytes_per_frame = channels * format.bytes_per_sample();
+        let frames = (out.len() / channels).min(self.raw.len() / bytes_per_frame.max(1));
+        let Some(raw) = self.raw.get_mut(..frames * bytes_per_frame) else {
+            return Ok(0);
+        };
+        let n = self.pcm.io_bytes().readi(raw)?;
+        let got = raw.get(..n * bytes_per_frame).unwrap_or(&[]);
+        to_i16(format, got, &mut out[..n * channels]);
+        Ok(n)
+    }
+
+    fn count_recovery(&mut self, during: &'static str) -> Result<(), AlsaError> {
+        self.overruns += 1;
+        self.recoveries_in_a_row += 1;
+        if self.recoveries_in_a_row > MAX_RECOVERIES_IN_A_ROW {
+            return Err(self.lost(during, errno::EPIPE));
+        }
+        Ok(())
+    }
+
+    /// Prepare and start: a capture stream only runs once started (the
+    /// next read would start it too; starting here keeps the gap short).
+    fn restart(&mut self, during: &'static str) -> Result<(), AlsaError> {
+        self.pcm
+            .prepare()
+            .map_err(|e| self.lost(during, e.errno()))?;
+        self.pcm.start().map_err(|e| self.lost(during, e.errno()))
+    }
+
+    /// ESTRPIPE: resume, waiting a period at a time while the device wakes
+    /// (the sender's thread is paced by the device, which is asleep), then
+    /// prepare.
+    fn resume(&mut self) -> Result<(), AlsaError> {
+        let period_ms = (self.negotiated.period_frames as u64 * 1000
+            / u64::from(self.negotiated.rate.max(1)))
+        .max(1);
+        for _ in 0..MAX_SUSPENDED_PERIODS {
+            match self.pcm.resume() {
+                Ok(()) => return Ok(()),
+                Err(e) if e.errno() == errno::EAGAIN => {
+                    std::thread::sleep(std::time::Duration::from_millis(period_ms));
+                }
+                // The device cannot resume (ENOSYS): prepare instead.
+                Err(_) => break,
+            }
+        }
+        self.restart("prepare after suspend")
+    }
+
+    fn lost(&self, during: &'static str, errno: i32) -> AlsaError {
+        AlsaError::DeviceLost {
+            device: Arc::clone(&self.device),
+            during,
+            errno,
+        }
+    }
+}
+
+fn state_of(pcm: &PCM) -> Option<State> {
+    // As in playback: the crate's `state()` panics on unknown values.
+    let raw = pcm.state_raw();
+    State::all().iter().copied().find(|s| *s as i32 == raw)
+}
+
+/// Converts little-endian device samples to `i16`, `out.len()` samples.
+/// Wider formats keep their top 16 bits (truncation: the sender's stream
+/// is 16-bit, and rounding would need headroom at full scale).
+fn to_i16(format: SampleFormat, raw: &[u8], out: &mut [i16]) {
+    match format {
+        SampleFormat::S16 => {
+            for (o, b) in out.iter_mut().zip(raw.chunks_exact(2)) {
+                *o = i16::from_le_bytes([b[0], b[1]]);
+            }
+        }
+        SampleFormat::S32 => {
+            for (o, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                *o = (i32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 16) as i16;
+            }
+        }
+        SampleFormat::S24_3 => {
+            for (o, b) in out.iter_mut().zip(raw.chunks_exact(3)) {
+                *o = i16::from_le_bytes([b[1], b[2]]);
+            }
+        }
+        SampleFormat::F32 => {
+            for (o, b) in out.iter_mut().zip(raw.chunks_exact(4)) {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                // NaN becomes silence rather than a full-scale click.
+                let v = if v.is_nan() { 0.0 } else { v };
+                *o = (v * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(format: SampleFormat, raw: &[u8]) -> Vec<i16> {
+        let mut out = vec![0i16; raw.len() / format.bytes_per_sample()];
+        to_i16(format, raw, &mut out);
+        out
+    }
+
+    #[test]
+    fn wide_formats_give_their_top_16_bits() {
+        for k in [-32768i32, -12345, -1, 0, 1, 32767] {
+            let s32 = (k << 16) | 0x1234;
+            assert_eq!(
+                from(SampleFormat::S32, &s32.to_le_bytes()),
+                [k as i16],
+                "S32 {k}"
+            );
+            let s24 = ((k << 8) | 0x56).to_le_bytes();
+            assert_eq!(from(SampleFormat::S24_3, &s24[..3]), [k as i16], "S24 {k}");
+        }
+    }
+
+    #[test]
+    fn float_samples_scale_round_and_clamp() {
+        let raw: Vec<u8> = [0.5f32, -1.0, 1.5, f32::NAN, 3.0 / 32768.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(from(SampleFormat::F32, &raw), [16384, -32768, 32767, 0, 3]);
+    }
+
+    #[test]
+    fn s16_passes_unchanged() {
+        assert_eq!(
+            from(SampleFormat::S16, &[0x34, 0x12, 0x00, 0x80]),
+            [0x1234, i16::MIN]
+        );
     }
 }

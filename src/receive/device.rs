@@ -345,13 +345,15 @@ impl DeviceThread {
 
     fn open(&self, bank_rate: Option<u32>) -> Reply {
         let c = &self.config;
+        // The period is asked in frames of the rate asked for, or of the
+        // usual 48 kHz when the device chooses (the open ladder keeps its
+        // length in time if the device grants another rate).
         let rate = c.device_rate.unwrap_or(48_000);
-        let channels = c.device_channels.unwrap_or(2);
         let device = match AlsaOut::open(&DeviceConfig {
             device: c.device.clone(),
             access: c.access,
-            rate,
-            channels,
+            rate: c.device_rate,
+            channels: c.device_channels,
             period_frames: (rate as u64 * c.period_ms as u64 / 1000).max(16) as u32,
             buffer_periods: c.buffer_periods,
         }) {

@@ -129,7 +129,12 @@ impl PlayoutThread {
                     let delay_at = crate::service::clock::monotonic_ns();
                     match written {
                         Ok(outcome) => {
-                            if let Some(e) = self.device.written(len / channels) {
+                            let queued = if outcome == WriteOutcome::Suspended {
+                                0
+                            } else {
+                                len / channels
+                            };
+                            if let Some(e) = self.device.written(queued) {
                                 // From now on its position is real: a
                                 // sound server that was still starting
                                 // its stream reported none.
@@ -150,6 +155,12 @@ impl PlayoutThread {
                                 WriteOutcome::Resumed => {
                                     self.stats.resumes.fetch_add(1, Relaxed);
                                     self.event(Event::Resumed);
+                                }
+                                WriteOutcome::Suspended => {
+                                    // Nothing was queued and the device
+                                    // cannot pace us while it wakes: keep
+                                    // the period pace ourselves.
+                                    crate::service::clock::sleep_until(now + period_ns);
                                 }
                             }
                         }

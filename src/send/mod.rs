@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::alsa::capture::{self, Capture};
+use crate::alsa::AlsaError;
 use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use crate::net::send::{self as dest, Dest, DestConfig, SendStatus};
 use crate::service::clock::monotonic_ns;
@@ -91,7 +92,7 @@ pub struct SendConfig {
 #[derive(Debug)]
 pub enum Error {
     Source(source::Error),
-    Capture(capture::Error),
+    Capture(AlsaError),
     Convert(convert::Error),
     Packetize(packetize::Error),
     Dest(dest::Error),
@@ -148,8 +149,8 @@ impl From<source::Error> for Error {
         Error::Source(e)
     }
 }
-impl From<capture::Error> for Error {
-    fn from(e: capture::Error) -> Self {
+impl From<AlsaError> for Error {
+    fn from(e: AlsaError) -> Self {
         Error::Capture(e)
     }
 }
@@ -246,12 +247,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// doubling to `MAX_BACKOFF`) while `retry` says the error is worth
 /// waiting out. `Ok(None)`: `stop` was set while waiting.
 pub fn retry_with_backoff<T>(
-    mut open: impl FnMut() -> Result<T, capture::Error>,
-    retry: impl Fn(&capture::Error) -> bool,
+    mut open: impl FnMut() -> Result<T, AlsaError>,
+    retry: impl Fn(&AlsaError) -> bool,
     first: Duration,
     stop: &AtomicBool,
     heartbeat: &Heartbeat,
-) -> Result<Option<T>, capture::Error> {
+) -> Result<Option<T>, AlsaError> {
     let mut backoff = first;
     let mut limit = RateLimit::default_for_input();
     loop {
@@ -282,10 +283,10 @@ pub fn open_capture_with_retry(
     period_frames: usize,
     stop: &AtomicBool,
     heartbeat: &Heartbeat,
-) -> Result<Option<Capture>, capture::Error> {
+) -> Result<Option<Capture>, AlsaError> {
     retry_with_backoff(
         || Capture::open(device, want, period_frames),
-        |e| matches!(e, capture::Error::Busy { .. }),
+        AlsaError::is_busy,
         FIRST_BACKOFF,
         stop,
         heartbeat,
@@ -474,7 +475,7 @@ impl Sender {
             heartbeat.beat();
             let frames = match self.fill(stop) {
                 Ok(n) => n,
-                Err(Error::Capture(e @ capture::Error::Read { .. })) => {
+                Err(Error::Capture(e @ AlsaError::DeviceLost { .. })) => {
                     if !self.reopen_capture(e, stop, heartbeat)? {
                         break;
                     }
@@ -523,7 +524,7 @@ impl Sender {
     /// False when `stop` was set while waiting.
     fn reopen_capture(
         &mut self,
-        err: capture::Error,
+        err: AlsaError,
         stop: &AtomicBool,
         heartbeat: &Heartbeat,
     ) -> Result<bool, Error> {
@@ -669,14 +670,16 @@ mod tests {
         assert_ne!(a, b);
     }
 
-    fn busy() -> capture::Error {
-        capture::Error::Busy {
+    fn busy() -> AlsaError {
+        AlsaError::Open {
             device: "hw:1".into(),
+            stream: crate::alsa::Stream::Capture,
+            errno: nix::libc::EBUSY,
         }
     }
 
-    fn is_busy(e: &capture::Error) -> bool {
-        matches!(e, capture::Error::Busy { .. })
+    fn is_busy(e: &AlsaError) -> bool {
+        e.is_busy()
     }
 
     #[test]
@@ -714,9 +717,10 @@ mod tests {
         let r: Result<Option<()>, _> = retry_with_backoff(
             || {
                 n += 1;
-                Err(capture::Error::Read {
+                Err(AlsaError::DeviceLost {
                     device: "x".into(),
-                    err: alsa::Error::unsupported("test"),
+                    during: "read",
+                    errno: nix::libc::EIO,
                 })
             },
             is_busy,
@@ -724,7 +728,7 @@ mod tests {
             &stop,
             &Heartbeat::new(),
         );
-        assert!(matches!(r, Err(capture::Error::Read { .. })));
+        assert!(matches!(r, Err(AlsaError::DeviceLost { .. })));
         assert_eq!(n, 1);
     }
 
