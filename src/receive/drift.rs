@@ -240,6 +240,12 @@ impl DelayController {
         self.integral
     }
 
+    /// Forgets the ratio the integral learnt (a feed-forward estimate has
+    /// taken its place).
+    pub fn clear_integral(&mut self) {
+        self.integral = 0.0;
+    }
+
     /// Whether the integral follows the error (see `integrating`).
     pub fn set_integrating(&mut self, on: bool) {
         self.integrating = on;

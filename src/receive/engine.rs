@@ -157,9 +157,9 @@ impl std::error::Error for PlayoutError {}
 /// slow drift corrected in stretches; the estimate is good to ≈ ±20 ppm.
 const DEAD_BAND_PPM: f64 = 50.0;
 /// Delay error (smoothed) that starts a resampled stretch.
-const ENTER_CORRECTION_MS: f64 = 2.0;
+const ENTER_CORRECTION_MS: f64 = 3.0;
 /// Error under which following a clock hands back to pass-through.
-const LEAVE_CORRECTION_MS: f64 = 0.5;
+const LEAVE_CORRECTION_MS: f64 = 1.0;
 /// How the resampler serves a stream at the device's rate.
 ///
 /// `Pass`: the clocks agree (the estimate is within `DEAD_BAND_PPM`, or not
@@ -216,6 +216,8 @@ pub struct Engine {
     clock: ClockEstimator,
     /// How the resampler serves the stream now.
     correction: Correction,
+    /// The clock estimate is being fed forward to the loop.
+    feeding_forward: bool,
     /// Raised ceiling on the buffered delay while audio held during a
     /// device wait is caught up; lowered as the backlog shrinks.
     ceiling_ms: Option<f64>,
@@ -292,6 +294,7 @@ impl Engine {
             holding: false,
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
             correction: Correction::Pass,
+            feeding_forward: false,
             jitter_max_rate: max_rate,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
@@ -315,6 +318,7 @@ impl Engine {
             self.clock.reset();
             self.timed_packets = 0;
             self.correction = Correction::Pass;
+            self.feeding_forward = false;
         }
         // Late, reordered and duplicate packets still tell when the sender
         // sent them; the estimator's lower envelope sorts them out.
@@ -685,7 +689,19 @@ impl Engine {
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
         // Bit-perfect when the clocks agree (see `Correction`).
-        let in_band = estimate.map(|e| e.ppm.abs() < DEAD_BAND_PPM);
+        // Inside or outside the dead band only when the estimate is sure
+        // of it; undecided counts as not known.
+        let in_band = estimate.and_then(|e| {
+            if e.uncertainty_ppm >= DEAD_BAND_PPM {
+                None
+            } else if e.ppm.abs() + e.uncertainty_ppm < DEAD_BAND_PPM {
+                Some(true)
+            } else if e.ppm.abs() - e.uncertainty_ppm > DEAD_BAND_PPM {
+                Some(false)
+            } else {
+                None
+            }
+        });
         let error_frames = self.controller.error_ms(target) * format.rate as f64 / 1000.0;
         let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
         let stretching = self.stretcher.pending() != 0;
@@ -703,7 +719,16 @@ impl Engine {
                 }
             }
         };
-        let feed_forward = estimate.map_or(0.0, |e| e.ppm);
+        // An estimate is fed forward once it is good to the dead band;
+        // before that the loop's integral does the work alone.
+        let confident = estimate.filter(|e| e.uncertainty_ppm < DEAD_BAND_PPM);
+        let feed_forward = confident.map_or(0.0, |e| e.ppm);
+        if confident.is_some() && !self.feeding_forward {
+            // The estimate takes over the ratio the loop had learnt (and
+            // whatever a start-up transient wound into it).
+            self.controller.clear_integral();
+        }
+        self.feeding_forward = confident.is_some();
         self.controller.set_feed_forward_ppm(feed_forward);
         self.controller
             .set_integrating(self.correction == Correction::Follow);
