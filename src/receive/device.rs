@@ -113,7 +113,10 @@ pub enum LinkEvent {
     QueueFull,
 }
 
-/// Where the device is.
+/// Where the device is. The open device lives in place, not boxed: the
+/// state machine is one value of the playout thread, and a box would be an
+/// allocation to free on the realtime side at every loss.
+#[allow(clippy::large_enum_variant)]
 enum State {
     Closed {
         retry_at_ns: u64,
