@@ -628,6 +628,7 @@ impl Engine {
         };
         self.jitter
             .set_max_delay_ms(max_ms.min(u32::MAX as f64).ceil() as u32);
+        self.stretcher.set_catch_up(self.ceiling_ms.is_some());
         // The buffer counts its target in frames of its current stream, or
         // of its largest rate before the first stream has set it up.
         let basis = self
@@ -899,5 +900,88 @@ mod tests {
         engine.push(&pcmu_packet(3));
         assert_eq!(engine.jitter().state(), StreamState::Playing);
         assert_eq!(engine.jitter().target_delay_frames(), 1280);
+    }
+
+    #[test]
+    fn audio_held_while_the_device_opens_is_played_then_caught_up() {
+        // A paging announcement starts while the device is still opening
+        // (a sound server takes 1.5 s): nothing of it may be dropped, and
+        // the backlog is played out faster by stretching until the delay is
+        // back at its target.
+        let config = PlayoutConfig {
+            latency: Latency::Fixed { ms: 40 },
+            stream_formats: vec![(8000, 1)],
+            ..PlayoutConfig::default()
+        };
+        let mut engine = Engine::new(&config).unwrap();
+        let format = StreamFormat {
+            encoding: Encoding::L16,
+            rate: 8000,
+            channels: 1,
+        };
+        let packet = |k: u32| {
+            let mut p = Packet::empty(format);
+            p.ssrc = 5;
+            p.seq = k as u16;
+            p.timestamp = k * 160;
+            p.arrival_ns = k as u64 * 20_000_000;
+            p.marker = k == 0;
+            p.payload_type = 96;
+            for i in 0..160u32 {
+                // A voiced-like tone, so the stretcher finds its periods.
+                let t = (k * 160 + i) as f64 / 8000.0;
+                let v = (8000.0 * (2.0 * std::f64::consts::PI * 180.0 * t).sin()) as i16;
+                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
+            }
+            p
+        };
+        let period_ns = 5_000_000u64;
+        let mut out = vec![0.0f32; 240 * 2];
+        let mut k = 0u32;
+        let mut first_sound_ns = None;
+        let mut back_at_target_ns = None;
+        for tick in 1..=(40_000u64 / 5) {
+            let now = tick * period_ns;
+            while k as u64 * 20_000_000 <= now {
+                engine.push(&packet(k));
+                k += 1;
+            }
+            if now < 1_500_000_000 {
+                // No device yet.
+                engine.set_holding(true);
+                engine.idle(now, 5);
+                continue;
+            }
+            if engine.bank_rate().is_none() {
+                let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).unwrap();
+                engine.attach_device(2, Some(bank));
+            }
+            engine.set_holding(false);
+            engine.render(&mut out, now);
+            if first_sound_ns.is_none() && out.iter().any(|&v| v != 0.0) {
+                first_sound_ns = Some(now);
+            }
+            let excess_ms = (engine.buffered_delay_frames() - engine.target_delay_frames()) / 8.0;
+            if first_sound_ns.is_some() && back_at_target_ns.is_none() && excess_ms.abs() < 5.0 {
+                back_at_target_ns = Some(now);
+            }
+        }
+        let m = engine.jitter().metrics();
+        assert_eq!((m.overflow, m.late, m.lost), (0, 0, 0), "{m:?}");
+        // Played from the device's first period on, from the stream's first
+        // frame (nothing skipped: no overflow, nothing late).
+        assert_eq!(first_sound_ns, Some(1_500_000_000));
+        // 1.5 s of backlog at up to 20 % faster: well under 15 s.
+        let back = back_at_target_ns.expect("the delay never came back to its target");
+        println!("back at the target at {} ms", back / 1_000_000);
+        assert!(
+            back < 15_000_000_000,
+            "back at the target only at {back} ns"
+        );
+        assert!(
+            engine.metrics().stretched_frames > 8000,
+            "{:?}",
+            engine.metrics()
+        );
     }
 }

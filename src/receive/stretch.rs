@@ -28,6 +28,10 @@ const MAX_LAG_US: u32 = 12_000;
 /// Frames passed unchanged after a step of R frames, in units of R:
 /// R / (2R + 11R) ≈ 7.7 % rate change at most.
 const COOLDOWN_PER_LAG: usize = 11;
+/// Catching up audio held while the device was away: R / (2R + 3R) = 20 %
+/// faster, as NetEQ's "accelerate" does for a full buffer; still a
+/// pitch-preserving cut at a similar place, so speech stays intelligible.
+const CATCH_UP_COOLDOWN_PER_LAG: usize = 3;
 /// Similarity required to stretch at a place; below it the step waits
 /// `MAX_LAG/2` frames, at most `MAX_WAITS` times in a row.
 const SIMILAR_ENOUGH: f32 = 0.5;
@@ -96,6 +100,10 @@ pub struct Stretcher {
     cap: usize,
     /// Frames still to pass unchanged before the next step.
     skip: usize,
+    /// Frames passed unchanged after a step, in units of its length:
+    /// `COOLDOWN_PER_LAG`, or `CATCH_UP_COOLDOWN_PER_LAG` while a backlog
+    /// is caught up.
+    cooldown_per_lag: usize,
     waits: u32,
     pending: isize,
     mono: Vec<f32>,
@@ -142,6 +150,7 @@ impl Stretcher {
             ready: 0,
             cap,
             skip: 0,
+            cooldown_per_lag: COOLDOWN_PER_LAG,
             waits: 0,
             pending: 0,
             mono: vec![0.0; window],
@@ -185,6 +194,16 @@ impl Stretcher {
     /// (the caller lets a stretch start only when that much has arrived).
     pub fn look_ahead(&self, output_frames: usize) -> usize {
         Self::need(output_frames, self.window, self.max_lag) - output_frames
+    }
+
+    /// Catching up a backlog (`true`): steps come closer together, up to
+    /// 20 % faster than real time instead of 8 %.
+    pub fn set_catch_up(&mut self, fast: bool) {
+        self.cooldown_per_lag = if fast {
+            CATCH_UP_COOLDOWN_PER_LAG
+        } else {
+            COOLDOWN_PER_LAG
+        };
     }
 
     /// Drops what is still pending (held frames still play).
@@ -336,7 +355,7 @@ impl Stretcher {
             self.metrics.inserted_frames += r as u64;
         }
         self.metrics.steps += 1;
-        self.skip = COOLDOWN_PER_LAG * r;
+        self.skip = self.cooldown_per_lag * r;
     }
 }
 
