@@ -16,6 +16,7 @@
 
 pub mod header;
 pub mod packet;
+pub mod srtp;
 pub mod stats;
 
 use core::fmt;
