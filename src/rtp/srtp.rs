@@ -348,7 +348,7 @@ impl SrtpContext {
     /// returns the new length. `buf` needs `overhead()` bytes beyond `len`.
     pub fn protect(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
         let tag_len = self.suite.rtp_tag_len();
-        let need = len + tag_len;
+        let need = len.saturating_add(tag_len);
         if buf.len() < need {
             return Err(SrtpError::BufferTooSmall {
                 len: buf.len(),
@@ -390,7 +390,7 @@ impl SrtpContext {
     /// the E flag, its SRTCP index and the tag; returns the new length.
     /// `buf` needs `MAX_OVERHEAD` bytes beyond `len`.
     pub fn protect_rtcp(&mut self, buf: &mut [u8], len: usize) -> Result<usize, SrtpError> {
-        let need = len + MAX_OVERHEAD;
+        let need = len.saturating_add(MAX_OVERHEAD);
         if buf.len() < need {
             return Err(SrtpError::BufferTooSmall {
                 len: buf.len(),
@@ -842,6 +842,20 @@ mod tests {
             Err(SrtpError::BufferTooSmall {
                 len,
                 need: len + 10
+            })
+        );
+        assert_eq!(
+            tx.protect(&mut buf, usize::MAX),
+            Err(SrtpError::BufferTooSmall {
+                len,
+                need: usize::MAX
+            })
+        );
+        assert_eq!(
+            tx.protect_rtcp(&mut buf, len),
+            Err(SrtpError::BufferTooSmall {
+                len,
+                need: len + MAX_OVERHEAD
             })
         );
     }
