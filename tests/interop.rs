@@ -561,6 +561,8 @@ fn ffmpeg_srtp_pcmu_plays_bit_exact() {
     });
     assert_played(&p.recording, &p.expected, 1, &p.log);
     assert_eq!(final_stat(&p.log, "auth-failed"), 0, "{}", p.log);
+    // The keyed net thread (and the playout thread) allocated nothing.
+    assert_eq!(final_stat(&p.log, "rt-allocs"), 0, "{}", p.log);
     assert!(
         p.log.contains("SRTP (AES_CM_128_HMAC_SHA1_80) only"),
         "{}",
@@ -582,6 +584,7 @@ fn keyed_receiver_plays_nothing_from(name: &str, sender_args: &[String]) {
     assert_eq!(final_stat(&p.log, "packets"), 0, "{}", p.log);
     // ffmpeg sends 2 s of PCMU in 40 ms packets: about 50.
     assert!(final_stat(&p.log, "auth-failed") >= 40, "{}", p.log);
+    assert_eq!(final_stat(&p.log, "rt-allocs"), 0, "{}", p.log);
     assert!(
         p.log.contains("SRTP authentication failed") && p.log.contains("unencrypted"),
         "the log names the likely causes:\n{}",
