@@ -29,6 +29,12 @@ Installs the netspeaker receiver and sender with their systemd units.
                   aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf)
   --cross         build with `cross` (Docker) instead of cargo
   --sender        also enable and start netspeaker-send.service
+  --srtp-key      accept (and, with --sender, send) only SRTP: creates the
+                  key /etc/netspeaker/srtp.key (30 random bytes in base64,
+                  mode 0600; an existing one is kept), hands it to the
+                  units as a systemd credential (drop-in srtp.conf) and
+                  prints it for the sender (netspeaker-send
+                  --srtp-key-file, or ffmpeg -srtp_out_params)
   --no-start      install and enable, but do not (re)start anything
   -h, --help      this text
 EOF
@@ -42,7 +48,7 @@ die() {
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
-host="" local=0 root="" bin_dir="" target="" use_cross=0 sender=0 start=1
+host="" local=0 root="" bin_dir="" target="" use_cross=0 sender=0 start=1 srtp_key=0
 while [ $# -gt 0 ]; do
     case "$1" in
     --local) local=1 ;;
@@ -63,6 +69,7 @@ while [ $# -gt 0 ]; do
         ;;
     --cross) use_cross=1 ;;
     --sender) sender=1 ;;
+    --srtp-key) srtp_key=1 ;;
     --no-start) start=0 ;;
     -h | --help)
         usage
@@ -133,6 +140,7 @@ if [ -n "$host" ]; then
     args=(--local --bin-dir "$remote/bin")
     [ "$sender" -eq 0 ] || args+=(--sender)
     [ "$start" -eq 1 ] || args+=(--no-start)
+    [ "$srtp_key" -eq 0 ] || args+=(--srtp-key)
     # -t: sudo may ask for a password.
     ssh -t "$host" "sudo bash '$remote/deploy/install.sh' ${args[*]}; rc=\$?; rm -rf '$remote'; exit \$rc"
     exit
@@ -145,6 +153,7 @@ if [ "$local" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
     args=(--local --bin-dir "$(cd "$bins" && pwd)")
     [ "$sender" -eq 0 ] || args+=(--sender)
     [ "$start" -eq 1 ] || args+=(--no-start)
+    [ "$srtp_key" -eq 0 ] || args+=(--srtp-key)
     exec sudo bash "$0" "${args[@]}"
 fi
 bins=$(build "$target")
@@ -184,6 +193,47 @@ for f in netspeaker netspeaker-send; do
     fi
 done
 
+# SRTP: one key for the stream, root's alone (0600); systemd copies it for
+# the service at start (LoadCredential=), so the service user never reads
+# /etc/netspeaker and the key is in no option file or process list.
+key_file=/etc/netspeaker/srtp.key
+# $1: unit, $2: its ExecStart command, to which the key file option is added.
+srtp_dropin() {
+    local dir="$dest/etc/systemd/system/$1.d"
+    mkdir -p "$dir"
+    cat >"$dir/srtp.conf" <<EOF
+# Written by deploy/install.sh --srtp-key: SRTP only, with the key
+# in $key_file,
+# handed to the service as a systemd credential. For plain RTP again:
+# remove this file, then systemctl daemon-reload and restart.
+[Service]
+LoadCredential=srtp.key:$key_file
+ExecStart=
+ExecStart=$2 --srtp-key-file \${CREDENTIALS_DIRECTORY}/srtp.key
+EOF
+    chmod 0644 "$dir/srtp.conf"
+    echo "installed /etc/systemd/system/$1.d/srtp.conf"
+}
+if [ "$srtp_key" -eq 1 ]; then
+    if [ -s "$dest$key_file" ]; then
+        echo "kept $key_file (the existing key: senders that have it keep working)"
+    else
+        install -d -m 0700 "$dest/etc/netspeaker"
+        (
+            umask 077
+            head -c 30 /dev/urandom | base64 >"$dest$key_file"
+        )
+        chmod 0600 "$dest$key_file"
+        echo "created $key_file (mode 0600)"
+    fi
+    # shellcheck disable=SC2016 # $NETSPEAKER_OPTS is for systemd to expand.
+    srtp_dropin netspeaker.service '/usr/local/bin/netspeaker $NETSPEAKER_OPTS'
+    if [ "$sender" -eq 1 ]; then
+        # shellcheck disable=SC2016
+        srtp_dropin netspeaker-send.service '/usr/local/bin/netspeaker-send $NETSPEAKER_SEND_OPTS'
+    fi
+fi
+
 # The service user: no login, no home, in group audio for /dev/snd.
 if [ -n "$root" ] || ! id netspeaker >/dev/null 2>&1; then
     run useradd --system --user-group --groups audio --no-create-home \
@@ -200,5 +250,11 @@ if [ "$start" -eq 1 ]; then
     # restart, not start: an update must replace the running binary.
     run systemctl restart "${units[@]}"
     [ -n "$root" ] || systemctl --no-pager --lines=5 status "${units[@]}" || true
+fi
+if [ "$srtp_key" -eq 1 ]; then
+    echo "SRTP key for the sender (keep it secret; put it in a file of mode 0600"
+    echo "for netspeaker-send --srtp-key-file FILE, or give it to ffmpeg as"
+    echo "-srtp_out_suite AES_CM_128_HMAC_SHA1_80 -srtp_out_params KEY):"
+    cat "$dest$key_file"
 fi
 echo "done. Options: /etc/default/netspeaker; logs: journalctl -fu netspeaker"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Undoes deploy/install.sh: stops and disables the services (every
 # netspeaker-send@ instance too), removes the binaries, units and
-# documentation. Your option files in /etc/default and the user `netspeaker`
-# stay unless --purge is given.
+# documentation, and the SRTP drop-ins of install.sh --srtp-key. Your option
+# files in /etc/default, the SRTP key in /etc/netspeaker and the user
+# `netspeaker` stay unless --purge is given.
 #
 #   deploy/uninstall.sh pi@speaker.local
 #   deploy/uninstall.sh --local
@@ -21,7 +22,8 @@ Usage: deploy/uninstall.sh [--purge] [USER@]HOST
   --local       uninstall from this machine (re-runs itself with sudo)
   --root DIR    uninstall from a tree made by install.sh --root DIR;
                 systemctl/userdel commands are printed, not run
-  --purge       also remove /etc/default/netspeaker*, and the user
+  --purge       also remove /etc/default/netspeaker*, the SRTP key
+                /etc/netspeaker/srtp.key, and the user
   -h, --help    this text
 EOF
 }
@@ -110,6 +112,8 @@ remove /usr/local/bin/netspeaker
 remove /usr/local/bin/netspeaker-send
 for unit in netspeaker.service netspeaker-send.service netspeaker-send@.service; do
     remove "/etc/systemd/system/$unit"
+    remove "/etc/systemd/system/$unit.d/srtp.conf"
+    rmdir "$dest/etc/systemd/system/$unit.d" 2>/dev/null || true
 done
 remove /usr/local/share/doc/netspeaker/PI.md
 rmdir "$dest/usr/local/share/doc/netspeaker" 2>/dev/null || true
@@ -121,10 +125,12 @@ if [ "$purge" -eq 1 ]; then
         rm -f "$f"
         echo "removed ${f#"$dest"}"
     done
+    remove /etc/netspeaker/srtp.key
+    rmdir "$dest/etc/netspeaker" 2>/dev/null || true
     if [ -n "$root" ] || id netspeaker >/dev/null 2>&1; then
         run userdel netspeaker
     fi
 else
-    echo "kept /etc/default/netspeaker* and user netspeaker (remove with --purge)"
+    echo "kept /etc/default/netspeaker*, /etc/netspeaker and user netspeaker (remove with --purge)"
 fi
 echo "done."

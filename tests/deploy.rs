@@ -251,6 +251,108 @@ fn uninstall_removes_what_install_put_there() {
 }
 
 #[test]
+fn install_with_srtp_key_makes_a_private_key_and_credential_dropins() {
+    let s = Scratch::new("srtp");
+    let bins = fake_bins(&s, "1");
+    let root = s.path("root");
+    let stdout = ok(script(
+        "install.sh",
+        &[
+            Path::new("--root"),
+            &root,
+            Path::new("--bin-dir"),
+            &bins,
+            Path::new("--srtp-key"),
+            Path::new("--sender"),
+        ],
+    ));
+    let key_path = root.join("etc/netspeaker/srtp.key");
+    assert_eq!(mode(&key_path), 0o600);
+    assert_eq!(mode(&root.join("etc/netspeaker")), 0o700);
+    let key = fs::read_to_string(&key_path).expect("key");
+    // What both programs read: 30 bytes in base64.
+    let master = netspeaker::rtp::srtp::MasterKey::parse(&key).expect("a usable key");
+    assert_eq!(master.to_base64(), key.trim());
+    assert!(
+        stdout.contains(key.trim()),
+        "printed for the sender: {stdout}"
+    );
+    for (unit, exec) in [
+        ("netspeaker.service", "netspeaker $NETSPEAKER_OPTS"),
+        (
+            "netspeaker-send.service",
+            "netspeaker-send $NETSPEAKER_SEND_OPTS",
+        ),
+    ] {
+        let dropin = root.join(format!("etc/systemd/system/{unit}.d/srtp.conf"));
+        assert_eq!(mode(&dropin), 0o644);
+        let text = fs::read_to_string(&dropin).expect("drop-in");
+        assert!(
+            text.contains("\nLoadCredential=srtp.key:/etc/netspeaker/srtp.key\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "\nExecStart=\nExecStart=/usr/local/bin/{exec} \
+                 --srtp-key-file ${{CREDENTIALS_DIRECTORY}}/srtp.key\n"
+            )),
+            "{text}"
+        );
+        // The unit with its drop-in verifies clean and stays within the
+        // exposure bar (verify reads the drop-in's lines appended).
+        let merged = unit_for_verify(&s, unit);
+        let dropin_service = text
+            .split_once("[Service]")
+            .map(|(_, rest)| rest)
+            .expect("[Service]")
+            .replace("/usr/local/bin/", &format!("{}/", s.path("bin").display()));
+        let mut unit_text = fs::read_to_string(&merged).expect("unit");
+        unit_text.push_str(&format!("\n[Service]{dropin_service}"));
+        fs::write(&merged, unit_text).expect("merged unit");
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&merged)
+            .output()
+            .expect("systemd-analyze");
+        let findings = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && findings.trim().is_empty(),
+            "{unit} with srtp.conf: {findings}"
+        );
+    }
+
+    // Again: the key stays (senders that have it keep working).
+    let stdout = ok(script(
+        "install.sh",
+        &[
+            Path::new("--root"),
+            &root,
+            Path::new("--bin-dir"),
+            &bins,
+            Path::new("--srtp-key"),
+        ],
+    ));
+    assert!(stdout.contains("kept /etc/netspeaker/srtp.key"), "{stdout}");
+    assert_eq!(fs::read_to_string(&key_path).expect("key"), key);
+
+    // Uninstall takes the drop-ins; the key goes only with --purge.
+    ok(script("uninstall.sh", &[Path::new("--root"), &root]));
+    assert!(!root
+        .join("etc/systemd/system/netspeaker.service.d")
+        .exists());
+    assert!(key_path.exists());
+    ok(script(
+        "uninstall.sh",
+        &[Path::new("--purge"), Path::new("--root"), &root],
+    ));
+    assert!(!root.join("etc/netspeaker").exists());
+}
+
+#[test]
 fn install_without_binaries_fails_clearly() {
     let s = Scratch::new("nobins");
     let empty = s.path("empty");

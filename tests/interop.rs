@@ -7,7 +7,10 @@
 //! no clock following, so the path is bit-exact: L16 and raw must arrive
 //! unchanged, PCMU/PCMA as their G.711 round trip, apart from the start-up
 //! offset; at least 95 % of the sent signal must be in the recording.
-//! (netspeaker-send → ffmpeg via SDP is tests/send_ffmpeg.rs.)
+//! (netspeaker-send → ffmpeg via SDP is tests/send_ffmpeg.rs.) SRTP:
+//! ffmpeg's SRTP sender plays bit-exact through a receiver with the same
+//! key; with another key, or from a plaintext sender, the receiver plays
+//! silence, counts `auth-failed` and says why.
 
 mod common;
 
@@ -324,9 +327,24 @@ fn judged(name: &str, channels: u16, play: impl Fn() -> Played) {
 /// Streams `signal` with ffmpeg (paced at real time, `-re`) into the
 /// receiver.
 fn play_from_ffmpeg(name: &str, rate: u32, channels: u16, codec: &str, signal: &[i16]) -> Played {
+    play_from_ffmpeg_with(name, rate, channels, codec, signal, &[], &[])
+}
+
+/// `play_from_ffmpeg` with more ffmpeg output options (`sender_args`,
+/// before the URL; an `srtp_out_*` among them makes the URL `srtp://`)
+/// and more receiver options (`receiver_args`).
+fn play_from_ffmpeg_with(
+    name: &str,
+    rate: u32,
+    channels: u16,
+    codec: &str,
+    signal: &[i16],
+    sender_args: &[String],
+    receiver_args: &[String],
+) -> Played {
     let _serial = serial();
     let dir = TestDir::new(name);
-    let mut rx_args = Vec::new();
+    let mut rx_args: Vec<String> = receiver_args.to_vec();
     if codec == "pcm_s16be" {
         let pt = ffmpeg_payload_type(&dir, rate, channels, codec);
         rx_args.push("--rtp-format".to_string());
@@ -351,13 +369,21 @@ fn play_from_ffmpeg(name: &str, rate: u32, channels: u16, codec: &str, signal: &
     let latency_ms = INTEROP_LATENCY_MS;
     let receiver = Receiver::start(&dir, latency_ms, rate, channels, &rx_args);
     let mut args = vec!["-re".to_string()];
+    let scheme = if sender_args.iter().any(|a| a.starts_with("-srtp_out")) {
+        "srtp"
+    } else {
+        "rtp"
+    };
     args.extend(ffmpeg_rtp_args(
         &input,
         rate,
         channels,
         codec,
-        &format!("rtp://127.0.0.1:{port}"),
+        &format!("{scheme}://127.0.0.1:{port}"),
     ));
+    let url = args.pop().expect("the URL");
+    args.extend(sender_args.iter().cloned());
+    args.push(url);
     let out = Command::new("ffmpeg")
         .args(&args)
         .stdout(Stdio::null())
@@ -514,6 +540,130 @@ fn ffmpeg_l16_stereo_dynamic_pt_bit_exact() {
     judged("ff-l16", 2, || {
         play_from_ffmpeg("ff-l16", 48_000, 2, "pcm_s16be", &sent)
     });
+}
+
+const SRTP_KEY: &str = "bmV0c3BlYWtlciBzcnRwIHRlc3Qga2V5IDAwMDEh";
+const OTHER_SRTP_KEY: &str = "YW5vdGhlciBzcnRwIGtleSwgbm90IG91cnMgMDIh";
+
+/// The receiver's options for SRTP with `key`, from a key file of mode
+/// 0600 as deploy/install.sh --srtp-key writes it.
+fn srtp_receiver_args(name: &str, key: &str) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::temp_dir().join(format!("ns-interop-{name}-{}.key", std::process::id()));
+    std::fs::write(&path, format!("{key}\n")).expect("key file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    vec!["--srtp-key-file".into(), path.display().to_string()]
+}
+
+fn srtp_sender_args(key: &str) -> Vec<String> {
+    [
+        "-srtp_out_suite",
+        "AES_CM_128_HMAC_SHA1_80",
+        "-srtp_out_params",
+        key,
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn ffmpeg_srtp_pcmu_plays_bit_exact() {
+    let sent = noise(14, 1, 8000 * 3, 20_000);
+    let rx = srtp_receiver_args("srtp-ok", SRTP_KEY);
+    let p = without_stall(|| {
+        play_from_ffmpeg_with(
+            "ff-srtp",
+            8000,
+            1,
+            "pcm_mulaw",
+            &sent,
+            &srtp_sender_args(SRTP_KEY),
+            &rx,
+        )
+    });
+    assert_played(&p.recording, &p.expected, 1, &p.log);
+    assert_eq!(final_stat(&p.log, "auth-failed"), 0, "{}", p.log);
+    // The keyed net thread (and the playout thread) allocated nothing.
+    assert_eq!(final_stat(&p.log, "rt-allocs"), 0, "{}", p.log);
+    assert!(
+        p.log.contains("SRTP (AES_CM_128_HMAC_SHA1_80) only"),
+        "{}",
+        p.log
+    );
+}
+
+/// A keyed receiver fed by `sender_args` (another key, or none) plays
+/// nothing and counts every packet as failing authentication.
+fn keyed_receiver_plays_nothing_from(name: &str, sender_args: &[String]) {
+    let sent = noise(15, 1, 8000 * 2, 20_000);
+    let rx = srtp_receiver_args(name, SRTP_KEY);
+    let p = play_from_ffmpeg_with(name, 8000, 1, "pcm_mulaw", &sent, sender_args, &rx);
+    assert!(
+        p.recording.iter().all(|&s| s == 0),
+        "played something from an unauthenticated sender:\n{}",
+        p.log
+    );
+    assert_eq!(final_stat(&p.log, "packets"), 0, "{}", p.log);
+    // ffmpeg sends 2 s of PCMU in 40 ms packets: about 50.
+    assert!(final_stat(&p.log, "auth-failed") >= 40, "{}", p.log);
+    assert_eq!(final_stat(&p.log, "rt-allocs"), 0, "{}", p.log);
+    assert!(
+        p.log.contains("SRTP authentication failed") && p.log.contains("unencrypted"),
+        "the log names the likely causes:\n{}",
+        p.log
+    );
+}
+
+#[test]
+fn ffmpeg_srtp_with_another_key_plays_nothing() {
+    keyed_receiver_plays_nothing_from("ff-srtp-other", &srtp_sender_args(OTHER_SRTP_KEY));
+}
+
+#[test]
+fn ffmpeg_plaintext_to_keyed_receiver_plays_nothing() {
+    keyed_receiver_plays_nothing_from("ff-srtp-plain", &[]);
+}
+
+#[test]
+fn receiver_refuses_unusable_key_file_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("srtp-bad-key");
+    let open = dir.file("open.key");
+    std::fs::write(&open, SRTP_KEY).expect("key file");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let short = dir.file("short.key");
+    std::fs::write(&short, "c2VjcmV0Cg==\n").expect("key file");
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    for (key, says) in [
+        (dir.file("missing.key"), "cannot read the SRTP key file"),
+        (open, "group or others can read the key"),
+        (short, "40-character base64"),
+    ] {
+        let out = Command::new(RECEIVER)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--device",
+                "null",
+                "--srtp-key-file",
+            ])
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netspeaker");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}: {err}", key.display());
+        assert!(err.contains(says), "{err}");
+    }
+    let out = Command::new(RECEIVER)
+        .args(["--srtp-suite", "AES_CM_128_HMAC_SHA1_32"])
+        .output()
+        .expect("run netspeaker");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a suite without a key is a usage error"
+    );
 }
 
 /// The frames of `recording` that sit in runs of `sent` (each run at

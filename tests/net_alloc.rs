@@ -6,7 +6,9 @@
 //! logger is installed, one that formats every record into a `String`, so
 //! a log call on the net thread would allocate and fail the test; the drop
 //! events it reports instead are logged by this (main) thread, which
-//! proves they arrive.
+//! proves they arrive. The same holds with SRTP: authentic, forged,
+//! replayed, plaintext and truncated packets, SRTCP, and more SSRCs than
+//! the replay state keeps.
 
 mod common;
 
@@ -17,8 +19,11 @@ use std::time::{Duration, Instant};
 
 use heapless::spsc::Queue;
 use netspeaker::audio::format::PayloadMap;
-use netspeaker::net::{run, Cidr, EventLog, EventQueue, NetConfig, NetCounters, Receiver};
+use netspeaker::net::{
+    run, run_with_srtp, Cidr, EventLog, EventQueue, NetConfig, NetCounters, Receiver,
+};
 use netspeaker::rtp::packet::{Packet, MAX_DATAGRAM};
+use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite, MAX_OVERHEAD, STREAMS};
 use netspeaker::rtp::{InputMode, PacketParser, RtpHeader};
 
 #[global_allocator]
@@ -66,7 +71,8 @@ fn wait_for(counter: &AtomicU64, n: u64) {
 
 #[test]
 fn net_thread_allocates_nothing_with_a_real_logger() {
-    log::set_logger(&LOGGER).unwrap();
+    // Both tests of this binary log through it; the first one sets it.
+    let _ = log::set_logger(&LOGGER);
     log::set_max_level(log::LevelFilter::Trace);
     let receiver = Receiver::bind(&NetConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -180,4 +186,130 @@ fn net_thread_allocates_nothing_with_a_real_logger() {
         );
     }
     assert!(lines.iter().all(|l| !l.starts_with("[net]")), "{lines:#?}");
+}
+
+/// An RTP packet of 160 PCMU bytes, protected when `srtp` is given.
+fn packet(ssrc: u32, seq: u16, srtp: Option<&mut SrtpContext>) -> Vec<u8> {
+    let mut d = vec![0u8; 172 + MAX_OVERHEAD];
+    RtpHeader {
+        payload_type: 0,
+        sequence: seq,
+        timestamp: u32::from(seq) * 160,
+        ssrc,
+        ..RtpHeader::default()
+    }
+    .write(&mut d)
+    .unwrap();
+    let len = match srtp {
+        Some(c) => c.protect(&mut d, 172).unwrap(),
+        None => 172,
+    };
+    d.truncate(len);
+    d
+}
+
+#[test]
+fn srtp_net_thread_allocates_nothing_on_any_input() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Trace);
+    let key = MasterKey::new([3; 16], [4; 14]);
+    let receiver = Receiver::bind(&NetConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..NetConfig::default()
+    })
+    .unwrap();
+    let to = receiver.local_addr();
+    let counters = NetCounters::default();
+    let mut rx = SrtpContext::new(&key, Suite::default());
+    let mut parser = PacketParser::new(InputMode::Rtp(PayloadMap::default()));
+    let mut queue: Box<Queue<Packet, 512>> = Box::default();
+    let (mut producer, mut consumer) = queue.split();
+    let mut events: Box<EventQueue> = Box::default();
+    let (mut event_tx, mut event_rx) = events.split();
+    let mut event_log = EventLog::default();
+    let stop = AtomicBool::new(false);
+    let rounds = 300u16;
+    let mut allocations = 0;
+
+    std::thread::scope(|s| {
+        let net = std::thread::Builder::new()
+            .name("net".into())
+            .spawn_scoped(s, || {
+                common::alloc::count_this_thread(true);
+                let before = common::alloc::allocations();
+                run_with_srtp(
+                    &receiver,
+                    Some(&mut rx),
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                );
+                let n = common::alloc::allocations() - before;
+                common::alloc::count_this_thread(false);
+                n
+            })
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut sender = SrtpContext::new(&key, Suite::default());
+        let mut stranger = SrtpContext::new(&MasterKey::new([5; 16], [4; 14]), Suite::default());
+        // Senders of more SSRCs than the receiver keeps state for.
+        let mut many: Vec<SrtpContext> = (0..STREAMS + 2)
+            .map(|_| SrtpContext::new(&key, Suite::default()))
+            .collect();
+        let mut sent = 0;
+        for seq in 0..rounds {
+            let genuine = packet(1, seq, Some(&mut sender));
+            let mut sr = vec![0u8; 28 + MAX_OVERHEAD];
+            sr[..8].copy_from_slice(&[0x80, 200, 0, 6, 0, 0, 0, 1]);
+            let sr_len = sender.protect_rtcp(&mut sr, 28).unwrap();
+            let n = usize::from(seq) % many.len();
+            let other_ssrc = packet(100 + n as u32, seq, Some(&mut many[n]));
+            for d in [
+                &genuine[..],
+                &genuine[..],                                 // replay
+                &packet(2, seq, Some(&mut stranger))[..],     // another key
+                &packet(1, seq.wrapping_add(5000), None)[..], // plaintext
+                &[0x80, 0, 0, 1, 0, 0, 0, 0][..],             // too short
+                &sr[..sr_len],                                // SRTCP
+                &other_ssrc[..],
+            ] {
+                tx.send_to(d, to).unwrap();
+            }
+            sent += 7;
+            if seq % 20 == 19 {
+                wait_for(&counters.datagrams, sent);
+                event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
+                while consumer.dequeue().is_some() {}
+            }
+        }
+        wait_for(&counters.datagrams, sent);
+        stop.store(true, Ordering::Relaxed);
+        allocations = net.join().unwrap();
+    });
+    while consumer.dequeue().is_some() {}
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let n = u64::from(rounds);
+    // Every path was taken...
+    assert_eq!(c(&counters.queued), 2 * n, "genuine and the other SSRCs");
+    assert_eq!(c(&counters.replayed), n);
+    assert_eq!(c(&counters.auth_failed), 2 * n, "other key and plaintext");
+    assert_eq!(c(&counters.malformed), n);
+    assert_eq!(
+        c(&counters.rtcp),
+        n,
+        "SRTCP authenticated, then dropped as RTCP"
+    );
+    // ...and none of them allocated...
+    assert_eq!(allocations, 0);
+    // ...while their reports reached the log.
+    event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
+    let lines = LOGGER.lines.lock().unwrap();
+    for needle in ["SRTP authentication failed", "replay", "too short for SRTP"] {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "no line about {needle:?} in {lines:#?}"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! After `Sender::new`, streaming allocates nothing: a counting global
 //! allocator watches the thread that runs `Sender::run` over a looping
-//! file, with and without rate and channel conversion.
+//! file, with and without rate and channel conversion, and with SRTP.
 
 mod common;
 
@@ -11,15 +11,22 @@ use std::time::Duration;
 
 use netspeaker::audio::format::Encoding;
 use netspeaker::net::send::DestConfig;
+use netspeaker::rtp::srtp::Suite;
 use netspeaker::send::source::Input;
 use netspeaker::send::wav::write_wav;
-use netspeaker::send::{Output, SendConfig, Sender, SourceConfig};
+use netspeaker::send::{Output, SendConfig, Sender, SourceConfig, SrtpOptions};
 use netspeaker::service::notify::Heartbeat;
 
 #[global_allocator]
 static GLOBAL: common::alloc::Counting = common::alloc::Counting;
 
-fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &str) -> u64 {
+fn allocations_while_streaming(
+    rate: u32,
+    channels: u16,
+    output: Output,
+    name: &str,
+    srtp: bool,
+) -> u64 {
     let dir = std::env::temp_dir().join(format!("ns-send-alloc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let wav = dir.join("in.wav");
@@ -30,6 +37,13 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
         .collect();
     std::fs::write(&wav, write_wav(rate, channels, &samples)).unwrap();
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let key_file = dir.join("srtp.key");
+    std::fs::write(&key_file, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd\n").unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let config = SendConfig {
         source: SourceConfig::File {
             input: Input::File(wav),
@@ -46,6 +60,10 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
             interface: None,
         },
         sdp: None,
+        srtp: srtp.then(|| SrtpOptions {
+            key_file,
+            suite: Suite::default(),
+        }),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::new();
@@ -77,13 +95,21 @@ fn allocations_while_streaming(rate: u32, channels: u16, output: Output, name: &
 #[test]
 fn streaming_allocates_nothing() {
     assert_eq!(
-        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "l16"),
+        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "l16", false),
         0
     );
     // 44.1 kHz stereo → 8 kHz mono PCMU: channel mixing and the resampler.
     assert_eq!(
-        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Pcmu, 96), "pcmu"),
+        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Pcmu, 96), "pcmu", false),
         0
     );
-    assert_eq!(allocations_while_streaming(8000, 1, Output::Raw, "raw"), 0);
+    assert_eq!(
+        allocations_while_streaming(8000, 1, Output::Raw, "raw", false),
+        0
+    );
+    // SRTP: encryption and the tag on every packet.
+    assert_eq!(
+        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "srtp", true),
+        0
+    );
 }

@@ -1,7 +1,10 @@
 //! Interop: ffmpeg opens the SDP file `netspeaker-send --sdp` wrote,
 //! receives the RTP stream on loopback and records it; the recording is
 //! bit-exact the signal that was sent (L16), or its G.711 round trip
-//! (PCMU), apart from where ffmpeg started listening.
+//! (PCMU), apart from where ffmpeg started listening. With
+//! `--srtp-key-file` the SDP carries the key (RTP/SAVP, a=crypto, mode
+//! 0600) and ffmpeg, reading it, decrypts the stream as exactly; without
+//! the key a player gets nothing it can play.
 
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
@@ -13,8 +16,12 @@ use netspeaker::send::wav::write_wav;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netspeaker-send");
 
+fn temp_dir_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("ns-send-ff-{name}-{}", std::process::id()))
+}
+
 fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ns-send-ff-{name}-{}", std::process::id()));
+    let d = temp_dir_path(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -93,7 +100,7 @@ fn record_with_ffmpeg(
     // would wait ~10 s for more packets after the stream ended).
     let ffmpeg = Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
-        .args(["-protocol_whitelist", "file,udp,rtp", "-i"])
+        .args(["-protocol_whitelist", "file,udp,rtp,srtp", "-i"])
         .arg(&sdp)
         .args(["-t", &RECORD_S.to_string(), "-f", "s16le"])
         .arg(&out)
@@ -142,4 +149,105 @@ fn ffmpeg_records_pcmu_from_sdp() {
         .map(|&s| codec::ulaw_to_linear(codec::linear_to_ulaw(s)))
         .collect();
     assert_contiguous_run(&round_trip, &recorded, 1, 8000 * RECORD_S);
+}
+
+/// A key file as deploy/install.sh --srtp-key writes it.
+fn key_file(name: &str, key: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir(name);
+    let path = dir.join("srtp.key");
+    std::fs::write(&path, format!("{key}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+const KEY: &str = "bmV0c3BlYWtlciBzcnRwIHRlc3Qga2V5IDAwMDEh";
+
+#[test]
+fn ffmpeg_records_srtp_pcmu_from_sdp_with_its_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let key = key_file("srtp-pcmu-key", KEY);
+    let sent = signal(8000 * SIGNAL_S);
+    let recorded = record_with_ffmpeg(
+        "srtp-pcmu",
+        8000,
+        1,
+        &sent,
+        &["--codec", "pcmu", "--srtp-key-file", key.to_str().unwrap()],
+    );
+    let round_trip: Vec<i16> = sent
+        .iter()
+        .map(|&s| codec::ulaw_to_linear(codec::linear_to_ulaw(s)))
+        .collect();
+    assert_contiguous_run(&round_trip, &recorded, 1, 8000 * RECORD_S);
+    let sdp_path = temp_dir_path("srtp-pcmu").join("stream.sdp");
+    let sdp = std::fs::read_to_string(&sdp_path).unwrap();
+    assert!(sdp.contains(" RTP/SAVP 0\r\n"), "{sdp}");
+    assert!(
+        sdp.contains(&format!(
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{KEY}\r\n"
+        )),
+        "{sdp}"
+    );
+    let mode = std::fs::metadata(&sdp_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the SDP holds the key: {mode:o}");
+}
+
+#[test]
+fn ffmpeg_records_srtp_32_l16_stereo_from_sdp() {
+    let key = key_file("srtp-l16-key", KEY);
+    let rate = 48_000;
+    let sent = signal(rate as usize * 2 * SIGNAL_S);
+    let recorded = record_with_ffmpeg(
+        "srtp-l16",
+        rate,
+        2,
+        &sent,
+        &[
+            "--srtp-key-file",
+            key.to_str().unwrap(),
+            "--srtp-suite",
+            "AES_CM_128_HMAC_SHA1_32",
+        ],
+    );
+    assert_contiguous_run(&sent, &recorded, 2, rate as usize * 2 * RECORD_S);
+}
+
+#[test]
+fn sender_refuses_unusable_key_files_before_sending() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("srtp-bad");
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &signal(800))).unwrap();
+    let open = dir.join("open.key");
+    std::fs::write(&open, KEY).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let empty = dir.join("empty.key");
+    std::fs::write(&empty, "").unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let dest = sink.local_addr().unwrap().to_string();
+    for (key, says) in [
+        (dir.join("missing.key"), "cannot read the SRTP key file"),
+        (open, "group or others can read the key"),
+        (empty, "is empty"),
+    ] {
+        let out = Command::new(BIN)
+            .arg(&wav)
+            .arg(&dest)
+            .arg("--srtp-key-file")
+            .arg(&key)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+    assert!(
+        sink.recv(&mut [0u8; 64]).is_err(),
+        "nothing, not even plaintext, was sent"
+    );
 }

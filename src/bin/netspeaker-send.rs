@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use netspeaker::audio::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use netspeaker::net::send::{parse_dest, DestConfig};
+use netspeaker::rtp::srtp::Suite;
 use netspeaker::send::source::Input;
-use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, Summary};
+use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, SrtpOptions, Summary};
 use netspeaker::service::log::{self as logging, LogTarget};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
 use netspeaker::service::sched::{self, Request};
@@ -47,6 +48,12 @@ Stream:
                             source's; pcmu, pcma and --raw use 1]
       --ptime MS            milliseconds of audio per packet, 1 to 200
                             [default: 20]
+      --srtp-key-file FILE  send SRTP (RFC 3711): encrypt and authenticate
+                            every packet with the key in FILE, the 40 base64
+                            characters of master key and salt (as ffmpeg's
+                            -srtp_out_params); FILE must be mode 0600 or 0400
+      --srtp-suite SUITE    AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32
+                            [default: AES_CM_128_HMAC_SHA1_80]
 Destination:
       --dest HOST:PORT      where to send (or give it as the last argument;
                             IPv6 as [ADDR]:PORT) [default: 127.0.0.1:5004,
@@ -56,7 +63,9 @@ Destination:
                             addresses, IPv4 or IPv6 [default: chosen by the
                             routing table]
       --sdp FILE            write an SDP description of the stream to FILE
-                            (for ffplay -protocol_whitelist file,udp,rtp -i FILE)
+                            (for ffplay -protocol_whitelist file,udp,rtp -i FILE);
+                            with SRTP it holds the key (RTP/SAVP, a=crypto)
+                            and is written mode 0600
 Process:
       --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for
                             none (it is refused without CAP_SYS_NICE; the
@@ -103,6 +112,8 @@ fn parse_args() -> Result<Parsed, usage::Error> {
     let mut ttl = 1u8;
     let mut interface = None;
     let mut sdp = None;
+    let mut srtp_key_file = None;
+    let mut srtp_suite = None;
     let mut rt_priority = 60i32;
     let mut mlock = true;
     let mut verbose = 0u8;
@@ -170,6 +181,18 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             Long("ttl") => ttl = number("--ttl", &text(&mut parser, "--ttl")?, 0..=255)?,
             Long("interface") => interface = Some(text(&mut parser, "--interface")?),
             Long("sdp") => sdp = Some(std::path::PathBuf::from(text(&mut parser, "--sdp")?)),
+            Long("srtp-key-file") => {
+                srtp_key_file = Some(std::path::PathBuf::from(text(
+                    &mut parser,
+                    "--srtp-key-file",
+                )?))
+            }
+            Long("srtp-suite") => {
+                srtp_suite = Some(
+                    Suite::parse(&text(&mut parser, "--srtp-suite")?)
+                        .map_err(|e| usage::Error::rule(e.to_string()))?,
+                )
+            }
             Long("rt-priority") => {
                 rt_priority = quantity(
                     "--rt-priority",
@@ -234,6 +257,20 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             "--payload-type is for L16; PCMU and PCMA use their static types 0 and 8",
         ));
     }
+    if srtp_suite.is_some() && srtp_key_file.is_none() {
+        return Err(usage::Error::rule(
+            "--srtp-suite needs --srtp-key-file: without a key nothing is encrypted",
+        ));
+    }
+    if raw && srtp_key_file.is_some() {
+        return Err(usage::Error::rule(
+            "--srtp-key-file protects RTP; headerless --raw cannot carry SRTP: drop one",
+        ));
+    }
+    let srtp = srtp_key_file.map(|key_file| SrtpOptions {
+        key_file,
+        suite: srtp_suite.unwrap_or_default(),
+    });
     let output = if raw {
         Output::Raw
     } else {
@@ -257,6 +294,7 @@ fn parse_args() -> Result<Parsed, usage::Error> {
                 interface,
             },
             sdp,
+            srtp,
         },
         rt_priority,
         mlock,

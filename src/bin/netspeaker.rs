@@ -11,6 +11,7 @@ use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::playout::{self, Event, PacketQueue};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
+use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::log::{self as logging, LogTarget};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
@@ -50,6 +51,12 @@ Stream:
                             11 L16/44100/1]
   --raw FORMAT:RATE:CH      headerless PCM instead of RTP, e.g. s16le:8000:1
                             (FORMAT: s16le, s16be, ulaw, alaw)
+  --srtp-key-file FILE      accept only SRTP (RFC 3711) sent with the key in
+                            FILE: the 40 base64 characters of master key and
+                            salt (as ffmpeg's -srtp_out_params and SDP's
+                            a=crypto inline:); FILE must be mode 0600 or 0400
+  --srtp-suite SUITE        AES_CM_128_HMAC_SHA1_80 or AES_CM_128_HMAC_SHA1_32
+                            [default: AES_CM_128_HMAC_SHA1_80]
 Playout:
   --latency auto|MS         target playout delay: adaptive to the measured
                             jitter, or fixed milliseconds [default: auto]
@@ -88,6 +95,8 @@ struct Options {
     listen_given: bool,
     payload_map: PayloadMap,
     raw: Option<StreamFormat>,
+    srtp_key_file: Option<std::path::PathBuf>,
+    srtp_suite: Option<Suite>,
     playout: PlayoutConfig,
     device_rate: Option<u32>,
     device_channels: Option<u16>,
@@ -107,6 +116,8 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         listen_given: false,
         payload_map: PayloadMap::default(),
         raw: None,
+        srtp_key_file: None,
+        srtp_suite: None,
         playout: PlayoutConfig::default(),
         device_rate: None,
         device_channels: None,
@@ -188,6 +199,11 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
                         .map_err(|e| usage::Error::value("--raw", e.to_string()))?,
                 )
             }
+            "--srtp-key-file" => o.srtp_key_file = Some(value()?.into()),
+            "--srtp-suite" => {
+                o.srtp_suite =
+                    Some(Suite::parse(&value()?).map_err(|e| usage::Error::rule(e.to_string()))?)
+            }
             "--latency" => {
                 let v = value()?;
                 o.fixed_latency_ms = if v == "auto" {
@@ -258,6 +274,16 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             o.min_latency_ms, o.max_latency_ms
         )));
     }
+    if o.srtp_suite.is_some() && o.srtp_key_file.is_none() {
+        return Err(usage::Error::rule(
+            "--srtp-suite needs --srtp-key-file: without a key nothing is authenticated",
+        ));
+    }
+    if o.raw.is_some() && o.srtp_key_file.is_some() {
+        return Err(usage::Error::rule(
+            "--srtp-key-file protects RTP; headerless --raw PCM cannot carry SRTP: drop one",
+        ));
+    }
     if o.raw.is_some() && !o.listen_given {
         o.net.listen.set_port(5005);
     }
@@ -309,6 +335,16 @@ fn run(options: Options) -> Result<(), String> {
         statistics: true,
     })
     .map_err(|e| e.to_string())?;
+    // The key first: a key file that cannot be used stops the start, it
+    // never falls back to accepting plaintext.
+    let suite = options.srtp_suite.unwrap_or_default();
+    let srtp = match &options.srtp_key_file {
+        Some(path) => Some(SrtpContext::new(
+            &MasterKey::read_file(path).map_err(|e| e.to_string())?,
+            suite,
+        )),
+        None => None,
+    };
     let receiver = Receiver::bind(&options.net).map_err(|e| e.to_string())?;
     let mode = match options.raw {
         Some(f) => InputMode::Raw(f),
@@ -324,6 +360,7 @@ fn run(options: Options) -> Result<(), String> {
                 f.rate,
                 f.channels
             ),
+            None if srtp.is_some() => format!("SRTP ({suite}) only"),
             None => "RTP".to_string(),
         }
     );
@@ -348,13 +385,15 @@ fn run(options: Options) -> Result<(), String> {
         let counters = Arc::clone(&net_counters);
         let stop = Arc::clone(&net_stop);
         let mut parser = PacketParser::new(mode);
+        let mut srtp = srtp;
         std::thread::Builder::new()
             .name("net".into())
             .spawn(move || {
                 use netspeaker::service::alloc::{watch_this_thread, Watched};
                 watch_this_thread(Watched::Net);
-                netspeaker::net::run(
+                netspeaker::net::run_with_srtp(
                     &receiver,
+                    srtp.as_mut(),
                     &mut parser,
                     &mut packet_tx,
                     &mut net_event_tx,
@@ -445,6 +484,7 @@ fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {
             + net.unknown_payload_type.load(Relaxed)
             + net.too_large.load(Relaxed),
         dropped_overflow: net.queue_full.load(Relaxed),
+        auth_failed: net.auth_failed.load(Relaxed) + net.replayed.load(Relaxed),
         ..StatsLine::default()
     };
     playout.read_into(&mut line);

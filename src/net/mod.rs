@@ -17,6 +17,6 @@ pub mod socket;
 
 pub use filter::Cidr;
 pub use receive::{
-    run, DropReason, EventLog, EventQueue, NetConfig, NetCounters, NetError, NetEvent, Receiver,
-    DEFAULT_RECV_BUFFER_BYTES, RECV_TIMEOUT,
+    run, run_with_srtp, DropReason, EventLog, EventQueue, NetConfig, NetCounters, NetError,
+    NetEvent, Receiver, DEFAULT_RECV_BUFFER_BYTES, RECV_TIMEOUT,
 };

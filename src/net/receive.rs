@@ -8,6 +8,12 @@
 //! ([`EventLog`]): the net thread itself never logs, since formatting a
 //! line allocates and may block on the logger.
 //!
+//! With `--srtp-key-file` every datagram is authenticated and decrypted
+//! ([`SrtpContext::unprotect`]) before anything else reads it: one whose
+//! tag does not verify (another key, a plaintext sender, tampering) and
+//! one already received (a replay) is counted, reported and dropped
+//! before the parser sees it.
+//!
 //! Policy: a datagram from a source outside `--allow`, a truncated or
 //! oversized datagram, a malformed RTP header, an unknown payload type,
 //! RTCP, or a payload that is not whole frames is counted, reported as an
@@ -30,6 +36,7 @@ use nix::errno::Errno;
 use crate::net::filter::{Cidr, SourceFilter};
 use crate::net::socket::{self, Buffer, Interface};
 use crate::rtp::packet::{Packet, MAX_DATAGRAM};
+use crate::rtp::srtp::{SrtpContext, SrtpError};
 use crate::rtp::{InputMode, PacketParser, ParseError};
 use crate::service::clock::monotonic_ns;
 use crate::service::ratelimit::RateLimit;
@@ -102,6 +109,10 @@ pub struct NetCounters {
     pub queue_full: AtomicU64,
     /// `recv` failed (other than the periodic timeout).
     pub recv_errors: AtomicU64,
+    /// SRTP: the authentication tag did not verify.
+    pub auth_failed: AtomicU64,
+    /// SRTP: received before, or older than the replay window.
+    pub replayed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -293,6 +304,8 @@ pub enum DropReason {
     QueueFull,
     /// The parser refused it.
     Parse(ParseError),
+    /// SRTP refused it (authentication, replay, too short for a tag).
+    Srtp(SrtpError),
 }
 
 /// What the net thread reports to the main thread instead of logging.
@@ -323,9 +336,11 @@ enum Kind {
     TooLarge,
     QueueFull,
     RecvError,
+    AuthFailed,
+    Replayed,
 }
 
-const KINDS: usize = 7;
+const KINDS: usize = 9;
 
 impl NetEvent {
     fn kind(&self) -> Kind {
@@ -341,6 +356,13 @@ impl NetEvent {
                     ParseError::Malformed(_)
                     | ParseError::NotWholeFrames { .. }
                     | ParseError::Empty,
+                ) => Kind::Malformed,
+                DropReason::Srtp(SrtpError::AuthFailed) => Kind::AuthFailed,
+                DropReason::Srtp(SrtpError::Replayed) => Kind::Replayed,
+                DropReason::Srtp(
+                    SrtpError::TooShort { .. }
+                    | SrtpError::Header(_)
+                    | SrtpError::BufferTooSmall { .. },
                 ) => Kind::Malformed,
             },
         }
@@ -397,6 +419,7 @@ impl fmt::Display for NetEvent {
                      sends faster than real time or playout is stalled"
                 ),
                 DropReason::Parse(e) => write!(f, "net: dropped datagram from {source}: {e}"),
+                DropReason::Srtp(e) => write!(f, "net: dropped datagram from {source}: {e}"),
             },
         }
     }
@@ -480,11 +503,26 @@ impl EventLog {
     }
 }
 
-/// The net thread's body: receives, filters, parses and enqueues until
-/// `stop` is set (seen within `RECV_TIMEOUT`). Never returns early on bad
-/// input or a failing `recv`, never logs and never allocates.
+/// The net thread's body for plain RTP or raw PCM: [`run_with_srtp`]
+/// without a key.
 pub fn run(
     receiver: &Receiver,
+    parser: &mut PacketParser,
+    queue: &mut Producer<'_, Packet>,
+    events: &mut Producer<'_, NetEvent>,
+    counters: &NetCounters,
+    stop: &AtomicBool,
+) {
+    run_with_srtp(receiver, None, parser, queue, events, counters, stop)
+}
+
+/// The net thread's body: receives, filters, authenticates and decrypts
+/// (with `srtp`), parses and enqueues until `stop` is set (seen within
+/// `RECV_TIMEOUT`). Never returns early on bad input or a failing `recv`,
+/// never logs and never allocates.
+pub fn run_with_srtp(
+    receiver: &Receiver,
+    mut srtp: Option<&mut SrtpContext>,
     parser: &mut PacketParser,
     queue: &mut Producer<'_, Packet>,
     events: &mut Producer<'_, NetEvent>,
@@ -543,9 +581,26 @@ pub fn run(
             reject(DropReason::Filtered, &counters.filtered);
             continue;
         }
-        let Some(datagram) = buf.get(..len).filter(|_| len <= MAX_DATAGRAM) else {
+        let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
             reject(DropReason::TooLarge, &counters.too_large);
             continue;
+        };
+        // Authenticated before anything reads it; the parser gets the
+        // plain packet without its tag.
+        let datagram: &[u8] = match srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
+            None => datagram,
+            Some(Ok(plain)) => datagram.get(..plain).unwrap_or_default(),
+            Some(Err(e)) => {
+                let counter = match e {
+                    SrtpError::AuthFailed => &counters.auth_failed,
+                    SrtpError::Replayed => &counters.replayed,
+                    SrtpError::TooShort { .. }
+                    | SrtpError::Header(_)
+                    | SrtpError::BufferTooSmall { .. } => &counters.malformed,
+                };
+                reject(DropReason::Srtp(e), counter);
+                continue;
+            }
         };
         match parser.parse_into(datagram, now, &mut slot) {
             Ok(()) => match queue.enqueue(slot.clone()) {
@@ -904,6 +959,101 @@ mod tests {
         assert_eq!(c(&counters.queue_full), 0);
         assert_eq!(c(&counters.filtered), 0);
         assert_eq!(c(&counters.datagrams), 6 * n);
+    }
+
+    #[test]
+    fn srtp_receiver_takes_only_authentic_packets_once() {
+        use crate::rtp::srtp::{MasterKey, Suite};
+        let key = MasterKey::new([7; 16], [9; 14]);
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        let mut rx = SrtpContext::new(&key, Suite::default());
+        let mut queue: Box<Queue<Packet, 32>> = Box::default();
+        let (mut producer, mut consumer) = queue.split();
+        let mut event_queue: Box<EventQueue> = Box::default();
+        let (mut event_tx, mut event_rx) = event_queue.split();
+        let stop = AtomicBool::new(false);
+        let mut parser = rtp_parser();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                run_with_srtp(
+                    &receiver,
+                    Some(&mut rx),
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                )
+            });
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut sender = SrtpContext::new(&key, Suite::default());
+            let mut stranger =
+                SrtpContext::new(&MasterKey::new([8; 16], [9; 14]), Suite::default());
+            let protect = |ctx: &mut SrtpContext, seq| {
+                let mut d = pcmu(seq);
+                let len = d.len();
+                d.resize(len + 10, 0);
+                ctx.protect(&mut d, len).unwrap();
+                d
+            };
+            let genuine: Vec<_> = (0..4).map(|seq| protect(&mut sender, seq)).collect();
+            for d in &genuine {
+                tx.send_to(d, to).unwrap();
+            }
+            tx.send_to(&pcmu(4), to).unwrap(); // plaintext
+            tx.send_to(&protect(&mut stranger, 5), to).unwrap(); // other key
+            tx.send_to(&genuine[1], to).unwrap(); // replay
+            tx.send_to(&[0x80, 0, 0, 9], to).unwrap(); // no room for a tag
+            wait_for(&counters.datagrams, 8);
+            stop.store(true, Ordering::Relaxed);
+        });
+        let mut got = Vec::new();
+        while let Some(p) = consumer.dequeue() {
+            got.push(p);
+        }
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [0, 1, 2, 3]);
+        for p in &got {
+            // Decrypted, and the tag is not taken for audio.
+            assert_eq!(p.payload.len(), 160);
+            assert_eq!(p.payload[..2], p.seq.to_be_bytes());
+            assert!(p.payload[2..].iter().all(|&b| b == 0));
+        }
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(c(&counters.auth_failed), 2);
+        assert_eq!(c(&counters.replayed), 1);
+        assert_eq!(c(&counters.malformed), 1);
+        assert_eq!(c(&counters.queued), 4);
+        let mut kinds = Vec::new();
+        while let Some(e) = event_rx.dequeue() {
+            if let NetEvent::Dropped {
+                reason: DropReason::Srtp(e),
+                ..
+            } = e
+            {
+                kinds.push(e);
+            }
+        }
+        assert_eq!(
+            kinds,
+            [
+                SrtpError::AuthFailed,
+                SrtpError::AuthFailed,
+                SrtpError::Replayed,
+                SrtpError::TooShort { len: 4 }
+            ]
+        );
+        let line = NetEvent::Dropped {
+            reason: DropReason::Srtp(SrtpError::AuthFailed),
+            source: to,
+            suppressed: 0,
+        }
+        .to_string();
+        assert!(
+            line.contains("another key") && line.contains("unencrypted"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct StatsLine {
     pub dropped_overflow: u64,
     pub dropped_filtered: u64,
     pub dropped_malformed: u64,
+    /// SRTP packets that failed authentication or were replays (not in
+    /// `dropped`, which counts what reached the net stage's checks of
+    /// plain packets).
+    pub auth_failed: u64,
     pub concealed_ms: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
@@ -107,7 +111,7 @@ impl fmt::Display for StatsLine {
         write!(
             f,
             "packets {} lost {} late {} reordered {} duplicates {} \
-             dropped {} (overflow {} filtered {} malformed {}) \
+             dropped {} (overflow {} filtered {} malformed {}) auth-failed {} \
              concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
              buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm ",
             self.packets,
@@ -119,6 +123,7 @@ impl fmt::Display for StatsLine {
             self.dropped_overflow,
             self.dropped_filtered,
             self.dropped_malformed,
+            self.auth_failed,
             self.concealed_ms,
             self.stretched_ms,
             self.underruns,
@@ -166,13 +171,14 @@ mod tests {
         let mut line = StatsLine {
             dropped_filtered: 2,
             dropped_malformed: 1,
+            auth_failed: 4,
             ..Default::default()
         };
         s.read_into(&mut line);
         let text = line.to_string();
         assert!(text.starts_with("packets 500 lost 3 "), "{text}");
         assert!(
-            text.contains("dropped 10 (overflow 7 filtered 2 malformed 1)"),
+            text.contains("dropped 10 (overflow 7 filtered 2 malformed 1) auth-failed 4 "),
             "{text}"
         );
         assert!(text.contains("concealed 60 ms"), "{text}");

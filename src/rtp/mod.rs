@@ -13,9 +13,14 @@
 //! untouched with their sequence number and timestamp, for the jitter
 //! buffer to place. Headerless PCM has no header to tell order, so the
 //! parser numbers datagrams in arrival order and marks them `sequential`.
+//!
+//! With a key, [`srtp`] authenticates and decrypts each datagram in the
+//! net thread before it reaches this parser, and protects each packet the
+//! sender's packetizer wrote.
 
 pub mod header;
 pub mod packet;
+pub mod srtp;
 pub mod stats;
 
 use core::fmt;

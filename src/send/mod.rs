@@ -1,6 +1,7 @@
 //! The sender's stages: source (WAV, raw, stdin, ALSA capture) → convert
-//! (rate, channels) → packetize (RTP or headerless) → pace (absolute
-//! deadline on the monotonic clock) → socket; and the SDP description.
+//! (rate, channels) → packetize (RTP or headerless) → protect (SRTP, with
+//! a key) → pace (absolute deadline on the monotonic clock) → socket; and
+//! the SDP description.
 //! `Sender` wires them: a file or standard input is paced by the monotonic
 //! clock (packet k leaves at start + k · ptime), a capture device by its
 //! own clock (each blocking read of one ptime of audio is one packet).
@@ -24,6 +25,7 @@ use crate::alsa::capture::{self, Capture};
 use crate::alsa::AlsaError;
 use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use crate::net::send::{self as dest, Dest, DestConfig, SendStatus};
+use crate::rtp::srtp::{self, MasterKey, SrtpContext, SrtpError, Suite};
 use crate::service::clock::monotonic_ns;
 use crate::service::notify::Heartbeat;
 use crate::service::ratelimit::RateLimit;
@@ -87,6 +89,16 @@ pub struct SendConfig {
     pub dest: DestConfig,
     /// Where to write the SDP description (`--sdp`).
     pub sdp: Option<PathBuf>,
+    /// Send SRTP (`--srtp-key-file`, `--srtp-suite`).
+    pub srtp: Option<SrtpOptions>,
+}
+
+/// The key file and suite of an SRTP stream.
+#[derive(Debug, Clone)]
+pub struct SrtpOptions {
+    /// Holds the 40-character base64 master key and salt.
+    pub key_file: PathBuf,
+    pub suite: Suite,
 }
 
 #[derive(Debug)]
@@ -102,6 +114,12 @@ pub enum Error {
     },
     /// `--sdp` with `--raw`: SDP describes RTP sessions only.
     SdpRaw,
+    /// The SRTP key file cannot be used.
+    SrtpKey(srtp::key::Error),
+    /// `--srtp-key-file` with `--raw`: SRTP protects RTP packets only.
+    SrtpRaw,
+    /// Protecting a packet failed (a buffer sized wrong: a bug).
+    Srtp(SrtpError),
     Ptime(u32),
     Rate(u32),
     Channels(u16),
@@ -129,6 +147,12 @@ impl fmt::Display for Error {
                 f,
                 "--sdp describes an RTP stream; headerless --raw has none: drop one of them"
             ),
+            Error::SrtpKey(e) => e.fmt(f),
+            Error::SrtpRaw => write!(
+                f,
+                "--srtp-key-file protects RTP; headerless --raw has no header: drop one of them"
+            ),
+            Error::Srtp(e) => write!(f, "{e} (a bug: please report)"),
             Error::Ptime(p) => write!(f, "--ptime {p} is outside 1 to 200 ms"),
             Error::Rate(r) => write!(f, "--rate {r} is outside {MIN_RATE} to {MAX_RATE}"),
             Error::Channels(c) => write!(f, "--channels {c} is outside 1 to {MAX_CHANNELS}"),
@@ -198,6 +222,25 @@ pub fn stream_format(
         rate: rate.unwrap_or(default_rate),
         channels: channels.unwrap_or(default_channels),
     }
+}
+
+/// Writes the SDP file whole, then renames it into place, so a player
+/// polling for it never reads half of it. With an SRTP key in it, only the
+/// owner may read it.
+fn write_sdp(path: &std::path::Path, text: &str, secret: bool) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp = path.to_path_buf().into_os_string();
+    tmp.push(".tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    drop(file);
+    std::fs::rename(&tmp, path)
 }
 
 /// SSRC, first sequence number and first timestamp, random as RFC 3550
@@ -302,6 +345,7 @@ pub struct Sender {
     frames_per_packet: usize,
     samples: Vec<i16>,
     datagram: Vec<u8>,
+    srtp: Option<SrtpContext>,
     overrun_log: RateLimit,
     /// Overruns counted by capture handles since replaced.
     overruns_before: u64,
@@ -328,6 +372,18 @@ impl Sender {
         if config.sdp.is_some() && config.output == Output::Raw {
             return Err(Error::SdpRaw);
         }
+        if config.srtp.is_some() && config.output == Output::Raw {
+            return Err(Error::SrtpRaw);
+        }
+        // Read before anything opens: a key that cannot be used stops the
+        // start, it never falls back to plaintext.
+        let srtp = match &config.srtp {
+            Some(o) => Some((
+                MasterKey::read_file(&o.key_file).map_err(Error::SrtpKey)?,
+                o.suite,
+            )),
+            None => None,
+        };
         let (source, source_format, format) = match &config.source {
             SourceConfig::File {
                 input,
@@ -408,17 +464,15 @@ impl Sender {
                 ptime_ms: config.ptime_ms,
                 ttl: config.dest.ttl,
                 session_id: u64::from(ssrc),
+                crypto: srtp.as_ref().map(|(key, suite)| sdp::Crypto {
+                    suite: *suite,
+                    key: key.to_base64(),
+                }),
             });
-            // Written whole, then renamed: a player polling for the file
-            // never reads half of it.
-            let mut tmp = path.clone().into_os_string();
-            tmp.push(".tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|err| Error::Sdp {
-                    path: path.clone(),
-                    err,
-                })?;
+            write_sdp(path, &text, srtp.is_some()).map_err(|err| Error::Sdp {
+                path: path.clone(),
+                err,
+            })?;
         }
         log::info!(
             "{} from {} Hz/{} ch to {} as {}, {} frames per packet, SSRC {:08x}",
@@ -433,10 +487,16 @@ impl Sender {
             frames_per_packet,
             ssrc
         );
+        if let Some((_, suite)) = &srtp {
+            log::info!("SRTP: {suite}, payload encrypted and every packet authenticated");
+        }
+        let srtp = srtp.map(|(key, suite)| SrtpContext::new(&key, suite));
+        let overhead = srtp.as_ref().map_or(0, SrtpContext::overhead);
         Ok(Some(Sender {
             source,
             converter,
-            datagram: vec![0; packetizer.max_datagram_len()],
+            datagram: vec![0; packetizer.max_datagram_len() + overhead],
+            srtp,
             packetizer,
             dest,
             format,
@@ -503,6 +563,10 @@ impl Sender {
             let len = self
                 .packetizer
                 .packetize(&self.samples[..frames * channels], &mut self.datagram);
+            let len = match self.srtp.as_mut() {
+                Some(srtp) => srtp.protect(&mut self.datagram, len).map_err(Error::Srtp)?,
+                None => len,
+            };
             if self.dest.send(&self.datagram[..len])? == SendStatus::Sent {
                 summary.packets += 1;
             }

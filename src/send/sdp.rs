@@ -4,11 +4,23 @@
 //! file,udp,rtp -i x.sdp`) and GStreamer can open to receive the stream.
 //! Policy: the connection line names the destination (with `/TTL` for IPv4
 //! multicast, as RFC 4566 requires); the origin names the sender's address.
+//! An SRTP stream is announced with the profile `RTP/SAVP` and its key in
+//! an SDES `a=crypto` line (RFC 4568), as ffmpeg writes and reads it: the
+//! text is then a secret, and the caller writes it readable by its owner
+//! only.
 
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::audio::format::StreamFormat;
+use crate::rtp::srtp::Suite;
+
+/// The SRTP suite and the master key and salt in base64 (`inline:`).
+#[derive(Debug, Clone)]
+pub struct Crypto {
+    pub suite: Suite,
+    pub key: String,
+}
 
 /// What the description says.
 #[derive(Debug, Clone)]
@@ -23,6 +35,8 @@ pub struct SdpParams {
     pub ttl: u8,
     /// Session id and version (NTP-ish numbers; any unique value will do).
     pub session_id: u64,
+    /// SRTP: the `a=crypto` line's suite and key.
+    pub crypto: Option<Crypto>,
 }
 
 fn addr_type(ip: IpAddr) -> &'static str {
@@ -53,15 +67,25 @@ pub fn describe(p: &SdpParams) -> String {
          s=netspeaker-send\r\n\
          c=IN {ct} {conn}\r\n\
          t=0 0\r\n\
-         m=audio {port} RTP/AVP {pt}\r\n\
+         m=audio {port} {profile} {pt}\r\n\
          a=rtpmap:{pt} {name}/{rate}{channels}\r\n\
          a=ptime:{ptime}\r\n\
+         {crypto}\
          a=sendonly\r\n",
         id = p.session_id,
         ot = addr_type(p.origin),
         origin = p.origin,
         ct = addr_type(ip),
         port = p.dest.port(),
+        profile = if p.crypto.is_some() {
+            "RTP/SAVP"
+        } else {
+            "RTP/AVP"
+        },
+        crypto = match &p.crypto {
+            Some(c) => format!("a=crypto:1 {} inline:{}\r\n", c.suite.name(), c.key),
+            None => String::new(),
+        },
         pt = p.payload_type,
         name = p.format.encoding.rtp_name(),
         rate = p.format.rate,
@@ -89,6 +113,7 @@ mod tests {
             ptime_ms: 20,
             ttl: 1,
             session_id: 42,
+            crypto: None,
         };
         assert_eq!(
             describe(&p),
@@ -112,6 +137,7 @@ mod tests {
             ptime_ms: 40,
             ttl: 16,
             session_id: 7,
+            crypto: None,
         };
         let s = describe(&p);
         assert!(s.contains("c=IN IP4 239.255.77.1/16\r\n"), "{s}");
@@ -134,9 +160,40 @@ mod tests {
             ptime_ms: 20,
             ttl: 5,
             session_id: 1,
+            crypto: None,
         };
         let s = describe(&p);
         assert!(s.contains("o=- 1 1 IN IP6 ::1\r\n"), "{s}");
         assert!(s.contains("c=IN IP6 ff15::77\r\n"), "{s}");
+    }
+
+    #[test]
+    fn srtp_stream_is_savp_with_an_sdes_crypto_line() {
+        let p = SdpParams {
+            dest: "127.0.0.1:5004".parse().unwrap(),
+            origin: "127.0.0.1".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::Pcmu,
+                rate: 8000,
+                channels: 1,
+            },
+            payload_type: 0,
+            ptime_ms: 20,
+            ttl: 1,
+            session_id: 3,
+            crypto: Some(Crypto {
+                suite: Suite::AesCm128HmacSha1_32,
+                key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd".into(),
+            }),
+        };
+        let s = describe(&p);
+        assert!(s.contains("m=audio 5004 RTP/SAVP 0\r\n"), "{s}");
+        assert!(
+            s.contains(
+                "a=crypto:1 AES_CM_128_HMAC_SHA1_32 \
+                 inline:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd\r\n"
+            ),
+            "{s}"
+        );
     }
 }

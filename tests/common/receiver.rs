@@ -126,7 +126,7 @@ impl Drop for RunningReceiver {
 
 /// The figures of one statistics line, by name: `packets`, `lost`, `late`,
 /// `reordered`, `duplicates`, `dropped`, `overflow`, `filtered`,
-/// `malformed`, `concealed` (ms), `stretched` (ms), `underruns`, `jitter`,
+/// `malformed`, `auth-failed`, `concealed` (ms), `stretched` (ms), `underruns`, `jitter`,
 /// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats(pub HashMap<String, f64>);

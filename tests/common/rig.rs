@@ -33,6 +33,9 @@ pub struct Stats {
     pub overflow: u64,
     pub filtered: u64,
     pub malformed: u64,
+    /// SRTP packets refused (authentication failed or replayed); 0 on a
+    /// line from before SRTP.
+    pub auth_failed: u64,
     pub concealed_ms: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
@@ -61,6 +64,7 @@ impl Stats {
             overflow: self.overflow.saturating_sub(earlier.overflow),
             filtered: self.filtered.saturating_sub(earlier.filtered),
             malformed: self.malformed.saturating_sub(earlier.malformed),
+            auth_failed: self.auth_failed.saturating_sub(earlier.auth_failed),
             concealed_ms: self.concealed_ms.saturating_sub(earlier.concealed_ms),
             stretched_ms: self.stretched_ms.saturating_sub(earlier.stretched_ms),
             underruns: self.underruns.saturating_sub(earlier.underruns),
@@ -94,6 +98,7 @@ impl Stats {
             overflow: int("overflow")?,
             filtered: int("filtered")?,
             malformed: int("malformed")?,
+            auth_failed: int("auth-failed").unwrap_or(0),
             concealed_ms: int("concealed")?,
             stretched_ms: int("stretched")?,
             underruns: int("underruns")?,
@@ -562,10 +567,11 @@ mod tests {
     #[test]
     fn stats_line_parses() {
         let l = "[INFO netspeaker] packets 500 lost 3 late 1 reordered 2 duplicates 4 \
-                 dropped 10 (overflow 7 filtered 2 malformed 1) concealed 60 ms stretched 5 ms \
-                 underruns 0 jitter 1.5 ms buffer 12.5/10.0 ms alsa 10.0 ms delay 22.5 ms \
-                 drift -1234.0 ppm";
+                 dropped 10 (overflow 7 filtered 2 malformed 1) auth-failed 3 concealed 60 ms \
+                 stretched 5 ms underruns 0 jitter 1.5 ms buffer 12.5/10.0 ms alsa 10.0 ms \
+                 delay 22.5 ms drift -1234.0 ppm";
         let s = Stats::parse(l).expect("a stats line");
+        assert_eq!(s.auth_failed, 3);
         assert_eq!((s.packets, s.lost, s.late, s.reordered), (500, 3, 1, 2));
         assert_eq!((s.duplicates, s.dropped, s.overflow), (4, 10, 7));
         assert_eq!((s.filtered, s.malformed, s.concealed_ms), (2, 1, 60));
