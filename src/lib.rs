@@ -31,6 +31,8 @@
 //! direction live in `receive` and `send`; the binaries in `src/bin` only
 //! parse options and wire stages together.
 
+pub mod alsa;
+pub mod audio;
 pub mod net;
 pub mod receive;
 pub mod rtp;
