@@ -195,7 +195,7 @@ fn child() {
         while let Some(event) = playout.events.dequeue() {
             match &event {
                 Event::DeviceLost(_) => lost += 1,
-                Event::DeviceOpened(_) => opened += 1,
+                Event::DeviceOpened { .. } => opened += 1,
                 Event::StreamStarted { .. } | Event::NewStream { .. } => streams += 1,
                 _ => {}
             }

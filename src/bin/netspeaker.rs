@@ -426,7 +426,7 @@ fn run(options: Options) -> Result<(), String> {
             log_event(&event, now, &mut underrun_log, &mut device_log);
             if ready.is_none() {
                 ready = match event {
-                    Event::DeviceOpened(_) => Some("playing"),
+                    Event::DeviceOpened { .. } => Some("playing"),
                     Event::DeviceOpenFailed(_) => Some("waiting for the sound device"),
                     _ => None,
                 };
@@ -494,11 +494,15 @@ fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {
 fn log_event(event: &Event, now: u64, underruns: &mut RateLimit, device: &mut RateLimit) {
     match event {
         Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => log::warn!("{e}"),
-        Event::DeviceOpened(n) => log::info!(
-            "device '{}' open: {:?} {:?} {} Hz {} ch, period {} frames, buffer {} frames",
+        Event::DeviceOpened {
+            negotiated: n,
+            started_ms,
+        } => log::info!(
+            "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
+             (consuming after {started_ms} ms)",
             n.device,
-            n.access,
-            n.format,
+            n.access.name(),
+            n.format.alsa_name(),
             n.rate,
             n.channels,
             n.period_frames,

@@ -105,8 +105,12 @@ pub type ReplyQueue = heapless::spsc::Queue<Reply, DEVICE_QUEUE>;
 
 /// What the link tells the playout thread, to be passed on as events.
 pub enum LinkEvent {
-    /// The device has been seen consuming: it really plays.
-    Playing(Negotiated),
+    /// The device has been seen consuming: it really plays. A sound server
+    /// may take a second or two to start a new stream: `started_ms` says.
+    Playing {
+        negotiated: Negotiated,
+        started_ms: u64,
+    },
     OpenFailed(OpenError),
     /// A bank could not be queued for freeing (the queue was full); it is
     /// dropped here instead. Never expected: counted as a fault.
@@ -130,6 +134,8 @@ enum State {
         /// Frames written since the open: with the device's delay, where
         /// it is (for the clock estimate).
         frames: u64,
+        /// When the playout thread took it over.
+        opened_ns: u64,
     },
 }
 
@@ -198,6 +204,7 @@ impl DeviceLink {
                         announce: Some(negotiated),
                         writes: 0,
                         frames: 0,
+                        opened_ns: now_ns,
                     };
                     event
                 }
@@ -241,12 +248,13 @@ impl DeviceLink {
 
     /// A write of `frames` went through; after enough of them the device
     /// is known to consume, and its announcement is handed out once.
-    pub fn written(&mut self, frames: usize) -> Option<LinkEvent> {
+    pub fn written(&mut self, frames: usize, now_ns: u64) -> Option<LinkEvent> {
         let confirm = self.writes_to_confirm;
         if let State::Open {
             announce,
             writes,
             frames: total,
+            opened_ns,
             ..
         } = &mut self.state
         {
@@ -254,7 +262,11 @@ impl DeviceLink {
             if announce.is_some() {
                 *writes += 1;
                 if *writes > confirm {
-                    return announce.take().map(LinkEvent::Playing);
+                    let started_ms = now_ns.saturating_sub(*opened_ns) / 1_000_000;
+                    return announce.take().map(|negotiated| LinkEvent::Playing {
+                        negotiated,
+                        started_ms,
+                    });
                 }
             }
         }
@@ -282,6 +294,7 @@ impl DeviceLink {
                         announce: None,
                         writes: 0,
                         frames: 0,
+                        opened_ns: 0,
                     };
                 }
             }

@@ -41,8 +41,12 @@ pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
 pub enum Event {
     RealtimeRefused(crate::service::sched::SchedError),
     MemoryLockRefused(crate::service::sched::SchedError),
-    /// The device was opened and has been seen consuming.
-    DeviceOpened(Negotiated),
+    /// The device was opened and has been seen consuming, `started_ms`
+    /// after it was handed over.
+    DeviceOpened {
+        negotiated: Negotiated,
+        started_ms: u64,
+    },
     DeviceOpenFailed(OpenError),
     DeviceLost(AlsaError),
     /// The device is closed on purpose, to be opened again at once.
@@ -134,7 +138,7 @@ impl PlayoutThread {
                             } else {
                                 len / channels
                             };
-                            if let Some(e) = self.device.written(queued) {
+                            if let Some(e) = self.device.written(queued, delay_at) {
                                 // From now on its position is real: a
                                 // sound server that was still starting
                                 // its stream reported none.
@@ -204,7 +208,13 @@ impl PlayoutThread {
 
     fn link_event(&mut self, e: LinkEvent) {
         match e {
-            LinkEvent::Playing(n) => self.event(Event::DeviceOpened(n)),
+            LinkEvent::Playing {
+                negotiated,
+                started_ms,
+            } => self.event(Event::DeviceOpened {
+                negotiated,
+                started_ms,
+            }),
             LinkEvent::OpenFailed(e) => {
                 self.stats.device_errors.fetch_add(1, Relaxed);
                 self.event(Event::DeviceOpenFailed(e));
