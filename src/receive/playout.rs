@@ -88,15 +88,15 @@ impl PlayoutThread {
     /// The thread body; returns when `stop` is set, having handed the
     /// device to the device thread to close.
     pub fn run(mut self) {
-        if self.config.rt_priority > 0 {
-            if let Err(e) = crate::service::sched::set_realtime(self.config.rt_priority) {
-                self.event(Event::RealtimeRefused(e));
-            }
+        let refusals = crate::service::sched::enter_realtime(crate::service::sched::Request {
+            priority: self.config.rt_priority,
+            lock_memory: self.config.lock_memory,
+        });
+        if let Some(e) = refusals.realtime {
+            self.event(Event::RealtimeRefused(e));
         }
-        if self.config.lock_memory {
-            if let Err(e) = crate::service::sched::lock_memory() {
-                self.event(Event::MemoryLockRefused(e));
-            }
+        if let Some(e) = refusals.memory {
+            self.event(Event::MemoryLockRefused(e));
         }
         let mut out = vec![0.0f32; max_period_samples(&self.config)];
         let mut was_state = StreamState::NoStream;
