@@ -125,7 +125,7 @@ fn ffmpeg_stream_in_a_junk_flood_plays_intact() {
     let _slot = paced_slot();
     let dir = TestDir::new("source-lock-flood");
     let port = free_port();
-    let (_pulse, _alsa, mut rx) = receiver(&dir, port);
+    let (_pulse, alsa, mut rx) = receiver(&dir, port);
     let to = SocketAddr::from(([127, 0, 0, 1], port));
     let (stop, count, flooder) = start_flood(to);
     // The flood runs first: a fresh receiver must not take junk for a
@@ -151,6 +151,21 @@ fn ffmpeg_stream_in_a_junk_flood_plays_intact() {
     assert_eq!(code, Some(0));
     let log = rx.log_text();
     let sent = 250.0;
+    // What was heard: the tone and nothing else. Junk played as audio is
+    // broadband noise; every 10 ms block with sound must be the 440 Hz
+    // tone (concealment repeats its pitch, so it passes).
+    let (x, rate) = recording(&alsa, &log);
+    let block = (rate / 100.0) as usize;
+    let purity: Vec<f64> = x
+        .chunks_exact(block)
+        .filter(|b| b.iter().map(|v| v * v).sum::<f32>() / block as f32 > 1e-4)
+        .map(|b| tone_share(b, 440.0, rate))
+        .collect();
+    let impure = purity.iter().filter(|&&p| p < 0.9).count();
+    let worst = purity.iter().cloned().fold(1.0, f64::min);
+    report("10 ms blocks with sound", purity.len());
+    report("blocks not the pure tone (< 90 % at 440 Hz)", impure);
+    report("worst block's share at 440 Hz", format!("{worst:.3}"));
     let (total, mapped) = (count.total.load(Relaxed), count.mapped.load(Relaxed));
     report("flood datagrams", total);
     report("flood RTP-looking with PT 0/8", mapped);
@@ -179,6 +194,19 @@ fn ffmpeg_stream_in_a_junk_flood_plays_intact() {
         stats.get("stray") + 16.0 >= mapped as f64,
         "stray {} of {mapped}\n{log}",
         stats.get("stray")
+    );
+    // 5 s of tone heard (less what clock following shortened); only
+    // blocks at its edges and where ffmpeg's
+    // bursty pacing made the buffer conceal (as without the flood) may
+    // fall short of a pure tone.
+    assert!(
+        purity.len() >= 440,
+        "{} blocks of tone\n{log}",
+        purity.len()
+    );
+    assert!(
+        impure * 100 <= purity.len() * 3,
+        "{impure} blocks not the tone\n{log}"
     );
     assert!(!log.contains("new sender"), "{log}");
     assert!(!log.contains("buffer reset"), "{log}");
@@ -217,6 +245,22 @@ fn recording(alsa: &AlsaConfig, log: &str) -> (Vec<f32>, f64) {
             .collect()
     };
     (mono, rate as f64)
+}
+
+/// The share of `block`'s energy at `freq` Hz (Goertzel, the block's own
+/// window): 1 for a pure tone of that frequency, small for noise.
+fn tone_share(block: &[f32], freq: f64, rate: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / rate;
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in block {
+        let s0 = v as f64 + 2.0 * w.cos() * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - 2.0 * w.cos() * s1 * s2;
+    let energy: f64 = block.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    // A pure tone's Goertzel power is energy × N / 2.
+    (2.0 * power / (energy * block.len() as f64)).min(1.0)
 }
 
 /// Index of the first sample at or after `from` that is audible (0.01)
