@@ -85,6 +85,36 @@ mod tests {
     }
 
     #[test]
+    fn random_datagrams_never_panic_and_lists_are_whole_sources() {
+        let mut rng = 0x1234_5678_9abc_def1u64;
+        let mut found = 0;
+        for _ in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let len = (rng % 48) as usize;
+            let mut d: Vec<u8> = (0..len).map(|i| (rng >> (i % 8 * 8)) as u8).collect();
+            // Bias towards the shapes the walk reads: version 2, BYE.
+            if let Some(b) = d.get_mut(0) {
+                *b = (*b & 0x3f) | 0x80;
+            }
+            if rng % 2 == 0 && len >= 8 {
+                // One part of consistent length, a small count.
+                let words = (len / 4 - 1) as u16;
+                d.truncate(len / 4 * 4);
+                d[0] = 0x80 | ((rng >> 40) as u8 % 4);
+                d[1] = BYE;
+                d[2..4].copy_from_slice(&words.to_be_bytes());
+            }
+            if let Some(list) = bye_sources(&d) {
+                assert!(!list.is_empty() && list.len() % 4 == 0 && list.len() <= d.len());
+                found += 1;
+            }
+        }
+        assert!(found > 0, "the generator never made a BYE");
+    }
+
+    #[test]
     fn other_rtcp_and_inconsistent_compounds_are_not_byes() {
         let mut trailing = bye(&[7], 0);
         trailing.push(0);
