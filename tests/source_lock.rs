@@ -143,7 +143,8 @@ fn ffmpeg_stream_in_a_junk_flood_plays_intact() {
         .status()
         .expect("ffmpeg is installed (see TESTING.md)");
     assert!(status.success(), "ffmpeg failed");
-    std::thread::sleep(Duration::from_millis(300));
+    // Past the stream-lost timeout (500 ms), the flood still on.
+    std::thread::sleep(Duration::from_millis(700));
     stop.store(true, Relaxed);
     flooder.join().expect("flood thread");
     std::thread::sleep(Duration::from_millis(100));
@@ -214,6 +215,10 @@ fn ffmpeg_stream_in_a_junk_flood_plays_intact() {
     assert!(
         log.contains("said goodbye (RTCP BYE)"),
         "ffmpeg's BYE\n{log}"
+    );
+    assert!(
+        !log.contains("stream lost"),
+        "a BYE is an end, not a loss\n{log}"
     );
     assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
 }

@@ -232,7 +232,11 @@ impl PlayoutThread {
     }
 
     fn state_changed(&mut self, from: StreamState, to: StreamState) {
-        if to == StreamState::Lost && from == StreamState::Playing {
+        // A sender that said BYE has ended (already told): no warning.
+        if to == StreamState::Lost
+            && from == StreamState::Playing
+            && !self.engine.source().current_ended()
+        {
             self.event(Event::StreamLost);
         }
     }

@@ -300,6 +300,12 @@ impl SourceLock {
         self.current.map(|c| c.ssrc)
     }
 
+    /// The source being played said BYE: its silence is its end, not a
+    /// loss.
+    pub fn current_ended(&self) -> bool {
+        self.current.is_some_and(|c| c.ended)
+    }
+
     /// Judges one packet; see the module documentation. After
     /// `Verdict::TakeOver`, take the new source's held packets with
     /// `take_held` before the next `push` (which drops what is left).
@@ -878,7 +884,9 @@ mod tests {
         // over as soon as it is validated, without the quiet time.
         let mut l = lock();
         let t = started(&mut l, 1, 0);
+        assert!(!l.current_ended());
         assert_eq!(l.push(&bye(&[9, 1], t + 1)), Verdict::Ended { ssrc: 1 });
+        assert!(l.current_ended());
         assert_eq!(l.push(&bye(&[1], t + 2)), Verdict::Ignored);
         assert_eq!(l.push(&pkt(2, 0, t + 5)), Verdict::Held);
         assert_eq!(
