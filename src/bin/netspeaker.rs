@@ -538,6 +538,13 @@ fn log_event(event: &Event, now: u64, underruns: &mut RateLimit, device: &mut Ra
             log::warn!("stream lost: no packets; faded out, waiting for the sender")
         }
         Event::Resync => log::info!("timestamp jump: jitter buffer resynchronised"),
+        Event::Contending { ssrc, current } => log::warn!(
+            "source: another sender (SSRC {ssrc:08x}) streams to this port while \
+             SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops"
+        ),
+        Event::SenderLeft { ssrc } => {
+            log::info!("source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
+        }
         Event::QueueFull => {
             log::warn!("playout: an internal queue was full (a bug: please report)")
         }

@@ -16,8 +16,10 @@
 //!
 //! Policy: a datagram from a source outside `--allow`, a truncated or
 //! oversized datagram, a malformed RTP header, an unknown payload type,
-//! RTCP, or a payload that is not whole frames is counted, reported as an
-//! event with its source, and dropped. A full packet queue drops the new
+//! RTCP other than a BYE, or a payload that is not whole frames is
+//! counted, reported as an event with its source, and dropped. An RTCP BYE
+//! is queued like a packet (a slot of kind `Bye`), so that the playout
+//! side learns at once that a sender left. A full packet queue drops the new
 //! packet and counts it; a full event queue counts the event as a
 //! suppressed repeat, carried by the next event of its kind that fits. The
 //! net thread never waits for another thread. Order is not judged here:
@@ -95,13 +97,14 @@ impl Default for NetConfig {
 pub struct NetCounters {
     pub datagrams: AtomicU64,
     pub bytes: AtomicU64,
-    /// Handed to the playout thread.
+    /// Handed to the playout thread (audio, and RTCP BYEs).
     pub queued: AtomicU64,
     /// From a source outside `--allow`.
     pub filtered: AtomicU64,
     /// Bad RTP header, empty payload or not whole frames.
     pub malformed: AtomicU64,
     pub unknown_payload_type: AtomicU64,
+    /// RTCP other than BYE.
     pub rtcp: AtomicU64,
     /// Longer than a packet slot or the receive buffer.
     pub too_large: AtomicU64,
@@ -602,7 +605,12 @@ pub fn run_with_srtp(
                 continue;
             }
         };
-        match parser.parse_into(datagram, now, &mut slot) {
+        let parsed = match parser.parse_into(datagram, now, &mut slot) {
+            // A BYE goes on to the playout side, which lets the source go.
+            Err(ParseError::Rtcp) => parser.parse_bye_into(datagram, now, &mut slot),
+            parsed => parsed,
+        };
+        match parsed {
             Ok(()) => match queue.enqueue(slot.clone()) {
                 Ok(()) => bump(&counters.queued),
                 Err(_) => reject(DropReason::QueueFull, &counters.queue_full),
@@ -725,6 +733,37 @@ mod tests {
             .all(|p| p.frames() == 160 && p.ssrc == 7 && p.arrival_ns > 0));
         assert_eq!(counters.queued.load(Ordering::Relaxed), 5);
         assert_eq!(counters.bytes.load(Ordering::Relaxed), 5 * 172);
+    }
+
+    #[test]
+    fn rtcp_bye_is_queued_other_rtcp_dropped() {
+        let receiver = Receiver::bind(&loopback("127.0.0.1")).unwrap();
+        let to = receiver.local_addr();
+        let counters = NetCounters::default();
+        // A receiver report alone, then RR + BYE for SSRC 7 (RFC 5761 mux).
+        let rr = [0x80u8, 201, 0, 1, 0, 0, 0, 9];
+        let mut rr_bye = rr.to_vec();
+        rr_bye.extend_from_slice(&[0x81, 203, 0, 1, 0, 0, 0, 7]);
+        let (got, _events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            tx.send_to(&pcmu(1), to).unwrap();
+            tx.send_to(&rr, to).unwrap();
+            tx.send_to(&rr_bye, to).unwrap();
+            tx.send_to(&pcmu(2), to).unwrap();
+            wait_for(&counters.datagrams, 4);
+        });
+        use crate::rtp::packet::PacketKind;
+        let kinds: Vec<(PacketKind, u32)> = got.iter().map(|p| (p.kind, p.ssrc)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (PacketKind::Audio, 7),
+                (PacketKind::Bye, 7),
+                (PacketKind::Audio, 7)
+            ]
+        );
+        assert_eq!(counters.queued.load(Ordering::Relaxed), 3);
+        assert_eq!(counters.rtcp.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -29,8 +29,9 @@ use crate::receive::conceal::Concealer;
 use crate::receive::delay::{DelayConfig, DelayEstimator};
 use crate::receive::drift::{ControllerConfig, ControllerError, DelayController};
 use crate::receive::jitter::{JitterBuffer, JitterConfig, PushOutcome, ReadStatus, StreamState};
+use crate::receive::source::{Admission, SourceConfig, SourceLock, Verdict};
 use crate::receive::stretch::Stretcher;
-use crate::rtp::packet::Packet;
+use crate::rtp::packet::{Packet, PacketKind};
 use core::fmt;
 
 /// How the playout delay target is chosen.
@@ -135,6 +136,7 @@ pub enum PlayoutError {
     Delay(crate::receive::delay::DelayError),
     Controller(ControllerError),
     Clock(ClockError),
+    Source(crate::receive::source::SourceError),
 }
 
 impl fmt::Display for PlayoutError {
@@ -147,6 +149,7 @@ impl fmt::Display for PlayoutError {
             PlayoutError::Delay(e) => write!(f, "delay estimator: {e}"),
             PlayoutError::Controller(e) => write!(f, "delay controller: {e}"),
             PlayoutError::Clock(e) => write!(f, "clock estimator: {e}"),
+            PlayoutError::Source(e) => write!(f, "source lock: {e}"),
         }
     }
 }
@@ -189,6 +192,8 @@ const MIN_CAPACITY_MS: u32 = 2_000;
 
 /// The pure playout chain; one call to `render` makes one device period.
 pub struct Engine {
+    /// Which sender plays: ahead of the jitter buffer.
+    source: SourceLock,
     jitter: JitterBuffer,
     concealer: Concealer,
     stretcher: Stretcher,
@@ -265,7 +270,13 @@ impl Engine {
             Latency::Fixed { ms } => (ms, ms),
             Latency::Auto { min_ms, max_ms } => (min_ms, max_ms),
         };
+        let source = SourceLock::new(&SourceConfig {
+            stream_lost_ms: config.stream_lost_ms,
+            ..SourceConfig::default()
+        })
+        .map_err(PlayoutError::Source)?;
         Ok(Engine {
+            source,
             jitter,
             concealer: Concealer::new(max_channels, max_rate).map_err(PlayoutError::Conceal)?,
             stretcher: Stretcher::new(max_channels, max_rate, max_frames)
@@ -304,7 +315,39 @@ impl Engine {
         })
     }
 
-    pub fn push(&mut self, packet: &Packet) -> PushOutcome {
+    /// Feeds one packet: the source lock first (which sender plays),
+    /// then the jitter buffer.
+    pub fn push(&mut self, packet: &Packet) -> Admission {
+        match self.source.push(packet) {
+            Verdict::Play => Admission::Pushed(self.play(packet)),
+            Verdict::TakeOver { .. } => {
+                // The new source's held packets first, oldest first; its
+                // first packet's outcome (the new stream) is the one told.
+                let mut held = Packet::empty(packet.format);
+                let mut first = None;
+                while self.source.take_held(&mut held) {
+                    let outcome = self.play(&held);
+                    first.get_or_insert(outcome);
+                }
+                if packet.kind == PacketKind::Audio {
+                    let outcome = self.play(packet);
+                    first.get_or_insert(outcome);
+                }
+                first.map_or(Admission::Held, Admission::Pushed)
+            }
+            Verdict::Held => Admission::Held,
+            Verdict::Contending { ssrc, current } => Admission::Contending { ssrc, current },
+            Verdict::Ended { ssrc } => Admission::Ended { ssrc },
+            Verdict::Ignored => Admission::Ignored,
+        }
+    }
+
+    /// The source lock (its counters: `source().metrics()`).
+    pub fn source(&self) -> &SourceLock {
+        &self.source
+    }
+
+    fn play(&mut self, packet: &Packet) -> PushOutcome {
         // Before playing starts the level must count the packet size,
         // known only now, so the buffer does not start one packet early.
         if self.jitter.state() != StreamState::Playing {
@@ -325,6 +368,12 @@ impl Engine {
         if !packet.sequential && outcome != PushOutcome::Unsupported {
             self.clock
                 .on_packet(packet.arrival_ns, packet.timestamp, packet.format.rate);
+        }
+        // A new sender after the old one's concealment has faded out
+        // starts clean, as audio after silence does: its held packets may
+        // start playing at once, with no idle read in between to say so.
+        if matches!(outcome, PushOutcome::NewStream { .. }) && self.concealer.is_silent() {
+            self.sounding = false;
         }
         if matches!(self.latency, Latency::Auto { .. }) && !packet.sequential {
             self.timed_packets += 1;
@@ -891,11 +940,8 @@ mod tests {
         .unwrap();
         for k in 0..3 {
             engine.push(&pcmu_packet(k));
-            assert_eq!(
-                engine.jitter().state(),
-                StreamState::Prebuffering,
-                "packet {k}"
-            );
+            // (Before packet 1 the source is on probation: no stream yet.)
+            assert_ne!(engine.jitter().state(), StreamState::Playing, "packet {k}");
         }
         engine.push(&pcmu_packet(3));
         assert_eq!(engine.jitter().state(), StreamState::Playing);

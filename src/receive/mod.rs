@@ -10,5 +10,6 @@ pub mod drift;
 pub mod engine;
 pub mod jitter;
 pub mod playout;
+pub mod source;
 pub mod stats;
 pub mod stretch;

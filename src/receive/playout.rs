@@ -20,6 +20,7 @@ use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
 use crate::receive::device::{DeviceLink, LinkEvent, OpenError};
 use crate::receive::engine::{Engine, PlayoutConfig, MAX_PERIOD_MS};
 use crate::receive::jitter::{PushOutcome, StreamState};
+use crate::receive::source::Admission;
 use crate::receive::stats::PlayoutStats;
 use crate::rtp::packet::Packet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -64,6 +65,16 @@ pub enum Event {
     },
     StreamLost,
     Resync,
+    /// A second sender (`ssrc`, validated) streams to the port while
+    /// `current` plays: its packets are held, then counted as stray.
+    Contending {
+        ssrc: u32,
+        current: u32,
+    },
+    /// The current sender said RTCP BYE: the next one plays at once.
+    SenderLeft {
+        ssrc: u32,
+    },
     /// An internal queue was full (never expected; counted).
     QueueFull,
 }
@@ -225,30 +236,39 @@ impl PlayoutThread {
 
     fn drain_packets(&mut self) {
         while let Some(packet) = self.packets.dequeue() {
-            match self.engine.push(&packet) {
-                PushOutcome::NewStream {
+            let admission = self.engine.push(&packet);
+            // The stream's format: a take-over triggered by a BYE carries
+            // none of its own.
+            let format = self.engine.jitter().format().unwrap_or(packet.format);
+            match admission {
+                Admission::Pushed(PushOutcome::NewStream {
                     previous_ssrc: Some(previous_ssrc),
                     ssrc,
-                } => self.event(Event::NewStream {
+                }) => self.event(Event::NewStream {
                     previous_ssrc,
                     ssrc,
-                    format: packet.format,
+                    format,
                 }),
-                PushOutcome::NewStream {
+                Admission::Pushed(PushOutcome::NewStream {
                     previous_ssrc: None,
                     ssrc,
-                } => self.event(Event::StreamStarted {
-                    ssrc,
-                    format: packet.format,
-                }),
-                PushOutcome::Resync => self.event(Event::Resync),
-                _ => {}
+                }) => self.event(Event::StreamStarted { ssrc, format }),
+                Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync),
+                Admission::Contending { ssrc, current } => {
+                    self.event(Event::Contending { ssrc, current })
+                }
+                Admission::Ended { ssrc } => self.event(Event::SenderLeft { ssrc }),
+                Admission::Pushed(_) | Admission::Held | Admission::Ignored => {}
             }
         }
     }
 
     fn state_changed(&mut self, from: StreamState, to: StreamState) {
-        if to == StreamState::Lost && from == StreamState::Playing {
+        // A sender that said BYE has ended (already told): no warning.
+        if to == StreamState::Lost
+            && from == StreamState::Playing
+            && !self.engine.source().current_ended()
+        {
             self.event(Event::StreamLost);
         }
     }
@@ -262,6 +282,7 @@ impl PlayoutThread {
         s.late.store(m.late, Relaxed);
         s.reordered.store(m.reordered, Relaxed);
         s.duplicates.store(m.duplicates, Relaxed);
+        s.stray.store(self.engine.source().metrics().stray, Relaxed);
         s.overflow.store(m.overflow, Relaxed);
         s.new_streams.store(m.new_streams, Relaxed);
         s.stream_lost.store(m.stream_lost, Relaxed);

@@ -16,6 +16,9 @@ pub struct PlayoutStats {
     pub late: AtomicU64,
     pub reordered: AtomicU64,
     pub duplicates: AtomicU64,
+    /// Packets from senders other than the one playing, dropped by the
+    /// source lock.
+    pub stray: AtomicU64,
     pub overflow: AtomicU64,
     pub new_streams: AtomicU64,
     pub stream_lost: AtomicU64,
@@ -52,6 +55,7 @@ pub struct StatsLine {
     pub late: u64,
     pub reordered: u64,
     pub duplicates: u64,
+    pub stray: u64,
     pub dropped_overflow: u64,
     pub dropped_filtered: u64,
     pub dropped_malformed: u64,
@@ -89,6 +93,7 @@ impl PlayoutStats {
         line.late = self.late.load(Relaxed);
         line.reordered = self.reordered.load(Relaxed);
         line.duplicates = self.duplicates.load(Relaxed);
+        line.stray = self.stray.load(Relaxed);
         line.dropped_overflow += self.overflow.load(Relaxed);
         let rate = self.stream_rate.load(Relaxed).max(1) as u64;
         line.concealed_ms = self.concealed_frames.load(Relaxed) * 1000 / rate;
@@ -110,7 +115,7 @@ impl fmt::Display for StatsLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "packets {} lost {} late {} reordered {} duplicates {} \
+            "packets {} lost {} late {} reordered {} duplicates {} stray {} \
              dropped {} (overflow {} filtered {} malformed {}) auth-failed {} \
              concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
              buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm ",
@@ -119,6 +124,7 @@ impl fmt::Display for StatsLine {
             self.late,
             self.reordered,
             self.duplicates,
+            self.stray,
             self.dropped_overflow + self.dropped_filtered + self.dropped_malformed,
             self.dropped_overflow,
             self.dropped_filtered,
@@ -161,6 +167,8 @@ mod tests {
         let s = PlayoutStats::default();
         s.packets.store(500, Relaxed);
         s.lost.store(3, Relaxed);
+        s.duplicates.store(4, Relaxed);
+        s.stray.store(9, Relaxed);
         s.overflow.store(7, Relaxed);
         s.stream_rate.store(8000, Relaxed);
         s.concealed_frames.store(480, Relaxed);
@@ -177,6 +185,7 @@ mod tests {
         s.read_into(&mut line);
         let text = line.to_string();
         assert!(text.starts_with("packets 500 lost 3 "), "{text}");
+        assert!(text.contains(" duplicates 4 stray 9 dropped "), "{text}");
         assert!(
             text.contains("dropped 10 (overflow 7 filtered 2 malformed 1) auth-failed 4 "),
             "{text}"

@@ -8,7 +8,9 @@
 //! Policy: the header is validated completely (version 2, CSRC list, header
 //! extension skipped, padding removed) and anything truncated or
 //! inconsistent is rejected, never guessed at; RTCP sharing the port
-//! (RFC 5761) is recognised and reported as such. This stage does not
+//! (RFC 5761) is recognised and reported as such, except a BYE, which
+//! `parse_bye_into` turns into a slot of its own kind so the playout side
+//! can let the leaving source go at once. This stage does not
 //! judge order: late, lost, duplicate and reordered packets pass through
 //! untouched with their sequence number and timestamp, for the jitter
 //! buffer to place. Headerless PCM has no header to tell order, so the
@@ -20,6 +22,7 @@
 
 pub mod header;
 pub mod packet;
+pub mod rtcp;
 pub mod srtp;
 pub mod stats;
 
@@ -28,7 +31,7 @@ use core::fmt;
 pub use header::{is_payload_type, parse, RtpError, RtpHeader, HEADER_LEN};
 
 use crate::audio::format::{PayloadMap, StreamFormat};
-use crate::rtp::packet::{Packet, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
+use crate::rtp::packet::{Packet, PacketKind, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
 
 /// What the socket carries: RTP with a payload-type table, or headerless
 /// PCM of one fixed format.
@@ -137,6 +140,7 @@ impl PacketParser {
                     .get(header.payload_type)
                     .ok_or(ParseError::UnknownPayloadType(header.payload_type))?;
                 fill_payload(out, payload, format)?;
+                out.kind = PacketKind::Audio;
                 out.arrival_ns = arrival_ns;
                 out.ssrc = header.ssrc;
                 out.seq = header.sequence;
@@ -150,6 +154,7 @@ impl PacketParser {
             InputMode::Raw(format) => {
                 let format = *format;
                 let frames = fill_payload(out, datagram, format)?;
+                out.kind = PacketKind::Audio;
                 out.arrival_ns = arrival_ns;
                 out.ssrc = 0;
                 out.seq = self.raw_seq;
@@ -164,6 +169,39 @@ impl PacketParser {
                 Ok(())
             }
         }
+    }
+}
+
+impl PacketParser {
+    /// An RTCP datagram on the RTP port (one that `parse_into` refused as
+    /// `ParseError::Rtcp`): if it carries a BYE, fills `out` as a
+    /// `PacketKind::Bye` slot (its SSRC list as payload) and returns Ok;
+    /// any other RTCP, or an inconsistent compound, stays
+    /// `Err(ParseError::Rtcp)`. Headerless PCM has no RTCP: always Err.
+    pub fn parse_bye_into(
+        &self,
+        datagram: &[u8],
+        arrival_ns: u64,
+        out: &mut Packet,
+    ) -> Result<(), ParseError> {
+        if !matches!(self.mode, InputMode::Rtp(_)) {
+            return Err(ParseError::Rtcp);
+        }
+        let list = rtcp::bye_sources(datagram).ok_or(ParseError::Rtcp)?;
+        out.payload.clear();
+        out.payload
+            .extend_from_slice(list)
+            .map_err(|_| ParseError::Rtcp)?;
+        out.kind = PacketKind::Bye;
+        out.arrival_ns = arrival_ns;
+        let first = out.bye_ssrcs().next().unwrap_or(0);
+        out.ssrc = first;
+        out.seq = 0;
+        out.timestamp = 0;
+        out.marker = false;
+        out.payload_type = rtcp::BYE;
+        out.sequential = false;
+        Ok(())
     }
 }
 
@@ -430,6 +468,30 @@ mod tests {
         // Just outside the RTCP range stays RTP (PT 77 with marker = 205).
         let d = datagram(0, 205, &[], None, &[0; 8], 0);
         assert_eq!(parse(&d).map(|(h, _)| h.payload_type), Ok(77));
+    }
+
+    #[test]
+    fn bye_becomes_a_slot_of_its_own_kind() {
+        // A receiver report, then a BYE for two sources with a reason.
+        let mut d = vec![0x80, 201, 0, 1, 0, 0, 0, 9];
+        d.extend_from_slice(&[0x82, 203, 0, 3, 0, 0, 0, 7, 0, 0, 0, 8, 2, b'o', b'k', 0]);
+        let mut p = rtp_parser();
+        assert_eq!(p.parse_into(&d, 0, &mut slot()), Err(ParseError::Rtcp));
+        let mut out = slot();
+        p.parse_bye_into(&d, 77, &mut out).unwrap();
+        assert_eq!(out.kind, PacketKind::Bye);
+        assert_eq!((out.ssrc, out.arrival_ns), (7, 77));
+        assert_eq!(out.bye_ssrcs().collect::<Vec<_>>(), [7, 8]);
+        // The slot turns back into audio with the next RTP packet.
+        let rtp = datagram(0, 96, &[], None, &[0; 8], 0);
+        let mut q = rtp_parser();
+        q.parse_into(&rtp, 1, &mut out).unwrap();
+        assert_eq!(out.kind, PacketKind::Audio);
+        // Other RTCP stays refused; headerless PCM never has RTCP.
+        let rr = [0x80, 201, 0, 1, 0, 0, 0, 9];
+        assert_eq!(p.parse_bye_into(&rr, 0, &mut out), Err(ParseError::Rtcp));
+        let raw = PacketParser::new(InputMode::Raw(StreamFormat::TUTORIAL));
+        assert_eq!(raw.parse_bye_into(&d, 0, &mut out), Err(ParseError::Rtcp));
     }
 
     #[test]

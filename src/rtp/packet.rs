@@ -3,6 +3,10 @@
 //! queue. Fixed size, so moving packets between threads never allocates.
 //! The payload stays encoded; the playout side decodes it, so that codecs
 //! whose loss concealment lives in the decoder (Opus) fit later.
+//!
+//! A slot also carries an RTCP BYE that arrived on the RTP port (RFC 5761
+//! mux): `kind` tells it apart, and its payload is the BYE's SSRC list, so
+//! the playout side learns at once that a sender has left.
 
 use crate::audio::format::StreamFormat;
 
@@ -17,8 +21,22 @@ pub const MAX_PAYLOAD: usize = 4096;
 /// detected as such.
 pub const MAX_DATAGRAM: usize = MAX_PAYLOAD + 1024;
 
+/// What a slot holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PacketKind {
+    /// Audio: RTP or headerless PCM.
+    #[default]
+    Audio,
+    /// An RTCP BYE (RFC 3550 section 6.6): `ssrc` is the first source it
+    /// names, `payload` all of them (big-endian, 4 bytes each); the other
+    /// fields carry nothing.
+    Bye,
+}
+
 #[derive(Clone, Debug)]
 pub struct Packet {
+    /// Audio, or an RTCP BYE.
+    pub kind: PacketKind,
     /// Arrival time on the monotonic clock, in nanoseconds.
     pub arrival_ns: u64,
     /// RTP synchronisation source; 0 for headerless PCM.
@@ -48,6 +66,7 @@ pub const RAW_PAYLOAD_TYPE: u8 = 255;
 impl Packet {
     pub fn empty(format: StreamFormat) -> Self {
         Packet {
+            kind: PacketKind::Audio,
             arrival_ns: 0,
             ssrc: 0,
             seq: 0,
@@ -63,5 +82,60 @@ impl Packet {
     /// Frames of audio in the payload.
     pub fn frames(&self) -> usize {
         self.payload.len() / self.format.bytes_per_frame().max(1)
+    }
+
+    /// Copies `other` into this slot without building a temporary: the
+    /// payload is copied up to its length, not the slot's capacity.
+    pub fn copy_from(&mut self, other: &Packet) {
+        self.kind = other.kind;
+        self.arrival_ns = other.arrival_ns;
+        self.ssrc = other.ssrc;
+        self.seq = other.seq;
+        self.timestamp = other.timestamp;
+        self.marker = other.marker;
+        self.payload_type = other.payload_type;
+        self.format = other.format;
+        self.sequential = other.sequential;
+        self.payload.clear();
+        // Both hold at most MAX_PAYLOAD bytes: this cannot fail.
+        let _ = self.payload.extend_from_slice(&other.payload);
+    }
+
+    /// The sources an RTCP BYE names (nothing for an audio packet).
+    pub fn bye_ssrcs(&self) -> impl Iterator<Item = u32> + '_ {
+        let list = match self.kind {
+            PacketKind::Bye => self.payload.as_slice(),
+            PacketKind::Audio => &[],
+        };
+        list.chunks_exact(4)
+            .filter_map(|c| <[u8; 4]>::try_from(c).ok().map(u32::from_be_bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_from_copies_every_field() {
+        let mut a = Packet::empty(StreamFormat::TUTORIAL);
+        a.kind = PacketKind::Bye;
+        a.arrival_ns = 5;
+        a.ssrc = 6;
+        a.seq = 7;
+        a.timestamp = 8;
+        a.marker = true;
+        a.payload_type = 9;
+        a.sequential = true;
+        a.payload
+            .extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 2])
+            .unwrap();
+        let mut b = Packet::empty(StreamFormat::TUTORIAL);
+        b.payload.extend_from_slice(&[9; 100]).unwrap();
+        b.copy_from(&a);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_eq!(b.bye_ssrcs().collect::<Vec<_>>(), [1, 2]);
+        b.kind = PacketKind::Audio;
+        assert_eq!(b.bye_ssrcs().count(), 0);
     }
 }

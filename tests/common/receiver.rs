@@ -125,7 +125,7 @@ impl Drop for RunningReceiver {
 }
 
 /// The figures of one statistics line, by name: `packets`, `lost`, `late`,
-/// `reordered`, `duplicates`, `dropped`, `overflow`, `filtered`,
+/// `reordered`, `duplicates`, `stray`, `dropped`, `overflow`, `filtered`,
 /// `malformed`, `auth-failed`, `concealed` (ms), `stretched` (ms), `underruns`, `jitter`,
 /// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`.
 #[derive(Debug, Clone, Default)]

@@ -29,6 +29,8 @@ pub struct Stats {
     pub late: u64,
     pub reordered: u64,
     pub duplicates: u64,
+    /// Packets from senders other than the one playing (the source lock).
+    pub stray: u64,
     pub dropped: u64,
     pub overflow: u64,
     pub filtered: u64,
@@ -60,6 +62,7 @@ impl Stats {
             late: self.late.saturating_sub(earlier.late),
             reordered: self.reordered.saturating_sub(earlier.reordered),
             duplicates: self.duplicates.saturating_sub(earlier.duplicates),
+            stray: self.stray.saturating_sub(earlier.stray),
             dropped: self.dropped.saturating_sub(earlier.dropped),
             overflow: self.overflow.saturating_sub(earlier.overflow),
             filtered: self.filtered.saturating_sub(earlier.filtered),
@@ -94,6 +97,7 @@ impl Stats {
             late: int("late")?,
             reordered: int("reordered")?,
             duplicates: int("duplicates")?,
+            stray: int("stray").unwrap_or(0),
             dropped: int("dropped")?,
             overflow: int("overflow")?,
             filtered: int("filtered")?,
@@ -566,7 +570,7 @@ mod tests {
 
     #[test]
     fn stats_line_parses() {
-        let l = "[INFO netspeaker] packets 500 lost 3 late 1 reordered 2 duplicates 4 \
+        let l = "[INFO netspeaker] packets 500 lost 3 late 1 reordered 2 duplicates 4 stray 6 \
                  dropped 10 (overflow 7 filtered 2 malformed 1) auth-failed 3 concealed 60 ms \
                  stretched 5 ms underruns 0 jitter 1.5 ms buffer 12.5/10.0 ms alsa 10.0 ms \
                  delay 22.5 ms drift -1234.0 ppm";
@@ -574,6 +578,7 @@ mod tests {
         assert_eq!(s.auth_failed, 3);
         assert_eq!((s.packets, s.lost, s.late, s.reordered), (500, 3, 1, 2));
         assert_eq!((s.duplicates, s.dropped, s.overflow), (4, 10, 7));
+        assert_eq!(s.stray, 6);
         assert_eq!((s.filtered, s.malformed, s.concealed_ms), (2, 1, 60));
         assert_eq!((s.stretched_ms, s.underruns), (5, 0));
         assert_eq!((s.depth_ms, s.target_ms, s.delay_ms), (12.5, 10.0, 22.5));
