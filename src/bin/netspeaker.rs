@@ -9,13 +9,13 @@ use netspeaker::alsa::playback::Access;
 use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
+use netspeaker::receive::events::EventLog;
 use netspeaker::receive::playout::{self, Event, PacketQueue};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::log::{self as logging, LogTarget};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
-use netspeaker::service::ratelimit::RateLimit;
 use netspeaker::service::signals::{Handled, Signals};
 use netspeaker::service::usage::{self, number};
 use netspeaker::service::{self, Callbacks, Poll};
@@ -414,8 +414,7 @@ fn run(options: Options) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let notifier = Notifier::from_env();
-    let mut underrun_log = RateLimit::new(10_000_000_000, 3);
-    let mut device_log = RateLimit::new(30_000_000_000, 3);
+    let mut event_log = EventLog::default();
     // READY once the playout thread reports on its first device open,
     // success or not: a missing card is waited for and must not fail the
     // start.
@@ -423,7 +422,7 @@ fn run(options: Options) -> Result<(), String> {
     let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            log_event(&event, now, &mut underrun_log, &mut device_log);
+            event_log.log(&event, now);
             if ready.is_none() {
                 ready = match event {
                     Event::DeviceOpened { .. } => Some("playing"),
@@ -489,72 +488,4 @@ fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {
     };
     playout.read_into(&mut line);
     line
-}
-
-fn log_event(event: &Event, now: u64, underruns: &mut RateLimit, device: &mut RateLimit) {
-    match event {
-        Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => log::warn!("{e}"),
-        Event::DeviceOpened {
-            negotiated: n,
-            started_ms,
-        } => log::info!(
-            "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
-             (consuming after {started_ms} ms)",
-            n.device,
-            n.access.name(),
-            n.format.alsa_name(),
-            n.rate,
-            n.channels,
-            n.period_frames,
-            n.buffer_frames
-        ),
-        Event::DeviceOpenFailed(e) => {
-            if let Some(suppressed) = device.check(now) {
-                log::error!("{e}; retrying{}", suppressed_note(suppressed));
-            }
-        }
-        Event::DeviceLost(e) => log::warn!("{e}; reopening"),
-        Event::Reopening(why) => log::info!("reopening the device: {why}"),
-        Event::Underrun => {
-            if let Some(suppressed) = underruns.check(now) {
-                log::warn!(
-                    "underrun: the device ran dry and was restarted{}",
-                    suppressed_note(suppressed)
-                );
-            }
-        }
-        Event::Resumed => log::warn!("device resumed after suspend"),
-        Event::StreamStarted { ssrc, format } => {
-            log::info!("stream started: SSRC {ssrc:08x}, {format}")
-        }
-        Event::NewStream {
-            previous_ssrc,
-            ssrc,
-            format,
-        } => {
-            log::info!("new sender: SSRC {previous_ssrc:08x} → {ssrc:08x}, {format}; buffer reset")
-        }
-        Event::StreamLost => {
-            log::warn!("stream lost: no packets; faded out, waiting for the sender")
-        }
-        Event::Resync => log::info!("timestamp jump: jitter buffer resynchronised"),
-        Event::Contending { ssrc, current } => log::warn!(
-            "source: another sender (SSRC {ssrc:08x}) streams to this port while \
-             SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops"
-        ),
-        Event::SenderLeft { ssrc } => {
-            log::info!("source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
-        }
-        Event::QueueFull => {
-            log::warn!("playout: an internal queue was full (a bug: please report)")
-        }
-    }
-}
-
-fn suppressed_note(n: u64) -> String {
-    if n == 0 {
-        String::new()
-    } else {
-        format!(" ({n} similar lines suppressed)")
-    }
 }

@@ -8,6 +8,7 @@ pub mod delay;
 pub mod device;
 pub mod drift;
 pub mod engine;
+pub mod events;
 pub mod jitter;
 pub mod playout;
 pub mod source;

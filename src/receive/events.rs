@@ -1,0 +1,99 @@
+//! What the playout thread reports, in words: the main thread drains the
+//! playout thread's event queue and writes each event as a log line, the
+//! noisy kinds (underruns, failed opens) rate-limited. The playout thread
+//! itself never logs (formatting allocates, and a logger may block).
+
+use crate::receive::playout::Event;
+use crate::service::ratelimit::RateLimit;
+
+/// Rate limits of the noisy kinds of line.
+pub struct EventLog {
+    underruns: RateLimit,
+    device: RateLimit,
+}
+
+impl Default for EventLog {
+    fn default() -> Self {
+        EventLog {
+            // At most 3 lines each 10 s (underruns) or 30 s (a device that
+            // keeps failing to open): the counters carry the rest.
+            underruns: RateLimit::new(10_000_000_000, 3),
+            device: RateLimit::new(30_000_000_000, 3),
+        }
+    }
+}
+
+impl EventLog {
+    /// Writes the line `event` calls for, unless its kind was written too
+    /// often lately.
+    pub fn log(&mut self, event: &Event, now: u64) {
+        let (underruns, device) = (&mut self.underruns, &mut self.device);
+        match event {
+            Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => log::warn!("{e}"),
+            Event::DeviceOpened {
+                negotiated: n,
+                started_ms,
+            } => log::info!(
+                "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
+             (consuming after {started_ms} ms)",
+                n.device,
+                n.access.name(),
+                n.format.alsa_name(),
+                n.rate,
+                n.channels,
+                n.period_frames,
+                n.buffer_frames
+            ),
+            Event::DeviceOpenFailed(e) => {
+                if let Some(suppressed) = device.check(now) {
+                    log::error!("{e}; retrying{}", suppressed_note(suppressed));
+                }
+            }
+            Event::DeviceLost(e) => log::warn!("{e}; reopening"),
+            Event::Reopening(why) => log::info!("reopening the device: {why}"),
+            Event::Underrun => {
+                if let Some(suppressed) = underruns.check(now) {
+                    log::warn!(
+                        "underrun: the device ran dry and was restarted{}",
+                        suppressed_note(suppressed)
+                    );
+                }
+            }
+            Event::Resumed => log::warn!("device resumed after suspend"),
+            Event::StreamStarted { ssrc, format } => {
+                log::info!("stream started: SSRC {ssrc:08x}, {format}")
+            }
+            Event::NewStream {
+                previous_ssrc,
+                ssrc,
+                format,
+            } => {
+                log::info!(
+                    "new sender: SSRC {previous_ssrc:08x} → {ssrc:08x}, {format}; buffer reset"
+                )
+            }
+            Event::StreamLost => {
+                log::warn!("stream lost: no packets; faded out, waiting for the sender")
+            }
+            Event::Resync => log::info!("timestamp jump: jitter buffer resynchronised"),
+            Event::Contending { ssrc, current } => log::warn!(
+                "source: another sender (SSRC {ssrc:08x}) streams to this port while \
+             SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops"
+            ),
+            Event::SenderLeft { ssrc } => {
+                log::info!("source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
+            }
+            Event::QueueFull => {
+                log::warn!("playout: an internal queue was full (a bug: please report)")
+            }
+        }
+    }
+}
+
+fn suppressed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} similar lines suppressed)")
+    }
+}
