@@ -204,10 +204,10 @@ impl PlayoutThread {
             }
             self.stats.periods.fetch_add(1, Relaxed);
             // Progress for the watchdog: periods written, or waits for a
-            // missing device. Not while a close hangs on the device
+            // missing device. Not while a close runs on the device
             // thread: the sound system is wedged and a restart is the way
             // out.
-            if !self.device.close_hung(now) {
+            if !self.device.closing() {
                 self.heartbeat.beat();
             }
         }
