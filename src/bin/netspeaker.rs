@@ -72,9 +72,10 @@ ALSA:
   --access rw|mmap          read/write or mmap transfers [default: rw]
   --period-ms MS            ALSA period [default: 5]
   --buffer-periods N        ALSA buffer size in periods [default: 4]
-  --device-rate HZ          fix the device rate (convert streams to it)
-                            [default: the stream's rate]
-  --device-channels N       fix the device channel count [default: the stream's]
+  --device-rate HZ          the device rate every stream is converted to
+                            [default: the device's own: 48000 where offered]
+  --device-channels N       the device channel count [default: the device's
+                            own: 2 where offered]
   --rt-priority N           SCHED_FIFO priority of the playout thread, 0 for
                             none [default: 70]
   --no-mlock                do not lock memory
