@@ -2,15 +2,21 @@
 //! tested in simulated time. Input: packets (`push`) and a clock; output:
 //! exactly one device period of interleaved f32 frames per `render` call.
 //!
-//! Order of the chain: jitter buffer (reordering, duplicates and late
-//! packets are handled there) → i16 to f32 → concealer (missing frames:
-//! pitch-period repetition fading over 60 ms; real audio after a gap is
-//! merged back) → stretcher (reaches a new target delay without gaps) →
-//! resampler (stream rate to device rate, and the sender's clock drift) →
-//! channel map. The delay controller measures the jitter-buffer depth every
-//! period and sets the resampler's drift and the stretcher's requests; with
-//! `--latency auto` the delay estimator sets the target from the measured
-//! arrival jitter.
+//! Order of the chain: source lock (`receive::source`: a new SSRC plays
+//! only once validated, and takes over only from a sender that stopped;
+//! strays are counted and dropped) → jitter buffer (reordering, duplicates
+//! and late packets are handled there) → i16 to f32 → concealer (missing
+//! frames: pitch-period repetition fading over 60 ms; real audio after a
+//! gap is merged back) → stretcher (reaches a new target delay without
+//! gaps, and catches up audio held while there was no device) → resampler
+//! (stream rate to device rate, and the sender's clock) → channel map.
+//! The delay controller measures the playout delay every period and sets
+//! the resampler's drift and the stretcher's requests; with `--latency
+//! auto` the delay estimator sets the target from the measured arrival
+//! jitter. The clock estimator (`receive::clock`) measures the sender's
+//! clock against the device's on its own; trusted, it is fed forward to the
+//! controller and decides between bit-exact pass-through and resampling
+//! (see `Correction`).
 //!
 //! The device's format is fixed while it is open; every stream is converted
 //! to it. The resamplers for every stream format the receiver can be sent
