@@ -29,11 +29,13 @@ impl EventLog {
     pub fn log(&mut self, event: &Event, now: u64) {
         let (underruns, device) = (&mut self.underruns, &mut self.device);
         match event {
-            Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => log::warn!("{e}"),
+            Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => {
+                log::warn!(target: "playout", "{e}")
+            }
             Event::DeviceOpened {
                 negotiated: n,
                 started_ms,
-            } => log::info!(
+            } => log::info!(target: "playout",
                 "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
              (consuming after {started_ms} ms)",
                 n.device,
@@ -46,45 +48,47 @@ impl EventLog {
             ),
             Event::DeviceOpenFailed(e) => {
                 if let Some(suppressed) = device.check(now) {
-                    log::error!("{e}; retrying{}", suppressed_note(suppressed));
+                    log::error!(target: "playout", "{e}; retrying{}", suppressed_note(suppressed));
                 }
             }
-            Event::DeviceLost(e) => log::warn!("{e}; reopening"),
-            Event::Reopening(why) => log::info!("reopening the device: {why}"),
+            Event::DeviceLost(e) => log::warn!(target: "playout", "{e}; reopening"),
+            Event::Reopening(why) => log::info!(target: "playout", "reopening the device: {why}"),
             Event::Underrun => {
                 if let Some(suppressed) = underruns.check(now) {
-                    log::warn!(
+                    log::warn!(target: "playout",
                         "underrun: the device ran dry and was restarted{}",
                         suppressed_note(suppressed)
                     );
                 }
             }
-            Event::Resumed => log::warn!("device resumed after suspend"),
+            Event::Resumed => log::warn!(target: "playout", "device resumed after suspend"),
             Event::StreamStarted { ssrc, format } => {
-                log::info!("stream started: SSRC {ssrc:08x}, {format}")
+                log::info!(target: "playout", "stream started: SSRC {ssrc:08x}, {format}")
             }
             Event::NewStream {
                 previous_ssrc,
                 ssrc,
                 format,
             } => {
-                log::info!(
+                log::info!(target: "playout",
                     "new sender: SSRC {previous_ssrc:08x} → {ssrc:08x}, {format}; buffer reset"
                 )
             }
             Event::StreamLost => {
-                log::warn!("stream lost: no packets; faded out, waiting for the sender")
+                log::warn!(target: "playout", "stream lost: no packets; faded out, waiting for the sender")
             }
-            Event::Resync => log::info!("timestamp jump: jitter buffer resynchronised"),
-            Event::Contending { ssrc, current } => log::warn!(
+            Event::Resync => {
+                log::info!(target: "playout", "timestamp jump: jitter buffer resynchronised")
+            }
+            Event::Contending { ssrc, current } => log::warn!(target: "playout",
                 "source: another sender (SSRC {ssrc:08x}) streams to this port while \
              SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops"
             ),
             Event::SenderLeft { ssrc } => {
-                log::info!("source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
+                log::info!(target: "playout", "source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
             }
             Event::QueueFull => {
-                log::warn!("playout: an internal queue was full (a bug: please report)")
+                log::warn!(target: "playout", "playout: an internal queue was full (a bug: please report)")
             }
         }
     }
