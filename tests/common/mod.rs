@@ -412,6 +412,80 @@ pub fn noise(seed: u64, channels: u16, frames: usize, amplitude: i16) -> Vec<i16
         .collect()
 }
 
+/// Mono tone bursts: `burst_ms` of a `freq_hz` sine every `every_ms`,
+/// the first `first_ms` in, exact silence between. Each burst starts at
+/// phase 0, rising, so its onset in a recording is found the same way
+/// every time ([`burst_onsets`]): the spacing of onsets is the receiver's
+/// timing, to a fraction of a device frame.
+pub fn tone_bursts(
+    rate: u32,
+    frames: usize,
+    first_ms: u32,
+    every_ms: u32,
+    burst_ms: u32,
+    freq_hz: f64,
+    amplitude: i16,
+) -> Vec<i16> {
+    let ms = |m: u32| (u64::from(m) * u64::from(rate) / 1000) as usize;
+    let (first, every, burst) = (ms(first_ms), ms(every_ms), ms(burst_ms));
+    let mut out = vec![0i16; frames];
+    let mut start = first;
+    while start < frames {
+        let tone = sine(rate, 1, freq_hz, burst.min(frames - start), amplitude);
+        out[start..start + tone.len()].copy_from_slice(&tone);
+        start += every;
+    }
+    out
+}
+
+/// How many bursts [`tone_bursts`] puts in `frames`.
+pub fn burst_count(rate: u32, frames: usize, first_ms: u32, every_ms: u32) -> usize {
+    let ms = |m: u32| (u64::from(m) * u64::from(rate) / 1000) as usize;
+    let (first, every) = (ms(first_ms), ms(every_ms));
+    if frames <= first {
+        0
+    } else {
+        (frames - first).div_ceil(every)
+    }
+}
+
+/// Onsets of tone bursts in a mono recording, in (fractional) frames: the
+/// point where |sample| first crosses `threshold` after at least `quiet`
+/// frames under it, interpolated between the two frames around it.
+pub fn burst_onsets(mono: &[f32], threshold: f32, quiet: usize) -> Vec<f64> {
+    let mut onsets = Vec::new();
+    let mut since_loud = quiet;
+    for (i, &v) in mono.iter().enumerate() {
+        if v.abs() > threshold {
+            if since_loud >= quiet {
+                let prev = if i > 0 { mono[i - 1].abs() } else { 0.0 };
+                let frac = f64::from((threshold - prev) / (v.abs() - prev));
+                onsets.push(i as f64 - 1.0 + frac.clamp(0.0, 1.0));
+            }
+            since_loud = 0;
+        } else {
+            since_loud += 1;
+        }
+    }
+    onsets
+}
+
+/// The first channel of interleaved frames, as f32.
+pub fn first_channel_s16(samples: &[i16], channels: u16) -> Vec<f32> {
+    samples
+        .chunks_exact(usize::from(channels))
+        .map(|f| i16_to_f32(f[0]))
+        .collect()
+}
+
+/// The first channel of interleaved f32 frames.
+pub fn first_channel_f32(samples: &[f32], channels: u16) -> Vec<f32> {
+    samples
+        .chunks_exact(usize::from(channels))
+        .map(|f| f[0])
+        .collect()
+}
+
 /// Exact f32 form of 16-bit samples (k / 32768), as the playout stage
 /// hands them to the device stage.
 pub fn to_f32(samples: &[i16]) -> Vec<f32> {
@@ -662,6 +736,19 @@ pub fn once_more_if_stalled(name: &str, body: impl Fn(&std::cell::Cell<Option<Du
 #[cfg(test)]
 mod growth_tests {
     use super::*;
+
+    #[test]
+    fn burst_onsets_found_where_they_were_put() {
+        let bursts = tone_bursts(48_000, 48_000 * 3, 60, 500, 50, 1000.0, 12_000);
+        assert_eq!(burst_count(48_000, bursts.len(), 60, 500), 6);
+        let mono: Vec<f32> = bursts.iter().map(|&s| i16_to_f32(s)).collect();
+        let onsets = burst_onsets(&mono, 0.1, 480);
+        assert_eq!(onsets.len(), 6, "{onsets:?}");
+        for (k, o) in onsets.iter().enumerate() {
+            let want = 2880.0 + 24_000.0 * k as f64;
+            assert!((o - want).abs() < 1.0, "burst {k} at {o}, not {want}");
+        }
+    }
 
     #[test]
     fn flat_spans_need_a_sample_at_both_ends() {

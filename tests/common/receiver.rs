@@ -127,7 +127,9 @@ impl Drop for RunningReceiver {
 /// The figures of one statistics line, by name: `packets`, `lost`, `late`,
 /// `reordered`, `duplicates`, `dropped`, `overflow`, `filtered`,
 /// `malformed`, `concealed` (ms), `stretched` (ms), `underruns`, `jitter`,
-/// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`.
+/// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`,
+/// `drift-uncertainty` (absent while unknown), `bit-exact` (1, or 0 for
+/// resampled), `starved`, `rt-allocs`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats(pub HashMap<String, f64>);
 
@@ -155,6 +157,16 @@ impl Stats {
                 }
                 i += 2;
                 continue;
+            }
+            // "drift +1000.3 ppm (±4.2) resampled": the estimate's
+            // uncertainty, and whether the samples pass through untouched.
+            if let Some(u) = value.strip_prefix('±') {
+                if let Ok(u) = u.parse::<f64>() {
+                    map.insert("drift-uncertainty".into(), u);
+                }
+            }
+            if key == "bit-exact" || key == "resampled" {
+                map.insert("bit-exact".into(), f64::from(u8::from(key == "bit-exact")));
             }
             if let Ok(v) = value.trim_start_matches('+').parse::<f64>() {
                 map.insert(key.to_string(), v);
@@ -189,6 +201,20 @@ pub struct RtpStream {
 /// absolute deadlines (a late wake-up sends the due packets at once).
 /// Returns the number of packets sent.
 pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize {
+    let ptime = Duration::from_millis(u64::from(stream.ptime_ms));
+    send_rtp_every(dest, stream, samples, ptime)
+}
+
+/// As [`send_rtp`], but packet k leaves at `k × interval` of real time
+/// while its timestamp still advances by one ptime: a sender whose clock
+/// runs fast by `ptime / interval − 1` (e.g. `ptime / 1.001`: +1000 ppm),
+/// as a sound card's crystal off by that much would make it.
+pub fn send_rtp_every(
+    dest: SocketAddr,
+    stream: &RtpStream,
+    samples: &[i16],
+    interval: Duration,
+) -> usize {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let ch = usize::from(stream.channels);
     let frames_per_packet = (stream.rate * stream.ptime_ms / 1000) as usize;
@@ -199,7 +225,7 @@ pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize 
         if chunk.len() < frames_per_packet * ch {
             break;
         }
-        let due = start + Duration::from_millis(u64::from(stream.ptime_ms) * k as u64);
+        let due = start + Duration::from_nanos((interval.as_nanos() * k as u128) as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
