@@ -93,9 +93,18 @@ fn onsets_and_spacings(mono: &[f32]) -> (Vec<f64>, Vec<f64>) {
     (onsets, spacings)
 }
 
-/// Every burst is in the recording and every spacing is 500 ms ± 1 ms.
-/// Returns the worst spacing error in ms (printed by the caller).
-fn assert_bursts(mono: &[f32], stream_rate: u32, seconds: u32, log: &str) -> f64 {
+/// The bursts found in a recording against those sent.
+struct Bursts {
+    want: usize,
+    onsets: Vec<f64>,
+    spacings: Vec<f64>,
+    /// The largest |spacing − 500 ms|, in ms.
+    worst: f64,
+}
+
+/// Finds the bursts and prints the figures (before anything is judged,
+/// so that every run's figures are in its output).
+fn measure_bursts(mono: &[f32], stream_rate: u32, seconds: u32) -> Bursts {
     let want = burst_count(
         stream_rate,
         (stream_rate * seconds) as usize,
@@ -115,18 +124,30 @@ fn assert_bursts(mono: &[f32], stream_rate: u32, seconds: u32, log: &str) -> f64
             .map(|s| format!("{s:.2}"))
             .collect::<Vec<_>>()
     );
-    assert_eq!(
-        onsets.len(),
+    Bursts {
         want,
-        "bursts in the recording: {} of {want} (onsets at frames {onsets:?})\n{log}",
-        onsets.len()
+        onsets,
+        spacings,
+        worst,
+    }
+}
+
+/// Every burst is in the recording and every spacing is 500 ms ± 1 ms.
+fn assert_bursts(b: &Bursts, log: &str) {
+    assert_eq!(
+        b.onsets.len(),
+        b.want,
+        "bursts in the recording: {} of {} (onsets at frames {:?})\n{log}",
+        b.onsets.len(),
+        b.want,
+        b.onsets
     );
     assert!(
-        worst <= SPACING_BAR_MS,
-        "a burst-to-burst spacing is off by {worst:.3} ms (bar {SPACING_BAR_MS} ms): \
-         {spacings:?}\n{log}"
+        b.worst <= SPACING_BAR_MS,
+        "a burst-to-burst spacing is off by {:.3} ms (bar {SPACING_BAR_MS} ms): {:?}\n{log}",
+        b.worst,
+        b.spacings
     );
-    worst
 }
 
 fn figures(stats: &Stats) -> String {
@@ -193,6 +214,8 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         eprintln!("dflt-paging: sent {sent}; {}", figures(&stats));
+        let recording = read_s16le(&alsa.paced);
+        let bursts = measure_bursts(&first_channel_s16(&recording, 2), 8000, 5);
         assert_eq!(sent, 250);
         assert_eq!(stats.get("packets"), 250.0, "{log}");
         assert_eq!(stats.get("overflow"), 0.0, "dropped as overflow\n{log}");
@@ -200,8 +223,7 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
             log.contains("S16 48000 Hz 2 ch"),
             "the device opened at its own format\n{log}"
         );
-        let recording = read_s16le(&alsa.paced);
-        assert_bursts(&first_channel_s16(&recording, 2), 8000, 5, &log);
+        assert_bursts(&bursts, &log);
     });
 }
 
@@ -289,6 +311,8 @@ fn pcmu_8k_through_a_rate_converting_plug_plays_clean() {
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         eprintln!("dflt-plug: sent {sent}; {}", figures(&stats));
+        let recording = first_channel_f32(&read_f32le(&alsa.jfile), 2);
+        let bursts = measure_bursts(&recording, 8000, seconds);
         assert!(log.contains("48000 Hz 2 ch"), "{log}");
         assert_eq!(stats.get("packets"), sent as f64, "{log}");
         assert_eq!(stats.get("overflow"), 0.0, "{log}");
@@ -302,8 +326,7 @@ fn pcmu_8k_through_a_rate_converting_plug_plays_clean() {
             stats.get("starved") <= 1.0,
             "the jitter buffer ran dry mid-stream\n{log}"
         );
-        let recording = first_channel_f32(&read_f32le(&alsa.jfile), 2);
-        assert_bursts(&recording, 8000, seconds, &log);
+        assert_bursts(&bursts, &log);
     });
 }
 
