@@ -19,7 +19,7 @@
 
 mod common;
 
-use common::receiver::{free_port, send_rtp, send_rtp_every, RtpStream, RunningReceiver, Stats};
+use common::receiver::{free_port, send_rtp_timed, RtpStream, RunningReceiver, Stats};
 use common::{
     burst_count, burst_onsets, first_channel_f32, first_channel_s16, once_more_if_stalled,
     read_f32le, read_s16le, tone_bursts, AlsaConfig, GrowthWatch, JackServer, PulseServer, TestDir,
@@ -50,6 +50,9 @@ const FIRST_MS: u32 = 60;
 const EVERY_MS: u32 = 500;
 const BURST_MS: u32 = 50;
 const BURST_AMPLITUDE: i16 = 12_000;
+
+/// The test streams' packet interval (their ptime).
+const PTIME: Duration = Duration::from_millis(20);
 
 /// Burst-to-burst timing bar.
 const SPACING_BAR_MS: f64 = 1.0;
@@ -206,7 +209,12 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
         let signal = paging_bursts(8000, 5);
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
-        let sent = send_rtp(dest(port), &pcmu_8k(), &signal);
+        let report = send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME);
+        let sent = report.sent;
+        eprintln!(
+            "dflt-paging: the sender's latest packet left {:?} late",
+            report.max_late
+        );
         // The adaptive delay and the device buffer still hold the end.
         std::thread::sleep(Duration::from_millis(600));
         stalled.set(watch.stall("dflt-paging", t0, Instant::now()));
@@ -303,7 +311,12 @@ fn pcmu_8k_through_a_rate_converting_plug_plays_clean() {
         let signal = paging_bursts(8000, seconds);
         let watch = GrowthWatch::file(&alsa.jfile);
         let t0 = Instant::now();
-        let sent = send_rtp(dest(port), &pcmu_8k(), &signal);
+        let report = send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME);
+        let sent = report.sent;
+        eprintln!(
+            "dflt-plug: the sender's latest packet left {:?} late",
+            report.max_late
+        );
         std::thread::sleep(Duration::from_millis(600));
         stalled.set(watch.stall("dflt-plug", t0, Instant::now()));
         let (code, _, stats) = rx.stop();
@@ -350,7 +363,7 @@ fn drift_case(name: &str, ppm: f64) {
         let t0 = Instant::now();
         let sender = {
             let signal = signal.clone();
-            std::thread::spawn(move || send_rtp_every(dest(port), &pcmu_8k(), &signal, interval))
+            std::thread::spawn(move || send_rtp_timed(dest(port), &pcmu_8k(), &signal, interval))
         };
         // One reading of the statistics line per second of the stream.
         let mut readings: Vec<(u32, Stats)> = Vec::new();
@@ -363,7 +376,12 @@ fn drift_case(name: &str, ppm: f64) {
                 readings.push((s, stats));
             }
         }
-        let sent = sender.join().expect("sender");
+        let report = sender.join().expect("sender");
+        let sent = report.sent;
+        eprintln!(
+            "{name}: the sender's latest packet left {:?} late",
+            report.max_late
+        );
         std::thread::sleep(Duration::from_millis(600));
         stalled.set(watch.stall(name, t0, Instant::now()));
         let (code, _, last) = rx.stop();

@@ -215,6 +215,26 @@ pub fn send_rtp_every(
     samples: &[i16],
     interval: Duration,
 ) -> usize {
+    send_rtp_timed(dest, stream, samples, interval).sent
+}
+
+/// What a paced send did: packets sent, and how late the latest one left
+/// against its deadline (the test sender is a plain thread: on a loaded
+/// machine it is the link's jitter, which a "clean link" test must show).
+#[derive(Clone, Copy, Debug)]
+pub struct SendReport {
+    pub sent: usize,
+    pub max_late: Duration,
+}
+
+/// As [`send_rtp_every`], with the sender's own lateness.
+pub fn send_rtp_timed(
+    dest: SocketAddr,
+    stream: &RtpStream,
+    samples: &[i16],
+    interval: Duration,
+) -> SendReport {
+    let mut max_late = Duration::ZERO;
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let ch = usize::from(stream.channels);
     let frames_per_packet = (stream.rate * stream.ptime_ms / 1000) as usize;
@@ -229,6 +249,7 @@ pub fn send_rtp_every(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        max_late = max_late.max(Instant::now().saturating_duration_since(due));
         let seq = stream.first_seq.wrapping_add(k as u16);
         let ts = stream
             .first_timestamp
@@ -242,7 +263,7 @@ pub fn send_rtp_every(
         sock.send_to(&buf[..12 + n], dest).expect("send RTP");
         sent += 1;
     }
-    sent
+    SendReport { sent, max_late }
 }
 
 /// Sends headerless s16le PCM in `bytes_per_packet` datagrams every
