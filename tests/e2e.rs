@@ -404,6 +404,16 @@ fn device_lost_and_back_without_restarting_the_receiver() {
     let (code, _, stats) = rx.stop();
     assert_eq!(code, Some(0), "the receiver kept running");
     let log = rx.log_text();
+    // How much of the stream was still held when the receiver stopped,
+    // 300 ms after the stream's end: what the loss left as extra delay.
+    eprintln!(
+        "e2e-device-loss: at the stop, buffer {} ms over a target of {} ms, \
+         underruns {}, stretched {} ms",
+        stats.get("buffer"),
+        stats.get("target"),
+        stats.get("underruns"),
+        stats.get("stretched")
+    );
     assert!(
         stats.get("packets") + stats.get("dropped") >= 395.0,
         "packets kept being received and counted\n{log}"
