@@ -235,6 +235,73 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
     });
 }
 
+/// The paging stream of the test above, sent as soon as the receiver
+/// listens: the device (a PulseAudio stream, a second or more to start)
+/// is still opening. The receiver holds the audio (its jitter buffer keeps
+/// at least 2 s while no device is ready), so the announcement is not
+/// cut: every burst, the first included, at its spacing, no overflow.
+#[test]
+fn paging_pcmu_sent_while_the_device_still_opens() {
+    let _slot = paced_slot();
+    once_more_if_stalled("dflt-paging-early", |stalled| {
+        let dir = TestDir::new("dflt-paging-early");
+        let port = free_port();
+        let pulse = PulseServer::start(&dir.path);
+        let alsa = AlsaConfig::write(&dir.path);
+        let listen = format!("127.0.0.1:{port}");
+        let mut env = alsa.env();
+        env.extend(pulse.env());
+        let mut rx = RunningReceiver::start_until(
+            "listening on",
+            &["--device", "paced", "--listen", &listen],
+            &env,
+            dir.file("receiver.log"),
+        );
+        let signal = paging_bursts(8000, 5);
+        let watch = GrowthWatch::file(&alsa.paced);
+        let sender = {
+            let signal = signal.clone();
+            std::thread::spawn(move || send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME))
+        };
+        // The standstill is judged from the device's open on: before it,
+        // the recording cannot grow.
+        let t0 = Instant::now();
+        let open = rx.wait_for_log(" open: ", Duration::from_secs(10));
+        let opened = Instant::now();
+        eprintln!(
+            "dflt-paging-early: device reported open {} ms after the stream's start",
+            opened.duration_since(t0).as_millis()
+        );
+        let report = sender.join().expect("sender");
+        std::thread::sleep(Duration::from_millis(600));
+        stalled.set(watch.stall("dflt-paging-early", opened, Instant::now()));
+        assert!(open, "the device never opened\n{}", rx.log_text());
+        let (code, _, stats) = rx.stop();
+        assert_eq!(code, Some(0));
+        let log = rx.log_text();
+        eprintln!(
+            "dflt-paging-early: sender {:?} late at worst; sent {}; {}",
+            report.max_late,
+            report.sent,
+            figures(&stats)
+        );
+        let recording = read_s16le(&alsa.paced);
+        let bursts = measure_bursts(&first_channel_s16(&recording, 2), 8000, 5);
+        let open_line = log.find(" open: ");
+        let stream_line = log.find("stream started");
+        eprintln!(
+            "dflt-paging-early: the stream started {} the device was reported open",
+            match (stream_line, open_line) {
+                (Some(s), Some(o)) if s < o => "before",
+                _ => "after",
+            }
+        );
+        assert_eq!(stats.get("packets"), 250.0, "{log}");
+        assert_eq!(stats.get("overflow"), 0.0, "dropped as overflow\n{log}");
+        assert_bursts(&bursts, &log);
+    });
+}
+
 /// Issue #11's ffmpeg case, as the issue ran it: a 5 s 1 kHz sine from
 /// ffmpeg's lavfi source as PCMU in 40 ms packets (125), real time (-re),
 /// into the receiver on the defaults right after its device reported open.

@@ -28,6 +28,18 @@ impl RunningReceiver {
     /// Starts `netspeaker ARGS` with `env`, logging to `log`; waits (up to
     /// 10 s) until it has opened its device.
     pub fn start(args: &[&str], env: &[(String, String)], log: PathBuf) -> RunningReceiver {
+        RunningReceiver::start_until("open:", args, env, log)
+    }
+
+    /// As [`RunningReceiver::start`], but returns as soon as the log says
+    /// `needle` (e.g. "listening on": the socket is bound, the device may
+    /// still be opening).
+    pub fn start_until(
+        needle: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> RunningReceiver {
         let file = std::fs::File::create(&log).expect("receiver log");
         let child = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
             .args(args)
@@ -45,8 +57,8 @@ impl RunningReceiver {
             log,
         };
         assert!(
-            rx.wait_for_log("open:", Duration::from_secs(10)),
-            "netspeaker did not open its device within 10 s:\n{}",
+            rx.wait_for_log(needle, Duration::from_secs(10)),
+            "netspeaker did not log '{needle}' within 10 s:\n{}",
             rx.log_text()
         );
         rx
