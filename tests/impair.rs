@@ -161,9 +161,11 @@ fn run_condition(name: &'static str, imp: Impairment, options: &[&str], device: 
     let clean_exit = rx.terminate(Duration::from_secs(3));
     let log = rx.log.text();
     assert!(clean_exit, "{name}: the receiver ignored SIGTERM:\n{log}");
+    // On the defaults the device stays at its own format (48 kHz stereo
+    // here) and the 16 kHz stream is converted to it.
     assert!(
-        log.contains(&format!("{RATE} Hz 1 ch")),
-        "{name}: the device was not opened at the stream's rate:\n{log}"
+        log.contains(&format!("{} Hz 2 ch", bench.device_rate())),
+        "{name}: the device was not opened at its own format:\n{log}"
     );
     // As s16 for `gaps`: JACK's float recording keeps exact zeros exact.
     let (mono, rate) = bench.recorded_mono(RATE);
@@ -682,6 +684,10 @@ fn clean_fixed(o: &Outcome) -> Vec<String> {
 /// the fixed target: no late packet is excused) and 5 % loss must meet the
 /// clean and loss bars of the adaptive matrix; if this passes where the
 /// adaptive rows fail, the adaptive path is at fault, not the harness.
+///
+/// `--clock-follow off` and `--latency 60` stay here on purpose: this
+/// test's subject is those options (the plain fixed-delay path), as the
+/// control for the matrices above, which run on the defaults.
 #[test]
 fn fixed_latency_control() {
     run_matrix(
@@ -728,6 +734,9 @@ fn clean_unfollowed(o: &Outcome) -> Vec<String> {
 /// clock following. Where this passes and the adaptive matrix fails on a
 /// clean link, the fault is in the clock-following path (delay
 /// controller, resampler, stretcher), not in the delay estimator.
+///
+/// `--clock-follow off` stays here on purpose: this test's subject is
+/// that option (the control that isolates the clock-following path).
 #[test]
 fn adaptive_without_clock_follow_control() {
     run_matrix(

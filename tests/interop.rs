@@ -3,14 +3,24 @@
 //! Python sender that behaves as the tutorial's does (headerless PCM at
 //! twice real time). Output: what the receiver wrote to the `paced` device
 //! (file plugin over a private PulseAudio null sink), compared with what
-//! was sent. Policy: the receiver runs with a fixed 40 ms playout delay and
-//! no clock following, so the path is bit-exact: L16 and raw must arrive
-//! unchanged, PCMU/PCMA as their G.711 round trip, apart from the start-up
-//! offset; at least 95 % of the sent signal must be in the recording.
-//! (netspeaker-send → ffmpeg via SDP is tests/send_ffmpeg.rs.) SRTP:
-//! ffmpeg's SRTP sender plays bit-exact through a receiver with the same
-//! key; with another key, or from a plaintext sender, the receiver plays
-//! silence, counts `auth-failed` and says why.
+//! was sent. Policy: the receiver runs on its defaults (issue #11: what
+//! users run): adaptive delay, clock following, the device opened once at
+//! its own format (48 kHz stereo here) with every stream converted to it.
+//! - L16 at 48 kHz (the device's rate, one clock on this machine) must
+//!   pass through untouched once the clock estimate is trusted: most of
+//!   the last seconds of a 15 s stream bit-exact, each second aligned on
+//!   its own (as `tests/e2e.rs`'s L16 test).
+//! - 8 kHz G.711 cannot be bit-exact at 48 kHz: the stream is a sum of
+//!   tones, and each 20 ms of the recording is fitted with them (any
+//!   phase, any level: the ideal signal after any delay and an exact
+//!   conversion). What is left must be no more than what the sender's own
+//!   codes leave at 8 kHz (the codec's noise), within 1 dB, and the tones'
+//!   levels must be kept within 0.5 dB: a wrong G.711 law, a lost or
+//!   repeated piece, a click or an image of the conversion all show.
+//! - The tutorial's sender (raw 8 kHz at twice real time): what was kept
+//!   is played, for as long as it lasts.
+//!
+//! (netspeaker-send → ffmpeg via SDP is tests/send_ffmpeg.rs.)
 
 mod common;
 
@@ -21,16 +31,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    align, compare, noise, once_more_if_stalled, read_s16le, AlsaConfig, GrowthWatch, PulseServer,
-    TestDir,
+    exact_share_of_tail, multitone, noise, once_more_if_stalled, read_s16le, AlsaConfig,
+    GrowthWatch, PulseServer, TestDir,
 };
 use netspeaker::audio::codec;
 
 const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
 
-/// Fixed playout delay for streams from other programs (see
-/// `play_from_ffmpeg` for why not less).
-const INTEROP_LATENCY_MS: u32 = 120;
+/// The device's format on the defaults (the PulseAudio plugin offers any;
+/// the receiver prefers 48 kHz stereo).
+const DEVICE_RATE: u32 = 48_000;
+const DEVICE_CHANNELS: u16 = 2;
+
+/// The G.711 streams: three tones, multiples of 50 Hz (whole cycles in a
+/// 20 ms block), each at 5000 (peak 15000), 10 s.
+const TONES: [f64; 3] = [250.0, 650.0, 1000.0];
+const TONE_AMPLITUDE: i16 = 5000;
+const G711_SECONDS: usize = 10;
+/// Judged: the last seconds before the stream's end (the first seconds of
+/// a stream, while the delay settles, are judged by tests/defaults.rs's
+/// burst timing).
+const JUDGED_SECONDS: usize = 3;
 
 /// One stream at a time: each test runs a sound server, the receiver and
 /// a sender in real time, and on a 2-core machine three at once starve the
@@ -78,22 +99,16 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// Starts `netspeaker` with the device fixed at the stream's rate and
-    /// channel count (so it never reopens when the stream starts: the file
-    /// plugin starts a new file on every open) and waits until the device
-    /// consumes. A PulseAudio null sink takes over a second to start a new
-    /// stream on a loaded machine; a sender started before that would lose
-    /// its first second to a full queue.
-    fn start(dir: &TestDir, latency_ms: u32, rate: u32, channels: u16, args: &[&str]) -> Receiver {
+    /// Starts `netspeaker` on its defaults (the device, `args`, a verbose
+    /// log, no periodic statistics) and waits until it reports the device
+    /// open, which it does once the device consumes (a PulseAudio null
+    /// sink takes a second or more to start a new stream).
+    fn start(dir: &TestDir, args: &[&str]) -> Receiver {
         let pulse = PulseServer::start(&dir.path);
         let config = AlsaConfig::write(&dir.path);
         let log = dir.file("receiver.log");
         let child = Command::new(RECEIVER)
             .args(["-v", "--device", "paced", "--stats-interval", "0"])
-            .args(["--latency-ms", &latency_ms.to_string()])
-            .args(["--clock-follow", "off"])
-            .args(["--device-rate", &rate.to_string()])
-            .args(["--device-channels", &channels.to_string()])
             .args(args)
             .envs(config.env())
             .envs(pulse.env())
@@ -110,8 +125,35 @@ impl Receiver {
             consuming_since: Instant::now(),
             _pulse: pulse,
         };
+        // The receiver says "open:" after a few writes returned, which the
+        // PulseAudio plugin lets through before its server starts the
+        // stream (up to a second later, here). Streams that start in that
+        // second are tests/defaults.rs's subject (and overflow with short
+        // packets: see its findings); these tests prove the senders'
+        // formats, so they start once the device takes audio in real time:
+        // twice in a row, the recording grew by 0.7 to 2 times the span's
+        // worth of frames over a span of 100-150 ms (not a buffer filling
+        // at once, not a standstill).
+        let path = receiver.recording.clone();
+        let size = move || std::fs::metadata(&path).map_or(0, |m| m.len());
+        let bytes_per_ms = f64::from(DEVICE_RATE) / 1000.0 * 2.0 * f64::from(DEVICE_CHANNELS);
+        let mut last = (Instant::now(), size());
+        let mut steady = 0;
         let consuming = wait_until(Duration::from_secs(15), || {
-            receiver.log_text().contains("consuming after")
+            let now = (Instant::now(), size());
+            let span = now.0.duration_since(last.0);
+            if span < Duration::from_millis(100) {
+                return false;
+            }
+            let real_time = span.as_secs_f64() * 1000.0 * bytes_per_ms;
+            let grew = now.1.saturating_sub(last.1) as f64;
+            let ok = receiver.log_text().contains(" open: ")
+                && span <= Duration::from_millis(150)
+                && grew >= 0.7 * real_time
+                && grew <= 2.0 * real_time;
+            steady = if ok { steady + 1 } else { 0 };
+            last = now;
+            steady >= 2
         });
         receiver.consuming_since = Instant::now();
         if !consuming {
@@ -193,25 +235,46 @@ fn final_stat(log: &str, name: &str) -> u64 {
     panic!("no '{name}' in the statistics line: {line}")
 }
 
-/// The recording holds `expected` (what the device should have been given)
-/// bit-exact from where the alignment puts it, for at least 95 % of it.
-fn assert_played(recording: &[i16], expected: &[i16], channels: u16, log: &str) {
-    let al = align(recording, expected, channels, 0).unwrap_or_else(|| {
-        panic!(
-            "the sent signal is not in the recording ({} samples); receiver log:\n{log}",
-            recording.len()
-        )
-    });
-    let cmp = compare(recording, expected, channels, al, 0);
-    let sent_frames = expected.len() / usize::from(channels);
+/// A same-rate L16 stream on one clock: most of the last 6 s played
+/// bit-exact (each second aligned on its own), as tests/e2e.rs judges it.
+fn assert_passed_through(recording: &[i16], sent: &[i16], log: &str) {
+    let share = exact_share_of_tail(recording, sent, DEVICE_CHANNELS, DEVICE_RATE, 6, log);
+    eprintln!("{:.0} % of the last 6 s bit-exact", share * 100.0);
+    assert!(
+        share >= 0.66,
+        "only {:.0} % of the last 6 s bit-exact; receiver log:\n{log}",
+        share * 100.0
+    );
+}
+
+/// An 8 kHz G.711 stream played at 48 kHz: the recording's tone fits
+/// against those of `expected` (the sender's codes, decoded, at 8 kHz).
+fn assert_converted(recording: &[i16], expected: &[i16], log: &str) {
+    let c = common::compare_tones(
+        &common::first_channel_s16(recording, DEVICE_CHANNELS),
+        DEVICE_RATE,
+        &common::to_f32(expected),
+        8000,
+        &TONES,
+        TONE_AMPLITUDE,
+        JUDGED_SECONDS,
+    );
+    eprintln!("{c:?}");
     assert_eq!(
-        cmp.mismatched_frames, 0,
-        "the recording differs from the sent signal: {cmp:?} at {al:?}; receiver log:\n{log}"
+        c.blocks,
+        JUDGED_SECONDS * 50,
+        "less than {JUDGED_SECONDS} s of the tones were played; receiver log:\n{log}"
     );
     assert!(
-        cmp.frames * 100 >= sent_frames * 95,
-        "only {} of {sent_frames} sent frames reached the device ({al:?}); receiver log:\n{log}",
-        cmp.frames
+        c.played_snr_db >= c.reference_snr_db - 1.0,
+        "played {:.1} dB against the tones, the codec alone {:.1} dB; receiver log:\n{log}",
+        c.played_snr_db,
+        c.reference_snr_db
+    );
+    assert!(
+        c.level_error_db <= 0.5,
+        "a tone's level changed by {:.2} dB; receiver log:\n{log}",
+        c.level_error_db
     );
 }
 
@@ -311,6 +374,8 @@ struct Played {
 /// the recording's growth (never the receiver's own figures); the second
 /// run is judged whatever happens in it.
 fn judged(name: &str, channels: u16, play: impl Fn() -> Played) {
+    // L16 at the device's rate passes through; 8 kHz G.711 is converted.
+    let same_rate = channels == DEVICE_CHANNELS;
     once_more_if_stalled(name, |stalled| {
         let p = play();
         stalled.set(p.stalled);
@@ -320,7 +385,11 @@ fn judged(name: &str, channels: u16, play: impl Fn() -> Played) {
             "the device underran; receiver log:\n{}",
             p.log
         );
-        assert_played(&p.recording, &p.expected, channels, &p.log);
+        if same_rate {
+            assert_passed_through(&p.recording, &p.expected, &p.log);
+        } else {
+            assert_converted(&p.recording, &p.expected, &p.log);
+        }
     });
 }
 
@@ -344,7 +413,7 @@ fn play_from_ffmpeg_with(
 ) -> Played {
     let _serial = serial();
     let dir = TestDir::new(name);
-    let mut rx_args: Vec<String> = receiver_args.to_vec();
+    let mut rx_args = Vec::new();
     if codec == "pcm_s16be" {
         let pt = ffmpeg_payload_type(&dir, rate, channels, codec);
         rx_args.push("--rtp-format".to_string());
@@ -357,17 +426,15 @@ fn play_from_ffmpeg_with(
         _ => ffmpeg_g711_decoded(&dir, &input, rate, codec),
     };
     let port = free_port();
+    rx_args.extend(receiver_args.iter().cloned());
     rx_args.push("--listen".into());
     rx_args.push(format!("127.0.0.1:{port}"));
     let rx_args: Vec<&str> = rx_args.iter().map(String::as_str).collect();
-    // The jitter buffer starts playing once its depth, the arriving packet
-    // included, reaches the target: the margin for jitter is the target
-    // less one packet. ffmpeg sends G.711 in 40 ms packets (its raw
-    // demuxer's chunk), 41 ms apart with catch-ups, and -re is not a
-    // realtime thread: on a loaded 2-core machine it stalls for tens of ms.
-    // These tests prove the formats, so the delay leaves room for that.
-    let latency_ms = INTEROP_LATENCY_MS;
-    let receiver = Receiver::start(&dir, latency_ms, rate, channels, &rx_args);
+    // ffmpeg sends G.711 in 40 ms packets (its raw demuxer's chunk), 41 ms
+    // apart with catch-ups, and -re is not a realtime thread: on a loaded
+    // 2-core machine it stalls for tens of ms. The adaptive delay must
+    // cover that by itself.
+    let receiver = Receiver::start(&dir, &rx_args);
     let mut args = vec!["-re".to_string()];
     let scheme = if sender_args.iter().any(|a| a.starts_with("-srtp_out")) {
         "srtp"
@@ -469,7 +536,7 @@ fn play_from_gstreamer(
     let listen = format!("127.0.0.1:{port}");
     let mut args = rx_args.to_vec();
     args.extend(["--listen", &listen]);
-    let receiver = Receiver::start(&dir, INTEROP_LATENCY_MS, rate, channels, &args);
+    let receiver = Receiver::start(&dir, &args);
     let out = Command::new("gst-launch-1.0")
         .args(gst_pipeline(&input, rate, channels, tail, port))
         .stdout(Stdio::null())
@@ -488,7 +555,7 @@ fn play_from_gstreamer(
 
 #[test]
 fn gstreamer_l16_stereo_bit_exact() {
-    let sent = noise(21, 2, 48_000 * 3, 20_000);
+    let sent = noise(21, 2, 48_000 * 15, 20_000);
     // rtpL16pay's default payload type is 96 (dynamic): declared here as a
     // user would from the caps it prints.
     judged("gst-l16", 2, || {
@@ -505,7 +572,7 @@ fn gstreamer_l16_stereo_bit_exact() {
 
 #[test]
 fn gstreamer_pcmu_plays_bit_exact() {
-    let sent = noise(22, 1, 8000 * 3, 20_000);
+    let sent = multitone(8000, 8000 * G711_SECONDS, &TONES, TONE_AMPLITUDE);
     judged("gst-pcmu", 1, || {
         play_from_gstreamer(
             "gst-pcmu",
@@ -520,7 +587,7 @@ fn gstreamer_pcmu_plays_bit_exact() {
 
 #[test]
 fn ffmpeg_pcmu_plays_bit_exact() {
-    let sent = noise(11, 1, 8000 * 3, 20_000);
+    let sent = multitone(8000, 8000 * G711_SECONDS, &TONES, TONE_AMPLITUDE);
     judged("ff-pcmu", 1, || {
         play_from_ffmpeg("ff-pcmu", 8000, 1, "pcm_mulaw", &sent)
     });
@@ -528,7 +595,7 @@ fn ffmpeg_pcmu_plays_bit_exact() {
 
 #[test]
 fn ffmpeg_pcma_plays_bit_exact() {
-    let sent = noise(12, 1, 8000 * 3, 20_000);
+    let sent = multitone(8000, 8000 * G711_SECONDS, &TONES, TONE_AMPLITUDE);
     judged("ff-pcma", 1, || {
         play_from_ffmpeg("ff-pcma", 8000, 1, "pcm_alaw", &sent)
     });
@@ -536,10 +603,130 @@ fn ffmpeg_pcma_plays_bit_exact() {
 
 #[test]
 fn ffmpeg_l16_stereo_dynamic_pt_bit_exact() {
-    let sent = noise(13, 2, 48_000 * 3, 20_000);
+    let sent = noise(13, 2, 48_000 * 15, 20_000);
     judged("ff-l16", 2, || {
         play_from_ffmpeg("ff-l16", 48_000, 2, "pcm_s16be", &sent)
     });
+}
+
+/// How long the recording's first channel sounds, in ms: first to last
+/// non-zero sample at the device rate.
+fn sounding_ms(recording: &[i16]) -> f64 {
+    let left = common::first_channel_s16(recording, DEVICE_CHANNELS);
+    match (
+        left.iter().position(|&v| v != 0.0),
+        left.iter().rposition(|&v| v != 0.0),
+    ) {
+        (Some(a), Some(b)) => (b - a) as f64 * 1000.0 / f64::from(DEVICE_RATE),
+        _ => 0.0,
+    }
+}
+
+/// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
+/// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
+/// `netspeaker --raw s16le:8000:1`. Returns the run, the datagrams sent and
+/// the receiver's VmHWM in KiB a fifth into the stream and just before it
+/// stopped.
+fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64, u64) {
+    let _serial = serial();
+    let dir = TestDir::new(name);
+    let sent = noise(31 + seconds as u64, 1, 8000 * seconds, 20_000);
+    let input = dir.file("signal.raw");
+    write_s16le(&input, &sent);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = Receiver::start(
+        &dir,
+        // mlockall would make every mapping resident (PulseAudio's 64 MiB
+        // shared-memory pools among them), hiding what the receiver itself
+        // uses: without it VmHWM counts the pages it touched.
+        &["--raw", "s16le:8000:1", "--listen", &listen, "--no-mlock"],
+    );
+    let sender = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tutorial/sender.py");
+    let sender = Command::new("python3")
+        .arg(sender)
+        .arg(&input)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    // A fifth into the sending: the receiver has warmed up and is dropping.
+    std::thread::sleep(Duration::from_millis(seconds as u64 * 100));
+    let early_hwm = receiver.vm_hwm_kib();
+    let out = sender.wait_with_output().expect("wait for sender.py");
+    assert!(out.status.success(), "sender.py: {out:?}");
+    let datagrams: u64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sender.py prints the datagrams it sent");
+    std::thread::sleep(Duration::from_millis(300));
+    let hwm = receiver.vm_hwm_kib();
+    let (log, recording, stalled) = receiver.stop();
+    let played = Played {
+        log,
+        recording,
+        expected: sent,
+        stalled,
+    };
+    (played, datagrams, early_hwm, hwm)
+}
+
+/// Resident memory of the receiver (without mlock) after the longer
+/// stream, in KiB; its own footprint is about 8 MiB with the PulseAudio
+/// plugin loaded.
+const TUTORIAL_HWM_BOUND_KIB: u64 = 32 * 1024;
+/// Growth allowed from a fifth into the 20 s stream (2 s of sending) to its
+/// end (10 s), in KiB. Buffering the excess without bound would keep 200
+/// more datagrams: 62 KiB on top of the 40-44 KiB the receiver was seen
+/// to add anyway over that time (runs here); the bound sits between.
+const TUTORIAL_GROWTH_BOUND_KIB: u64 = 80;
+
+#[test]
+fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
+    let (short, short_sent, _, short_hwm) = play_tutorial("tutorial-5s", 5);
+    let (long, long_sent, early_hwm, long_hwm) = play_tutorial("tutorial-20s", 20);
+    for (p, sent) in [(&short, short_sent), (&long, long_sent)] {
+        let played_ms = sounding_ms(&p.recording);
+        let packets = final_stat(&p.log, "packets");
+        let overflow = final_stat(&p.log, "overflow");
+        let kept_ms = (packets - overflow) as f64 * 20.0;
+        let context = format!(
+            "sent {sent} datagrams; packets {packets} overflow {overflow}; \
+             {played_ms:.0} ms played of {kept_ms:.0} ms kept; log:\n{}",
+            p.log
+        );
+        eprintln!("tutorial: sent {sent}, overflow {overflow}, played {played_ms:.0} ms of {kept_ms:.0} ms kept");
+        // Loopback loses nothing: every datagram is counted.
+        assert_eq!(packets, sent, "{context}");
+        // Sent at twice real time and played at real time: about half is
+        // excess, dropped and counted (a little less: the playout delay
+        // and the device buffer hold some, and playing goes on after).
+        assert!(
+            overflow * 100 >= sent * 40 && overflow * 100 <= sent * 55,
+            "overflow is not about half the datagrams: {context}"
+        );
+        // What was not dropped played, once: the recording sounds for as
+        // long as the kept datagrams last (at 48 kHz, not bit for bit),
+        // plus at most the concealment's 60 ms fade after the end and one
+        // datagram.
+        assert!(
+            played_ms >= kept_ms * 0.95 && played_ms <= kept_ms + 80.0,
+            "the kept datagrams did not play for their length: {context}"
+        );
+    }
+    eprintln!(
+        "VmHWM {short_hwm} KiB after the 5 s stream; {early_hwm} KiB 2 s into \
+         the 20 s stream, {long_hwm} KiB at its end"
+    );
+    assert!(
+        long_hwm <= TUTORIAL_HWM_BOUND_KIB,
+        "VmHWM {long_hwm} KiB after the 20 s stream"
+    );
+    assert!(
+        long_hwm <= early_hwm + TUTORIAL_GROWTH_BOUND_KIB,
+        "memory grew with the stream: VmHWM {early_hwm} KiB 2 s in, {long_hwm} KiB at the end"
+    );
 }
 
 const SRTP_KEY: &str = "bmV0c3BlYWtlciBzcnRwIHRlc3Qga2V5IDAwMDEh";
@@ -567,8 +754,8 @@ fn srtp_sender_args(key: &str) -> Vec<String> {
 }
 
 #[test]
-fn ffmpeg_srtp_pcmu_plays_bit_exact() {
-    let sent = noise(14, 1, 8000 * 3, 20_000);
+fn ffmpeg_srtp_pcmu_plays() {
+    let sent = multitone(8000, 8000 * G711_SECONDS, &TONES, TONE_AMPLITUDE);
     let rx = srtp_receiver_args("srtp-ok", SRTP_KEY);
     once_more_if_stalled("ff-srtp", |stalled| {
         let p = play_from_ffmpeg_with(
@@ -581,7 +768,9 @@ fn ffmpeg_srtp_pcmu_plays_bit_exact() {
             &rx,
         );
         stalled.set(p.stalled);
-        assert_played(&p.recording, &p.expected, 1, &p.log);
+        // Decrypted exactly (tests/net_srtp.rs compares the payloads byte
+        // for byte): what plays is the codes ffmpeg encrypted.
+        assert_converted(&p.recording, &p.expected, &p.log);
         assert_eq!(final_stat(&p.log, "auth-failed"), 0, "{}", p.log);
         // The keyed net thread (and the playout thread) allocated nothing.
         assert_eq!(final_stat(&p.log, "rt-allocs"), 0, "{}", p.log);
@@ -664,147 +853,5 @@ fn receiver_refuses_unusable_key_file_at_start() {
         out.status.code(),
         Some(2),
         "a suite without a key is a usage error"
-    );
-}
-
-/// The frames of `recording` that sit in runs of `sent` (each run at
-/// least 64 frames, bit-exact, mono), and the number of runs.
-fn frames_in_runs(recording: &[i16], sent: &[i16]) -> (usize, usize) {
-    const MIN_RUN: usize = 64;
-    let mut by_head: std::collections::HashMap<&[i16], Vec<usize>> = Default::default();
-    for o in 0..sent.len().saturating_sub(MIN_RUN) {
-        by_head.entry(&sent[o..o + 4]).or_default().push(o);
-    }
-    let (mut matched, mut runs, mut p) = (0, 0, 0);
-    while p + MIN_RUN <= recording.len() {
-        let run = by_head
-            .get(&recording[p..p + 4])
-            .into_iter()
-            .flatten()
-            .map(|&o| {
-                recording[p..]
-                    .iter()
-                    .zip(&sent[o..])
-                    .take_while(|(r, s)| r == s)
-                    .count()
-            })
-            .max()
-            .unwrap_or(0);
-        if run >= MIN_RUN {
-            matched += run;
-            runs += 1;
-            p += run;
-        } else {
-            p += 1;
-        }
-    }
-    (matched, runs)
-}
-
-/// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
-/// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
-/// `netspeaker --raw s16le:8000:1`. Returns the run, the datagrams sent and
-/// the receiver's VmHWM in KiB a fifth into the stream and just before it
-/// stopped.
-fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64, u64) {
-    let _serial = serial();
-    let dir = TestDir::new(name);
-    let sent = noise(31 + seconds as u64, 1, 8000 * seconds, 20_000);
-    let input = dir.file("signal.raw");
-    write_s16le(&input, &sent);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let receiver = Receiver::start(
-        &dir,
-        40,
-        8000,
-        1,
-        // mlockall would make every mapping resident (PulseAudio's 64 MiB
-        // shared-memory pools among them), hiding what the receiver itself
-        // uses: without it VmHWM counts the pages it touched.
-        &["--raw", "s16le:8000:1", "--listen", &listen, "--no-mlock"],
-    );
-    let sender = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tutorial/sender.py");
-    let sender = Command::new("python3")
-        .arg(sender)
-        .arg(&input)
-        .arg("127.0.0.1")
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run python3");
-    // A fifth into the sending: the receiver has warmed up and is dropping.
-    std::thread::sleep(Duration::from_millis(seconds as u64 * 100));
-    let early_hwm = receiver.vm_hwm_kib();
-    let out = sender.wait_with_output().expect("wait for sender.py");
-    assert!(out.status.success(), "sender.py: {out:?}");
-    let datagrams: u64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("sender.py prints the datagrams it sent");
-    std::thread::sleep(Duration::from_millis(300));
-    let hwm = receiver.vm_hwm_kib();
-    let (log, recording, stalled) = receiver.stop();
-    let played = Played {
-        log,
-        recording,
-        expected: sent,
-        stalled,
-    };
-    (played, datagrams, early_hwm, hwm)
-}
-
-/// Resident memory of the receiver (without mlock) after the longer
-/// stream, in KiB; its own footprint is about 8 MiB with the PulseAudio
-/// plugin loaded.
-const TUTORIAL_HWM_BOUND_KIB: u64 = 32 * 1024;
-/// Growth allowed from a fifth into the 20 s stream (2 s of sending) to its
-/// end (10 s), in KiB. Buffering the excess without bound would keep 200
-/// more datagrams: 62 KiB on top of the 40-44 KiB the receiver was seen
-/// to add anyway over that time (runs here); the bound sits between.
-const TUTORIAL_GROWTH_BOUND_KIB: u64 = 80;
-
-#[test]
-fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
-    let (short, short_sent, _, short_hwm) = play_tutorial("tutorial-5s", 5);
-    let (long, long_sent, early_hwm, long_hwm) = play_tutorial("tutorial-20s", 20);
-    for (p, sent) in [(&short, short_sent), (&long, long_sent)] {
-        let (matched, runs) = frames_in_runs(&p.recording, &p.expected);
-        let packets = final_stat(&p.log, "packets");
-        let overflow = final_stat(&p.log, "overflow");
-        let context = format!(
-            "sent {sent} datagrams; packets {packets} overflow {overflow}; \
-             {matched} frames in {runs} runs; recording {} frames; log:\n{}",
-            p.recording.len(),
-            p.log
-        );
-        // Loopback loses nothing: every datagram is counted.
-        assert_eq!(packets, sent, "{context}");
-        // Sent at twice real time and played at real time: about half is
-        // excess, dropped and counted (a little less: the playout delay
-        // and the device buffer hold some, and playing goes on after).
-        assert!(
-            overflow * 100 >= sent * 40 && overflow * 100 <= sent * 55,
-            "overflow is not about half the datagrams: {context}"
-        );
-        // What was not dropped played, bit-exact, in runs of whole
-        // datagrams (160 frames) of the sent audio.
-        let kept_frames = (packets - overflow) as usize * 160;
-        assert!(
-            matched * 100 >= kept_frames * 95 && matched <= kept_frames,
-            "the kept datagrams did not play bit-exact: {context}"
-        );
-    }
-    eprintln!(
-        "VmHWM {short_hwm} KiB after the 5 s stream; {early_hwm} KiB 2 s into \
-         the 20 s stream, {long_hwm} KiB at its end"
-    );
-    assert!(
-        long_hwm <= TUTORIAL_HWM_BOUND_KIB,
-        "VmHWM {long_hwm} KiB after the 20 s stream"
-    );
-    assert!(
-        long_hwm <= early_hwm + TUTORIAL_GROWTH_BOUND_KIB,
-        "memory grew with the stream: VmHWM {early_hwm} KiB 2 s in, {long_hwm} KiB at the end"
     );
 }

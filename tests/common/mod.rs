@@ -412,6 +412,217 @@ pub fn noise(seed: u64, channels: u16, frames: usize, amplitude: i16) -> Vec<i16
         .collect()
 }
 
+/// Mono tone bursts: `burst_ms` of a `freq_hz` sine every `every_ms`,
+/// the first `first_ms` in, exact silence between. Each burst starts at
+/// phase 0, rising, so its onset in a recording is found the same way
+/// every time ([`burst_onsets`]): the spacing of onsets is the receiver's
+/// timing, to a fraction of a device frame.
+pub fn tone_bursts(
+    rate: u32,
+    frames: usize,
+    first_ms: u32,
+    every_ms: u32,
+    burst_ms: u32,
+    freq_hz: f64,
+    amplitude: i16,
+) -> Vec<i16> {
+    let ms = |m: u32| (u64::from(m) * u64::from(rate) / 1000) as usize;
+    let (first, every, burst) = (ms(first_ms), ms(every_ms), ms(burst_ms));
+    let mut out = vec![0i16; frames];
+    let mut start = first;
+    while start < frames {
+        let tone = sine(rate, 1, freq_hz, burst.min(frames - start), amplitude);
+        out[start..start + tone.len()].copy_from_slice(&tone);
+        start += every;
+    }
+    out
+}
+
+/// How many bursts [`tone_bursts`] puts in `frames`.
+pub fn burst_count(rate: u32, frames: usize, first_ms: u32, every_ms: u32) -> usize {
+    let ms = |m: u32| (u64::from(m) * u64::from(rate) / 1000) as usize;
+    let (first, every) = (ms(first_ms), ms(every_ms));
+    if frames <= first {
+        0
+    } else {
+        (frames - first).div_ceil(every)
+    }
+}
+
+/// Onsets of tone bursts in a mono recording, in (fractional) frames: the
+/// point where |sample| first crosses `threshold` after at least `quiet`
+/// frames under it, interpolated between the two frames around it.
+pub fn burst_onsets(mono: &[f32], threshold: f32, quiet: usize) -> Vec<f64> {
+    let mut onsets = Vec::new();
+    let mut since_loud = quiet;
+    for (i, &v) in mono.iter().enumerate() {
+        if v.abs() > threshold {
+            if since_loud >= quiet {
+                let prev = if i > 0 { mono[i - 1].abs() } else { 0.0 };
+                let frac = f64::from((threshold - prev) / (v.abs() - prev));
+                onsets.push(i as f64 - 1.0 + frac.clamp(0.0, 1.0));
+            }
+            since_loud = 0;
+        } else {
+            since_loud += 1;
+        }
+    }
+    onsets
+}
+
+/// The first channel of interleaved frames, as f32.
+pub fn first_channel_s16(samples: &[i16], channels: u16) -> Vec<f32> {
+    samples
+        .chunks_exact(usize::from(channels))
+        .map(|f| i16_to_f32(f[0]))
+        .collect()
+}
+
+/// The first channel of interleaved f32 frames.
+pub fn first_channel_f32(samples: &[f32], channels: u16) -> Vec<f32> {
+    samples
+        .chunks_exact(usize::from(channels))
+        .map(|f| f[0])
+        .collect()
+}
+
+/// Mono sum of sines at `freqs_hz` (each `amplitude`, all from phase 0).
+/// With frequencies that are multiples of 50 Hz, a 20 ms block holds whole
+/// cycles of each, so [`tone_block_snr`] fits them exactly.
+pub fn multitone(rate: u32, frames: usize, freqs_hz: &[f64], amplitude: i16) -> Vec<i16> {
+    (0..frames)
+        .map(|n| {
+            let t = n as f64 / f64::from(rate);
+            let v: f64 = freqs_hz
+                .iter()
+                .map(|f| (2.0 * std::f64::consts::PI * f * t).sin())
+                .sum();
+            (v * f64::from(amplitude)).round() as i16
+        })
+        .collect()
+}
+
+/// One block's fit of the known tones: the signal-to-residual ratio in dB
+/// and the fitted amplitude of each tone (full scale 1.0).
+#[derive(Clone, Debug)]
+pub struct ToneFit {
+    pub snr_db: f64,
+    pub amplitudes: Vec<f64>,
+}
+
+/// Fits the tones `freqs_hz` (any phase, any amplitude: the ideal signal
+/// after whatever delay and conversion) to each 20 ms block of a mono
+/// signal at `rate`, and measures what is left: noise, distortion, images,
+/// clicks. The frequencies must be multiples of 50 Hz (whole cycles per
+/// block: the sines and cosines are orthogonal, the projections are the
+/// least-squares fit). Compare a recording's figures with the same fit of
+/// the stream at its own rate (what the codec alone leaves).
+pub fn tone_block_snr(mono: &[f32], rate: u32, freqs_hz: &[f64]) -> Vec<ToneFit> {
+    let block = rate as usize / 50;
+    mono.chunks_exact(block)
+        .map(|b| {
+            let n = b.len() as f64;
+            let mut fit = vec![0.0f64; b.len()];
+            let mut amplitudes = Vec::new();
+            for f in freqs_hz {
+                let w = 2.0 * std::f64::consts::PI * f / f64::from(rate);
+                let (mut sc, mut cc) = (0.0, 0.0);
+                for (i, v) in b.iter().enumerate() {
+                    sc += f64::from(*v) * (w * i as f64).sin();
+                    cc += f64::from(*v) * (w * i as f64).cos();
+                }
+                let (a, c) = (2.0 * sc / n, 2.0 * cc / n);
+                amplitudes.push(a.hypot(c));
+                for (i, x) in fit.iter_mut().enumerate() {
+                    *x += a * (w * i as f64).sin() + c * (w * i as f64).cos();
+                }
+            }
+            let (mut noise, mut power) = (0.0f64, 0.0f64);
+            for (v, x) in b.iter().zip(&fit) {
+                noise += (f64::from(*v) - x).powi(2);
+                power += x * x;
+            }
+            ToneFit {
+                snr_db: 10.0 * (power / noise.max(1e-30)).log10(),
+                amplitudes,
+            }
+        })
+        .collect()
+}
+
+/// A played signal of tones against the same fit of a reference (the
+/// stream at its own rate, e.g. the G.711 codes the sender made): see
+/// [`compare_tones`].
+#[derive(Clone, Debug)]
+pub struct ToneComparison {
+    /// Median over the judged 20 ms blocks, in dB.
+    pub played_snr_db: f64,
+    pub reference_snr_db: f64,
+    /// The played block with the most left over.
+    pub worst_db: f64,
+    /// The largest change of a tone's level, in dB.
+    pub level_error_db: f64,
+    /// Judged blocks of the played signal.
+    pub blocks: usize,
+}
+
+/// The 20 ms tone fits of the last `seconds` before a signal's end: the
+/// blocks before the last one with every tone at 90 % of `amplitude` or
+/// more, less 100 ms (past the end a receiver's concealment fades out).
+pub fn tail_fits(
+    mono: &[f32],
+    rate: u32,
+    tones: &[f64],
+    amplitude: i16,
+    seconds: usize,
+) -> Vec<ToneFit> {
+    let fits = tone_block_snr(mono, rate, tones);
+    let full = f64::from(amplitude) / 32768.0 * 0.9;
+    let last = fits
+        .iter()
+        .rposition(|f| f.amplitudes.iter().all(|a| *a > full))
+        .unwrap_or(0);
+    let end = last.saturating_sub(5);
+    fits[end.saturating_sub(seconds * 50)..end].to_vec()
+}
+
+/// Compares the last `seconds` of a played signal of `tones` with the
+/// same stretch of the reference: the residual after fitting the tones
+/// (noise, distortion, images, clicks, a lost or repeated piece) and the
+/// tones' levels.
+pub fn compare_tones(
+    played: &[f32],
+    played_rate: u32,
+    reference: &[f32],
+    reference_rate: u32,
+    tones: &[f64],
+    amplitude: i16,
+    seconds: usize,
+) -> ToneComparison {
+    let p = tail_fits(played, played_rate, tones, amplitude, seconds);
+    let r = tail_fits(reference, reference_rate, tones, amplitude, seconds);
+    let snr = |f: &[ToneFit]| median(&f.iter().map(|f| f.snr_db).collect::<Vec<_>>());
+    let level_db = |f: &[ToneFit], k: usize| {
+        20.0 * median(&f.iter().map(|f| f.amplitudes[k]).collect::<Vec<_>>()).log10()
+    };
+    ToneComparison {
+        played_snr_db: snr(&p),
+        reference_snr_db: snr(&r),
+        worst_db: p.iter().map(|f| f.snr_db).fold(f64::INFINITY, f64::min),
+        level_error_db: (0..tones.len())
+            .map(|k| (level_db(&p, k) - level_db(&r, k)).abs())
+            .fold(0.0, f64::max),
+        blocks: p.len(),
+    }
+}
+
+/// The median of some figures (NaN if none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// Exact f32 form of 16-bit samples (k / 32768), as the playout stage
 /// hands them to the device stage.
 pub fn to_f32(samples: &[i16]) -> Vec<f32> {
@@ -491,6 +702,40 @@ pub fn align(recording: &[i16], sent: &[i16], channels: u16, tolerance: i32) -> 
             recording_frame: first_loud,
             sent_frame: f,
         })
+}
+
+/// Of the last `seconds` the device played before the stream's end, the
+/// share of whole seconds that are the signal bit for bit, each aligned on
+/// its own (a correction of the delay moves the alignment by whole
+/// frames, and the audio during it is resampled, hence not exact).
+pub fn exact_share_of_tail(
+    recording: &[i16],
+    sent: &[i16],
+    channels: u16,
+    rate: u32,
+    seconds: usize,
+    log: &str,
+) -> f64 {
+    let ch = usize::from(channels);
+    let rate = rate as usize;
+    let last_sound = recording
+        .chunks_exact(ch)
+        .rposition(|f| f.iter().any(|&v| v != 0))
+        .unwrap_or_else(|| panic!("nothing was played\n{log}"));
+    // Skip the fade-out after the stream's end.
+    let end = last_sound.saturating_sub(rate / 10);
+    assert!(end > seconds * rate, "less than {seconds} s played\n{log}");
+    let exact = (0..seconds)
+        .filter(|k| {
+            let from = end - (k + 1) * rate;
+            let second = &recording[from * ch..(from + rate) * ch];
+            align(second, sent, channels, 0).is_some_and(|al| {
+                let cmp = compare(second, sent, channels, al, 0);
+                cmp.mismatched_frames == 0 && cmp.frames == rate - al.recording_frame
+            })
+        })
+        .count();
+    exact as f64 / seconds as f64
 }
 
 /// The result of comparing the aligned overlap.
@@ -662,6 +907,51 @@ pub fn once_more_if_stalled(name: &str, body: impl Fn(&std::cell::Cell<Option<Du
 #[cfg(test)]
 mod growth_tests {
     use super::*;
+
+    #[test]
+    fn tone_fit_finds_the_tones_and_the_noise() {
+        let freqs = [250.0, 650.0, 1000.0];
+        let clean = multitone(48_000, 48_000, &freqs, 5000);
+        let mono: Vec<f32> = clean.iter().map(|&s| i16_to_f32(s)).collect();
+        // Delayed by a fraction of a cycle: the fit takes any phase.
+        let fits = tone_block_snr(&mono[7..], 48_000, &freqs);
+        assert!(fits.iter().all(|f| f.snr_db > 80.0), "{:?}", fits[0]);
+        let level = 5000.0 / 32768.0;
+        assert!(fits[0].amplitudes.iter().all(|a| (a - level).abs() < 1e-4));
+        // Noise at -40 dB of the tones' power is measured as 40 dB.
+        let n = noise(3, 1, 48_000, 32_000);
+        let rms_tones = level * (1.5f64).sqrt();
+        let rms_noise = 32_000.0 / 32768.0 / 3f64.sqrt();
+        let k = rms_tones / rms_noise / 100.0;
+        let noisy: Vec<f32> = mono
+            .iter()
+            .zip(&n)
+            .map(|(v, e)| v + (k * f64::from(i16_to_f32(*e))) as f32)
+            .collect();
+        let snr = median(
+            &tone_block_snr(&noisy, 48_000, &freqs)
+                .iter()
+                .map(|f| f.snr_db)
+                .collect::<Vec<_>>(),
+        );
+        assert!((snr - 40.0).abs() < 1.0, "{snr}");
+    }
+
+    #[test]
+    fn burst_onsets_found_where_they_were_put() {
+        let bursts = tone_bursts(48_000, 48_000 * 3, 60, 500, 50, 1000.0, 12_000);
+        assert_eq!(burst_count(48_000, bursts.len(), 60, 500), 6);
+        let mono: Vec<f32> = bursts.iter().map(|&s| i16_to_f32(s)).collect();
+        let onsets = burst_onsets(&mono, 0.1, 480);
+        assert_eq!(onsets.len(), 6, "{onsets:?}");
+        // The threshold is crossed a little after the burst's first frame,
+        // by the same amount for every burst.
+        assert!((2880.0..2884.0).contains(&onsets[0]), "{onsets:?}");
+        for (k, o) in onsets.iter().enumerate() {
+            let want = onsets[0] + 24_000.0 * k as f64;
+            assert!((o - want).abs() < 0.01, "burst {k} at {o}, not {want}");
+        }
+    }
 
     #[test]
     fn flat_spans_need_a_sample_at_both_ends() {

@@ -28,6 +28,18 @@ impl RunningReceiver {
     /// Starts `netspeaker ARGS` with `env`, logging to `log`; waits (up to
     /// 10 s) until it has opened its device.
     pub fn start(args: &[&str], env: &[(String, String)], log: PathBuf) -> RunningReceiver {
+        RunningReceiver::start_until("open:", args, env, log)
+    }
+
+    /// As [`RunningReceiver::start`], but returns as soon as the log says
+    /// `needle` (e.g. "listening on": the socket is bound, the device may
+    /// still be opening).
+    pub fn start_until(
+        needle: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> RunningReceiver {
         let file = std::fs::File::create(&log).expect("receiver log");
         let child = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
             .args(args)
@@ -45,8 +57,8 @@ impl RunningReceiver {
             log,
         };
         assert!(
-            rx.wait_for_log("open:", Duration::from_secs(10)),
-            "netspeaker did not open its device within 10 s:\n{}",
+            rx.wait_for_log(needle, Duration::from_secs(10)),
+            "netspeaker did not log '{needle}' within 10 s:\n{}",
             rx.log_text()
         );
         rx
@@ -127,7 +139,9 @@ impl Drop for RunningReceiver {
 /// The figures of one statistics line, by name: `packets`, `lost`, `late`,
 /// `reordered`, `duplicates`, `stray`, `dropped`, `overflow`, `filtered`,
 /// `malformed`, `auth-failed`, `concealed` (ms), `stretched` (ms), `underruns`, `jitter`,
-/// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`.
+/// `buffer` (depth ms), `target` (ms), `alsa`, `delay`, `drift`,
+/// `drift-uncertainty` (absent while unknown), `bit-exact` (1, or 0 for
+/// resampled), `starved`, `rt-allocs`.
 #[derive(Debug, Clone, Default)]
 pub struct Stats(pub HashMap<String, f64>);
 
@@ -155,6 +169,16 @@ impl Stats {
                 }
                 i += 2;
                 continue;
+            }
+            // "drift +1000.3 ppm (±4.2) resampled": the estimate's
+            // uncertainty, and whether the samples pass through untouched.
+            if let Some(u) = value.strip_prefix('±') {
+                if let Ok(u) = u.parse::<f64>() {
+                    map.insert("drift-uncertainty".into(), u);
+                }
+            }
+            if key == "bit-exact" || key == "resampled" {
+                map.insert("bit-exact".into(), f64::from(u8::from(key == "bit-exact")));
             }
             if let Ok(v) = value.trim_start_matches('+').parse::<f64>() {
                 map.insert(key.to_string(), v);
@@ -189,6 +213,40 @@ pub struct RtpStream {
 /// absolute deadlines (a late wake-up sends the due packets at once).
 /// Returns the number of packets sent.
 pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize {
+    let ptime = Duration::from_millis(u64::from(stream.ptime_ms));
+    send_rtp_every(dest, stream, samples, ptime)
+}
+
+/// As [`send_rtp`], but packet k leaves at `k × interval` of real time
+/// while its timestamp still advances by one ptime: a sender whose clock
+/// runs fast by `ptime / interval − 1` (e.g. `ptime / 1.001`: +1000 ppm),
+/// as a sound card's crystal off by that much would make it.
+pub fn send_rtp_every(
+    dest: SocketAddr,
+    stream: &RtpStream,
+    samples: &[i16],
+    interval: Duration,
+) -> usize {
+    send_rtp_timed(dest, stream, samples, interval).sent
+}
+
+/// What a paced send did: packets sent, and how late the latest one left
+/// against its deadline (the test sender is a plain thread: on a loaded
+/// machine it is the link's jitter, which a "clean link" test must show).
+#[derive(Clone, Copy, Debug)]
+pub struct SendReport {
+    pub sent: usize,
+    pub max_late: Duration,
+}
+
+/// As [`send_rtp_every`], with the sender's own lateness.
+pub fn send_rtp_timed(
+    dest: SocketAddr,
+    stream: &RtpStream,
+    samples: &[i16],
+    interval: Duration,
+) -> SendReport {
+    let mut max_late = Duration::ZERO;
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
     let ch = usize::from(stream.channels);
     let frames_per_packet = (stream.rate * stream.ptime_ms / 1000) as usize;
@@ -199,10 +257,11 @@ pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize 
         if chunk.len() < frames_per_packet * ch {
             break;
         }
-        let due = start + Duration::from_millis(u64::from(stream.ptime_ms) * k as u64);
+        let due = start + Duration::from_nanos((interval.as_nanos() * k as u128) as u64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        max_late = max_late.max(Instant::now().saturating_duration_since(due));
         let seq = stream.first_seq.wrapping_add(k as u16);
         let ts = stream
             .first_timestamp
@@ -216,7 +275,7 @@ pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize 
         sock.send_to(&buf[..12 + n], dest).expect("send RTP");
         sent += 1;
     }
-    sent
+    SendReport { sent, max_late }
 }
 
 /// Sends headerless s16le PCM in `bytes_per_packet` datagrams every

@@ -236,6 +236,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The rate the receiver opens the PulseAudio device at on the defaults.
+pub const PULSE_DEVICE_RATE: u32 = 48_000;
+
 /// The JACK dummy backend's period (5.3 ms at 48 kHz).
 const JACK_PERIOD: u32 = 256;
 
@@ -246,8 +249,10 @@ pub struct Bench {
     pub alsa: AlsaConfig,
     pub pulse: PulseServer,
     pub port: u16,
-    /// What the receiver played, across every reopen of the device:
-    /// s16le mono at the stream's rate (PulseAudio), or FLOAT_LE stereo at
+    /// What the receiver played, across every reopen of the device, in
+    /// the device's own format (the receiver's default: it opens the
+    /// device once at the device's preference and converts every stream
+    /// to it): s16le stereo at 48 kHz (PulseAudio), or FLOAT_LE stereo at
     /// the JACK server's rate (with [`Bench::with_jack`]).
     pub recording: PathBuf,
     /// With [`Bench::with_jack`]: the receiver plays into JACK's dummy
@@ -342,18 +347,26 @@ impl Bench {
         }
     }
 
-    /// Bytes per recorded frame: s16 mono, or f32 stereo from JACK.
+    /// Bytes per recorded frame: s16 stereo, or f32 stereo from JACK.
     pub fn frame_bytes(&self) -> usize {
         if self.jack.is_some() {
             8
         } else {
-            2
+            4
         }
     }
 
-    /// The recording as mono f32 (the first channel) and its rate; a
-    /// PulseAudio recording is at the stream's rate, `stream_rate`.
-    pub fn recorded_mono(&self, stream_rate: u32) -> (Vec<f32>, u32) {
+    /// The device's rate, as the receiver opens it on the defaults: the
+    /// PulseAudio plugin offers every rate and the receiver prefers
+    /// 48 kHz; JACK offers only its server's.
+    pub fn device_rate(&self) -> u32 {
+        self.jack.as_ref().map_or(PULSE_DEVICE_RATE, |j| j.rate)
+    }
+
+    /// The recording as mono f32 (the first channel) and its rate (the
+    /// device's: see [`Bench::device_rate`]; `_stream_rate` is no longer
+    /// the recording's, since the device stays at its own format).
+    pub fn recorded_mono(&self, _stream_rate: u32) -> (Vec<f32>, u32) {
         let bytes: Vec<u8> = recording_parts(&self.recording)
             .iter()
             .filter(|p| p.exists())
@@ -369,10 +382,10 @@ impl Bench {
             ),
             None => (
                 bytes
-                    .chunks_exact(2)
+                    .chunks_exact(4)
                     .map(|b| i16_to_f32(i16::from_le_bytes([b[0], b[1]])))
                     .collect(),
-                stream_rate,
+                PULSE_DEVICE_RATE,
             ),
         }
     }
@@ -383,13 +396,14 @@ impl Bench {
         recorded_frames(&self.recording, self.frame_bytes())
     }
 
-    /// The whole recording (mono s16le): read it after the receiver closed
-    /// the device.
+    /// The whole recording's first channel (s16; PulseAudio only): read
+    /// it after the receiver closed the device.
     pub fn recorded(&self) -> Vec<i16> {
         recording_parts(&self.recording)
             .iter()
             .filter(|p| p.exists())
             .flat_map(|p| crate::common::read_s16le(p))
+            .step_by(2)
             .collect()
     }
 
@@ -399,10 +413,10 @@ impl Bench {
 
     /// Starts `netspeaker` on the bench's port, playing into `recorded`, with
     /// a statistics line every second, debug logging and `extra` options;
-    /// waits until it listens, then until the device consumes audio (a
-    /// fresh PulseAudio stream can take a second or more to start, during
-    /// which the first write blocks: not the network's doing, so the test
-    /// stream starts after it).
+    /// waits until it listens, then until it reports the device open
+    /// (which it does once the device consumes audio: a fresh PulseAudio
+    /// stream can take a second or more to start; the test stream starts
+    /// after it).
     pub fn receiver(&self, extra: &[&str]) -> Proc {
         let started = Instant::now();
         let mut child = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
@@ -435,11 +449,12 @@ impl Bench {
             "the receiver did not start:\n{}",
             proc.log.text()
         );
-        // Best effort: a device that starts without the debug line still
-        // gets its 5 s.
+        // The receiver reports the device open once it has seen it consume
+        // (a PulseAudio stream takes a second or more to start). Best
+        // effort: a device that never says so still gets its 5 s.
         let _ = proc
             .log
-            .wait_for("consuming after", started, Duration::from_secs(5));
+            .wait_for(" open: ", started, Duration::from_secs(5));
         proc
     }
 }
