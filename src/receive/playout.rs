@@ -129,7 +129,13 @@ impl PlayoutThread {
             if let Some(e) = link_event {
                 self.link_event(e);
             }
-            self.engine.set_holding(!self.device.is_open());
+            // Until the device really plays (a sound server starts its
+            // stream a second or two after the open, taking a buffer's worth
+            // meanwhile), the audio waits in the jitter buffer and the device
+            // gets silence: a stream's start is kept, not fed into a device
+            // that does not play it yet.
+            let playing = self.device.consuming();
+            self.engine.set_holding(!playing);
             match self.device.device() {
                 Some(dev) => {
                     let n = dev.negotiated();
@@ -138,7 +144,12 @@ impl PlayoutThread {
                         (n.period_frames * n.channels as usize).min(out.len()),
                     );
                     let channels = n.channels.max(1) as usize;
-                    self.engine.render(&mut out[..len], now);
+                    if playing {
+                        self.engine.render(&mut out[..len], now);
+                    } else {
+                        out[..len].fill(0.0);
+                        self.engine.idle(now, self.config.period_ms);
+                    }
                     let written = dev.write(&out[..len]);
                     let delay = dev.delay_frames();
                     let delay_at = crate::service::clock::monotonic_ns();
