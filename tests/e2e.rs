@@ -300,7 +300,7 @@ fn g711_case(encoding: Encoding, payload_type: u8, name: &str) {
         assert_eq!(code, Some(0));
         let log = rx.log_text();
         assert_eq!(stats.get("underruns"), 0.0, "{log}");
-        assert!(log.contains("S16 48000 Hz 2 ch"), "{log}");
+        assert!(log.contains("S16_LE 48000 Hz 2 ch"), "{log}");
         assert_tones_kept(
             &read_s16le(&alsa.paced),
             &g711_round_trip(encoding, &signal),
@@ -507,7 +507,7 @@ fn one_device_format_for_streams_of_any_format() {
         1,
         "the device opened once\n{log}"
     );
-    assert!(log.contains("S16 48000 Hz 2 ch"), "{log}");
+    assert!(log.contains("S16_LE 48000 Hz 2 ch"), "{log}");
     assert!(!log.contains("reopening"), "the device was reopened\n{log}");
     assert_eq!(log.matches("new sender").count(), 2, "{log}");
     assert_eq!(stats.get("underruns"), 0.0, "{log}");

@@ -27,7 +27,8 @@
 //!   depth beyond `max_delay_ms` is dropped (overflow). This bounds memory
 //!   and latency for a sender that sends faster than real time.
 //! - A new SSRC or a new payload format resets the buffer onto the new
-//!   stream. No packet for `stream_lost_ms` marks the stream lost.
+//!   stream. No packet for `stream_lost_ms`, and nothing left to play,
+//!   marks the stream lost.
 //!
 //! Nothing allocates after `new`; `read` copies whole runs with slice copies.
 
@@ -596,8 +597,11 @@ impl JitterBuffer {
 
     fn check_lost(&mut self, now_ns: u64) {
         let lost_ns = self.config.stream_lost_ms as u64 * 1_000_000;
+        // Audio still buffered is still to be played: a backlog held while
+        // the device was away outlasts the sender by seconds.
         if matches!(self.state, StreamState::Playing | StreamState::Prebuffering)
             && now_ns.saturating_sub(self.last_arrival_ns) > lost_ns
+            && (self.state == StreamState::Prebuffering || self.newest_end <= self.cursor)
         {
             self.state = StreamState::Lost;
             self.metrics.stream_lost += 1;
@@ -1398,22 +1402,26 @@ mod tests {
     }
 
     #[test]
-    fn pause_unseen_by_reads_restarts_prebuffer() {
+    fn pause_unseen_by_reads_plays_what_was_held() {
         let mut jb = buffer();
         lock_step(&mut jb, 0, 0, 10); // last packet at 180 ms
-                                      // The receiver was stopped for 2 s: the next packets arrive (and are
-                                      // pushed) before any read notices the pause.
+        let held = jb.depth_frames();
+        assert!(held > 0);
+        // Nothing was read for 2 s (the device was away; the audio waited):
+        // the next packets arrive before any read. What was buffered is
+        // still to be played, so the stream is not lost: it goes on, the
+        // held audio first, then the new packets, with nothing missing.
         let resume = 2180 * MS;
         let p = |k: u32| packet(l16(8000, 1), 1, 10 + k as u16, (10 + k) * 160, 160, resume);
         assert_eq!(jb.push(&p(0)), PushOutcome::Stored);
-        assert_eq!(jb.state(), StreamState::Prebuffering);
-        assert_eq!(jb.metrics().stream_lost, 1);
+        assert_eq!(jb.state(), StreamState::Playing);
         jb.push(&p(1));
         jb.push(&p(2));
-        let (status, samples) = read(&mut jb, 160, resume);
-        assert_eq!(status, ReadStatus::Audio(160));
-        assert_eq!(samples, expected(1600, 160, 1));
-        assert_eq!(jb.metrics().resyncs, 0);
+        assert_eq!(jb.depth_frames(), held + 3 * 160);
+        let (status, _) = read(&mut jb, held + 3 * 160, resume);
+        assert_eq!(status, ReadStatus::Audio(held + 3 * 160));
+        let m = jb.metrics();
+        assert_eq!((m.stream_lost, m.lost, m.resyncs), (0, 0, 0));
     }
 
     #[test]
