@@ -15,7 +15,7 @@
 //! to say goes to the main thread as a typed `Event` through a second SPSC
 //! queue, and its figures are published as relaxed atomics.
 
-use crate::alsa::playback::{AlsaError, Negotiated, WriteOutcome};
+use crate::alsa::playback::{AlsaError, DeviceStatus, Negotiated, WriteOutcome};
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
 use crate::receive::device::{DeviceLink, LinkEvent, OpenError};
 use crate::receive::engine::{Engine, PlayoutConfig, MAX_PERIOD_MS};
@@ -144,6 +144,7 @@ impl PlayoutThread {
                         (n.period_frames * n.channels as usize).min(out.len()),
                     );
                     let channels = n.channels.max(1) as usize;
+                    let buffer_frames = n.buffer_frames as u64;
                     if playing {
                         self.engine.render(&mut out[..len], now);
                     } else {
@@ -151,8 +152,11 @@ impl PlayoutThread {
                         self.engine.idle(now, self.config.period_ms);
                     }
                     let written = dev.write(&out[..len]);
-                    let delay = dev.delay_frames();
+                    // One status read: the delay for the statistics line
+                    // and the position for the clock estimate.
+                    let status = dev.status();
                     let delay_at = crate::service::clock::monotonic_ns();
+                    let delay = status.map(|s| s.delay_frames);
                     match written {
                         Ok(outcome) => {
                             let queued = if outcome == WriteOutcome::Suspended {
@@ -167,10 +171,14 @@ impl PlayoutThread {
                                 self.engine.device_restarted();
                                 self.link_event(e);
                             }
-                            if let (Some(d), true) = (delay, self.device.consuming()) {
-                                let played =
-                                    self.device.frames_written().saturating_sub(d.max(0) as u64);
-                                self.engine.device_position(delay_at, played);
+                            if let (Some(s), true) = (status, self.device.consuming()) {
+                                let (at, played) = device_position(
+                                    &s,
+                                    self.device.frames_written(),
+                                    buffer_frames,
+                                    delay_at,
+                                );
+                                self.engine.device_position(at, played);
                             }
                             match outcome {
                                 WriteOutcome::Written => {}
@@ -332,6 +340,32 @@ impl PlayoutThread {
     }
 }
 
+/// Where the device is, for the clock estimate: (when, frames it has
+/// taken from the ring buffer by then). The frames are those written less
+/// those still in the buffer (its size less `avail`), not less the delay:
+/// a sound server's delay adds its own latency, which it changes on the
+/// fly and interpolates between its timing updates (PulseAudio: ramps of
+/// ±100 ppm for seconds, then snaps), while what it has taken from the
+/// buffer follows its clock. The time is the status's own timestamp (when
+/// the position was read) where it has one and it is no later than
+/// `read_at_ns` nor over a second older, else `read_at_ns`.
+fn device_position(
+    status: &DeviceStatus,
+    frames_written: u64,
+    buffer_frames: u64,
+    read_at_ns: u64,
+) -> (u64, u64) {
+    let queued = buffer_frames.saturating_sub(status.avail_frames);
+    let played = frames_written.saturating_sub(queued);
+    let stamp = status.htstamp_ns;
+    let at = if stamp != 0 && stamp <= read_at_ns && read_at_ns - stamp < 1_000_000_000 {
+        stamp
+    } else {
+        read_at_ns
+    };
+    (at, played)
+}
+
 fn max_period_samples(config: &PlayoutConfig) -> usize {
     // A device may grant a period larger than asked; 4x with a floor
     // covers what "near" calls return in practice.
@@ -447,4 +481,43 @@ pub fn start(
         device_thread,
         events: event_rx,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_position_from_the_buffer_fill_and_the_status_time() {
+        let status = DeviceStatus {
+            htstamp_ns: 5_000_000_000,
+            avail_frames: 1_500,
+            // A sound server's latency on top: not part of the position.
+            delay_frames: 9_000,
+            ..DeviceStatus::default()
+        };
+        // 48 000 written, 2 000 of a 3 500-frame buffer still queued.
+        assert_eq!(
+            device_position(&status, 48_000, 3_500, 5_000_300_000),
+            (5_000_000_000, 46_000)
+        );
+        // No timestamp, one from the future or a stale one: our reading.
+        for stamp in [0, 5_000_400_000, 3_000_000_000] {
+            let s = DeviceStatus {
+                htstamp_ns: stamp,
+                ..status
+            };
+            assert_eq!(
+                device_position(&s, 48_000, 3_500, 5_000_300_000),
+                (5_000_300_000, 46_000)
+            );
+        }
+        // An overrun avail or a buffer larger than what was written.
+        let s = DeviceStatus {
+            avail_frames: 10_000,
+            ..status
+        };
+        assert_eq!(device_position(&s, 48_000, 3_500, 5_000_300_000).1, 48_000);
+        assert_eq!(device_position(&status, 100, 3_500, 5_000_300_000).1, 0);
+    }
 }
