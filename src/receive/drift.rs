@@ -338,7 +338,12 @@ impl DelayController {
 
         let limit = self.cfg.stretch_above_ms;
         let e = error_ms.clamp(-limit, limit);
-        if !self.stretching && self.integrating {
+        // Only errors a clock could have made are integrated: a larger one
+        // is a new target or a start (the level sits a packet high, the
+        // adaptive target comes down), which the proportional term takes
+        // back; winding it into the integral would chase it for seconds
+        // after it is gone.
+        if !self.stretching && self.integrating && error_ms.abs() <= limit {
             self.integral = (self.integral + self.cfg.ki_ppm_per_ms_s * e * dt_s)
                 .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         }

@@ -178,8 +178,9 @@ const LEAVE_CORRECTION_MS: f64 = 1.0;
 /// there is one, the loop's own integral) is inside the dead band and the
 /// error under `LEAVE_CORRECTION_MS`; then the resampler lands on a whole
 /// frame and copies again. So a slow drift is undone in short resampled
-/// stretches, a fast one followed throughout, and a stream at another
-/// rate always follows.
+/// stretches, a fast one followed throughout. A stream at another rate is
+/// converted at the exact ratio of the rates while passing (no wobble of
+/// the ratio from the loop's noise), and followed the same way.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Correction {
     Pass,
@@ -762,7 +763,7 @@ impl Engine {
         let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
         let stretching = self.stretcher.pending() != 0;
         self.correction = match self.correction {
-            _ if format.rate != self.device_rate || in_band == Some(false) => Correction::Follow,
+            _ if in_band == Some(false) => Correction::Follow,
             Correction::Pass if error_ms > ENTER_CORRECTION_MS && !stretching => Correction::Follow,
             Correction::Pass => Correction::Pass,
             Correction::Follow => {
