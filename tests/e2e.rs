@@ -101,7 +101,7 @@ fn receiver_on_defaults(
 /// the judged last 3 s (the first seconds' timing is tests/defaults.rs's).
 const TONES: [f64; 3] = [250.0, 650.0, 1000.0];
 const TONE_AMPLITUDE: i16 = 5000;
-const TONE_SECONDS: usize = 10;
+const TONE_SECONDS: usize = 15;
 const JUDGED_SECONDS: usize = 3;
 
 /// The recording (48 kHz stereo s16) against `reference` (the stream as
