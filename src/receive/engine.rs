@@ -230,6 +230,8 @@ pub struct Engine {
     correction: Correction,
     /// The clock estimate is being fed forward to the loop.
     feeding_forward: bool,
+    /// Frames of headerless PCM received in this stream: its timestamps.
+    raw_frames: u64,
     /// Raised ceiling on the buffered delay while audio held during a
     /// device wait is caught up; lowered as the backlog shrinks.
     ceiling_ms: Option<f64>,
@@ -251,6 +253,9 @@ pub struct EngineMetrics {
     pub stretched_frames: u64,
     /// Samples passed through untouched now (equal rates, clocks agree).
     pub passthrough: bool,
+    /// A stream at another rate converted at the exact ratio of the rates
+    /// (the clocks agree; nothing follows or corrects now).
+    pub converting: bool,
     /// The sender's clock against the device's, as estimated on its own
     /// (`receive::clock`); 0 until known.
     pub drift_ppm: f64,
@@ -313,6 +318,7 @@ impl Engine {
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
             correction: Correction::Pass,
             feeding_forward: false,
+            raw_frames: 0,
             jitter_max_rate: max_rate,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
@@ -369,12 +375,25 @@ impl Engine {
             self.timed_packets = 0;
             self.correction = Correction::Pass;
             self.feeding_forward = false;
+            self.raw_frames = 0;
         }
         // Late, reordered and duplicate packets still tell when the sender
         // sent them; the estimator's lower envelope sorts them out.
         if !packet.sequential && outcome != PushOutcome::Unsupported {
             self.clock
                 .on_packet(packet.arrival_ns, packet.timestamp, packet.format.rate);
+        } else if packet.sequential
+            && matches!(outcome, PushOutcome::Stored | PushOutcome::NewStream { .. })
+        {
+            // Headerless PCM carries no timestamp, but its frames are its
+            // clock: count them (a lost datagram is a step in the transit
+            // floor, which the estimator takes as a route change).
+            self.clock.on_packet(
+                packet.arrival_ns,
+                self.raw_frames as u32,
+                packet.format.rate,
+            );
+            self.raw_frames += packet.frames() as u64;
         }
         // A new sender after the old one's concealment has faded out
         // starts clean, as audio after silence does: its held packets may
@@ -797,6 +816,7 @@ impl Engine {
         resampler.set_drift_ppm(drift);
         self.metrics.applied_ppm = drift;
         self.metrics.passthrough = resampler.is_passthrough();
+        self.metrics.converting = self.correction == Correction::Pass && !self.metrics.passthrough;
         // A new request only once the last is done (requests add up), and
         // for the whole error at once: the stretcher spreads it at its own
         // bounded rate (≤ 8 %), where the controller's per-period share

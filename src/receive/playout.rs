@@ -316,7 +316,16 @@ impl PlayoutThread {
                 .map_or(-1, |e| (e.uncertainty_ppm * 1e6) as i64),
             Relaxed,
         );
-        s.passthrough.store(em.passthrough as u32, Relaxed);
+        s.passthrough.store(
+            if em.passthrough {
+                1
+            } else if em.converting {
+                2
+            } else {
+                0
+            },
+            Relaxed,
+        );
         if let Some(f) = jb.format() {
             let rate = f.rate.max(1) as u64;
             s.stream_rate.store(f.rate, Relaxed);

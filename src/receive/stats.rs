@@ -43,7 +43,10 @@ pub struct PlayoutStats {
     pub drift_uppm: AtomicI64,
     /// Its uncertainty, in millionths of a ppm; negative: not known yet.
     pub drift_uncertainty_uppm: AtomicI64,
-    /// 1 while samples pass through untouched (equal rates, clocks agree).
+    /// How the resampler serves the stream: 1 samples pass untouched
+    /// (equal rates, clocks agree), 2 converted at the exact ratio of the
+    /// rates (clocks agree), 0 resampled to follow a clock or correct the
+    /// delay.
     pub passthrough: AtomicU32,
 }
 
@@ -75,6 +78,7 @@ pub struct StatsLine {
     /// None until the clock estimate is known.
     pub drift_uncertainty_ppm: Option<f64>,
     pub passthrough: bool,
+    pub converting: bool,
     /// Allocations the playout and net threads made after start-up (see
     /// `service::alloc`); anything but 0 is a bug.
     pub realtime_allocs: u64,
@@ -107,7 +111,9 @@ impl PlayoutStats {
         line.drift_ppm = self.drift_uppm.load(Relaxed) as f64 / 1e6;
         let u = self.drift_uncertainty_uppm.load(Relaxed);
         line.drift_uncertainty_ppm = (u >= 0).then_some(u as f64 / 1e6);
-        line.passthrough = self.passthrough.load(Relaxed) != 0;
+        let mode = self.passthrough.load(Relaxed);
+        line.passthrough = mode == 1;
+        line.converting = mode == 2;
     }
 }
 
@@ -150,6 +156,8 @@ impl fmt::Display for StatsLine {
             "{} rt-allocs {}",
             if self.passthrough {
                 "bit-exact"
+            } else if self.converting {
+                "converted"
             } else {
                 "resampled"
             },
