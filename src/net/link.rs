@@ -553,8 +553,19 @@ impl LinkEvent {
     /// The level the main thread logs it at.
     pub fn level(&self) -> log::Level {
         match self {
-            LinkEvent::Joined { .. } => log::Level::Info,
-            LinkEvent::Resynced { .. } => log::Level::Debug,
+            // A join after waiting, and the rejoin that ends a "down"
+            // warning, are news; a rejoin for an address is routine.
+            LinkEvent::Joined {
+                why: Change::Appeared { .. } | Change::Up { .. },
+                ..
+            } => log::Level::Info,
+            LinkEvent::Joined { .. } | LinkEvent::Resynced { .. } => log::Level::Debug,
+            // The interface is being removed (its addresses go first):
+            // "went away" follows.
+            LinkEvent::JoinFailed {
+                errno: Errno::ENODEV,
+                ..
+            } => log::Level::Debug,
             _ => log::Level::Warn,
         }
     }
@@ -569,15 +580,15 @@ impl fmt::Display for LinkEvent {
                 index,
                 why,
             } => {
-                let why = match why {
-                    Change::Appeared { .. } => "it appeared",
-                    Change::Up { .. } => "it came up",
-                    Change::AddressChanged { .. } => "its addresses changed",
-                    Change::Down { .. } | Change::Gone { .. } => "it changed",
+                let (verb, why) = match why {
+                    Change::Appeared { .. } => ("joined", "it appeared"),
+                    Change::Up { .. } => ("rejoined", "it came up"),
+                    Change::AddressChanged { .. } => ("rejoined", "its addresses changed"),
+                    Change::Down { .. } | Change::Gone { .. } => ("rejoined", "it changed"),
                 };
                 write!(
                     f,
-                    "net: joined multicast group {group} on interface {interface} \
+                    "net: {verb} multicast group {group} on interface {interface} \
                      (index {index}): {why}"
                 )
             }

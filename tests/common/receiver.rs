@@ -28,8 +28,19 @@ impl RunningReceiver {
     /// Starts `netspeaker ARGS` with `env`, logging to `log`; waits (up to
     /// 10 s) until it has opened its device.
     pub fn start(args: &[&str], env: &[(String, String)], log: PathBuf) -> RunningReceiver {
+        Self::start_program(env!("CARGO_BIN_EXE_netspeaker"), args, env, log)
+    }
+
+    /// As [`RunningReceiver::start`], through a program that execs
+    /// netspeaker in place (same pid), such as `nsenter ... -- netspeaker`.
+    pub fn start_program(
+        program: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> RunningReceiver {
         let file = std::fs::File::create(&log).expect("receiver log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("INVOCATION_ID")
