@@ -181,9 +181,10 @@ fn audio_after(
     }
 }
 
-/// Starts the receiver in `a` on the group, `--interface` = `interface`,
-/// and checks it waits for it.
-fn start_receiver(dir: &TestDir, a: &Netns, interface: &str) -> RunningReceiver {
+/// Starts the receiver in `a` on the group (`--listen GROUP:PORT`, as
+/// deploy/default/netspeaker shows, or `--group` with `by_group`),
+/// `--interface` = `interface`, and checks it waits for it.
+fn start_receiver(dir: &TestDir, a: &Netns, interface: &str, by_group: bool) -> RunningReceiver {
     let alsa = AlsaConfig::write(&dir.path);
     let log = dir.file("rx.log");
     let nsenter_args = [
@@ -193,8 +194,12 @@ fn start_receiver(dir: &TestDir, a: &Netns, interface: &str) -> RunningReceiver 
         "--".into(),
     ];
     let program = env!("CARGO_BIN_EXE_netspeaker").to_string();
-    let listen = format!("0.0.0.0:{PORT}");
     let group = GROUP.to_string();
+    let listen = if by_group {
+        format!("0.0.0.0:{PORT}")
+    } else {
+        format!("{GROUP}:{PORT}")
+    };
     let mut args: Vec<&str> = nsenter_args.iter().map(String::as_str).collect();
     args.extend([
         program.as_str(),
@@ -207,11 +212,12 @@ fn start_receiver(dir: &TestDir, a: &Netns, interface: &str) -> RunningReceiver 
         "0",
         "--listen",
         &listen,
-        "--group",
-        &group,
         "--interface",
         interface,
     ]);
+    if by_group {
+        args.extend(["--group", &group]);
+    }
     let rx = RunningReceiver::start_program("nsenter", &args, &alsa.env(), log);
     assert!(
         rx.wait_for_log(
@@ -229,7 +235,7 @@ fn receiver_started_before_its_interface_plays_when_it_appears_and_after_down_up
 ) {
     let dir = TestDir::new("iface-wait");
     let (a, b) = (Netns::new(), Netns::new());
-    let mut rx = start_receiver(&dir, &a, "veth-a");
+    let mut rx = start_receiver(&dir, &a, "veth-a", false);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
@@ -311,7 +317,7 @@ fn receiver_started_before_its_interface_plays_when_it_appears_and_after_down_up
 fn receiver_on_an_interface_named_by_its_late_dhcp_address_joins_when_the_address_comes() {
     let dir = TestDir::new("iface-addr");
     let (a, b) = (Netns::new(), Netns::new());
-    let mut rx = start_receiver(&dir, &a, "10.77.0.1");
+    let mut rx = start_receiver(&dir, &a, "10.77.0.1", true);
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);

@@ -66,7 +66,8 @@ pub struct NetConfig {
     /// Address and UDP port to listen on (`--listen`); `[::]` listens on
     /// IPv6 and IPv4 both.
     pub listen: SocketAddr,
-    /// Multicast group to join (`--group`).
+    /// Multicast group to join (`--group`); a multicast `listen` address
+    /// is joined as well when this is `None`.
     pub group: Option<IpAddr>,
     /// Interface to join the group on (`--interface`): a name (`eth0`) or
     /// an address of a local interface, IPv4 or IPv6; `None` lets the
@@ -212,7 +213,12 @@ pub struct Receiver {
 impl Receiver {
     pub fn bind(config: &NetConfig) -> Result<Receiver, NetError> {
         let mut listen = config.listen;
-        if let Some(group) = config.group {
+        // `--listen GROUP:PORT` names the group too: bound to the group's
+        // address, the socket takes only that group's datagrams.
+        let group = config
+            .group
+            .or(Some(listen.ip()).filter(IpAddr::is_multicast));
+        if let Some(group) = group {
             if !group.is_multicast() {
                 return Err(NetError::NotMulticast(group));
             }
@@ -233,7 +239,7 @@ impl Receiver {
         // link events (subscribed before the look-up, so a change between
         // the two is not missed): an interface not there yet is waited
         // for. Without netlink, one not there fails the start, as before.
-        let link = match (config.group, config.interface.as_deref()) {
+        let link = match (group, config.interface.as_deref()) {
             (Some(_), Some(_)) => match LinkSocket::open() {
                 Ok(l) => Some(l),
                 Err(e) => {
@@ -244,7 +250,7 @@ impl Receiver {
             },
             _ => None,
         };
-        let interface = match (config.group, config.interface.as_deref()) {
+        let interface = match (group, config.interface.as_deref()) {
             (Some(_), Some(i)) => match Interface::resolve(i) {
                 Ok(found) => Some(found),
                 Err(_) if link.is_some() => None,
@@ -253,7 +259,7 @@ impl Receiver {
             _ => None,
         };
         let fd = socket::udp_for(listen)?;
-        if config.group.is_some() {
+        if group.is_some() {
             socket::set_reuse_addr(&fd)?;
         }
         let recv_buffer_bytes = socket::set_buffer(&fd, Buffer::Receive, config.recv_buffer_bytes)?;
@@ -272,7 +278,7 @@ impl Receiver {
 
         let socket = UdpSocket::from(fd);
         let mut joined = None;
-        if let Some(group) = config.group {
+        if let Some(group) = group {
             let named = config.interface.is_some();
             match socket::join(&socket, group, interface.as_ref()) {
                 Ok(()) => joined = interface,
@@ -309,7 +315,7 @@ impl Receiver {
             })?;
         let local = socket.local_addr().unwrap_or(listen);
         let waiting = link.is_some() && joined.is_none();
-        let watch = match (link, config.group, config.interface.as_deref()) {
+        let watch = match (link, group, config.interface.as_deref()) {
             (Some(link), Some(group), Some(value)) => {
                 // A second descriptor of the same socket: memberships
                 // belong to the socket, so the link thread joins for the
@@ -1317,6 +1323,30 @@ mod tests {
                     "{interface}"
                 );
             }
+        });
+    }
+
+    #[test]
+    fn listen_on_a_group_address_joins_the_group() {
+        in_private_netns(|| {
+            let receiver = Receiver::bind(&NetConfig {
+                listen: "239.255.77.3:0".parse().unwrap(),
+                interface: Some("lo".to_string()),
+                ..NetConfig::default()
+            })
+            .unwrap();
+            let to = receiver.local_addr();
+            assert_eq!(to.ip(), "239.255.77.3".parse::<IpAddr>().unwrap());
+            let counters = NetCounters::default();
+            let (got, _events) = with_running::<8>(&receiver, &mut rtp_parser(), &counters, || {
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for seq in 0..3 {
+                    tx.send_to(&pcmu(seq), to).unwrap();
+                }
+                wait_for(&counters.datagrams, 3);
+            });
+            assert_eq!(got.len(), 3);
+            assert!(igmp_joined("lo", "239.255.77.3".parse().unwrap()));
         });
     }
 
