@@ -37,7 +37,8 @@ netspeaker — play a live UDP audio stream (RTP or raw PCM) through ALSA
 Usage: netspeaker [OPTIONS]
 
 Network:
-  --listen ADDR:PORT        address to receive on, IPv4 or IPv6
+  --listen ADDR:PORT        address to receive on, IPv4 or IPv6; a multicast
+                            address joins that group (as --group)
                             [default: 0.0.0.0:5004; 0.0.0.0:5005 with --raw]
   --group ADDR              join this multicast group
   --interface NAME|ADDR     interface for the multicast group [default: any];
