@@ -17,7 +17,7 @@ mod common;
 use common::receiver::{RunningReceiver, Stats};
 use common::{AlsaConfig, TestDir};
 use nix::sys::signal::Signal;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,12 +106,16 @@ ip route add 224.0.0.0/4 dev veth-b");
 /// Sends PCMU (20 ms packets, silence) to the group from inside `ns`
 /// until `stop`, paced against absolute deadlines; send errors (no route
 /// while the link is away) are ignored, as a real sender rides them out.
-fn send_from(ns: &Netns, stop: &AtomicBool) {
+fn send_from(ns: &Netns, dest: SocketAddr, stop: &AtomicBool) {
     let file = std::fs::File::open(ns.path()).unwrap();
     nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .expect("setns into the sender's namespace");
-    let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
-    let dest = SocketAddrV4::new(GROUP, PORT);
+    let sock = UdpSocket::bind(if dest.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .unwrap();
     let mut packet = [0xffu8; 12 + 160];
     let start = Instant::now();
     let mut k: u32 = 0;
@@ -181,10 +185,29 @@ fn audio_after(
     }
 }
 
-/// Starts the receiver in `a` on the group (`--listen GROUP:PORT`, as
-/// deploy/default/netspeaker shows, or `--group` with `by_group`),
+/// Starts the receiver in `a` on the IPv4 group (`--listen GROUP:PORT`,
+/// as deploy/default/netspeaker shows, or `--group` with `by_group`),
 /// `--interface` = `interface`, and checks it waits for it.
 fn start_receiver(dir: &TestDir, a: &Netns, interface: &str, by_group: bool) -> RunningReceiver {
+    let group = GROUP.to_string();
+    let listen = if by_group {
+        format!("0.0.0.0:{PORT}")
+    } else {
+        format!("{GROUP}:{PORT}")
+    };
+    let mut args = vec!["--listen", &listen, "--interface", interface];
+    if by_group {
+        args.extend(["--group", &group]);
+    }
+    start_receiver_with(dir, a, interface, &args)
+}
+
+fn start_receiver_with(
+    dir: &TestDir,
+    a: &Netns,
+    interface: &str,
+    net_args: &[&str],
+) -> RunningReceiver {
     let alsa = AlsaConfig::write(&dir.path);
     let log = dir.file("rx.log");
     let nsenter_args = [
@@ -194,12 +217,6 @@ fn start_receiver(dir: &TestDir, a: &Netns, interface: &str, by_group: bool) -> 
         "--".into(),
     ];
     let program = env!("CARGO_BIN_EXE_netspeaker").to_string();
-    let group = GROUP.to_string();
-    let listen = if by_group {
-        format!("0.0.0.0:{PORT}")
-    } else {
-        format!("{GROUP}:{PORT}")
-    };
     let mut args: Vec<&str> = nsenter_args.iter().map(String::as_str).collect();
     args.extend([
         program.as_str(),
@@ -210,14 +227,8 @@ fn start_receiver(dir: &TestDir, a: &Netns, interface: &str, by_group: bool) -> 
         "0",
         "--stats-interval",
         "0",
-        "--listen",
-        &listen,
-        "--interface",
-        interface,
     ]);
-    if by_group {
-        args.extend(["--group", &group]);
-    }
+    args.extend(net_args);
     let rx = RunningReceiver::start_program("nsenter", &args, &alsa.env(), log);
     assert!(
         rx.wait_for_log(
@@ -239,7 +250,7 @@ fn receiver_started_before_its_interface_plays_when_it_appears_and_after_down_up
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
-        s.spawn(|| send_from(&b, &stop));
+        s.spawn(|| send_from(&b, SocketAddrV4::new(GROUP, PORT).into(), &stop));
         // Boot: the interface comes 2 s after the receiver.
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(packets_now(&rx), 0.0);
@@ -321,7 +332,7 @@ fn receiver_on_an_interface_named_by_its_late_dhcp_address_joins_when_the_addres
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let _stop = StopOnDrop(&stop);
-        s.spawn(|| send_from(&b, &stop));
+        s.spawn(|| send_from(&b, SocketAddrV4::new(GROUP, PORT).into(), &stop));
         std::thread::sleep(Duration::from_secs(2));
         // The link is there but without the address: still waiting.
         a.sh(&format!(
@@ -352,6 +363,61 @@ ip route add 224.0.0.0/4 dev veth-b");
         assert!(
             renewed < Duration::from_secs(2),
             "renewed after {renewed:?}"
+        );
+    });
+    let (code, _, _) = rx.stop();
+    let log = rx.log_text();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("went away"), "{log}");
+}
+
+#[test]
+fn ipv6_receiver_started_before_its_interface_plays_when_it_appears_and_when_it_returns() {
+    let dir = TestDir::new("iface-v6");
+    let (a, b) = (Netns::new(), Netns::new());
+    let mut rx = start_receiver_with(
+        &dir,
+        &a,
+        "veth-a",
+        &["--listen", "[ff15::14]:5004", "--interface", "veth-a"],
+    );
+    // Global addresses without duplicate detection, so both ends can
+    // send and receive at once; B routes the group through veth-b at
+    // once (the kernel's own ff00::/8 route can come later, which would
+    // be the sender's delay, not the receiver's).
+    let connect6 = || {
+        a.sh(&format!(
+            "ip link add veth-a type veth peer name veth-b netns {}
+ip -6 addr add fd00::a/64 dev veth-a nodad
+ip link set veth-a up",
+            b.pid()
+        ));
+        b.sh("ip -6 addr add fd00::b/64 dev veth-b nodad
+ip link set veth-b up
+ip -6 route add ff15::/16 dev veth-b");
+    };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
+        s.spawn(|| send_from(&b, "[ff15::14]:5004".parse().unwrap(), &stop));
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(packets_now(&rx), 0.0);
+        let t = Instant::now();
+        connect6();
+        let appeared = audio_after(&rx, t, 0.0, Duration::from_secs(3), "v6 appeared");
+        a.sh("ip link del veth-a");
+        std::thread::sleep(Duration::from_millis(400));
+        let base = packets_now(&rx);
+        let t = Instant::now();
+        connect6();
+        let recreated = audio_after(&rx, t, base, Duration::from_secs(4), "v6 recreated");
+        assert!(
+            appeared < Duration::from_secs(1),
+            "appeared after {appeared:?}"
+        );
+        assert!(
+            recreated < Duration::from_secs(1),
+            "recreated after {recreated:?}"
         );
     });
     let (code, _, _) = rx.stop();
