@@ -26,6 +26,12 @@
 //! late, lost, duplicate and reordered packets are passed on as they
 //! arrive, for the jitter buffer to place. After `bind`, nothing allocates
 //! per packet.
+//!
+//! A group on `--interface` that is not there at `bind` is not joined
+//! anywhere yet: [`Receiver::take_link_watch`] hands the `link` thread
+//! ([`crate::net::link`]) what it needs to join it when the interface
+//! appears and rejoin it as it changes, on a second descriptor of the same
+//! socket; this loop neither knows nor waits.
 
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -280,11 +286,16 @@ impl Receiver {
         let mut joined = None;
         if let Some(group) = group {
             let named = config.interface.is_some();
-            match socket::join(&socket, group, interface.as_ref()) {
+            // Not there: not joined at all (joining without an interface
+            // would take whichever the route picks); the watch joins it
+            // when it appears.
+            let result = match (named, &interface) {
+                (true, None) => Ok(()),
+                _ => socket::join(&socket, group, interface.as_ref()),
+            };
+            match result {
                 Ok(()) => joined = interface,
-                // Gone since the look-up, or not there: the watch joins
-                // when it appears.
-                Err(_) if named && interface.is_none() => {}
+                // Gone since the look-up: likewise.
                 Err(Errno::ENODEV | Errno::EADDRNOTAVAIL) if named && link.is_some() => {}
                 Err(Errno::ENODEV | Errno::EADDRNOTAVAIL) if named => {
                     return Err(NetError::Socket(socket::Error::NoSuchInterface(
@@ -1382,6 +1393,8 @@ mod tests {
             })
             .unwrap();
             assert!(receiver.waiting_for_interface());
+            // Not joined where the route points (lo here) meanwhile.
+            assert!(!igmp_joined("lo", group));
             let watch = receiver.take_link_watch().unwrap();
             let stop = AtomicBool::new(false);
             let (tx, rx) = std::sync::mpsc::channel();
