@@ -320,6 +320,7 @@ fn receiver_started_before_its_interface_plays_when_it_appears_and_after_down_up
         "{log}"
     );
     assert!(log.contains("went away"), "{log}");
+    assert!(!log.contains("cannot join"), "{log}");
     assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
     assert!(!log.contains("no such interface"), "{log}");
 }
@@ -369,6 +370,7 @@ ip route add 224.0.0.0/4 dev veth-b");
     let log = rx.log_text();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("went away"), "{log}");
+    assert!(!log.contains("cannot join"), "{log}");
 }
 
 #[test]
@@ -424,4 +426,5 @@ ip -6 route add ff15::/16 dev veth-b");
     let log = rx.log_text();
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("went away"), "{log}");
+    assert!(!log.contains("cannot join"), "{log}");
 }
