@@ -7,6 +7,7 @@
 
 use netspeaker::alsa::playback::Access;
 use netspeaker::audio::format::{parse_raw, parse_rtp_format, PayloadMap, StreamFormat};
+use netspeaker::net::link::LinkEvent;
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::events::EventLog;
@@ -36,10 +37,13 @@ netspeaker — play a live UDP audio stream (RTP or raw PCM) through ALSA
 Usage: netspeaker [OPTIONS]
 
 Network:
-  --listen ADDR:PORT        address to receive on, IPv4 or IPv6
+  --listen ADDR:PORT        address to receive on, IPv4 or IPv6; a multicast
+                            address joins that group (as --group)
                             [default: 0.0.0.0:5004; 0.0.0.0:5005 with --raw]
   --group ADDR              join this multicast group
-  --interface NAME|ADDR     interface for the multicast group [default: any]
+  --interface NAME|ADDR     interface for the multicast group [default: any];
+                            one not there yet is waited for, and the group
+                            is rejoined when it comes back or changes
   --allow CIDR              accept packets only from these sources (repeatable)
                             [default: any source]
   --recv-buffer BYTES       socket receive buffer for bursts [default: 1048576]
@@ -346,7 +350,13 @@ fn run(options: Options) -> Result<(), String> {
         )),
         None => None,
     };
-    let receiver = Receiver::bind(&options.net).map_err(|e| e.to_string())?;
+    let mut receiver = Receiver::bind(&options.net).map_err(|e| e.to_string())?;
+    if receiver.waiting_for_interface() {
+        log::info!(
+            "waiting for interface {}",
+            options.net.interface.as_deref().unwrap_or_default()
+        );
+    }
     let mode = match options.raw {
         Some(f) => InputMode::Raw(f),
         None => InputMode::Rtp(options.payload_map.clone()),
@@ -382,6 +392,7 @@ fn run(options: Options) -> Result<(), String> {
     let reopen = Arc::new(AtomicBool::new(false));
     let heartbeat = Arc::new(Heartbeat::new());
 
+    let receiver_watch = receiver.take_link_watch();
     let net_thread = {
         let counters = Arc::clone(&net_counters);
         let stop = Arc::clone(&net_stop);
@@ -403,6 +414,21 @@ fn run(options: Options) -> Result<(), String> {
                 )
             })
             .map_err(|e| format!("cannot start the net thread: {e}"))?
+    };
+    // The link thread keeps the group joined on --interface as it comes
+    // and goes; it reports to the main thread, which logs.
+    let (link_tx, link_rx) = std::sync::mpsc::channel::<LinkEvent>();
+    let link_thread = match receiver_watch {
+        Some(watch) => {
+            let stop = Arc::clone(&net_stop);
+            Some(
+                std::thread::Builder::new()
+                    .name("link".into())
+                    .spawn(move || watch.run(&link_tx, &stop))
+                    .map_err(|e| format!("cannot start the link thread: {e}"))?,
+            )
+        }
+        None => None,
     };
     let mut playout = playout::start(
         &options.playout,
@@ -431,6 +457,9 @@ fn run(options: Options) -> Result<(), String> {
                     _ => None,
                 };
             }
+        }
+        while let Ok(event) = link_rx.try_recv() {
+            log::log!(event.level(), "{event}");
         }
         // The net thread reports its drops; the lines are written here.
         net_event_log.drain(
@@ -464,7 +493,10 @@ fn run(options: Options) -> Result<(), String> {
     // timeout (net); a playout thread wedged in a device call must not
     // keep the process from exiting, hence the deadline.
     let deadline = Instant::now() + Duration::from_millis(150);
-    while Instant::now() < deadline && !(net_thread.is_finished() && playout.is_finished()) {
+    let link_finished = || link_thread.as_ref().map_or(true, |t| t.is_finished());
+    while Instant::now() < deadline
+        && !(net_thread.is_finished() && playout.is_finished() && link_finished())
+    {
         std::thread::sleep(Duration::from_millis(2));
     }
     net_event_log.drain(

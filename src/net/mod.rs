@@ -4,6 +4,10 @@
 //!   join and output, `--interface` resolution), for the receiver and the
 //!   sender alike.
 //! - [`filter`]: the `--allow` source filter.
+//! - [`link`]: follows `--interface` through the kernel's rtnetlink
+//!   events (input: link and address messages; output: the receiver's
+//!   group joined when the interface appears, rejoined when it comes back
+//!   up, changes address or returns, and events the main thread logs).
 //! - [`receive`]: the receiver's socket and the net thread's loop (input:
 //!   datagrams; output: packet slots to the playout thread, counters, and
 //!   drop events the main thread logs).
@@ -11,6 +15,7 @@
 //!   output: UDP to one address, unicast or multicast).
 
 pub mod filter;
+pub mod link;
 pub mod receive;
 pub mod send;
 pub mod socket;

@@ -26,6 +26,12 @@
 //! late, lost, duplicate and reordered packets are passed on as they
 //! arrive, for the jitter buffer to place. After `bind`, nothing allocates
 //! per packet.
+//!
+//! A group on `--interface` that is not there at `bind` is not joined
+//! anywhere yet: [`Receiver::take_link_watch`] hands the `link` thread
+//! ([`crate::net::link`]) what it needs to join it when the interface
+//! appears and rejoin it as it changes, on a second descriptor of the same
+//! socket; this loop neither knows nor waits.
 
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -36,6 +42,7 @@ use heapless::spsc::{Consumer, Producer};
 use nix::errno::Errno;
 
 use crate::net::filter::{Cidr, SourceFilter};
+use crate::net::link::{LinkSocket, Watch};
 use crate::net::socket::{self, Buffer, Interface};
 use crate::rtp::packet::{Packet, MAX_DATAGRAM};
 use crate::rtp::srtp::{SrtpContext, SrtpError};
@@ -65,7 +72,8 @@ pub struct NetConfig {
     /// Address and UDP port to listen on (`--listen`); `[::]` listens on
     /// IPv6 and IPv4 both.
     pub listen: SocketAddr,
-    /// Multicast group to join (`--group`).
+    /// Multicast group to join (`--group`); a multicast `listen` address
+    /// is joined as well when this is `None`.
     pub group: Option<IpAddr>,
     /// Interface to join the group on (`--interface`): a name (`eth0`) or
     /// an address of a local interface, IPv4 or IPv6; `None` lets the
@@ -204,12 +212,19 @@ pub struct Receiver {
     local: SocketAddr,
     filter: SourceFilter,
     recv_buffer_bytes: usize,
+    watch: Option<Watch>,
+    waiting: bool,
 }
 
 impl Receiver {
     pub fn bind(config: &NetConfig) -> Result<Receiver, NetError> {
         let mut listen = config.listen;
-        if let Some(group) = config.group {
+        // `--listen GROUP:PORT` names the group too: bound to the group's
+        // address, the socket takes only that group's datagrams.
+        let group = config
+            .group
+            .or(Some(listen.ip()).filter(IpAddr::is_multicast));
+        if let Some(group) = group {
             if !group.is_multicast() {
                 return Err(NetError::NotMulticast(group));
             }
@@ -226,13 +241,31 @@ impl Receiver {
                 listen = SocketAddr::new(any, listen.port());
             }
         }
-        // Resolved before anything is bound, so a typo fails alone.
-        let interface = match (config.group, config.interface.as_deref()) {
-            (Some(_), Some(i)) => Some(Interface::resolve(i)?),
+        // A group on a named interface is followed through the kernel's
+        // link events (subscribed before the look-up, so a change between
+        // the two is not missed): an interface not there yet is waited
+        // for. Without netlink, one not there fails the start, as before.
+        let link = match (group, config.interface.as_deref()) {
+            (Some(_), Some(_)) => match LinkSocket::open() {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    // Startup, on the main thread: logging is fine here.
+                    log::warn!("net: {e}; interface changes will not be followed");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let interface = match (group, config.interface.as_deref()) {
+            (Some(_), Some(i)) => match Interface::resolve(i) {
+                Ok(found) => Some(found),
+                Err(_) if link.is_some() => None,
+                Err(e) => return Err(e.into()),
+            },
             _ => None,
         };
         let fd = socket::udp_for(listen)?;
-        if config.group.is_some() {
+        if group.is_some() {
             socket::set_reuse_addr(&fd)?;
         }
         let recv_buffer_bytes = socket::set_buffer(&fd, Buffer::Receive, config.recv_buffer_bytes)?;
@@ -250,17 +283,33 @@ impl Receiver {
         })?;
 
         let socket = UdpSocket::from(fd);
-        if let Some(group) = config.group {
-            socket::join(&socket, group, interface.as_ref()).map_err(|errno| match errno {
-                Errno::ENODEV | Errno::EADDRNOTAVAIL if interface.is_some() => NetError::Socket(
-                    socket::Error::NoSuchInterface(config.interface.clone().unwrap_or_default()),
-                ),
-                errno => NetError::Join {
-                    group,
-                    interface: config.interface.clone(),
-                    errno,
-                },
-            })?;
+        let mut joined = None;
+        if let Some(group) = group {
+            let named = config.interface.is_some();
+            // Not there: not joined at all (joining without an interface
+            // would take whichever the route picks); the watch joins it
+            // when it appears.
+            let result = match (named, &interface) {
+                (true, None) => Ok(()),
+                _ => socket::join(&socket, group, interface.as_ref()),
+            };
+            match result {
+                Ok(()) => joined = interface,
+                // Gone since the look-up: likewise.
+                Err(Errno::ENODEV | Errno::EADDRNOTAVAIL) if named && link.is_some() => {}
+                Err(Errno::ENODEV | Errno::EADDRNOTAVAIL) if named => {
+                    return Err(NetError::Socket(socket::Error::NoSuchInterface(
+                        config.interface.clone().unwrap_or_default(),
+                    )))
+                }
+                Err(errno) => {
+                    return Err(NetError::Join {
+                        group,
+                        interface: config.interface.clone(),
+                        errno,
+                    })
+                }
+            }
             if let Err(errno) = socket::only_joined_group(&socket, group) {
                 // Startup, on the main thread: logging is fine here. Other
                 // groups on our port then reach the filter and the parser.
@@ -276,12 +325,41 @@ impl Receiver {
                 errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
             })?;
         let local = socket.local_addr().unwrap_or(listen);
+        let waiting = link.is_some() && joined.is_none();
+        let watch = match (link, group, config.interface.as_deref()) {
+            (Some(link), Some(group), Some(value)) => {
+                // A second descriptor of the same socket: memberships
+                // belong to the socket, so the link thread joins for the
+                // net thread without ever touching it.
+                let dup = socket.try_clone().map_err(|e| socket::Error::Option {
+                    option: "F_DUPFD_CLOEXEC",
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                })?;
+                Some(Watch::new(link, dup, group, value, joined))
+            }
+            _ => None,
+        };
         Ok(Receiver {
             socket,
             local,
             filter: SourceFilter::new(&config.allow),
             recv_buffer_bytes,
+            watch,
+            waiting,
         })
+    }
+
+    /// Whether the group waits for its `--interface` to appear (it was
+    /// not there at start-up): the link thread joins it then.
+    pub fn waiting_for_interface(&self) -> bool {
+        self.waiting
+    }
+
+    /// The link watch that keeps the group joined on `--interface` as it
+    /// comes and goes, for the `link` thread ([`Watch::run`]); `None` for
+    /// unicast, without `--interface`, or once taken.
+    pub fn take_link_watch(&mut self) -> Option<Watch> {
+        self.watch.take()
     }
 
     /// The bound address (with the port the kernel chose for port 0).
@@ -634,6 +712,7 @@ pub fn run_with_srtp(
 mod tests {
     use super::*;
     use crate::audio::format::{PayloadMap, StreamFormat};
+    use crate::net::link::{Change, LinkEvent};
     use crate::rtp::RtpHeader;
     use heapless::spsc::Queue;
     use std::time::Instant;
@@ -1255,17 +1334,102 @@ mod tests {
                     "{interface}"
                 );
             }
-            let e = Receiver::bind(&NetConfig {
-                listen: "0.0.0.0:0".parse().unwrap(),
-                group: Some(group),
-                interface: Some("nosuch0".to_string()),
+        });
+    }
+
+    #[test]
+    fn listen_on_a_group_address_joins_the_group() {
+        in_private_netns(|| {
+            let receiver = Receiver::bind(&NetConfig {
+                listen: "239.255.77.3:0".parse().unwrap(),
+                interface: Some("lo".to_string()),
                 ..NetConfig::default()
             })
-            .unwrap_err();
-            assert_eq!(
-                e,
-                NetError::Socket(socket::Error::NoSuchInterface("nosuch0".to_string()))
-            );
+            .unwrap();
+            let to = receiver.local_addr();
+            assert_eq!(to.ip(), "239.255.77.3".parse::<IpAddr>().unwrap());
+            let counters = NetCounters::default();
+            let (got, _events) = with_running::<8>(&receiver, &mut rtp_parser(), &counters, || {
+                let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+                for seq in 0..3 {
+                    tx.send_to(&pcmu(seq), to).unwrap();
+                }
+                wait_for(&counters.datagrams, 3);
+            });
+            assert_eq!(got.len(), 3);
+            assert!(igmp_joined("lo", "239.255.77.3".parse().unwrap()));
+        });
+    }
+
+    /// Whether this thread's network namespace has `group` joined on
+    /// `device` (the kernel's /proc/net/igmp, as the thread sees it).
+    fn igmp_joined(device: &str, group: Ipv4Addr) -> bool {
+        let text = std::fs::read_to_string("/proc/thread-self/net/igmp").unwrap();
+        let hex = format!("{:08X}", u32::from_ne_bytes(group.octets()));
+        let mut current = String::new();
+        for line in text.lines() {
+            if !line.starts_with('\t') {
+                current = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_string();
+            } else if current == device && line.contains(&hex) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn group_on_absent_interface_waits_and_joins_when_it_appears() {
+        in_private_netns(|| {
+            let group: Ipv4Addr = "239.255.77.2".parse().unwrap();
+            let mut receiver = Receiver::bind(&NetConfig {
+                listen: "0.0.0.0:0".parse().unwrap(),
+                group: Some(IpAddr::V4(group)),
+                interface: Some("late0".to_string()),
+                ..NetConfig::default()
+            })
+            .unwrap();
+            assert!(receiver.waiting_for_interface());
+            // Not joined where the route points (lo here) meanwhile.
+            assert!(!igmp_joined("lo", group));
+            let watch = receiver.take_link_watch().unwrap();
+            let stop = AtomicBool::new(false);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let ip = |args: &str| {
+                let args: Vec<&str> = args.split(' ').collect();
+                let st = std::process::Command::new("ip")
+                    .args(&args)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "ip {args:?}");
+            };
+            let next = || rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| watch.run(&tx, &stop));
+                ip("link add late0 type veth peer name late1");
+                assert!(
+                    matches!(next(), LinkEvent::Joined { index, why: Change::Appeared { .. }, .. } if index > 0)
+                );
+                assert!(igmp_joined("late0", group));
+                ip("link del late0");
+                assert!(matches!(next(), LinkEvent::Gone { .. }));
+                ip("link add late0 type veth peer name late1");
+                assert!(matches!(next(), LinkEvent::Joined { .. }));
+                assert!(igmp_joined("late0", group));
+                stop.store(true, Ordering::Relaxed);
+            });
+            // Present at start-up: joined at once, nothing to wait for.
+            let receiver = Receiver::bind(&NetConfig {
+                listen: "0.0.0.0:0".parse().unwrap(),
+                group: Some(IpAddr::V4(group)),
+                interface: Some("lo".to_string()),
+                ..NetConfig::default()
+            })
+            .unwrap();
+            assert!(!receiver.waiting_for_interface());
         });
     }
 }

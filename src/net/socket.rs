@@ -147,6 +147,20 @@ impl Interface {
         })
     }
 
+    /// The interface `value` names, found (by the link watcher) at
+    /// `index`: as [`Interface::resolve`] would give once it is there.
+    pub fn with_index(value: &str, index: u32) -> Interface {
+        let v4_address = match value.trim_matches(|c| c == '[' || c == ']').parse() {
+            Ok(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        Interface {
+            value: value.to_string(),
+            index,
+            v4_address,
+        }
+    }
+
     /// `ip_mreqn` for IPv4 multicast: by index, so an interface without an
     /// IPv4 address can still be named, with the address if given.
     fn mreqn(&self, group: Ipv4Addr) -> libc::ip_mreqn {
@@ -200,6 +214,21 @@ pub fn join(socket: &UdpSocket, group: IpAddr, interface: Option<&Interface>) ->
         }
         IpAddr::V6(g) => socket
             .join_multicast_v6(&g, interface.map_or(0, |i| i.index))
+            .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))),
+    }
+}
+
+/// Leaves `group` on `interface`, joined there by [`join`].
+pub fn leave(socket: &UdpSocket, group: IpAddr, interface: &Interface) -> Result<(), Errno> {
+    match group {
+        IpAddr::V4(g) => set_raw(
+            socket,
+            libc::IPPROTO_IP,
+            libc::IP_DROP_MEMBERSHIP,
+            &interface.mreqn(g),
+        ),
+        IpAddr::V6(g) => socket
+            .leave_multicast_v6(&g, interface.index)
             .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(0))),
     }
 }

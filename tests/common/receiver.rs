@@ -40,8 +40,29 @@ impl RunningReceiver {
         env: &[(String, String)],
         log: PathBuf,
     ) -> RunningReceiver {
+        Self::start_program_until(env!("CARGO_BIN_EXE_netspeaker"), needle, args, env, log)
+    }
+
+    /// As [`RunningReceiver::start`], through a program that execs
+    /// netspeaker in place (same pid), such as `nsenter ... -- netspeaker`.
+    pub fn start_program(
+        program: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> RunningReceiver {
+        Self::start_program_until(program, "open:", args, env, log)
+    }
+
+    fn start_program_until(
+        program: &str,
+        needle: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> RunningReceiver {
         let file = std::fs::File::create(&log).expect("receiver log");
-        let child = Command::new(env!("CARGO_BIN_EXE_netspeaker"))
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env_remove("INVOCATION_ID")
