@@ -40,7 +40,9 @@ Source:
                             hw:1,0) instead of a file; paced by the device
 Stream:
       --codec CODEC         l16, pcmu or pcma [default: l16]
-      --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96]
+      --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96;
+                            127 with --sap, the only one PulseAudio's
+                            module-rtp-recv plays L16 under]
       --raw                 headerless s16le PCM, the tutorial's stream
                             (320-byte datagrams of 8 kHz mono at ptime 20,
                             port 5005)
@@ -292,6 +294,12 @@ fn parse_args() -> Result<Parsed, usage::Error> {
         key_file,
         suite: srtp_suite.unwrap_or_default(),
     });
+    // PulseAudio's receiver (its GStreamer backend) takes L16 only as PT
+    // 127, its own sender's choice; any receiver reads the type from the
+    // announcement, so 127 costs nothing.
+    if sap_name.is_some() && !payload_type_given {
+        payload_type = 127;
+    }
     let output = if raw {
         Output::Raw
     } else {

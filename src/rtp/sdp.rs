@@ -57,6 +57,16 @@ pub struct Session {
     pub ptime_ms: Option<u32>,
 }
 
+impl Origin {
+    /// Whether both name the same session (RFC 8866: username, session id
+    /// and address; the version tells edits of it apart).
+    pub fn same_session(&self, other: &Origin) -> bool {
+        self.username == other.username
+            && self.session_id == other.session_id
+            && self.address == other.address
+    }
+}
+
 impl Session {
     /// The static table plus this session's payload types: the receiver's
     /// payload map for this stream.
@@ -310,6 +320,14 @@ pub fn parse(text: &str) -> Result<Session, Error> {
         fmtp: media.fmtp,
         ptime_ms: media.ptime_ms,
     })
+}
+
+/// The `o=` line alone: a SAP deletion may carry only that (RFC 2974).
+pub fn origin_of(text: &str) -> Option<Origin> {
+    text.split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .find_map(|l| l.strip_prefix("o="))
+        .and_then(|o| parse_origin(o).ok())
 }
 
 /// `ENCODING/RATE[/CHANNELS]` of an encoding we play, else `None`.

@@ -11,7 +11,13 @@
 //! either way as RFC 2974 asks (so that senders started together do not
 //! stay in step): at ~300 bytes that is ~0.5 kbit/s on the local link,
 //! and a listener that loses two announcements in a row still keeps the
-//! session. A send that fails is logged (rate-limited) and retried at the
+//! session.
+//!
+//! Line ends: the SDP goes out with LF alone, as PulseAudio and PipeWire
+//! send it. RFC 8866 writes CRLF but tells parsers to accept LF, and
+//! PulseAudio 16.1's module-rtp-recv refuses CRLF ("Failed to parse SDP
+//! data: invalid header", tried); every parser we know takes LF. A send
+//! that fails is logged (rate-limited) and retried at the
 //! next interval; it never stops the stream.
 
 use core::fmt;
@@ -70,9 +76,10 @@ impl Announcer {
             Some(ip) if !ip.is_unspecified() => ip,
             _ => unspecified_like(config.dest.addr),
         };
-        let hash = sap::msg_id_hash(&config.sdp);
-        let announce = sap::write(false, origin, hash, &config.sdp);
-        let delete = sap::write(true, origin, hash, &config.sdp);
+        let text = config.sdp.replace("\r\n", "\n");
+        let hash = sap::msg_id_hash(&text);
+        let announce = sap::write(false, origin, hash, &text);
+        let delete = sap::write(true, origin, hash, &text);
         let stop = Arc::new(AtomicBool::new(false));
         log::info!(
             "sap: announcing session '{}' to {} every {} s",
@@ -181,12 +188,13 @@ mod tests {
         let n = rx.recv(&mut buf).unwrap();
         let p = sap::parse(&buf[..n]).unwrap();
         assert!(!p.deletion);
-        assert_eq!(p.sdp, sdp);
+        // Sent with LF line ends (PulseAudio refuses CRLF).
+        assert_eq!(p.sdp, "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=hall\n");
         assert_eq!(p.origin, "127.0.0.1".parse::<IpAddr>().unwrap());
         a.stop();
         let n = rx.recv(&mut buf).unwrap();
         let p = sap::parse(&buf[..n]).unwrap();
         assert!(p.deletion);
-        assert_eq!(p.sdp, sdp);
+        assert_eq!(p.sdp, "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=hall\n");
     }
 }
