@@ -128,7 +128,10 @@ impl fmt::Display for Refusals {
 /// What the follower tells the binary.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    Refused { from: SocketAddr, why: Refusal },
+    Refused {
+        from: SocketAddr,
+        why: Refusal,
+    },
     /// Several sessions match: their names; waiting.
     Several(Vec<String>),
     /// The session to play (at start-up).
@@ -144,7 +147,10 @@ pub enum Notice {
     Returned(Session),
     /// The followed session now streams elsewhere or in another format:
     /// the receive side must restart on it.
-    Moved { from: Session, to: Session },
+    Moved {
+        from: Session,
+        to: Session,
+    },
     /// Another matching session while ours lives: ignored.
     Competing(Session),
 }
@@ -306,7 +312,8 @@ impl Follower {
     }
 
     fn delete(&mut self, origin: &Origin, notices: &mut Vec<Notice>) {
-        self.known.retain(|k| !k.session.origin.same_session(origin));
+        self.known
+            .retain(|k| !k.session.origin.same_session(origin));
         self.competing_named.retain(|o| !o.same_session(origin));
         if let Some(c) = &self.chosen {
             if !self.ended && c.origin.same_session(origin) {
@@ -324,7 +331,8 @@ impl Follower {
             .map(|k| k.session.origin.clone())
             .collect();
         for origin in expired {
-            self.known.retain(|k| !k.session.origin.same_session(&origin));
+            self.known
+                .retain(|k| !k.session.origin.same_session(&origin));
             self.competing_named.retain(|o| !o.same_session(&origin));
             if let Some(c) = &self.chosen {
                 if !self.ended && c.origin.same_session(&origin) {
@@ -421,14 +429,27 @@ mod tests {
     #[test]
     fn named_session_chosen_at_once_others_ignored() {
         let mut f = Follower::new(Some("hall*".into()));
-        let n = f.hear(&announce(&sdp("door", 1, 1, "239.0.0.1", 5004, "L16/48000/2")), from(), 0);
+        let n = f.hear(
+            &announce(&sdp("door", 1, 1, "239.0.0.1", 5004, "L16/48000/2")),
+            from(),
+            0,
+        );
         assert!(n.is_empty(), "{n:?}");
-        let n = f.hear(&announce(&sdp("hall 2", 2, 1, "239.0.0.2", 5006, "L16/48000/2")), from(), S);
-        let [Notice::Chosen(s)] = n.as_slice() else { panic!("{n:?}") };
+        let n = f.hear(
+            &announce(&sdp("hall 2", 2, 1, "239.0.0.2", 5006, "L16/48000/2")),
+            from(),
+            S,
+        );
+        let [Notice::Chosen(s)] = n.as_slice() else {
+            panic!("{n:?}")
+        };
         assert_eq!((s.name.as_str(), s.port), ("hall 2", 5006));
         assert_eq!(
             listen_for(s),
-            ("0.0.0.0:5006".parse().unwrap(), Some("239.0.0.2".parse().unwrap()))
+            (
+                "0.0.0.0:5006".parse().unwrap(),
+                Some("239.0.0.2".parse().unwrap())
+            )
         );
     }
 
@@ -439,7 +460,10 @@ mod tests {
         assert!(f.hear(&announce(&text), from(), 0).is_empty());
         assert!(f.tick(GATHER_NS / 2).is_empty());
         let n = f.tick(GATHER_NS);
-        assert!(matches!(n.as_slice(), [Notice::Chosen(s)] if s.name == "desk"), "{n:?}");
+        assert!(
+            matches!(n.as_slice(), [Notice::Chosen(s)] if s.name == "desk"),
+            "{n:?}"
+        );
     }
 
     #[test]
@@ -449,13 +473,19 @@ mod tests {
         let b = sdp("attic", 2, 1, "239.0.0.2", 5004, "L16/48000/2");
         f.hear(&announce(&a), from(), 0);
         let n = f.hear(&announce(&b), from(), S / 10);
-        assert_eq!(n, vec![Notice::Several(vec!["attic".into(), "desk".into()])]);
+        assert_eq!(
+            n,
+            vec![Notice::Several(vec!["attic".into(), "desk".into()])]
+        );
         // Said once, not at every announcement.
         assert!(f.hear(&announce(&b), from(), 5 * S).is_empty());
         // One leaves: the other is chosen.
         f.hear(&delete(&b), from(), 6 * S);
         let n = f.tick(6 * S);
-        assert!(matches!(n.as_slice(), [Notice::Chosen(s)] if s.name == "desk"), "{n:?}");
+        assert!(
+            matches!(n.as_slice(), [Notice::Chosen(s)] if s.name == "desk"),
+            "{n:?}"
+        );
     }
 
     #[test]
@@ -471,7 +501,10 @@ mod tests {
         assert!(matches!(n.as_slice(), [Notice::Reannounced(s)] if s.origin.version == 2));
         // Deleted: the stream stops.
         let n = f.hear(&delete(&v2), from(), 11 * S);
-        assert!(matches!(n.as_slice(), [Notice::Deleted(s)] if s.name == "hall"), "{n:?}");
+        assert!(
+            matches!(n.as_slice(), [Notice::Deleted(s)] if s.name == "hall"),
+            "{n:?}"
+        );
         // A restarted sender (new session id, same stream) is taken again.
         let back = sdp("hall", 7, 0, "239.0.0.1", 5004, "L16/48000/2");
         let n = f.hear(&announce(&back), from(), 20 * S);
@@ -494,7 +527,11 @@ mod tests {
     #[test]
     fn a_second_matching_session_while_playing_is_named_once() {
         let mut f = Follower::new(Some("h*".into()));
-        f.hear(&announce(&sdp("hall", 1, 1, "239.0.0.1", 5004, "PCMU/8000")), from(), 0);
+        f.hear(
+            &announce(&sdp("hall", 1, 1, "239.0.0.1", 5004, "PCMU/8000")),
+            from(),
+            0,
+        );
         let other = sdp("hub", 2, 1, "239.0.0.2", 5004, "PCMU/8000");
         let n = f.hear(&announce(&other), from(), S);
         assert!(matches!(n.as_slice(), [Notice::Competing(s)] if s.name == "hub"));
@@ -548,9 +585,20 @@ mod tests {
     #[test]
     fn pulseaudio_capture_is_chosen_and_its_deletion_ends_it() {
         let mut f = Follower::new(Some("PulseAudio*".into()));
-        let n = f.hear(include_bytes!("../rtp/testdata/pulseaudio_announce.sap"), from(), 0);
-        assert!(matches!(n.as_slice(), [Notice::Chosen(s)] if s.port == 46000), "{n:?}");
-        let n = f.hear(include_bytes!("../rtp/testdata/pulseaudio_delete.sap"), from(), S);
+        let n = f.hear(
+            include_bytes!("../rtp/testdata/pulseaudio_announce.sap"),
+            from(),
+            0,
+        );
+        assert!(
+            matches!(n.as_slice(), [Notice::Chosen(s)] if s.port == 46000),
+            "{n:?}"
+        );
+        let n = f.hear(
+            include_bytes!("../rtp/testdata/pulseaudio_delete.sap"),
+            from(),
+            S,
+        );
         assert!(matches!(n.as_slice(), [Notice::Deleted(_)]), "{n:?}");
     }
 }
