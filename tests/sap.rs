@@ -385,3 +385,58 @@ wait $r",
     common::report("sap_move_packets_after_restart", stats.get("packets"));
     assert!(stats.get("packets") >= 30.0, "{text}");
 }
+
+/// Waiting for a sender is a normal state: under systemd (Type=notify,
+/// TimeoutStartSec, WatchdogSec) the receiver says READY with a status
+/// naming what it waits for, and keeps the watchdog fed meanwhile; a stop
+/// while waiting ends it at once, with status 0.
+#[test]
+fn waiting_for_an_announcement_is_ready_and_alive_under_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+    let dir = TestDir::new("sap-notify");
+    let alsa = AlsaConfig::write(&dir.path);
+    let sock_path = dir.file("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let script = format!(
+        "{NETNS_SETUP}
+export WATCHDOG_PID=$$ WATCHDOG_USEC=1000000 NOTIFY_SOCKET={sock}
+exec {RX} --sap kitchen --device null --no-mlock --rt-priority 0 2>/dev/null",
+        sock = sock_path.display(),
+    );
+    let mut child = Command::new("unshare")
+        .args(["-n", "sh", "-c", &script])
+        .env("ALSA_CONFIG_PATH", &alsa.path)
+        .env_remove("INVOCATION_ID")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run unshare (util-linux)");
+    let start = Instant::now();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < Duration::from_millis(2500) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?} {messages:?}");
+    assert_eq!(
+        messages.first().map(String::as_str),
+        Some("READY=1\nSTATUS=waiting for the SAP announcement of a session matching 'kitchen'"),
+        "{messages:?}"
+    );
+    let pets = messages.iter().filter(|m| *m == "WATCHDOG=1").count();
+    common::report("sap_waiting_watchdog_pets_in_2_5_s", pets);
+    // WatchdogSec=1s: petted every quarter, checked at every 200 ms
+    // receive timeout, so ~every 400 ms (6 in 2.5 s, tried).
+    assert!(pets >= 3, "{messages:?}");
+}

@@ -581,12 +581,13 @@ mod sap {
     use netspeaker::net::NetConfig;
     use netspeaker::receive::sap::{Follower, Notice};
     use netspeaker::service::clock::monotonic_ns;
+    use netspeaker::service::notify::{watchdog_interval, Notifier};
     use netspeaker::service::ratelimit::RateLimit;
     use netspeaker::service::signals::Signals;
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::{Arc, Mutex};
     use std::thread::JoinHandle;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// The environment variable that hands the moved session's SDP to the
     /// restarted process, so it starts on it without waiting for the next
@@ -631,9 +632,27 @@ mod sap {
             groups.join(", "),
             netspeaker::net::sap::SAP_PORT
         );
+        // Waiting for a sender is a normal state, however long: under
+        // systemd it is ready (with that status) and alive (watchdog), so
+        // neither TimeoutStartSec nor WatchdogSec restarts it meanwhile.
+        let notifier = Notifier::from_env();
+        let status = format!(
+            "waiting for the SAP announcement of a {}",
+            describe(&pattern)
+        );
+        if let Err(e) = notifier.ready_with_status(&status) {
+            log::warn!("{e}");
+        }
+        let watchdog = watchdog_interval().map(|d| d / 4);
+        let mut petted = Instant::now();
         let mut buf = vec![0u8; 65_536];
         let mut limit = RateLimit::default_for_input();
         while !signals.stop_requested() {
+            if watchdog.is_some_and(|every| petted.elapsed() >= every) {
+                petted = Instant::now();
+                // A failure here is reported by the supervisor later.
+                let _ = notifier.watchdog();
+            }
             let notices = match listener.recv(&mut buf, POLL) {
                 Ok(Some((n, from))) => {
                     follower.hear(buf.get(..n).unwrap_or_default(), from, monotonic_ns())
