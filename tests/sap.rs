@@ -440,3 +440,55 @@ exec {RX} --sap kitchen --device null --no-mlock --rt-priority 0 2>/dev/null",
     // receive timeout, so ~every 400 ms (6 in 2.5 s, tried).
     assert!(pets >= 3, "{messages:?}");
 }
+
+/// IPv6: the announcement goes to the link-local SAP group ff02::2:7ffe
+/// across a veth pair, the stream to a site-scope group; the receiver
+/// joins both on its interface (RFC 2974's FF0X::2:7FFE).
+#[test]
+fn ipv6_announcement_on_ff02_2_7ffe_across_a_veth_pair() {
+    let dir = TestDir::new("sap-v6");
+    let alsa = AlsaConfig::write(&dir.path);
+    let wav = dir.file("tone.wav");
+    tone_wav(&wav, 440.0, 1.0);
+    let log = dir.file("rx.log");
+    let script = format!(
+        "set -e
+ip link set lo up
+ip link add va type veth peer name vb
+ip link set va up
+ip link set vb up
+n=0
+while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+ALSA_CONFIG_PATH={conf} {RX} --sap hall --interface vb --device null --no-mlock --rt-priority 0 \
+  --stats-interval 0 2>{log} >/dev/null &
+r=$!
+trap 'kill $r 2>/dev/null || true' EXIT
+sleep 0.3
+{TX} -q --sap hall --sap-address '[ff02::2:7ffe]' --interface va --ttl 2 --codec pcma \
+  --rt-priority 0 --no-mlock --dest '[ff15::77]:5004' {wav}
+sleep 0.3
+kill -TERM $r
+wait $r",
+        conf = alsa.path.display(),
+        log = log.display(),
+        wav = wav.display(),
+    );
+    let out = run_in_namespace(&script);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nreceiver log:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("ff02::2:7ffe"), "{text}");
+    assert!(
+        text.contains("sap: playing 'hall' at [ff15::77]:5004 PT 8 PCMA/8000/1"),
+        "{text}"
+    );
+    assert!(text.contains("deleted by its sender"), "{text}");
+    let stats = common::receiver::Stats::last_in(&text)
+        .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
+    common::report("sap_v6_packets", stats.get("packets"));
+    assert!(stats.get("packets") >= 45.0, "{text}");
+}
