@@ -37,6 +37,10 @@ use crate::rtp::sdp::{self, Origin, Session};
 /// one heard when no NAME was given (announcements of simultaneously
 /// started senders arrive within it).
 pub const GATHER_NS: u64 = 1_000_000_000;
+/// Sessions remembered at most: a flood of distinct announcements costs
+/// bounded memory; the one least recently heard (never the chosen one)
+/// makes room.
+pub const MAX_SESSIONS: usize = 256;
 /// Shortest and longest time a session lives without announcements.
 const MIN_LIFETIME_NS: u64 = 30_000_000_000;
 const MAX_LIFETIME_NS: u64 = 3_600_000_000_000;
@@ -274,11 +278,16 @@ impl Follower {
                 k.last_heard_ns = now_ns;
                 k.session = session.clone();
             }
-            None => self.known.push(Known {
-                session: session.clone(),
-                last_heard_ns: now_ns,
-                interval_ns: None,
-            }),
+            None => {
+                if self.known.len() >= MAX_SESSIONS {
+                    self.evict_oldest();
+                }
+                self.known.push(Known {
+                    session: session.clone(),
+                    last_heard_ns: now_ns,
+                    interval_ns: None,
+                });
+            }
         }
         if matches && self.first_match_ns.is_none() {
             self.first_match_ns = Some(now_ns);
@@ -297,6 +306,21 @@ impl Follower {
         } else if matches && !self.competing_named.contains(&session.origin) {
             self.competing_named.push(session.origin.clone());
             notices.push(Notice::Competing(session));
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let chosen = self.chosen.as_ref().map(|c| &c.origin);
+        let oldest = self
+            .known
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| chosen.map_or(true, |c| !c.same_session(&k.session.origin)))
+            .min_by_key(|(_, k)| k.last_heard_ns)
+            .map(|(i, _)| i);
+        if let Some(i) = oldest {
+            let gone = self.known.swap_remove(i).session.origin;
+            self.competing_named.retain(|o| !o.same_session(&gone));
         }
     }
 
@@ -536,6 +560,24 @@ mod tests {
         let n = f.hear(&announce(&other), from(), S);
         assert!(matches!(n.as_slice(), [Notice::Competing(s)] if s.name == "hub"));
         assert!(f.hear(&announce(&other), from(), 6 * S).is_empty());
+        assert_eq!(f.chosen().map(|s| s.name.as_str()), Some("hall"));
+    }
+
+    #[test]
+    fn a_flood_of_sessions_stays_bounded_and_keeps_the_chosen_one() {
+        let mut f = Follower::new(Some("*".into()));
+        f.hear(
+            &announce(&sdp("hall", 1, 1, "239.0.0.1", 5004, "PCMU/8000")),
+            from(),
+            0,
+        );
+        for id in 2..2000u64 {
+            let text = sdp("junk", id, 1, "239.0.0.2", 5004, "PCMU/8000");
+            f.hear(&announce(&text), from(), id * 1000);
+        }
+        assert_eq!(f.known.len(), MAX_SESSIONS);
+        assert!(f.competing_named.len() < MAX_SESSIONS);
+        assert!(f.known.iter().any(|k| k.session.name == "hall"));
         assert_eq!(f.chosen().map(|s| s.name.as_str()), Some("hall"));
     }
 
