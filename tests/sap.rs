@@ -492,3 +492,34 @@ wait $r",
     common::report("sap_v6_packets", stats.get("packets"));
     assert!(stats.get("packets") >= 45.0, "{text}");
 }
+
+/// `--sap` takes its NAME as `--sap NAME`, `--sap=NAME`, or none when an
+/// option follows.
+#[test]
+fn sap_name_forms() {
+    let dir = TestDir::new("sap-forms");
+    let alsa = AlsaConfig::write(&dir.path);
+    for (args, expect) in [
+        ("--sap 'hall*'", "a session matching 'hall*' on"),
+        ("--sap=hall", "a session matching 'hall' on"),
+        ("--sap --device null", "a session on"),
+        ("--device null --sap", "a session on"),
+    ] {
+        let log = dir.file("rx.log");
+        let script = format!(
+            "{NETNS_SETUP}
+ALSA_CONFIG_PATH={conf} {RX} --device null --no-mlock --rt-priority 0 {args} 2>{log} &
+r=$!
+n=0
+while ! grep -q 'waiting for' {log}; do sleep 0.05; n=$((n+1)); [ $n -lt 100 ] || break; done
+kill -TERM $r
+wait $r",
+            conf = alsa.path.display(),
+            log = log.display(),
+        );
+        let out = run_in_namespace(&script);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(out.status.success(), "{args}: {text}");
+        assert!(text.contains(expect), "{args}: {text}");
+    }
+}

@@ -40,9 +40,9 @@ Source:
                             hw:1,0) instead of a file; paced by the device
 Stream:
       --codec CODEC         l16, pcmu or pcma [default: l16]
-      --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96;
-                            127 with --sap, the only one PulseAudio's
-                            module-rtp-recv plays L16 under]
+      --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96]
+                            (127 with --sap: the only one PulseAudio's
+                            module-rtp-recv plays L16 under)
       --raw                 headerless s16le PCM, the tutorial's stream
                             (320-byte datagrams of 8 kHz mono at ptime 20,
                             port 5005)
