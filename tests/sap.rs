@@ -192,7 +192,7 @@ sleep 0.5
 pactl unload-module module-rtp-send
 n=0
 while ! grep -q 'deleted by its sender' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
-sleep 0.3
+sleep 1
 kill -TERM $r
 wait $r",
         conf = alsa.path.display(),

@@ -451,11 +451,17 @@ fn run(mut options: Options) -> Result<(), String> {
     let net_stop = Arc::new(AtomicBool::new(false));
     // Set by the SAP thread when the session moved: the SDP to restart on.
     let moved: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // Set by the SAP thread while the session is deleted (or timed out):
+    // the silence that follows is the stream's end, not a loss.
+    let sap_ended = Arc::new(AtomicBool::new(false));
     let sap_thread = match sap_watch {
         Some((listener, follower)) => Some(sap::watch(
             listener,
             follower,
-            Arc::clone(&moved),
+            sap::Shared {
+                moved: Arc::clone(&moved),
+                ended: Arc::clone(&sap_ended),
+            },
             Arc::clone(&net_stop),
         )?),
         None => None,
@@ -505,7 +511,11 @@ fn run(mut options: Options) -> Result<(), String> {
     let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            event_log.log(&event, now);
+            if matches!(event, Event::StreamLost) && sap_ended.load(Relaxed) {
+                log::info!("stream ended: its SAP session was deleted; faded out");
+            } else {
+                event_log.log(&event, now);
+            }
             if ready.is_none() {
                 ready = match event {
                     Event::DeviceOpened { .. } => Some("playing"),
@@ -670,14 +680,23 @@ mod sap {
         Ok(None)
     }
 
+    /// What the SAP thread tells the main thread.
+    pub struct Shared {
+        /// The SDP of the session it moved to: restart on it.
+        pub moved: Arc<Mutex<Option<String>>>,
+        /// The session is deleted or timed out (until it returns).
+        pub ended: Arc<AtomicBool>,
+    }
+
     /// Follows the session on a thread of its own ("sap"); on a move it
-    /// leaves the new SDP in `moved` for the main thread.
+    /// leaves the new SDP for the main thread.
     pub fn watch(
         listener: Listener,
         mut follower: Follower,
-        moved: Arc<Mutex<Option<String>>>,
+        shared: Shared,
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>, String> {
+        let Shared { moved, ended } = shared;
         std::thread::Builder::new()
             .name("sap".into())
             .spawn(move || {
@@ -700,6 +719,13 @@ mod sap {
                     };
                     for notice in &notices {
                         log_notice(notice, &follower, &mut limit, &None);
+                        match notice {
+                            Notice::Deleted(_) | Notice::Expired(_) => ended.store(true, Relaxed),
+                            Notice::Returned(_) | Notice::Moved { .. } => {
+                                ended.store(false, Relaxed)
+                            }
+                            _ => {}
+                        }
                         if let Notice::Moved { .. } = notice {
                             let sdp = netspeaker::net::sap::parse(
                                 buf.get(..datagram_len).unwrap_or_default(),
