@@ -226,6 +226,9 @@ wait $r",
         text.contains("sap: announcements refused: 2 malformed, 1 encrypted, 1 compressed"),
         "{text}"
     );
+    let stats = common::receiver::Stats::last_in(&text)
+        .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
+    assert_eq!(stats.get("rt-allocs"), 0.0, "{text}");
     let (mono, rate) = recording(&alsa, &text);
     let (tone, sound) = seconds_of_tone(&mono, rate, 660.0);
     common::report("sap_pa_send_tone_s", format!("{tone:.2}"));
@@ -383,6 +386,7 @@ wait $r",
     let stats = common::receiver::Stats::last_in(&text)
         .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
     common::report("sap_move_packets_after_restart", stats.get("packets"));
+    assert_eq!(stats.get("rt-allocs"), 0.0, "{text}");
     assert!(stats.get("packets") >= 30.0, "{text}");
 }
 
@@ -522,4 +526,62 @@ wait $r",
         assert!(out.status.success(), "{args}: {text}");
         assert!(text.contains(expect), "{args}: {text}");
     }
+}
+
+/// No NAME and two sessions: both are named and the receiver waits; when
+/// one sender leaves (its deletion), the other is played.
+#[test]
+fn two_sessions_without_name_are_listed_until_one_is_left() {
+    let dir = TestDir::new("sap-two");
+    let alsa = AlsaConfig::write(&dir.path);
+    let wav = dir.file("tone.wav");
+    tone_wav(&wav, 440.0, 1.0);
+    let log = dir.file("rx.log");
+    let script = format!(
+        "set -e
+{NETNS_SETUP}
+ALSA_CONFIG_PATH={conf} {RX} --sap --device null --no-mlock --rt-priority 0 \
+  --stats-interval 0 2>{log} >/dev/null &
+r=$!
+trap 'kill $r 2>/dev/null || true' EXIT
+sleep 0.3
+{TX} -q --sap attic --loop --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.2:5004 {wav} &
+a=$!
+{TX} -q --sap desk --loop --codec pcma --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav} &
+d=$!
+n=0
+while ! grep -q 'sessions match' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+kill -INT $a
+wait $a
+n=0
+while ! grep -q 'sap: playing' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+sleep 0.5
+kill -INT $d
+wait $d
+sleep 0.3
+kill -TERM $r
+wait $r",
+        conf = alsa.path.display(),
+        log = log.display(),
+        wav = wav.display(),
+    );
+    let out = run_in_namespace(&script);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nreceiver log:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("2 sessions match, waiting until one is left or name one with --sap NAME: 'attic', 'desk'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sap: playing 'desk' at 239.255.77.1:5004 PT 8 PCMA/8000/1"),
+        "{text}"
+    );
+    let stats = common::receiver::Stats::last_in(&text)
+        .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
+    assert!(stats.get("packets") >= 20.0, "{text}");
 }
