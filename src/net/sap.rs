@@ -3,7 +3,7 @@
 //! [`SapPacket`] borrowing the datagram (announcement or deletion, the
 //! originating source, the message id hash and the SDP text), or a
 //! [`SapError`] naming why it is refused; each variant is one counter of
-//! the listener. [`write`] builds an announcement or a deletion, and
+//! the listener. [`write()`] builds an announcement or a deletion, and
 //! [`Listener`] holds the receiver's SAP sockets.
 //!
 //! Policy: version 1 only; IPv4 and IPv6 origins; the authentication data

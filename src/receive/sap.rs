@@ -14,7 +14,7 @@
 //!   intervals (RFC 2974), at least 30 s and at most an hour.
 //! - Choosing: NAME is a glob (`*`, `?`) on the `s=` name; without NAME
 //!   every session matches. Exactly one match is chosen — with NAME at
-//!   once, without after listening [`GATHER`] longer for others. Several
+//!   once, without after listening [`GATHER_NS`] longer for others. Several
 //!   matches are named in a notice and waited out (until NAME is given or
 //!   the others end).
 //! - Following: a new version of the same stream (address, port, formats)
