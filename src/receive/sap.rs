@@ -625,6 +625,26 @@ mod tests {
     }
 
     #[test]
+    fn pipewire_capture_is_chosen_and_its_deletion_ends_it() {
+        let mut f = Follower::new(Some("PipeWire*".into()));
+        let n = f.hear(
+            include_bytes!("../rtp/testdata/pipewire_announce.sap"),
+            from(),
+            0,
+        );
+        assert!(
+            matches!(n.as_slice(), [Notice::Chosen(s)] if s.port == 46000),
+            "{n:?}"
+        );
+        let n = f.hear(
+            include_bytes!("../rtp/testdata/pipewire_delete.sap"),
+            from(),
+            S,
+        );
+        assert!(matches!(n.as_slice(), [Notice::Deleted(_)]), "{n:?}");
+    }
+
+    #[test]
     fn pulseaudio_capture_is_chosen_and_its_deletion_ends_it() {
         let mut f = Follower::new(Some("PulseAudio*".into()));
         let n = f.hear(

@@ -446,10 +446,25 @@ mod tests {
         );
     }
 
-    /// PipeWire's module-rtp-sink/rtp-sap format (its documentation and
-    /// observed announcements): CRLF, TTL on c=, ptime, AES67 clock lines.
+    /// PipeWire 0.3.65's module-rtp-sink (`testdata/pipewire_announce.sap`,
+    /// captured): LF, TTL on c=, tool and ptime lines.
     #[test]
-    fn pipewire_announcement() {
+    fn pipewire_0_3_65_announcement() {
+        let sap = include_bytes!("testdata/pipewire_announce.sap");
+        let text = std::str::from_utf8(&sap[24..]).unwrap();
+        let s = parse(text).unwrap();
+        assert_eq!(s.name, "PipeWire RTP Stream");
+        assert_eq!(s.origin.session_id, 4_005_093_031);
+        assert_eq!(s.address, "224.0.0.56".parse::<IpAddr>().unwrap());
+        assert_eq!((s.ttl, s.port, s.ptime_ms), (Some(1), 46000, Some(6)));
+        assert_eq!(s.formats, vec![(127, L16_48K_STEREO)]);
+    }
+
+    /// The format of later PipeWire versions' module-rtp-sap as their
+    /// documentation shows it (not captured here): CRLF, AES67 clock
+    /// lines, a source filter.
+    #[test]
+    fn pipewire_aes67_style_announcement() {
         let text = "v=0\r\n\
             o=- 1697125843 1697125844 IN IP4 192.168.1.20\r\n\
             s=PipeWire RTP Stream on kitchen\r\n\
