@@ -585,3 +585,56 @@ wait $r",
         .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
     assert!(stats.get("packets") >= 20.0, "{text}");
 }
+
+/// A legal announcement of static payload type 0 without `a=rtpmap`
+/// (PipeWire 0.3.65's daemon crashed on one): taken as PCMU/8000 and
+/// played.
+#[test]
+fn static_payload_type_announced_without_rtpmap_is_played() {
+    let dir = TestDir::new("sap-pt0");
+    let alsa = AlsaConfig::write(&dir.path);
+    let wav = dir.file("tone.wav");
+    tone_wav(&wav, 440.0, 1.0);
+    let log = dir.file("rx.log");
+    let announce = "python3 -c \"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton('127.0.0.1'))
+sdp = b'v=0\\r\\no=- 77 1 IN IP4 127.0.0.1\\r\\ns=door\\r\\nc=IN IP4 239.255.77.1/1\\r\\nt=0 0\\r\\nm=audio 5004 RTP/AVP 0\\r\\n'
+s.sendto(bytes([0x20, 0, 0x12, 0x34, 127, 0, 0, 1]) + sdp, ('224.0.0.56', 9875))
+\"";
+    let script = format!(
+        "set -e
+{NETNS_SETUP}
+ALSA_CONFIG_PATH={conf} {RX} --sap door --device null --no-mlock --rt-priority 0 \
+  --stats-interval 0 2>{log} >/dev/null &
+r=$!
+trap 'kill $r 2>/dev/null || true' EXIT
+sleep 0.3
+{announce}
+n=0
+while ! grep -q 'open:' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+{TX} -q --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav}
+sleep 0.3
+kill -TERM $r
+wait $r",
+        conf = alsa.path.display(),
+        log = log.display(),
+        wav = wav.display(),
+    );
+    let out = run_in_namespace(&script);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nreceiver log:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sap: playing 'door' at 239.255.77.1:5004 PT 0 PCMU/8000/1"),
+        "{text}"
+    );
+    let stats = common::receiver::Stats::last_in(&text)
+        .unwrap_or_else(|| panic!("no statistics line:\n{text}"));
+    assert_eq!(stats.get("packets"), 50.0, "{text}");
+}
