@@ -13,6 +13,9 @@
 //!     → audio::channels → alsa::playback
 //!   receive::device: the device's state machine, and the device thread
 //!   that opens and closes it (alsa::open) off the realtime thread.
+//! With --sap, before all of it and beside it on its own thread:
+//!   net::sap (SAP datagrams, listening sockets) → rtp::sdp (the session
+//!   description) → receive::sap (choose and follow the session).
 //! ```
 //!
 //! The sender's, the other way round:
@@ -20,10 +23,12 @@
 //! ```text
 //! send::source (file, stdin) | alsa::capture → send::convert (audio::*)
 //!   → send::packetize (rtp::header, audio::codec) → send::pace → net::send
+//! send::sdp (the description) → send::announce (SAP, net::sap) on its own
+//!   thread with --sap.
 //! ```
 //!
-//! Layers shared by both directions: `net` (sockets, multicast), `rtp`
-//! (header parse and write, RFC 3550 statistics), `audio` (formats, codecs,
+//! Layers shared by both directions: `net` (sockets, multicast, SAP),
+//! `rtp` (header parse and write, RFC 3550 statistics, SDP parse), `audio` (formats, codecs,
 //! sample conversion, channel map, resampler, pitch search), `alsa` (one
 //! open ladder for playback and capture), `service` (logging, signals,
 //! systemd notify and the supervisor loop, realtime scheduling, clocks,

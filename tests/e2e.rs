@@ -601,6 +601,7 @@ fn options_help_and_bad_values() {
         "--syslog",
         "--verbose",
         "--quiet",
+        "--sap",
     ] {
         assert!(text.contains(opt), "--help lacks {opt}");
     }
@@ -615,6 +616,9 @@ fn options_help_and_bad_values() {
         vec!["--allow", "10.0.0.0/99"],
         vec!["--frobnicate"],
         vec!["--latency"],
+        vec!["--sap", "hall", "--group", "239.1.1.1"],
+        vec!["--sap", "--raw", "s16le:8000:1"],
+        vec!["--sap=hall", "--listen", "0.0.0.0:5004"],
     ] {
         let out = std::process::Command::new(exe).args(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");

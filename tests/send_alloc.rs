@@ -60,6 +60,7 @@ fn allocations_while_streaming(
             interface: None,
         },
         sdp: None,
+        sap: None,
         srtp: srtp.then(|| SrtpOptions {
             key_file,
             suite: Suite::default(),

@@ -332,6 +332,8 @@ fn help_lists_every_option_with_defaults() {
         "--ttl",
         "--interface",
         "--sdp",
+        "--sap",
+        "--sap-address",
         "--rt-priority",
         "--no-mlock",
         "--verbose",
@@ -346,6 +348,7 @@ fn help_lists_every_option_with_defaults() {
         "127.0.0.1:5004",
         "[default: l16]",
         "[default: 60]",
+        "[default: 224.0.0.56:9875]",
     ] {
         assert!(help.contains(default), "{default} missing from --help");
     }

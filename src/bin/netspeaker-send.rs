@@ -10,7 +10,9 @@ use netspeaker::audio::format::{self, Encoding, MAX_CHANNELS, MAX_RATE, MIN_RATE
 use netspeaker::net::send::{parse_dest, DestConfig};
 use netspeaker::rtp::srtp::Suite;
 use netspeaker::send::source::Input;
-use netspeaker::send::{self, Output, SendConfig, Sender, SourceConfig, SrtpOptions, Summary};
+use netspeaker::send::{
+    self, Output, SapOptions, SendConfig, Sender, SourceConfig, SrtpOptions, Summary,
+};
 use netspeaker::service::log::{self as logging, LogTarget};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
 use netspeaker::service::sched::{self, Request};
@@ -39,6 +41,8 @@ Source:
 Stream:
       --codec CODEC         l16, pcmu or pcma [default: l16]
       --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96]
+                            (127 with --sap: the only one PulseAudio's
+                            module-rtp-recv plays L16 under)
       --raw                 headerless s16le PCM, the tutorial's stream
                             (320-byte datagrams of 8 kHz mono at ptime 20,
                             port 5005)
@@ -66,6 +70,12 @@ Destination:
                             (for ffplay -protocol_whitelist file,udp,rtp -i FILE);
                             with SRTP it holds the key (RTP/SAVP, a=crypto)
                             and is written mode 0600
+      --sap NAME            announce the stream by SAP (RFC 2974) as session
+                            NAME, every 5 s, and delete it at exit (what
+                            PulseAudio's module-rtp-recv and netspeaker --sap
+                            listen to)
+      --sap-address ADDR[:PORT]
+                            where to announce [default: 224.0.0.56:9875]
 Process:
       --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for
                             none (it is refused without CAP_SYS_NICE; the
@@ -112,6 +122,8 @@ fn parse_args() -> Result<Parsed, usage::Error> {
     let mut ttl = 1u8;
     let mut interface = None;
     let mut sdp = None;
+    let mut sap_name = None;
+    let mut sap_address = None;
     let mut srtp_key_file = None;
     let mut srtp_suite = None;
     let mut rt_priority = 60i32;
@@ -180,6 +192,17 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             Long("dest") => dest = Some(text(&mut parser, "--dest")?),
             Long("ttl") => ttl = number("--ttl", &text(&mut parser, "--ttl")?, 0..=255)?,
             Long("interface") => interface = Some(text(&mut parser, "--interface")?),
+            Long("sap") => {
+                let v = text(&mut parser, "--sap")?;
+                if v.is_empty() || v.contains(['\r', '\n']) {
+                    return Err(usage::Error::value(
+                        "--sap",
+                        "the session name must be one non-empty line",
+                    ));
+                }
+                sap_name = Some(v)
+            }
+            Long("sap-address") => sap_address = Some(text(&mut parser, "--sap-address")?),
             Long("sdp") => sdp = Some(std::path::PathBuf::from(text(&mut parser, "--sdp")?)),
             Long("srtp-key-file") => {
                 srtp_key_file = Some(std::path::PathBuf::from(text(
@@ -271,6 +294,12 @@ fn parse_args() -> Result<Parsed, usage::Error> {
         key_file,
         suite: srtp_suite.unwrap_or_default(),
     });
+    // PulseAudio's receiver (its GStreamer backend) takes L16 only as PT
+    // 127, its own sender's choice; any receiver reads the type from the
+    // announcement, so 127 costs nothing.
+    if sap_name.is_some() && !payload_type_given {
+        payload_type = 127;
+    }
     let output = if raw {
         Output::Raw
     } else {
@@ -280,6 +309,22 @@ fn parse_args() -> Result<Parsed, usage::Error> {
     let addr = match dest {
         Some(d) => parse_dest(&d, default_port).map_err(|e| usage::Error::rule(e.to_string()))?,
         None => std::net::SocketAddr::from(([127, 0, 0, 1], default_port)),
+    };
+    let sap = match (sap_name, sap_address) {
+        (Some(name), address) => Some(SapOptions {
+            name,
+            addr: match address {
+                Some(a) => parse_dest(&a, netspeaker::net::sap::SAP_PORT)
+                    .map_err(|e| usage::Error::value("--sap-address", e.to_string()))?,
+                None => netspeaker::net::sap::default_address(),
+            },
+        }),
+        (None, Some(_)) => {
+            return Err(usage::Error::rule(
+                "--sap-address needs --sap NAME: the session to announce",
+            ))
+        }
+        (None, None) => None,
     };
     Ok(Parsed::Run(Box::new(Options {
         config: SendConfig {
@@ -295,6 +340,7 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             },
             sdp,
             srtp,
+            sap,
         },
         rt_priority,
         mlock,
@@ -353,7 +399,9 @@ fn main() -> ExitCode {
                 for refusal in sched::enter_realtime(request).iter() {
                     log::warn!("{refusal}");
                 }
-                let summary = sender.run(&stop, &heartbeat)?;
+                let summary = sender.run(&stop, &heartbeat);
+                sender.end_announcement();
+                let summary = summary?;
                 Ok(Some((summary, sender.format().rate)))
             },
         )

@@ -47,6 +47,14 @@ Network:
   --allow CIDR              accept packets only from these sources (repeatable)
                             [default: any source]
   --recv-buffer BYTES       socket receive buffer for bursts [default: 1048576]
+  --sap [NAME]              take group, port and format from a SAP (RFC 2974)
+                            announcement, as PulseAudio's module-rtp-send and
+                            PipeWire make them: the session whose name matches
+                            NAME (a glob: * and ?), or the only one announced;
+                            waits for it, follows re-announcements, stops on
+                            its deletion and plays it again when it returns
+                            (listens on 224.0.0.56, 224.2.127.254,
+                            239.255.255.255 and ff0X::2:7ffe, port 9875)
 Stream:
   --rtp-format PT=ENC/RATE[/CH]
                             declare a dynamic RTP payload type, e.g.
@@ -96,6 +104,8 @@ the statistics line now.
 ";
 
 struct Options {
+    /// `--sap [NAME]`: `Some(None)` takes any session.
+    sap: Option<Option<String>>,
     net: NetConfig,
     listen_given: bool,
     payload_map: PayloadMap,
@@ -117,6 +127,7 @@ struct Options {
 fn parse_args() -> Result<Option<Options>, usage::Error> {
     use lexopt::prelude::*;
     let mut o = Options {
+        sap: None,
         net: NetConfig::default(),
         listen_given: false,
         payload_map: PayloadMap::default(),
@@ -183,6 +194,28 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
                 o.net.group = Some(addr);
             }
             "--interface" => o.net.interface = Some(value()?),
+            "--sap" => {
+                // NAME is optional: `--sap=NAME`, or the next argument when
+                // it is not an option (the receiver takes no positional
+                // arguments).
+                let name = match parser.optional_value() {
+                    Some(v) => Some(v.into_string().map_err(|_| {
+                        usage::Error::value("--sap", "the name is not valid UTF-8 text")
+                    })?),
+                    None => match parser.try_raw_args() {
+                        Some(mut raw) => match raw.peek().and_then(|v| v.to_str()) {
+                            Some(v) if !v.starts_with('-') => {
+                                let v = v.to_string();
+                                raw.next();
+                                Some(v)
+                            }
+                            _ => None,
+                        },
+                        None => None,
+                    },
+                };
+                o.sap = Some(name);
+            }
             "--allow" => {
                 let v = value()?;
                 let cidr = v
@@ -289,6 +322,19 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             "--srtp-key-file protects RTP; headerless --raw PCM cannot carry SRTP: drop one",
         ));
     }
+    if o.sap.is_some() {
+        let taken_from_sap = [
+            (o.raw.is_some(), "--raw"),
+            (o.net.group.is_some(), "--group"),
+            (o.listen_given, "--listen"),
+            (o.srtp_key_file.is_some(), "--srtp-key-file"),
+        ];
+        if let Some((_, option)) = taken_from_sap.iter().find(|(given, _)| *given) {
+            return Err(usage::Error::rule(format!(
+                "--sap takes the group, port and format from the announcement: drop {option}"
+            )));
+        }
+    }
     if o.raw.is_some() && !o.listen_given {
         o.net.listen.set_port(5005);
     }
@@ -299,6 +345,16 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             max_ms: o.max_latency_ms,
         },
     };
+    o.playout.device_rate = o.device_rate;
+    o.playout.device_channels = o.device_channels;
+    size_for_formats(&mut o);
+    Ok(Some(o))
+}
+
+/// The playout side is sized for every format the stream may carry
+/// (resamplers are built off the realtime thread for each): called again
+/// once a SAP announcement has set the payload map.
+fn size_for_formats(o: &mut Options) {
     let (max_rate, max_channels) = match o.raw {
         Some(f) => (f.rate, f.channels),
         None => o.payload_map.max_rate_channels(),
@@ -309,9 +365,6 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         Some(f) => vec![(f.rate, f.channels)],
         None => o.payload_map.rates_channels(),
     };
-    o.playout.device_rate = o.device_rate;
-    o.playout.device_channels = o.device_channels;
-    Ok(Some(o))
 }
 
 fn main() -> ExitCode {
@@ -334,12 +387,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options) -> Result<(), String> {
+fn run(mut options: Options) -> Result<(), String> {
     let signals = Signals::install(Handled {
         reopen: true,
         statistics: true,
     })
     .map_err(|e| e.to_string())?;
+    // --sap: the session is resolved before any other thread starts, so
+    // the playout side is built for its formats from the beginning.
+    let mut sap_watch = None;
+    if let Some(pattern) = options.sap.clone() {
+        let Some((listener, follower)) = sap::resolve(pattern, &options.net, &signals)? else {
+            return Ok(());
+        };
+        if let Some(session) = follower.chosen() {
+            let (listen, group) = netspeaker::receive::sap::listen_for(session);
+            options.net.listen = listen;
+            options.net.group = group;
+            for &(pt, f) in &session.formats {
+                options.payload_map.set(pt, f);
+            }
+            size_for_formats(&mut options);
+        }
+        sap_watch = Some((listener, follower));
+    }
     // The key first: a key file that cannot be used stops the start, it
     // never falls back to accepting plaintext.
     let suite = options.srtp_suite.unwrap_or_default();
@@ -388,6 +459,23 @@ fn run(options: Options) -> Result<(), String> {
     let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
     let net_stop = Arc::new(AtomicBool::new(false));
+    // Set by the SAP thread when the session moved: the SDP to restart on.
+    let moved: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // Set by the SAP thread while the session is deleted (or timed out):
+    // the silence that follows is the stream's end, not a loss.
+    let sap_ended = Arc::new(AtomicBool::new(false));
+    let sap_thread = match sap_watch {
+        Some((listener, follower)) => Some(sap::watch(
+            listener,
+            follower,
+            sap::Shared {
+                moved: Arc::clone(&moved),
+                ended: Arc::clone(&sap_ended),
+            },
+            Arc::clone(&net_stop),
+        )?),
+        None => None,
+    };
     // Set by the supervisor on SIGHUP, taken by the playout thread.
     let reopen = Arc::new(AtomicBool::new(false));
     let heartbeat = Arc::new(Heartbeat::new());
@@ -449,7 +537,11 @@ fn run(options: Options) -> Result<(), String> {
     let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            event_log.log(&event, now);
+            if matches!(event, Event::StreamLost) && sap_ended.load(Relaxed) {
+                log::info!("stream ended: its SAP session was deleted; faded out");
+            } else {
+                event_log.log(&event, now);
+            }
             if ready.is_none() {
                 ready = match event {
                     Event::DeviceOpened { .. } => Some("playing"),
@@ -466,6 +558,9 @@ fn run(options: Options) -> Result<(), String> {
             &mut net_event_rx,
             netspeaker::service::clock::monotonic_ns(),
         );
+        if moved.try_lock().is_ok_and(|m| m.is_some()) {
+            return Poll::Finished;
+        }
         match ready {
             Some(status) => Poll::Ready(Some(status)),
             None => Poll::Starting,
@@ -489,6 +584,12 @@ fn run(options: Options) -> Result<(), String> {
         },
     );
     net_stop.store(true, Relaxed);
+    // A move ends the run like a stop (the playout thread closes the
+    // device), then the process starts over on the new session.
+    let restart_on = moved.lock().ok().and_then(|mut m| m.take());
+    if restart_on.is_some() {
+        signals.request_stop();
+    }
     // The threads see the flags within a period (playout) or a receive
     // timeout (net); a playout thread wedged in a device call must not
     // keep the process from exiting, hence the deadline.
@@ -504,7 +605,248 @@ fn run(options: Options) -> Result<(), String> {
         netspeaker::service::clock::monotonic_ns(),
     );
     log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
-    Ok(())
+    if let Some(t) = sap_thread {
+        // It sees the flag within its receive timeout.
+        let _ = t.join();
+    }
+    match restart_on {
+        Some(sdp) => Err(sap::restart(&sdp)),
+        None => Ok(()),
+    }
+}
+
+/// `--sap`: waiting for the session at start-up, the thread that follows
+/// it afterwards, and the restart on a move.
+mod sap {
+    use netspeaker::net::sap::Listener;
+    use netspeaker::net::socket::Interface;
+    use netspeaker::net::NetConfig;
+    use netspeaker::receive::sap::{Follower, Notice};
+    use netspeaker::service::clock::monotonic_ns;
+    use netspeaker::service::notify::{watchdog_interval, Notifier};
+    use netspeaker::service::ratelimit::RateLimit;
+    use netspeaker::service::signals::Signals;
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    /// The environment variable that hands the moved session's SDP to the
+    /// restarted process, so it starts on it without waiting for the next
+    /// announcement.
+    const RESUME_VAR: &str = "NETSPEAKER_SAP_SESSION";
+    const POLL: Duration = Duration::from_millis(200);
+
+    fn describe(pattern: &Option<String>) -> String {
+        match pattern {
+            Some(p) => format!("session matching '{p}'"),
+            None => "session".to_string(),
+        }
+    }
+
+    /// Opens the SAP sockets and waits for the session (or a stop:
+    /// `Ok(None)`).
+    pub fn resolve(
+        pattern: Option<String>,
+        net: &NetConfig,
+        signals: &Signals,
+    ) -> Result<Option<(Listener, Follower)>, String> {
+        let interface = match net.interface.as_deref() {
+            Some(i) => Some(Interface::resolve(i).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let listener = Listener::open(interface.as_ref()).map_err(|e| e.to_string())?;
+        let mut follower = Follower::new(pattern.clone());
+        let resumed = std::env::var(RESUME_VAR)
+            .ok()
+            .and_then(|text| netspeaker::rtp::sdp::parse(&text).ok());
+        // Not passed on to anything this process starts.
+        std::env::remove_var(RESUME_VAR);
+        if let Some(session) = resumed {
+            log::info!("sap: restarted on session {session}");
+            follower.resume(session, monotonic_ns());
+            return Ok(Some((listener, follower)));
+        }
+        let groups: Vec<String> = listener.groups.iter().map(|g| g.to_string()).collect();
+        log::info!(
+            "sap: waiting for the announcement of a {} on {} port {}",
+            describe(&pattern),
+            groups.join(", "),
+            netspeaker::net::sap::SAP_PORT
+        );
+        // Waiting for a sender is a normal state, however long: under
+        // systemd it is ready (with that status) and alive (watchdog), so
+        // neither TimeoutStartSec nor WatchdogSec restarts it meanwhile.
+        let notifier = Notifier::from_env();
+        let status = format!(
+            "waiting for the SAP announcement of a {}",
+            describe(&pattern)
+        );
+        if let Err(e) = notifier.ready_with_status(&status) {
+            log::warn!("{e}");
+        }
+        let watchdog = watchdog_interval().map(|d| d / 4);
+        let mut petted = Instant::now();
+        let mut buf = vec![0u8; 65_536];
+        let mut limit = RateLimit::default_for_input();
+        while !signals.stop_requested() {
+            if watchdog.is_some_and(|every| petted.elapsed() >= every) {
+                petted = Instant::now();
+                // A failure here is reported by the supervisor later.
+                let _ = notifier.watchdog();
+            }
+            let notices = match listener.recv(&mut buf, POLL) {
+                Ok(Some((n, from))) => {
+                    follower.hear(buf.get(..n).unwrap_or_default(), from, monotonic_ns())
+                }
+                Ok(None) => follower.tick(monotonic_ns()),
+                Err(e) => return Err(format!("sap: receiving announcements failed: {e}")),
+            };
+            for notice in &notices {
+                log_notice(notice, &follower, &mut limit, &pattern);
+            }
+            if follower.chosen().is_some() {
+                return Ok(Some((listener, follower)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the SAP thread tells the main thread.
+    pub struct Shared {
+        /// The SDP of the session it moved to: restart on it.
+        pub moved: Arc<Mutex<Option<String>>>,
+        /// The session is deleted or timed out (until it returns).
+        pub ended: Arc<AtomicBool>,
+    }
+
+    /// Follows the session on a thread of its own ("sap"); on a move it
+    /// leaves the new SDP for the main thread.
+    pub fn watch(
+        listener: Listener,
+        mut follower: Follower,
+        shared: Shared,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>, String> {
+        let Shared { moved, ended } = shared;
+        std::thread::Builder::new()
+            .name("sap".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                let mut limit = RateLimit::default_for_input();
+                while !stop.load(Relaxed) {
+                    let (notices, datagram_len) = match listener.recv(&mut buf, POLL) {
+                        Ok(Some((n, from))) => (
+                            follower.hear(buf.get(..n).unwrap_or_default(), from, monotonic_ns()),
+                            n,
+                        ),
+                        Ok(None) => (follower.tick(monotonic_ns()), 0),
+                        Err(e) => {
+                            if limit.check(monotonic_ns()).is_some() {
+                                log::warn!("sap: receiving announcements failed: {e}");
+                            }
+                            std::thread::sleep(POLL);
+                            continue;
+                        }
+                    };
+                    for notice in &notices {
+                        log_notice(notice, &follower, &mut limit, &None);
+                        match notice {
+                            Notice::Deleted(_) | Notice::Expired(_) => ended.store(true, Relaxed),
+                            Notice::Returned(_) | Notice::Moved { .. } => {
+                                ended.store(false, Relaxed)
+                            }
+                            _ => {}
+                        }
+                        if let Notice::Moved { .. } = notice {
+                            let sdp = netspeaker::net::sap::parse(
+                                buf.get(..datagram_len).unwrap_or_default(),
+                            )
+                            .map(|p| p.sdp.to_string());
+                            if let (Ok(sdp), Ok(mut slot)) = (sdp, moved.lock()) {
+                                *slot = Some(sdp);
+                            }
+                        }
+                    }
+                }
+                let refused = follower.refusals();
+                if refused.total() > 0 {
+                    log::info!("sap: announcements refused: {refused}");
+                }
+            })
+            .map_err(|e| format!("cannot start the SAP thread: {e}"))
+    }
+
+    fn log_notice(
+        notice: &Notice,
+        follower: &Follower,
+        limit: &mut RateLimit,
+        pattern: &Option<String>,
+    ) {
+        match notice {
+            Notice::Refused { from, why } => {
+                if let Some(suppressed) = limit.check(monotonic_ns()) {
+                    log::warn!(
+                        "sap: from {from}: {why} (so far: {}{})",
+                        follower.refusals(),
+                        if suppressed > 0 {
+                            format!("; {suppressed} lines suppressed")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+            }
+            Notice::Several(names) => log::warn!(
+                "sap: {} sessions match, waiting until one is left or name one with --sap NAME: '{}'",
+                names.len(),
+                names.join("', '")
+            ),
+            Notice::Chosen(s) => log::info!(
+                "sap: playing {s} (the {} announced)",
+                describe(pattern)
+            ),
+            Notice::Reannounced(s) => log::info!(
+                "sap: session '{}' re-announced as version {}: same stream",
+                s.name,
+                s.origin.version
+            ),
+            Notice::Deleted(s) => log::info!(
+                "sap: session '{}' deleted by its sender: the stream stops; listening for it to return",
+                s.name
+            ),
+            Notice::Expired(s) => log::warn!(
+                "sap: session '{}' not announced for ten intervals: taken as ended; listening for it to return",
+                s.name
+            ),
+            Notice::Returned(s) => log::info!("sap: session {s} announced again: playing"),
+            Notice::Moved { from, to } => log::info!(
+                "sap: session '{}' moved from {from} to {to}: restarting the receive side",
+                to.name
+            ),
+            Notice::Competing(s) => log::warn!(
+                "sap: session '{}' also matches; still playing '{}' (give --sap a name that matches one only)",
+                s.name,
+                follower.chosen().map_or("", |c| c.name.as_str())
+            ),
+        }
+    }
+
+    /// Starts this program over on the moved session (same pid, so
+    /// systemd keeps supervising it); returns only on failure, with the
+    /// message, and then the exit status makes systemd restart it.
+    pub fn restart(sdp: &str) -> String {
+        use std::os::unix::process::CommandExt;
+        let exe = match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => return format!("sap: cannot restart on the moved session: {e}"),
+        };
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(RESUME_VAR, sdp)
+            .exec();
+        format!("sap: cannot restart on the moved session: {err}; exiting for the service manager to restart netspeaker")
+    }
 }
 
 fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {

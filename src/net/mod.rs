@@ -11,12 +11,15 @@
 //! - [`receive`]: the receiver's socket and the net thread's loop (input:
 //!   datagrams; output: packet slots to the playout thread, counters, and
 //!   drop events the main thread logs).
+//! - [`sap`]: SAP (RFC 2974) announcements: the datagram format both
+//!   ways and the receiver's listening sockets.
 //! - [`send`]: the sender's destination socket (input: encoded datagrams;
 //!   output: UDP to one address, unicast or multicast).
 
 pub mod filter;
 pub mod link;
 pub mod receive;
+pub mod sap;
 pub mod send;
 pub mod socket;
 

@@ -1,6 +1,7 @@
 //! The receiver's stages, in path order: jitter buffer, concealment,
 //! stretching, delay estimate, delay controller (clock following), the
-//! playout engine and its realtime thread, and the statistics they publish.
+//! playout engine and its realtime thread, and the statistics they publish;
+//! beside them, [`sap`] follows a SAP-announced session (`--sap`).
 
 pub mod clock;
 pub mod conceal;
@@ -11,6 +12,7 @@ pub mod engine;
 pub mod events;
 pub mod jitter;
 pub mod playout;
+pub mod sap;
 pub mod source;
 pub mod stats;
 pub mod stretch;

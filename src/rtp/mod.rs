@@ -23,6 +23,7 @@
 pub mod header;
 pub mod packet;
 pub mod rtcp;
+pub mod sdp;
 pub mod srtp;
 pub mod stats;
 

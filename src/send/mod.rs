@@ -1,13 +1,14 @@
 //! The sender's stages: source (WAV, raw, stdin, ALSA capture) → convert
 //! (rate, channels) → packetize (RTP or headerless) → protect (SRTP, with
 //! a key) → pace (absolute deadline on the monotonic clock) → socket; and
-//! the SDP description.
+//! the SDP description, announced by SAP with `--sap` ([`announce`]).
 //! `Sender` wires them: a file or standard input is paced by the monotonic
 //! clock (packet k leaves at start + k · ptime), a capture device by its
 //! own clock (each blocking read of one ptime of audio is one packet).
 //! Everything is opened and sized in `Sender::new`; `run` allocates
 //! nothing.
 
+pub mod announce;
 pub mod convert;
 pub mod pace;
 pub mod packetize;
@@ -91,6 +92,17 @@ pub struct SendConfig {
     pub sdp: Option<PathBuf>,
     /// Send SRTP (`--srtp-key-file`, `--srtp-suite`).
     pub srtp: Option<SrtpOptions>,
+    /// Announce the stream by SAP (`--sap NAME`, `--sap-address`).
+    pub sap: Option<SapOptions>,
+}
+
+/// The session name and the SAP destination of `--sap`.
+#[derive(Debug, Clone)]
+pub struct SapOptions {
+    /// The SDP session name (`s=`) listeners choose the stream by.
+    pub name: String,
+    /// Where announcements go [default: 224.0.0.56:9875].
+    pub addr: std::net::SocketAddr,
 }
 
 /// The key file and suite of an SRTP stream.
@@ -114,6 +126,11 @@ pub enum Error {
     },
     /// `--sdp` with `--raw`: SDP describes RTP sessions only.
     SdpRaw,
+    /// `--sap` with `--raw`: SAP announces RTP sessions only.
+    SapRaw,
+    /// `--sap` with SRTP: the announcement would carry the key in the clear.
+    SapSrtp,
+    Announce(announce::Error),
     /// The SRTP key file cannot be used.
     SrtpKey(srtp::key::Error),
     /// `--srtp-key-file` with `--raw`: SRTP protects RTP packets only.
@@ -143,6 +160,16 @@ impl fmt::Display for Error {
             Error::Sdp { path, err } => {
                 write!(f, "cannot write the SDP file {}: {err}", path.display())
             }
+            Error::SapRaw => write!(
+                f,
+                "--sap announces an RTP stream; headerless --raw has none: drop one of them"
+            ),
+            Error::SapSrtp => write!(
+                f,
+                "--sap with --srtp-key-file would multicast the key in the clear: \
+                 hand the SDP (--sdp) to receivers privately instead"
+            ),
+            Error::Announce(e) => write!(f, "{e}"),
             Error::SdpRaw => write!(
                 f,
                 "--sdp describes an RTP stream; headerless --raw has none: drop one of them"
@@ -349,6 +376,8 @@ pub struct Sender {
     overrun_log: RateLimit,
     /// Overruns counted by capture handles since replaced.
     overruns_before: u64,
+    /// `--sap`: announces while the sender lives, deletes when dropped.
+    announcer: Option<announce::Announcer>,
 }
 
 impl Sender {
@@ -374,6 +403,12 @@ impl Sender {
         }
         if config.srtp.is_some() && config.output == Output::Raw {
             return Err(Error::SrtpRaw);
+        }
+        if config.sap.is_some() && config.output == Output::Raw {
+            return Err(Error::SapRaw);
+        }
+        if config.sap.is_some() && config.srtp.is_some() {
+            return Err(Error::SapSrtp);
         }
         // Read before anything opens: a key that cannot be used stops the
         // start, it never falls back to plaintext.
@@ -451,7 +486,8 @@ impl Sender {
         })
         .map_err(Error::Packetize)?;
         let dest = Dest::open(&config.dest)?;
-        if let (Some(path), Framing::Rtp { payload_type }) = (&config.sdp, framing) {
+        let mut description = None;
+        if let Framing::Rtp { payload_type } = framing {
             let origin = dest
                 .local_addr()
                 .map(|a| a.ip())
@@ -468,12 +504,36 @@ impl Sender {
                     suite: *suite,
                     key: key.to_base64(),
                 }),
+                name: config
+                    .sap
+                    .as_ref()
+                    .map_or_else(|| "netspeaker-send".to_string(), |s| s.name.clone()),
             });
-            write_sdp(path, &text, srtp.is_some()).map_err(|err| Error::Sdp {
-                path: path.clone(),
-                err,
-            })?;
+            if let Some(path) = &config.sdp {
+                write_sdp(path, &text, srtp.is_some()).map_err(|err| Error::Sdp {
+                    path: path.clone(),
+                    err,
+                })?;
+            }
+            description = Some(text);
         }
+        // After the socket and the file: a start that fails announces
+        // nothing. Dropping the sender deletes the announcement.
+        let announcer = match (&config.sap, description) {
+            (Some(sap), Some(text)) => Some(
+                announce::Announcer::start(&announce::AnnounceConfig {
+                    dest: DestConfig {
+                        addr: sap.addr,
+                        ttl: config.dest.ttl,
+                        interface: config.dest.interface.clone(),
+                    },
+                    sdp: text,
+                    name: sap.name.clone(),
+                })
+                .map_err(Error::Announce)?,
+            ),
+            _ => None,
+        };
         log::info!(
             "{} from {} Hz/{} ch to {} as {}, {} frames per packet, SSRC {:08x}",
             match &config.source {
@@ -504,7 +564,15 @@ impl Sender {
             samples: vec![0; frames_per_packet * usize::from(format.channels)],
             overrun_log: RateLimit::default_for_input(),
             overruns_before: 0,
+            announcer,
         }))
+    }
+
+    /// Sends the SAP deletion now (`--sap`), as dropping the sender would.
+    pub fn end_announcement(&mut self) {
+        if let Some(a) = self.announcer.take() {
+            a.stop();
+        }
     }
 
     /// The stream's format on the wire.

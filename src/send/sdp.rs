@@ -37,6 +37,8 @@ pub struct SdpParams {
     pub session_id: u64,
     /// SRTP: the `a=crypto` line's suite and key.
     pub crypto: Option<Crypto>,
+    /// The session name (`s=`): what a SAP listener chooses the stream by.
+    pub name: String,
 }
 
 fn addr_type(ip: IpAddr) -> &'static str {
@@ -64,11 +66,11 @@ pub fn describe(p: &SdpParams) -> String {
         s,
         "v=0\r\n\
          o=- {id} {id} IN {ot} {origin}\r\n\
-         s=netspeaker-send\r\n\
+         s={name}\r\n\
          c=IN {ct} {conn}\r\n\
          t=0 0\r\n\
          m=audio {port} {profile} {pt}\r\n\
-         a=rtpmap:{pt} {name}/{rate}{channels}\r\n\
+         a=rtpmap:{pt} {enc}/{rate}{channels}\r\n\
          a=ptime:{ptime}\r\n\
          {crypto}\
          a=sendonly\r\n",
@@ -87,9 +89,11 @@ pub fn describe(p: &SdpParams) -> String {
             None => String::new(),
         },
         pt = p.payload_type,
-        name = p.format.encoding.rtp_name(),
+        enc = p.format.encoding.rtp_name(),
         rate = p.format.rate,
         ptime = p.ptime_ms,
+        // A line break in the name would end the line early.
+        name = p.name.replace(['\r', '\n'], " "),
     );
     s
 }
@@ -114,6 +118,7 @@ mod tests {
             ttl: 1,
             session_id: 42,
             crypto: None,
+            name: "netspeaker-send".into(),
         };
         assert_eq!(
             describe(&p),
@@ -138,6 +143,7 @@ mod tests {
             ttl: 16,
             session_id: 7,
             crypto: None,
+            name: "netspeaker-send".into(),
         };
         let s = describe(&p);
         assert!(s.contains("c=IN IP4 239.255.77.1/16\r\n"), "{s}");
@@ -161,6 +167,7 @@ mod tests {
             ttl: 5,
             session_id: 1,
             crypto: None,
+            name: "netspeaker-send".into(),
         };
         let s = describe(&p);
         assert!(s.contains("o=- 1 1 IN IP6 ::1\r\n"), "{s}");
@@ -185,6 +192,7 @@ mod tests {
                 suite: Suite::AesCm128HmacSha1_32,
                 key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd".into(),
             }),
+            name: "netspeaker-send".into(),
         };
         let s = describe(&p);
         assert!(s.contains("m=audio 5004 RTP/SAVP 0\r\n"), "{s}");
