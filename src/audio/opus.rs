@@ -485,12 +485,13 @@ mod tests {
         dec.reset(1);
         let out = decode_all(&mut dec, &packets, 1);
         assert_eq!(out.len(), pcm.len());
-        let peak = out[48_000..]
-            .iter()
-            .map(|&v| v.unsigned_abs())
-            .max()
-            .unwrap_or(0);
-        assert!(peak < 300, "DTX decodes to a peak of {peak}");
+        let rms = |x: &[i16]| {
+            (x.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / x.len() as f64).sqrt()
+        };
+        let (speech, quiet) = (rms(&out[4800..24_000]), rms(&out[36_000..]));
+        println!("DTX: speech rms {speech:.0}, comfort noise rms {quiet:.0}");
+        // Comfort noise, ~24 dB under the speech here.
+        assert!(quiet < speech / 10.0, "DTX decodes to rms {quiet:.0}");
     }
 
     #[test]
