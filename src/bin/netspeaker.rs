@@ -299,6 +299,7 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         None => o.payload_map.max_rate_channels(),
     };
     o.playout.max_rate = max_rate;
+    o.playout.opus = o.raw.is_none() && o.payload_map.has_opus();
     o.playout.max_channels = max_channels;
     o.playout.stream_formats = match o.raw {
         Some(f) => vec![(f.rate, f.channels)],

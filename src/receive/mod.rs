@@ -10,6 +10,7 @@ pub mod drift;
 pub mod engine;
 pub mod events;
 pub mod jitter;
+pub mod opus_store;
 pub mod playout;
 pub mod source;
 pub mod stats;

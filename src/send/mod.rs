@@ -65,7 +65,7 @@ impl Output {
         let payload_type = match encoding {
             Encoding::Pcmu => 0,
             Encoding::Pcma => 8,
-            Encoding::L16 | Encoding::S16Le => dynamic_payload_type,
+            Encoding::L16 | Encoding::S16Le | Encoding::Opus => dynamic_payload_type,
         };
         Output::Rtp {
             encoding,
