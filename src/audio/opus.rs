@@ -26,9 +26,11 @@ pub const RATE: u32 = 48_000;
 pub const MIN_FRAME: usize = 120;
 /// The most frames one packet can hold: 120 ms at 48 kHz.
 pub const MAX_PACKET_FRAMES: usize = 5760;
-/// Largest encoded packet the sender asks the encoder for: RFC 6716's
-/// limit for one frame (1275 bytes) fits, and so does 60 ms at 510 kbit/s.
-pub const MAX_PACKET_BYTES: usize = 4000;
+/// Largest encoded packet: one Ethernet datagram's worth. The sender gives
+/// the encoder no more room (libopus then lowers the bitrate of that
+/// packet), the receiver stores no more: 20 ms at Opus's highest rate
+/// (510 kbit/s) is 1275 bytes.
+pub const MAX_PACKET_BYTES: usize = 1500;
 
 /// An Opus failure; names what was asked and libopus's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +180,7 @@ impl Decoder {
 }
 
 /// The sender's encoder settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EncoderConfig {
     /// 1 or 2.
     pub channels: u16,
@@ -213,6 +215,14 @@ impl Default for EncoderConfig {
 pub struct Encoder {
     inner: opus::Encoder,
     config: EncoderConfig,
+}
+
+impl fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Encoder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Encoder {
@@ -252,7 +262,7 @@ impl Encoder {
         inner.set_dtx(config.dtx).map_err(setting("DTX"))?;
         Ok(Encoder {
             inner,
-            config: config.clone(),
+            config: *config,
         })
     }
 

@@ -20,10 +20,9 @@
 
 use crate::audio::opus::{self, Decoder, OpusError, MAX_PACKET_FRAMES, MIN_FRAME};
 
-/// Largest Opus payload stored (bytes): one Ethernet datagram's worth,
-/// which holds 20 ms at Opus's highest rate (510 kbit/s: 1275 bytes);
+/// Largest Opus payload stored (bytes), `audio::opus::MAX_PACKET_BYTES`;
 /// longer packets are refused as unsupported.
-pub const SLOT_BYTES: usize = 1500;
+pub const SLOT_BYTES: usize = opus::MAX_PACKET_BYTES;
 
 #[derive(Clone, Copy)]
 struct Slot {

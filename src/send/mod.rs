@@ -91,6 +91,9 @@ pub struct SendConfig {
     pub sdp: Option<PathBuf>,
     /// Send SRTP (`--srtp-key-file`, `--srtp-suite`).
     pub srtp: Option<SrtpOptions>,
+    /// Opus encoder settings (`--bitrate`, `--fec`, `--expected-loss`),
+    /// used with `--codec opus`.
+    pub opus: crate::audio::opus::EncoderConfig,
 }
 
 /// The key file and suite of an SRTP stream.
@@ -121,6 +124,12 @@ pub enum Error {
     /// Protecting a packet failed (a buffer sized wrong: a bug).
     Srtp(SrtpError),
     Ptime(u32),
+    /// Opus: the stream must be 48 kHz, 1 or 2 channels, 2.5-60 ms frames.
+    OpusFormat {
+        rate: u32,
+        channels: u16,
+        ptime_ms: u32,
+    },
     Rate(u32),
     Channels(u16),
     Random(io::Error),
@@ -153,6 +162,16 @@ impl fmt::Display for Error {
                 "--srtp-key-file protects RTP; headerless --raw has no header: drop one of them"
             ),
             Error::Srtp(e) => write!(f, "{e} (a bug: please report)"),
+            Error::OpusFormat {
+                rate,
+                channels,
+                ptime_ms,
+            } => write!(
+                f,
+                "Opus is sent at 48000 Hz, 1 or 2 channels, ptime 5, 10, 20, 40 or 60 ms \
+                 (asked: {rate} Hz, {channels} channels, {ptime_ms} ms): drop --rate, \
+                 use --channels 1 or 2, and one of those --ptime values"
+            ),
             Error::Ptime(p) => write!(f, "--ptime {p} is outside 1 to 200 ms"),
             Error::Rate(r) => write!(f, "--rate {r} is outside {MIN_RATE} to {MAX_RATE}"),
             Error::Channels(c) => write!(f, "--channels {c} is outside 1 to {MAX_CHANNELS}"),
@@ -214,6 +233,11 @@ pub fn stream_format(
             encoding: Encoding::L16 | Encoding::S16Le,
             ..
         } => (Encoding::L16, source.rate, source.channels),
+        // RFC 7587: the RTP clock is 48 kHz; mono or stereo.
+        Output::Rtp {
+            encoding: Encoding::Opus,
+            ..
+        } => (Encoding::Opus, 48_000, source.channels.min(2)),
         Output::Rtp { encoding, .. } => (encoding, 8000, 1),
         Output::Raw => (Encoding::S16Le, 8000, 1),
     };
@@ -429,6 +453,17 @@ impl Sender {
             }
         };
         let frames_per_packet = format.frames_for_ms(config.ptime_ms);
+        if format.encoding == Encoding::Opus
+            && (format.rate != crate::audio::opus::RATE
+                || format.channels > 2
+                || ![5, 10, 20, 40, 60].contains(&config.ptime_ms))
+        {
+            return Err(Error::OpusFormat {
+                rate: format.rate,
+                channels: format.channels,
+                ptime_ms: config.ptime_ms,
+            });
+        }
         let converter = Converter::new(
             source_format.rate,
             source_format.channels,
@@ -448,6 +483,7 @@ impl Sender {
             ssrc,
             first_seq,
             first_timestamp,
+            opus: config.opus,
         })
         .map_err(Error::Packetize)?;
         let dest = Dest::open(&config.dest)?;
@@ -462,6 +498,7 @@ impl Sender {
                 format,
                 payload_type,
                 ptime_ms: config.ptime_ms,
+                opus_fec: config.opus.fec,
                 ttl: config.dest.ttl,
                 session_id: u64::from(ssrc),
                 crypto: srtp.as_ref().map(|(key, suite)| sdp::Crypto {
