@@ -13,6 +13,8 @@
 //! silence, counts `auth-failed` and says why.
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::io::Read;
 use std::net::UdpSocket;
@@ -539,6 +541,178 @@ fn ffmpeg_l16_stereo_dynamic_pt_bit_exact() {
     let sent = noise(13, 2, 48_000 * 3, 20_000);
     judged("ff-l16", 2, || {
         play_from_ffmpeg("ff-l16", 48_000, 2, "pcm_s16be", &sent)
+    });
+}
+
+/// ffmpeg's Opus, as a user streams it: libopus at 96 kbit/s stereo (its
+/// SDP: `97 opus/48000/2`). The signal is encoded once into an Ogg file,
+/// sent from it with `-c:a copy` (so the packets on the wire are the
+/// file's) and decoded from it by ffmpeg's libopus decoder for the
+/// reference: netspeaker must play exactly that decode. `encode_args` go
+/// to the encoder; `impairment` sits between ffmpeg and the receiver.
+fn play_opus_from_ffmpeg(
+    name: &str,
+    signal: &[i16],
+    encode_args: &[&str],
+    impairment: relay::Impairment,
+) -> (Played, relay::RelayCounts) {
+    let _serial = serial();
+    let dir = TestDir::new(name);
+    let input = dir.file("signal.raw");
+    write_s16le(&input, signal);
+    let ogg = dir.file("signal.ogg");
+    let quiet = ["-hide_banner", "-loglevel", "error", "-nostdin", "-y"];
+    let out = Command::new("ffmpeg")
+        .args(quiet)
+        .args(["-f", "s16le", "-ar", "48000", "-ac", "2", "-i"])
+        .arg(&input)
+        .args(["-c:a", "libopus", "-b:a", "96k"])
+        .args(encode_args)
+        .arg(&ogg)
+        .output()
+        .expect("run ffmpeg (apt-get install ffmpeg)");
+    assert!(out.status.success(), "ffmpeg encode: {out:?}");
+    let reference = dir.file("reference.raw");
+    let out = Command::new("ffmpeg")
+        .args(quiet)
+        .args(["-c:a", "libopus", "-i"])
+        .arg(&ogg)
+        .args(["-f", "s16le"])
+        .arg(&reference)
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg decode: {out:?}");
+    let expected = read_s16le(&reference);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let receiver = Receiver::start(
+        &dir,
+        INTEROP_LATENCY_MS,
+        48_000,
+        2,
+        &["--rtp-format", "97=OPUS/48000/2", "--listen", &listen],
+    );
+    let mut relay = relay::Relay::start(listen.parse().expect("addr"), impairment);
+    let out = Command::new("ffmpeg")
+        .args(quiet)
+        .arg("-re")
+        .arg("-i")
+        .arg(&ogg)
+        .args(["-c:a", "copy", "-f", "rtp"])
+        .arg(format!("rtp://{}", relay.addr))
+        .stdout(Stdio::null())
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "ffmpeg: {out:?}");
+    std::thread::sleep(Duration::from_millis(400));
+    relay.stop();
+    let counts = relay.counts();
+    let (log, recording, stalled) = receiver.stop();
+    (
+        Played {
+            log,
+            recording,
+            expected,
+            stalled,
+        },
+        counts,
+    )
+}
+
+#[test]
+fn ffmpeg_opus_stereo_plays_as_libopus_decodes_it() {
+    let sent = noise(14, 2, 48_000 * 3, 12_000);
+    judged("ff-opus", 2, || {
+        let (played, counts) =
+            play_opus_from_ffmpeg("ff-opus", &sent, &[], relay::Impairment::default());
+        assert_eq!(counts.lost(), 0);
+        assert_eq!(final_stat(&played.log, "fec"), 0, "{}", played.log);
+        played
+    });
+}
+
+/// The SNR (dB) of `recording` against `expected` over their aligned
+/// overlap, and the frames compared.
+fn snr_db(recording: &[i16], expected: &[i16], channels: u16) -> (f64, usize) {
+    let al = align(recording, expected, channels, 0)
+        .or_else(|| align(recording, expected, channels, 4000))
+        .expect("the decode is not in the recording");
+    let cmp = compare(recording, expected, channels, al, i32::MAX);
+    let (mut sig, mut err) = (0.0, 0.0);
+    let ch = usize::from(channels);
+    let from_rec = al.recording_frame * ch;
+    let from_exp = al.sent_frame * ch;
+    let n = cmp.frames * ch;
+    for i in 0..n {
+        let (Some(&r), Some(&e)) = (recording.get(from_rec + i), expected.get(from_exp + i)) else {
+            break;
+        };
+        sig += f64::from(e).powi(2);
+        err += (f64::from(r) - f64::from(e)).powi(2);
+    }
+    (10.0 * (sig / err.max(1.0)).log10(), cmp.frames)
+}
+
+/// 5 % of ffmpeg's Opus packets lost on the way, FEC on (libopus's
+/// `-fec 1 -packet_loss 10`, voice at 32 kbit/s where SILK carries it):
+/// every lost packet whose successor arrived is rebuilt from FEC ("fec"
+/// in the statistics line), and the playback stays close to the clean
+/// decode.
+#[test]
+fn ffmpeg_opus_with_fec_through_loss_recovers_lost_packets() {
+    // A voice-like buzz, where SILK (and so FEC) is used.
+    let sent: Vec<i16> = (0..48_000 * 4)
+        .flat_map(|n| {
+            let t = n as f64 / 48_000.0;
+            let v: f64 = (1..=8)
+                .map(|k| (2.0 * std::f64::consts::PI * 180.0 * k as f64 * t).sin() / k as f64)
+                .sum();
+            let v =
+                (6000.0 * v * (0.7 + 0.3 * (2.0 * std::f64::consts::PI * 2.0 * t).sin())) as i16;
+            [v, v]
+        })
+        .collect();
+    once_more_if_stalled("ff-opus-fec", |stalled| {
+        let impairment = relay::Impairment {
+            seed: 7,
+            loss: 0.05,
+            ..relay::Impairment::default()
+        };
+        let (played, counts) = play_opus_from_ffmpeg(
+            "ff-opus-fec",
+            &sent,
+            &[
+                "-b:a",
+                "32k",
+                "-application",
+                "voip",
+                "-fec",
+                "1",
+                "-packet_loss",
+                "10",
+            ],
+            impairment,
+        );
+        stalled.set(played.stalled);
+        let log = &played.log;
+        let fec = final_stat(log, "fec");
+        let (snr, frames) = snr_db(&played.recording, &played.expected, 2);
+        println!(
+            "Opus with FEC: {} of {} packets lost on the way, {fec} rebuilt from FEC; \
+             {snr:.1} dB SNR against the clean decode over {frames} frames",
+            counts.lost(),
+            counts.received
+        );
+        assert!(counts.lost() >= 4, "{counts:?}");
+        assert_eq!(final_stat(log, "underruns"), 0, "{log}");
+        // A loss right before another loss cannot use FEC.
+        assert!(
+            fec * 10 >= counts.lost() * 7,
+            "fec {fec} of {} lost:\n{log}",
+            counts.lost()
+        );
+        assert!(fec <= counts.lost());
+        assert!(snr > 10.0, "SNR {snr:.1} dB:\n{log}");
     });
 }
 

@@ -18,7 +18,9 @@
 //!   are dropped; a packet straddling the cursor keeps its unplayed part.
 //!   Each of these is counted.
 //! - Lost audio reads as `Missing`; a forward timestamp jump on a packet with
-//!   the marker bit (silence suppression) reads as `Idle` and is not loss.
+//!   the marker bit and the next sequence number (silence suppression: the
+//!   sender sent nothing) reads as `Idle` and is not loss. With a sequence
+//!   gap it is loss: ffmpeg, for one, marks every Opus and AAC packet.
 //! - A depth beyond `max_delay_ms` skips the cursor forward to the target
 //!   delay (the oldest audio is dropped, counted as overflow); a timestamp
 //!   jump beyond the ring's capacity re-anchors the stream (resync).
@@ -712,6 +714,7 @@ impl JitterBuffer {
         let end = start + frames;
 
         self.metrics.packets += 1;
+        let follows = self.rtp_stats.follows(packet.seq);
         let reordered = self.rtp_stats.record(packet.seq) == SeqStatus::Reordered;
         self.metrics.lost = self.rtp_stats.cumulative_lost();
         self.rtp_stats
@@ -756,7 +759,7 @@ impl JitterBuffer {
             }
         }
         let from_gap = self.newest_end.max(self.cursor);
-        if packet.marker && start > from_gap {
+        if packet.marker && follows && start > from_gap {
             // Silence suppression: the sender sent nothing on purpose.
             self.fill_positions(from_gap, start, SILENCE);
             self.metrics.talkspurts += 1;
@@ -1317,6 +1320,26 @@ mod tests {
         let (status, samples) = read(&mut jb, PTIME, 140 * MS);
         assert_eq!(status, ReadStatus::Audio(PTIME));
         assert_eq!(samples, expected(6 * PTIME as u32, PTIME, 1));
+        assert_eq!(jb.metrics().lost, 1);
+    }
+
+    #[test]
+    fn marked_packet_after_a_sequence_gap_is_loss_not_silence() {
+        // ffmpeg sets the marker on every Opus packet: a marked packet
+        // after lost ones must not turn the loss into silence.
+        let mut jb = buffer();
+        for k in 0..3 {
+            jb.push(&voip(0, 0, k));
+        }
+        let mut p = voip(0, 0, 4);
+        p.marker = true;
+        jb.push(&p);
+        let mut runs = Vec::new();
+        while jb.cursor() < jb.newest_end {
+            runs.push(read(&mut jb, 400, 60 * MS).0);
+        }
+        assert!(runs.contains(&ReadStatus::Missing(PTIME)), "{runs:?}");
+        assert_eq!(jb.metrics().talkspurts, 0);
         assert_eq!(jb.metrics().lost, 1);
     }
 
@@ -2067,6 +2090,38 @@ mod tests {
             // After the loss the stream converges back on the clean decode.
             let tail = (lost + 4) * FRAME..;
             assert!(snr_db(&clean[tail.clone()], &out[tail]) > 20.0);
+        }
+
+        #[test]
+        fn opus_loss_in_real_time_is_rebuilt_from_fec() {
+            // Packets arrive every 20 ms, the playout reads 5 ms periods
+            // 120 ms behind: when the cursor reaches the hole, the packet
+            // after it is there.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 120,
+                max_delay_ms: 300,
+                ..config()
+            })
+            .unwrap();
+            let mut buf = vec![0i16; 240];
+            let mut statuses = Vec::new();
+            for tick in 0..(p.len() as u64 * 4 + 40) {
+                let now = tick * 5 * MS;
+                if tick % 4 == 0 {
+                    let k = (tick / 4) as usize;
+                    if k < p.len() && k != 20 {
+                        let mut pk = packet(&p[k], k);
+                        pk.arrival_ns = now;
+                        jb.push(&pk);
+                    }
+                }
+                statuses.push(jb.read(&mut buf, now));
+            }
+            let m = jb.metrics();
+            assert_eq!(m.fec_recovered, 1, "{m:?}");
+            assert_eq!(m.codec_concealed_frames, 0, "{m:?}");
         }
 
         #[test]
