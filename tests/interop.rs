@@ -716,6 +716,66 @@ fn ffmpeg_opus_with_fec_through_loss_recovers_lost_packets() {
     });
 }
 
+/// GStreamer's Opus: `opusenc ! rtpopuspay` (payload type 96), teed into
+/// an Ogg file whose packets are the very ones sent; ffmpeg's libopus
+/// decoder decodes that file for the reference, and netspeaker must play
+/// exactly that. (GStreamer's `opusdec` is no reference: its right
+/// channel differs from libopus's `opus_decode` of the same packets, tried.)
+#[test]
+fn gstreamer_opus_stereo_plays_as_libopus_decodes_it() {
+    let sent = noise(23, 2, 48_000 * 3, 12_000);
+    judged("gst-opus", 2, || {
+        let _serial = serial();
+        let dir = TestDir::new("gst-opus");
+        let input = dir.file("signal.raw");
+        write_s16le(&input, &sent);
+        let reference = dir.file("reference.raw");
+        let ogg = dir.file("sent.ogg");
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let receiver = Receiver::start(
+            &dir,
+            INTEROP_LATENCY_MS,
+            48_000,
+            2,
+            &["--rtp-format", "96=OPUS/48000/2", "--listen", &listen],
+        );
+        let tail = format!(
+            "opusenc bitrate=96000 ! tee name=t ! queue ! rtpopuspay ! \
+             udpsink host=127.0.0.1 port={port} \
+             t. ! queue ! oggmux ! filesink location={}",
+            ogg.display()
+        );
+        let mut args = gst_pipeline(&input, 48_000, 2, "", port);
+        // gst_pipeline ends in its own udpsink: replace it with the tee.
+        args.truncate(args.len() - 4);
+        args.extend(tail.split_whitespace().map(String::from));
+        let out = Command::new("gst-launch-1.0")
+            .args(&args)
+            .stdout(Stdio::null())
+            .output()
+            .expect("run gst-launch-1.0");
+        assert!(out.status.success(), "gst-launch-1.0: {out:?}");
+        std::thread::sleep(Duration::from_millis(400));
+        let (log, recording, stalled) = receiver.stop();
+        let ogg_decoded = Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-y"])
+            .args(["-c:a", "libopus", "-i"])
+            .arg(&ogg)
+            .args(["-f", "s16le"])
+            .arg(&reference)
+            .output()
+            .expect("run ffmpeg");
+        assert!(ogg_decoded.status.success(), "ffmpeg: {ogg_decoded:?}");
+        Played {
+            log,
+            recording,
+            expected: read_s16le(&reference),
+            stalled,
+        }
+    });
+}
+
 const SRTP_KEY: &str = "bmV0c3BlYWtlciBzcnRwIHRlc3Qga2V5IDAwMDEh";
 const OTHER_SRTP_KEY: &str = "YW5vdGhlciBzcnRwIGtleSwgbm90IG91cnMgMDIh";
 

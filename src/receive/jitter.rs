@@ -863,7 +863,19 @@ impl JitterBuffer {
                 return;
             };
             match store.decode(cursor) {
-                Some(Ok(d)) => self.write_decoded(d, AUDIO),
+                Some(Ok(mut d)) => {
+                    // A later packet that overlaps this one's tail is taken
+                    // at its word, and this one's decoded audio ends where
+                    // that one starts: its head (an encoder's pre-skip, for
+                    // a stream's first packet) is not played, and the audio
+                    // runs on without a seam into the next packet.
+                    let end = d.start + d.frames as u64;
+                    if let Some(next) = store.next_start_within(d.start, end) {
+                        d.head = (end - next) as usize;
+                        d.frames -= d.head;
+                    }
+                    self.write_decoded(d, AUDIO);
+                }
                 Some(Err(_)) | None => {
                     self.metrics.decode_errors += 1;
                     let end = self.run_end(cursor, ENCODED);
@@ -934,7 +946,7 @@ impl JitterBuffer {
         let Some(store) = self.opus.as_ref() else {
             return;
         };
-        let mut offset = (from - d.start) as usize * channels;
+        let mut offset = (d.head + (from - d.start) as usize) * channels;
         for range in [first, second] {
             let len = range.len() * channels;
             let src = store.scratch().get(offset..offset + len);
@@ -2122,6 +2134,53 @@ mod tests {
             let m = jb.metrics();
             assert_eq!(m.fec_recovered, 1, "{m:?}");
             assert_eq!(m.codec_concealed_frames, 0, "{m:?}");
+        }
+
+        #[test]
+        fn opus_first_packet_overlapping_the_second_still_decodes_in_order() {
+            // GStreamer's rtpopuspay stamps the first packet 648 frames
+            // (960 less the encoder's 312-frame pre-skip) before the second.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 120,
+                max_delay_ms: 300,
+                ..config()
+            })
+            .unwrap();
+            let mut buf = vec![0i16; 240];
+            let mut out = Vec::new();
+            let mut statuses = Vec::new();
+            for tick in 0..(p.len() as u64 * 4 + 40) {
+                let now = tick * 5 * MS;
+                if tick % 4 == 0 {
+                    let k = (tick / 4) as usize;
+                    if k < p.len() {
+                        let mut pk = packet(&p[k], k);
+                        if k == 0 {
+                            pk.timestamp = pk.timestamp.wrapping_add(312);
+                        }
+                        pk.arrival_ns = now;
+                        jb.push(&pk);
+                    }
+                }
+                let st = jb.read(&mut buf, now);
+                if !matches!(st, ReadStatus::Idle(_)) {
+                    out.extend_from_slice(&buf[..st.frames()]);
+                }
+                statuses.push(st);
+            }
+            let m = jb.metrics();
+            assert_eq!(m.codec_concealed_frames, 0, "{m:?} {statuses:?}");
+            let clean = reference(&p);
+            // The first packet's 312-frame head is not played;
+            // after the stream come the reads that starved.
+            assert!(out.len() > clean.len() - 312);
+            out.truncate(clean.len() - 312);
+            // The first packet's last 648 frames play up to where the
+            // second starts, then the whole second: each packet decoded
+            // once, in order, and the audio continuous.
+            assert_eq!(&out[..], &clean[312..312 + out.len()]);
         }
 
         #[test]

@@ -40,12 +40,13 @@ const EMPTY_SLOT: Slot = Slot {
     bytes: [0; SLOT_BYTES],
 };
 
-/// What a decode produced: `frames` frames in `scratch`, the first of
-/// them at position `start`.
+/// What a decode produced: `frames` frames in `scratch` after the first
+/// `head` (which are not played), the first of them at position `start`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoded {
     pub start: u64,
     pub frames: usize,
+    pub head: usize,
 }
 
 pub struct OpusStore {
@@ -115,6 +116,24 @@ impl OpusStore {
             .map(|s| s.frames as usize)
     }
 
+    /// The start of the first stored packet that starts after `from` and
+    /// before `end`: a packet whose timestamp says it overlaps the tail of
+    /// the one before it (GStreamer stamps the second packet of a stream
+    /// 648 frames after the first: the first packet's timestamp is that of
+    /// its first sample after the encoder's 312-frame pre-skip).
+    pub fn next_start_within(&self, from: u64, end: u64) -> Option<u64> {
+        let first = from / MIN_FRAME as u64 + 1;
+        let last = end.saturating_sub(1) / MIN_FRAME as u64;
+        (first..=last).find_map(|k| {
+            let pos = k * MIN_FRAME as u64;
+            let i = self.index(pos);
+            self.slots
+                .get(i)
+                .map(|s| s.start)
+                .filter(|&s| s > from && s < end)
+        })
+    }
+
     /// The slot of the packet whose frames cover `pos`.
     fn covering(&self, pos: u64) -> Option<usize> {
         let n = self.slots.len();
@@ -150,7 +169,11 @@ impl OpusStore {
         let result = self
             .decoder
             .decode(payload, &mut self.scratch)
-            .map(|frames| Decoded { start, frames });
+            .map(|frames| Decoded {
+                start,
+                frames,
+                head: 0,
+            });
         Some(result)
     }
 
@@ -163,7 +186,11 @@ impl OpusStore {
             .get_mut(..frames.min(MAX_PACKET_FRAMES) * ch)
             .unwrap_or(&mut []);
         let frames = self.decoder.conceal(out)?;
-        Ok(Decoded { start: pos, frames })
+        Ok(Decoded {
+            start: pos,
+            frames,
+            head: 0,
+        })
     }
 
     /// Rebuilds the `frames` missing frames at `pos` from the in-band FEC
@@ -188,7 +215,14 @@ impl OpusStore {
             .get_mut(..frames.min(MAX_PACKET_FRAMES) * ch)
             .unwrap_or(&mut []);
         let frames = self.decoder.recover(payload, out)?;
-        Ok((Decoded { start: pos, frames }, fec))
+        Ok((
+            Decoded {
+                start: pos,
+                frames,
+                head: 0,
+            },
+            fec,
+        ))
     }
 
     /// Interleaved samples of the last decode.
