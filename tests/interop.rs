@@ -713,6 +713,8 @@ fn ffmpeg_opus_with_fec_through_loss_recovers_lost_packets() {
         );
         assert!(fec <= counts.lost());
         assert!(snr > 10.0, "SNR {snr:.1} dB:\n{log}");
+        // Decoding, FEC and concealment allocate nothing on the realtime threads.
+        assert_eq!(final_stat(log, "rt-allocs"), 0, "{log}");
     });
 }
 

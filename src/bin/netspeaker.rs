@@ -46,7 +46,8 @@ Network:
 Stream:
   --rtp-format PT=ENC/RATE[/CH]
                             declare a dynamic RTP payload type, e.g.
-                            96=L16/48000/2 (repeatable; ENC: L16, PCMU, PCMA)
+                            96=L16/48000/2 (repeatable; ENC: L16, PCMU, PCMA,
+                            OPUS as OPUS/48000/2 or OPUS/48000/1)
                             [static: 0 PCMU/8000, 8 PCMA/8000, 10 L16/44100/2,
                             11 L16/44100/1]
   --raw FORMAT:RATE:CH      headerless PCM instead of RTP, e.g. s16le:8000:1

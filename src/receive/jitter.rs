@@ -2210,6 +2210,58 @@ mod tests {
         }
 
         #[test]
+        fn opus_junk_at_random_times_never_panics() {
+            // Packets with random TOC bytes and contents (the ones the
+            // parser accepts: a frame count from the TOC), random
+            // sequence numbers and timestamps, mixed with real ones, read
+            // in random slices: never a panic, every read within bounds.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 40,
+                ..config()
+            })
+            .unwrap();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut buf = vec![0i16; 4000];
+            let mut decoded = 0u64;
+            for step in 0..20_000u64 {
+                let now = step * MS;
+                let r = next();
+                if r % 3 == 0 {
+                    let k = (next() % p.len() as u64) as usize;
+                    let mut pk = if r % 2 == 0 {
+                        packet(&p[k], k)
+                    } else {
+                        let len = (next() % 300) as usize;
+                        let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        if crate::audio::opus::packet_frames(&junk).is_none() {
+                            continue;
+                        }
+                        packet(&junk, k)
+                    };
+                    pk.seq = pk.seq.wrapping_add((next() % 5) as u16);
+                    pk.timestamp = pk.timestamp.wrapping_add((next() % 3000) as u32);
+                    pk.marker = next() % 10 == 0;
+                    pk.arrival_ns = now;
+                    jb.push(&pk);
+                }
+                let want = (next() % 2000) as usize * 2;
+                let st = jb.read(&mut buf[..want], now);
+                // Mono: one sample per frame.
+                assert!(st.frames() <= want);
+                decoded += matches!(st, ReadStatus::Audio(_)) as u64;
+            }
+            assert!(decoded > 0);
+        }
+
+        #[test]
         fn opus_without_a_store_is_unsupported() {
             let p = packets();
             let mut jb = JitterBuffer::new(&config()).unwrap();
