@@ -40,7 +40,7 @@ Stream:
       --codec CODEC         l16, pcmu, pcma or opus [default: l16]; opus is
                             sent at 48 kHz (converted), 1 or 2 channels
       --payload-type PT     RTP payload type for L16 or Opus, 96 to 127
-                            [default: 96, Opus 97]
+                            [default: 96] (Opus: 97)
       --bitrate RATE        Opus bitrate in bit/s, 6k to 510k (e.g. 96k)
                             [default: 96k]
       --fec                 Opus in-band FEC (useinbandfec=1): a lost packet
