@@ -32,9 +32,12 @@ sudo=""
 # link: "cannot find Scrt1.o"). gcc and libc6-dev link the host's build
 # scripts; espeak-ng (quality), ffmpeg (net_ffmpeg), shellcheck and
 # systemd's systemd-analyze (deploy) are what the tests under qemu run.
+# libopus-dev:arm64/armhf: the opus crate links the target's libopus,
+# found through pkg-config in the target's multiarch directory.
 pkgs=(pkg-config gcc libc6-dev gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf
     libc6-dev-arm64-cross libc6-dev-armhf-cross binutils-aarch64-linux-gnu
     binutils-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf
+    libopus-dev:arm64 libopus-dev:armhf
     espeak-ng ffmpeg shellcheck systemd)
 missing=()
 for p in "${pkgs[@]}"; do

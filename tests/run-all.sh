@@ -18,12 +18,15 @@ quick=0
 #   build-essential    gcc + libc6-dev (cargo links with cc; gcc alone lacks
 #                      crti.o), g++ (cargo-fuzz builds libFuzzer)
 #   pkg-config libasound2-dev            alsa-sys
+#   libopus-dev        libopus for the opus crate (audiopus_sys finds it
+#                      with pkg-config)
 #   alsa-utils pulseaudio pulseaudio-utils libasound2-plugins
 #                      the paced devices (pulseaudio, pactl, the pulse and
 #                      jack ALSA plugins)
 #   jackd2             jackd, jack_lsp
 #   ffmpeg, gstreamer1.0-tools + -plugins-base (rawaudioparse,
-#   audioconvert) + -plugins-good (rtp, udp, mulaw) + -alsa (benches)
+#   audioconvert, opusenc/opusdec) + -plugins-good (rtp incl. rtpopuspay,
+#   udp, mulaw) + -alsa (benches)
 #                      interop, net_ffmpeg, send_ffmpeg, send_gstreamer
 #   python3            interop runs tests/tutorial/sender.py
 #   python3-pyaudio    the tutorial's client (benches)
@@ -33,7 +36,7 @@ quick=0
 #   linter shellcheck  deploy
 #   procps             pgrep (below)
 #   sox valgrind       benches/report
-packages=(build-essential pkg-config libasound2-dev alsa-utils pulseaudio
+packages=(build-essential pkg-config libasound2-dev libopus-dev alsa-utils pulseaudio
   pulseaudio-utils libasound2-plugins jackd2 ffmpeg gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-alsa
   python3 python3-pyaudio espeak-ng iproute2 util-linux systemd shellcheck

@@ -1,6 +1,7 @@
 //! After `Sender::new`, streaming allocates nothing: a counting global
 //! allocator watches the thread that runs `Sender::run` over a looping
-//! file, with and without rate and channel conversion, and with SRTP.
+//! file, with and without rate and channel conversion, with Opus, and
+//! with SRTP.
 
 mod common;
 
@@ -65,6 +66,11 @@ fn allocations_while_streaming(
             key_file,
             suite: Suite::default(),
         }),
+        opus: netspeaker::audio::opus::EncoderConfig {
+            fec: true,
+            expected_loss_pct: 10,
+            ..Default::default()
+        },
     };
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = Heartbeat::new();
@@ -106,6 +112,11 @@ fn streaming_allocates_nothing() {
     );
     assert_eq!(
         allocations_while_streaming(8000, 1, Output::Raw, "raw", false),
+        0
+    );
+    // 44.1 kHz stereo → 48 kHz Opus with FEC: the encoder works in place.
+    assert_eq!(
+        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Opus, 97), "opus", false),
         0
     );
     // SRTP: encryption and the tag on every packet.

@@ -251,3 +251,138 @@ fn sender_refuses_unusable_key_files_before_sending() {
         "nothing, not even plaintext, was sent"
     );
 }
+
+/// Two tones, `left` Hz and `right` Hz, interleaved stereo at `rate`.
+fn two_tones(rate: u32, frames: usize, left: f64, right: f64, amp: f64) -> Vec<i16> {
+    let w = |hz: f64, n: usize| {
+        (amp * (2.0 * std::f64::consts::PI * hz * n as f64 / f64::from(rate)).sin()).round() as i16
+    };
+    (0..frames)
+        .flat_map(|n| [w(left, n), w(right, n)])
+        .collect()
+}
+
+/// Power of `hz` in `x` (Goertzel), normalised to the amplitude of a sine.
+fn tone_amplitude(x: &[f64], rate: u32, hz: f64) -> f64 {
+    let k = 2.0 * (2.0 * std::f64::consts::PI * hz / f64::from(rate)).cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &v in x {
+        let s = v + k * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    let power = s1 * s1 + s2 * s2 - k * s1 * s2;
+    2.0 * power.sqrt() / x.len() as f64
+}
+
+fn channel(x: &[i16], c: usize) -> Vec<f64> {
+    x.iter().skip(c).step_by(2).map(|&v| f64::from(v)).collect()
+}
+
+/// Records `--codec opus` plus `args` with ffmpeg from the SDP; returns
+/// the SDP and, per channel, the amplitudes of 440 Hz and 1000 Hz.
+fn opus_tones_through_ffmpeg(name: &str, args: &[&str]) -> (String, [[f64; 2]; 2]) {
+    // 44.1 kHz in: the sender converts to Opus's 48 kHz.
+    let sent = two_tones(44_100, 44_100 * SIGNAL_S, 440.0, 1000.0, 8000.0);
+    let mut all = vec!["--codec", "opus", "--bitrate", "96k"];
+    all.extend_from_slice(args);
+    let recorded = record_with_ffmpeg(name, 44_100, 2, &sent, &all);
+    let sdp = std::fs::read_to_string(temp_dir_path(name).join("stream.sdp")).unwrap();
+    // ffmpeg decodes Opus at 48 kHz, stereo.
+    assert!(
+        recorded.len() >= 48_000 * 2 * RECORD_S * 9 / 10,
+        "{}",
+        recorded.len()
+    );
+    // Past ffmpeg's start in mid-stream.
+    let skip = 9600;
+    let amps = [0, 1].map(|c| {
+        let x = channel(&recorded, c);
+        [440.0, 1000.0].map(|hz| tone_amplitude(&x[skip..], 48_000, hz))
+    });
+    println!("{name}: [left, right] x [440 Hz, 1000 Hz] amplitudes {amps:.0?}; sent 8000");
+    (sdp, amps)
+}
+
+#[test]
+fn ffmpeg_records_opus_from_sdp_with_the_tones_in_their_channels() {
+    let (sdp, [[l440, l1000], [r440, r1000]]) = opus_tones_through_ffmpeg("opus", &[]);
+    assert!(sdp.contains(" RTP/AVP 97\r\n"), "{sdp}");
+    assert!(sdp.contains("a=rtpmap:97 opus/48000/2\r\n"), "{sdp}");
+    assert!(sdp.contains("a=fmtp:97 sprop-stereo=1\r\n"), "{sdp}");
+    for (got, what) in [(l440, "left 440 Hz"), (r1000, "right 1000 Hz")] {
+        assert!(
+            (got / 8000.0 - 1.0).abs() < 0.05,
+            "{what}: amplitude {got:.0}"
+        );
+    }
+    // CELT at 96k keeps the channels apart (ffmpeg's own libopus: 0).
+    assert!(
+        l1000 < 80.0 && r440 < 80.0,
+        "crosstalk {l1000:.0} {r440:.0}"
+    );
+}
+
+/// With FEC libopus codes in hybrid mode (SILK carries the FEC): the SDP
+/// says so, and the tones are there, with SILK's coarser stereo.
+#[test]
+fn ffmpeg_records_opus_with_fec_from_sdp() {
+    let (sdp, [[l440, l1000], [r440, r1000]]) = opus_tones_through_ffmpeg("opus-fec", &["--fec"]);
+    assert!(
+        sdp.contains("a=fmtp:97 sprop-stereo=1;useinbandfec=1\r\n"),
+        "{sdp}"
+    );
+    for (got, what) in [(l440, "left 440 Hz"), (r1000, "right 1000 Hz")] {
+        assert!(
+            (got / 8000.0 - 1.0).abs() < 0.2,
+            "{what}: amplitude {got:.0}"
+        );
+    }
+    assert!(
+        l1000 < 800.0 && r440 < 800.0,
+        "crosstalk {l1000:.0} {r440:.0}"
+    );
+}
+
+/// Opus at 96 kbit/s stereo must stay near its bitrate on the wire: the
+/// bytes of every datagram (RTP header and payload) over 3 s, plus the
+/// IPv4 and UDP headers (28 bytes) each packet costs on a real link.
+#[test]
+fn opus_96k_stereo_stays_under_110_kbits_on_the_wire() {
+    let dir = temp_dir("opus-rate");
+    let wav = dir.join("in.wav");
+    // Noise, the hardest signal to compress: the encoder spends its budget.
+    let mut x: u32 = 99;
+    let noise: Vec<i16> = (0..48_000 * 2 * 4)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            ((x >> 16) as i16) / 2
+        })
+        .collect();
+    std::fs::write(&wav, write_wav(48_000, 2, &noise)).unwrap();
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut sender = Command::new(BIN)
+        .arg(&wav)
+        .arg(sink.local_addr().unwrap().to_string())
+        .args(["--codec", "opus", "--bitrate", "96k", "-q"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    while let Ok(n) = sink.recv(&mut buf) {
+        packets += 1;
+        bytes += n as u64;
+    }
+    assert!(sender.wait().unwrap().success());
+    // 4 s of 20 ms packets.
+    assert_eq!(packets, 200);
+    let seconds = packets as f64 * 0.020;
+    let rtp_kbits = bytes as f64 * 8.0 / seconds / 1000.0;
+    let wire_kbits = (bytes + 28 * packets) as f64 * 8.0 / seconds / 1000.0;
+    println!(
+        "Opus 96k stereo noise: {rtp_kbits:.1} kbit/s of RTP, {wire_kbits:.1} kbit/s with IP/UDP"
+    );
+    assert!(rtp_kbits <= 110.0, "{rtp_kbits:.1} kbit/s");
+}

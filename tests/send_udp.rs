@@ -298,7 +298,10 @@ fn sigterm_stops_a_looping_stream_cleanly() {
 fn bad_option_is_one_line_and_status_2() {
     for args in [
         &["--ptime", "0", "x.wav"][..],
-        &["--codec", "opus", "x.wav"],
+        &["--codec", "vorbis", "x.wav"],
+        &["--codec", "opus", "--bitrate", "5k", "x.wav"],
+        &["--codec", "opus", "--expected-loss", "101", "x.wav"],
+        &["--fec", "x.wav"],
         &["--payload-type", "12", "x.wav"],
         &["--rate", "100", "x.wav"],
         &["--rt-priority", "100", "x.wav"],
@@ -324,6 +327,9 @@ fn help_lists_every_option_with_defaults() {
         "--capture",
         "--codec",
         "--payload-type",
+        "--bitrate",
+        "--fec",
+        "--expected-loss",
         "--raw",
         "--rate",
         "--channels",
@@ -347,6 +353,7 @@ fn help_lists_every_option_with_defaults() {
         "[default: 96]",
         "127.0.0.1:5004",
         "[default: l16]",
+        "[default: 96k]",
         "[default: 60]",
         "[default: 224.0.0.56:9875]",
     ] {

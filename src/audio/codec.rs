@@ -12,24 +12,28 @@ use crate::audio::format::Encoding;
 /// Decodes `payload` into `out`, returning the number of samples written:
 /// the smaller of what the payload holds and what `out` has room for. A
 /// trailing partial sample is ignored (the parser has already rejected
-/// payloads that are not whole frames).
+/// payloads that are not whole frames). Opus has state and is decoded by
+/// `audio::opus` instead: here it decodes nothing.
 pub fn decode(encoding: Encoding, payload: &[u8], out: &mut [i16]) -> usize {
     match encoding {
         Encoding::L16 => decode_pairs(payload, out, i16::from_be_bytes),
         Encoding::S16Le => decode_pairs(payload, out, i16::from_le_bytes),
         Encoding::Pcmu => decode_bytes(payload, out, ulaw_to_linear),
         Encoding::Pcma => decode_bytes(payload, out, alaw_to_linear),
+        Encoding::Opus => 0,
     }
 }
 
 /// Encodes `samples` into `out`, returning the number of bytes written
-/// (whole samples only, as many as fit).
+/// (whole samples only, as many as fit). Opus: see `audio::opus::Encoder`
+/// (nothing is written here).
 pub fn encode(encoding: Encoding, samples: &[i16], out: &mut [u8]) -> usize {
     match encoding {
         Encoding::L16 => encode_pairs(samples, out, i16::to_be_bytes),
         Encoding::S16Le => encode_pairs(samples, out, i16::to_le_bytes),
         Encoding::Pcmu => encode_bytes(samples, out, linear_to_ulaw),
         Encoding::Pcma => encode_bytes(samples, out, linear_to_alaw),
+        Encoding::Opus => 0,
     }
 }
 

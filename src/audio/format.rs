@@ -22,13 +22,19 @@ pub enum Encoding {
     Pcmu,
     /// G.711 A-law (RTP PCMA).
     Pcma,
+    /// Opus (RFC 7587): variable-length packets, the frame count in the
+    /// TOC byte, always a 48 kHz RTP clock; decoded by `audio::opus`.
+    Opus,
 }
 
 impl Encoding {
+    /// Bytes per sample of the fixed-size encodings; 0 for Opus, whose
+    /// packets say their own length in frames.
     pub const fn bytes_per_sample(self) -> usize {
         match self {
             Encoding::L16 | Encoding::S16Le => 2,
             Encoding::Pcmu | Encoding::Pcma => 1,
+            Encoding::Opus => 0,
         }
     }
 
@@ -38,6 +44,7 @@ impl Encoding {
             Encoding::L16 | Encoding::S16Le => "L16",
             Encoding::Pcmu => "PCMU",
             Encoding::Pcma => "PCMA",
+            Encoding::Opus => "opus",
         }
     }
 
@@ -48,6 +55,7 @@ impl Encoding {
             Encoding::S16Le => "s16le",
             Encoding::Pcmu => "ulaw",
             Encoding::Pcma => "alaw",
+            Encoding::Opus => "opus",
         }
     }
 }
@@ -112,6 +120,8 @@ pub enum FormatError {
     Rate(String),
     Channels(String),
     PayloadType(String),
+    /// Opus on RTP: the rate must be 48000 and the channels 1 or 2.
+    Opus(String),
 }
 
 impl fmt::Display for FormatError {
@@ -122,7 +132,8 @@ impl fmt::Display for FormatError {
             }
             FormatError::UnknownEncoding(e) => write!(
                 f,
-                "unknown sample format '{e}': use s16le, s16be (L16), ulaw (PCMU) or alaw (PCMA)"
+                "unknown sample format '{e}': use s16le, s16be (L16), ulaw (PCMU), alaw (PCMA) \
+                 or (RTP only) OPUS"
             ),
             FormatError::Rate(r) => write!(
                 f,
@@ -131,6 +142,11 @@ impl fmt::Display for FormatError {
             FormatError::Channels(c) => write!(
                 f,
                 "channel count '{c}' is not a whole number from 1 to {MAX_CHANNELS}"
+            ),
+            FormatError::Opus(v) => write!(
+                f,
+                "'{v}': Opus on RTP is OPUS/48000/2 (stereo) or OPUS/48000/1 (mono); \
+                 the RTP clock is 48 kHz whatever the audio bandwidth"
             ),
             FormatError::PayloadType(p) => write!(
                 f,
@@ -148,6 +164,7 @@ fn parse_encoding(name: &str) -> Result<Encoding, FormatError> {
         "s16be" | "l16" => Ok(Encoding::L16),
         "ulaw" | "mulaw" | "pcmu" | "mu-law" => Ok(Encoding::Pcmu),
         "alaw" | "pcma" | "a-law" => Ok(Encoding::Pcma),
+        "opus" => Ok(Encoding::Opus),
         _ => Err(FormatError::UnknownEncoding(name.to_string())),
     }
 }
@@ -178,8 +195,13 @@ pub fn parse_raw(value: &str) -> Result<StreamFormat, FormatError> {
             expected: "FORMAT:RATE:CHANNELS (e.g. s16le:8000:1)",
         });
     };
+    let encoding = match parse_encoding(enc)? {
+        // Opus packets need RTP framing: headerless PCM only.
+        Encoding::Opus => return Err(FormatError::UnknownEncoding(enc.to_string())),
+        e => e,
+    };
     Ok(StreamFormat {
-        encoding: parse_encoding(enc)?,
+        encoding,
         rate: parse_rate(rate)?,
         channels: parse_channels(ch)?,
     })
@@ -209,11 +231,15 @@ pub fn parse_rtp_format(value: &str) -> Result<(u8, StreamFormat), FormatError> 
         Encoding::S16Le => return Err(FormatError::UnknownEncoding(enc.to_string())),
         e => e,
     };
+    let rate = parse_rate(rate)?;
+    if encoding == Encoding::Opus && (rate != 48_000 || channels > 2) {
+        return Err(FormatError::Opus(map.to_string()));
+    }
     Ok((
         pt,
         StreamFormat {
             encoding,
-            rate: parse_rate(rate)?,
+            rate,
             channels,
         },
     ))
@@ -271,6 +297,15 @@ impl PayloadMap {
             }
         }
         all
+    }
+
+    /// Whether a mapped type is Opus: the receiver then makes its decoder
+    /// and packet store at start-up.
+    pub fn has_opus(&self) -> bool {
+        self.formats
+            .iter()
+            .flatten()
+            .any(|f| f.encoding == Encoding::Opus)
     }
 
     /// The highest rate and channel count any mapped type can carry; sizes
@@ -355,6 +390,32 @@ mod tests {
             parse_rtp_format("96=s16le/48000"),
             Err(FormatError::UnknownEncoding(_))
         ));
+    }
+
+    #[test]
+    fn opus_rtp_format_as_ffmpeg_announces_it() {
+        let (pt, f) = parse_rtp_format("97=OPUS/48000/2").unwrap();
+        assert_eq!(
+            (pt, f.encoding, f.rate, f.channels),
+            (97, Encoding::Opus, 48_000, 2)
+        );
+        assert_eq!(parse_rtp_format("97=opus/48000").unwrap().1.channels, 1);
+        assert!(matches!(
+            parse_rtp_format("97=OPUS/16000/1"),
+            Err(FormatError::Opus(_))
+        ));
+        assert!(matches!(
+            parse_rtp_format("97=OPUS/48000/6"),
+            Err(FormatError::Opus(_))
+        ));
+        assert!(matches!(
+            parse_raw("opus:48000:2"),
+            Err(FormatError::UnknownEncoding(_))
+        ));
+        let mut m = PayloadMap::default();
+        assert!(!m.has_opus());
+        m.set(97, parse_rtp_format("97=OPUS/48000/2").unwrap().1);
+        assert!(m.has_opus());
     }
 
     #[test]

@@ -39,10 +39,18 @@ Source:
       --capture DEVICE      stream a live ALSA capture device (e.g. default,
                             hw:1,0) instead of a file; paced by the device
 Stream:
-      --codec CODEC         l16, pcmu or pcma [default: l16]
-      --payload-type PT     RTP payload type for L16, 96 to 127 [default: 96]
-                            (127 with --sap: the only one PulseAudio's
-                            module-rtp-recv plays L16 under)
+      --codec CODEC         l16, pcmu, pcma or opus [default: l16]; opus is
+                            sent at 48 kHz (converted), 1 or 2 channels
+      --payload-type PT     RTP payload type for L16 or Opus, 96 to 127
+                            [default: 96; Opus: 97; L16 with --sap: 127, the
+                            only one PulseAudio's module-rtp-recv plays L16
+                            under]
+      --bitrate RATE        Opus bitrate in bit/s, 6k to 510k (e.g. 96k)
+                            [default: 96k]
+      --fec                 Opus in-band FEC (useinbandfec=1): a lost packet
+                            can be rebuilt from the next (voice modes only)
+      --expected-loss PCT   Opus: the packet loss FEC plans for, 0 to 100
+                            [default: 0; 10 with --fec]
       --raw                 headerless s16le PCM, the tutorial's stream
                             (320-byte datagrams of 8 kHz mono at ptime 20,
                             port 5005)
@@ -112,6 +120,9 @@ fn parse_args() -> Result<Parsed, usage::Error> {
     let mut looping = false;
     let mut capture = None;
     let mut codec = Encoding::L16;
+    let mut opus = netspeaker::audio::opus::EncoderConfig::default();
+    let mut expected_loss = None;
+    let mut opus_option = None;
     let mut payload_type = 96u8;
     let mut payload_type_given = false;
     let mut raw = false;
@@ -147,13 +158,46 @@ fn parse_args() -> Result<Parsed, usage::Error> {
                     "l16" => Encoding::L16,
                     "pcmu" => Encoding::Pcmu,
                     "pcma" => Encoding::Pcma,
+                    "opus" => Encoding::Opus,
                     _ => {
                         return Err(usage::Error::value(
                             "--codec",
-                            format!("'{v}' is not l16, pcmu or pcma"),
+                            format!("'{v}' is not l16, pcmu, pcma or opus"),
                         ))
                     }
                 };
+            }
+            Long("bitrate") => {
+                let v = text(&mut parser, "--bitrate")?;
+                let digits = v.strip_suffix(['k', 'K']);
+                let scale = if digits.is_some() { 1000 } else { 1 };
+                let n: u32 = quantity(
+                    "--bitrate",
+                    digits.unwrap_or(&v),
+                    1..=510_000,
+                    "a bitrate (bit/s, or kbit/s with k)",
+                )?;
+                opus.bitrate_bps = n.saturating_mul(scale);
+                opus_option = Some("--bitrate");
+                if !(6_000..=510_000).contains(&opus.bitrate_bps) {
+                    return Err(usage::Error::value(
+                        "--bitrate",
+                        format!("'{v}' is not an Opus bitrate from 6k to 510k"),
+                    ));
+                }
+            }
+            Long("fec") => {
+                opus.fec = true;
+                opus_option = Some("--fec");
+            }
+            Long("expected-loss") => {
+                opus_option = Some("--expected-loss");
+                expected_loss = Some(quantity(
+                    "--expected-loss",
+                    &text(&mut parser, "--expected-loss")?,
+                    0..=100,
+                    "a percentage",
+                )?)
             }
             Long("payload-type") => {
                 payload_type = quantity(
@@ -275,11 +319,21 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             "--raw sends headerless s16le: --codec and --payload-type do not apply",
         ));
     }
-    if payload_type_given && codec != Encoding::L16 {
+    if payload_type_given && !matches!(codec, Encoding::L16 | Encoding::Opus) {
         return Err(usage::Error::rule(
-            "--payload-type is for L16; PCMU and PCMA use their static types 0 and 8",
+            "--payload-type is for L16 and Opus; PCMU and PCMA use their static types 0 and 8",
         ));
     }
+    if let Some(option) = opus_option.filter(|_| codec != Encoding::Opus) {
+        return Err(usage::Error::rule(format!(
+            "{option} sets the Opus encoder: add --codec opus"
+        )));
+    }
+    if codec == Encoding::Opus && !payload_type_given {
+        // What ffmpeg and most SDP offers use for Opus.
+        payload_type = 97;
+    }
+    opus.expected_loss_pct = expected_loss.unwrap_or(if opus.fec { 10 } else { 0 });
     if srtp_suite.is_some() && srtp_key_file.is_none() {
         return Err(usage::Error::rule(
             "--srtp-suite needs --srtp-key-file: without a key nothing is encrypted",
@@ -341,6 +395,7 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             sdp,
             srtp,
             sap,
+            opus,
         },
         rt_priority,
         mlock,

@@ -58,7 +58,8 @@ Network:
 Stream:
   --rtp-format PT=ENC/RATE[/CH]
                             declare a dynamic RTP payload type, e.g.
-                            96=L16/48000/2 (repeatable; ENC: L16, PCMU, PCMA)
+                            96=L16/48000/2 (repeatable; ENC: L16, PCMU, PCMA,
+                            OPUS as OPUS/48000/2 or OPUS/48000/1)
                             [static: 0 PCMU/8000, 8 PCMA/8000, 10 L16/44100/2,
                             11 L16/44100/1]
   --raw FORMAT:RATE:CH      headerless PCM instead of RTP, e.g. s16le:8000:1
@@ -360,6 +361,7 @@ fn size_for_formats(o: &mut Options) {
         None => o.payload_map.max_rate_channels(),
     };
     o.playout.max_rate = max_rate;
+    o.playout.opus = o.raw.is_none() && o.payload_map.has_opus();
     o.playout.max_channels = max_channels;
     o.playout.stream_formats = match o.raw {
         Some(f) => vec![(f.rate, f.channels)],

@@ -436,7 +436,8 @@ impl NetEvent {
                 DropReason::Parse(
                     ParseError::Malformed(_)
                     | ParseError::NotWholeFrames { .. }
-                    | ParseError::Empty,
+                    | ParseError::Empty
+                    | ParseError::BadOpus(_),
                 ) => Kind::Malformed,
                 DropReason::Srtp(SrtpError::AuthFailed) => Kind::AuthFailed,
                 DropReason::Srtp(SrtpError::Replayed) => Kind::Replayed,
@@ -697,7 +698,8 @@ pub fn run_with_srtp(
                 let counter = match e {
                     ParseError::Malformed(_)
                     | ParseError::NotWholeFrames { .. }
-                    | ParseError::Empty => &counters.malformed,
+                    | ParseError::Empty
+                    | ParseError::BadOpus(_) => &counters.malformed,
                     ParseError::UnknownPayloadType(_) => &counters.unknown_payload_type,
                     ParseError::Rtcp => &counters.rtcp,
                     ParseError::TooLarge(_) => &counters.too_large,

@@ -77,6 +77,9 @@ pub struct PlayoutConfig {
     /// Every (rate, channels) a stream may have (from the payload map, or
     /// the raw format): a resampler is built for each at start-up.
     pub stream_formats: Vec<(u32, u16)>,
+    /// A payload type maps to Opus: the jitter buffer keeps an Opus
+    /// packet store and decoder (made at start-up).
+    pub opus: bool,
 }
 
 impl Default for PlayoutConfig {
@@ -99,6 +102,7 @@ impl Default for PlayoutConfig {
             lock_memory: true,
             max_rate: 48_000,
             max_channels: 2,
+            opus: false,
         }
     }
 }
@@ -275,6 +279,7 @@ impl Engine {
             stream_lost_ms: config.stream_lost_ms,
             max_rate,
             max_channels: max_channels as u16,
+            opus: config.opus,
         })
         .map_err(PlayoutError::Jitter)?;
         let max_frames = max_render_frames(config);
@@ -632,6 +637,17 @@ impl Engine {
                         self.concealer.reset();
                         self.sounding = true;
                     }
+                    i16s_to_f32(
+                        &self.samples_i16[..n * ch],
+                        &mut self.stream_in[seg.clone()],
+                    );
+                    self.concealer.audio(&mut self.stream_in[seg]);
+                }
+                ReadStatus::Concealed(_) => {
+                    // The codec's own concealment (Opus PLC): played as
+                    // audio, counted as concealed.
+                    self.metrics.concealed_frames += n as u64;
+                    self.sounding = true;
                     i16s_to_f32(
                         &self.samples_i16[..n * ch],
                         &mut self.stream_in[seg.clone()],

@@ -18,7 +18,9 @@
 //!   are dropped; a packet straddling the cursor keeps its unplayed part.
 //!   Each of these is counted.
 //! - Lost audio reads as `Missing`; a forward timestamp jump on a packet with
-//!   the marker bit (silence suppression) reads as `Idle` and is not loss.
+//!   the marker bit and the next sequence number (silence suppression: the
+//!   sender sent nothing) reads as `Idle` and is not loss. With a sequence
+//!   gap it is loss: ffmpeg, for one, marks every Opus and AAC packet.
 //! - A depth beyond `max_delay_ms` skips the cursor forward to the target
 //!   delay (the oldest audio is dropped, counted as overflow); a timestamp
 //!   jump beyond the ring's capacity re-anchors the stream (resync).
@@ -30,12 +32,22 @@
 //!   stream. No packet for `stream_lost_ms`, and nothing left to play,
 //!   marks the stream lost.
 //!
+//! - Opus (`JitterConfig::opus`): payloads stay encoded in an
+//!   `OpusStore` until the cursor reaches them, and are decoded there, in
+//!   stream order, as Opus's stateful decoder needs. A hole the cursor
+//!   reaches is rebuilt from the next packet's in-band FEC when that packet
+//!   has arrived (read as `Audio`, counted in `fec_recovered`), else
+//!   concealed by the decoder (read as `Concealed`). An empty Opus payload
+//!   (DTX keep-alive) keeps the stream alive and stores nothing.
+//!
 //! Nothing allocates after `new`; `read` copies whole runs with slice copies.
 
 use core::fmt;
 
 use crate::audio::codec;
-use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
+use crate::audio::opus::{OpusError, MAX_PACKET_FRAMES, MIN_FRAME};
+use crate::receive::opus_store::{Decoded, OpusStore};
 use crate::rtp::packet::Packet;
 use crate::rtp::stats::{ReceiverStats, SeqStatus};
 
@@ -44,6 +56,12 @@ const EMPTY: u8 = 0;
 const AUDIO: u8 = 1;
 /// A talkspurt gap: the sender sent nothing on purpose.
 const SILENCE: u8 = 2;
+/// An Opus packet's frames, not decoded yet (in the `OpusStore`).
+const ENCODED: u8 = 3;
+/// Lost Opus frames rebuilt from the next packet's in-band FEC.
+const RECOVERED: u8 = 4;
+/// Lost Opus frames concealed by the decoder.
+const CONCEALED: u8 = 5;
 
 /// Extended timestamps start here, so that a packet older than the anchor
 /// still has a positive position.
@@ -67,6 +85,8 @@ pub struct JitterConfig {
     pub max_rate: u32,
     /// Highest channel count the ring is sized for.
     pub max_channels: u16,
+    /// Opus streams may come: keep an Opus packet store and decoder.
+    pub opus: bool,
 }
 
 impl Default for JitterConfig {
@@ -78,6 +98,7 @@ impl Default for JitterConfig {
             stream_lost_ms: 500,
             max_rate: 48_000,
             max_channels: 2,
+            opus: false,
         }
     }
 }
@@ -99,6 +120,8 @@ pub enum JitterError {
     StreamLost(u32),
     Rate(u32),
     Channels(u16),
+    /// The Opus decoder could not be made.
+    Opus(OpusError),
 }
 
 impl fmt::Display for JitterError {
@@ -128,6 +151,7 @@ impl fmt::Display for JitterError {
                 f,
                 "jitter buffer sized for rate {r} Hz: use {MIN_RATE} to {MAX_RATE} Hz"
             ),
+            JitterError::Opus(e) => write!(f, "jitter buffer: {e}"),
             JitterError::Channels(c) => write!(
                 f,
                 "jitter buffer sized for {c} channels: use 1 to {MAX_CHANNELS}"
@@ -169,8 +193,12 @@ pub enum PushOutcome {
 /// One homogeneous run of frames at the playout cursor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadStatus {
-    /// Stored audio, copied into the output.
+    /// Stored audio, copied into the output (for Opus also frames of a
+    /// lost packet rebuilt from the next one's FEC).
     Audio(usize),
+    /// Audio that was lost and that the codec concealed (Opus PLC): the
+    /// output holds the concealment; play it, count it as concealed.
+    Concealed(usize),
     /// Audio that should be there is not (loss, or the buffer ran dry): the
     /// caller conceals it. The output holds zeros.
     Missing(usize),
@@ -182,7 +210,10 @@ pub enum ReadStatus {
 impl ReadStatus {
     pub fn frames(self) -> usize {
         match self {
-            ReadStatus::Audio(n) | ReadStatus::Missing(n) | ReadStatus::Idle(n) => n,
+            ReadStatus::Audio(n)
+            | ReadStatus::Concealed(n)
+            | ReadStatus::Missing(n)
+            | ReadStatus::Idle(n) => n,
         }
     }
 }
@@ -230,6 +261,12 @@ pub struct JitterMetrics {
     pub audio_frames: u64,
     pub missing_frames: u64,
     pub idle_frames: u64,
+    /// Opus: lost packets rebuilt from the next packet's in-band FEC.
+    pub fec_recovered: u64,
+    /// Opus: frames the decoder concealed (also in `missing_frames`).
+    pub codec_concealed_frames: u64,
+    /// Opus: stored packets that did not decode (played as a hole).
+    pub decode_errors: u64,
 }
 
 impl JitterMetrics {
@@ -279,6 +316,8 @@ pub struct JitterBuffer {
     rtp_stats: ReceiverStats,
     last_arrival_ns: u64,
     in_underrun: bool,
+    /// Opus packets waiting to be decoded, and the decoder.
+    opus: Option<OpusStore>,
     metrics: JitterMetrics,
 }
 
@@ -310,6 +349,12 @@ impl JitterBuffer {
             return Err(JitterError::Channels(config.max_channels));
         }
         let frames = frames_for_ms(config.max_rate, config.capacity_ms);
+        let opus = if config.opus {
+            let ring = frames_for_ms(crate::audio::opus::RATE, config.capacity_ms);
+            Some(OpusStore::new(ring).map_err(JitterError::Opus)?)
+        } else {
+            None
+        };
         Ok(JitterBuffer {
             config: config.clone(),
             samples: vec![0; frames * config.max_channels as usize],
@@ -329,6 +374,7 @@ impl JitterBuffer {
             rtp_stats: ReceiverStats::default(),
             last_arrival_ns: 0,
             in_underrun: false,
+            opus,
             metrics: JitterMetrics::default(),
         })
     }
@@ -340,6 +386,7 @@ impl JitterBuffer {
             || format.channels > self.config.max_channels
             || format.rate < MIN_RATE
             || format.rate > self.config.max_rate
+            || (format.encoding == Encoding::Opus && (self.opus.is_none() || packet.sequential))
         {
             self.metrics.unsupported += 1;
             return PushOutcome::Unsupported;
@@ -412,6 +459,9 @@ impl JitterBuffer {
             return ReadStatus::Missing(wanted);
         }
         self.in_underrun = false;
+        if self.opus.is_some() {
+            self.decode_at_cursor(wanted);
+        }
         let available = wanted.min((self.newest_end - self.cursor) as usize);
         let (first, second) = self.slot_ranges(self.cursor, available);
         let kind = self.states.get(first.start).copied().unwrap_or(EMPTY);
@@ -421,7 +471,7 @@ impl JitterBuffer {
         }
         let n = n.max(1);
         let (first, second) = self.slot_ranges(self.cursor, n);
-        if kind == AUDIO {
+        if matches!(kind, AUDIO | RECOVERED | CONCEALED) {
             let split = first.len() * channels;
             let (head, tail) = out.split_at_mut(split.min(out.len()));
             copy_slots(&self.samples, first.clone(), channels, head);
@@ -443,6 +493,15 @@ impl JitterBuffer {
             SILENCE => {
                 self.metrics.idle_frames += n as u64;
                 ReadStatus::Idle(n)
+            }
+            RECOVERED => {
+                self.metrics.missing_frames += n as u64;
+                ReadStatus::Audio(n)
+            }
+            CONCEALED => {
+                self.metrics.missing_frames += n as u64;
+                self.metrics.codec_concealed_frames += n as u64;
+                ReadStatus::Concealed(n)
             }
             _ => {
                 self.metrics.missing_frames += n as u64;
@@ -566,6 +625,9 @@ impl JitterBuffer {
         self.ts_ref_ext = ORIGIN;
         self.in_underrun = false;
         self.last_arrival_ns = packet.arrival_ns;
+        if let Some(store) = self.opus.as_mut() {
+            store.reset(packet.format.channels);
+        }
     }
 
     /// The first packet after the buffer starved starts at `start`. The
@@ -656,6 +718,7 @@ impl JitterBuffer {
         let end = start + frames;
 
         self.metrics.packets += 1;
+        let follows = self.rtp_stats.follows(packet.seq);
         let reordered = self.rtp_stats.record(packet.seq) == SeqStatus::Reordered;
         self.metrics.lost = self.rtp_stats.cumulative_lost();
         self.rtp_stats
@@ -667,6 +730,10 @@ impl JitterBuffer {
             self.ts_ref_raw = packet.timestamp;
         }
 
+        if frames == 0 {
+            // An empty Opus payload (DTX keep-alive): the stream is alive.
+            return outcome;
+        }
         let max_delay = self.max_delay_frames(packet.format.rate) as u64;
         if self.state == StreamState::Prebuffering
             && start < self.cursor
@@ -696,7 +763,7 @@ impl JitterBuffer {
             }
         }
         let from_gap = self.newest_end.max(self.cursor);
-        if packet.marker && start > from_gap {
+        if packet.marker && follows && start > from_gap {
             // Silence suppression: the sender sent nothing on purpose.
             self.fill_positions(from_gap, start, SILENCE);
             self.metrics.talkspurts += 1;
@@ -753,6 +820,17 @@ impl JitterBuffer {
         if end <= from {
             return;
         }
+        if packet.format.encoding == Encoding::Opus {
+            let frames = (end - start) as usize;
+            if let Some(store) = self.opus.as_mut() {
+                if store.put(start, frames, &packet.payload) {
+                    self.fill_positions(from, end, ENCODED);
+                } else {
+                    self.metrics.unsupported += 1;
+                }
+            }
+            return;
+        }
         let channels = packet.format.channels.max(1) as usize;
         let bytes_per_frame = packet.format.bytes_per_frame();
         let n = (end - from) as usize;
@@ -772,6 +850,138 @@ impl JitterBuffer {
             }
             offset += bytes;
         }
+    }
+}
+
+impl JitterBuffer {
+    /// Opus: makes the frames at the cursor playable. An undecoded packet
+    /// there is decoded (whole; its frames before the cursor are dropped);
+    /// a hole there is rebuilt from the next packet's FEC when that packet
+    /// is stored and the hole is no longer than it, else concealed by the
+    /// decoder (its leading part, when longer), at least 2.5 ms at a time.
+    fn decode_at_cursor(&mut self, wanted: usize) {
+        let cursor = self.cursor;
+        let kind = self.state_at(cursor);
+        if kind == ENCODED {
+            let Some(store) = self.opus.as_mut() else {
+                return;
+            };
+            match store.decode(cursor) {
+                Some(Ok(mut d)) => {
+                    // A later packet that overlaps this one's tail is taken
+                    // at its word, and this one's decoded audio ends where
+                    // that one starts: its head (an encoder's pre-skip, for
+                    // a stream's first packet) is not played, and the audio
+                    // runs on without a seam into the next packet.
+                    let end = d.start + d.frames as u64;
+                    if let Some(next) = store.next_start_within(d.start, end) {
+                        d.head = (end - next) as usize;
+                        d.frames -= d.head;
+                    }
+                    self.write_decoded(d, AUDIO);
+                }
+                Some(Err(_)) | None => {
+                    self.metrics.decode_errors += 1;
+                    let end = self.run_end(cursor, ENCODED);
+                    self.clear_positions(cursor, end);
+                    self.decode_hole(wanted);
+                }
+            }
+        } else if kind == EMPTY {
+            self.decode_hole(wanted);
+        }
+    }
+
+    fn decode_hole(&mut self, wanted: usize) {
+        let cursor = self.cursor;
+        let hole_end = self.run_end(cursor, EMPTY).min(self.newest_end);
+        let hole = (hole_end - cursor) as usize;
+        let Some(store) = self.opus.as_mut() else {
+            return;
+        };
+        let next = store.frames_at(hole_end);
+        let result = match next {
+            Some(next_frames) if hole <= next_frames && hole >= MIN_FRAME => {
+                let n = hole / MIN_FRAME * MIN_FRAME;
+                // Conceal any odd remainder first, so FEC ends at the packet.
+                if n < hole {
+                    store.conceal(cursor, MIN_FRAME).map(|d| (d, false))
+                } else {
+                    store.recover(cursor, n)
+                }
+            }
+            _ => {
+                let until = match next {
+                    Some(f) => hole.saturating_sub(f),
+                    None => hole,
+                };
+                let n = until
+                    .min(wanted.max(MIN_FRAME))
+                    .min(MAX_PACKET_FRAMES)
+                    .max(MIN_FRAME.min(hole));
+                let n = n / MIN_FRAME * MIN_FRAME;
+                if n == 0 {
+                    return;
+                }
+                store.conceal(cursor, n).map(|d| (d, false))
+            }
+        };
+        match result {
+            Ok((d, true)) => {
+                self.metrics.fec_recovered += 1;
+                self.write_decoded(d, RECOVERED);
+            }
+            Ok((d, false)) => self.write_decoded(d, CONCEALED),
+            Err(_) => self.metrics.decode_errors += 1,
+        }
+    }
+
+    /// Copies the store's last decode into the ring from the cursor on,
+    /// marking those frames `kind`; frames before the cursor are dropped.
+    fn write_decoded(&mut self, d: Decoded, kind: u8) {
+        let end = d.start + d.frames as u64;
+        let from = self.cursor.max(d.start);
+        if end <= from {
+            return;
+        }
+        let channels = self.channels();
+        let n = (end - from) as usize;
+        let (first, second) = self.slot_ranges(from, n);
+        let Some(store) = self.opus.as_ref() else {
+            return;
+        };
+        let mut offset = (d.head + (from - d.start) as usize) * channels;
+        for range in [first, second] {
+            let len = range.len() * channels;
+            let src = store.scratch().get(offset..offset + len);
+            let dst = self
+                .samples
+                .get_mut(range.start * channels..range.end * channels);
+            if let (Some(src), Some(dst)) = (src, dst) {
+                dst.copy_from_slice(src);
+                if let Some(s) = self.states.get_mut(range) {
+                    s.fill(kind);
+                }
+            }
+            offset += len;
+        }
+        self.newest_end = self.newest_end.max(end);
+    }
+
+    fn state_at(&self, pos: u64) -> u8 {
+        let (first, _) = self.slot_ranges(pos, 1);
+        self.states.get(first.start).copied().unwrap_or(EMPTY)
+    }
+
+    /// The first position from `pos` (up to `newest_end`) whose state is not `kind`.
+    fn run_end(&self, pos: u64, kind: u8) -> u64 {
+        let n = self.newest_end.saturating_sub(pos) as usize;
+        let (first, second) = self.slot_ranges(pos, n);
+        let mut len = run_length(self.states.get(first.clone()).unwrap_or(&[]), kind);
+        if len == first.len() {
+            len += run_length(self.states.get(second).unwrap_or(&[]), kind);
+        }
+        pos + len as u64
     }
 }
 
@@ -872,6 +1082,7 @@ mod tests {
             stream_lost_ms: 500,
             max_rate: 48_000,
             max_channels: 2,
+            opus: false,
         }
     }
 
@@ -1125,6 +1336,26 @@ mod tests {
         let (status, samples) = read(&mut jb, PTIME, 140 * MS);
         assert_eq!(status, ReadStatus::Audio(PTIME));
         assert_eq!(samples, expected(6 * PTIME as u32, PTIME, 1));
+        assert_eq!(jb.metrics().lost, 1);
+    }
+
+    #[test]
+    fn marked_packet_after_a_sequence_gap_is_loss_not_silence() {
+        // ffmpeg sets the marker on every Opus packet: a marked packet
+        // after lost ones must not turn the loss into silence.
+        let mut jb = buffer();
+        for k in 0..3 {
+            jb.push(&voip(0, 0, k));
+        }
+        let mut p = voip(0, 0, 4);
+        p.marker = true;
+        jb.push(&p);
+        let mut runs = Vec::new();
+        while jb.cursor() < jb.newest_end {
+            runs.push(read(&mut jb, 400, 60 * MS).0);
+        }
+        assert!(runs.contains(&ReadStatus::Missing(PTIME)), "{runs:?}");
+        assert_eq!(jb.metrics().talkspurts, 0);
         assert_eq!(jb.metrics().lost, 1);
     }
 
@@ -1712,6 +1943,337 @@ mod tests {
             ("underruns", totals.underruns),
         ] {
             assert!(count > 0, "no {name} in any seed");
+        }
+    }
+
+    mod opus_stream {
+        //! Opus through the buffer: packets decoded in order at read time,
+        //! reordering waits, a lost packet comes back from FEC.
+        use super::*;
+        use crate::audio::opus::{Decoder, Encoder, EncoderConfig};
+
+        const FRAME: usize = 960;
+
+        fn voiced(frames: usize) -> Vec<i16> {
+            (0..frames)
+                .map(|i| {
+                    let t = i as f64 / 48_000.0;
+                    let v: f64 = (1..=8)
+                        .map(|k| {
+                            (2.0 * core::f64::consts::PI * 200.0 * k as f64 * t).sin() / k as f64
+                        })
+                        .sum();
+                    (6000.0 * v).round() as i16
+                })
+                .collect()
+        }
+
+        /// 40 packets of 20 ms mono Opus, FEC on (SILK, 24 kbit/s).
+        fn packets() -> Vec<Vec<u8>> {
+            let mut enc = Encoder::new(&EncoderConfig {
+                channels: 1,
+                bitrate_bps: 24_000,
+                fec: true,
+                expected_loss_pct: 20,
+                frame_frames: FRAME,
+                dtx: false,
+            })
+            .unwrap();
+            voiced(40 * FRAME)
+                .chunks_exact(FRAME)
+                .map(|f| {
+                    let mut out = [0u8; 1500];
+                    let n = enc.encode(f, &mut out).unwrap();
+                    out[..n].to_vec()
+                })
+                .collect()
+        }
+
+        fn packet(payload: &[u8], k: usize) -> Packet {
+            let mut p = Packet::empty(StreamFormat {
+                encoding: Encoding::Opus,
+                rate: 48_000,
+                channels: 1,
+            });
+            p.ssrc = 7;
+            p.seq = 100 + k as u16;
+            p.timestamp = 5000 + (k * FRAME) as u32;
+            p.payload_type = 97;
+            p.arrival_ns = k as u64 * 20 * MS;
+            p.payload.extend_from_slice(payload).unwrap();
+            p
+        }
+
+        /// Pushes the packets in `order` all at once, then reads everything.
+        fn play(
+            packets: &[Vec<u8>],
+            order: &[usize],
+        ) -> (Vec<i16>, Vec<ReadStatus>, JitterMetrics) {
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                capacity_ms: 1000,
+                max_delay_ms: 1000,
+                target_delay_ms: 0,
+                ..config()
+            })
+            .unwrap();
+            for &k in order {
+                jb.push(&packet(&packets[k], k));
+            }
+            let mut out = Vec::new();
+            let mut runs = Vec::new();
+            let mut buf = vec![0i16; 240];
+            let now = 20 * MS;
+            while out.len() < packets.len() * FRAME {
+                let st = jb.read(&mut buf, now);
+                if matches!(st, ReadStatus::Idle(_)) || st.frames() == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..st.frames()]);
+                runs.push(st);
+            }
+            (out, runs, jb.metrics().clone())
+        }
+
+        fn reference(packets: &[Vec<u8>]) -> Vec<i16> {
+            let mut dec = Decoder::new().unwrap();
+            dec.reset(1);
+            let mut out = vec![0i16; FRAME];
+            packets
+                .iter()
+                .flat_map(|p| {
+                    let n = dec.decode(p, &mut out).unwrap();
+                    out[..n].to_vec()
+                })
+                .collect()
+        }
+
+        fn snr_db(want: &[i16], got: &[i16]) -> f64 {
+            let sig: f64 = want.iter().map(|&v| f64::from(v).powi(2)).sum();
+            let err: f64 = want
+                .iter()
+                .zip(got)
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
+            10.0 * (sig / err.max(1.0)).log10()
+        }
+
+        #[test]
+        fn opus_in_order_plays_as_the_decoder_decodes() {
+            let p = packets();
+            let order: Vec<usize> = (0..p.len()).collect();
+            let (out, runs, m) = play(&p, &order);
+            assert_eq!(out, reference(&p));
+            assert!(runs.iter().all(|r| matches!(r, ReadStatus::Audio(_))));
+            assert_eq!((m.fec_recovered, m.decode_errors), (0, 0));
+        }
+
+        #[test]
+        fn opus_reordered_packets_still_decode_in_order() {
+            let p = packets();
+            let mut order: Vec<usize> = (0..p.len()).collect();
+            order.swap(10, 11);
+            order.swap(20, 23);
+            let (out, _, m) = play(&p, &order);
+            assert_eq!(out, reference(&p), "bit-exact despite reordering");
+            // 11 before 10; 23 before 21, 22 and 20.
+            assert_eq!(m.reordered, 4);
+        }
+
+        #[test]
+        fn opus_lost_packet_comes_back_from_fec() {
+            let p = packets();
+            let lost = 20;
+            let order: Vec<usize> = (0..p.len()).filter(|&k| k != lost).collect();
+            let (out, runs, m) = play(&p, &order);
+            assert_eq!(out.len(), p.len() * FRAME);
+            assert_eq!(m.fec_recovered, 1);
+            assert_eq!(m.missing_frames, FRAME as u64);
+            assert!(!runs.iter().any(|r| matches!(r, ReadStatus::Missing(_))));
+            let clean = reference(&p);
+            let span = lost * FRAME..(lost + 1) * FRAME;
+            let fec = snr_db(&clean[span.clone()], &out[span]);
+            // Two packets lost: the first is concealed by the decoder, the
+            // second rebuilt from the FEC of the packet after it.
+            let order: Vec<usize> = (0..p.len())
+                .filter(|&k| k != lost && k != lost + 1)
+                .collect();
+            let (plc_out, plc_runs, plc_m) = play(&p, &order);
+            assert_eq!(plc_m.fec_recovered, 1);
+            assert!(plc_runs
+                .iter()
+                .any(|r| matches!(r, ReadStatus::Concealed(_))));
+            let span = lost * FRAME..(lost + 1) * FRAME;
+            let plc = snr_db(&clean[span.clone()], &plc_out[span]);
+            println!("lost packet: FEC {fec:.1} dB, PLC {plc:.1} dB against the clean decode");
+            assert!(fec > plc + 3.0, "FEC {fec:.1} dB vs PLC {plc:.1} dB");
+            // After the loss the stream converges back on the clean decode.
+            let tail = (lost + 4) * FRAME..;
+            assert!(snr_db(&clean[tail.clone()], &out[tail]) > 20.0);
+        }
+
+        #[test]
+        fn opus_loss_in_real_time_is_rebuilt_from_fec() {
+            // Packets arrive every 20 ms, the playout reads 5 ms periods
+            // 120 ms behind: when the cursor reaches the hole, the packet
+            // after it is there.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 120,
+                max_delay_ms: 300,
+                ..config()
+            })
+            .unwrap();
+            let mut buf = vec![0i16; 240];
+            let mut statuses = Vec::new();
+            for tick in 0..(p.len() as u64 * 4 + 40) {
+                let now = tick * 5 * MS;
+                if tick % 4 == 0 {
+                    let k = (tick / 4) as usize;
+                    if k < p.len() && k != 20 {
+                        let mut pk = packet(&p[k], k);
+                        pk.arrival_ns = now;
+                        jb.push(&pk);
+                    }
+                }
+                statuses.push(jb.read(&mut buf, now));
+            }
+            let m = jb.metrics();
+            assert_eq!(m.fec_recovered, 1, "{m:?}");
+            assert_eq!(m.codec_concealed_frames, 0, "{m:?}");
+        }
+
+        #[test]
+        fn opus_first_packet_overlapping_the_second_still_decodes_in_order() {
+            // GStreamer's rtpopuspay stamps the first packet 648 frames
+            // (960 less the encoder's 312-frame pre-skip) before the second.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 120,
+                max_delay_ms: 300,
+                ..config()
+            })
+            .unwrap();
+            let mut buf = vec![0i16; 240];
+            let mut out = Vec::new();
+            let mut statuses = Vec::new();
+            for tick in 0..(p.len() as u64 * 4 + 40) {
+                let now = tick * 5 * MS;
+                if tick % 4 == 0 {
+                    let k = (tick / 4) as usize;
+                    if k < p.len() {
+                        let mut pk = packet(&p[k], k);
+                        if k == 0 {
+                            pk.timestamp = pk.timestamp.wrapping_add(312);
+                        }
+                        pk.arrival_ns = now;
+                        jb.push(&pk);
+                    }
+                }
+                let st = jb.read(&mut buf, now);
+                if !matches!(st, ReadStatus::Idle(_)) {
+                    out.extend_from_slice(&buf[..st.frames()]);
+                }
+                statuses.push(st);
+            }
+            let m = jb.metrics();
+            assert_eq!(m.codec_concealed_frames, 0, "{m:?} {statuses:?}");
+            let clean = reference(&p);
+            // The first packet's 312-frame head is not played;
+            // after the stream come the reads that starved.
+            assert!(out.len() > clean.len() - 312);
+            out.truncate(clean.len() - 312);
+            // The first packet's last 648 frames play up to where the
+            // second starts, then the whole second: each packet decoded
+            // once, in order, and the audio continuous.
+            assert_eq!(&out[..], &clean[312..312 + out.len()]);
+        }
+
+        #[test]
+        fn opus_empty_and_dtx_packets_keep_the_stream() {
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 0,
+                ..config()
+            })
+            .unwrap();
+            jb.push(&packet(&p[0], 0));
+            let mut empty = packet(&[], 1);
+            empty.payload.clear();
+            assert_eq!(jb.push(&empty), PushOutcome::Stored);
+            assert_eq!(jb.push(&packet(&[p[0][0]], 2)), PushOutcome::Stored);
+            assert_eq!(jb.metrics().packets, 3);
+            let mut buf = vec![0i16; FRAME];
+            assert_eq!(jb.read(&mut buf, 0), ReadStatus::Audio(FRAME));
+            // The empty packet's 20 ms were never sent: a hole (concealed),
+            // then the 1-byte DTX packet decodes.
+            let st = jb.read(&mut buf, 0);
+            assert!(
+                matches!(st, ReadStatus::Concealed(_) | ReadStatus::Audio(_)),
+                "{st:?}"
+            );
+        }
+
+        #[test]
+        fn opus_junk_at_random_times_never_panics() {
+            // Packets with random TOC bytes and contents (the ones the
+            // parser accepts: a frame count from the TOC), random
+            // sequence numbers and timestamps, mixed with real ones, read
+            // in random slices: never a panic, every read within bounds.
+            let p = packets();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 40,
+                ..config()
+            })
+            .unwrap();
+            let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let mut buf = vec![0i16; 4000];
+            let mut decoded = 0u64;
+            for step in 0..20_000u64 {
+                let now = step * MS;
+                let r = next();
+                if r % 3 == 0 {
+                    let k = (next() % p.len() as u64) as usize;
+                    let mut pk = if r % 2 == 0 {
+                        packet(&p[k], k)
+                    } else {
+                        let len = (next() % 300) as usize;
+                        let junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+                        if crate::audio::opus::packet_frames(&junk).is_none() {
+                            continue;
+                        }
+                        packet(&junk, k)
+                    };
+                    pk.seq = pk.seq.wrapping_add((next() % 5) as u16);
+                    pk.timestamp = pk.timestamp.wrapping_add((next() % 3000) as u32);
+                    pk.marker = next() % 10 == 0;
+                    pk.arrival_ns = now;
+                    jb.push(&pk);
+                }
+                let want = (next() % 2000) as usize * 2;
+                let st = jb.read(&mut buf[..want], now);
+                // Mono: one sample per frame.
+                assert!(st.frames() <= want);
+                decoded += matches!(st, ReadStatus::Audio(_)) as u64;
+            }
+            assert!(decoded > 0);
+        }
+
+        #[test]
+        fn opus_without_a_store_is_unsupported() {
+            let p = packets();
+            let mut jb = JitterBuffer::new(&config()).unwrap();
+            assert_eq!(jb.push(&packet(&p[0], 0)), PushOutcome::Unsupported);
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod drift;
 pub mod engine;
 pub mod events;
 pub mod jitter;
+pub mod opus_store;
 pub mod playout;
 pub mod sap;
 pub mod source;

@@ -306,6 +306,7 @@ impl PlayoutThread {
         s.new_streams.store(m.new_streams, Relaxed);
         s.stream_lost.store(m.stream_lost, Relaxed);
         s.starved.store(m.underruns, Relaxed);
+        s.fec_recovered.store(m.fec_recovered, Relaxed);
         let em = self.engine.metrics();
         s.concealed_frames.store(em.concealed_frames, Relaxed);
         s.stretched_frames.store(em.stretched_frames, Relaxed);

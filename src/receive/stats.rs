@@ -24,6 +24,8 @@ pub struct PlayoutStats {
     pub stream_lost: AtomicU64,
     // Playout counters.
     pub concealed_frames: AtomicU64,
+    /// Opus: lost packets rebuilt from the next packet's in-band FEC.
+    pub fec_recovered: AtomicU64,
     pub stretched_frames: AtomicU64,
     pub underruns: AtomicU64,
     /// The jitter buffer ran dry (nothing had arrived to play).
@@ -67,6 +69,8 @@ pub struct StatsLine {
     /// plain packets).
     pub auth_failed: u64,
     pub concealed_ms: u64,
+    /// Opus: lost packets rebuilt from in-band FEC.
+    pub fec: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
     pub starved: u64,
@@ -101,6 +105,7 @@ impl PlayoutStats {
         line.dropped_overflow += self.overflow.load(Relaxed);
         let rate = self.stream_rate.load(Relaxed).max(1) as u64;
         line.concealed_ms = self.concealed_frames.load(Relaxed) * 1000 / rate;
+        line.fec = self.fec_recovered.load(Relaxed);
         line.stretched_ms = self.stretched_frames.load(Relaxed) * 1000 / rate;
         line.underruns = self.underruns.load(Relaxed);
         line.starved = self.starved.load(Relaxed);
@@ -123,7 +128,7 @@ impl fmt::Display for StatsLine {
             f,
             "packets {} lost {} late {} reordered {} duplicates {} stray {} \
              dropped {} (overflow {} filtered {} malformed {}) auth-failed {} \
-             concealed {} ms stretched {} ms underruns {} starved {} jitter {:.1} ms \
+             concealed {} ms fec {} stretched {} ms underruns {} starved {} jitter {:.1} ms \
              buffer {:.1}/{:.1} ms alsa {:.1} ms delay {:.1} ms drift {:+.1} ppm ",
             self.packets,
             self.lost,
@@ -137,6 +142,7 @@ impl fmt::Display for StatsLine {
             self.dropped_malformed,
             self.auth_failed,
             self.concealed_ms,
+            self.fec,
             self.stretched_ms,
             self.underruns,
             self.starved,

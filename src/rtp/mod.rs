@@ -31,7 +31,7 @@ use core::fmt;
 
 pub use header::{is_payload_type, parse, RtpError, RtpHeader, HEADER_LEN};
 
-use crate::audio::format::{PayloadMap, StreamFormat};
+use crate::audio::format::{Encoding, PayloadMap, StreamFormat};
 use crate::rtp::packet::{Packet, PacketKind, MAX_PAYLOAD, RAW_PAYLOAD_TYPE};
 
 /// What the socket carries: RTP with a payload-type table, or headerless
@@ -63,6 +63,8 @@ pub enum ParseError {
     },
     /// No audio in the datagram.
     Empty,
+    /// An Opus payload whose TOC byte is malformed or says more than 120 ms.
+    BadOpus(usize),
 }
 
 impl fmt::Display for ParseError {
@@ -89,6 +91,11 @@ impl fmt::Display for ParseError {
                  check that --raw / --rtp-format match the sender's format and channels"
             ),
             ParseError::Empty => write!(f, "packet without audio payload: check the sender"),
+            ParseError::BadOpus(len) => write!(
+                f,
+                "Opus payload of {len} bytes is malformed (RFC 6716 TOC): check that the \
+                 payload type mapped to OPUS carries Opus"
+            ),
         }
     }
 }
@@ -213,16 +220,23 @@ fn fill_payload(
     format: StreamFormat,
 ) -> Result<usize, ParseError> {
     let len = payload.len();
-    if len == 0 {
+    let opus = format.encoding == Encoding::Opus;
+    // An empty Opus payload is a DTX keep-alive (no frames): the stream
+    // is alive, nothing is played.
+    if len == 0 && !opus {
         return Err(ParseError::Empty);
     }
     if len > MAX_PAYLOAD {
         return Err(ParseError::TooLarge(len));
     }
-    let frames = format.whole_frames(len).ok_or(ParseError::NotWholeFrames {
-        len,
-        frame_bytes: format.bytes_per_frame(),
-    })?;
+    let frames = if opus {
+        crate::audio::opus::packet_frames(payload).ok_or(ParseError::BadOpus(len))?
+    } else {
+        format.whole_frames(len).ok_or(ParseError::NotWholeFrames {
+            len,
+            frame_bytes: format.bytes_per_frame(),
+        })?
+    };
     out.payload.clear();
     out.payload
         .extend_from_slice(payload)

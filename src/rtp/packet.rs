@@ -8,7 +8,8 @@
 //! mux): `kind` tells it apart, and its payload is the BYE's SSRC list, so
 //! the playout side learns at once that a sender has left.
 
-use crate::audio::format::StreamFormat;
+use crate::audio::format::{Encoding, StreamFormat};
+use crate::audio::opus;
 
 /// Largest payload a slot holds: 4 KiB covers L16 48 kHz stereo at 20 ms
 /// ptime (3840 bytes, already beyond one Ethernet frame), and every G.711
@@ -79,9 +80,13 @@ impl Packet {
         }
     }
 
-    /// Frames of audio in the payload.
+    /// Frames of audio in the payload (for Opus, from its TOC byte; 0 for
+    /// an empty or malformed Opus payload, which the parser refuses).
     pub fn frames(&self) -> usize {
-        self.payload.len() / self.format.bytes_per_frame().max(1)
+        match self.format.encoding {
+            Encoding::Opus => opus::packet_frames(&self.payload).unwrap_or(0),
+            _ => self.payload.len() / self.format.bytes_per_frame().max(1),
+        }
     }
 
     /// Copies `other` into this slot without building a temporary: the

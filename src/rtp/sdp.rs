@@ -513,6 +513,7 @@ mod tests {
             format: L16_48K_STEREO,
             payload_type: 97,
             ptime_ms: 20,
+            opus_fec: false,
             ttl: 4,
             session_id: 99,
             crypto: None,

@@ -106,6 +106,12 @@ impl ReceiverStats {
         self.max_ext.saturating_add_signed(delta)
     }
 
+    /// Whether `seq` is the very next sequence number after the highest
+    /// so far: no packet is missing between them.
+    pub fn follows(&self, seq: u16) -> bool {
+        self.started && self.extend(seq) == self.max_ext + 1
+    }
+
     /// Classifies `seq` without recording it.
     pub fn status(&self, seq: u16) -> SeqStatus {
         let ext = self.extend(seq);

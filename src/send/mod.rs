@@ -66,7 +66,7 @@ impl Output {
         let payload_type = match encoding {
             Encoding::Pcmu => 0,
             Encoding::Pcma => 8,
-            Encoding::L16 | Encoding::S16Le => dynamic_payload_type,
+            Encoding::L16 | Encoding::S16Le | Encoding::Opus => dynamic_payload_type,
         };
         Output::Rtp {
             encoding,
@@ -94,6 +94,9 @@ pub struct SendConfig {
     pub srtp: Option<SrtpOptions>,
     /// Announce the stream by SAP (`--sap NAME`, `--sap-address`).
     pub sap: Option<SapOptions>,
+    /// Opus encoder settings (`--bitrate`, `--fec`, `--expected-loss`),
+    /// used with `--codec opus`.
+    pub opus: crate::audio::opus::EncoderConfig,
 }
 
 /// The session name and the SAP destination of `--sap`.
@@ -138,6 +141,12 @@ pub enum Error {
     /// Protecting a packet failed (a buffer sized wrong: a bug).
     Srtp(SrtpError),
     Ptime(u32),
+    /// Opus: the stream must be 48 kHz, 1 or 2 channels, 2.5-60 ms frames.
+    OpusFormat {
+        rate: u32,
+        channels: u16,
+        ptime_ms: u32,
+    },
     Rate(u32),
     Channels(u16),
     Random(io::Error),
@@ -180,6 +189,16 @@ impl fmt::Display for Error {
                 "--srtp-key-file protects RTP; headerless --raw has no header: drop one of them"
             ),
             Error::Srtp(e) => write!(f, "{e} (a bug: please report)"),
+            Error::OpusFormat {
+                rate,
+                channels,
+                ptime_ms,
+            } => write!(
+                f,
+                "Opus is sent at 48000 Hz, 1 or 2 channels, ptime 5, 10, 20, 40 or 60 ms \
+                 (asked: {rate} Hz, {channels} channels, {ptime_ms} ms): drop --rate, \
+                 use --channels 1 or 2, and one of those --ptime values"
+            ),
             Error::Ptime(p) => write!(f, "--ptime {p} is outside 1 to 200 ms"),
             Error::Rate(r) => write!(f, "--rate {r} is outside {MIN_RATE} to {MAX_RATE}"),
             Error::Channels(c) => write!(f, "--channels {c} is outside 1 to {MAX_CHANNELS}"),
@@ -241,6 +260,11 @@ pub fn stream_format(
             encoding: Encoding::L16 | Encoding::S16Le,
             ..
         } => (Encoding::L16, source.rate, source.channels),
+        // RFC 7587: the RTP clock is 48 kHz; mono or stereo.
+        Output::Rtp {
+            encoding: Encoding::Opus,
+            ..
+        } => (Encoding::Opus, 48_000, source.channels.min(2)),
         Output::Rtp { encoding, .. } => (encoding, 8000, 1),
         Output::Raw => (Encoding::S16Le, 8000, 1),
     };
@@ -464,6 +488,17 @@ impl Sender {
             }
         };
         let frames_per_packet = format.frames_for_ms(config.ptime_ms);
+        if format.encoding == Encoding::Opus
+            && (format.rate != crate::audio::opus::RATE
+                || format.channels > 2
+                || ![5, 10, 20, 40, 60].contains(&config.ptime_ms))
+        {
+            return Err(Error::OpusFormat {
+                rate: format.rate,
+                channels: format.channels,
+                ptime_ms: config.ptime_ms,
+            });
+        }
         let converter = Converter::new(
             source_format.rate,
             source_format.channels,
@@ -483,6 +518,7 @@ impl Sender {
             ssrc,
             first_seq,
             first_timestamp,
+            opus: config.opus,
         })
         .map_err(Error::Packetize)?;
         let dest = Dest::open(&config.dest)?;
@@ -498,6 +534,7 @@ impl Sender {
                 format,
                 payload_type,
                 ptime_ms: config.ptime_ms,
+                opus_fec: config.opus.fec,
                 ttl: config.dest.ttl,
                 session_id: u64::from(ssrc),
                 crypto: srtp.as_ref().map(|(key, suite)| sdp::Crypto {

@@ -8,11 +8,15 @@
 //! (one talkspurt), and again after a gap the caller reports with
 //! `skip_frames` (the timestamp then skips the missing frames). A short packet (the end of a file) is sent as it
 //! is, never padded, so the receiver gets exactly the source's frames.
+//! Opus (RFC 7587) is the exception: the encoder (made in `new`) takes
+//! whole frames only, so a short last packet is padded with silence, and
+//! the payload is the encoder's packet for exactly one ptime.
 
 use core::fmt;
 
 use crate::audio::codec;
 use crate::audio::format::{Encoding, StreamFormat};
+use crate::audio::opus::{self, OpusError};
 use crate::rtp::packet::MAX_PAYLOAD;
 use crate::rtp::{is_payload_type, RtpHeader, HEADER_LEN};
 
@@ -39,6 +43,9 @@ pub struct PacketizerConfig {
     pub first_seq: u16,
     /// RTP timestamp of the first packet (random, RFC 3550 §5.1).
     pub first_timestamp: u32,
+    /// Opus encoder settings (bitrate, FEC, loss); used when the format is
+    /// Opus (its channels and frame length come from the format and ptime).
+    pub opus: opus::EncoderConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +56,8 @@ pub enum Error {
     Empty,
     /// The payload type is not a 7-bit RTP payload type.
     PayloadType(u8),
+    /// The Opus encoder refused its settings.
+    Opus(OpusError),
 }
 
 impl fmt::Display for Error {
@@ -60,6 +69,7 @@ impl fmt::Display for Error {
                  accepts: lower --ptime, --rate or --channels"
             ),
             Error::Empty => write!(f, "--ptime gives less than one frame per packet: raise it"),
+            Error::Opus(e) => write!(f, "{e}"),
             Error::PayloadType(pt) => {
                 write!(f, "payload type {pt} is not an RTP payload type (0 to 127)")
             }
@@ -70,12 +80,14 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Turns frames into datagrams; keeps the RTP sequence and timestamp.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Packetizer {
     config: PacketizerConfig,
     seq: u16,
     timestamp: u32,
     first: bool,
+    /// Opus: the encoder, and one frame of samples to pad a short packet.
+    opus: Option<(opus::Encoder, Vec<i16>)>,
 }
 
 impl Packetizer {
@@ -84,6 +96,18 @@ impl Packetizer {
             return Err(Error::Empty);
         }
         let bytes = config.frames_per_packet * config.format.bytes_per_frame();
+        let encoder = if config.format.encoding == Encoding::Opus {
+            let settings = opus::EncoderConfig {
+                channels: config.format.channels,
+                frame_frames: config.frames_per_packet,
+                ..config.opus
+            };
+            let encoder = opus::Encoder::new(&settings).map_err(Error::Opus)?;
+            let pad = vec![0; config.frames_per_packet * usize::from(config.format.channels)];
+            Some((encoder, pad))
+        } else {
+            None
+        };
         if bytes > MAX_PAYLOAD {
             return Err(Error::TooLarge { bytes });
         }
@@ -97,12 +121,17 @@ impl Packetizer {
             seq: config.first_seq,
             timestamp: config.first_timestamp,
             first: true,
+            opus: encoder,
         })
     }
 
     /// The largest datagram `packetize` writes: size the output buffer so.
     pub fn max_datagram_len(&self) -> usize {
-        self.header_len() + self.config.frames_per_packet * self.config.format.bytes_per_frame()
+        let payload = match self.opus {
+            Some(_) => opus::MAX_PACKET_BYTES,
+            None => self.config.frames_per_packet * self.config.format.bytes_per_frame(),
+        };
+        self.header_len() + payload
     }
 
     pub fn frames_per_packet(&self) -> usize {
@@ -156,7 +185,28 @@ impl Packetizer {
             (Framing::Rtp { .. }, Encoding::S16Le) => Encoding::L16,
             (_, e) => e,
         };
-        let written = codec::encode(encoding, samples, &mut out[header..]);
+        let (written, frames) = match self.opus.as_mut() {
+            Some((encoder, pad)) => {
+                // Whole frames only: a short last packet is padded.
+                let input = if frames < self.config.frames_per_packet {
+                    pad.fill(0);
+                    if let Some(dst) = pad.get_mut(..samples.len()) {
+                        dst.copy_from_slice(samples);
+                    }
+                    &pad[..]
+                } else {
+                    samples
+                };
+                let room = out.len().min(header + opus::MAX_PACKET_BYTES);
+                // Sizes are fixed at start-up, so encoding cannot fail;
+                // if it did, the packet goes out empty (a DTX keep-alive).
+                let n = out
+                    .get_mut(header..room)
+                    .map_or(0, |dst| encoder.encode(input, dst).unwrap_or(0));
+                (n, self.config.frames_per_packet)
+            }
+            None => (codec::encode(encoding, samples, &mut out[header..]), frames),
+        };
         self.first = false;
         self.seq = self.seq.wrapping_add(1);
         // RTP timestamps count sampling instants, i.e. frames (RFC 3551 §4.1).
@@ -182,6 +232,7 @@ mod tests {
             ssrc: 0xDEAD_BEEF,
             first_seq: 65_534,
             first_timestamp: u32::MAX - 100,
+            opus: opus::EncoderConfig::default(),
         }
     }
 
@@ -365,5 +416,34 @@ mod tests {
         assert!(matches!(Packetizer::new(&c), Err(Error::TooLarge { .. })));
         c.frames_per_packet = 0;
         assert_eq!(Packetizer::new(&c).unwrap_err(), Error::Empty);
+    }
+
+    #[test]
+    fn opus_packets_are_one_encoded_frame_each_and_pad_the_last() {
+        let c = config(Encoding::Opus, 48_000, 2, Framing::Rtp { payload_type: 97 });
+        let mut p = Packetizer::new(&c).unwrap();
+        assert_eq!(p.max_datagram_len(), 12 + opus::MAX_PACKET_BYTES);
+        let mut out = vec![0u8; p.max_datagram_len()];
+        let frame: Vec<i16> = (0..960 * 2)
+            .map(|i| ((i as f64 * 0.05).sin() * 8000.0) as i16)
+            .collect();
+        let mut stamps = Vec::new();
+        for k in 0..3 {
+            let samples = if k == 2 { &frame[..500] } else { &frame[..] };
+            let n = p.packetize(samples, &mut out);
+            // 96 kbit/s, 20 ms: about 240 bytes.
+            assert!((100..=400).contains(&(n - 12)), "{n}");
+            assert_eq!(opus::packet_frames(&out[12..n]), Some(960));
+            stamps.push(u32::from_be_bytes([out[4], out[5], out[6], out[7]]));
+        }
+        assert_eq!(stamps[1].wrapping_sub(stamps[0]), 960);
+        assert_eq!(stamps[2].wrapping_sub(stamps[1]), 960);
+    }
+
+    #[test]
+    fn opus_refuses_a_frame_length_it_cannot_encode() {
+        let mut c = config(Encoding::Opus, 48_000, 2, Framing::Rtp { payload_type: 97 });
+        c.frames_per_packet = 1000;
+        assert!(matches!(Packetizer::new(&c), Err(Error::Opus(_))));
     }
 }

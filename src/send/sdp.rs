@@ -12,7 +12,7 @@
 use std::fmt::Write;
 use std::net::{IpAddr, SocketAddr};
 
-use crate::audio::format::StreamFormat;
+use crate::audio::format::{Encoding, StreamFormat};
 use crate::rtp::srtp::Suite;
 
 /// The SRTP suite and the master key and salt in base64 (`inline:`).
@@ -31,6 +31,8 @@ pub struct SdpParams {
     pub format: StreamFormat,
     pub payload_type: u8,
     pub ptime_ms: u32,
+    /// Opus: the encoder sends in-band FEC (`useinbandfec=1`).
+    pub opus_fec: bool,
     /// Multicast TTL, written on the `c=` line for IPv4 multicast.
     pub ttl: u8,
     /// Session id and version (NTP-ish numbers; any unique value will do).
@@ -56,8 +58,23 @@ pub fn describe(p: &SdpParams) -> String {
         IpAddr::V4(v4) if v4.is_multicast() => format!("{v4}/{}", p.ttl),
         _ => ip.to_string(),
     };
-    let channels = if p.format.channels > 1 {
+    let opus = p.format.encoding == Encoding::Opus;
+    // RFC 7587 section 7: Opus is always announced as opus/48000/2; the
+    // channels the sender really sends are in `sprop-stereo`.
+    let channels = if opus {
+        "/2".to_string()
+    } else if p.format.channels > 1 {
         format!("/{}", p.format.channels)
+    } else {
+        String::new()
+    };
+    let fmtp = if opus {
+        format!(
+            "a=fmtp:{} sprop-stereo={}{}\r\n",
+            p.payload_type,
+            u8::from(p.format.channels > 1),
+            if p.opus_fec { ";useinbandfec=1" } else { "" }
+        )
     } else {
         String::new()
     };
@@ -71,6 +88,7 @@ pub fn describe(p: &SdpParams) -> String {
          t=0 0\r\n\
          m=audio {port} {profile} {pt}\r\n\
          a=rtpmap:{pt} {enc}/{rate}{channels}\r\n\
+         {fmtp}\
          a=ptime:{ptime}\r\n\
          {crypto}\
          a=sendonly\r\n",
@@ -101,7 +119,6 @@ pub fn describe(p: &SdpParams) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::format::Encoding;
 
     #[test]
     fn unicast_l16_stereo() {
@@ -115,6 +132,7 @@ mod tests {
             },
             payload_type: 96,
             ptime_ms: 20,
+            opus_fec: false,
             ttl: 1,
             session_id: 42,
             crypto: None,
@@ -125,6 +143,38 @@ mod tests {
             "v=0\r\no=- 42 42 IN IP4 127.0.0.1\r\ns=netspeaker-send\r\n\
              c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 96\r\n\
              a=rtpmap:96 L16/48000/2\r\na=ptime:20\r\na=sendonly\r\n"
+        );
+    }
+
+    #[test]
+    fn opus_is_announced_as_rfc_7587_says() {
+        let mut p = SdpParams {
+            dest: "127.0.0.1:5004".parse().unwrap(),
+            origin: "127.0.0.1".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::Opus,
+                rate: 48_000,
+                channels: 2,
+            },
+            payload_type: 97,
+            ptime_ms: 20,
+            opus_fec: true,
+            ttl: 1,
+            session_id: 42,
+            crypto: None,
+            name: "netspeaker-send".into(),
+        };
+        let text = describe(&p);
+        assert!(
+            text.contains("a=rtpmap:97 opus/48000/2\r\na=fmtp:97 sprop-stereo=1;useinbandfec=1\r\na=ptime:20\r\n"),
+            "{text}"
+        );
+        p.format.channels = 1;
+        p.opus_fec = false;
+        let text = describe(&p);
+        assert!(
+            text.contains("a=rtpmap:97 opus/48000/2\r\na=fmtp:97 sprop-stereo=0\r\n"),
+            "{text}"
         );
     }
 
@@ -140,6 +190,7 @@ mod tests {
             },
             payload_type: 0,
             ptime_ms: 40,
+            opus_fec: false,
             ttl: 16,
             session_id: 7,
             crypto: None,
@@ -164,6 +215,7 @@ mod tests {
             },
             payload_type: 8,
             ptime_ms: 20,
+            opus_fec: false,
             ttl: 5,
             session_id: 1,
             crypto: None,
@@ -186,6 +238,7 @@ mod tests {
             },
             payload_type: 0,
             ptime_ms: 20,
+            opus_fec: false,
             ttl: 1,
             session_id: 3,
             crypto: Some(Crypto {
