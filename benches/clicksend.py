@@ -15,6 +15,11 @@ loopback, send time is arrival time to within microseconds.
 
 Kinds: l16 (RTP, dynamic PT 96, network byte order), pcmu (RTP PT 0),
 raw (headerless s16le, the tutorial's stream). Standard library only.
+
+Skew: --skew-ppm P plays a sender whose clock runs P ppm fast (negative:
+slow) against CLOCK_MONOTONIC: packets keep their frames and timestamps
+but leave every ptime / (1 + P / 1e6) seconds, so the stream delivers
+rate * (1 + P / 1e6) frames per second of the receiver's clock.
 """
 import argparse
 import math
@@ -52,12 +57,16 @@ def main():
     ap.add_argument("--click-every", type=float, default=2.5)
     ap.add_argument("--first-click", type=float, default=1.5)
     ap.add_argument("--dest", default="127.0.0.1:5004")
+    ap.add_argument("--skew-ppm", type=float, default=0.0,
+                    help="the sender's clock runs this many ppm fast (negative: slow)")
     a = ap.parse_args()
 
     host, port = a.dest.rsplit(":", 1)
     frames = a.rate * a.ptime_ms // 1000
     ptime = a.ptime_ms / 1000.0
     packets = int(round(a.seconds / ptime))
+    # Seconds of CLOCK_MONOTONIC between packets: a fast clock sends sooner.
+    interval = ptime / (1.0 + a.skew_ppm / 1e6)
     click_frames = max(1, a.rate * 2 // 1000)
 
     # Precompute every distinct payload: the tone repeats every 20 ms for
@@ -99,7 +108,7 @@ def main():
     out = sys.stdout
     start = time.monotonic() + 0.05
     for k in range(packets):
-        deadline = start + k * ptime
+        deadline = start + k * interval
         delay = deadline - time.monotonic()
         if delay > 0:
             time.sleep(delay)

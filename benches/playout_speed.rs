@@ -1,0 +1,145 @@
+//! What the receiver's own playout work costs per second of audio, apart
+//! from ALSA, the sound server and the network thread: the real `Engine`
+//! (jitter buffer, clock estimate, delay control, resampler) plus the
+//! conversion to the device's S16, in simulated time, for a 48 kHz stereo
+//! L16 stream in 20 ms packets played by a 48 kHz stereo device; the
+//! sender's clock runs `ppm` fast against the device's (0: the same clock,
+//! which is passed through bit-exact once the estimate is trusted).
+//!
+//!     cargo bench --bench playout_speed                 # every case, time
+//!     target/.../playout_speed 4 follow+                # one 4 s run, one case
+//!
+//! Each run first plays `SETTLE_S` simulated seconds (the clock estimate
+//! becomes trusted, pass-through or following starts), then the measured
+//! seconds. A number argument sets the measured seconds and makes it a
+//! single run: under callgrind or qemu the difference between two such
+//! runs of different length is the cost per second of audio in the steady
+//! state (the settling cancels). A word picks the cases whose name contains
+//! it (`pass5`, `pass10`, `follow+`, `follow-`). Prints, per case, the share of
+//! measured periods that were bit-exact, and the CPU time (meaningless
+//! under an emulator).
+use netspeaker::audio::convert::{to_device, Layout};
+use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::receive::engine::{Engine, PlayoutConfig, ResamplerBank};
+use netspeaker::rtp::packet::Packet;
+use std::time::Instant;
+
+const RATE: u32 = 48_000;
+const CHANNELS: usize = 2;
+const PTIME_FRAMES: usize = 960;
+const SETTLE_S: u64 = 20;
+
+struct Outcome {
+    cpu_s: f64,
+    passthrough_share: f64,
+    drift_ppm: f64,
+}
+
+/// One run: settle, then `seconds` of audio at `ppm`, `period_ms` periods.
+fn once(ppm: f64, period_ms: u64, seconds: f64) -> Outcome {
+    let config = PlayoutConfig {
+        period_ms: period_ms as u32,
+        max_rate: RATE,
+        max_channels: CHANNELS as u16,
+        stream_formats: vec![(RATE, CHANNELS as u16)],
+        ..PlayoutConfig::default()
+    };
+    let mut engine = Engine::new(&config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
+    let _ = engine.attach_device(CHANNELS as u16, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: RATE,
+        channels: CHANNELS as u16,
+    };
+    let period_frames = RATE as usize * period_ms as usize / 1000;
+    let mut out = vec![0.0f32; period_frames * CHANNELS];
+    let mut device = vec![0u8; period_frames * CHANNELS * 2];
+    // One second of a quiet tone, encoded once: packets cycle through it.
+    let tone: Vec<u8> = (0..RATE as usize)
+        .flat_map(|n| {
+            let v = (300.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / RATE as f64).sin())
+                as i16;
+            [v.to_be_bytes(), v.to_be_bytes()]
+        })
+        .flatten()
+        .collect();
+    let packet_bytes = PTIME_FRAMES * CHANNELS * 2;
+    let mut slot = Packet::empty(format);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let interval_ns = 20_000_000.0 / (1.0 + ppm * 1e-6);
+    let period_ns = period_ms * 1_000_000;
+    let settle_ticks = SETTLE_S * 1000 / period_ms;
+    let ticks = settle_ticks + (seconds * 1000.0 / period_ms as f64) as u64;
+    let mut k = 0u64;
+    let mut passthrough = 0u64;
+    let mut start = Instant::now();
+    for tick in 1..=ticks {
+        if tick == settle_ticks + 1 {
+            start = Instant::now();
+        }
+        let now = tick * period_ns;
+        loop {
+            let sent = (k as f64 * interval_ns) as u64;
+            // Up to 1 ms of arrival jitter, as on loopback.
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let arrival = sent + rng % 1_000_000;
+            if arrival > now {
+                break;
+            }
+            slot.arrival_ns = arrival;
+            slot.ssrc = 7;
+            slot.seq = k as u16;
+            slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
+            slot.marker = k == 0;
+            slot.payload_type = 96;
+            slot.payload.clear();
+            let at = (k as usize * packet_bytes) % tone.len();
+            let _ = slot.payload.extend_from_slice(&tone[at..at + packet_bytes]);
+            engine.push(std::hint::black_box(&slot));
+            k += 1;
+        }
+        engine.render(&mut out, now);
+        to_device(Layout::S16Le, &out, &mut device);
+        std::hint::black_box(&device);
+        engine.device_position(now, tick * period_frames as u64);
+        if tick > settle_ticks && engine.metrics().passthrough {
+            passthrough += 1;
+        }
+    }
+    Outcome {
+        cpu_s: start.elapsed().as_secs_f64(),
+        passthrough_share: passthrough as f64 / (ticks - settle_ticks).max(1) as f64,
+        drift_ppm: engine.metrics().drift_ppm,
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let seconds = args.iter().find_map(|a| a.parse::<f64>().ok());
+    let only = args
+        .iter()
+        .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
+    let cases: [(&str, f64, u64); 4] = [
+        ("pass5: 0 ppm, 5 ms periods", 0.0, 5),
+        ("follow+: +1000 ppm, 5 ms periods", 1000.0, 5),
+        ("follow-: -1000 ppm, 5 ms periods", -1000.0, 5),
+        ("pass10: 0 ppm, 10 ms periods", 0.0, 10),
+    ];
+    for (name, ppm, period_ms) in cases {
+        if only.is_some_and(|w| !name.contains(w.as_str())) {
+            continue;
+        }
+        let secs = seconds.unwrap_or(20.0);
+        let o = once(ppm, period_ms, secs);
+        println!(
+            "{name:<34} {secs} s: bit-exact {:.0} % of periods, drift estimate {:+.1} ppm, {:.4} s CPU ({:.3} % of one core)",
+            o.passthrough_share * 100.0,
+            o.drift_ppm,
+            o.cpu_s,
+            o.cpu_s / secs * 100.0
+        );
+    }
+}
