@@ -448,12 +448,23 @@ fn drift_case(name: &str, ppm: f64) {
             let signal = signal.clone();
             std::thread::spawn(move || send_rtp_timed(dest(port), &pcmu_8k(), &signal, interval))
         };
-        // One reading of the statistics line per second of the stream.
+        // One reading of the statistics line per second of the stream, and
+        // more in between on demand (SIGUSR1), at times that fall on every
+        // phase of the packets' 20 ms saw, for the buffer's mean level.
         let mut readings: Vec<(u32, Stats)> = Vec::new();
+        let mut levels: Vec<(f64, f64)> = Vec::new();
+        let pid = nix::unistd::Pid::from_raw(rx.pid() as i32);
         for s in 1..=seconds {
             let at = t0 + Duration::from_millis(u64::from(s) * 1000 + 100);
-            if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
+            while let Some(wait) = at.checked_duration_since(Instant::now()) {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGUSR1);
+                std::thread::sleep(wait.min(Duration::from_millis(37)));
+                if let Some(st) = Stats::last_in(&rx.log_text()) {
+                    levels.push((
+                        t0.elapsed().as_secs_f64(),
+                        st.get("buffer") - st.get("target"),
+                    ));
+                }
             }
             if let Some(stats) = Stats::last_in(&rx.log_text()) {
                 readings.push((s, stats));
@@ -504,13 +515,12 @@ fn drift_case(name: &str, ppm: f64) {
         // moved by less than 5 ms (unfollowed, +1000 ppm adds 20 ms in
         // those 20 s; the controller corrects from 3 ms of error).
         let excess = |from: u32, to: u32| {
-            let v: Vec<f64> = (from..to)
-                .map(|s| {
-                    let st = at(s);
-                    st.get("buffer") - st.get("target")
-                })
+            let v: Vec<f64> = levels
+                .iter()
+                .filter(|(t, _)| (f64::from(from)..f64::from(to)).contains(t))
+                .map(|&(_, e)| e)
                 .collect();
-            v.iter().sum::<f64>() / v.len() as f64
+            v.iter().sum::<f64>() / v.len().max(1) as f64
         };
         let (start, end) = (excess(5, 10), excess(24, 29));
         eprintln!("{name}: buffer over target {start:.1} ms (5-10 s), {end:.1} ms (24-29 s)");

@@ -47,7 +47,7 @@ const DEVICE_CHANNELS: u16 = 2;
 /// 20 ms block), each at 5000 (peak 15000), 10 s.
 const TONES: [f64; 3] = [250.0, 650.0, 1000.0];
 const TONE_AMPLITUDE: i16 = 5000;
-const G711_SECONDS: usize = 10;
+const G711_SECONDS: usize = 15;
 /// Judged: the last seconds before the stream's end (the first seconds of
 /// a stream, while the delay settles, are judged by tests/defaults.rs's
 /// burst timing).

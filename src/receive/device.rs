@@ -35,7 +35,6 @@ use std::time::Duration;
 use crate::alsa::playback::{AlsaError, AlsaOut, DeviceConfig, Negotiated};
 use crate::audio::resample::ResampleError;
 use crate::receive::engine::{PlayoutConfig, ResamplerBank};
-use crate::service::clock::monotonic_ns;
 
 /// Requests and replies in flight at once: one open and a few closes.
 pub const DEVICE_QUEUE: usize = 8;
@@ -151,7 +150,11 @@ pub struct DeviceLink {
     backoff_ms: u64,
     requests: heapless::spsc::Producer<'static, Request>,
     replies: heapless::spsc::Consumer<'static, Reply>,
-    closing_since_ns: Arc<AtomicU64>,
+    /// Closes handed to the device thread, and (its count) done: a close
+    /// is pending from the moment it is handed over, not only once the
+    /// device thread has picked it up.
+    closes_asked: u64,
+    closes_done: Arc<AtomicU64>,
     /// Writes after which a device that never made us wait counts as
     /// consuming all the same.
     writes_to_confirm: u64,
@@ -161,7 +164,7 @@ impl DeviceLink {
     pub fn new(
         requests: heapless::spsc::Producer<'static, Request>,
         replies: heapless::spsc::Consumer<'static, Reply>,
-        closing_since_ns: Arc<AtomicU64>,
+        closes_done: Arc<AtomicU64>,
         buffer_periods: u32,
     ) -> DeviceLink {
         DeviceLink {
@@ -169,7 +172,8 @@ impl DeviceLink {
             backoff_ms: BACKOFF_MIN_MS,
             requests,
             replies,
-            closing_since_ns,
+            closes_asked: 0,
+            closes_done,
             writes_to_confirm: WRITES_TO_CONFIRM.max(buffer_periods as u64 + 2),
         }
     }
@@ -292,7 +296,9 @@ impl DeviceLink {
         );
         match state {
             State::Open { device, .. } => {
+                self.closes_asked += 1;
                 if let Err(Request::Close(device)) = self.requests.enqueue(Request::Close(device)) {
+                    self.closes_asked -= 1;
                     // The queue holds 8 requests and the device thread
                     // runs them in order; a full queue means it is stuck
                     // in a close, so this one would wait there too. Keep
@@ -320,7 +326,7 @@ impl DeviceLink {
 
     /// A close is running on the device thread.
     pub fn closing(&self) -> bool {
-        self.closing_since_ns.load(Relaxed) != 0
+        self.closes_asked > self.closes_done.load(Relaxed)
     }
 
     /// At shutdown: hands the device to the device thread to close.
@@ -334,7 +340,7 @@ pub struct DeviceThread {
     pub config: PlayoutConfig,
     pub requests: heapless::spsc::Consumer<'static, Request>,
     pub replies: heapless::spsc::Producer<'static, Reply>,
-    pub closing_since_ns: Arc<AtomicU64>,
+    pub closes_done: Arc<AtomicU64>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -351,9 +357,8 @@ impl DeviceThread {
                     let _ = self.replies.enqueue(reply);
                 }
                 Some(Request::Close(device)) => {
-                    self.closing_since_ns.store(monotonic_ns().max(1), Relaxed);
                     drop(device);
-                    self.closing_since_ns.store(0, Relaxed);
+                    self.closes_done.fetch_add(1, Relaxed);
                 }
                 Some(Request::Free(bank)) => drop(bank),
                 None => {

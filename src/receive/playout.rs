@@ -442,13 +442,13 @@ pub fn start(
     let (request_tx, request_rx) = requests.split();
     let replies: &'static mut ReplyQueue = Box::leak(Box::new(ReplyQueue::new()));
     let (reply_tx, reply_rx) = replies.split();
-    let closing_since_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let closes_done = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let device_stop = Arc::new(AtomicBool::new(false));
     let device_thread = DeviceThread {
         config: config.clone(),
         requests: request_rx,
         replies: reply_tx,
-        closing_since_ns: Arc::clone(&closing_since_ns),
+        closes_done: Arc::clone(&closes_done),
         stop: Arc::clone(&device_stop),
     };
     let device_thread = std::thread::Builder::new()
@@ -461,12 +461,7 @@ pub fn start(
     let playout = PlayoutThread {
         config: config.clone(),
         engine,
-        device: DeviceLink::new(
-            request_tx,
-            reply_rx,
-            closing_since_ns,
-            config.buffer_periods,
-        ),
+        device: DeviceLink::new(request_tx, reply_rx, closes_done, config.buffer_periods),
         packets,
         events: event_tx,
         stats,
