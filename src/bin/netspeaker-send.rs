@@ -42,9 +42,9 @@ Stream:
       --codec CODEC         l16, pcmu, pcma or opus [default: l16]; opus is
                             sent at 48 kHz (converted), 1 or 2 channels
       --payload-type PT     RTP payload type for L16 or Opus, 96 to 127
-                            [default: 96; Opus: 97; L16 with --sap: 127, the
-                            only one PulseAudio's module-rtp-recv plays L16
-                            under]
+                            [default: 96] (Opus: 97; L16 with --sap: 127,
+                            the only one PulseAudio's module-rtp-recv plays
+                            L16 under)
       --bitrate RATE        Opus bitrate in bit/s, 6k to 510k (e.g. 96k)
                             [default: 96k]
       --fec                 Opus in-band FEC (useinbandfec=1): a lost packet
