@@ -368,7 +368,10 @@ fn device_lost_and_back_without_restarting_the_receiver() {
     let port = free_port();
     let (mut pulse, alsa, mut rx) =
         receiver_on_defaults(&dir, port, &["--rtp-format", "96=L16/48000/2"]);
-    let signal: Vec<i16> = multitone(48_000, 48_000 * 8, &TONES, TONE_AMPLITUDE)
+    // 16 s: what was held while the server was away (the loss, then its
+    // new stream's start) is caught up at up to 20 % faster, some 10 s,
+    // before the judged last second.
+    let signal: Vec<i16> = multitone(48_000, 48_000 * 16, &TONES, TONE_AMPLITUDE)
         .into_iter()
         .flat_map(|v| [v, v])
         .collect();
@@ -415,14 +418,19 @@ fn device_lost_and_back_without_restarting_the_receiver() {
         stats.get("stretched")
     );
     assert!(
-        stats.get("packets") + stats.get("dropped") >= 395.0,
+        stats.get("packets") + stats.get("dropped") >= 795.0,
         "packets kept being received and counted\n{log}"
     );
+    // Issue #10: the realtime threads allocated nothing, through the loss
+    // of the device and its reopening.
+    assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
     // The file plugin starts a new recording when the device is reopened.
-    // Its last second before the end of the stream must be the signal,
-    // clean: playback resumed, and nothing is lost, repeated or clicks in
-    // it (each 20 ms fitted with the tones leaves less than -50 dB, the
-    // bar of the conversion test below; the signal itself leaves ~-85 dB).
+    // Its last second before the end of the stream must be the signal:
+    // playback resumed, and nothing is lost, repeated or clicks in it.
+    // Each 20 ms fitted with the tones: a lost or repeated piece or a click
+    // leaves 0-15 dB; a resampled correction of the delay still under way
+    // after the catch-up (≤ 1000 ppm, inaudible) leaves 35-40 dB, against
+    // the fixed tones of the fit; clean pass-through ~85 dB. Bar: 30 dB.
     let recording = first_channel_s16(&read_s16le(&alsa.paced), 2);
     let fits = common::tail_fits(&recording, 48_000, &TONES, TONE_AMPLITUDE, 1);
     let snr: Vec<f64> = fits.iter().map(|f| f.snr_db).collect();
@@ -437,7 +445,7 @@ fn device_lost_and_back_without_restarting_the_receiver() {
         "less than a second played after the restart\n{log}"
     );
     assert!(
-        worst >= 50.0,
+        worst >= 30.0,
         "the last second played after the restart is not the clean signal: \
          worst 20 ms at {worst:.1} dB\n{log}"
     );
