@@ -511,9 +511,8 @@ fn drift_case(name: &str, ppm: f64) {
         assert_eq!(early, late, "the jitter buffer ran dry mid-stream\n{log}");
         assert!(last.get("starved") <= early + 1.0, "{log}");
         // The delay holds its target: the buffer's excess over the target,
-        // averaged over 5 s twice, moved by less than 5 ms (unfollowed,
-        // +1000 ppm adds 12 ms in those 12 s; the controller corrects from
-        // 3 ms of error).
+        // averaged over 5 s twice, stays within the correction band
+        // (unfollowed, +1000 ppm adds 12 ms in those 12 s).
         let excess = |from: u32, to: u32| {
             let v: Vec<f64> = levels
                 .iter()
@@ -528,9 +527,12 @@ fn drift_case(name: &str, ppm: f64) {
         // must hold it.
         let (start, end) = (excess(12, 17), excess(24, 29));
         eprintln!("{name}: buffer over target {start:.1} ms (12-17 s), {end:.1} ms (24-29 s)");
+        // The policy lets the delay sit within 3 ms of its target (it
+        // passes, or converts at the exact ratio, until then); averaged
+        // over 5 s of the packets' saw, 1 ms more.
         assert!(
-            (end - start).abs() < 5.0,
-            "the delay wandered: buffer over target {start:.1} ms at 12-17 s, \
+            start.abs() < 4.0 && end.abs() < 4.0,
+            "the delay left its target: buffer over target {start:.1} ms at 12-17 s, \
              {end:.1} ms at 24-29 s\n{log}"
         );
         let recording = read_s16le(&alsa.paced);
