@@ -20,8 +20,17 @@ targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 # under qemu-aarch64-static). The native run covers the rest: alsa_out, e2e,
 # e2e_multicast, faults, impair, interop, send_* except send_alloc, and the
 # receiver end-to-end tests in notify.rs (skipped here).
+#
+# Three library tests choose a multicast interface, which qemu user mode
+# (Debian 12's 7.2) cannot pass on: it has no IP_MULTICAST_IF (ENOPROTOOPT)
+# and, for a 64-bit guest, drops the interface index of an ip_mreqn join
+# (its target struct is sized with a long), so the kernel joins by route.
+# The native run covers them; on a real Pi the kernel takes both.
 qemu_tests=(--lib --test playout_sim --test playout_alloc --test net_alloc --test send_alloc
-    --test quality --test net_ffmpeg --test deploy --test notify -- --skip receiver::)
+    --test quality --test net_ffmpeg --test deploy --test notify -- --skip receiver::
+    --skip multicast_out_options_read_back
+    --skip multicast_interface_by_name_or_address_of_either_family
+    --skip group_on_absent_interface_waits_and_joins_when_it_appears)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -73,12 +73,18 @@ fn allocations_while_streaming(
         },
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let heartbeat = Heartbeat::new();
+    let heartbeat = Arc::new(Heartbeat::new());
     let mut sender = Sender::new(&config, &stop, &heartbeat).unwrap().unwrap();
+    // Stopped by packets sent, not by time: under qemu the same 40 packets
+    // take longer than on the host.
     let stopper = {
         let stop = Arc::clone(&stop);
+        let heartbeat = Arc::clone(&heartbeat);
         std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            let t0 = std::time::Instant::now();
+            while heartbeat.count() < 40 && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
             stop.store(true, Ordering::Relaxed);
         })
     };
@@ -88,7 +94,7 @@ fn allocations_while_streaming(
     common::alloc::count_this_thread(false);
     let after = common::alloc::allocations();
     stopper.join().unwrap();
-    // About 40 packets of 10 ms went out, across several loops of the file,
+    // 40 packets of 10 ms went out, across several loops of the file,
     // each a beat for the watchdog.
     assert!(summary.packets >= 30, "{summary:?}");
     assert!(

@@ -1409,8 +1409,17 @@ mod tests {
                 assert!(st.success(), "ip {args:?}");
             };
             let next = || rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            // A failed assertion below must end the watch too, or the
+            // scope waits for it forever instead of failing.
+            struct StopOnDrop<'a>(&'a AtomicBool);
+            impl Drop for StopOnDrop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
             std::thread::scope(|s| {
                 s.spawn(|| watch.run(&tx, &stop));
+                let _stop = StopOnDrop(&stop);
                 ip("link add late0 type veth peer name late1");
                 assert!(
                     matches!(next(), LinkEvent::Joined { index, why: Change::Appeared { .. }, .. } if index > 0)

@@ -272,22 +272,8 @@ pub fn set_multicast_out(
             .map_err(option_err("IP_MULTICAST_LOOP"))?;
         if let Some(i) = &out.interface {
             let req = i.mreqn(Ipv4Addr::UNSPECIFIED);
-            match set_raw(socket, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &req) {
-                Ok(()) => {}
-                // The older form, by the interface's address: what some
-                // emulators (qemu user mode) and old kernels take.
-                Err(e @ (Errno::ENOPROTOOPT | Errno::EINVAL)) => match i.v4_address {
-                    Some(v4) => {
-                        let addr = libc::in_addr {
-                            s_addr: u32::from(v4).to_be(),
-                        };
-                        set_raw(socket, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &addr)
-                            .map_err(option_err("IP_MULTICAST_IF"))?;
-                    }
-                    None => return Err(option_err("IP_MULTICAST_IF")(e)),
-                },
-                Err(e) => return Err(option_err("IP_MULTICAST_IF")(e)),
-            }
+            set_raw(socket, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &req)
+                .map_err(option_err("IP_MULTICAST_IF"))?;
         }
     } else {
         sock::setsockopt(
