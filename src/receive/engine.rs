@@ -199,7 +199,10 @@ const HEADROOM_MS: f64 = 40.0;
 pub const MAX_PERIOD_MS: u32 = 100;
 
 /// Audio kept while there is no device to play it (see `capacity_ms`).
-const MIN_CAPACITY_MS: u32 = 2_000;
+/// PulseAudio and PipeWire take 1.5-2 s to open and start a stream (and
+/// more on a loaded Pi): 2 s was measured to drop the end of that wait's
+/// audio; 3 s keeps all of it.
+const MIN_CAPACITY_MS: u32 = 3_000;
 
 /// The pure playout chain; one call to `render` makes one device period.
 pub struct Engine {
