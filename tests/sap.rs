@@ -34,6 +34,13 @@ fn paced_slot() -> std::sync::MutexGuard<'static, ()> {
 const NETNS_SETUP: &str =
     "ip link set lo up; ip link set lo multicast on; ip route add 224.0.0.0/4 dev lo";
 
+/// Every script starts with this: `wait_log PATTERN FILE TENTHS` waits
+/// until FILE holds PATTERN, for at most TENTHS tenths of a second.
+const WAIT_LOG: &str = "wait_log() {
+  n=0
+  while ! grep -q \"$1\" \"$2\"; do sleep 0.1; n=$((n+1)); [ $n -lt \"$3\" ] || return 1; done
+}";
+
 /// Starts a private PulseAudio inside the namespace with `modules`; the
 /// script then has PULSE_SERVER set and `$pa` holds its pid.
 fn pulse_script(dir: &Path, modules: &str) -> String {
@@ -64,7 +71,7 @@ while ! pactl info >/dev/null 2>&1; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || 
 
 fn run_in_namespace(script: &str) -> std::process::Output {
     let out = Command::new("unshare")
-        .args(["-n", "sh", "-c", script])
+        .args(["-n", "sh", "-c", &format!("{WAIT_LOG}\n{script}")])
         .env_remove("INVOCATION_ID")
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
@@ -72,6 +79,20 @@ fn run_in_namespace(script: &str) -> std::process::Output {
         .output()
         .expect("run unshare (util-linux)");
     out
+}
+
+/// Runs a script that starts the receiver with its log in `log`; the
+/// script must succeed. Returns the receiver's log.
+fn run_receiver_script(script: &str, log: &Path) -> String {
+    let out = run_in_namespace(script);
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{}\n{}\nreceiver log:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 fn tone_wav(path: &Path, freq: f64, seconds: f64) {
@@ -183,15 +204,13 @@ ALSA_CONFIG_PATH={conf} {RX} --sap 'PulseAudio*' --device paced --period-ms 10 -
   --no-mlock --rt-priority 0 --stats-interval 0 2>{log} >/dev/null &
 r=$!
 trap 'kill $r $pa 2>/dev/null || true' EXIT
-n=0
-while ! grep -q 'open:' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 150 ] || exit 1; done
+wait_log 'open:' {log} 150 || exit 1
 {JUNK}
 sleep 0.7
 paplay -d desk {wav}
 sleep 0.5
 pactl unload-module module-rtp-send
-n=0
-while ! grep -q 'deleted by its sender' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+wait_log 'deleted by its sender' {log} 50 || exit 1
 sleep 1
 kill -TERM $r
 wait $r",
@@ -199,14 +218,7 @@ wait $r",
         log = log.display(),
         wav = wav.display(),
     );
-    let out = run_in_namespace(&script);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nreceiver log:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_receiver_script(&script, &log);
     // The format came from the announcement: no --rtp-format was given.
     assert!(
         text.lines()
@@ -337,11 +349,9 @@ trap 'kill $r 2>/dev/null || true' EXIT
 sleep 0.3
 {TX} -q --sap hall --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav} &
 t=$!
-n=0
-while ! grep -q 'sap: playing' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+wait_log 'sap: playing' {log} 100 || exit 1
 wait $t
-n=0
-while ! grep -q 'deleted by its sender' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+wait_log 'deleted by its sender' {log} 50 || exit 1
 {TX} -q --sap hall --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav}
 {TX} -q --sap hall --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.1:5006 {wav}
 sleep 0.5
@@ -351,14 +361,7 @@ wait $r",
         log = log.display(),
         wav = wav.display(),
     );
-    let out = run_in_namespace(&script);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nreceiver log:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_receiver_script(&script, &log);
     assert!(
         text.contains("sap: playing 'hall' at 239.255.77.1:5004 PT 0 PCMU/8000/1"),
         "{text}"
@@ -477,14 +480,7 @@ wait $r",
         log = log.display(),
         wav = wav.display(),
     );
-    let out = run_in_namespace(&script);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nreceiver log:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_receiver_script(&script, &log);
     assert!(text.contains("ff02::2:7ffe"), "{text}");
     assert!(
         text.contains("sap: playing 'hall' at [ff15::77]:5004 PT 8 PCMA/8000/1"),
@@ -514,8 +510,7 @@ fn sap_name_forms() {
             "{NETNS_SETUP}
 ALSA_CONFIG_PATH={conf} {RX} --device null --no-mlock --rt-priority 0 {args} 2>{log} &
 r=$!
-n=0
-while ! grep -q 'waiting for' {log}; do sleep 0.05; n=$((n+1)); [ $n -lt 100 ] || break; done
+wait_log 'waiting for' {log} 50 || true
 kill -TERM $r
 wait $r",
             conf = alsa.path.display(),
@@ -549,12 +544,10 @@ sleep 0.3
 a=$!
 {TX} -q --sap desk --loop --codec pcma --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav} &
 d=$!
-n=0
-while ! grep -q 'sessions match' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+wait_log 'sessions match' {log} 50 || exit 1
 kill -INT $a
 wait $a
-n=0
-while ! grep -q 'sap: playing' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 50 ] || exit 1; done
+wait_log 'sap: playing' {log} 50 || exit 1
 sleep 0.5
 kill -INT $d
 wait $d
@@ -565,14 +558,7 @@ wait $r",
         log = log.display(),
         wav = wav.display(),
     );
-    let out = run_in_namespace(&script);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nreceiver log:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_receiver_script(&script, &log);
     assert!(
         text.contains("2 sessions match, waiting until one is left or name one with --sap NAME: 'attic', 'desk'"),
         "{text}"
@@ -612,8 +598,7 @@ r=$!
 trap 'kill $r 2>/dev/null || true' EXIT
 sleep 0.3
 {announce}
-n=0
-while ! grep -q 'open:' {log}; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+wait_log 'open:' {log} 100 || exit 1
 {TX} -q --codec pcmu --rt-priority 0 --no-mlock --dest 239.255.77.1:5004 {wav}
 sleep 0.3
 kill -TERM $r
@@ -622,14 +607,7 @@ wait $r",
         log = log.display(),
         wav = wav.display(),
     );
-    let out = run_in_namespace(&script);
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        out.status.success(),
-        "{}\n{}\nreceiver log:\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_receiver_script(&script, &log);
     assert!(
         text.contains("sap: playing 'door' at 239.255.77.1:5004 PT 0 PCMU/8000/1"),
         "{text}"
