@@ -39,34 +39,17 @@ fn paced_slot() -> std::sync::MutexGuard<'static, ()> {
     PACED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts a private PulseAudio server and the receiver on `paced`.
+/// As `receiver_on_defaults`, with a 10 ms period and a 40 ms device
+/// buffer: the PulseAudio ALSA plugin is itself the client of a
+/// non-realtime server.
 fn receiver_on_paced(
     dir: &TestDir,
     port: u16,
     extra: &[&str],
 ) -> (PulseServer, AlsaConfig, RunningReceiver) {
-    let pulse = PulseServer::start(&dir.path);
-    let alsa = AlsaConfig::write(&dir.path);
-    let listen = format!("127.0.0.1:{port}");
-    // The PulseAudio ALSA plugin is itself the client of a non-realtime
-    // server: give it a 10 ms period and a 40 ms buffer.
-    let mut args = vec![
-        "--device",
-        "paced",
-        "--listen",
-        &listen,
-        "--stats-interval",
-        "0",
-        "--period-ms",
-        "10",
-        "--buffer-periods",
-        "4",
-    ];
+    let mut args = vec!["--period-ms", "10", "--buffer-periods", "4"];
     args.extend_from_slice(extra);
-    let mut env = alsa.env();
-    env.extend(pulse.env());
-    let rx = RunningReceiver::start(&args, &env, dir.file("receiver.log"));
-    (pulse, alsa, rx)
+    receiver_on_defaults(dir, port, &args)
 }
 
 /// Starts a private PulseAudio server and the receiver on `paced` with its
