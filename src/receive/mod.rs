@@ -13,6 +13,7 @@ pub mod events;
 pub mod jitter;
 pub mod opus_store;
 pub mod playout;
+pub mod priority;
 pub mod sap;
 pub mod source;
 pub mod stats;
