@@ -18,3 +18,4 @@ pub mod sap;
 pub mod source;
 pub mod stats;
 pub mod stretch;
+pub mod streams;
