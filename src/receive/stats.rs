@@ -50,6 +50,9 @@ pub struct PlayoutStats {
     /// rates (clocks agree), 0 resampled to follow a clock or correct the
     /// delay.
     pub passthrough: AtomicU32,
+    /// Several streams: the one that owns the speaker, as its index + 1
+    /// (0: none is live).
+    pub speaker: AtomicU32,
 }
 
 /// One reading of every figure, in plain numbers: what the line prints.
