@@ -670,7 +670,8 @@ pub fn run_streams(
         queue: events,
         pending: [0; KINDS],
     };
-    let timeout = PollTimeout::try_from(RECV_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    let timeout =
+        PollTimeout::try_from(RECV_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
     while !stop.load(Ordering::Relaxed) {
         let mut ready = [false; MAX];
         {

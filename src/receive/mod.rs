@@ -17,5 +17,5 @@ pub mod priority;
 pub mod sap;
 pub mod source;
 pub mod stats;
-pub mod stretch;
 pub mod streams;
+pub mod stretch;

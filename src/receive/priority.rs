@@ -204,7 +204,9 @@ impl Arbiter {
             }
             lane.live = live;
         }
-        let current = self.owner.filter(|&i| self.lanes.get(i).is_some_and(|l| l.live));
+        let current = self
+            .owner
+            .filter(|&i| self.lanes.get(i).is_some_and(|l| l.live));
         let mut best: Option<usize> = current;
         for (i, lane) in self.lanes.iter().enumerate() {
             if !lane.live {
@@ -400,7 +402,12 @@ mod tests {
     #[test]
     fn ducked_music_ramps_back_up_over_20_ms() {
         let mut a = arbiter(&[1, 9]);
-        run(&mut a, 0, 2000, |t| if t < 1000 { vec![0, 1] } else { vec![0] });
+        run(
+            &mut a,
+            0,
+            2000,
+            |t| if t < 1000 { vec![0, 1] } else { vec![0] },
+        );
         // The page was last heard at 980 ms: at 1975 still held.
         assert_eq!(a.owner(), Some(0), "the page released at 1980 ms");
         let mut a = arbiter(&[1, 9]);
@@ -464,7 +471,12 @@ mod tests {
     #[test]
     fn everything_quiet_frees_the_speaker_and_nothing_is_ducked() {
         let mut a = arbiter(&[1, 9]);
-        let changes = run(&mut a, 0, 2000, |t| if t < 500 { vec![0, 1] } else { vec![] });
+        let changes = run(
+            &mut a,
+            0,
+            2000,
+            |t| if t < 500 { vec![0, 1] } else { vec![] },
+        );
         assert_eq!(
             changes.last(),
             Some(&(
