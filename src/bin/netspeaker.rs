@@ -13,8 +13,8 @@ use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::events::EventLog;
 use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
 use netspeaker::receive::priority::{ArbiterConfig, Duck, MAX_STREAMS};
-use netspeaker::receive::streams::StreamSpec;
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
+use netspeaker::receive::streams::StreamSpec;
 use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::log::{self as logging, LogTarget};
@@ -222,9 +222,9 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
                 o.net.group = Some(addr);
             }
             "--interface" => o.net.interface = Some(value()?),
-            "--stream" => o.streams.push(
-                StreamSpec::parse(&value()?).map_err(|e| usage::Error::rule(e.to_string()))?,
-            ),
+            "--stream" => o
+                .streams
+                .push(StreamSpec::parse(&value()?).map_err(|e| usage::Error::rule(e.to_string()))?),
             "--duck-db" => o.arbiter.duck = parse_duck(&value()?)?,
             "--hold-ms" => o.arbiter.hold_ms = number("--hold-ms", &value()?, 0..=600_000)?,
             "--sap" => {
@@ -410,9 +410,21 @@ fn check_streams(o: &Options) -> Result<(), usage::Error> {
         return Ok(());
     }
     let replaced = [
-        (o.listen_given, "--listen", "give its address as one more --stream"),
-        (o.net.group.is_some(), "--group", "give group= in the --stream that joins it"),
-        (o.raw.is_some(), "--raw", "several streams are RTP; headerless PCM plays alone with --listen"),
+        (
+            o.listen_given,
+            "--listen",
+            "give its address as one more --stream",
+        ),
+        (
+            o.net.group.is_some(),
+            "--group",
+            "give group= in the --stream that joins it",
+        ),
+        (
+            o.raw.is_some(),
+            "--raw",
+            "several streams are RTP; headerless PCM plays alone with --listen",
+        ),
     ];
     if let Some((_, option, what)) = replaced.iter().find(|(given, _, _)| *given) {
         return Err(usage::Error::rule(format!(
@@ -1068,14 +1080,12 @@ fn stats_line(
         }),
         dropped_overflow: sum(|n| n.queue_full.load(Relaxed)),
         auth_failed: sum(|n| n.auth_failed.load(Relaxed) + n.replayed.load(Relaxed)),
-        speaker: speakers.map(|names| {
-            match playout.speaker.load(Relaxed).checked_sub(1) {
-                Some(i) => names
-                    .get(i as usize)
-                    .cloned()
-                    .unwrap_or_else(|| format!("stream {i}")),
-                None => "none".to_string(),
-            }
+        speaker: speakers.map(|names| match playout.speaker.load(Relaxed).checked_sub(1) {
+            Some(i) => names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("stream {i}")),
+            None => "none".to_string(),
         }),
         ..StatsLine::default()
     };
