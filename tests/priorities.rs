@@ -71,7 +71,7 @@ fn db(ratio: f64) -> f64 {
 
 #[test]
 fn page_takes_the_speaker_music_ducked_and_back_after_hold() {
-    once_more_if_stalled("priorities", |stalled| run(stalled));
+    once_more_if_stalled("priorities", run);
 }
 
 fn run(stalled: &std::cell::Cell<Option<Duration>>) {

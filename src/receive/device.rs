@@ -68,7 +68,9 @@ pub enum Request {
     Free(Banks),
 }
 
-/// From the device thread to the playout thread.
+/// From the device thread to the playout thread. The device and banks are
+/// held in place, not boxed: a box would be freed on the realtime side.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Opened {
         device: AlsaOut,

@@ -144,7 +144,8 @@ impl Arbiter {
             return Err(PriorityError::NoStreams);
         }
         if let Duck::Db(db) = config.duck {
-            if !(db <= 0.0) {
+            // NaN is refused too.
+            if db.is_nan() || db > 0.0 {
                 return Err(PriorityError::DuckAboveZero(db));
             }
         }
