@@ -293,6 +293,11 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         ),
         "the log does not say the music got the speaker back\n{log}"
     );
+    // Lines about one stream say which.
+    assert!(
+        log.contains("stream page (priority 9): stream started: SSRC 00009999"),
+        "the page's start is not named\n{log}"
+    );
     let lines: Vec<&str> = log.lines().filter(|l| Stats::parse(l).is_some()).collect();
     assert!(
         lines

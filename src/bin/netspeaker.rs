@@ -686,7 +686,7 @@ fn run(mut options: Options) -> Result<(), String> {
     let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            if matches!(event, Event::StreamLost) && sap_ended.load(Relaxed) {
+            if matches!(event, Event::StreamLost { .. }) && sap_ended.load(Relaxed) {
                 log::info!("stream ended: its SAP session was deleted; faded out");
             } else {
                 event_log.log(&event, now);

@@ -41,6 +41,16 @@ impl EventLog {
         }
     }
 
+    /// The prefix naming a stream in a line about it; none with one
+    /// stream.
+    fn of(&self, index: u8) -> String {
+        if self.streams.is_empty() {
+            String::new()
+        } else {
+            format!("stream {}: ", self.stream_name(index))
+        }
+    }
+
     /// How the log and statistics line name stream `index`.
     pub fn stream_name(&self, index: u8) -> &str {
         self.streams
@@ -101,30 +111,41 @@ impl EventLog {
                 }
             }
             Event::Resumed => log::warn!(target: "playout", "device resumed after suspend"),
-            Event::StreamStarted { ssrc, format } => {
-                log::info!(target: "playout", "stream started: SSRC {ssrc:08x}, {format}")
+            Event::StreamStarted {
+                stream,
+                ssrc,
+                format,
+            } => {
+                log::info!(target: "playout", "{}stream started: SSRC {ssrc:08x}, {format}", self.of(*stream))
             }
             Event::NewStream {
+                stream,
                 previous_ssrc,
                 ssrc,
                 format,
             } => {
                 log::info!(target: "playout",
-                    "new sender: SSRC {previous_ssrc:08x} → {ssrc:08x}, {format}; buffer reset"
+                    "{}new sender: SSRC {previous_ssrc:08x} → {ssrc:08x}, {format}; buffer reset",
+                    self.of(*stream)
                 )
             }
-            Event::StreamLost => {
-                log::warn!(target: "playout", "stream lost: no packets; faded out, waiting for the sender")
+            Event::StreamLost { stream } => {
+                log::warn!(target: "playout", "{}stream lost: no packets; faded out, waiting for the sender", self.of(*stream))
             }
-            Event::Resync => {
-                log::info!(target: "playout", "timestamp jump: jitter buffer resynchronised")
+            Event::Resync { stream } => {
+                log::info!(target: "playout", "{}timestamp jump: jitter buffer resynchronised", self.of(*stream))
             }
-            Event::Contending { ssrc, current } => log::warn!(target: "playout",
-                "source: another sender (SSRC {ssrc:08x}) streams to this port while \
-             SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops"
+            Event::Contending {
+                stream,
+                ssrc,
+                current,
+            } => log::warn!(target: "playout",
+                "{}source: another sender (SSRC {ssrc:08x}) streams to this port while \
+             SSRC {current:08x} plays; it is ignored (counted as stray) until that one stops",
+                self.of(*stream)
             ),
-            Event::SenderLeft { ssrc } => {
-                log::info!(target: "playout", "source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)")
+            Event::SenderLeft { stream, ssrc } => {
+                log::info!(target: "playout", "{}source: sender SSRC {ssrc:08x} said goodbye (RTCP BYE)", self.of(*stream))
             }
             Event::Speaker { .. } => {}
             Event::QueueFull => {

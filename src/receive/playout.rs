@@ -62,25 +62,34 @@ pub enum Event {
     Reopening(&'static str),
     Underrun,
     Resumed,
+    // `stream`: which stream (its index in `--stream` order; 0 alone).
     StreamStarted {
+        stream: u8,
         ssrc: u32,
         format: StreamFormat,
     },
     NewStream {
+        stream: u8,
         previous_ssrc: u32,
         ssrc: u32,
         format: StreamFormat,
     },
-    StreamLost,
-    Resync,
+    StreamLost {
+        stream: u8,
+    },
+    Resync {
+        stream: u8,
+    },
     /// A second sender (`ssrc`, validated) streams to the port while
     /// `current` plays: its packets are held, then counted as stray.
     Contending {
+        stream: u8,
         ssrc: u32,
         current: u32,
     },
     /// The current sender said RTCP BYE: the next one plays at once.
     SenderLeft {
+        stream: u8,
         ssrc: u32,
     },
     /// An internal queue was full (never expected; counted).
@@ -281,7 +290,7 @@ impl PlayoutThread {
                     // warning.
                     let ended = lane.engine.source().current_ended();
                     if to == StreamState::Lost && from == StreamState::Playing && !ended {
-                        self.event(Event::StreamLost);
+                        self.event(Event::StreamLost { stream: i as u8 });
                     }
                 }
             }
@@ -346,17 +355,18 @@ impl PlayoutThread {
                         self.arbiter.on_audio(i, packet.arrival_ns);
                     }
                 }
-                self.admitted(admission, format);
+                self.admitted(i as u8, admission, format);
             }
         }
     }
 
-    fn admitted(&mut self, admission: Admission, format: StreamFormat) {
+    fn admitted(&mut self, stream: u8, admission: Admission, format: StreamFormat) {
         match admission {
             Admission::Pushed(PushOutcome::NewStream {
                 previous_ssrc: Some(previous_ssrc),
                 ssrc,
             }) => self.event(Event::NewStream {
+                stream,
                 previous_ssrc,
                 ssrc,
                 format,
@@ -364,12 +374,18 @@ impl PlayoutThread {
             Admission::Pushed(PushOutcome::NewStream {
                 previous_ssrc: None,
                 ssrc,
-            }) => self.event(Event::StreamStarted { ssrc, format }),
-            Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync),
-            Admission::Contending { ssrc, current } => {
-                self.event(Event::Contending { ssrc, current })
-            }
-            Admission::Ended { ssrc } => self.event(Event::SenderLeft { ssrc }),
+            }) => self.event(Event::StreamStarted {
+                stream,
+                ssrc,
+                format,
+            }),
+            Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync { stream }),
+            Admission::Contending { ssrc, current } => self.event(Event::Contending {
+                stream,
+                ssrc,
+                current,
+            }),
+            Admission::Ended { ssrc } => self.event(Event::SenderLeft { stream, ssrc }),
             Admission::Pushed(_) | Admission::Held | Admission::Ignored => {}
         }
     }
