@@ -99,16 +99,24 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         dir.file("receiver.log"),
     );
     let watch = GrowthWatch::file(&alsa.paced);
-    // The sound server may take a while (seconds, on a loaded machine) to
+    // The sound server may take a while (up to two seconds here) to
     // really take audio after the receiver saw its stream start: the
-    // senders start once the recording grows at its pace.
-    let grown = |bytes: u64| std::fs::metadata(&alsa.paced).is_ok_and(|m| m.len() >= bytes);
+    // senders start once the recording grows at the device's pace (a
+    // quarter second of audio in each of the last 300 ms).
+    let size = || std::fs::metadata(&alsa.paced).map_or(0, |m| m.len());
     let waited = Instant::now();
-    while !grown(0) && waited.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let from = std::fs::metadata(&alsa.paced).map_or(0, |m| m.len());
-    while !grown(from + 4 * 24_000) && waited.elapsed() < Duration::from_secs(10) {
+    let mut history: Vec<(Instant, u64)> = Vec::new();
+    while waited.elapsed() < Duration::from_secs(10) {
+        let now = Instant::now();
+        history.push((now, size()));
+        let paced = history
+            .iter()
+            .find(|(t, _)| now.duration_since(*t) <= Duration::from_millis(300))
+            .filter(|(t, _)| now.duration_since(*t) >= Duration::from_millis(250))
+            .is_some_and(|(_, before)| size() >= before + 4 * 12_000);
+        if paced && waited.elapsed() >= Duration::from_millis(300) {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 
