@@ -420,3 +420,110 @@ fn stream_options_documented_and_bad_ones_refused_with_one_clear_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at most 8 streams"));
 }
+
+/// A stream's own `srtp-key-file=`: the page's port takes only SRTP with
+/// its key (a plaintext sender to it is refused and counted), while the
+/// music's port beside it takes plain RTP; the page, sent with the key by
+/// `netspeaker-send`, takes the speaker.
+#[test]
+fn a_keyed_stream_takes_only_its_srtp_sender_beside_a_plain_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("priorities-srtp");
+    let pulse = PulseServer::start(&dir.path);
+    let alsa = AlsaConfig::write(&dir.path);
+    let key = dir.file("page.key");
+    std::fs::write(&key, "bmV0c3BlYWtlciBzcnRwIHRlc3Qga2V5IDAwMDEh\n").expect("key file");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (music_port, page_port) = (free_port(), free_port());
+    let music_spec = format!("127.0.0.1:{music_port},priority=1,name=music");
+    let page_spec = format!(
+        "127.0.0.1:{page_port},priority=9,name=page,srtp-key-file={},rtp-format=96=L16/8000/1",
+        key.display()
+    );
+    let mut env = alsa.env();
+    env.extend(pulse.env());
+    let mut rx = RunningReceiver::start(
+        &[
+            "--device",
+            "paced",
+            "--stats-interval",
+            "1",
+            "--stream",
+            &music_spec,
+            "--stream",
+            &page_spec,
+        ],
+        &env,
+        dir.file("receiver.log"),
+    );
+    let music_to = SocketAddr::from(([127, 0, 0, 1], music_port));
+    let page_to = SocketAddr::from(([127, 0, 0, 1], page_port));
+    let pcmu = RtpStream {
+        payload_type: 0,
+        encoding: Encoding::Pcmu,
+        ..stream(0x1111)
+    };
+    let tone = sine(RATE, 1, MUSIC_HZ, RATE as usize, AMPLITUDE);
+    // One second of plain RTP to each port at once: the music plays, the
+    // page's port refuses all of it.
+    let (music_sent, plain_sent) = std::thread::scope(|s| {
+        let music = s.spawn(|| send_rtp_timed(music_to, &pcmu, &tone, Duration::from_millis(20)));
+        let plain = send_rtp_timed(
+            page_to,
+            &RtpStream {
+                ssrc: 0x0bad,
+                ..pcmu
+            },
+            &tone,
+            Duration::from_millis(20),
+        );
+        (music.join().expect("music sender").sent, plain.sent)
+    });
+    // Then the page, with the key.
+    let wav = dir.file("page.wav");
+    rig_write_wav(&wav, &sine(RATE, 1, PAGE_HZ, RATE as usize, AMPLITUDE));
+    let sender = std::process::Command::new(env!("CARGO_BIN_EXE_netspeaker-send"))
+        .args(["--srtp-key-file"])
+        .arg(&key)
+        .arg(&wav)
+        .arg(page_to.to_string())
+        .output()
+        .expect("netspeaker-send");
+    assert!(
+        sender.status.success(),
+        "netspeaker-send: {}",
+        String::from_utf8_lossy(&sender.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, _, stats) = rx.stop();
+    let log = rx.log_text();
+    eprintln!(
+        "music {music_sent} packets, plaintext to the keyed port {plain_sent}; auth-failed {}",
+        stats.get("auth-failed")
+    );
+    assert_eq!(
+        stats.get("auth-failed"),
+        plain_sent as f64,
+        "every plaintext packet to the keyed port is refused and counted\n{log}"
+    );
+    assert_eq!(
+        log.matches("stream page (priority 9): stream started")
+            .count(),
+        1,
+        "the page's stream started once, from its keyed sender only\n{log}"
+    );
+    assert!(
+        log.contains("stream music (priority 1): stream started"),
+        "the plain stream beside it played\n{log}"
+    );
+    assert!(
+        log.contains("speaker: page (priority 9) owns the speaker"),
+        "the keyed page took the speaker\n{log}"
+    );
+    assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
+}
+
+/// A 16-bit PCM WAV file, as the sender reads it.
+fn rig_write_wav(path: &std::path::Path, samples: &[i16]) {
+    std::fs::write(path, netspeaker::send::wav::write_wav(RATE, 1, samples)).expect("write wav");
+}
