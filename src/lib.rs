@@ -13,6 +13,10 @@
 //!     → audio::channels → alsa::playback
 //!   receive::device: the device's state machine, and the device thread
 //!   that opens and closes it (alsa::open) off the realtime thread.
+//! With several --stream: one socket, queue and engine per stream (the
+//! option read by receive::streams); the net thread polls every socket,
+//! and the playout thread mixes the engines' periods at the gains of
+//! receive::priority (which stream owns the speaker, who is ducked).
 //! With --sap, before all of it and beside it on its own thread:
 //!   net::sap (SAP datagrams, listening sockets) → rtp::sdp (the session
 //!   description) → receive::sap (choose and follow the session).

@@ -12,6 +12,11 @@
 //! `common::run_child`) so that ALSA and PulseAudio see only this test's
 //! configuration; the parent kills and restarts the sound server on a
 //! fixed schedule.
+//!
+//! The same with two streams (`playout::start_streams`, priorities 1 and
+//! 9): both change formats, the second comes and goes so that the speaker
+//! changes hands across the device's loss, reopen and release, every
+//! engine taking a new resampler bank at each open.
 
 mod common;
 
@@ -19,7 +24,8 @@ use common::*;
 use netspeaker::audio::codec;
 use netspeaker::audio::format::{Encoding, StreamFormat};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
-use netspeaker::receive::playout::{self, Event, PacketQueue};
+use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
+use netspeaker::receive::priority::ArbiterConfig;
 use netspeaker::receive::stats::PlayoutStats;
 use netspeaker::rtp::packet::Packet;
 use netspeaker::service::alloc::{allocations, Counting, Watched};
@@ -84,17 +90,30 @@ fn formats() -> [(u8, StreamFormat); 3] {
 
 #[test]
 fn playout_thread_allocates_nothing_through_device_loss_reopen_and_format_changes() {
-    const NAME: &str =
-        "playout_thread_allocates_nothing_through_device_loss_reopen_and_format_changes";
-    if in_child(NAME) {
-        return child();
+    run_case(
+        "playout_thread_allocates_nothing_through_device_loss_reopen_and_format_changes",
+        1,
+    );
+}
+
+#[test]
+fn two_streams_mixed_and_ducked_allocate_nothing_through_device_loss_and_reopen() {
+    run_case(
+        "two_streams_mixed_and_ducked_allocate_nothing_through_device_loss_and_reopen",
+        2,
+    );
+}
+
+fn run_case(name: &str, streams: usize) {
+    if in_child(name) {
+        return child(streams);
     }
     let dir = TestDir::new("playout-thread-alloc");
     let mut pulse = PulseServer::start(&dir.path);
     let alsa = AlsaConfig::write(&dir.path);
     let mut env = alsa.env();
     env.extend(pulse.env());
-    let child = spawn_child(NAME, &env);
+    let child = spawn_child(name, &env);
     let start = Instant::now();
     std::thread::sleep(KILL_AT);
     pulse.kill();
@@ -114,8 +133,18 @@ fn playout_thread_allocates_nothing_through_device_loss_reopen_and_format_change
         get("opened") >= 2,
         "the device was not opened again after the server came back\n{stderr}"
     );
-    assert!(get("streams") >= 3, "three stream formats\n{stderr}");
+    assert!(
+        get("streams") >= 3 * streams as u64,
+        "three stream formats on each stream\n{stderr}"
+    );
     assert!(get("periods") > 300, "the playout thread ran\n{stderr}");
+    if streams > 1 {
+        // The page took the speaker and gave it back twice.
+        assert!(
+            get("speaker_changes") >= 4,
+            "the speaker did not change hands\n{stderr}"
+        );
+    }
     assert_eq!(
         get("playout_allocations"),
         0,
@@ -123,7 +152,7 @@ fn playout_thread_allocates_nothing_through_device_loss_reopen_and_format_change
     );
 }
 
-fn child() {
+fn child(stream_count: usize) {
     log::set_logger(&LOGGER).expect("logger");
     log::set_max_level(log::LevelFilter::Trace);
     let config = PlayoutConfig {
@@ -141,26 +170,47 @@ fn child() {
             .collect(),
         ..PlayoutConfig::default()
     };
-    let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
-    let (mut packet_tx, packet_rx) = packets.split();
     let stats = Arc::new(PlayoutStats::default());
     let stop = Arc::new(AtomicBool::new(false));
     let reopen = Arc::new(AtomicBool::new(false));
-    let mut playout = playout::start(
+    let mut senders = Vec::new();
+    let mut inputs = Vec::new();
+    for s in 0..stream_count {
+        let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
+        let (packet_tx, packet_rx) = packets.split();
+        senders.push(packet_tx);
+        inputs.push(StreamInput {
+            config: config.clone(),
+            priority: if s == 0 { 1 } else { 9 },
+            packets: packet_rx,
+        });
+    }
+    let mut playout = playout::start_streams(
         &config,
-        packet_rx,
-        Arc::clone(&stats),
-        Arc::clone(&stop),
-        Arc::clone(&reopen),
-        Arc::new(Heartbeat::new()),
+        inputs,
+        &ArbiterConfig {
+            hold_ms: 300,
+            ..ArbiterConfig::default()
+        },
+        playout::Shared {
+            stats: Arc::clone(&stats),
+            stop: Arc::clone(&stop),
+            reopen: Arc::clone(&reopen),
+            heartbeat: Arc::new(Heartbeat::new()),
+        },
     )
     .expect("start playout");
 
     let start = Instant::now();
-    let (mut lost, mut opened, mut streams) = (0u64, 0u64, 0u64);
+    let (mut lost, mut opened, mut streams, mut speaker_changes) = (0u64, 0u64, 0u64, 0u64);
     let mut sent = 0u64;
     let mut samples = vec![0i16; 48_000 / 50 * 2];
     let mut hup_sent = false;
+    // The second stream (the page) talks in three spurts: across the
+    // device's loss (2.5 s), across a format change (5 s) and after the
+    // release (6.5 s), with more than the hold between them.
+    let page_talks =
+        |k: u64| (100..200).contains(&k) || (240..300).contains(&k) || (330..380).contains(&k);
     while start.elapsed() < RUN_FOR {
         // One 20 ms packet per 20 ms; the format changes every ~2.5 s.
         let due = start.elapsed().as_millis() as u64 / 20;
@@ -170,21 +220,27 @@ fn child() {
             let (pt, format) = formats()[segment];
             let frames = format.rate as usize / 50;
             let ch = format.channels as usize;
-            for (i, s) in samples[..frames * ch].iter_mut().enumerate() {
-                let t = (k as usize * frames + i / ch) as f64 / format.rate as f64;
-                *s = (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+            for (s, packet_tx) in senders.iter_mut().enumerate() {
+                if s > 0 && !page_talks(k) {
+                    continue;
+                }
+                let hz = 440.0 * (s + 1) as f64;
+                for (i, v) in samples[..frames * ch].iter_mut().enumerate() {
+                    let t = (k as usize * frames + i / ch) as f64 / format.rate as f64;
+                    *v = (8000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16;
+                }
+                let mut p = Packet::empty(format);
+                p.ssrc = 0x1000 + 0x100 * s as u32 + segment as u32;
+                p.seq = k as u16;
+                p.timestamp = (k as u32).wrapping_mul(frames as u32);
+                p.payload_type = pt;
+                p.arrival_ns = monotonic_ns();
+                p.marker = k % 125 == 0;
+                let mut bytes = [0u8; 4096];
+                let n = codec::encode(format.encoding, &samples[..frames * ch], &mut bytes);
+                let _ = p.payload.extend_from_slice(&bytes[..n]);
+                let _ = packet_tx.enqueue(p);
             }
-            let mut p = Packet::empty(format);
-            p.ssrc = 0x1000 + segment as u32;
-            p.seq = k as u16;
-            p.timestamp = (k as u32).wrapping_mul(frames as u32);
-            p.payload_type = pt;
-            p.arrival_ns = monotonic_ns();
-            p.marker = k % 125 == 0;
-            let mut bytes = [0u8; 4096];
-            let n = codec::encode(format.encoding, &samples[..frames * ch], &mut bytes);
-            let _ = p.payload.extend_from_slice(&bytes[..n]);
-            let _ = packet_tx.enqueue(p);
             sent += 1;
         }
         if !hup_sent && start.elapsed() > Duration::from_millis(6500) {
@@ -197,6 +253,7 @@ fn child() {
                 Event::DeviceLost(_) => lost += 1,
                 Event::DeviceOpened { .. } => opened += 1,
                 Event::StreamStarted { .. } | Event::NewStream { .. } => streams += 1,
+                Event::Speaker { .. } => speaker_changes += 1,
                 _ => {}
             }
             log::info!("event: {event:?}");
@@ -211,6 +268,7 @@ fn child() {
     report("lost", lost);
     report("opened", opened);
     report("streams", streams);
+    report("speaker_changes", speaker_changes);
     report("periods", stats.periods.load(Relaxed));
     report("playout_allocations", allocations(Watched::Playout));
 }

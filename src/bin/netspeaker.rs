@@ -11,8 +11,10 @@ use netspeaker::net::link::LinkEvent;
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::events::EventLog;
-use netspeaker::receive::playout::{self, Event, PacketQueue};
+use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
+use netspeaker::receive::priority::{ArbiterConfig, Duck, MAX_STREAMS};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
+use netspeaker::receive::streams::StreamSpec;
 use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::log::{self as logging, LogTarget};
@@ -47,6 +49,26 @@ Network:
   --allow CIDR              accept packets only from these sources (repeatable)
                             [default: any source]
   --recv-buffer BYTES       socket receive buffer for bursts [default: 1048576]
+  --stream ADDR:PORT[,priority=N][,group=ADDR][,srtp-key-file=FILE]
+           [,rtp-format=PT=ENC/RATE[/CH]][,name=NAME]
+                            one of several streams (repeatable, up to 8), each
+                            on its own socket with its own source lock and
+                            jitter buffer: the playing stream of the highest
+                            priority (0-9, default 0) owns the speaker, the
+                            others are ducked; equal priorities: the one
+                            already playing keeps it. group= joins a multicast
+                            group, srtp-key-file= takes only SRTP with that
+                            key, rtp-format= (repeatable) adds payload types
+                            to the global ones, name= names it in the log and
+                            statistics line [default: its ADDR:PORT]. Instead
+                            of --listen, --group and --raw; --interface,
+                            --allow, --recv-buffer, --rtp-format and
+                            --srtp-key-file apply to every stream
+  --duck-db DB|off          how far streams that do not own the speaker are
+                            turned down (faded over 20 ms), or off to mute
+                            them [default: -30]
+  --hold-ms MS              quiet time after which the owning stream gives
+                            the speaker back [default: 1000]
   --sap [NAME]              take group, port and format from a SAP (RFC 2974)
                             announcement, as PulseAudio's module-rtp-send and
                             PipeWire make them: the session whose name matches
@@ -113,6 +135,9 @@ struct Options {
     raw: Option<StreamFormat>,
     srtp_key_file: Option<std::path::PathBuf>,
     srtp_suite: Option<Suite>,
+    /// `--stream`s; empty: the one stream of `--listen`.
+    streams: Vec<StreamSpec>,
+    arbiter: ArbiterConfig,
     playout: PlayoutConfig,
     device_rate: Option<u32>,
     device_channels: Option<u16>,
@@ -135,6 +160,8 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         raw: None,
         srtp_key_file: None,
         srtp_suite: None,
+        streams: Vec::new(),
+        arbiter: ArbiterConfig::default(),
         playout: PlayoutConfig::default(),
         device_rate: None,
         device_channels: None,
@@ -195,6 +222,11 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
                 o.net.group = Some(addr);
             }
             "--interface" => o.net.interface = Some(value()?),
+            "--stream" => o
+                .streams
+                .push(StreamSpec::parse(&value()?).map_err(|e| usage::Error::rule(e.to_string()))?),
+            "--duck-db" => o.arbiter.duck = parse_duck(&value()?)?,
+            "--hold-ms" => o.arbiter.hold_ms = number("--hold-ms", &value()?, 0..=600_000)?,
             "--sap" => {
                 // NAME is optional: `--sap=NAME`, or the next argument when
                 // it is not an option (the receiver takes no positional
@@ -313,7 +345,10 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             o.min_latency_ms, o.max_latency_ms
         )));
     }
-    if o.srtp_suite.is_some() && o.srtp_key_file.is_none() {
+    if o.srtp_suite.is_some()
+        && o.srtp_key_file.is_none()
+        && o.streams.iter().all(|s| s.srtp_key_file.is_none())
+    {
         return Err(usage::Error::rule(
             "--srtp-suite needs --srtp-key-file: without a key nothing is authenticated",
         ));
@@ -323,12 +358,14 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             "--srtp-key-file protects RTP; headerless --raw PCM cannot carry SRTP: drop one",
         ));
     }
+    check_streams(&o)?;
     if o.sap.is_some() {
         let taken_from_sap = [
             (o.raw.is_some(), "--raw"),
             (o.net.group.is_some(), "--group"),
             (o.listen_given, "--listen"),
             (o.srtp_key_file.is_some(), "--srtp-key-file"),
+            (!o.streams.is_empty(), "--stream"),
         ];
         if let Some((_, option)) = taken_from_sap.iter().find(|(given, _)| *given) {
             return Err(usage::Error::rule(format!(
@@ -350,6 +387,77 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
     o.playout.device_channels = o.device_channels;
     size_for_formats(&mut o);
     Ok(Some(o))
+}
+
+/// `--duck-db DB|off`.
+fn parse_duck(v: &str) -> Result<Duck, usage::Error> {
+    if v == "off" {
+        return Ok(Duck::Mute);
+    }
+    match v.parse::<f32>() {
+        Ok(db) if (-120.0..=0.0).contains(&db) => Ok(Duck::Db(db)),
+        _ => Err(usage::Error::value(
+            "--duck-db",
+            format!("'{v}' is neither a level from -120 to 0 dB nor off (to mute)"),
+        )),
+    }
+}
+
+/// `--stream` against the one-stream options it replaces, and the streams
+/// against each other.
+fn check_streams(o: &Options) -> Result<(), usage::Error> {
+    if o.streams.is_empty() {
+        return Ok(());
+    }
+    let replaced = [
+        (
+            o.listen_given,
+            "--listen",
+            "give its address as one more --stream",
+        ),
+        (
+            o.net.group.is_some(),
+            "--group",
+            "give group= in the --stream that joins it",
+        ),
+        (
+            o.raw.is_some(),
+            "--raw",
+            "several streams are RTP; headerless PCM plays alone with --listen",
+        ),
+    ];
+    if let Some((_, option, what)) = replaced.iter().find(|(given, _, _)| *given) {
+        return Err(usage::Error::rule(format!(
+            "{option} does not go with --stream: {what}"
+        )));
+    }
+    if o.streams.len() > MAX_STREAMS {
+        return Err(usage::Error::rule(format!(
+            "--stream given {} times; at most {MAX_STREAMS} streams are played",
+            o.streams.len()
+        )));
+    }
+    for (i, a) in o.streams.iter().enumerate() {
+        if let Some(b) = o.streams.iter().skip(i + 1).find(|b| {
+            b.listen.port() == a.listen.port()
+                && (b.listen.ip() == a.listen.ip()
+                    || b.listen.ip().is_unspecified()
+                    || a.listen.ip().is_unspecified())
+                && b.group == a.group
+        }) {
+            return Err(usage::Error::rule(format!(
+                "--stream {} and --stream {} would receive the same datagrams: give each stream its own port or group",
+                a.name, b.name
+            )));
+        }
+        if o.streams.iter().skip(i + 1).any(|b| b.name == a.name) {
+            return Err(usage::Error::rule(format!(
+                "two --stream are named '{}': give each its own name=",
+                a.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The playout side is sized for every format the stream may carry
@@ -413,52 +521,66 @@ fn run(mut options: Options) -> Result<(), String> {
         }
         sap_watch = Some((listener, follower));
     }
-    // The key first: a key file that cannot be used stops the start, it
+    // The keys first: a key file that cannot be used stops the start, it
     // never falls back to accepting plaintext.
     let suite = options.srtp_suite.unwrap_or_default();
-    let srtp = match &options.srtp_key_file {
-        Some(path) => Some(SrtpContext::new(
-            &MasterKey::read_file(path).map_err(|e| e.to_string())?,
-            suite,
-        )),
-        None => None,
-    };
-    let mut receiver = Receiver::bind(&options.net).map_err(|e| e.to_string())?;
-    if receiver.waiting_for_interface() {
-        log::info!(
-            "waiting for interface {}",
-            options.net.interface.as_deref().unwrap_or_default()
-        );
+    let streams = wire_streams(&options)?;
+    let several = streams.len() > 1 || !options.streams.is_empty();
+    let mut srtp_keys = Vec::with_capacity(streams.len());
+    for w in &streams {
+        srtp_keys.push(match &w.srtp_key_file {
+            Some(path) => Some(SrtpContext::new(
+                &MasterKey::read_file(path).map_err(|e| format!("stream {}: {e}", w.name))?,
+                suite,
+            )),
+            None => None,
+        });
     }
-    let mode = match options.raw {
-        Some(f) => InputMode::Raw(f),
-        None => InputMode::Rtp(options.payload_map.clone()),
-    };
-    log::info!(
-        "listening on {} for {}",
-        options.net.listen,
-        match options.raw {
+    let mut receivers = Vec::with_capacity(streams.len());
+    for w in &streams {
+        let receiver = Receiver::bind(&w.net).map_err(|e| {
+            if several {
+                format!("stream {}: {e}", w.name)
+            } else {
+                e.to_string()
+            }
+        })?;
+        if receiver.waiting_for_interface() {
+            log::info!(
+                "waiting for interface {}",
+                w.net.interface.as_deref().unwrap_or_default()
+            );
+        }
+        receivers.push(receiver);
+    }
+    for (w, key) in streams.iter().zip(&srtp_keys) {
+        let what = match options.raw {
             Some(f) => format!(
                 "headerless {} {} Hz {} ch",
                 f.encoding.raw_name(),
                 f.rate,
                 f.channels
             ),
-            None if srtp.is_some() => format!("SRTP ({suite}) only"),
+            None if key.is_some() => format!("SRTP ({suite}) only"),
             None => "RTP".to_string(),
+        };
+        if several {
+            log::info!(
+                "listening on {} for {what}: stream {}, priority {}",
+                w.net.listen,
+                w.name,
+                w.priority
+            );
+        } else {
+            log::info!("listening on {} for {what}", w.net.listen);
         }
-    );
+    }
 
-    // The queues live as long as the process: leaked once at startup so
-    // their ends can move into threads without locks or allocation.
-    let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
-    let (mut packet_tx, packet_rx) = packets.split();
     let net_events: &'static mut netspeaker::net::EventQueue =
         Box::leak(Box::new(netspeaker::net::EventQueue::new()));
     let (mut net_event_tx, mut net_event_rx) = net_events.split();
     let mut net_event_log = netspeaker::net::EventLog::default();
 
-    let net_counters = Arc::new(NetCounters::default());
     let playout_stats = Arc::new(PlayoutStats::default());
     let net_stop = Arc::new(AtomicBool::new(false));
     // Set by the SAP thread when the session moved: the SDP to restart on.
@@ -482,56 +604,81 @@ fn run(mut options: Options) -> Result<(), String> {
     let reopen = Arc::new(AtomicBool::new(false));
     let heartbeat = Arc::new(Heartbeat::new());
 
-    let receiver_watch = receiver.take_link_watch();
+    // Each stream's queue lives as long as the process: leaked once at
+    // startup so that its ends can move into threads without locks or
+    // allocation.
+    let mut net_streams = Vec::with_capacity(streams.len());
+    let mut inputs = Vec::with_capacity(streams.len());
+    let mut watches = Vec::new();
+    let mut net_counters = Vec::with_capacity(streams.len());
+    for ((w, mut receiver), srtp) in streams.iter().zip(receivers).zip(srtp_keys) {
+        let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
+        let (packet_tx, packet_rx) = packets.split();
+        watches.extend(receiver.take_link_watch());
+        let counters = Arc::new(NetCounters::default());
+        net_counters.push(Arc::clone(&counters));
+        net_streams.push(netspeaker::net::NetStream {
+            receiver,
+            srtp,
+            parser: PacketParser::new(w.mode.clone()),
+            queue: packet_tx,
+            counters,
+        });
+        inputs.push(StreamInput {
+            config: w.playout.clone(),
+            priority: w.priority,
+            packets: packet_rx,
+        });
+    }
+    let names: Vec<String> = streams
+        .iter()
+        .map(|w| format!("{} (priority {})", w.name, w.priority))
+        .collect();
     let net_thread = {
-        let counters = Arc::clone(&net_counters);
         let stop = Arc::clone(&net_stop);
-        let mut parser = PacketParser::new(mode);
-        let mut srtp = srtp;
         std::thread::Builder::new()
             .name("net".into())
             .spawn(move || {
                 use netspeaker::service::alloc::{watch_this_thread, Watched};
                 watch_this_thread(Watched::Net);
-                netspeaker::net::run_with_srtp(
-                    &receiver,
-                    srtp.as_mut(),
-                    &mut parser,
-                    &mut packet_tx,
-                    &mut net_event_tx,
-                    &counters,
-                    &stop,
-                )
+                netspeaker::net::run_streams(&mut net_streams, &mut net_event_tx, &stop)
             })
             .map_err(|e| format!("cannot start the net thread: {e}"))?
     };
-    // The link thread keeps the group joined on --interface as it comes
-    // and goes; it reports to the main thread, which logs.
+    // A link thread per stream on an --interface keeps its group joined
+    // as the interface comes and goes; they report to the main thread,
+    // which logs.
     let (link_tx, link_rx) = std::sync::mpsc::channel::<LinkEvent>();
-    let link_thread = match receiver_watch {
-        Some(watch) => {
-            let stop = Arc::clone(&net_stop);
-            Some(
-                std::thread::Builder::new()
-                    .name("link".into())
-                    .spawn(move || watch.run(&link_tx, &stop))
-                    .map_err(|e| format!("cannot start the link thread: {e}"))?,
-            )
-        }
-        None => None,
-    };
-    let mut playout = playout::start(
+    let mut link_threads = Vec::with_capacity(watches.len());
+    for watch in watches {
+        let stop = Arc::clone(&net_stop);
+        let link_tx = link_tx.clone();
+        link_threads.push(
+            std::thread::Builder::new()
+                .name("link".into())
+                .spawn(move || watch.run(&link_tx, &stop))
+                .map_err(|e| format!("cannot start the link thread: {e}"))?,
+        );
+    }
+    let mut playout = playout::start_streams(
         &options.playout,
-        packet_rx,
-        Arc::clone(&playout_stats),
-        signals.stop_flag(),
-        Arc::clone(&reopen),
-        Arc::clone(&heartbeat),
+        inputs,
+        &options.arbiter,
+        playout::Shared {
+            stats: Arc::clone(&playout_stats),
+            stop: signals.stop_flag(),
+            reopen: Arc::clone(&reopen),
+            heartbeat: Arc::clone(&heartbeat),
+        },
     )
     .map_err(|e| e.to_string())?;
 
     let notifier = Notifier::from_env();
-    let mut event_log = EventLog::default();
+    let mut event_log = if several {
+        EventLog::with_streams(names.clone(), options.arbiter.duck.to_string())
+    } else {
+        EventLog::default()
+    };
     // READY once the playout thread reports on its first device open,
     // success or not: a missing card is waited for and must not fail the
     // start.
@@ -539,7 +686,7 @@ fn run(mut options: Options) -> Result<(), String> {
     let mut drain_events = || {
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
-            if matches!(event, Event::StreamLost) && sap_ended.load(Relaxed) {
+            if matches!(event, Event::StreamLost { .. }) && sap_ended.load(Relaxed) {
                 log::info!("stream ended: its SAP session was deleted; faded out");
             } else {
                 event_log.log(&event, now);
@@ -568,7 +715,13 @@ fn run(mut options: Options) -> Result<(), String> {
             None => Poll::Starting,
         }
     };
-    let mut statistics = || log::info!("{}", stats_line(&net_counters, &playout_stats));
+    let speaker_names = several.then_some(names.as_slice());
+    let mut statistics = || {
+        log::info!(
+            "{}",
+            stats_line(&net_counters, &playout_stats, speaker_names)
+        )
+    };
     let mut reopen_device = || reopen.store(true, Relaxed);
     service::supervise(
         service::Config {
@@ -596,7 +749,7 @@ fn run(mut options: Options) -> Result<(), String> {
     // timeout (net); a playout thread wedged in a device call must not
     // keep the process from exiting, hence the deadline.
     let deadline = Instant::now() + Duration::from_millis(150);
-    let link_finished = || link_thread.as_ref().map_or(true, |t| t.is_finished());
+    let link_finished = || link_threads.iter().all(|t| t.is_finished());
     while Instant::now() < deadline
         && !(net_thread.is_finished() && playout.is_finished() && link_finished())
     {
@@ -606,7 +759,10 @@ fn run(mut options: Options) -> Result<(), String> {
         &mut net_event_rx,
         netspeaker::service::clock::monotonic_ns(),
     );
-    log::info!("stopping: {}", stats_line(&net_counters, &playout_stats));
+    log::info!(
+        "stopping: {}",
+        stats_line(&net_counters, &playout_stats, speaker_names)
+    );
     if let Some(t) = sap_thread {
         // It sees the flag within its receive timeout.
         let _ = t.join();
@@ -851,16 +1007,86 @@ mod sap {
     }
 }
 
-fn stats_line(net: &NetCounters, playout: &PlayoutStats) -> StatsLine {
+/// One stream as the receiver runs it: from `--stream`, or the one
+/// stream of `--listen`.
+struct Wired {
+    name: String,
+    priority: u8,
+    net: NetConfig,
+    mode: InputMode,
+    srtp_key_file: Option<std::path::PathBuf>,
+    /// Its formats on top of the shared playout settings.
+    playout: PlayoutConfig,
+}
+
+fn wire_streams(o: &Options) -> Result<Vec<Wired>, String> {
+    if o.streams.is_empty() {
+        return Ok(vec![Wired {
+            name: o.net.listen.to_string(),
+            priority: 0,
+            net: o.net.clone(),
+            mode: match o.raw {
+                Some(f) => InputMode::Raw(f),
+                None => InputMode::Rtp(o.payload_map.clone()),
+            },
+            srtp_key_file: o.srtp_key_file.clone(),
+            playout: o.playout.clone(),
+        }]);
+    }
+    Ok(o.streams
+        .iter()
+        .map(|spec| {
+            let mut map = o.payload_map.clone();
+            for &(pt, f) in &spec.formats {
+                map.set(pt, f);
+            }
+            let (max_rate, max_channels) = map.max_rate_channels();
+            Wired {
+                name: spec.name.clone(),
+                priority: spec.priority,
+                net: NetConfig {
+                    listen: spec.listen,
+                    group: spec.group,
+                    ..o.net.clone()
+                },
+                srtp_key_file: spec.srtp_key_file.clone().or(o.srtp_key_file.clone()),
+                playout: PlayoutConfig {
+                    max_rate,
+                    max_channels,
+                    opus: map.has_opus(),
+                    stream_formats: map.rates_channels(),
+                    ..o.playout.clone()
+                },
+                mode: InputMode::Rtp(map),
+            }
+        })
+        .collect())
+}
+
+fn stats_line(
+    nets: &[Arc<NetCounters>],
+    playout: &PlayoutStats,
+    speakers: Option<&[String]>,
+) -> StatsLine {
     use netspeaker::service::alloc::{allocations, Watched};
+    let sum = |f: fn(&NetCounters) -> u64| nets.iter().map(|n| f(n)).sum::<u64>();
     let mut line = StatsLine {
         realtime_allocs: allocations(Watched::Playout) + allocations(Watched::Net),
-        dropped_filtered: net.filtered.load(Relaxed),
-        dropped_malformed: net.malformed.load(Relaxed)
-            + net.unknown_payload_type.load(Relaxed)
-            + net.too_large.load(Relaxed),
-        dropped_overflow: net.queue_full.load(Relaxed),
-        auth_failed: net.auth_failed.load(Relaxed) + net.replayed.load(Relaxed),
+        dropped_filtered: sum(|n| n.filtered.load(Relaxed)),
+        dropped_malformed: sum(|n| {
+            n.malformed.load(Relaxed)
+                + n.unknown_payload_type.load(Relaxed)
+                + n.too_large.load(Relaxed)
+        }),
+        dropped_overflow: sum(|n| n.queue_full.load(Relaxed)),
+        auth_failed: sum(|n| n.auth_failed.load(Relaxed) + n.replayed.load(Relaxed)),
+        speaker: speakers.map(|names| match playout.speaker.load(Relaxed).checked_sub(1) {
+            Some(i) => names
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("stream {i}")),
+            None => "none".to_string(),
+        }),
         ..StatsLine::default()
     };
     playout.read_into(&mut line);

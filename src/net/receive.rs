@@ -32,6 +32,10 @@
 //! ([`crate::net::link`]) what it needs to join it when the interface
 //! appears and rejoin it as it changes, on a second descriptor of the same
 //! socket; this loop neither knows nor waits.
+//!
+//! With several streams (`--stream`, [`run_streams`]) the one net thread
+//! waits on every socket with `poll` and takes each datagram through the
+//! same steps into the queue of the stream whose socket it came to.
 
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -614,18 +618,123 @@ pub fn run_with_srtp(
     // One byte more than the largest datagram we accept: a datagram that
     // fills the buffer was longer and has been truncated by the kernel.
     let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let slot_format = match parser.mode() {
-        InputMode::Raw(f) => *f,
-        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
-    };
-    let mut slot = Packet::empty(slot_format);
+    let mut slot = Packet::empty(slot_format(parser));
     let mut events = EventSender {
         queue: events,
         pending: [0; KINDS],
     };
-
     while !stop.load(Ordering::Relaxed) {
-        let (len, source) = match receiver.socket.recv_from(&mut buf) {
+        let mut stream = Input {
+            receiver,
+            srtp: srtp.as_deref_mut(),
+            parser,
+            queue,
+            counters,
+        };
+        stream.receive_one(&mut buf, &mut slot, &mut events);
+    }
+}
+
+/// One of several streams the net thread serves (`--stream`): its socket,
+/// key, parser, queue to the playout thread and counters.
+pub struct NetStream {
+    pub receiver: Receiver,
+    pub srtp: Option<SrtpContext>,
+    pub parser: PacketParser,
+    pub queue: Producer<'static, Packet>,
+    pub counters: std::sync::Arc<NetCounters>,
+}
+
+/// The net thread's body for several streams: one thread waits on every
+/// socket at once (`poll`), and takes each datagram through the same
+/// steps as [`run_with_srtp`] into its own stream's queue. A stream's
+/// flood cannot starve another: every ready socket gets one datagram per
+/// round. Sees `stop` within `RECV_TIMEOUT`; allocates nothing.
+pub fn run_streams(
+    streams: &mut [NetStream],
+    events: &mut Producer<'_, NetEvent>,
+    stop: &AtomicBool,
+) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    const MAX: usize = crate::receive::priority::MAX_STREAMS;
+    let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let mut slots: heapless::Vec<Packet, MAX> = heapless::Vec::new();
+    for s in streams.iter() {
+        // More streams than slots are refused at start-up; any beyond
+        // are not served rather than indexed out of bounds.
+        let _ = slots.push(Packet::empty(slot_format(&s.parser)));
+    }
+    let n = slots.len();
+    let mut events = EventSender {
+        queue: events,
+        pending: [0; KINDS],
+    };
+    let timeout =
+        PollTimeout::try_from(RECV_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let mut ready = [false; MAX];
+        {
+            let mut fds: heapless::Vec<PollFd<'_>, MAX> = heapless::Vec::new();
+            for s in streams.iter().take(n) {
+                let _ = fds.push(PollFd::new(s.receiver.socket.as_fd(), PollFlags::POLLIN));
+            }
+            match poll(&mut fds, timeout) {
+                Ok(0) => continue,
+                Ok(_) => {
+                    for (r, fd) in ready.iter_mut().zip(fds.iter()) {
+                        *r = fd.revents().is_some_and(|e| !e.is_empty());
+                    }
+                }
+                // A signal: look at the stop flag and wait again.
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // Not expected for sockets we own; never spin.
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            }
+        }
+        for ((s, slot), _) in streams
+            .iter_mut()
+            .zip(slots.iter_mut())
+            .zip(ready.iter())
+            .filter(|(_, r)| **r)
+        {
+            let mut stream = Input {
+                receiver: &s.receiver,
+                srtp: s.srtp.as_mut(),
+                parser: &mut s.parser,
+                queue: &mut s.queue,
+                counters: &s.counters,
+            };
+            stream.receive_one(&mut buf, slot, &mut events);
+        }
+    }
+}
+
+fn slot_format(parser: &PacketParser) -> crate::audio::format::StreamFormat {
+    match parser.mode() {
+        InputMode::Raw(f) => *f,
+        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
+    }
+}
+
+/// What one datagram goes through, whichever loop received it.
+struct Input<'a, 'q, 'p> {
+    receiver: &'a Receiver,
+    srtp: Option<&'a mut SrtpContext>,
+    parser: &'a mut PacketParser,
+    queue: &'q mut Producer<'p, Packet>,
+    counters: &'a NetCounters,
+}
+
+impl Input<'_, '_, '_> {
+    /// Receives one datagram (waiting at most the socket's timeout) and
+    /// takes it through filter, SRTP, parser and queue.
+    fn receive_one(&mut self, buf: &mut [u8], slot: &mut Packet, events: &mut EventSender) {
+        let counters = self.counters;
+        let (len, source) = match self.receiver.socket.recv_from(buf) {
             Ok(r) => r,
             Err(e) => {
                 use std::io::ErrorKind;
@@ -633,18 +742,18 @@ pub fn run_with_srtp(
                     e.kind(),
                     ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
                 ) {
-                    continue;
+                    return;
                 }
                 bump(&counters.recv_errors);
                 events.send(NetEvent::RecvFailed {
-                    local: receiver.local,
+                    local: self.receiver.local,
                     errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
                     suppressed: 0,
                 });
                 // A persistent error must not spin a core; the pause is
                 // short against the jitter buffer's depth.
                 std::thread::sleep(Duration::from_millis(10));
-                continue;
+                return;
             }
         };
         let now = monotonic_ns();
@@ -659,17 +768,17 @@ pub fn run_with_srtp(
             });
         };
 
-        if !receiver.filter.allows(source.ip()) {
+        if !self.receiver.filter.allows(source.ip()) {
             reject(DropReason::Filtered, &counters.filtered);
-            continue;
+            return;
         }
         let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
             reject(DropReason::TooLarge, &counters.too_large);
-            continue;
+            return;
         };
         // Authenticated before anything reads it; the parser gets the
         // plain packet without its tag.
-        let datagram: &[u8] = match srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
+        let datagram: &[u8] = match self.srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
             None => datagram,
             Some(Ok(plain)) => datagram.get(..plain).unwrap_or_default(),
             Some(Err(e)) => {
@@ -681,16 +790,16 @@ pub fn run_with_srtp(
                     | SrtpError::BufferTooSmall { .. } => &counters.malformed,
                 };
                 reject(DropReason::Srtp(e), counter);
-                continue;
+                return;
             }
         };
-        let parsed = match parser.parse_into(datagram, now, &mut slot) {
+        let parsed = match self.parser.parse_into(datagram, now, slot) {
             // A BYE goes on to the playout side, which lets the source go.
-            Err(ParseError::Rtcp) => parser.parse_bye_into(datagram, now, &mut slot),
+            Err(ParseError::Rtcp) => self.parser.parse_bye_into(datagram, now, slot),
             parsed => parsed,
         };
         match parsed {
-            Ok(()) => match queue.enqueue(slot.clone()) {
+            Ok(()) => match self.queue.enqueue(slot.clone()) {
                 Ok(()) => bump(&counters.queued),
                 Err(_) => reject(DropReason::QueueFull, &counters.queue_full),
             },
@@ -794,6 +903,59 @@ mod tests {
             events.push(e);
         }
         (got, events)
+    }
+
+    #[test]
+    fn several_streams_served_by_one_thread_each_into_its_own_queue() {
+        // Queues that live as long as the test process, as the receiver's
+        // do (their producers are 'static).
+        let a_queue: &'static mut Queue<Packet, 16> = Box::leak(Box::default());
+        let b_queue: &'static mut Queue<Packet, 16> = Box::leak(Box::default());
+        let (a_tx, mut a_rx) = a_queue.split();
+        let (b_tx, mut b_rx) = b_queue.split();
+        let stream = |queue| NetStream {
+            receiver: Receiver::bind(&loopback("127.0.0.1")).unwrap(),
+            srtp: None,
+            parser: rtp_parser(),
+            queue,
+            counters: Default::default(),
+        };
+        let mut streams = [stream(a_tx), stream(b_tx)];
+        let (a_to, b_to) = (
+            streams[0].receiver.local_addr(),
+            streams[1].receiver.local_addr(),
+        );
+        let (a_counters, b_counters) = (
+            std::sync::Arc::clone(&streams[0].counters),
+            std::sync::Arc::clone(&streams[1].counters),
+        );
+        let mut event_queue: Box<EventQueue> = Box::default();
+        let (mut event_tx, _event_rx) = event_queue.split();
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| run_streams(&mut streams, &mut event_tx, &stop));
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            for seq in 0..4 {
+                tx.send_to(&pcmu(seq), a_to).unwrap();
+                tx.send_to(&pcmu(100 + seq), b_to).unwrap();
+            }
+            tx.send_to(b"junk", b_to).unwrap();
+            wait_for(&a_counters.datagrams, 4);
+            wait_for(&b_counters.datagrams, 5);
+            stop.store(true, Ordering::Relaxed);
+        });
+        let drain = |rx: &mut heapless::spsc::Consumer<'static, Packet>| {
+            let mut seqs = Vec::new();
+            while let Some(p) = rx.dequeue() {
+                seqs.push(p.seq);
+            }
+            seqs
+        };
+        assert_eq!(drain(&mut a_rx), [0, 1, 2, 3]);
+        assert_eq!(drain(&mut b_rx), [100, 101, 102, 103]);
+        // Counted against the stream it came to.
+        assert_eq!(a_counters.malformed.load(Ordering::Relaxed), 0);
+        assert_eq!(b_counters.malformed.load(Ordering::Relaxed), 1);
     }
 
     fn receive_on(ip: &str) {

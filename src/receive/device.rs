@@ -35,6 +35,11 @@ use std::time::Duration;
 use crate::alsa::playback::{AlsaError, AlsaOut, DeviceConfig, Negotiated};
 use crate::audio::resample::ResampleError;
 use crate::receive::engine::{PlayoutConfig, ResamplerBank};
+use crate::receive::priority::MAX_STREAMS;
+
+/// One resampler bank per stream, in stream order, for one device rate
+/// (in place, not boxed: handing them over allocates nothing).
+pub type Banks = heapless::Vec<ResamplerBank, MAX_STREAMS>;
 
 /// Requests and replies in flight at once: one open and a few closes.
 pub const DEVICE_QUEUE: usize = 8;
@@ -59,16 +64,19 @@ pub enum Request {
     Open { bank_rate: Option<u32> },
     /// Close (without draining) a device that was lost or released.
     Close(AlsaOut),
-    /// Free a resampler bank the engine no longer uses.
-    Free(ResamplerBank),
+    /// Free the resampler banks the engines no longer use.
+    Free(Banks),
 }
 
-/// From the device thread to the playout thread.
+/// From the device thread to the playout thread. The device and banks are
+/// held in place, not boxed: a box would be freed on the realtime side.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Opened {
         device: AlsaOut,
         negotiated: Negotiated,
-        bank: Option<ResamplerBank>,
+        /// Empty when the engines' banks are for this rate already.
+        banks: Banks,
     },
     OpenFailed(OpenError),
 }
@@ -179,13 +187,13 @@ impl DeviceLink {
     }
 
     /// Moves the state machine on: asks for an open when due, takes the
-    /// device thread's answer. A newly opened device's bank goes to the
-    /// engine through `attach`, which returns the bank it replaced.
+    /// device thread's answer. A newly opened device's banks go to the
+    /// engines through `attach`, which returns the banks they replaced.
     pub fn poll(
         &mut self,
         now_ns: u64,
         bank_rate: Option<u32>,
-        mut attach: impl FnMut(&Negotiated, Option<ResamplerBank>) -> Option<ResamplerBank>,
+        mut attach: impl FnMut(&Negotiated, Banks) -> Banks,
     ) -> Option<LinkEvent> {
         match &self.state {
             State::Closed { retry_at_ns } if now_ns >= *retry_at_ns => {
@@ -198,11 +206,12 @@ impl DeviceLink {
                 Reply::Opened {
                     device,
                     negotiated,
-                    bank,
+                    banks,
                 } => {
                     self.backoff_ms = BACKOFF_MIN_MS;
                     let mut event = None;
-                    if let Some(old) = attach(&negotiated, bank) {
+                    let old = attach(&negotiated, banks);
+                    if !old.is_empty() {
                         if let Err(Request::Free(old)) = self.requests.enqueue(Request::Free(old)) {
                             drop(old);
                             event = Some(LinkEvent::QueueFull);
@@ -338,6 +347,9 @@ impl DeviceLink {
 /// The device thread: opens, closes and frees for the playout thread.
 pub struct DeviceThread {
     pub config: PlayoutConfig,
+    /// Each stream's configuration (its formats), in stream order: a
+    /// bank is built for each.
+    pub streams: Vec<PlayoutConfig>,
     pub requests: heapless::spsc::Consumer<'static, Request>,
     pub replies: heapless::spsc::Producer<'static, Reply>,
     pub closes_done: Arc<AtomicU64>,
@@ -389,24 +401,28 @@ impl DeviceThread {
             Err(e) => return Reply::OpenFailed(OpenError::Alsa(e)),
         };
         let negotiated = device.negotiated().clone();
-        let bank = if bank_rate == Some(negotiated.rate) {
-            None
-        } else {
-            match ResamplerBank::new(&c.stream_formats, negotiated.rate, c) {
-                Ok(b) => Some(b),
-                Err(error) => {
-                    return Reply::OpenFailed(OpenError::Rate {
-                        device: negotiated.device.clone(),
-                        rate: negotiated.rate,
-                        error,
-                    })
-                }
+        let mut banks = Banks::new();
+        if bank_rate != Some(negotiated.rate) {
+            for stream in &self.streams {
+                let bank = match ResamplerBank::new(&stream.stream_formats, negotiated.rate, stream)
+                {
+                    Ok(b) => b,
+                    Err(error) => {
+                        return Reply::OpenFailed(OpenError::Rate {
+                            device: negotiated.device.clone(),
+                            rate: negotiated.rate,
+                            error,
+                        })
+                    }
+                };
+                // More streams than banks are refused at start-up.
+                let _ = banks.push(bank);
             }
-        };
+        }
         Reply::Opened {
             device,
             negotiated,
-            bank,
+            banks,
         }
     }
 }

@@ -10,6 +10,13 @@
 //! rather than thrown away, so a stream's start is not lost to a device
 //! that is still opening; the engine then catches up by time-stretching.
 //!
+//! With several streams (`--stream`) each has its own queue and engine
+//! (source lock, jitter buffer, conversion to the device's format), all
+//! built at start-up; every period each renders its device period, and
+//! the arbiter (`receive::priority`) says at what gain each is mixed: the
+//! stream that owns the speaker at full level, the others ducked or
+//! muted. A lone stream is rendered straight into the device's buffer.
+//!
 //! The thread never logs, never allocates, never takes a lock another
 //! thread may hold, and sleeps only for its own period: everything it has
 //! to say goes to the main thread as a typed `Event` through a second SPSC
@@ -17,9 +24,10 @@
 
 use crate::alsa::playback::{AlsaError, DeviceStatus, Negotiated, WriteOutcome};
 use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
-use crate::receive::device::{DeviceLink, LinkEvent, OpenError};
+use crate::receive::device::{Banks, DeviceLink, LinkEvent, OpenError};
 use crate::receive::engine::{Engine, PlayoutConfig, MAX_PERIOD_MS};
 use crate::receive::jitter::{PushOutcome, StreamState};
+use crate::receive::priority::{Arbiter, ArbiterConfig, OwnerChange, MAX_STREAMS};
 use crate::receive::source::Admission;
 use crate::receive::stats::PlayoutStats;
 use crate::rtp::packet::Packet;
@@ -54,37 +62,69 @@ pub enum Event {
     Reopening(&'static str),
     Underrun,
     Resumed,
+    // `stream`: which stream (its index in `--stream` order; 0 alone).
     StreamStarted {
+        stream: u8,
         ssrc: u32,
         format: StreamFormat,
     },
     NewStream {
+        stream: u8,
         previous_ssrc: u32,
         ssrc: u32,
         format: StreamFormat,
     },
-    StreamLost,
-    Resync,
+    StreamLost {
+        stream: u8,
+    },
+    Resync {
+        stream: u8,
+    },
     /// A second sender (`ssrc`, validated) streams to the port while
     /// `current` plays: its packets are held, then counted as stray.
     Contending {
+        stream: u8,
         ssrc: u32,
         current: u32,
     },
     /// The current sender said RTCP BYE: the next one plays at once.
     SenderLeft {
+        stream: u8,
         ssrc: u32,
     },
     /// An internal queue was full (never expected; counted).
     QueueFull,
+    /// Several streams: the speaker went from one stream to another
+    /// (indexes in `--stream` order; `None`: no stream is live).
+    Speaker {
+        from: Option<u8>,
+        to: Option<u8>,
+    },
+}
+
+/// One stream's way into the playout thread.
+pub struct StreamInput {
+    /// Its formats (the rest of it is the shared configuration).
+    pub config: PlayoutConfig,
+    pub priority: u8,
+    pub packets: heapless::spsc::Consumer<'static, Packet>,
+}
+
+/// One stream inside the playout thread.
+pub struct Lane {
+    pub engine: Engine,
+    pub packets: heapless::spsc::Consumer<'static, Packet>,
+    was_state: StreamState,
+    /// Its rendered period, before the mix (several streams only).
+    out: Vec<f32>,
 }
 
 /// Everything the playout thread owns.
 pub struct PlayoutThread {
     pub config: PlayoutConfig,
-    pub engine: Engine,
+    pub lanes: Vec<Lane>,
+    pub arbiter: Arbiter,
     pub device: DeviceLink,
-    pub packets: heapless::spsc::Consumer<'static, Packet>,
     pub events: heapless::spsc::Producer<'static, Event>,
     pub stats: Arc<PlayoutStats>,
     pub stop: Arc<AtomicBool>,
@@ -110,21 +150,28 @@ impl PlayoutThread {
             self.event(Event::MemoryLockRefused(e));
         }
         let mut out = vec![0.0f32; max_period_samples(&self.config)];
-        let mut was_state = StreamState::NoStream;
+        if self.lanes.len() > 1 {
+            for lane in self.lanes.iter_mut() {
+                lane.out = vec![0.0f32; out.len()];
+            }
+        }
         let period_ns = self.config.period_ms as u64 * 1_000_000;
         // Start-up is over: from here on nothing on this thread allocates.
         crate::service::alloc::watch_this_thread(crate::service::alloc::Watched::Playout);
         while !self.stop.load(Relaxed) {
             let now = crate::service::clock::monotonic_ns();
             self.drain_packets();
+            if let Some(change) = self.arbiter.update(now) {
+                self.speaker_changed(change);
+            }
             if self.reopen.swap(false, Relaxed) {
                 self.event(Event::Reopening("SIGHUP"));
                 self.device.release(now, 0);
             }
-            let bank_rate = self.engine.bank_rate();
-            let engine = &mut self.engine;
-            let link_event = self.device.poll(now, bank_rate, |n, bank| {
-                engine.attach_device(n.channels, bank)
+            let bank_rate = self.lanes.first().and_then(|l| l.engine.bank_rate());
+            let lanes = &mut self.lanes;
+            let link_event = self.device.poll(now, bank_rate, |n, banks| {
+                attach_device(lanes, n.channels, banks)
             });
             if let Some(e) = link_event {
                 self.link_event(e);
@@ -135,7 +182,9 @@ impl PlayoutThread {
             // gets silence: a stream's start is kept, not fed into a device
             // that does not play it yet.
             let playing = self.device.consuming();
-            self.engine.set_holding(!playing);
+            for lane in self.lanes.iter_mut() {
+                lane.engine.set_holding(!playing);
+            }
             match self.device.device() {
                 Some(dev) => {
                     let n = dev.negotiated();
@@ -146,10 +195,18 @@ impl PlayoutThread {
                     let channels = n.channels.max(1) as usize;
                     let buffer_frames = n.buffer_frames as u64;
                     if playing {
-                        self.engine.render(&mut out[..len], now);
+                        render(
+                            &mut self.lanes,
+                            &mut self.arbiter,
+                            &mut out[..len],
+                            (channels, rate),
+                            now,
+                        );
                     } else {
                         out[..len].fill(0.0);
-                        self.engine.idle(now, self.config.period_ms);
+                        for lane in self.lanes.iter_mut() {
+                            lane.engine.idle(now, self.config.period_ms);
+                        }
                     }
                     let written = dev.write(&out[..len]);
                     // One status read: the delay for the statistics line
@@ -168,7 +225,9 @@ impl PlayoutThread {
                                 // From now on its position is real: a
                                 // sound server that was still starting
                                 // its stream reported none.
-                                self.engine.device_restarted();
+                                for lane in self.lanes.iter_mut() {
+                                    lane.engine.device_restarted();
+                                }
                                 self.link_event(e);
                             }
                             if let (Some(s), true) = (status, self.device.consuming()) {
@@ -178,7 +237,9 @@ impl PlayoutThread {
                                     buffer_frames,
                                     delay_at,
                                 );
-                                self.engine.device_position(at, played);
+                                for lane in self.lanes.iter_mut() {
+                                    lane.engine.device_position(at, played);
+                                }
                             }
                             match outcome {
                                 WriteOutcome::Written => {}
@@ -211,15 +272,27 @@ impl PlayoutThread {
                     // No device: the audio waits in the jitter buffer (the
                     // engine drops the oldest only past its capacity), so
                     // packets keep being received and counted.
-                    self.engine.idle(now, self.config.period_ms);
+                    for lane in self.lanes.iter_mut() {
+                        lane.engine.idle(now, self.config.period_ms);
+                    }
                     self.publish(None, 0);
                     crate::service::clock::sleep_until(now + period_ns);
                 }
             }
-            let state = self.engine.jitter().state();
-            if state != was_state {
-                self.state_changed(was_state, state);
-                was_state = state;
+            for i in 0..self.lanes.len() {
+                let Some(lane) = self.lanes.get_mut(i) else {
+                    continue;
+                };
+                let (from, to) = (lane.was_state, lane.engine.jitter().state());
+                if from != to {
+                    lane.was_state = to;
+                    // A sender that said BYE has ended (already told): no
+                    // warning.
+                    let ended = lane.engine.source().current_ended();
+                    if to == StreamState::Lost && from == StreamState::Playing && !ended {
+                        self.event(Event::StreamLost { stream: i as u8 });
+                    }
+                }
             }
             self.stats.periods.fetch_add(1, Relaxed);
             // Progress for the watchdog: periods written, or waits for a
@@ -253,66 +326,125 @@ impl PlayoutThread {
         }
     }
 
+    fn speaker_changed(&mut self, change: OwnerChange) {
+        let index = |i: Option<usize>| i.and_then(|i| u8::try_from(i).ok());
+        self.stats
+            .speaker
+            .store(change.to.map_or(0, |i| i as u32 + 1), Relaxed);
+        // A lone stream owns the speaker whenever it plays: nothing to say.
+        if self.lanes.len() > 1 {
+            self.event(Event::Speaker {
+                from: index(change.from),
+                to: index(change.to),
+            });
+        }
+    }
+
     fn drain_packets(&mut self) {
-        while let Some(packet) = self.packets.dequeue() {
-            let admission = self.engine.push(&packet);
-            // The stream's format: a take-over triggered by a BYE carries
-            // none of its own.
-            let format = self.engine.jitter().format().unwrap_or(packet.format);
-            match admission {
-                Admission::Pushed(PushOutcome::NewStream {
-                    previous_ssrc: Some(previous_ssrc),
-                    ssrc,
-                }) => self.event(Event::NewStream {
-                    previous_ssrc,
-                    ssrc,
-                    format,
-                }),
-                Admission::Pushed(PushOutcome::NewStream {
-                    previous_ssrc: None,
-                    ssrc,
-                }) => self.event(Event::StreamStarted { ssrc, format }),
-                Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync),
-                Admission::Contending { ssrc, current } => {
-                    self.event(Event::Contending { ssrc, current })
+        for i in 0..self.lanes.len() {
+            while let Some((packet, admission, format)) = self.lanes.get_mut(i).and_then(|lane| {
+                let packet = lane.packets.dequeue()?;
+                let admission = lane.engine.push(&packet);
+                // The stream's format: a take-over triggered by a BYE
+                // carries none of its own.
+                let format = lane.engine.jitter().format().unwrap_or(packet.format);
+                Some((packet, admission, format))
+            }) {
+                if let Admission::Pushed(outcome) = admission {
+                    if outcome != PushOutcome::Unsupported {
+                        self.arbiter.on_audio(i, packet.arrival_ns);
+                    }
                 }
-                Admission::Ended { ssrc } => self.event(Event::SenderLeft { ssrc }),
-                Admission::Pushed(_) | Admission::Held | Admission::Ignored => {}
+                self.admitted(i as u8, admission, format);
             }
         }
     }
 
-    fn state_changed(&mut self, from: StreamState, to: StreamState) {
-        // A sender that said BYE has ended (already told): no warning.
-        if to == StreamState::Lost
-            && from == StreamState::Playing
-            && !self.engine.source().current_ended()
-        {
-            self.event(Event::StreamLost);
+    fn admitted(&mut self, stream: u8, admission: Admission, format: StreamFormat) {
+        match admission {
+            Admission::Pushed(PushOutcome::NewStream {
+                previous_ssrc: Some(previous_ssrc),
+                ssrc,
+            }) => self.event(Event::NewStream {
+                stream,
+                previous_ssrc,
+                ssrc,
+                format,
+            }),
+            Admission::Pushed(PushOutcome::NewStream {
+                previous_ssrc: None,
+                ssrc,
+            }) => self.event(Event::StreamStarted {
+                stream,
+                ssrc,
+                format,
+            }),
+            Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync { stream }),
+            Admission::Contending { ssrc, current } => self.event(Event::Contending {
+                stream,
+                ssrc,
+                current,
+            }),
+            Admission::Ended { ssrc } => self.event(Event::SenderLeft { stream, ssrc }),
+            Admission::Pushed(_) | Admission::Held | Admission::Ignored => {}
         }
     }
 
     fn publish(&self, alsa_delay_frames: Option<i64>, device_rate: u32) {
-        let jb = self.engine.jitter();
-        let m = jb.metrics();
         let s = &self.stats;
-        s.packets.store(m.packets, Relaxed);
-        s.lost.store(m.lost, Relaxed);
-        s.late.store(m.late, Relaxed);
-        s.reordered.store(m.reordered, Relaxed);
-        s.duplicates.store(m.duplicates, Relaxed);
-        s.stray.store(self.engine.source().metrics().stray, Relaxed);
-        s.overflow.store(m.overflow, Relaxed);
-        s.new_streams.store(m.new_streams, Relaxed);
-        s.stream_lost.store(m.stream_lost, Relaxed);
-        s.starved.store(m.underruns, Relaxed);
-        s.fec_recovered.store(m.fec_recovered, Relaxed);
-        let em = self.engine.metrics();
-        s.concealed_frames.store(em.concealed_frames, Relaxed);
-        s.stretched_frames.store(em.stretched_frames, Relaxed);
+        // Counters are the sum over the streams; the gauges are those of
+        // the stream that owns the speaker (the first before any plays).
+        let mut sum = [0u64; 13];
+        for lane in &self.lanes {
+            let m = lane.engine.jitter().metrics();
+            let em = lane.engine.metrics();
+            let each = [
+                m.packets,
+                m.lost,
+                m.late,
+                m.reordered,
+                m.duplicates,
+                lane.engine.source().metrics().stray,
+                m.overflow,
+                m.new_streams,
+                m.stream_lost,
+                m.underruns,
+                m.fec_recovered,
+                em.concealed_frames,
+                em.stretched_frames,
+            ];
+            for (t, v) in sum.iter_mut().zip(each) {
+                *t += v;
+            }
+        }
+        let counters = [
+            &s.packets,
+            &s.lost,
+            &s.late,
+            &s.reordered,
+            &s.duplicates,
+            &s.stray,
+            &s.overflow,
+            &s.new_streams,
+            &s.stream_lost,
+            &s.starved,
+            &s.fec_recovered,
+            &s.concealed_frames,
+            &s.stretched_frames,
+        ];
+        for (c, v) in counters.iter().zip(sum) {
+            c.store(v, Relaxed);
+        }
+        let shown = self.arbiter.owner().unwrap_or(0);
+        let Some(lane) = self.lanes.get(shown).or(self.lanes.first()) else {
+            return;
+        };
+        let jb = lane.engine.jitter();
+        let m = jb.metrics();
+        let em = lane.engine.metrics();
         s.drift_uppm.store((em.drift_ppm * 1e6) as i64, Relaxed);
         s.drift_uncertainty_uppm.store(
-            self.engine
+            lane.engine
                 .clock_estimate()
                 .map_or(-1, |e| (e.uncertainty_ppm * 1e6) as i64),
             Relaxed,
@@ -347,6 +479,44 @@ impl PlayoutThread {
         // A full event queue means the main thread is not reading; the
         // counters still tell the story, so dropping is harmless.
         let _ = self.events.enqueue(event);
+    }
+}
+
+/// A device was opened: each stream's engine takes its bank (in stream
+/// order; none when the rate is the same); the banks they replaced are
+/// returned, to be freed on the device thread.
+fn attach_device(lanes: &mut [Lane], channels: u16, banks: Banks) -> Banks {
+    let mut old = Banks::new();
+    let mut banks = banks.into_iter();
+    for lane in lanes.iter_mut() {
+        if let Some(replaced) = lane.engine.attach_device(channels, banks.next()) {
+            // As many old banks as lanes: the capacity holds them.
+            let _ = old.push(replaced);
+        }
+    }
+    old
+}
+
+/// One device period: a lone stream straight into `out`; several each
+/// into its own buffer, mixed at the arbiter's gains.
+fn render(
+    lanes: &mut [Lane],
+    arbiter: &mut Arbiter,
+    out: &mut [f32],
+    (channels, rate): (usize, u32),
+    now: u64,
+) {
+    if let [lane] = lanes {
+        lane.engine.render(out, now);
+        return;
+    }
+    out.fill(0.0);
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        let Some(own) = lane.out.get_mut(..out.len()) else {
+            continue;
+        };
+        lane.engine.render(own, now);
+        arbiter.mix_into(i, own, out, channels, rate);
     }
 }
 
@@ -403,6 +573,7 @@ impl Playout {
 #[derive(Debug)]
 pub enum StartError {
     Engine(crate::receive::engine::PlayoutError),
+    Priority(crate::receive::priority::PriorityError),
     Spawn {
         thread: &'static str,
         error: std::io::Error,
@@ -413,6 +584,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Engine(e) => write!(f, "{e}"),
+            StartError::Priority(e) => write!(f, "{e}"),
             StartError::Spawn { thread, error } => write!(
                 f,
                 "cannot start the {thread} thread: {error} (check the service's task limits)"
@@ -423,9 +595,8 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Builds the engine and starts the playout and device threads. The queues
-/// live as long as the process: leaked once here so that their ends can
-/// move into threads without locks or allocation.
+/// Builds the engine and starts the playout and device threads for one
+/// stream (`--listen`): [`start_streams`] with that stream alone.
 pub fn start(
     config: &PlayoutConfig,
     packets: heapless::spsc::Consumer<'static, Packet>,
@@ -434,8 +605,68 @@ pub fn start(
     reopen: Arc<AtomicBool>,
     heartbeat: Arc<crate::service::notify::Heartbeat>,
 ) -> Result<Playout, StartError> {
+    let stream = StreamInput {
+        config: config.clone(),
+        priority: 0,
+        packets,
+    };
+    start_streams(
+        config,
+        vec![stream],
+        &ArbiterConfig::default(),
+        Shared {
+            stats,
+            stop,
+            reopen,
+            heartbeat,
+        },
+    )
+}
+
+/// What the playout thread shares with the main thread.
+pub struct Shared {
+    pub stats: Arc<PlayoutStats>,
+    pub stop: Arc<AtomicBool>,
+    /// SIGHUP: close and reopen the device.
+    pub reopen: Arc<AtomicBool>,
+    pub heartbeat: Arc<crate::service::notify::Heartbeat>,
+}
+
+/// Builds an engine per stream and the arbiter between them, and starts
+/// the playout and device threads. `config` is the device's and the
+/// shared playout settings; each stream's own `config` gives its formats.
+/// The queues live as long as the process: leaked once here so that
+/// their ends can move into threads without locks or allocation.
+pub fn start_streams(
+    config: &PlayoutConfig,
+    streams: Vec<StreamInput>,
+    arbiter: &ArbiterConfig,
+    shared: Shared,
+) -> Result<Playout, StartError> {
     use crate::receive::device::{DeviceThread, ReplyQueue, RequestQueue};
-    let engine = Engine::new(config).map_err(StartError::Engine)?;
+    let Shared {
+        stats,
+        stop,
+        reopen,
+        heartbeat,
+    } = shared;
+    if streams.len() > MAX_STREAMS {
+        return Err(StartError::Priority(
+            crate::receive::priority::PriorityError::TooManyStreams(streams.len()),
+        ));
+    }
+    let priorities: Vec<u8> = streams.iter().map(|s| s.priority).collect();
+    let arbiter = Arbiter::new(arbiter, &priorities).map_err(StartError::Priority)?;
+    let stream_configs: Vec<PlayoutConfig> = streams.iter().map(|s| s.config.clone()).collect();
+    let mut lanes = Vec::with_capacity(streams.len());
+    for s in streams {
+        lanes.push(Lane {
+            engine: Engine::new(&s.config).map_err(StartError::Engine)?,
+            packets: s.packets,
+            was_state: StreamState::NoStream,
+            out: Vec::new(),
+        });
+    }
     let events: &'static mut EventQueue = Box::leak(Box::new(EventQueue::new()));
     let (event_tx, event_rx) = events.split();
     let requests: &'static mut RequestQueue = Box::leak(Box::new(RequestQueue::new()));
@@ -446,6 +677,7 @@ pub fn start(
     let device_stop = Arc::new(AtomicBool::new(false));
     let device_thread = DeviceThread {
         config: config.clone(),
+        streams: stream_configs,
         requests: request_rx,
         replies: reply_tx,
         closes_done: Arc::clone(&closes_done),
@@ -460,9 +692,9 @@ pub fn start(
         })?;
     let playout = PlayoutThread {
         config: config.clone(),
-        engine,
+        lanes,
+        arbiter,
         device: DeviceLink::new(request_tx, reply_rx, closes_done, config.buffer_periods),
-        packets,
         events: event_tx,
         stats,
         stop,

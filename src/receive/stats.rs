@@ -50,6 +50,9 @@ pub struct PlayoutStats {
     /// rates (clocks agree), 0 resampled to follow a clock or correct the
     /// delay.
     pub passthrough: AtomicU32,
+    /// Several streams: the one that owns the speaker, as its index + 1
+    /// (0: none is live).
+    pub speaker: AtomicU32,
 }
 
 /// One reading of every figure, in plain numbers: what the line prints.
@@ -86,6 +89,9 @@ pub struct StatsLine {
     /// Allocations the playout and net threads made after start-up (see
     /// `service::alloc`); anything but 0 is a bug.
     pub realtime_allocs: u64,
+    /// Several streams: the one that owns the speaker ("none" while no
+    /// stream plays); `None` with one stream, which always does.
+    pub speaker: Option<String>,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -168,13 +174,29 @@ impl fmt::Display for StatsLine {
                 "resampled"
             },
             self.realtime_allocs
-        )
+        )?;
+        match &self.speaker {
+            Some(name) => write!(f, " speaker {name}"),
+            None => Ok(()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_names_the_stream_that_owns_the_speaker() {
+        let one = StatsLine::default().to_string();
+        assert!(one.ends_with("rt-allocs 0"), "{one}");
+        let several = StatsLine {
+            speaker: Some("page".into()),
+            ..StatsLine::default()
+        }
+        .to_string();
+        assert!(several.ends_with("rt-allocs 0 speaker page"), "{several}");
+    }
 
     #[test]
     fn line_shows_every_figure() {
