@@ -222,6 +222,19 @@ fn misses(loss: f64, seed: u64, plain: &Outcome, fec: &Outcome) -> Vec<String> {
             fec.total.fec, fec.total.lost
         ));
     }
+    // Decoding, FEC and concealment allocate nothing on the realtime
+    // threads (the statistics line's own count).
+    for (o, what) in [(plain, "without FEC"), (fec, "with FEC")] {
+        let allocs = o
+            .log
+            .rsplit("rt-allocs ")
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        if allocs != Some(0) {
+            m.push(format!("{what}: rt-allocs {allocs:?}"));
+        }
+    }
     if plain.total.fec != 0 {
         m.push(format!(
             "{} rebuilt from FEC without FEC sent",
