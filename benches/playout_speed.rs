@@ -4,7 +4,12 @@
 //! conversion to the device's S16, in simulated time, for a 48 kHz stereo
 //! L16 stream in 20 ms packets played by a 48 kHz stereo device; the
 //! sender's clock runs `ppm` fast against the device's (0: the same clock,
-//! which is passed through bit-exact once the estimate is trusted).
+//! which is passed through bit-exact once the estimate is trusted). The
+//! `opus` case is the same with the stream in Opus (RFC 7587, 48 kHz
+//! stereo, what `netspeaker-send --codec opus` sends by default: 96 kbit/s
+//! on the wire, 20 ms): the decoding (libopus) is in its count. Its
+//! packets are encoded once, before the run, from 1 s of music-like
+//! signal (four tones and a little noise).
 //!
 //!     cargo bench --bench playout_speed                 # every case, time
 //!     target/.../playout_speed 4 follow+                # one 4 s run, one case
@@ -15,11 +20,12 @@
 //! single run: under callgrind or qemu the difference between two such
 //! runs of different length is the cost per second of audio in the steady
 //! state (the settling cancels). A word picks the cases whose name contains
-//! it (`pass5`, `pass10`, `follow+`, `follow-`). Prints, per case, the share of
+//! it (`pass5`, `pass10`, `follow+`, `follow-`, `opus5`). Prints, per case, the share of
 //! measured periods that were bit-exact, and the CPU time (meaningless
 //! under an emulator).
 use netspeaker::audio::convert::{to_device, Layout};
 use netspeaker::audio::format::{Encoding, StreamFormat};
+use netspeaker::audio::opus::{Encoder, EncoderConfig};
 use netspeaker::receive::engine::{Engine, PlayoutConfig, ResamplerBank};
 use netspeaker::rtp::packet::Packet;
 use std::time::Instant;
@@ -35,36 +41,70 @@ struct Outcome {
     drift_ppm: f64,
 }
 
+/// The payloads a sender sends for 1 s of the signal: L16 (big-endian,
+/// 20 ms each), or Opus packets of the default sender's settings.
+fn payloads(encoding: Encoding) -> Vec<Vec<u8>> {
+    let mut noise = 0x2545_f491_4f6c_dd1du64;
+    let signal: Vec<i16> = (0..RATE as usize)
+        .flat_map(|n| {
+            let t = n as f64 / RATE as f64;
+            let tone = |f: f64| (2.0 * std::f64::consts::PI * f * t).sin();
+            noise ^= noise << 13;
+            noise ^= noise >> 7;
+            noise ^= noise << 17;
+            let hiss = (noise % 200) as f64 - 100.0;
+            let l = 3000.0 * tone(220.0) + 2000.0 * tone(660.0) + hiss;
+            let r = 3000.0 * tone(330.0) + 2000.0 * tone(1100.0) + hiss;
+            [l as i16, r as i16]
+        })
+        .collect();
+    let frames = signal.chunks_exact(PTIME_FRAMES * CHANNELS);
+    match encoding {
+        Encoding::Opus => {
+            let mut enc = Encoder::new(&EncoderConfig {
+                // 96k on the wire less 16k of IPv4/UDP/RTP headers
+                // (`send::codec_bitrate_bps`).
+                bitrate_bps: netspeaker::send::codec_bitrate_bps(96_000, PTIME_FRAMES, false, 0),
+                ..EncoderConfig::default()
+            })
+            .expect("Opus encoder");
+            frames
+                .map(|f| {
+                    let mut out = [0u8; netspeaker::audio::opus::MAX_PACKET_BYTES];
+                    let n = enc.encode(f, &mut out).expect("encode");
+                    out[..n].to_vec()
+                })
+                .collect()
+        }
+        _ => frames
+            .map(|f| f.iter().flat_map(|v| v.to_be_bytes()).collect())
+            .collect(),
+    }
+}
+
 /// One run: settle, then `seconds` of audio at `ppm`, `period_ms` periods.
-fn once(ppm: f64, period_ms: u64, seconds: f64) -> Outcome {
+fn once(encoding: Encoding, ppm: f64, period_ms: u64, seconds: f64) -> Outcome {
     let config = PlayoutConfig {
         period_ms: period_ms as u32,
         max_rate: RATE,
         max_channels: CHANNELS as u16,
         stream_formats: vec![(RATE, CHANNELS as u16)],
+        opus: encoding == Encoding::Opus,
         ..PlayoutConfig::default()
     };
     let mut engine = Engine::new(&config).expect("engine");
     let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
     let _ = engine.attach_device(CHANNELS as u16, Some(bank));
     let format = StreamFormat {
-        encoding: Encoding::L16,
+        encoding,
         rate: RATE,
         channels: CHANNELS as u16,
     };
     let period_frames = RATE as usize * period_ms as usize / 1000;
     let mut out = vec![0.0f32; period_frames * CHANNELS];
     let mut device = vec![0u8; period_frames * CHANNELS * 2];
-    // One second of a quiet tone, encoded once: packets cycle through it.
-    let tone: Vec<u8> = (0..RATE as usize)
-        .flat_map(|n| {
-            let v = (300.0 * (2.0 * std::f64::consts::PI * 440.0 * n as f64 / RATE as f64).sin())
-                as i16;
-            [v.to_be_bytes(), v.to_be_bytes()]
-        })
-        .flatten()
-        .collect();
-    let packet_bytes = PTIME_FRAMES * CHANNELS * 2;
+    // One second of signal, encoded once: packets cycle through it.
+    let payloads = payloads(encoding);
     let mut slot = Packet::empty(format);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let interval_ns = 20_000_000.0 / (1.0 + ppm * 1e-6);
@@ -96,8 +136,8 @@ fn once(ppm: f64, period_ms: u64, seconds: f64) -> Outcome {
             slot.marker = k == 0;
             slot.payload_type = 96;
             slot.payload.clear();
-            let at = (k as usize * packet_bytes) % tone.len();
-            let _ = slot.payload.extend_from_slice(&tone[at..at + packet_bytes]);
+            let payload = &payloads[k as usize % payloads.len()];
+            let _ = slot.payload.extend_from_slice(payload);
             engine.push(std::hint::black_box(&slot));
             k += 1;
         }
@@ -122,18 +162,24 @@ fn main() {
     let only = args
         .iter()
         .find(|a| !a.starts_with('-') && a.parse::<f64>().is_err());
-    let cases: [(&str, f64, u64); 4] = [
-        ("pass5: 0 ppm, 5 ms periods", 0.0, 5),
-        ("follow+: +1000 ppm, 5 ms periods", 1000.0, 5),
-        ("follow-: -1000 ppm, 5 ms periods", -1000.0, 5),
-        ("pass10: 0 ppm, 10 ms periods", 0.0, 10),
+    let cases: [(&str, Encoding, f64, u64); 5] = [
+        ("pass5: 0 ppm, 5 ms periods", Encoding::L16, 0.0, 5),
+        ("follow+: +1000 ppm, 5 ms periods", Encoding::L16, 1000.0, 5),
+        (
+            "follow-: -1000 ppm, 5 ms periods",
+            Encoding::L16,
+            -1000.0,
+            5,
+        ),
+        ("pass10: 0 ppm, 10 ms periods", Encoding::L16, 0.0, 10),
+        ("opus5: Opus, 0 ppm, 5 ms periods", Encoding::Opus, 0.0, 5),
     ];
-    for (name, ppm, period_ms) in cases {
+    for (name, encoding, ppm, period_ms) in cases {
         if only.is_some_and(|w| !name.contains(w.as_str())) {
             continue;
         }
         let secs = seconds.unwrap_or(20.0);
-        let o = once(ppm, period_ms, secs);
+        let o = once(encoding, ppm, period_ms, secs);
         println!(
             "{name:<34} {secs} s: bit-exact {:.0} % of periods, drift estimate {:+.1} ppm, {:.4} s CPU ({:.3} % of one core)",
             o.passthrough_share * 100.0,

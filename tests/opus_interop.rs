@@ -368,9 +368,9 @@ fn snr_db(recording: &[i16], expected: &[i16], channels: u16) -> (f64, usize) {
 
 /// 5 % of ffmpeg's Opus packets lost on the way, FEC on (libopus's
 /// `-fec 1 -packet_loss 10`, voice at 32 kbit/s where SILK carries it):
-/// every lost packet whose successor arrived is rebuilt from FEC ("fec"
-/// in the statistics line), and the playback stays close to the clean
-/// decode.
+/// lost packets whose successor arrived and carries FEC are rebuilt from
+/// it ("fec" in the statistics line), and the playback stays close to the
+/// clean decode.
 #[test]
 fn ffmpeg_opus_with_fec_through_loss_recovers_lost_packets() {
     // A voice-like buzz, where SILK (and so FEC) is used.
@@ -418,9 +418,13 @@ fn ffmpeg_opus_with_fec_through_loss_recovers_lost_packets() {
         );
         assert!(counts.lost() >= 4, "{counts:?}");
         assert_eq!(final_stat(log, "underruns"), 0, "{log}");
-        // A loss right before another loss cannot use FEC.
+        // A loss right before another loss cannot use FEC, nor one whose
+        // next packet carries none: ffmpeg's libopus protects only frames
+        // its voice detector finds active, 95 of this signal's 201 packets
+        // (their LBRR flags, read from the same encoding to Ogg). The
+        // receiver counts as FEC only what libopus rebuilt from it.
         assert!(
-            fec * 10 >= counts.lost() * 7,
+            fec * 3 >= counts.lost(),
             "fec {fec} of {} lost:\n{log}",
             counts.lost()
         );

@@ -30,12 +30,12 @@ quick=0
 #                      interop, net_ffmpeg, send_ffmpeg, send_gstreamer
 #   python3            interop runs tests/tutorial/sender.py
 #   python3-pyaudio    the tutorial's client (benches)
-#   espeak-ng          quality (speech test signal)
+#   espeak-ng          quality, opus_fec (speech test signal)
 #   iproute2 util-linux  ip, unshare, nsenter, setpriv (multicast, privileges)
 #   systemd            systemd-analyze (deploy)
 #   linter shellcheck  deploy
 #   procps             pgrep (below)
-#   sox valgrind       benches/report
+#   sox valgrind       benches/report; sox: opus_fec (speech at 48 kHz stereo)
 packages=(build-essential pkg-config libasound2-dev libopus-dev alsa-utils pulseaudio
   pulseaudio-utils libasound2-plugins jackd2 ffmpeg gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-alsa

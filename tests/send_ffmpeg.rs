@@ -324,10 +324,14 @@ fn ffmpeg_records_opus_from_sdp_with_the_tones_in_their_channels() {
 }
 
 /// With FEC libopus codes in hybrid mode (SILK carries the FEC): the SDP
-/// says so, and the tones are there, with SILK's coarser stereo.
+/// says so, and the tones are there, with SILK's coarser stereo. At the
+/// codec's 96 kbit/s (`--bitrate` counts the headers: 112k on the wire at
+/// 20 ms); at 80 (a 96k budget) hybrid mixes these hard-panned tones more
+/// (left 440 Hz at 6725 of 8000, crosstalk 1380, measured).
 #[test]
 fn ffmpeg_records_opus_with_fec_from_sdp() {
-    let (sdp, [[l440, l1000], [r440, r1000]]) = opus_tones_through_ffmpeg("opus-fec", &["--fec"]);
+    let (sdp, [[l440, l1000], [r440, r1000]]) =
+        opus_tones_through_ffmpeg("opus-fec", &["--fec", "--bitrate", "112k"]);
     assert!(
         sdp.contains("a=fmtp:97 sprop-stereo=1;useinbandfec=1\r\n"),
         "{sdp}"
@@ -344,9 +348,11 @@ fn ffmpeg_records_opus_with_fec_from_sdp() {
     );
 }
 
-/// Opus at 96 kbit/s stereo must stay near its bitrate on the wire: the
-/// bytes of every datagram (RTP header and payload) over 3 s, plus the
-/// IPv4 and UDP headers (28 bytes) each packet costs on a real link.
+/// Opus at 96 kbit/s stereo must stay within 110 kbit/s on the wire (the
+/// issue's bar): the bytes of every datagram (RTP header and payload)
+/// over 4 s, plus the IPv4 and UDP headers (28 bytes) each packet costs on
+/// a real link. The sender counts `--bitrate` with its headers (see
+/// `send::codec_bitrate_bps`), so the figure is near 96, not 96 + 16.
 #[test]
 fn opus_96k_stereo_stays_under_110_kbits_on_the_wire() {
     let dir = temp_dir("opus-rate");
@@ -384,5 +390,8 @@ fn opus_96k_stereo_stays_under_110_kbits_on_the_wire() {
     println!(
         "Opus 96k stereo noise: {rtp_kbits:.1} kbit/s of RTP, {wire_kbits:.1} kbit/s with IP/UDP"
     );
-    assert!(rtp_kbits <= 110.0, "{rtp_kbits:.1} kbit/s");
+    assert!(wire_kbits <= 110.0, "{wire_kbits:.1} kbit/s on the wire");
+    // And the budget is used, not undercut (libopus's VBR on noise spends
+    // about its target: 90.5 kbit/s here).
+    assert!(wire_kbits >= 85.0, "{wire_kbits:.1} kbit/s on the wire");
 }

@@ -45,7 +45,8 @@ Stream:
                             [default: 96] (Opus: 97; L16 with --sap: 127,
                             the only one PulseAudio's module-rtp-recv plays
                             L16 under)
-      --bitrate RATE        Opus bitrate in bit/s, 6k to 510k (e.g. 96k)
+      --bitrate RATE        Opus bitrate in bit/s on the network, IP/UDP/RTP
+                            headers included, 6k to 510k (e.g. 96k)
                             [default: 96k]
       --fec                 Opus in-band FEC (useinbandfec=1): a lost packet
                             can be rebuilt from the next (voice modes only)

@@ -28,7 +28,8 @@
 use crate::alsa::playback::Access;
 use crate::audio::channels;
 use crate::audio::convert::i16s_to_f32;
-use crate::audio::format::{StreamFormat, MAX_CHANNELS, MAX_RATE};
+use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE};
+use crate::audio::opus;
 use crate::audio::resample::{ResampleError, Resampler};
 use crate::receive::clock::{ClockConfig, ClockError, ClockEstimator, Estimate};
 use crate::receive::conceal::Concealer;
@@ -231,6 +232,10 @@ pub struct Engine {
     timed_packets: u64,
     /// The playout delay margin in ms (see `apply_target`).
     margin_ms: f64,
+    /// The stream's Opus packets carry in-band FEC (an LBRR flag was seen
+    /// since the stream started): with `--latency auto` the margin holds
+    /// one packet more (see `apply_target`).
+    fec_stream: bool,
     /// The sender-to-device clock ratio, measured apart from the loop.
     clock: ClockEstimator,
     /// How the resampler serves the stream now.
@@ -321,6 +326,7 @@ impl Engine {
             sounding: false,
             timed_packets: 0,
             margin_ms: config.initial_target_ms() as f64,
+            fec_stream: false,
             ceiling_ms: None,
             holding: false,
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
@@ -384,6 +390,14 @@ impl Engine {
             self.correction = Correction::Pass;
             self.feeding_forward = false;
             self.raw_frames = 0;
+            self.fec_stream = false;
+        }
+        if packet.format.encoding == Encoding::Opus
+            && !self.fec_stream
+            && opus::carries_fec(&packet.payload)
+        {
+            self.fec_stream = true;
+            self.apply_target(packet.format.rate, packet.frames());
         }
         // Late, reordered and duplicate packets still tell when the sender
         // sent them; the estimator's lower envelope sorts them out.
@@ -691,11 +705,24 @@ impl Engine {
     /// playing at margin + one packet, so that every frame waits at least
     /// the margin: the level then saws between margin + packet (a packet
     /// just arrived) and the margin (the next one is due).
+    ///
+    /// A lost Opus packet is rebuilt from the next one's FEC only if that
+    /// packet is there when the hole is played: nominally one packet after
+    /// the lost one would have come, plus the same jitter. So with
+    /// `--latency auto` a stream that carries FEC gets one packet more of
+    /// margin (20 ms at the usual ptime; NetEQ and GStreamer's
+    /// rtpjitterbuffer, 200 ms by default, hold at least as much). A fixed
+    /// `--latency-ms` is taken as given.
     fn apply_target(&mut self, rate: u32, packet_frames: usize) {
-        if let (Latency::Auto { .. }, true) = (self.latency, self.timed_packets > 0) {
-            self.margin_ms = self.delay.target_ms();
-        }
         let packet_ms = packet_frames as f64 * 1000.0 / rate.max(1) as f64;
+        if let Latency::Auto { .. } = self.latency {
+            if self.timed_packets > 0 {
+                self.margin_ms = self.delay.target_ms();
+            }
+            if self.fec_stream {
+                self.margin_ms = self.margin_ms.max(self.delay.target_ms() + packet_ms);
+            }
+        }
         // Headroom above the level absorbs a burst before the overflow
         // policy drops audio; it also bounds the delay of a sender that
         // runs faster than real time.

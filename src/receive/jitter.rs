@@ -901,21 +901,33 @@ impl JitterBuffer {
         };
         let next = store.frames_at(hole_end);
         let result = match next {
-            Some(next_frames) if hole <= next_frames && hole >= MIN_FRAME => {
-                let n = hole / MIN_FRAME * MIN_FRAME;
-                // Conceal any odd remainder first, so FEC ends at the packet.
-                if n < hole {
-                    store.conceal(cursor, MIN_FRAME).map(|d| (d, false))
+            Some(next_frames) if hole <= next_frames && hole > 0 => {
+                // The lost packet just before the next one, rebuilt whole
+                // from its FEC (libopus decodes FEC only for the next
+                // packet's full length). Its frames before the cursor were
+                // already played as concealment while the buffer starved
+                // (the next packet came late); the rest plays from FEC.
+                store.recover(hole_end - next_frames as u64, next_frames)
+            }
+            Some(next_frames) if hole > next_frames => {
+                // Conceal up to where the FEC frame starts, so that the
+                // last lost packet can still come back from FEC. libopus
+                // conceals in steps of 2.5 ms, and after a starved stretch
+                // of any length the rest need not be one: conceal a whole
+                // number of steps ending there, its start before the
+                // cursor dropped.
+                let until = hole - next_frames;
+                if until > MAX_PACKET_FRAMES {
+                    store.conceal(cursor, MAX_PACKET_FRAMES).map(|d| (d, false))
                 } else {
-                    store.recover(cursor, n)
+                    let n = until.div_ceil(MIN_FRAME) * MIN_FRAME;
+                    store
+                        .conceal(hole_end - (next_frames + n) as u64, n)
+                        .map(|d| (d, false))
                 }
             }
             _ => {
-                let until = match next {
-                    Some(f) => hole.saturating_sub(f),
-                    None => hole,
-                };
-                let n = until
+                let n = hole
                     .min(wanted.max(MIN_FRAME))
                     .min(MAX_PACKET_FRAMES)
                     .max(MIN_FRAME.min(hole));
@@ -2056,6 +2068,116 @@ mod tests {
                 .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
                 .sum();
             10.0 * (sig / err.max(1.0)).log10()
+        }
+
+        #[test]
+        fn opus_every_loss_with_fec_in_the_next_packet_is_rebuilt() {
+            // 20 % of the packets lost (a fixed pattern, runs of two
+            // included), all the others there when the cursor comes: each
+            // loss whose next packet arrived and carries FEC is rebuilt
+            // from it; the rest (a loss before a loss, a next packet
+            // without FEC) are concealed.
+            let p = packets();
+            let lost: Vec<bool> = (0..p.len())
+                .map(|k| k > 0 && k + 1 < p.len() && (k * 7919 + 13) % 10 < 2)
+                .collect();
+            let order: Vec<usize> = (0..p.len()).filter(|&k| !lost[k]).collect();
+            let (_, _, m) = play(&p, &order);
+            let rebuildable = (0..p.len())
+                .filter(|&k| lost[k] && !lost[k + 1] && crate::audio::opus::carries_fec(&p[k + 1]))
+                .count() as u64;
+            let losses = lost.iter().filter(|&&l| l).count() as u64;
+            println!(
+                "{losses} lost, {rebuildable} rebuildable, {} rebuilt",
+                m.fec_recovered
+            );
+            assert!(rebuildable >= 3, "{rebuildable}");
+            assert_eq!(m.fec_recovered, rebuildable, "{m:?}");
+            assert_eq!(
+                m.codec_concealed_frames,
+                (losses - rebuildable) * FRAME as u64,
+                "{m:?}"
+            );
+        }
+
+        #[test]
+        fn opus_losses_in_real_time_with_a_packet_of_margin_are_rebuilt() {
+            // Packets every 20 ms, read about every 5 ms; playing starts
+            // with 60 ms buffered, so each frame waits 40 ms. 20 % lost,
+            // and a packet after a loss comes 15 ms late: after one loss
+            // it is still there in time; after two in a row (55 ms after
+            // the first lost one would have come) the buffer starves for
+            // 15 ms. The reads are of 230 and 250 frames in turn (as when
+            // stretching): the rest of such a hole is no whole number of
+            // libopus's 2.5 ms steps, and its last packet must still come
+            // back from FEC.
+            let mut enc = Encoder::new(&EncoderConfig {
+                channels: 1,
+                bitrate_bps: 24_000,
+                fec: true,
+                expected_loss_pct: 20,
+                frame_frames: FRAME,
+                dtx: false,
+            })
+            .unwrap();
+            let n = 150;
+            let p: Vec<Vec<u8>> = (0..n * FRAME)
+                .map(|i| {
+                    let t = i as f64 / 48_000.0;
+                    let env = 0.35 + 0.65 * (core::f64::consts::PI * 4.0 * t).sin().abs();
+                    let f0 = 200.0 + 50.0 * (2.0 * core::f64::consts::PI * 3.0 * t).sin();
+                    (6000.0 * env * (2.0 * core::f64::consts::PI * f0 * t).sin()) as i16
+                })
+                .collect::<Vec<i16>>()
+                .chunks_exact(FRAME)
+                .map(|f| {
+                    let mut out = [0u8; 1500];
+                    let len = enc.encode(f, &mut out).unwrap();
+                    out[..len].to_vec()
+                })
+                .collect();
+            let lost: Vec<bool> = (0..n)
+                .map(|k| k > 2 && k + 3 < n && (k * 7919 + 13) % 10 < 2)
+                .collect();
+            let mut jb = JitterBuffer::new(&JitterConfig {
+                opus: true,
+                target_delay_ms: 50,
+                max_delay_ms: 300,
+                ..config()
+            })
+            .unwrap();
+            let mut buf = vec![0i16; 250];
+            for tick in 0..(n as u64 * 4 + 40) {
+                let now = tick * 5 * MS;
+                for k in (tick / 4).saturating_sub(3) as usize..=(tick / 4) as usize {
+                    if k >= n {
+                        continue;
+                    }
+                    let late = if k > 0 && lost[k - 1] { 3 } else { 0 };
+                    if !lost[k] && k as u64 * 4 + late == tick {
+                        let mut pk = packet(&p[k], k);
+                        pk.arrival_ns = now;
+                        jb.push(&pk);
+                    }
+                }
+                let len = if tick % 2 == 0 { 230 } else { 250 };
+                jb.read(&mut buf[..len], now);
+            }
+            let m = jb.metrics();
+            let doubles = (0..n - 1).filter(|&k| lost[k] && lost[k + 1]).count();
+            assert!(doubles >= 3, "{doubles} double losses");
+            let rebuildable = (0..n - 1)
+                .filter(|&k| lost[k] && !lost[k + 1] && crate::audio::opus::carries_fec(&p[k + 1]))
+                .count() as u64;
+            let losses = lost.iter().filter(|&&l| l).count() as u64;
+            println!(
+                "{losses} lost, {rebuildable} rebuildable, {} rebuilt: {m:?}",
+                m.fec_recovered
+            );
+            assert!(rebuildable >= 10, "{rebuildable}");
+            assert_eq!(m.fec_recovered, rebuildable, "{m:?}");
+            // Each double loss starved the buffer, and so did the end.
+            assert_eq!(m.underruns, doubles as u64 + 1, "{m:?}");
         }
 
         #[test]

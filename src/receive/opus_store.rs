@@ -195,8 +195,8 @@ impl OpusStore {
 
     /// Rebuilds the `frames` missing frames at `pos` from the in-band FEC
     /// of the stored packet that starts right after them. Returns whether
-    /// that packet can carry FEC (SILK or hybrid); if it cannot, libopus
-    /// conceals instead.
+    /// that packet carries FEC (its LBRR flag) for all of them; if not,
+    /// libopus conceals instead, and the frames count as concealed.
     pub fn recover(&mut self, pos: u64, frames: usize) -> Result<(Decoded, bool), OpusError> {
         let ch = self.decoder.channels() as usize;
         let next = self.starting_at(pos + frames as u64);
@@ -204,7 +204,11 @@ impl OpusStore {
             return self.conceal(pos, frames).map(|d| (d, false));
         };
         let payload = self.payload(i);
-        let fec = opus::can_carry_fec(payload);
+        // libopus rebuilds from FEC only a whole frame of the next
+        // packet's length; a shorter rest of a hole (the start of it was
+        // already concealed while the buffer starved) it conceals.
+        let whole = self.slots.get(i).map_or(0, |s| s.frames as usize) <= frames;
+        let fec = whole && opus::carries_fec(payload);
         // Split borrows: the payload lives in `slots`, the output in `scratch`.
         let Some(slot) = self.slots.get(i) else {
             return self.conceal(pos, frames).map(|d| (d, false));

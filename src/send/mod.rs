@@ -99,6 +99,26 @@ pub struct SendConfig {
     pub opus: crate::audio::opus::EncoderConfig,
 }
 
+/// Opus's `--bitrate` is what the stream costs on the network, headers
+/// included, as WebRTC's audio sender counts its target (it takes the
+/// per-packet transport overhead off the allocated rate before setting
+/// the encoder): the encoder gets what is left after the IPv4/IPv6, UDP
+/// and RTP headers (and the SRTP tag) of every packet. At the usual
+/// 20 ms that is 16 kbit/s over IPv4; a longer `--ptime` leaves the codec
+/// more. Never below libopus's 6 kbit/s.
+pub fn codec_bitrate_bps(
+    wire_bps: u32,
+    frames_per_packet: usize,
+    ipv6: bool,
+    tag_bytes: usize,
+) -> u32 {
+    let ip = if ipv6 { 40 } else { 20 };
+    let header_bits = (ip + 8 + 12 + tag_bytes) as u64 * 8;
+    let packets_per_s = f64::from(crate::audio::opus::RATE) / frames_per_packet.max(1) as f64;
+    let overhead = (header_bits as f64 * packets_per_s).round() as u32;
+    wire_bps.saturating_sub(overhead).max(6_000)
+}
+
 /// The session name and the SAP destination of `--sap`.
 #[derive(Debug, Clone)]
 pub struct SapOptions {
@@ -511,6 +531,15 @@ impl Sender {
             Output::Rtp { payload_type, .. } => Framing::Rtp { payload_type },
             Output::Raw => Framing::Raw,
         };
+        let opus = crate::audio::opus::EncoderConfig {
+            bitrate_bps: codec_bitrate_bps(
+                config.opus.bitrate_bps,
+                frames_per_packet,
+                config.dest.addr.is_ipv6(),
+                srtp.as_ref().map_or(0, |(_, suite)| suite.rtp_tag_len()),
+            ),
+            ..config.opus
+        };
         let packetizer = Packetizer::new(&PacketizerConfig {
             format,
             framing,
@@ -518,7 +547,7 @@ impl Sender {
             ssrc,
             first_seq,
             first_timestamp,
-            opus: config.opus,
+            opus,
         })
         .map_err(Error::Packetize)?;
         let dest = Dest::open(&config.dest)?;
@@ -781,6 +810,19 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opus_bitrate_counts_the_headers_of_every_packet() {
+        // 50 packets/s × (20 IPv4 + 8 UDP + 12 RTP) bytes = 16 kbit/s.
+        assert_eq!(codec_bitrate_bps(96_000, 960, false, 0), 80_000);
+        // IPv6 headers are 20 bytes longer; an SRTP tag adds its own.
+        assert_eq!(codec_bitrate_bps(96_000, 960, true, 0), 72_000);
+        assert_eq!(codec_bitrate_bps(96_000, 960, false, 10), 76_000);
+        // 60 ms packets: a third of the overhead.
+        assert_eq!(codec_bitrate_bps(96_000, 2880, false, 0), 90_667);
+        // Never below what libopus accepts.
+        assert_eq!(codec_bitrate_bps(12_000, 240, false, 0), 6_000);
+    }
 
     const SRC: StreamFormat = StreamFormat {
         encoding: Encoding::S16Le,

@@ -39,6 +39,9 @@ pub struct Stats {
     /// line from before SRTP.
     pub auth_failed: u64,
     pub concealed_ms: u64,
+    /// Opus: lost packets rebuilt from the next one's in-band FEC; 0 on a
+    /// line from before Opus.
+    pub fec: u64,
     pub stretched_ms: u64,
     pub underruns: u64,
     /// The jitter buffer ran dry (concealed while it waited).
@@ -69,6 +72,7 @@ impl Stats {
             malformed: self.malformed.saturating_sub(earlier.malformed),
             auth_failed: self.auth_failed.saturating_sub(earlier.auth_failed),
             concealed_ms: self.concealed_ms.saturating_sub(earlier.concealed_ms),
+            fec: self.fec.saturating_sub(earlier.fec),
             stretched_ms: self.stretched_ms.saturating_sub(earlier.stretched_ms),
             underruns: self.underruns.saturating_sub(earlier.underruns),
             starved: self.starved.saturating_sub(earlier.starved),
@@ -104,6 +108,7 @@ impl Stats {
             malformed: int("malformed")?,
             auth_failed: int("auth-failed").unwrap_or(0),
             concealed_ms: int("concealed")?,
+            fec: int("fec").unwrap_or(0),
             stretched_ms: int("stretched")?,
             underruns: int("underruns")?,
             starved: int("starved").unwrap_or(0),
