@@ -28,10 +28,6 @@ use common::{
 
 const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
 
-/// Fixed playout delay for streams from other programs (see
-/// `play_from_ffmpeg` for why not less).
-const INTEROP_LATENCY_MS: u32 = 120;
-
 /// One stream at a time: each test runs a sound server, the receiver and
 /// a sender in real time, and on a 2-core machine three at once starve the
 /// sound servers (a stalled sink shows up as late packets and overflow).
@@ -78,22 +74,18 @@ struct Receiver {
 }
 
 impl Receiver {
-    /// Starts `netspeaker` with the device fixed at the stream's rate and
-    /// channel count (so it never reopens when the stream starts: the file
-    /// plugin starts a new file on every open) and waits until the device
-    /// consumes. A PulseAudio null sink takes over a second to start a new
-    /// stream on a loaded machine; a sender started before that would lose
-    /// its first second to a full queue.
-    fn start(dir: &TestDir, latency_ms: u32, rate: u32, channels: u16, args: &[&str]) -> Receiver {
+    /// Starts `netspeaker` on its defaults (what users run: the device at
+    /// its own preferred format, 48 kHz stereo here; the adaptive delay;
+    /// clock following) and waits until the device consumes. A PulseAudio
+    /// null sink takes over a second to start a new stream on a loaded
+    /// machine; a sender started before that would lose its first second
+    /// to a full queue.
+    fn start(dir: &TestDir, args: &[&str]) -> Receiver {
         let pulse = PulseServer::start(&dir.path);
         let config = AlsaConfig::write(&dir.path);
         let log = dir.file("receiver.log");
         let child = Command::new(RECEIVER)
             .args(["-v", "--device", "paced", "--stats-interval", "0"])
-            .args(["--latency-ms", &latency_ms.to_string()])
-            .args(["--clock-follow", "off"])
-            .args(["--device-rate", &rate.to_string()])
-            .args(["--device-channels", &channels.to_string()])
             .args(args)
             .envs(config.env())
             .envs(pulse.env())
@@ -300,9 +292,6 @@ fn play_opus_from_ffmpeg(
     let listen = format!("127.0.0.1:{port}");
     let receiver = Receiver::start(
         &dir,
-        INTEROP_LATENCY_MS,
-        48_000,
-        2,
         &["--rtp-format", "97=OPUS/48000/2", "--listen", &listen],
     );
     let mut relay = relay::Relay::start(listen.parse().expect("addr"), impairment);
@@ -454,9 +443,6 @@ fn gstreamer_opus_stereo_plays_as_libopus_decodes_it() {
         let listen = format!("127.0.0.1:{port}");
         let receiver = Receiver::start(
             &dir,
-            INTEROP_LATENCY_MS,
-            48_000,
-            2,
             &["--rtp-format", "96=OPUS/48000/2", "--listen", &listen],
         );
         let tail = format!(
