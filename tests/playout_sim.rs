@@ -220,6 +220,8 @@ struct Start {
     /// Share of the periods passed through in the first second.
     first_second_share: f64,
     skipped_silence_frames: u64,
+    /// The delay over its target, mean of the first second, ms.
+    first_second_error_ms: f64,
     underruns: u64,
     late: u64,
 }
@@ -253,6 +255,7 @@ fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) ->
     let mut k = 0u64;
     let (mut started, mut last_resampled) = (None, 0.0);
     let mut first_second = 0;
+    let mut first_second_error_ms = 0.0;
     for tick in 1..=40 * 200u64 {
         let now = t0 + tick * 5_000_000;
         loop {
@@ -301,6 +304,8 @@ fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) ->
         }
         if tick - from < 200 {
             first_second += usize::from(passed);
+            first_second_error_ms +=
+                (engine.buffered_delay_frames() - engine.target_delay_frames()) / 48.0 / 200.0;
         }
     }
     let m = engine.jitter().metrics();
@@ -308,6 +313,7 @@ fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) ->
         last_resampled_s: last_resampled,
         first_second_share: first_second as f64 / 200.0,
         skipped_silence_frames: m.skipped_silence_frames,
+        first_second_error_ms,
         underruns: m.underruns,
         late: m.late,
     }
@@ -331,6 +337,8 @@ fn same_clock_stream_passes_through_from_its_start() {
                 assert!(s.first_second_share >= 0.99, "{s:?}");
                 assert_eq!((s.underruns, s.late), (0, 0), "{s:?}");
                 assert_eq!(s.skipped_silence_frames > 0, lead_in > 0, "{s:?}");
+                // Landed on the target, a little above rather than below.
+                assert!(s.first_second_error_ms.abs() <= 2.5, "{s:?}");
             }
         }
     }
@@ -343,7 +351,7 @@ fn a_start_with_sound_at_once_is_not_skipped() {
     // (12.2 s here; faster would move a burst's timing by more than 1 ms
     // per half second, see tests/defaults.rs). On a link with no jitter
     // at all the margin itself comes down 4 ms after a silent start,
-    // which is resampled too (5.6 s).
+    // which is resampled too (6.9 s).
     let s = start_on_defaults(960, 1, 0, 1);
     println!("sound at once: {s:?}");
     assert_eq!(s.skipped_silence_frames, 0, "{s:?}");
@@ -355,5 +363,5 @@ fn a_start_with_sound_at_once_is_not_skipped() {
     let s = start_on_defaults(960, 0, 2880, 1);
     println!("no jitter, silent lead-in: {s:?}");
     assert!(s.skipped_silence_frames > 0, "{s:?}");
-    assert!(s.last_resampled_s <= 6.0, "{s:?}");
+    assert!(s.last_resampled_s <= 7.5, "{s:?}");
 }

@@ -193,6 +193,8 @@ enum Correction {
 
 /// Samples within this of zero are silence a start may skip (−60 dBFS).
 const SILENT_LEVEL: i16 = 32;
+/// Silence a start's skip leaves above the target, ms.
+const START_SKIP_SPARE_MS: f64 = 2.0;
 
 /// Least headroom between the target delay and the delay at which audio
 /// is dropped (see `PlayoutConfig::max_delay_ms`).
@@ -549,11 +551,12 @@ impl Engine {
         if playing && !self.was_playing && self.clock_follow {
             // The controller measures after each period's read: half a
             // period below the level's mean on average. That half period
-            // stays, so the start lands on the controller's target.
-            let half_period =
-                out_frames * format.rate as usize / self.device_rate.max(1) as usize / 2;
-            self.jitter
-                .skip_start_silence(now_ns, half_period, SILENT_LEVEL);
+            // stays, and `START_SKIP_SPARE_MS` more: a start lands a little
+            // above its target rather than below (short of its target, a
+            // delay starves first).
+            let keep = out_frames * format.rate as usize / self.device_rate.max(1) as usize / 2
+                + (START_SKIP_SPARE_MS * format.rate as f64 / 1000.0) as usize;
+            self.jitter.skip_start_silence(now_ns, keep, SILENT_LEVEL);
         }
         self.was_playing = playing;
         let ch = format.channels as usize;
