@@ -33,14 +33,28 @@
 //!   seeded runs from the first estimate on; the worst miss seen was 3
 //!   times it). Least squares over minima would carry the spread of
 //!   the minima into the slope (≈ 45 ppm at 0–60 ms jitter after 20 s).
-//! - What the floor allows: after T seconds of N packets with jitter of
-//!   floor density 1/J, the slope is known to ≈ 6·J/(N·T). Measured at
-//!   50 packets/s, 20 s: 0–20 ms uniform or exponential (mean 10–20 ms)
-//!   jitter, σ ≈ 3–6 ppm, worst of 135 runs 19.6 ppm; 0–60 ms uniform,
-//!   σ ≈ 18 ppm (worst 36 ppm of 60 runs, 54 of 59 others) at 20 s,
-//!   within 20 ppm from ≈ 35 s (worst of 60 runs 7 ppm at 40 s). The
-//!   uncertainty says which. The device side (status timestamps 0–200 µs
-//!   late) is within 1 ppm at 20 s.
+//! - The ceiling: jitter bounded above (a Wi-Fi station in power save
+//!   holds packets up to one beacon interval; a sender's coarse timer)
+//!   has a ceiling as sharp as its floor, and it pins the slope as well.
+//!   The block maxima are kept too, and where their mean depth below
+//!   their upper envelope is within 1.5 times the minima's height above
+//!   the floor, the slope's posterior is the product of both edges'
+//!   likelihoods. A long tail's ceiling (exponential jitter, stragglers)
+//!   is a few outliers far apart, its blocks sit deep below it, and it is
+//!   left out: the floor alone, as before. Steps are judged against the
+//!   floor only.
+//! - What the arrivals allow: after T seconds of N packets with jitter of
+//!   edge density 1/J, the slope is known to ≈ 6·J/(N·T) by one edge.
+//!   Measured at 20 s: 0–20 ms uniform or exponential (mean 10–20 ms)
+//!   jitter at 50 packets/s, worst of 135 runs 17.4 ppm (19.6 by the
+//!   floor alone); 0–60 ms uniform, 114 of 120 runs within 20 ppm at 50
+//!   packets/s (96 by the floor alone), worst 31 ppm (36), mean
+//!   uncertainty 31 ppm (43); all 120 within 20 ppm at 200 packets/s
+//!   (worst 8 ppm). No estimator does much better at 50 packets/s: the
+//!   exact posterior of the uniform model over every packet (an oracle
+//!   that knows the jitter is uniform) missed 20 ppm in 8 % of 200
+//!   simulated runs. The uncertainty says which. The device side (status
+//!   timestamps 0–200 µs late) is within 1 ppm at 20 s.
 //! - Reordered and late packets need nothing special: they update the
 //!   block of their own timestamp if it is still in the window (a late
 //!   packet only has a larger transit), else they are counted stale. Lost
@@ -122,6 +136,11 @@ const POSTERIOR_SDS: f64 = 3.0;
 /// Slope uncertainty reported when the envelope gives no way to judge it
 /// (1000 ppm: "unknown").
 const UNKNOWN_SLOPE_U: f64 = 1e-3;
+/// The ceiling joins the fit while its blocks sit no deeper below it on
+/// average than this many times the floor's blocks above the floor (both
+/// edges alike sharp: equal for uniform jitter; a tail's ceiling is many
+/// times deeper).
+const CEILING_SHARPNESS: f64 = 1.5;
 /// Block numbers are clamped to ± this.
 const MAX_BLOCK: f64 = 1e15;
 /// Fewest blocks a fit is made of.
@@ -231,6 +250,10 @@ struct Block {
     y: f64,
     /// Envelope: detrended y of the kept point; Segmented: the highest.
     key: f64,
+    /// Envelope: the highest point, and its detrended y.
+    hi_x: f64,
+    hi_y: f64,
+    hi_key: f64,
     suspect: bool,
 }
 
@@ -240,6 +263,9 @@ const EMPTY: Block = Block {
     x: 0.0,
     y: 0.0,
     key: 0.0,
+    hi_x: 0.0,
+    hi_y: 0.0,
+    hi_key: 0.0,
     suspect: false,
 };
 
@@ -282,8 +308,14 @@ struct Track {
     /// Scratch, sized at `new`.
     xs: Vec<f64>,
     ys: Vec<f64>,
+    /// The blocks' highest points (envelope fit).
+    hi_xs: Vec<f64>,
+    hi_ys: Vec<f64>,
     hull: Vec<usize>,
+    hi_hull: Vec<usize>,
     work: Vec<f64>,
+    /// The slopes where either edge's likelihood bends.
+    breaks: Vec<f64>,
 }
 
 impl Track {
@@ -310,8 +342,12 @@ impl Track {
             min_span,
             xs: Vec::with_capacity(n),
             ys: Vec::with_capacity(n),
+            hi_xs: Vec::with_capacity(n),
+            hi_ys: Vec::with_capacity(n),
             hull: Vec::with_capacity(n),
+            hi_hull: Vec::with_capacity(n),
             work: Vec::with_capacity(n),
+            breaks: Vec::with_capacity(2 * n),
         }
     }
 
@@ -380,6 +416,11 @@ impl Track {
                     b.y = y;
                     b.key = key;
                 }
+                if b.n == 0 || key > b.hi_key {
+                    b.hi_x = x;
+                    b.hi_y = y;
+                    b.hi_key = key;
+                }
             }
             Fit::Segmented => {
                 // The mean of the readings near the block's top: a
@@ -395,7 +436,7 @@ impl Track {
                         x,
                         y,
                         key,
-                        suspect: false,
+                        ..EMPTY
                     };
                 } else if key >= b.key - LATE_READING_S {
                     b.x += x;
@@ -485,6 +526,8 @@ impl Track {
     fn fit_window(&mut self) {
         self.xs.clear();
         self.ys.clear();
+        self.hi_xs.clear();
+        self.hi_ys.clear();
         let len = self.blocks.len() as i64;
         let mut x0 = None;
         for no in (self.newest - len + 1)..self.newest {
@@ -497,6 +540,10 @@ impl Track {
             // Capacity is the ring's length: no allocation.
             self.xs.push(x - origin);
             self.ys.push(y);
+            if self.fit == Fit::Envelope {
+                self.hi_xs.push(b.hi_x - origin);
+                self.hi_ys.push(b.hi_y);
+            }
         }
         let (Some(x0), Some(&span)) = (x0, self.xs.last()) else {
             return;
@@ -505,7 +552,7 @@ impl Track {
             return;
         }
         let fitted = match self.fit {
-            Fit::Envelope => self.envelope(),
+            Fit::Envelope => self.two_edges(),
             Fit::Segmented => self.segmented(),
         };
         if let Some(mut l) = fitted {
@@ -637,94 +684,258 @@ impl Track {
         })
     }
 
-    /// The line below every point that is highest at their mean x (the
-    /// lower convex hull's edge over the mean: the maximum-likelihood line
-    /// if heights above the floor are exponential), then the posterior
-    /// mean and spread of its slope under that model.
-    fn envelope(&mut self) -> Option<Line> {
-        let (xs, ys) = (&self.xs, &self.ys);
-        let hull = &mut self.hull;
-        hull.clear();
-        for i in 0..xs.len() {
-            while hull.len() >= 2 {
-                let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
-                let cross = (xs[b] - xs[a]) * (ys[i] - ys[a]) - (ys[b] - ys[a]) * (xs[i] - xs[a]);
-                if cross <= 0.0 {
-                    hull.pop();
-                } else {
-                    break;
-                }
-            }
-            hull.push(i);
+    /// The floor's line from the block minima; where the blocks' maxima
+    /// show a ceiling as sharp as the floor (jitter that is bounded above:
+    /// a Wi-Fi station in power save, whose packets wait up to one beacon
+    /// interval; a sender's coarse timer), the ceiling says as much about
+    /// the slope as the floor: the slope's posterior is then the product
+    /// of both edges' likelihoods. The ceiling of a long tail (exponential
+    /// jitter, late outliers) is set by a few stragglers far apart: its
+    /// blocks sit deep below it on average, and it is left out. The line
+    /// returned is the floor's (steps are judged against it) with the
+    /// slope of both.
+    fn two_edges(&mut self) -> Option<Line> {
+        let floor = envelope(&self.xs, &self.ys, &mut self.hull)?;
+        if !(floor.slope_u > 0.0 && floor.slope_u < UNKNOWN_SLOPE_U) {
+            return Some(floor);
         }
-        if hull.len() < 2 {
-            return None;
-        }
-        let n = xs.len() as f64;
-        let mx = xs.iter().sum::<f64>() / n;
-        // Edge slopes are increasing along a lower hull.
-        let slope_of = |e: usize| -> f64 {
-            let (a, b) = (hull[e], hull[e + 1]);
-            (ys[b] - ys[a]) / (xs[b] - xs[a])
+        // The ceiling is the floor of the mirrored maxima.
+        self.work.clear();
+        self.work.extend(self.hi_ys.iter().map(|y| -y));
+        let Some(ceiling) = envelope(&self.hi_xs, &self.work, &mut self.hi_hull) else {
+            return Some(floor);
         };
-        let edge = (0..hull.len() - 1)
-            .find(|&e| xs[hull[e + 1]] >= mx)
-            .unwrap_or(hull.len() - 2);
-        let best = slope_of(edge);
-        // The line: y = top + best·(x − mx).
-        let top = ys[hull[edge]] - best * (xs[hull[edge]] - mx);
-        let spread = xs
-            .iter()
-            .zip(ys.iter())
-            .map(|(x, y)| y - top - best * (x - mx))
-            .sum::<f64>()
-            / n;
-        let intercept = top - best * mx;
-        // Likelihood of slope `best + t` ∝ exp(λ·g(t)) with
-        // g(t) = min over hull vertices j of (y_j − (best + t)(x_j − mx)) − top
-        // (the highest line of that slope below all points, at the mean)
-        // and λ = blocks / mean height: piecewise exponential in t, one
-        // piece per vertex; its moments are integrated exactly.
-        let lambda = n / spread;
-        let (mut m0, mut m1, mut m2) = (0.0, 0.0, 0.0);
-        for j in 0..hull.len() {
-            let lo = if j == 0 {
-                f64::NEG_INFINITY
-            } else {
-                slope_of(j - 1) - best
-            };
-            let hi = if j + 1 == hull.len() {
-                f64::INFINITY
-            } else {
-                slope_of(j) - best
-            };
-            let d = xs[hull[j]] - mx;
-            let c = lambda * (ys[hull[j]] - best * d - top);
-            let (a0, a1, a2) = exp_moments(c.min(0.0), -lambda * d, lo, hi);
-            m0 += a0;
-            m1 += a1;
-            m2 += a2;
+        if !(ceiling.spread > 0.0 && ceiling.spread <= CEILING_SHARPNESS * floor.spread) {
+            return Some(floor);
         }
-        let mean = m1 / m0;
-        let var = (m2 / m0 - mean * mean).max(0.0);
-        if !(spread > 0.0 && m0 > 0.0 && mean.is_finite() && var.is_finite()) {
-            // No heights to judge by (no jitter at all) or a degenerate
-            // hull: the envelope itself, and no spread known.
-            let exact = spread.abs() < 1e-12;
-            return Some(Line {
-                slope: best,
-                intercept,
-                slope_u: if exact { 0.0 } else { UNKNOWN_SLOPE_U },
-                spread: spread.max(0.0),
-            });
-        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (n, mx) = (self.xs.len() as f64, mean(&self.xs));
+        let sides = [
+            Edge {
+                xs: &self.xs,
+                ys: &self.ys,
+                hull: &self.hull,
+                mx,
+                lambda: n / floor.spread,
+                sign: 1.0,
+            },
+            Edge {
+                xs: &self.hi_xs,
+                ys: &self.work,
+                hull: &self.hi_hull,
+                mx: mean(&self.hi_xs),
+                lambda: self.hi_xs.len() as f64 / ceiling.spread,
+                sign: -1.0,
+            },
+        ];
+        let Some((slope, sd)) = joint_slope(&sides, floor.slope, &mut self.breaks) else {
+            return Some(floor);
+        };
         Some(Line {
-            slope: best + mean,
-            intercept: top - (best + mean) * mx,
-            slope_u: POSTERIOR_SDS * var.sqrt(),
-            spread,
+            slope,
+            intercept: floor.at(mx) - slope * mx,
+            slope_u: POSTERIOR_SDS * sd,
+            spread: floor.spread,
         })
     }
+}
+
+/// One edge of the transit band, as a likelihood of the slope `s`:
+/// λ · (height at the points' mean x of the highest line of slope
+/// `sign·s` below them); the ceiling is the mirrored maxima (`sign` −1).
+struct Edge<'a> {
+    xs: &'a [f64],
+    ys: &'a [f64],
+    /// The points' lower hull.
+    hull: &'a [usize],
+    mx: f64,
+    lambda: f64,
+    sign: f64,
+}
+
+impl Edge<'_> {
+    /// The log-likelihood at `s` (up to a constant) and its derivative.
+    /// The lowest point under a line of slope `t` is the hull vertex
+    /// between the edges below and above `t` (edge slopes increase along a
+    /// lower hull): found by bisection, so that a hull of many vertices (a
+    /// clock that wanders smoothly puts every block on it) costs the
+    /// realtime thread O(log n) per call, not O(n).
+    fn at(&self, s: f64) -> (f64, f64) {
+        let t = self.sign * s;
+        let (mut lo, mut hi) = (0, self.hull.len().saturating_sub(1));
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.edge(mid) < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        let Some(&j) = self.hull.get(lo) else {
+            return (f64::NEG_INFINITY, 0.0);
+        };
+        let d = self.xs[j] - self.mx;
+        (
+            self.lambda * (self.ys[j] - t * d),
+            -self.lambda * self.sign * d,
+        )
+    }
+
+    /// The slope of the hull's edge `k` (from vertex `k` to `k + 1`).
+    fn edge(&self, k: usize) -> f64 {
+        let (a, b) = (self.hull[k], self.hull[k + 1]);
+        (self.ys[b] - self.ys[a]) / (self.xs[b] - self.xs[a])
+    }
+
+    /// Where the log-likelihood bends: the hull's edge slopes.
+    fn bends(&self, out: &mut Vec<f64>) {
+        for k in 0..self.hull.len().saturating_sub(1) {
+            out.push(self.sign * self.edge(k));
+        }
+    }
+}
+
+/// Mean and standard deviation of the slope under the product of the
+/// edges' likelihoods (flat prior): piecewise exponential between the
+/// bends, integrated exactly, in slopes relative to `near` (a slope close
+/// to the peak, for precision). `bends` is scratch with room for every
+/// hull edge.
+fn joint_slope(edges: &[Edge], near: f64, bends: &mut Vec<f64>) -> Option<(f64, f64)> {
+    bends.clear();
+    for e in edges {
+        e.bends(bends);
+    }
+    bends.retain(|b| b.is_finite());
+    // In place: sorting must not allocate.
+    bends.sort_unstable_by(f64::total_cmp);
+    let log_l = |s: f64| {
+        edges.iter().fold((0.0, 0.0), |(v, k), e| {
+            let (a, b) = e.at(s);
+            (v + a, k + b)
+        })
+    };
+    // Concave: the peak is at a bend.
+    let peak = bends
+        .iter()
+        .map(|&b| log_l(b).0)
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !peak.is_finite() {
+        return None;
+    }
+    let (mut m0, mut m1, mut m2) = (0.0, 0.0, 0.0);
+    for i in 0..=bends.len() {
+        let lo = if i == 0 {
+            f64::NEG_INFINITY
+        } else {
+            bends[i - 1]
+        };
+        let hi = bends.get(i).copied().unwrap_or(f64::INFINITY);
+        // Any slope inside the piece has the same active points.
+        let inside = match (lo.is_finite(), hi.is_finite()) {
+            (true, true) => 0.5 * (lo + hi),
+            (false, true) => hi - 1.0,
+            (true, false) => lo + 1.0,
+            (false, false) => return None,
+        };
+        let (v, k) = log_l(inside);
+        // log L − peak = c + k·(s − near) on this piece.
+        let c = v - peak + k * (near - inside);
+        let (a0, a1, a2) = exp_moments(c, k, lo - near, hi - near);
+        m0 += a0;
+        m1 += a1;
+        m2 += a2;
+    }
+    let mean = m1 / m0;
+    let var = m2 / m0 - mean * mean;
+    (m0 > 0.0 && mean.is_finite() && var.is_finite() && var >= 0.0)
+        .then(|| (near + mean, var.sqrt()))
+}
+
+/// The line below every point that is highest at their mean x (the lower
+/// convex hull's edge over the mean: the maximum-likelihood line if heights
+/// above the floor are exponential), then the posterior mean and spread of
+/// its slope under that model. `hull` is scratch.
+fn envelope(xs: &[f64], ys: &[f64], hull: &mut Vec<usize>) -> Option<Line> {
+    hull.clear();
+    for i in 0..xs.len() {
+        while hull.len() >= 2 {
+            let (a, b) = (hull[hull.len() - 2], hull[hull.len() - 1]);
+            let cross = (xs[b] - xs[a]) * (ys[i] - ys[a]) - (ys[b] - ys[a]) * (xs[i] - xs[a]);
+            if cross <= 0.0 {
+                hull.pop();
+            } else {
+                break;
+            }
+        }
+        hull.push(i);
+    }
+    if hull.len() < 2 {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let mx = xs.iter().sum::<f64>() / n;
+    // Edge slopes are increasing along a lower hull.
+    let slope_of = |e: usize| -> f64 {
+        let (a, b) = (hull[e], hull[e + 1]);
+        (ys[b] - ys[a]) / (xs[b] - xs[a])
+    };
+    let edge = (0..hull.len() - 1)
+        .find(|&e| xs[hull[e + 1]] >= mx)
+        .unwrap_or(hull.len() - 2);
+    let best = slope_of(edge);
+    // The line: y = top + best·(x − mx).
+    let top = ys[hull[edge]] - best * (xs[hull[edge]] - mx);
+    let spread = xs
+        .iter()
+        .zip(ys.iter())
+        .map(|(x, y)| y - top - best * (x - mx))
+        .sum::<f64>()
+        / n;
+    let intercept = top - best * mx;
+    // Likelihood of slope `best + t` ∝ exp(λ·g(t)) with
+    // g(t) = min over hull vertices j of (y_j − (best + t)(x_j − mx)) − top
+    // (the highest line of that slope below all points, at the mean)
+    // and λ = blocks / mean height: piecewise exponential in t, one
+    // piece per vertex; its moments are integrated exactly.
+    let lambda = n / spread;
+    let (mut m0, mut m1, mut m2) = (0.0, 0.0, 0.0);
+    for j in 0..hull.len() {
+        let lo = if j == 0 {
+            f64::NEG_INFINITY
+        } else {
+            slope_of(j - 1) - best
+        };
+        let hi = if j + 1 == hull.len() {
+            f64::INFINITY
+        } else {
+            slope_of(j) - best
+        };
+        let d = xs[hull[j]] - mx;
+        let c = lambda * (ys[hull[j]] - best * d - top);
+        let (a0, a1, a2) = exp_moments(c, -lambda * d, lo, hi);
+        m0 += a0;
+        m1 += a1;
+        m2 += a2;
+    }
+    let mean = m1 / m0;
+    let var = (m2 / m0 - mean * mean).max(0.0);
+    if !(spread > 0.0 && m0 > 0.0 && mean.is_finite() && var.is_finite()) {
+        // No heights to judge by (no jitter at all) or a degenerate
+        // hull: the envelope itself, and no spread known.
+        let exact = spread.abs() < 1e-12;
+        return Some(Line {
+            slope: best,
+            intercept,
+            slope_u: if exact { 0.0 } else { UNKNOWN_SLOPE_U },
+            spread: spread.max(0.0),
+        });
+    }
+    Some(Line {
+        slope: best + mean,
+        intercept: top - (best + mean) * mx,
+        slope_u: POSTERIOR_SDS * var.sqrt(),
+        spread,
+    })
 }
 
 /// The median of `v` (reordered); None if empty.
@@ -1010,7 +1221,7 @@ mod tests {
     }
 
     const RATE: u32 = 48000;
-    /// 20 ms packets at 48 kHz.
+    /// 20 ms packets at 48 kHz (the sender's default).
     const PTIME: u32 = 960;
     /// Monotonic time of the stream's start: large, as on a real machine.
     const T0_NS: u64 = 3_600_000_000_000;
@@ -1021,6 +1232,9 @@ mod tests {
         Uniform(f64),
         /// Exponential with this mean, ms (a long tail).
         Exp(f64),
+        /// Uniform from 0 to this many ms, and 2 % of the packets 50–150 ms
+        /// later still (stragglers: the ceiling is no edge).
+        Stragglers(f64),
     }
 
     #[derive(Clone, Copy, Debug)]
@@ -1070,6 +1284,8 @@ mod tests {
         ts_jump: Option<(f64, i64)>,
         /// The stream's clock rate from `rate_change.0` s.
         rate_change: Option<(f64, u32)>,
+        /// Frames per packet.
+        ptime: u32,
         seed: u64,
     }
 
@@ -1089,6 +1305,7 @@ mod tests {
                 latency_changes: None,
                 ts_jump: None,
                 rate_change: None,
+                ptime: PTIME,
                 seed,
             }
         }
@@ -1102,7 +1319,7 @@ mod tests {
             let mut ev = Vec::new();
             let mut ts = self.ts0;
             for k in 0u64.. {
-                let send_own_s = k as f64 * PTIME as f64 / RATE as f64;
+                let send_own_s = k as f64 * self.ptime as f64 / RATE as f64;
                 let send_s = send_own_s / (1.0 + self.sender_ppm * 1e-6);
                 if send_s > self.secs {
                     break;
@@ -1112,12 +1329,12 @@ mod tests {
                     .is_some_and(|(a, b)| send_own_s >= a && send_own_s < b);
                 if paused {
                     if self.gap_skips_ts {
-                        ts = ts.wrapping_add(PTIME);
+                        ts = ts.wrapping_add(self.ptime);
                     }
                     continue;
                 }
                 let mut this_ts = ts;
-                ts = ts.wrapping_add(PTIME);
+                ts = ts.wrapping_add(self.ptime);
                 if let Some((at, frames)) = self.ts_jump {
                     if send_own_s >= at {
                         this_ts = this_ts.wrapping_add(frames as u32);
@@ -1129,6 +1346,14 @@ mod tests {
                 let jitter_ms = match self.jitter {
                     Jitter::Uniform(max) => rng.uniform() * max,
                     Jitter::Exp(mean) => -mean * (1.0 - rng.uniform()).ln(),
+                    Jitter::Stragglers(max) => {
+                        let late = if rng.uniform() < 0.02 {
+                            50.0 + 100.0 * rng.uniform()
+                        } else {
+                            0.0
+                        };
+                        rng.uniform() * max + late
+                    }
                 };
                 let step_ms = match self.floor_step {
                     Some((at, ms)) if send_s >= at => ms,
@@ -1312,33 +1537,138 @@ mod tests {
     }
 
     #[test]
-    fn jitter_0_to_60ms_uniform_within_20ppm_by_40s() {
-        // At 50 packets/s the floor of 0–60 ms uniform jitter is known to
-        // ≈ 60 ms/1000 packets after 20 s: the slope to ≈ 18 ppm (1 σ).
-        // The estimate says so in its uncertainty, and is within 20 ppm
-        // by 40 s.
-        let (mut worst20, mut worst40) = (0.0f64, 0.0f64);
-        let (mut covered, mut runs) = (0, 0);
-        for sender in [0.0, 1000.0, -1000.0] {
-            for device in [100.0, -100.0] {
-                for seed in 1..=10 {
-                    let mut s = Scenario::new(sender, device, Jitter::Uniform(60.0), seed);
-                    s.secs = 40.0;
-                    let mut run = Run::new(&s);
-                    let (err, u) = ratio_error(&mut run, &s, 20.0);
-                    worst20 = worst20.max(err);
-                    covered += usize::from(err <= u);
-                    runs += 1;
-                    let (err, _) = ratio_error(&mut run, &s, 40.0);
-                    assert!(err <= 20.0, "{s:?}: off by {err:.1} ppm at 40 s");
-                    worst40 = worst40.max(err);
+    fn jitter_0_to_60ms_uniform_at_20s() {
+        // The bar: within 20 ppm 20 s after the start, sender at 0
+        // and ±1000 ppm, 0–60 ms of uniform jitter (device ±100 ppm, 1 %
+        // loss, 20 draws each). At 200 packets/s (5 ms packets) every run
+        // meets it. At 50 packets/s (20 ms, the sender's default) the
+        // arrivals themselves do not pin the slope that well: even the
+        // exact posterior of the uniform model over every packet, as an
+        // oracle that knows the jitter is uniform, missed 20 ppm in 8 % of
+        // 200 simulated runs (standard deviation 10 ppm). There the bar is
+        // the stated uncertainty (it covers the error in 90 % of the runs
+        // or more) and 20 ppm in 85 % of the runs; every run is within
+        // 20 ppm at 40 s. (Floor alone, before the ceiling joined: 96/120
+        // within 20 ppm at 50 packets/s, the worst 36 ppm.)
+        for ptime in [240, 960] {
+            let (mut worst20, mut worst40) = (0.0f64, 0.0f64);
+            let (mut covered, mut within, mut runs) = (0, 0, 0);
+            for sender in [0.0, 1000.0, -1000.0] {
+                for device in [100.0, -100.0] {
+                    for seed in 1..=20 {
+                        let mut s = Scenario::new(sender, device, Jitter::Uniform(60.0), seed);
+                        s.ptime = ptime;
+                        s.secs = 40.0;
+                        let mut run = Run::new(&s);
+                        let (err, u) = ratio_error(&mut run, &s, 20.0);
+                        worst20 = worst20.max(err);
+                        covered += usize::from(err <= u);
+                        within += usize::from(err <= 20.0);
+                        runs += 1;
+                        if ptime == 240 {
+                            assert!(err <= 20.0, "{s:?}: off by {err:.1} ppm at 20 s");
+                        }
+                        let (err, _) = ratio_error(&mut run, &s, 40.0);
+                        assert!(err <= 20.0, "{s:?}: off by {err:.1} ppm at 40 s");
+                        worst40 = worst40.max(err);
+                    }
+                }
+            }
+            eprintln!(
+                "0-60 ms, {} packets/s: at 20 s {within}/{runs} within 20 ppm, worst {worst20:.1} ppm, {covered}/{runs} within the uncertainty; worst {worst40:.1} ppm at 40 s",
+                RATE / ptime
+            );
+            assert!(covered * 100 >= runs * 90, "{covered}/{runs}");
+            assert!(within * 100 >= runs * 85, "{within}/{runs}");
+        }
+    }
+
+    #[test]
+    fn a_ceiling_joins_only_where_it_is_an_edge() {
+        // Uniform jitter: the ceiling is as sharp as the floor and joins
+        // (the slope's uncertainty shrinks). Exponential jitter or
+        // stragglers: the ceiling is a few outliers and stays out (the
+        // floor's own fit, unchanged).
+        for (jitter, joins) in [
+            (Jitter::Uniform(60.0), true),
+            (Jitter::Exp(20.0), false),
+            (Jitter::Stragglers(20.0), false),
+        ] {
+            let (mut u_both, mut u_floor) = (0.0, 0.0);
+            for seed in 1..=10 {
+                let s = Scenario::new(1000.0, 0.0, jitter, 60 + seed);
+                let mut run = Run::new(&s);
+                let track = &mut run.until(20.0).sender;
+                let both = track.two_edges().unwrap();
+                let floor = envelope(&track.xs, &track.ys, &mut track.hull).unwrap();
+                if joins {
+                    assert_ne!(both.slope, floor.slope, "{jitter:?}");
+                    u_both += both.slope_u;
+                    u_floor += floor.slope_u;
+                } else {
+                    assert_eq!(both.slope, floor.slope, "{jitter:?}");
+                    assert_eq!(both.slope_u, floor.slope_u, "{jitter:?}");
+                }
+                let e = run.c.ratio_ppm().unwrap();
+                let err = (e.ppm - s.truth_ppm()).abs();
+                assert!(err <= 20.0 && err <= e.uncertainty_ppm, "{jitter:?}: {e}");
+            }
+            // (Measured: 0.67 on the whole, 0.42–0.95 each.)
+            if joins {
+                assert!(
+                    u_both <= 0.8 * u_floor,
+                    "{jitter:?}: {u_both} against {u_floor}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_edge_finds_the_lowest_point_under_any_slope() {
+        // The bisection over the hull's edges against the plain minimum
+        // over every point, on a smooth wander (every point on the hull)
+        // and on jitter (a few), mirrored or not.
+        let mut rng = Lcg(21);
+        for smooth in [true, false] {
+            let xs: Vec<f64> = (0..200).map(|i| i as f64 * 0.25).collect();
+            let ys: Vec<f64> = xs
+                .iter()
+                .map(|x| {
+                    if smooth {
+                        1e-4 * x * x + 1e-7 * rng.uniform()
+                    } else {
+                        0.02 * rng.uniform()
+                    }
+                })
+                .collect();
+            let mut hull = Vec::new();
+            envelope(&xs, &ys, &mut hull).unwrap();
+            assert!(!smooth || hull.len() > 100, "{}", hull.len());
+            for sign in [1.0, -1.0] {
+                let e = Edge {
+                    xs: &xs,
+                    ys: &ys,
+                    hull: &hull,
+                    mx: 25.0,
+                    lambda: 3.0,
+                    sign,
+                };
+                for k in 0..400 {
+                    let s = sign * (-0.01 + k as f64 * 5e-5);
+                    let t = sign * s;
+                    let low = xs
+                        .iter()
+                        .zip(&ys)
+                        .map(|(x, y)| y - t * (x - 25.0))
+                        .fold(f64::INFINITY, f64::min);
+                    let (v, _) = e.at(s);
+                    assert!(
+                        (v - 3.0 * low).abs() < 1e-12,
+                        "{smooth} {sign} {s}: {v} {low}"
+                    );
                 }
             }
         }
-        eprintln!(
-            "0-60 ms: worst error {worst20:.1} ppm at 20 s ({covered}/{runs} within the uncertainty), {worst40:.1} ppm at 40 s"
-        );
-        assert!(covered * 100 >= runs * 90);
     }
 
     #[test]

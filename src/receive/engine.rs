@@ -192,6 +192,11 @@ enum Correction {
     Follow,
 }
 
+/// Samples within this of zero are silence a start may skip (−60 dBFS).
+const SILENT_LEVEL: i16 = 32;
+/// Silence a start's skip leaves above the target, ms.
+const START_SKIP_SPARE_MS: f64 = 2.0;
+
 /// Least headroom between the target delay and the delay at which audio
 /// is dropped (see `PlayoutConfig::max_delay_ms`).
 const HEADROOM_MS: f64 = 40.0;
@@ -249,6 +254,8 @@ pub struct Engine {
     ceiling_ms: Option<f64>,
     /// No device: nothing is read, the audio waits.
     holding: bool,
+    /// The jitter buffer was playing at the last render.
+    was_playing: bool,
     /// The rate the jitter buffer was sized for (its frame unit before the
     /// first stream).
     jitter_max_rate: u32,
@@ -329,6 +336,7 @@ impl Engine {
             fec_stream: false,
             ceiling_ms: None,
             holding: false,
+            was_playing: false,
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
             correction: Correction::Pass,
             feeding_forward: false,
@@ -552,6 +560,22 @@ impl Engine {
         if self.format != Some(format) {
             self.configure(format);
         }
+        // A start held back by the source lock's probation (or by a
+        // prebuffer after a stall) reaches its delay by skipping the
+        // silence before its first sound, if it has one, instead of by
+        // seconds of resampling (see `JitterBuffer::skip_start_silence`).
+        let playing = self.jitter.state() == StreamState::Playing;
+        if playing && !self.was_playing && self.clock_follow {
+            // The controller measures after each period's read: half a
+            // period below the level's mean on average. That half period
+            // stays, and `START_SKIP_SPARE_MS` more: a start lands a little
+            // above its target rather than below (short of its target, a
+            // delay starves first).
+            let keep = out_frames * format.rate as usize / self.device_rate.max(1) as usize / 2
+                + (START_SKIP_SPARE_MS * format.rate as f64 / 1000.0) as usize;
+            self.jitter.skip_start_silence(now_ns, keep, SILENT_LEVEL);
+        }
+        self.was_playing = playing;
         let ch = format.channels as usize;
         let Some(resampler) = self.resampler() else {
             out.fill(0.0);

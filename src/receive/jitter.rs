@@ -13,6 +13,9 @@
 //! - A stream starts (and restarts after being lost) by anchoring the cursor
 //!   on its first packet and reading `Idle` until the buffered depth reaches
 //!   the target playout delay.
+//!   Whatever the start holds above the target (whole packets, and the
+//!   source lock's probation), if it is silence, may be skipped once
+//!   playing (`skip_start_silence`); sound never is.
 //! - Reordered packets that arrive before their playout time are placed;
 //!   duplicates are dropped; late packets (ending at or before the cursor)
 //!   are dropped; a packet straddling the cursor keeps its unplayed part.
@@ -267,6 +270,8 @@ pub struct JitterMetrics {
     pub codec_concealed_frames: u64,
     /// Opus: stored packets that did not decode (played as a hole).
     pub decode_errors: u64,
+    /// Silent frames skipped at a start (`skip_start_silence`).
+    pub skipped_silence_frames: u64,
 }
 
 impl JitterMetrics {
@@ -508,6 +513,50 @@ impl JitterBuffer {
                 ReadStatus::Missing(n)
             }
         }
+    }
+
+    /// At a start: skips the frames by which the buffer holds more than its
+    /// target level (margin + packet, counted from the newest packet's
+    /// arrival) and `keep` frames, if every one of them is silence, stored audio within
+    /// ±`level` or a talkspurt's gap: all or nothing. The source lock's
+    /// probation holds a new stream back until its second packet: with
+    /// packets longer than the margin it starts up to a packet above its
+    /// delay, which resampling takes back at 1 ms a second. Silence before
+    /// the first sound (a paging call's, a file's lead-in) can go without
+    /// being missed; sound is never skipped. Returns the frames skipped.
+    pub fn skip_start_silence(&mut self, now_ns: u64, keep: usize, level: i16) -> usize {
+        if self.state != StreamState::Playing {
+            return 0;
+        }
+        let rate = self.format.map_or(0, |f| f.rate) as u64;
+        let since_ns = now_ns.saturating_sub(self.last_arrival_ns);
+        let since = (since_ns.saturating_mul(rate) / 1_000_000_000).min(self.packet_frames as u64);
+        let depth = self.newest_end.saturating_sub(self.cursor);
+        let excess = (depth + since).saturating_sub((self.target_frames + keep) as u64);
+        let frames = excess.min(depth) as usize;
+        if frames == 0 || frames >= self.ring_frames {
+            return 0;
+        }
+        let channels = self.channels();
+        let (first, second) = self.slot_ranges(self.cursor, frames);
+        for slot in first.chain(second) {
+            let silent = match self.states.get(slot) {
+                Some(&SILENCE) => true,
+                Some(&AUDIO) => self
+                    .samples
+                    .get(slot * channels..(slot + 1) * channels)
+                    .is_some_and(|f| f.iter().all(|&v| v.unsigned_abs() <= level.unsigned_abs())),
+                _ => false,
+            };
+            if !silent {
+                return 0;
+            }
+        }
+        let to = self.cursor + frames as u64;
+        self.clear_positions(self.cursor, to);
+        self.cursor = to;
+        self.metrics.skipped_silence_frames += frames as u64;
+        frames
     }
 
     /// The format of the frames `read` returns now (kept after a stream is lost).
@@ -1764,6 +1813,56 @@ mod tests {
         assert_eq!(jb.target_delay_frames(), 320);
         jb.push(&voip(0, 0, 1));
         assert_eq!(jb.state(), StreamState::Playing);
+    }
+
+    #[test]
+    fn a_start_skips_its_excess_only_when_it_is_silence() {
+        // 30 ms level (10 ms margin + a 20 ms packet); the first two
+        // packets handed over together at 20 ms (a source's probation):
+        // 40 ms buffered, 10 ms above the level.
+        let silent_until = |ts_end: u32| {
+            move |k: u32| {
+                let mut p = voip(0, 1000, k);
+                for i in 0..PTIME {
+                    if 1000 + k * PTIME as u32 + (i as u32) < ts_end {
+                        let v: i16 = if i % 2 == 0 { 0 } else { -1 };
+                        p.payload[2 * i..2 * i + 2].copy_from_slice(&v.to_be_bytes());
+                    }
+                }
+                p
+            }
+        };
+        let start = |ts_end: u32| {
+            let mut jb = buffer();
+            let make = silent_until(ts_end);
+            jb.push(&make(0));
+            jb.set_target_delay_frames(240);
+            assert_eq!(jb.skip_start_silence(20 * MS, 0, 32), 0, "not playing yet");
+            jb.push(&make(1));
+            assert_eq!(jb.state(), StreamState::Playing);
+            jb
+        };
+        // Silence (±1) through the first 10 ms and beyond: skipped to the
+        // level, and what follows plays as sent.
+        let mut jb = start(1000 + 120);
+        assert_eq!(jb.skip_start_silence(20 * MS, 0, 32), 80);
+        assert_eq!(cursor_ts(&jb), 1080);
+        assert_eq!(jb.depth_frames(), 240);
+        let (status, samples) = read(&mut jb, 60, 20 * MS);
+        assert_eq!(status, ReadStatus::Audio(60));
+        assert_eq!(samples[40..], expected(1120, 20, 1)[..]);
+        assert_eq!(jb.metrics().skipped_silence_frames, 80);
+        // Late by 5 ms (a period after the newest arrival): 40 frames more.
+        let mut jb = start(1000 + 120);
+        assert_eq!(jb.skip_start_silence(25 * MS, 0, 32), 120);
+        // Asked to keep 40 frames: 40 fewer.
+        let mut jb = start(1000 + 120);
+        assert_eq!(jb.skip_start_silence(20 * MS, 40, 32), 40);
+        // Sound within the excess: nothing is skipped.
+        let mut jb = start(1000 + 79);
+        assert_eq!(jb.skip_start_silence(20 * MS, 0, 32), 0);
+        assert_eq!(cursor_ts(&jb), 1000);
+        assert_eq!(jb.metrics().skipped_silence_frames, 0);
     }
 
     #[test]
