@@ -156,6 +156,10 @@ pub struct Resampler {
     /// Where the next output frame is read, and how the drift stands.
     cur: Cursor,
     target_ppm: f64,
+    /// The position's advance per output frame once the drift has glided
+    /// to `target_ppm`; kept with it so the common step needs no
+    /// arithmetic on the drift.
+    target_step: f64,
     slew_ppm_per_frame: f64,
 }
 
@@ -334,6 +338,7 @@ impl Resampler {
                 land_delta: 0.0,
             },
             target_ppm: 0.0,
+            target_step: nominal_step,
             slew_ppm_per_frame: DRIFT_SLEW_PPM_PER_S / out_rate as f64,
         };
         r.reset();
@@ -355,6 +360,7 @@ impl Resampler {
             land_delta: 0.0,
         };
         self.target_ppm = 0.0;
+        self.target_step = self.step_at(0.0);
     }
 
     /// Fine adjustment of the ratio; clamped to ±`MAX_DRIFT_PPM`, glides
@@ -366,6 +372,12 @@ impl Resampler {
             return;
         }
         self.target_ppm = ppm.clamp(-MAX_DRIFT_PPM, MAX_DRIFT_PPM);
+        self.target_step = self.step_at(self.target_ppm);
+    }
+
+    /// The position's advance per output frame at `ppm` of drift.
+    fn step_at(&self, ppm: f64) -> f64 {
+        self.nominal_step * (1.0 + ppm * 1e-6)
     }
 
     /// The drift currently applied (after the glide).
@@ -401,7 +413,23 @@ impl Resampler {
     }
 
     /// Moves the cursor on by one output frame.
+    #[inline]
     fn step(&self, c: Cursor) -> Cursor {
+        if c.land_left == 0
+            && c.applied_ppm == self.target_ppm
+            && (self.target_ppm != 0.0 || self.in_rate != self.out_rate)
+        {
+            // Following a steady drift or converting: no glide, and no
+            // landing can start (the general path below gives the same).
+            let (whole, frac) = split(c.frac + self.target_step);
+            return Cursor {
+                ipos: c.ipos + whole,
+                frac,
+                applied_ppm: c.applied_ppm,
+                land_left: 0,
+                land_delta: 0.0,
+            };
+        }
         let applied_ppm = self.glide(c.applied_ppm);
         if c.land_left > 0 && self.target_ppm == 0.0 {
             let f = c.frac + 1.0 + c.land_delta;
@@ -425,7 +453,7 @@ impl Resampler {
                 land_delta: c.land_delta,
             };
         }
-        let f = c.frac + self.nominal_step * (1.0 + applied_ppm * 1e-6);
+        let f = c.frac + self.step_at(applied_ppm);
         let (whole, frac) = split(f);
         let mut next = Cursor {
             ipos: c.ipos + whole,
@@ -519,6 +547,21 @@ impl Resampler {
         let ch = self.channels;
         let frames = input.len() / ch;
         let start = self.buf_frames;
+        if ch == 2 {
+            // Stereo, the usual stream: both channels in one pass, which
+            // the compiler turns into vector shuffles (a strided read per
+            // channel stays scalar).
+            let (left, right) = self.buf.split_at_mut(self.cap);
+            let pairs = left[start..start + frames]
+                .iter_mut()
+                .zip(&mut right[start..start + frames]);
+            for ((l, r), f) in pairs.zip(input.chunks_exact(2)) {
+                *l = f[0];
+                *r = f[1];
+            }
+            self.buf_frames += frames;
+            return;
+        }
         for c in 0..ch {
             let dst = &mut self.buf[c * self.cap + start..c * self.cap + start + frames];
             for (d, s) in dst.iter_mut().zip(input[c..].iter().step_by(ch)) {
