@@ -11,7 +11,7 @@ use netspeaker::net::link::LinkEvent;
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::events::EventLog;
-use netspeaker::receive::playout::{self, Event, PacketQueue};
+use netspeaker::receive::playout::{self, Event};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
@@ -451,8 +451,7 @@ fn run(mut options: Options) -> Result<(), String> {
 
     // The queues live as long as the process: leaked once at startup so
     // their ends can move into threads without locks or allocation.
-    let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
-    let (mut packet_tx, packet_rx) = packets.split();
+    let (mut packet_tx, packet_rx) = playout::packet_queue(&options.playout).split();
     let net_events: &'static mut netspeaker::net::EventQueue =
         Box::leak(Box::new(netspeaker::net::EventQueue::new()));
     let (mut net_event_tx, mut net_event_rx) = net_events.split();

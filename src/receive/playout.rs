@@ -26,16 +26,36 @@ use crate::rtp::packet::Packet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Capacity of the packet queue between the net and playout threads
-/// (heapless keeps one slot free). 128 packets cover 2.5 s of 20 ms ptime:
-/// the playout thread drains it every period, and holds what it drained
-/// in the jitter buffer even while it has no device.
+/// Largest capacity of the packet queue between the net and playout
+/// threads (heapless keeps one slot free); `packet_queue` sizes it.
 pub const PACKET_QUEUE: usize = 128;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
 
 pub type PacketQueue = heapless::spsc::Queue<Packet, PACKET_QUEUE>;
 pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
+
+/// The packet queue for `config`, made once at start-up and kept for the
+/// life of the process. The playout thread drains it every period, also
+/// while it has no device; a blocking write holds it up for at most the
+/// device's buffer. So it holds twice the packets that can arrive in a
+/// buffer's time at the shortest packet (2.5 ms, Opus), and at least 32
+/// slots (640 ms of 20 ms packets, for bursts from Wi-Fi), up to
+/// `PACKET_QUEUE`. Every slot is a 4 kB `Packet` and the ring touches
+/// them all in turn, so the worst case for every configuration (128 slots,
+/// 528 kB) was a quarter of the receiver's resident memory.
+pub fn packet_queue(config: &PlayoutConfig) -> &'static mut heapless::spsc::QueueView<Packet> {
+    let buffer_ms = config.period_ms.clamp(1, MAX_PERIOD_MS) as usize
+        * config.buffer_periods.max(1) as usize;
+    let packets = 2 * (buffer_ms * 2).div_ceil(5);
+    if packets < 32 {
+        Box::leak(Box::new(heapless::spsc::Queue::<Packet, 32>::new())).as_mut_view()
+    } else if packets < 64 {
+        Box::leak(Box::new(heapless::spsc::Queue::<Packet, 64>::new())).as_mut_view()
+    } else {
+        Box::leak(Box::new(PacketQueue::new())).as_mut_view()
+    }
+}
 
 /// What the playout thread tells the main thread (which logs it).
 #[derive(Debug)]
@@ -491,6 +511,22 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packet_queue_holds_two_buffers_of_the_shortest_packets() {
+        let sized = |period_ms, buffer_periods| {
+            let config = PlayoutConfig {
+                period_ms,
+                buffer_periods,
+                ..PlayoutConfig::default()
+            };
+            packet_queue(&config).capacity()
+        };
+        // Defaults (20 ms of buffer: 16 packets of 2.5 ms): the floor.
+        assert_eq!(sized(5, 4), 31);
+        assert_eq!(sized(10, 4), 63);
+        assert_eq!(sized(100, 8), PACKET_QUEUE - 1);
+    }
 
     #[test]
     fn device_position_from_the_buffer_fill_and_the_status_time() {
