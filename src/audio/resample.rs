@@ -73,6 +73,7 @@
 //! - Unequal rates never pass through; drift there just glides.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Zero crossings of the sinc on each side of the centre.
 const ZERO_CROSSINGS: usize = 16;
@@ -147,7 +148,11 @@ pub struct Resampler {
     /// weights for an output position p/PHASES past an input frame, so an
     /// output frame is two dot products with contiguous rows and a linear
     /// blend between them; nothing is computed per tap at run time.
-    poly: Vec<f32>,
+    /// Shared between resamplers with the same `cutoff` and `taps`.
+    poly: Arc<[f32]>,
+    /// Cutoff as a fraction of the input's Nyquist frequency: with `taps`,
+    /// what the table depends on.
+    cutoff: f64,
     /// Input history, planar: channel c's frames are
     /// `buf[c·cap .. c·cap + buf_frames]`.
     buf: Vec<f32>,
@@ -274,6 +279,24 @@ fn prototype(x: f64) -> f64 {
     sinc * window
 }
 
+/// The kernel table for `cutoff` (see `Resampler::poly`).
+fn kernel(cutoff: f64, taps: usize, behind: usize) -> Arc<[f32]> {
+    let gain = cutoff as f32;
+    let mut poly = vec![0.0f32; (PHASES + 1) * taps];
+    for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
+        let frac = p as f64 / PHASES as f64;
+        for (k, w) in row.iter_mut().enumerate() {
+            // Tap k is input frame ipos - behind + k; its distance
+            // from the output position, scaled to the kernel's time.
+            // The padding taps (k < taps - 2·half) are ≥ half frames
+            // away, where the prototype is 0.
+            let t = behind as f64 - k as f64 + frac;
+            *w = gain * prototype(t * cutoff) as f32;
+        }
+    }
+    poly.into()
+}
+
 impl Resampler {
     /// Builds a resampler that produces at most `max_output_frames` per
     /// `process` call; all buffers are allocated here.
@@ -282,6 +305,21 @@ impl Resampler {
         in_rate: u32,
         out_rate: u32,
         max_output_frames: usize,
+    ) -> Result<Resampler, ResampleError> {
+        Resampler::sharing(channels, in_rate, out_rate, max_output_frames, &[])
+    }
+
+    /// `new`, taking the kernel table from one of `others` where it is the
+    /// same (every conversion that does not lower the cutoff, i.e. equal
+    /// rates and upsampling, has the same table): a bank of resamplers for
+    /// several stream formats then holds one table (41 kB) instead of one
+    /// each.
+    pub fn sharing(
+        channels: usize,
+        in_rate: u32,
+        out_rate: u32,
+        max_output_frames: usize,
+        others: &[&Resampler],
     ) -> Result<Resampler, ResampleError> {
         if channels == 0 {
             return Err(ResampleError::NoChannels);
@@ -300,19 +338,11 @@ impl Resampler {
         let half = (ZERO_CROSSINGS as f64 / cutoff).ceil() as usize;
         let taps = (2 * half).div_ceil(LANES) * LANES;
         let behind = taps - half - 1;
-        let gain = cutoff as f32;
-        let mut poly = vec![0.0f32; (PHASES + 1) * taps];
-        for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
-            let frac = p as f64 / PHASES as f64;
-            for (k, w) in row.iter_mut().enumerate() {
-                // Tap k is input frame ipos - behind + k; its distance
-                // from the output position, scaled to the kernel's time.
-                // The padding taps (k < taps - 2·half) are ≥ half frames
-                // away, where the prototype is 0.
-                let t = behind as f64 - k as f64 + frac;
-                *w = gain * prototype(t * cutoff) as f32;
-            }
-        }
+        let shared = others
+            .iter()
+            .find(|o| o.cutoff.to_bits() == cutoff.to_bits() && o.taps == taps)
+            .map(|o| Arc::clone(&o.poly));
+        let poly = shared.unwrap_or_else(|| kernel(cutoff, taps, behind));
         // Input for a full output block at the fastest drift, plus the
         // kernel's reach and rounding slack.
         let max_step = nominal_step * (1.0 + MAX_DRIFT_PPM * 1e-6);
@@ -326,6 +356,7 @@ impl Resampler {
             half,
             behind,
             taps,
+            cutoff,
             poly,
             buf: vec![0.0; cap * channels],
             cap,
@@ -951,6 +982,17 @@ mod tests {
         assert_eq!(both.len(), 2 * l.len());
         assert!(l.len() > 20000);
         assert_eq!(both, interleave(&l, &r));
+    }
+
+    #[test]
+    fn kernel_shared_where_it_is_the_same() {
+        let a = Resampler::new(2, 48000, 48000, 480).unwrap();
+        let b = Resampler::sharing(1, 8000, 48000, 480, &[&a]).unwrap();
+        let c = Resampler::sharing(2, 48000, 44100, 480, &[&a, &b]).unwrap();
+        assert!(Arc::ptr_eq(&a.poly, &b.poly));
+        assert!(!Arc::ptr_eq(&a.poly, &c.poly));
+        // A shared table is the one the resampler would have built.
+        assert_eq!(*b.poly, *Resampler::new(1, 8000, 48000, 480).unwrap().poly);
     }
 
     #[test]
