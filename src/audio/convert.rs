@@ -275,10 +275,9 @@ mod tests {
         // The vectorisable form against the plain one: every f32 around
         // each half step and whole step of 16 bits, and a sweep of all bit
         // patterns (infinities, NaNs, denormals, beyond full scale).
-        let reference = |x: f32| {
-            round_half_away(f64::from(x) * 32768.0).clamp(-32768.0, 32767.0) as i16
-        };
-        let mut check = |x: f32| assert_eq!(f32_to_i16(x), reference(x), "{x:e}");
+        let reference =
+            |x: f32| round_half_away(f64::from(x) * 32768.0).clamp(-32768.0, 32767.0) as i16;
+        let check = |x: f32| assert_eq!(f32_to_i16(x), reference(x), "{x:e}");
         for k in -65_540i32..=65_540 {
             let x = k as f32 / 65_536.0;
             check(x);

@@ -45,8 +45,8 @@ pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
 /// them all in turn, so the worst case for every configuration (128 slots,
 /// 528 kB) was a quarter of the receiver's resident memory.
 pub fn packet_queue(config: &PlayoutConfig) -> &'static mut heapless::spsc::QueueView<Packet> {
-    let buffer_ms = config.period_ms.clamp(1, MAX_PERIOD_MS) as usize
-        * config.buffer_periods.max(1) as usize;
+    let buffer_ms =
+        config.period_ms.clamp(1, MAX_PERIOD_MS) as usize * config.buffer_periods.max(1) as usize;
     let packets = 2 * (buffer_ms * 2).div_ceil(5);
     if packets < 32 {
         Box::leak(Box::new(heapless::spsc::Queue::<Packet, 32>::new())).as_mut_view()
