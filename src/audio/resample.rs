@@ -30,8 +30,8 @@
 //!   compiler turns into SSE2 (the x86_64 baseline; no `target-cpu`
 //!   needed) or NEON multiply-adds. The summation order is fixed, so block
 //!   sizes still give bit-identical output (`blocks_equal_one_call`).
-//!   Cost, stereo 48 kHz output with drift or 44.1 → 48 kHz: 22 M
-//!   instructions per second of audio on x86_64 (callgrind), 17 M on
+//!   Cost, stereo 48 kHz output with drift or 44.1 → 48 kHz: 19.6 M
+//!   instructions per second of audio on x86_64 (callgrind), 14.9 M on
 //!   aarch64 (counted under qemu); the interleaved two-accumulator loop
 //!   before it took 47 M and 31 M (benches/README.md).
 //! - The output timeline is aligned with the input: output frame k is the
