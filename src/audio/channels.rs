@@ -62,15 +62,16 @@ pub fn map<T: Sample>(input: &[T], from: usize, output: &mut [T], to: usize) -> 
         return 0;
     }
     let frames = (input.len() / from).min(output.len() / to);
+    if from == to {
+        // One copy for the block, not one call per frame.
+        output[..frames * to].copy_from_slice(&input[..frames * from]);
+        return frames;
+    }
     let pairs = input
         .chunks_exact(from)
         .zip(output.chunks_exact_mut(to))
         .take(frames);
-    if from == to {
-        for (i, o) in pairs {
-            o.copy_from_slice(i);
-        }
-    } else if to > from {
+    if to > from {
         for (i, o) in pairs {
             for (c, s) in o.iter_mut().enumerate() {
                 *s = i[c % from];

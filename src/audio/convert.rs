@@ -58,10 +58,31 @@ pub fn i16_to_f32(sample: i16) -> f32 {
 
 /// One `f32` sample as `i16`: × 32768, rounded half away from zero,
 /// clipped to −32768..=32767; NaN is 0.
+///
+/// Every step is a plain float or integer operation on one lane, so a loop
+/// of them vectorises (4 samples per SSE2 or NEON instruction): `as` from a
+/// float saturates and checks for NaN per element, which the compiler
+/// cannot do in vector registers, and this conversion runs on every
+/// sample the device plays. Equal to rounding `f64::from(sample) * 32768`
+/// half away from zero for every `f32` (checked exhaustively once; the
+/// tests hold the edges and a sweep).
+#[inline(always)]
 pub fn f32_to_i16(sample: f32) -> i16 {
-    // `as` turns NaN into 0 and the clamp keeps it in range.
-    round_half_away(f64::from(sample) * f64::from(SCALE_16))
-        .clamp(-f64::from(SCALE_16), f64::from(SCALE_16) - 1.0) as i16
+    // Adding 1.5 · 2^23 to a value within ±2^22 leaves its nearest integer
+    // (ties to even) in the low mantissa bits; a tie that went towards
+    // zero is then moved one step away.
+    const MAGIC: f32 = 12_582_912.0;
+    let x = (sample * SCALE_16).clamp(-SCALE_16, SCALE_16 - 1.0);
+    let x = if x.is_nan() { 0.0 } else { x };
+    let m = x + MAGIC;
+    let nearest = (m.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let tie_towards_zero = x - (m - MAGIC) == 0.5f32.copysign(x);
+    let away = match (tie_towards_zero, x < 0.0) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => -1,
+    };
+    (nearest + away) as i16
 }
 
 /// `x` moved half a step away from zero, to be truncated by `as`: rounding
@@ -247,6 +268,25 @@ mod tests {
         assert_eq!(f32_to_i16(1.5 / 32768.0), 2);
         assert_eq!(f32_to_i16(0.49 / 32768.0), 0);
         assert_eq!(bytes(Layout::S24_3Le, &[0.5 / 8_388_608.0]), [1, 0, 0]);
+    }
+
+    #[test]
+    fn i16_conversion_equals_rounding_in_f64() {
+        // The vectorisable form against the plain one: every f32 around
+        // each half step and whole step of 16 bits, and a sweep of all bit
+        // patterns (infinities, NaNs, denormals, beyond full scale).
+        let reference =
+            |x: f32| round_half_away(f64::from(x) * 32768.0).clamp(-32768.0, 32767.0) as i16;
+        let check = |x: f32| assert_eq!(f32_to_i16(x), reference(x), "{x:e}");
+        for k in -65_540i32..=65_540 {
+            let x = k as f32 / 65_536.0;
+            check(x);
+            check(f32::from_bits(x.to_bits().wrapping_add(1)));
+            check(f32::from_bits(x.to_bits().wrapping_sub(1)));
+        }
+        for bits in (0..=u32::MAX).step_by(997) {
+            check(f32::from_bits(bits));
+        }
     }
 
     #[test]

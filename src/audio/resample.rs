@@ -30,8 +30,8 @@
 //!   compiler turns into SSE2 (the x86_64 baseline; no `target-cpu`
 //!   needed) or NEON multiply-adds. The summation order is fixed, so block
 //!   sizes still give bit-identical output (`blocks_equal_one_call`).
-//!   Cost, stereo 48 kHz output with drift or 44.1 → 48 kHz: 22 M
-//!   instructions per second of audio on x86_64 (callgrind), 17 M on
+//!   Cost, stereo 48 kHz output with drift or 44.1 → 48 kHz: 19.6 M
+//!   instructions per second of audio on x86_64 (callgrind), 14.9 M on
 //!   aarch64 (counted under qemu); the interleaved two-accumulator loop
 //!   before it took 47 M and 31 M (benches/README.md).
 //! - The output timeline is aligned with the input: output frame k is the
@@ -73,6 +73,7 @@
 //! - Unequal rates never pass through; drift there just glides.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Zero crossings of the sinc on each side of the centre.
 const ZERO_CROSSINGS: usize = 16;
@@ -147,7 +148,11 @@ pub struct Resampler {
     /// weights for an output position p/PHASES past an input frame, so an
     /// output frame is two dot products with contiguous rows and a linear
     /// blend between them; nothing is computed per tap at run time.
-    poly: Vec<f32>,
+    /// Shared between resamplers with the same `cutoff` and `taps`.
+    poly: Arc<[f32]>,
+    /// Cutoff as a fraction of the input's Nyquist frequency: with `taps`,
+    /// what the table depends on.
+    cutoff: f64,
     /// Input history, planar: channel c's frames are
     /// `buf[c·cap .. c·cap + buf_frames]`.
     buf: Vec<f32>,
@@ -156,6 +161,10 @@ pub struct Resampler {
     /// Where the next output frame is read, and how the drift stands.
     cur: Cursor,
     target_ppm: f64,
+    /// The position's advance per output frame once the drift has glided
+    /// to `target_ppm`; kept with it so the common step needs no
+    /// arithmetic on the drift.
+    target_step: f64,
     slew_ppm_per_frame: f64,
 }
 
@@ -270,6 +279,24 @@ fn prototype(x: f64) -> f64 {
     sinc * window
 }
 
+/// The kernel table for `cutoff` (see `Resampler::poly`).
+fn kernel(cutoff: f64, taps: usize, behind: usize) -> Arc<[f32]> {
+    let gain = cutoff as f32;
+    let mut poly = vec![0.0f32; (PHASES + 1) * taps];
+    for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
+        let frac = p as f64 / PHASES as f64;
+        for (k, w) in row.iter_mut().enumerate() {
+            // Tap k is input frame ipos - behind + k; its distance
+            // from the output position, scaled to the kernel's time.
+            // The padding taps (k < taps - 2·half) are ≥ half frames
+            // away, where the prototype is 0.
+            let t = behind as f64 - k as f64 + frac;
+            *w = gain * prototype(t * cutoff) as f32;
+        }
+    }
+    poly.into()
+}
+
 impl Resampler {
     /// Builds a resampler that produces at most `max_output_frames` per
     /// `process` call; all buffers are allocated here.
@@ -278,6 +305,21 @@ impl Resampler {
         in_rate: u32,
         out_rate: u32,
         max_output_frames: usize,
+    ) -> Result<Resampler, ResampleError> {
+        Resampler::sharing(channels, in_rate, out_rate, max_output_frames, &[])
+    }
+
+    /// `new`, taking the kernel table from one of `others` where it is the
+    /// same (every conversion that does not lower the cutoff, i.e. equal
+    /// rates and upsampling, has the same table): a bank of resamplers for
+    /// several stream formats then holds one table (41 kB) instead of one
+    /// each.
+    pub fn sharing(
+        channels: usize,
+        in_rate: u32,
+        out_rate: u32,
+        max_output_frames: usize,
+        others: &[&Resampler],
     ) -> Result<Resampler, ResampleError> {
         if channels == 0 {
             return Err(ResampleError::NoChannels);
@@ -296,19 +338,11 @@ impl Resampler {
         let half = (ZERO_CROSSINGS as f64 / cutoff).ceil() as usize;
         let taps = (2 * half).div_ceil(LANES) * LANES;
         let behind = taps - half - 1;
-        let gain = cutoff as f32;
-        let mut poly = vec![0.0f32; (PHASES + 1) * taps];
-        for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
-            let frac = p as f64 / PHASES as f64;
-            for (k, w) in row.iter_mut().enumerate() {
-                // Tap k is input frame ipos - behind + k; its distance
-                // from the output position, scaled to the kernel's time.
-                // The padding taps (k < taps - 2·half) are ≥ half frames
-                // away, where the prototype is 0.
-                let t = behind as f64 - k as f64 + frac;
-                *w = gain * prototype(t * cutoff) as f32;
-            }
-        }
+        let shared = others
+            .iter()
+            .find(|o| o.cutoff.to_bits() == cutoff.to_bits() && o.taps == taps)
+            .map(|o| Arc::clone(&o.poly));
+        let poly = shared.unwrap_or_else(|| kernel(cutoff, taps, behind));
         // Input for a full output block at the fastest drift, plus the
         // kernel's reach and rounding slack.
         let max_step = nominal_step * (1.0 + MAX_DRIFT_PPM * 1e-6);
@@ -322,6 +356,7 @@ impl Resampler {
             half,
             behind,
             taps,
+            cutoff,
             poly,
             buf: vec![0.0; cap * channels],
             cap,
@@ -334,6 +369,7 @@ impl Resampler {
                 land_delta: 0.0,
             },
             target_ppm: 0.0,
+            target_step: nominal_step,
             slew_ppm_per_frame: DRIFT_SLEW_PPM_PER_S / out_rate as f64,
         };
         r.reset();
@@ -355,6 +391,7 @@ impl Resampler {
             land_delta: 0.0,
         };
         self.target_ppm = 0.0;
+        self.target_step = self.step_at(0.0);
     }
 
     /// Fine adjustment of the ratio; clamped to ±`MAX_DRIFT_PPM`, glides
@@ -366,6 +403,12 @@ impl Resampler {
             return;
         }
         self.target_ppm = ppm.clamp(-MAX_DRIFT_PPM, MAX_DRIFT_PPM);
+        self.target_step = self.step_at(self.target_ppm);
+    }
+
+    /// The position's advance per output frame at `ppm` of drift.
+    fn step_at(&self, ppm: f64) -> f64 {
+        self.nominal_step * (1.0 + ppm * 1e-6)
     }
 
     /// The drift currently applied (after the glide).
@@ -401,7 +444,23 @@ impl Resampler {
     }
 
     /// Moves the cursor on by one output frame.
+    #[inline]
     fn step(&self, c: Cursor) -> Cursor {
+        if c.land_left == 0
+            && c.applied_ppm == self.target_ppm
+            && (self.target_ppm != 0.0 || self.in_rate != self.out_rate)
+        {
+            // Following a steady drift or converting: no glide, and no
+            // landing can start (the general path below gives the same).
+            let (whole, frac) = split(c.frac + self.target_step);
+            return Cursor {
+                ipos: c.ipos + whole,
+                frac,
+                applied_ppm: c.applied_ppm,
+                land_left: 0,
+                land_delta: 0.0,
+            };
+        }
         let applied_ppm = self.glide(c.applied_ppm);
         if c.land_left > 0 && self.target_ppm == 0.0 {
             let f = c.frac + 1.0 + c.land_delta;
@@ -425,7 +484,7 @@ impl Resampler {
                 land_delta: c.land_delta,
             };
         }
-        let f = c.frac + self.nominal_step * (1.0 + applied_ppm * 1e-6);
+        let f = c.frac + self.step_at(applied_ppm);
         let (whole, frac) = split(f);
         let mut next = Cursor {
             ipos: c.ipos + whole,
@@ -519,6 +578,21 @@ impl Resampler {
         let ch = self.channels;
         let frames = input.len() / ch;
         let start = self.buf_frames;
+        if ch == 2 {
+            // Stereo, the usual stream: both channels in one pass, which
+            // the compiler turns into vector shuffles (a strided read per
+            // channel stays scalar).
+            let (left, right) = self.buf.split_at_mut(self.cap);
+            let pairs = left[start..start + frames]
+                .iter_mut()
+                .zip(&mut right[start..start + frames]);
+            for ((l, r), f) in pairs.zip(input.chunks_exact(2)) {
+                *l = f[0];
+                *r = f[1];
+            }
+            self.buf_frames += frames;
+            return;
+        }
         for c in 0..ch {
             let dst = &mut self.buf[c * self.cap + start..c * self.cap + start + frames];
             for (d, s) in dst.iter_mut().zip(input[c..].iter().step_by(ch)) {
@@ -908,6 +982,17 @@ mod tests {
         assert_eq!(both.len(), 2 * l.len());
         assert!(l.len() > 20000);
         assert_eq!(both, interleave(&l, &r));
+    }
+
+    #[test]
+    fn kernel_shared_where_it_is_the_same() {
+        let a = Resampler::new(2, 48000, 48000, 480).unwrap();
+        let b = Resampler::sharing(1, 8000, 48000, 480, &[&a]).unwrap();
+        let c = Resampler::sharing(2, 48000, 44100, 480, &[&a, &b]).unwrap();
+        assert!(Arc::ptr_eq(&a.poly, &b.poly));
+        assert!(!Arc::ptr_eq(&a.poly, &c.poly));
+        // A shared table is the one the resampler would have built.
+        assert_eq!(*b.poly, *Resampler::new(1, 8000, 48000, 480).unwrap().poly);
     }
 
     #[test]

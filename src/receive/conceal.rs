@@ -90,9 +90,14 @@ pub struct Concealer {
     max_rate: u32,
     channels: usize,
     rate: u32,
-    /// Output history, interleaved, oldest first; `hist_len` valid frames.
+    /// Output history, interleaved: a ring of `hist_cap` frames whose
+    /// oldest of `hist_len` valid frames is at `hist_head`. Every period
+    /// passes through it, so it is written in place rather than shifted
+    /// (the shift was a sixth of the playout thread's instructions); a gap
+    /// start, which is rare, rotates it oldest-first for the search.
     hist: Vec<f32>,
     hist_len: usize,
+    hist_head: usize,
     hist_cap: usize,
     /// Mono mix of the history and its decimated copy, for the search.
     mono: Vec<f32>,
@@ -139,6 +144,7 @@ impl Concealer {
             rate: max_rate,
             hist: vec![0.0; hist_cap * max_channels],
             hist_len: 0,
+            hist_head: 0,
             hist_cap,
             mono: vec![0.0; hist_cap],
             deci: vec![0.0; hist_cap],
@@ -177,6 +183,7 @@ impl Concealer {
     /// that restarts after "stream lost".
     pub fn reset(&mut self) {
         self.hist_len = 0;
+        self.hist_head = 0;
         self.in_gap = false;
         self.merging = false;
         self.gap_pos = self.fade_len;
@@ -249,13 +256,31 @@ impl Concealer {
 
     fn push_history(&mut self, frames: &[f32]) {
         let ch = self.channels;
-        let n = (frames.len() / ch).min(self.hist_cap);
-        let src = &frames[frames.len() / ch * ch - n * ch..frames.len() / ch * ch];
-        let keep = (self.hist_cap - n).min(self.hist_len);
-        let from = (self.hist_len - keep) * ch;
-        self.hist.copy_within(from..from + keep * ch, 0);
-        self.hist[keep * ch..(keep + n) * ch].copy_from_slice(src);
-        self.hist_len = keep + n;
+        let cap = self.hist_cap;
+        let whole = frames.len() / ch;
+        let n = whole.min(cap);
+        let src = &frames[(whole - n) * ch..whole * ch];
+        // Where the new frames go: after the newest valid frame.
+        let at = (self.hist_head + self.hist_len) % cap;
+        let first = n.min(cap - at);
+        self.hist[at * ch..(at + first) * ch].copy_from_slice(&src[..first * ch]);
+        self.hist[..(n - first) * ch].copy_from_slice(&src[first * ch..]);
+        let len = self.hist_len + n;
+        if len > cap {
+            self.hist_head = (self.hist_head + len - cap) % cap;
+            self.hist_len = cap;
+        } else {
+            self.hist_len = len;
+        }
+    }
+
+    /// Puts the history oldest-first at the start of `hist` (in place).
+    fn linearize_history(&mut self) {
+        if self.hist_head != 0 {
+            let ch = self.channels;
+            self.hist[..self.hist_cap * ch].rotate_left(self.hist_head * ch);
+            self.hist_head = 0;
+        }
     }
 
     /// Builds the template to repeat from the history.
@@ -273,6 +298,7 @@ impl Concealer {
             self.tlen = 0;
             return;
         }
+        self.linearize_history();
         let n = self.hist_len;
         let min_p = frames_for(self.rate, MIN_PERIOD_US);
         let max_p = frames_for(self.rate, MAX_PERIOD_US);
@@ -621,6 +647,26 @@ mod tests {
         let mut a = sig[..800].to_vec();
         c.audio(&mut a);
         assert_eq!(a, sig[..800]);
+    }
+
+    #[test]
+    fn block_sizes_conceal_the_same() {
+        // The history ring wraps at other places for other block sizes;
+        // the concealment it feeds must not see where.
+        let rate = 48000;
+        let mono = voiced(rate, 150.0, 0.01, 12000);
+        let sig: Vec<f32> = mono.iter().flat_map(|&v| [v, -0.5 * v]).collect();
+        let gaps = [(3000, 3700), (9001, 10500)];
+        let mut reference = None;
+        for chunk in [7, 240, 481, 5000] {
+            let mut c = Concealer::new(2, rate).unwrap();
+            c.set_format(2, rate);
+            let out = run(&mut c, &sig, 2, chunk, &gaps);
+            match &reference {
+                None => reference = Some(out),
+                Some(r) => assert!(*r == out, "block size {chunk} conceals differently"),
+            }
+        }
     }
 
     #[test]

@@ -939,10 +939,18 @@ impl ResamplerBank {
             {
                 continue;
             }
+            let built: Vec<&Resampler> = entries.iter().map(|e| &e.resampler).collect();
+            let resampler = Resampler::sharing(
+                channels.max(1) as usize,
+                rate,
+                device_rate,
+                max_frames,
+                &built,
+            )?;
             entries.push(BankEntry {
                 rate,
                 channels,
-                resampler: Resampler::new(channels.max(1) as usize, rate, device_rate, max_frames)?,
+                resampler,
             });
         }
         Ok(ResamplerBank {

@@ -34,10 +34,12 @@ use crate::rtp::packet::Packet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
-/// Capacity of the packet queue between the net and playout threads
-/// (heapless keeps one slot free). 128 packets cover 2.5 s of 20 ms ptime:
-/// the playout thread drains it every period, and holds what it drained
-/// in the jitter buffer even while it has no device.
+/// Capacity of each stream's packet queue between the net and playout
+/// threads (heapless keeps one slot free): 2.5 s of 20 ms packets. Not
+/// sized down from the device buffer: while a sound server starts a
+/// stream (1.5-2 s behind PulseAudio) the playout thread waits in the
+/// device's write and drains nothing, and a stream's first words arrive
+/// meanwhile.
 pub const PACKET_QUEUE: usize = 128;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
