@@ -11,6 +11,16 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
+/// Nanoseconds since the Unix epoch on CLOCK_REALTIME: the wall clock
+/// that NTP or PTP keeps in step across machines (RTCP sender reports
+/// carry it). It can step; never measure intervals with it.
+pub fn realtime_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME) {
+        Ok(ts) => (ts.tv_sec().max(0) as u64) * 1_000_000_000 + ts.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
 /// Sleeps until `deadline_ns` on the monotonic clock. Returns early when a
 /// signal interrupts the sleep, so the caller can check its stop flag.
 pub fn sleep_until(deadline_ns: u64) {
