@@ -14,6 +14,7 @@ pub mod jitter;
 pub mod opus_store;
 pub mod playout;
 pub mod sap;
+pub mod sender_clock;
 pub mod source;
 pub mod stats;
 pub mod stretch;
