@@ -78,18 +78,18 @@ Destination:
                             (for ffplay -protocol_whitelist file,udp,rtp -i FILE);
                             with SRTP it holds the key (RTP/SAVP, a=crypto)
                             and is written mode 0600
-      --rtcp-mux            send the RTCP sender reports and BYE on the RTP
-                            port (RFC 5761) instead of port+1
-      --no-rtcp             send no RTCP (by default an RTP stream carries
-                            sender reports, the first with the first packet
-                            then every 1.25-3.75 s, and a BYE at the end, to
-                            port+1; SRTCP with --srtp-key-file)
       --sap NAME            announce the stream by SAP (RFC 2974) as session
                             NAME, every 5 s, and delete it at exit (what
                             PulseAudio's module-rtp-recv and netspeaker --sap
                             listen to)
       --sap-address ADDR[:PORT]
                             where to announce [default: 224.0.0.56:9875]
+      --rtcp-mux            send the RTCP sender reports and BYE on the RTP
+                            port (RFC 5761) instead of port+1
+      --no-rtcp             send no RTCP (by default an RTP stream carries
+                            sender reports, the first with the first packet
+                            then every 1.25-3.75 s, and a BYE at the end, to
+                            port+1; SRTCP with --srtp-key-file)
 Process:
       --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for
                             none (it is refused without CAP_SYS_NICE; the

@@ -44,7 +44,9 @@ use nix::errno::Errno;
 use crate::net::filter::{Cidr, SourceFilter};
 use crate::net::link::{LinkSocket, Watch};
 use crate::net::socket::{self, Buffer, Interface};
+use crate::receive::sender_clock::SenderClocks;
 use crate::rtp::packet::{Packet, MAX_DATAGRAM};
+use crate::rtp::rtcp;
 use crate::rtp::srtp::{SrtpContext, SrtpError};
 use crate::rtp::{InputMode, PacketParser, ParseError};
 use crate::service::clock::monotonic_ns;
@@ -84,6 +86,10 @@ pub struct NetConfig {
     /// Socket receive buffer to request, in bytes (the kernel may grant
     /// less; see `Receiver::recv_buffer_bytes`).
     pub recv_buffer_bytes: usize,
+    /// Also read RTCP on the listening port + 1 (RFC 3550 §11), for the
+    /// senders' reports. A port + 1 that cannot be bound is warned about
+    /// and done without: RTCP on the RTP port (RFC 5761) is read anyway.
+    pub rtcp_next_port: bool,
 }
 
 impl Default for NetConfig {
@@ -94,6 +100,7 @@ impl Default for NetConfig {
             interface: None,
             allow: Vec::new(),
             recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
+            rtcp_next_port: false,
         }
     }
 }
@@ -124,6 +131,11 @@ pub struct NetCounters {
     pub auth_failed: AtomicU64,
     /// SRTP: received before, or older than the replay window.
     pub replayed: AtomicU64,
+    /// RTCP sender reports taken (on either port).
+    pub sender_reports: AtomicU64,
+    /// The latest reporting sender's media clock rate against its wall
+    /// clock, in µHz (frames per second · 10^6); 0 until known.
+    pub sender_rate_uhz: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -209,6 +221,8 @@ impl From<socket::Error> for NetError {
 #[derive(Debug)]
 pub struct Receiver {
     socket: UdpSocket,
+    /// Port + 1, non-blocking, drained on every pass of the loop.
+    rtcp: Option<UdpSocket>,
     local: SocketAddr,
     filter: SourceFilter,
     recv_buffer_bytes: usize,
@@ -339,8 +353,14 @@ impl Receiver {
             }
             _ => None,
         };
+        let rtcp = if config.rtcp_next_port {
+            bind_rtcp(listen, local, group.is_some())
+        } else {
+            None
+        };
         Ok(Receiver {
             socket,
+            rtcp,
             local,
             filter: SourceFilter::new(&config.allow),
             recv_buffer_bytes,
@@ -362,6 +382,11 @@ impl Receiver {
         self.watch.take()
     }
 
+    /// The RTCP socket's address (port + 1), when one is bound.
+    pub fn rtcp_addr(&self) -> Option<SocketAddr> {
+        self.rtcp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
     /// The bound address (with the port the kernel chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -371,6 +396,41 @@ impl Receiver {
     /// reports twice the usable size, counting its bookkeeping).
     pub fn recv_buffer_bytes(&self) -> usize {
         self.recv_buffer_bytes
+    }
+}
+
+/// Binds the RTCP socket on the RTP socket's address and port + 1. On a
+/// group it shares the group's membership, which is the host's: the
+/// kernel delivers the group's datagrams for port + 1 to it without a
+/// join of its own. Failing is no reason not to play: warned, and `None`.
+fn bind_rtcp(listen: SocketAddr, local: SocketAddr, group: bool) -> Option<UdpSocket> {
+    let Some(port) = local.port().checked_add(1).filter(|_| local.port() != 0) else {
+        return None;
+    };
+    let addr = SocketAddr::new(listen.ip(), port);
+    let bound = (|| {
+        let fd = socket::udp_for(addr).map_err(|e| e.to_string())?;
+        if group {
+            socket::set_reuse_addr(&fd).map_err(|e| e.to_string())?;
+        }
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket::set_dual_stack(&fd).map_err(|e| e.to_string())?;
+        }
+        socket::bind(&fd, addr).map_err(|e| e.to_string())?;
+        let s = UdpSocket::from(fd);
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok::<_, String>(s)
+    })();
+    match bound {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Startup, on the main thread: logging is fine here.
+            log::warn!(
+                "net: cannot listen for RTCP on {addr} ({e}): sender reports are read only \
+                 on the RTP port (rtcp-mux); free the port or ignore this without --sync-ms"
+            );
+            None
+        }
     }
 }
 
@@ -387,6 +447,8 @@ pub enum DropReason {
     Parse(ParseError),
     /// SRTP refused it (authentication, replay, too short for a tag).
     Srtp(SrtpError),
+    /// Not a consistent compound RTCP packet, on the RTCP port.
+    BadRtcp,
 }
 
 /// What the net thread reports to the main thread instead of logging.
@@ -439,6 +501,7 @@ impl NetEvent {
                     | ParseError::Empty
                     | ParseError::BadOpus(_),
                 ) => Kind::Malformed,
+                DropReason::BadRtcp => Kind::Malformed,
                 DropReason::Srtp(SrtpError::AuthFailed) => Kind::AuthFailed,
                 DropReason::Srtp(SrtpError::Replayed) => Kind::Replayed,
                 DropReason::Srtp(
@@ -502,6 +565,12 @@ impl fmt::Display for NetEvent {
                 ),
                 DropReason::Parse(e) => write!(f, "net: dropped datagram from {source}: {e}"),
                 DropReason::Srtp(e) => write!(f, "net: dropped datagram from {source}: {e}"),
+                DropReason::BadRtcp => write!(
+                    f,
+                    "net: dropped datagram from {source} on the RTCP port: not a well-formed \
+                     RTCP compound packet (RFC 3550 section 6.1); check what the sender sends \
+                     to this port"
+                ),
             },
         }
     }
@@ -598,13 +667,171 @@ pub fn run(
     run_with_srtp(receiver, None, parser, queue, events, counters, stop)
 }
 
+/// RTCP datagrams taken from port + 1 per pass of the loop at most, so a
+/// flood there cannot hold up the audio on the RTP port.
+const RTCP_PER_PASS: usize = 16;
+
+/// What the net thread's loop works with, beside the buffer.
+struct Net<'a, 'q, 'e, 'f> {
+    receiver: &'a Receiver,
+    srtp: Option<&'a mut SrtpContext>,
+    parser: &'a mut PacketParser,
+    queue: &'a mut Producer<'q, Packet>,
+    events: EventSender<'e, 'f>,
+    counters: &'a NetCounters,
+    slot: Packet,
+    clocks: SenderClocks,
+}
+
+impl Net<'_, '_, '_, '_> {
+    fn reject(&mut self, reason: DropReason, counter: &AtomicU64, source: SocketAddr) {
+        bump(counter);
+        self.events.send(NetEvent::Dropped {
+            reason,
+            source,
+            suppressed: 0,
+        });
+    }
+
+    fn recv_failed(&mut self, local: SocketAddr, e: &std::io::Error) {
+        bump(&self.counters.recv_errors);
+        self.events.send(NetEvent::RecvFailed {
+            local,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            suppressed: 0,
+        });
+    }
+
+    /// Filters, authenticates and decrypts one datagram; the plain packet,
+    /// or `None` when it was dropped (and counted).
+    fn admit<'b>(&mut self, buf: &'b mut [u8], len: usize, source: SocketAddr) -> Option<&'b [u8]> {
+        let counters = self.counters;
+        bump(&counters.datagrams);
+        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if !self.receiver.filter.allows(source.ip()) {
+            self.reject(DropReason::Filtered, &counters.filtered, source);
+            return None;
+        }
+        let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
+            self.reject(DropReason::TooLarge, &counters.too_large, source);
+            return None;
+        };
+        // Authenticated before anything reads it; the parser gets the
+        // plain packet without its tag.
+        match self.srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
+            None => Some(datagram),
+            Some(Ok(plain)) => Some(datagram.get(..plain).unwrap_or_default()),
+            Some(Err(e)) => {
+                let counter = match e {
+                    SrtpError::AuthFailed => &counters.auth_failed,
+                    SrtpError::Replayed => &counters.replayed,
+                    SrtpError::TooShort { .. }
+                    | SrtpError::Header(_)
+                    | SrtpError::BufferTooSmall { .. } => &counters.malformed,
+                };
+                self.reject(DropReason::Srtp(e), counter, source);
+                None
+            }
+        }
+    }
+
+    fn enqueue(&mut self, source: SocketAddr) {
+        match self.queue.enqueue(self.slot.clone()) {
+            Ok(()) => bump(&self.counters.queued),
+            Err(_) => self.reject(DropReason::QueueFull, &self.counters.queue_full, source),
+        }
+    }
+
+    /// An RTCP compound: a sender report feeds the sender's clock, a BYE
+    /// goes on to the playout side (which lets the source go) and ends
+    /// the sender's clock; anything else is counted as RTCP and dropped.
+    fn take_rtcp(&mut self, datagram: &[u8], now: u64, source: SocketAddr) {
+        let mut used = false;
+        if let Some(sr) = rtcp::sender_report(datagram) {
+            self.clocks.on_report(&sr);
+            used = true;
+        }
+        if self
+            .parser
+            .parse_bye_into(datagram, now, &mut self.slot)
+            .is_ok()
+        {
+            for ssrc in self.slot.bye_ssrcs() {
+                self.clocks.on_bye(ssrc);
+            }
+            self.enqueue(source);
+            used = true;
+        }
+        if used {
+            self.publish_clock();
+        } else {
+            self.reject(
+                DropReason::Parse(ParseError::Rtcp),
+                &self.counters.rtcp,
+                source,
+            );
+        }
+    }
+
+    fn publish_clock(&self) {
+        let c = self.counters;
+        c.sender_reports
+            .store(self.clocks.reports, Ordering::Relaxed);
+        let uhz = self
+            .clocks
+            .latest()
+            .and_then(|s| s.fit())
+            .map_or(0, |f| (f.rate_hz * 1e6).round().max(0.0) as u64);
+        c.sender_rate_uhz.store(uhz, Ordering::Relaxed);
+    }
+
+    /// A datagram on the RTP port: audio, or RTCP muxed beside it.
+    fn take(&mut self, buf: &mut [u8], len: usize, source: SocketAddr, now: u64) {
+        let Some(datagram) = self.admit(buf, len, source) else {
+            return;
+        };
+        match self.parser.parse_into(datagram, now, &mut self.slot) {
+            Ok(()) => self.enqueue(source),
+            Err(ParseError::Rtcp) => self.take_rtcp(datagram, now, source),
+            Err(e) => {
+                let c = self.counters;
+                let counter = match e {
+                    ParseError::Malformed(_)
+                    | ParseError::NotWholeFrames { .. }
+                    | ParseError::Empty
+                    | ParseError::BadOpus(_) => &c.malformed,
+                    ParseError::UnknownPayloadType(_) => &c.unknown_payload_type,
+                    ParseError::Rtcp => &c.rtcp,
+                    ParseError::TooLarge(_) => &c.too_large,
+                };
+                self.reject(DropReason::Parse(e), counter, source);
+            }
+        }
+    }
+
+    /// A datagram on the RTCP port: only a consistent compound is read.
+    fn take_on_rtcp_port(&mut self, buf: &mut [u8], len: usize, source: SocketAddr, now: u64) {
+        let Some(datagram) = self.admit(buf, len, source) else {
+            return;
+        };
+        if rtcp::is_compound(datagram) {
+            self.take_rtcp(datagram, now, source);
+        } else {
+            self.reject(DropReason::BadRtcp, &self.counters.malformed, source);
+        }
+    }
+}
+
 /// The net thread's body: receives, filters, authenticates and decrypts
 /// (with `srtp`), parses and enqueues until `stop` is set (seen within
-/// `RECV_TIMEOUT`). Never returns early on bad input or a failing `recv`,
-/// never logs and never allocates.
+/// `RECV_TIMEOUT`). RTCP on port + 1 is read without waiting on every
+/// pass (a pass ends at each datagram on the RTP port or its timeout, so
+/// a report waits at most `RECV_TIMEOUT`; it carries its own time). Never
+/// returns early on bad input or a failing `recv`, never logs and never
+/// allocates.
 pub fn run_with_srtp(
     receiver: &Receiver,
-    mut srtp: Option<&mut SrtpContext>,
+    srtp: Option<&mut SrtpContext>,
     parser: &mut PacketParser,
     queue: &mut Producer<'_, Packet>,
     events: &mut Producer<'_, NetEvent>,
@@ -618,13 +845,37 @@ pub fn run_with_srtp(
         InputMode::Raw(f) => *f,
         InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
     };
-    let mut slot = Packet::empty(slot_format);
-    let mut events = EventSender {
-        queue: events,
-        pending: [0; KINDS],
+    let mut net = Net {
+        receiver,
+        srtp,
+        parser,
+        queue,
+        events: EventSender {
+            queue: events,
+            pending: [0; KINDS],
+        },
+        counters,
+        slot: Packet::empty(slot_format),
+        clocks: SenderClocks::default(),
     };
 
     while !stop.load(Ordering::Relaxed) {
+        if let Some(rtcp_socket) = receiver.rtcp.as_ref() {
+            for _ in 0..RTCP_PER_PASS {
+                match rtcp_socket.recv_from(&mut buf) {
+                    Ok((len, source)) => {
+                        net.take_on_rtcp_port(&mut buf, len, source, monotonic_ns())
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let local = rtcp_socket.local_addr().unwrap_or(receiver.local);
+                        net.recv_failed(local, &e);
+                        break;
+                    }
+                }
+            }
+        }
         let (len, source) = match receiver.socket.recv_from(&mut buf) {
             Ok(r) => r,
             Err(e) => {
@@ -635,12 +886,7 @@ pub fn run_with_srtp(
                 ) {
                     continue;
                 }
-                bump(&counters.recv_errors);
-                events.send(NetEvent::RecvFailed {
-                    local: receiver.local,
-                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    suppressed: 0,
-                });
+                net.recv_failed(receiver.local, &e);
                 // A persistent error must not spin a core; the pause is
                 // short against the jitter buffer's depth.
                 std::thread::sleep(Duration::from_millis(10));
@@ -648,65 +894,7 @@ pub fn run_with_srtp(
             }
         };
         let now = monotonic_ns();
-        bump(&counters.datagrams);
-        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
-        let mut reject = |reason, counter: &AtomicU64| {
-            bump(counter);
-            events.send(NetEvent::Dropped {
-                reason,
-                source,
-                suppressed: 0,
-            });
-        };
-
-        if !receiver.filter.allows(source.ip()) {
-            reject(DropReason::Filtered, &counters.filtered);
-            continue;
-        }
-        let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
-            reject(DropReason::TooLarge, &counters.too_large);
-            continue;
-        };
-        // Authenticated before anything reads it; the parser gets the
-        // plain packet without its tag.
-        let datagram: &[u8] = match srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
-            None => datagram,
-            Some(Ok(plain)) => datagram.get(..plain).unwrap_or_default(),
-            Some(Err(e)) => {
-                let counter = match e {
-                    SrtpError::AuthFailed => &counters.auth_failed,
-                    SrtpError::Replayed => &counters.replayed,
-                    SrtpError::TooShort { .. }
-                    | SrtpError::Header(_)
-                    | SrtpError::BufferTooSmall { .. } => &counters.malformed,
-                };
-                reject(DropReason::Srtp(e), counter);
-                continue;
-            }
-        };
-        let parsed = match parser.parse_into(datagram, now, &mut slot) {
-            // A BYE goes on to the playout side, which lets the source go.
-            Err(ParseError::Rtcp) => parser.parse_bye_into(datagram, now, &mut slot),
-            parsed => parsed,
-        };
-        match parsed {
-            Ok(()) => match queue.enqueue(slot.clone()) {
-                Ok(()) => bump(&counters.queued),
-                Err(_) => reject(DropReason::QueueFull, &counters.queue_full),
-            },
-            Err(e) => {
-                let counter = match e {
-                    ParseError::Malformed(_)
-                    | ParseError::NotWholeFrames { .. }
-                    | ParseError::Empty
-                    | ParseError::BadOpus(_) => &counters.malformed,
-                    ParseError::UnknownPayloadType(_) => &counters.unknown_payload_type,
-                    ParseError::Rtcp => &counters.rtcp,
-                    ParseError::TooLarge(_) => &counters.too_large,
-                };
-                reject(DropReason::Parse(e), counter);
-            }
-        }
+        net.take(&mut buf, len, source, now);
     }
 }
 
@@ -845,6 +1033,105 @@ mod tests {
         );
         assert_eq!(counters.queued.load(Ordering::Relaxed), 3);
         assert_eq!(counters.rtcp.load(Ordering::Relaxed), 1);
+    }
+
+    /// A receiver on a free loopback port P with RTCP on P + 1.
+    fn bind_with_rtcp() -> Receiver {
+        for _ in 0..100 {
+            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = probe.local_addr().unwrap().port();
+            drop(probe);
+            if port == u16::MAX {
+                continue;
+            }
+            let config = NetConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                rtcp_next_port: true,
+                ..NetConfig::default()
+            };
+            if let Ok(r) = Receiver::bind(&config) {
+                if r.rtcp_addr().is_some() {
+                    return r;
+                }
+            }
+        }
+        panic!("no free port pair");
+    }
+
+    fn report(ssrc: u32, unix_s: u64, rtp: u32, bye: bool) -> Vec<u8> {
+        let mut out = [0u8; rtcp::MAX_REPORT_LEN];
+        let info = rtcp::SenderInfo {
+            ntp: rtcp::ntp_from_unix_ns(unix_s * 1_000_000_000),
+            rtp_timestamp: rtp,
+            packets: 1,
+            octets: 160,
+        };
+        let len = rtcp::write_report(&mut out, ssrc, &info, b"test@host", bye).unwrap();
+        out[..len].to_vec()
+    }
+
+    #[test]
+    fn sender_reports_read_on_both_ports_and_bad_rtcp_counted() {
+        let receiver = bind_with_rtcp();
+        let port = receiver.local_addr().port();
+        assert_eq!(receiver.rtcp_addr().unwrap().port(), port + 1);
+        let counters = NetCounters::default();
+        let rate_uhz = AtomicU64::new(0);
+        let (got, events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let rtcp_port = ("127.0.0.1", port + 1);
+            // An 8 kHz sender 100 ppm fast: 8000.8 frames a wall second.
+            tx.send_to(&report(7, 1_800_000_000, 1000, false), rtcp_port)
+                .unwrap();
+            tx.send_to(&report(7, 1_800_000_010, 1000 + 80_008, false), rtcp_port)
+                .unwrap();
+            // Read in order: the RTP port is read first on each pass.
+            wait_for(&counters.sender_reports, 2);
+            // On the RTP port (rtcp-mux), then RTP itself, on port + 1:
+            // not RTCP; a cut compound; then the BYE.
+            tx.send_to(
+                &report(7, 1_800_000_020, 1000 + 160_016, false),
+                ("127.0.0.1", port),
+            )
+            .unwrap();
+            wait_for(&counters.sender_reports, 3);
+            tx.send_to(&pcmu(1), rtcp_port).unwrap();
+            let cut = report(7, 1_800_000_030, 0, false);
+            tx.send_to(&cut[..cut.len() - 4], rtcp_port).unwrap();
+            wait_for(&counters.malformed, 2);
+            rate_uhz.store(
+                counters.sender_rate_uhz.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            tx.send_to(&report(7, 1_800_000_040, 0, true), rtcp_port)
+                .unwrap();
+            wait_for(&counters.queued, 1);
+        });
+        assert_eq!(counters.sender_reports.load(Ordering::Relaxed), 4);
+        assert_eq!(rate_uhz.load(Ordering::Relaxed), 8_000_800_000);
+        // The BYE went to the playout side and ended the sender's clock.
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, crate::rtp::packet::PacketKind::Bye);
+        assert_eq!(counters.sender_rate_uhz.load(Ordering::Relaxed), 0);
+        // Neither the reports nor the BYE were counted as dropped RTCP.
+        assert_eq!(counters.rtcp.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.malformed.load(Ordering::Relaxed), 2);
+        let bad = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    NetEvent::Dropped {
+                        reason: DropReason::BadRtcp,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(bad, 2);
+        assert!(events[0]
+            .to_string()
+            .contains("on the RTCP port: not a well-formed"));
     }
 
     #[test]

@@ -155,6 +155,20 @@ fn walk<'a>(datagram: &'a [u8], mut part: impl FnMut(u8, u8, &'a [u8])) -> Optio
     Some(())
 }
 
+/// Whether `datagram` is a well-formed compound RTCP packet: every part
+/// version 2 with a packet type in RTCP's range (192-223, which RFC 5761
+/// §4 keeps free of RTP payload types: SR, RR, SDES, BYE, APP and the
+/// feedback and XR types of later RFCs), lengths ending exactly at the
+/// end.
+pub fn is_compound(datagram: &[u8]) -> bool {
+    let mut types_ok = true;
+    walk(datagram, |_, packet_type, _| {
+        types_ok &= (192..=223).contains(&packet_type);
+    })
+    .is_some()
+        && types_ok
+}
+
 /// The SSRC list (4 bytes per source, big-endian) of the first BYE in a
 /// well-formed compound RTCP packet, or `None`.
 pub fn bye_sources(datagram: &[u8]) -> Option<&[u8]> {
@@ -410,6 +424,23 @@ mod tests {
         assert_eq!(sender_report(&trailing), None);
         assert_eq!(sender_report(&[0x80, 200, 0, 1, 0, 0, 0, 9]), None);
         assert_eq!(sender_report(&rr(3)), None);
+    }
+
+    #[test]
+    fn compounds_are_told_from_other_datagrams() {
+        let mut out = [0u8; MAX_REPORT_LEN];
+        let len = write_report(&mut out, 9, &info(), b"c", true).unwrap();
+        assert!(is_compound(&out[..len]));
+        assert!(is_compound(&rr(4)));
+        // An RTP packet (PT 96, version 2) and an RTCP part with a type
+        // outside 192-223, a cut compound, nothing at all.
+        let rtp = [0x80, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        assert!(!is_compound(&rtp));
+        let mut odd = rr(4);
+        odd[1] = 190;
+        assert!(!is_compound(&odd));
+        assert!(!is_compound(&out[..len - 2]));
+        assert!(!is_compound(&[]));
     }
 
     #[test]
