@@ -404,9 +404,7 @@ impl Receiver {
 /// kernel delivers the group's datagrams for port + 1 to it without a
 /// join of its own. Failing is no reason not to play: warned, and `None`.
 fn bind_rtcp(listen: SocketAddr, local: SocketAddr, group: bool) -> Option<UdpSocket> {
-    let Some(port) = local.port().checked_add(1).filter(|_| local.port() != 0) else {
-        return None;
-    };
+    let port = local.port().checked_add(1).filter(|_| local.port() != 0)?;
     let addr = SocketAddr::new(listen.ip(), port);
     let bound = (|| {
         let fd = socket::udp_for(addr).map_err(|e| e.to_string())?;

@@ -88,6 +88,8 @@ pub fn clock_state() -> ClockState {
     // (modes 0), and adjtimex only writes into the struct it is given.
     let mut tx: nix::libc::timex = unsafe { core::mem::zeroed() };
     let ret = unsafe { nix::libc::adjtimex(&mut tx) };
+    // c_long is 32 bits on armhf (32-bit Raspberry Pi OS), 64 here.
+    #[allow(clippy::useless_conversion)]
     decode_clock_state(
         ret,
         tx.status,
