@@ -637,7 +637,7 @@ fn sender_reports_to_port_plus_one_and_bye_at_the_end() {
         let rtp_s = f64::from(w[1].rtp_ts.wrapping_sub(w[0].rtp_ts)) / 8000.0;
         let ntp_s = unix_s_of_ntp(w[1].ntp) - unix_s_of_ntp(w[0].ntp);
         assert!(
-            (rtp_s - ntp_s).abs() < 0.005,
+            (rtp_s - ntp_s).abs() < 0.0005,
             "media clock {rtp_s} s against wall clock {ntp_s} s"
         );
     }

@@ -778,16 +778,18 @@ impl Sender {
                     .count(plain_len.saturating_sub(crate::rtp::HEADER_LEN));
                 let now = monotonic_ns();
                 if rtcp.reporter.is_due(now) {
+                    let wall = realtime_ns();
                     let media = self.media_clock(timestamp, due_ns, frames, now);
-                    self.send_report(now, media, false)?;
+                    self.send_report(now, wall, media, false)?;
                 }
             }
             last = Some((timestamp, due_ns, frames));
         }
         if let Some((timestamp, due_ns, frames)) = last.filter(|_| self.rtcp.is_some()) {
             let now = monotonic_ns();
+            let wall = realtime_ns();
             let media = self.media_clock(timestamp, due_ns, frames, now);
-            self.send_report(now, media, true)?;
+            self.send_report(now, wall, media, true)?;
         }
         summary.dropped = self.dest.dropped();
         summary.overruns = self.overruns_before;
@@ -800,24 +802,41 @@ impl Sender {
     /// The media clock at `now_ns` given the packet just sent: a paced
     /// file's packet leaves at its deadline (`due_ns`); a capture packet's
     /// last frame was read just now, so the clock stands past its end.
-    fn media_clock(&self, timestamp: u32, due_ns: Option<u64>, frames: usize, now_ns: u64) -> u32 {
+    fn media_clock(
+        &self,
+        timestamp: u32,
+        due_ns: Option<u64>,
+        frames: usize,
+        now_ns: u64,
+    ) -> (u32, u64) {
         match due_ns {
             Some(due) => report::media_clock_at(timestamp, due, now_ns, self.format.rate),
-            None => timestamp.wrapping_add(frames as u32),
+            None => (timestamp.wrapping_add(frames as u32), 0),
         }
     }
 
     /// Writes a report (with `bye`, the BYE too), protects it as SRTCP
     /// with a key, and sends it. A report that cannot be written (a buffer
     /// sized wrong) is skipped: RTCP never stops the audio.
-    fn send_report(&mut self, now_ns: u64, media: u32, bye: bool) -> Result<(), Error> {
+    /// `media` is the media clock's frame and how long ago it passed it,
+    /// read at `now_ns`, when the wall clock read `wall_ns`.
+    fn send_report(
+        &mut self,
+        now_ns: u64,
+        wall_ns: u64,
+        media: (u32, u64),
+        bye: bool,
+    ) -> Result<(), Error> {
         let Some(rtcp) = self.rtcp.as_mut() else {
             return Ok(());
         };
-        let Some(len) = rtcp
-            .reporter
-            .write(&mut rtcp.buf, now_ns, realtime_ns(), media, bye)
-        else {
+        let Some(len) = rtcp.reporter.write(
+            &mut rtcp.buf,
+            now_ns,
+            wall_ns.saturating_sub(media.1),
+            media.0,
+            bye,
+        ) else {
             return Ok(());
         };
         let len = match self.srtp.as_mut() {

@@ -93,14 +93,23 @@ impl Reporter {
     }
 }
 
-/// The media clock's reading `now_ns` for a packet with `timestamp` due
-/// at `due_ns` on the same clock, at `rate` frames/s: a paced file's
+/// The media clock's reading at `now_ns` for a packet with `timestamp`
+/// due at `due_ns` on the same clock, at `rate` frames/s: a paced file's
 /// sample leaves at its deadline, so the clock reads the timestamp plus
-/// the frames of the time since (minus, when early).
-pub fn media_clock_at(timestamp: u32, due_ns: u64, now_ns: u64, rate: u32) -> u32 {
+/// the frames of the time since (minus, when early). Returns the whole
+/// frame and how long ago, in ns, the clock passed it: a report stamps
+/// its wall clock that much earlier, so the pair is exact instead of up
+/// to a frame apart (125 µs at 8 kHz, 50 ppm over a report interval).
+pub fn media_clock_at(timestamp: u32, due_ns: u64, now_ns: u64, rate: u32) -> (u32, u64) {
     let ahead = i128::from(now_ns) - i128::from(due_ns);
-    let frames = ahead * i128::from(rate) / 1_000_000_000;
-    timestamp.wrapping_add(frames as i64 as u32)
+    let rate = i128::from(rate.max(1));
+    let scaled = ahead * rate;
+    let frames = scaled.div_euclid(1_000_000_000);
+    let since_ns = scaled.rem_euclid(1_000_000_000) / rate;
+    (
+        timestamp.wrapping_add(frames as i64 as u32),
+        since_ns as u64,
+    )
 }
 
 #[cfg(test)]
@@ -173,9 +182,13 @@ mod tests {
         // 20 ms after the deadline at 48 kHz: 960 frames on, across a wrap.
         assert_eq!(
             media_clock_at(u32::MAX - 100, 1_000_000_000, 1_020_000_000, 48_000),
-            859
+            (859, 0)
         );
         // Early by 1 ms at 8 kHz: 8 frames back.
-        assert_eq!(media_clock_at(1000, 5_000_000, 4_000_000, 8000), 992);
+        assert_eq!(media_clock_at(1000, 5_000_000, 4_000_000, 8000), (992, 0));
+        // 1.1 frames on at 8 kHz (137.5 us): frame 1, passed 12.5 us ago.
+        assert_eq!(media_clock_at(0, 0, 137_500, 8000), (1, 12_500));
+        // 0.5 frame early: frame -1 (wrapped), passed 62.5 us ago.
+        assert_eq!(media_clock_at(0, 62_500, 0, 8000), (u32::MAX, 62_500));
     }
 }
