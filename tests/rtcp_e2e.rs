@@ -28,12 +28,22 @@ fn port_pair() -> u16 {
 /// Runs the receiver on a null device while `send` streams to `port`;
 /// returns its log.
 fn receive_while(dir: &std::path::Path, port: u16, send: impl FnOnce()) -> String {
+    receive_with(dir, port, &[], send)
+}
+
+fn receive_with(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&std::ffi::OsStr],
+    send: impl FnOnce(),
+) -> String {
     std::fs::write(dir.join("alsa.conf"), "pcm.null { type null }\n").unwrap();
     let log = dir.join("ns.log");
     let mut rx = Command::new(RECEIVER)
         .args(["--device", "null", "--stats-interval", "1", "--no-mlock"])
         .args(["--rt-priority", "0", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
         .env("ALSA_CONFIG_PATH", dir.join("alsa.conf"))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -139,4 +149,39 @@ fn ffmpeg_rtp_muxer_reports_reach_the_receiver() {
         .unwrap_or_else(|| panic!("no sender-clock in\n{log}"));
     assert!(n >= 2, "{log}");
     assert!(ppm.abs() < 200.0, "sender-clock {ppm} ppm\n{log}");
+}
+
+/// With a key, the reports go as SRTCP (RFC 3711 §3.4) and the receiver
+/// authenticates and decrypts them with its SRTCP keys before reading.
+#[test]
+fn srtcp_reports_reach_an_srtp_receiver() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp("srtcp");
+    let input = wav(&dir, 6);
+    let key = dir.join("key");
+    std::fs::write(&key, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let port = port_pair();
+    let log = receive_with(
+        &dir,
+        port,
+        &["--srtp-key-file".as_ref(), key.as_os_str()],
+        || {
+            let status = Command::new(SENDER)
+                .args(["--codec", "pcmu", "-q", "--srtp-key-file"])
+                .arg(&key)
+                .arg(&input)
+                .arg(format!("127.0.0.1:{port}"))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        },
+    );
+    let (n, ppm) = *reports(&log)
+        .last()
+        .unwrap_or_else(|| panic!("no sender-clock in\n{log}"));
+    assert!(n >= 2, "{log}");
+    assert!(ppm.abs() < 5.0, "sender-clock {ppm} ppm\n{log}");
+    let last = log.lines().rev().find(|l| l.contains("stopping:")).unwrap();
+    assert!(last.contains("auth-failed 0"), "{last}");
 }
