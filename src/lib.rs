@@ -17,6 +17,9 @@
 //! option read by receive::streams); the net thread polls every socket,
 //! and the playout thread mixes the engines' periods at the gains of
 //! receive::priority (which stream owns the speaker, who is ducked).
+//! RTCP beside it (port + 1, or the RTP port with rtcp-mux), on the net
+//!   thread: rtp::rtcp (sender reports, BYE) → receive::sender_clock (the
+//!   sender's media clock against its wall clock); BYEs go on the queue.
 //! With --sap, before all of it and beside it on its own thread:
 //!   net::sap (SAP datagrams, listening sockets) → rtp::sdp (the session
 //!   description) → receive::sap (choose and follow the session).
@@ -27,12 +30,13 @@
 //! ```text
 //! send::source (file, stdin) | alsa::capture → send::convert (audio::*)
 //!   → send::packetize (rtp::header, audio::codec) → send::pace → net::send
+//!   send::report (RTCP sender reports and BYE, rtp::rtcp) → net::send
 //! send::sdp (the description) → send::announce (SAP, net::sap) on its own
 //!   thread with --sap.
 //! ```
 //!
 //! Layers shared by both directions: `net` (sockets, multicast, SAP),
-//! `rtp` (header parse and write, RFC 3550 statistics, SDP parse), `audio` (formats, codecs,
+//! `rtp` (header parse and write, RFC 3550 statistics, RTCP, SRTP, SDP parse), `audio` (formats, codecs,
 //! sample conversion, channel map, resampler, pitch search), `alsa` (one
 //! open ladder for playback and capture), `service` (logging, signals,
 //! systemd notify and the supervisor loop, realtime scheduling, clocks,

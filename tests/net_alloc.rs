@@ -296,11 +296,9 @@ fn srtp_net_thread_allocates_nothing_on_any_input() {
     assert_eq!(c(&counters.replayed), n);
     assert_eq!(c(&counters.auth_failed), 2 * n, "other key and plaintext");
     assert_eq!(c(&counters.malformed), n);
-    assert_eq!(
-        c(&counters.rtcp),
-        n,
-        "SRTCP authenticated, then dropped as RTCP"
-    );
+    // SRTCP authenticated, then read as a sender report, not dropped.
+    assert_eq!(c(&counters.sender_reports), n);
+    assert_eq!(c(&counters.rtcp), 0);
     // ...and none of them allocated...
     assert_eq!(allocations, 0);
     // ...while their reports reached the log.
@@ -312,4 +310,109 @@ fn srtp_net_thread_allocates_nothing_on_any_input() {
             "no line about {needle:?} in {lines:#?}"
         );
     }
+}
+
+/// RTCP on port + 1 and beside RTP: sender reports feed the sender's
+/// clock, BYEs go to the queue, bad compounds are counted and reported;
+/// none of it allocates on the net thread.
+#[test]
+fn sender_reports_on_both_ports_allocate_nothing() {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Trace);
+    let receiver = (0..100)
+        .find_map(|_| {
+            let port = UdpSocket::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            let r = Receiver::bind(&NetConfig {
+                listen: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                rtcp_next_port: true,
+                ..NetConfig::default()
+            })
+            .ok()?;
+            r.rtcp_addr().map(|_| r)
+        })
+        .expect("a free port pair");
+    let to = receiver.local_addr();
+    let rtcp_to = receiver.rtcp_addr().unwrap();
+    let counters = NetCounters::default();
+    let mut parser = PacketParser::new(InputMode::Rtp(PayloadMap::default()));
+    let mut queue: Box<Queue<Packet, 16>> = Box::default();
+    let (mut producer, mut consumer) = queue.split();
+    let mut events: Box<EventQueue> = Box::default();
+    let (mut event_tx, mut event_rx) = events.split();
+    let mut event_log = EventLog::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("net".into())
+            .spawn_scoped(s, || {
+                common::alloc::count_this_thread(true);
+                run(
+                    &receiver,
+                    &mut parser,
+                    &mut producer,
+                    &mut event_tx,
+                    &counters,
+                    &stop,
+                );
+                common::alloc::count_this_thread(false);
+            })
+            .unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut report = [0u8; netspeaker::rtp::rtcp::MAX_REPORT_LEN];
+        let mut sent = 0;
+        for k in 0..100u64 {
+            let info = netspeaker::rtp::rtcp::SenderInfo {
+                ntp: netspeaker::rtp::rtcp::ntp_from_unix_ns(
+                    1_800_000_000_000_000_000 + k * 2_500_000_000,
+                ),
+                rtp_timestamp: (k * 20_000) as u32,
+                packets: k as u32,
+                octets: 0,
+            };
+            let len =
+                netspeaker::rtp::rtcp::write_report(&mut report, 5, &info, b"a@b", false).unwrap();
+            tx.send_to(&report[..len], rtcp_to).unwrap();
+            tx.send_to(&report[..len], to).unwrap();
+            tx.send_to(&report[..len - 1], rtcp_to).unwrap();
+            sent += 3;
+            if k % 10 == 9 {
+                wait_for(&counters.datagrams, sent);
+                event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
+            }
+        }
+        let len = netspeaker::rtp::rtcp::write_report(
+            &mut report,
+            5,
+            &netspeaker::rtp::rtcp::SenderInfo {
+                ntp: 0,
+                rtp_timestamp: 0,
+                packets: 0,
+                octets: 0,
+            },
+            b"a@b",
+            true,
+        )
+        .unwrap();
+        tx.send_to(&report[..len], rtcp_to).unwrap();
+        sent += 1;
+        wait_for(&counters.datagrams, sent);
+        stop.store(true, Ordering::Relaxed);
+    });
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    // Each report twice (the same one on both ports: the second is a
+    // repeat the clock ignores, but it is counted), plus the BYE's.
+    assert_eq!(c(&counters.sender_reports), 201);
+    assert_eq!(c(&counters.malformed), 100);
+    assert_eq!(c(&counters.queued), 1);
+    assert!(consumer.dequeue().is_some());
+    assert_eq!(common::alloc::allocations(), 0);
+    event_log.drain(&mut event_rx, netspeaker::service::clock::monotonic_ns());
+    let lines = LOGGER.lines.lock().unwrap();
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("on the RTCP port: not a well-formed")));
 }

@@ -147,7 +147,7 @@ fn ffmpeg_through_relay(sender_args: &[&str], scheme: &str, receiver_key: &str) 
             c(&counters.queued),
             c(&counters.replayed),
             c(&counters.auth_failed),
-            c(&counters.rtcp),
+            c(&counters.sender_reports),
         ];
         // The attacker's replay: every captured datagram once more.
         let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -188,11 +188,11 @@ fn ffmpeg_srtp_pcmu_decrypted_bit_exact_and_replay_dropped() {
     let rtp = run.captured.iter().filter(|d| !is_rtcp(d)).count() as u64;
     let rtcp = run.captured.len() as u64 - rtp;
     assert!(rtcp >= 1, "ffmpeg sent its sender report");
-    let [queued, replayed, auth_failed, rtcp_counted] = run.before_replay;
+    let [queued, replayed, auth_failed, reports_read] = run.before_replay;
     assert_eq!(
-        (queued, replayed, auth_failed, rtcp_counted),
+        (queued, replayed, auth_failed, reports_read),
         (rtp, 0, 0, rtcp),
-        "every RTP packet queued, every SRTCP packet authenticated"
+        "every RTP packet queued, every SRTCP sender report authenticated and read"
     );
     let mut payload = Vec::new();
     for (prev, p) in run.packets.iter().zip(&run.packets[1..]) {

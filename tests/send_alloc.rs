@@ -1,7 +1,8 @@
 //! After `Sender::new`, streaming allocates nothing: a counting global
 //! allocator watches the thread that runs `Sender::run` over a looping
 //! file, with and without rate and channel conversion, with Opus, and
-//! with SRTP.
+//! with SRTP, with RTCP sender reports to port+1 and on the RTP port
+//! (SRTCP with a key).
 
 mod common;
 
@@ -15,7 +16,7 @@ use netspeaker::net::send::DestConfig;
 use netspeaker::rtp::srtp::Suite;
 use netspeaker::send::source::Input;
 use netspeaker::send::wav::write_wav;
-use netspeaker::send::{Output, SendConfig, Sender, SourceConfig, SrtpOptions};
+use netspeaker::send::{Output, Rtcp, SendConfig, Sender, SourceConfig, SrtpOptions};
 use netspeaker::service::notify::Heartbeat;
 
 #[global_allocator]
@@ -27,6 +28,7 @@ fn allocations_while_streaming(
     output: Output,
     name: &str,
     srtp: bool,
+    rtcp: Rtcp,
 ) -> u64 {
     let dir = std::env::temp_dir().join(format!("ns-send-alloc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,6 +73,7 @@ fn allocations_while_streaming(
             expected_loss_pct: 10,
             ..Default::default()
         },
+        rtcp,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let heartbeat = Arc::new(Heartbeat::new());
@@ -108,26 +111,78 @@ fn allocations_while_streaming(
 #[test]
 fn streaming_allocates_nothing() {
     assert_eq!(
-        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "l16", false),
+        allocations_while_streaming(
+            48_000,
+            2,
+            Output::rtp(Encoding::L16, 96),
+            "l16",
+            false,
+            Rtcp::NextPort
+        ),
         0
     );
     // 44.1 kHz stereo → 8 kHz mono PCMU: channel mixing and the resampler.
     assert_eq!(
-        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Pcmu, 96), "pcmu", false),
+        allocations_while_streaming(
+            44_100,
+            2,
+            Output::rtp(Encoding::Pcmu, 96),
+            "pcmu",
+            false,
+            Rtcp::NextPort
+        ),
         0
     );
     assert_eq!(
-        allocations_while_streaming(8000, 1, Output::Raw, "raw", false),
+        allocations_while_streaming(8000, 1, Output::Raw, "raw", false, Rtcp::NextPort),
         0
     );
     // 44.1 kHz stereo → 48 kHz Opus with FEC: the encoder works in place.
     assert_eq!(
-        allocations_while_streaming(44_100, 2, Output::rtp(Encoding::Opus, 97), "opus", false),
+        allocations_while_streaming(
+            44_100,
+            2,
+            Output::rtp(Encoding::Opus, 97),
+            "opus",
+            false,
+            Rtcp::NextPort
+        ),
+        0
+    );
+    // RTCP on the RTP port, and SRTCP: the first report and the BYE
+    // are written, protected and sent on the measured path.
+    assert_eq!(
+        allocations_while_streaming(
+            8000,
+            1,
+            Output::rtp(Encoding::Pcmu, 0),
+            "mux",
+            false,
+            Rtcp::Mux
+        ),
+        0
+    );
+    assert_eq!(
+        allocations_while_streaming(
+            48_000,
+            2,
+            Output::rtp(Encoding::L16, 96),
+            "srtcp",
+            true,
+            Rtcp::Mux
+        ),
         0
     );
     // SRTP: encryption and the tag on every packet.
     assert_eq!(
-        allocations_while_streaming(48_000, 2, Output::rtp(Encoding::L16, 96), "srtp", true),
+        allocations_while_streaming(
+            48_000,
+            2,
+            Output::rtp(Encoding::L16, 96),
+            "srtp",
+            true,
+            Rtcp::NextPort
+        ),
         0
     );
 }

@@ -274,7 +274,7 @@ fn sigterm_stops_a_looping_stream_cleanly() {
     std::fs::write(&wav, write_wav(8000, 1, &signal(800))).unwrap();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let dest = sock.local_addr().unwrap().to_string();
-    let mut child = run_sender(&["--loop", wav.to_str().unwrap(), &dest, "-q"]);
+    let mut child = run_sender(&["--loop", "--rtcp-mux", wav.to_str().unwrap(), &dest, "-q"]);
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut buf = [0u8; 2048];
     // 0.1 s file, looped: well past its end, packets still come.
@@ -292,6 +292,10 @@ fn sigterm_stops_a_looping_stream_cleanly() {
     .unwrap();
     let status = wait_within(&mut child, Duration::from_secs(1));
     assert_eq!(status.code(), Some(0));
+    // The last datagram says goodbye (RFC 3550 6.6): SR, SDES, BYE.
+    let rest = receive(&sock, Duration::from_millis(200));
+    let last = rest.datagrams.last().expect("datagrams after SIGTERM");
+    assert!(check_report(last).bye);
 }
 
 #[test]
@@ -306,6 +310,8 @@ fn bad_option_is_one_line_and_status_2() {
         &["--rate", "100", "x.wav"],
         &["--rt-priority", "100", "x.wav"],
         &["--format", "s16le:8000", "x.wav"],
+        &["--rtcp-mux", "--no-rtcp", "x.wav"],
+        &["--raw", "--rtcp-mux", "x.wav"],
         &["--frobnicate"],
         &[],
     ] {
@@ -340,6 +346,8 @@ fn help_lists_every_option_with_defaults() {
         "--sdp",
         "--sap",
         "--sap-address",
+        "--rtcp-mux",
+        "--no-rtcp",
         "--rt-priority",
         "--no-mlock",
         "--verbose",
@@ -465,4 +473,220 @@ fn stdin_wav_with_open_length_as_pipes_write_it() {
         &mut expected,
     );
     assert_eq!(payload, expected);
+}
+
+/// Two sockets on loopback ports P (even) and P + 1: RTP and RTCP.
+fn port_pair() -> (UdpSocket, UdpSocket) {
+    for _ in 0..200 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        if port % 2 != 0 || port == u16::MAX {
+            continue;
+        }
+        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", port + 1)) {
+            return (rtp, rtcp);
+        }
+    }
+    panic!("no free port pair on loopback");
+}
+
+fn be32(d: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]])
+}
+
+/// A compound RTCP packet read by RFC 3550's layout, independently of
+/// the crate's own reader: SR (no report blocks) then SDES with one CNAME
+/// chunk, then optionally BYE, nothing else, every length exact.
+struct Report {
+    ssrc: u32,
+    ntp: u64,
+    rtp_ts: u32,
+    packets: u32,
+    octets: u32,
+    cname: String,
+    bye: bool,
+}
+
+fn check_report(d: &[u8]) -> Report {
+    assert!(d.len() >= 28 + 12, "compound of {} bytes", d.len());
+    // SR: V=2, P=0, RC=0; PT 200; length 6 (28 bytes).
+    assert_eq!(d[..4], [0x80, 200, 0, 6], "SR header");
+    let ssrc = be32(d, 4);
+    let ntp = (u64::from(be32(d, 8)) << 32) | u64::from(be32(d, 12));
+    let s = &d[28..];
+    // SDES: V=2, P=0, SC=1; PT 202.
+    assert_eq!(s[..2], [0x81, 202], "SDES header");
+    let sdes_len = 4 * (usize::from(u16::from_be_bytes([s[2], s[3]])) + 1);
+    assert!(s.len() >= sdes_len);
+    assert_eq!(be32(s, 4), ssrc, "SDES chunk of the SR's source");
+    assert_eq!(s[8], 1, "CNAME item");
+    let n = usize::from(s[9]);
+    assert!(n > 0);
+    let cname = String::from_utf8(s[10..10 + n].to_vec()).unwrap();
+    // The item list ends with a null octet, padded with nulls to 32 bits.
+    let rest = &s[10 + n..sdes_len];
+    assert!(!rest.is_empty() && rest.len() <= 4 && rest.iter().all(|&b| b == 0));
+    assert_eq!((10 + n + rest.len()) % 4, 0);
+    let tail = &s[sdes_len..];
+    let bye = match tail.len() {
+        0 => false,
+        8 => {
+            assert_eq!(tail[..4], [0x81, 203, 0, 1], "BYE header");
+            assert_eq!(be32(tail, 4), ssrc);
+            true
+        }
+        n => panic!("{n} bytes after the SDES"),
+    };
+    Report {
+        ssrc,
+        ntp,
+        rtp_ts: be32(d, 16),
+        packets: be32(d, 20),
+        octets: be32(d, 24),
+        cname,
+        bye,
+    }
+}
+
+fn unix_s_of_ntp(ntp: u64) -> f64 {
+    (ntp >> 32) as f64 - 2_208_988_800.0 + (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0
+}
+
+fn now_unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn sender_reports_to_port_plus_one_and_bye_at_the_end() {
+    let dir = temp_dir("rtcp");
+    let wav = dir.join("in.wav");
+    // 4 s of 8 kHz mono as PCMU: 200 packets of 160 bytes.
+    std::fs::write(&wav, write_wav(8000, 1, &signal(32_000))).unwrap();
+    let sdp = dir.join("s.sdp");
+    let (rtp_sock, rtcp_sock) = port_pair();
+    let port = rtp_sock.local_addr().unwrap().port();
+    let rtcp_thread = std::thread::spawn(move || {
+        rtcp_sock
+            .set_read_timeout(Some(Duration::from_secs(8)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = rtcp_sock.recv(&mut buf) {
+            got.push((now_unix_s(), buf[..n].to_vec()));
+            if got.last().is_some_and(|(_, d)| check_report(d).bye) {
+                break;
+            }
+        }
+        got
+    });
+    let mut child = run_sender(&[
+        "--codec",
+        "pcmu",
+        "--sdp",
+        sdp.to_str().unwrap(),
+        wav.to_str().unwrap(),
+        &format!("127.0.0.1:{port}"),
+        "-q",
+    ]);
+    let got = receive(&rtp_sock, Duration::from_millis(600));
+    assert!(wait_within(&mut child, Duration::from_secs(3)).success());
+    let reports = rtcp_thread.join().unwrap();
+    let sdp_text = std::fs::read_to_string(&sdp).unwrap();
+    assert!(
+        sdp_text.contains(&format!("a=rtcp:{}\r\n", port + 1)),
+        "{sdp_text}"
+    );
+    assert_eq!(got.datagrams.len(), 200);
+    let first = rtp(&got.datagrams[0]);
+    // First report with the first packet, then every 1.25-3.75 s over
+    // 4 s, then the BYE: 3 or 4 in all.
+    assert!(
+        (3..=5).contains(&reports.len()),
+        "{} reports",
+        reports.len()
+    );
+    let parsed: Vec<Report> = reports.iter().map(|(_, d)| check_report(d)).collect();
+    for (k, r) in parsed.iter().enumerate() {
+        assert_eq!(r.ssrc, first.ssrc);
+        assert_eq!(r.cname, parsed[0].cname, "CNAME stable");
+        assert_eq!(r.bye, k + 1 == parsed.len(), "BYE only in the last");
+        // The wall clock of the report is the time it was sent.
+        let lag = reports[k].0 - unix_s_of_ntp(r.ntp);
+        assert!(
+            (-0.01..0.2).contains(&lag),
+            "report {k} arrived {lag} s after its NTP time"
+        );
+        // The counts: every packet so far, 160 payload bytes each.
+        assert_eq!(r.octets, r.packets * 160);
+    }
+    assert_eq!((parsed[0].packets, parsed[0].octets), (1, 160));
+    let last = parsed.last().unwrap();
+    assert_eq!(last.packets, 200);
+    // The media clock at the first report is the first packet's
+    // (sent at its deadline), a few ms on at most.
+    let ahead = parsed[0].rtp_ts.wrapping_sub(first.ts);
+    assert!(
+        ahead < 80,
+        "first report {ahead} frames after the first packet"
+    );
+    // RTP and NTP advance together, 8000 frames a second.
+    for w in parsed.windows(2) {
+        let rtp_s = f64::from(w[1].rtp_ts.wrapping_sub(w[0].rtp_ts)) / 8000.0;
+        let ntp_s = unix_s_of_ntp(w[1].ntp) - unix_s_of_ntp(w[0].ntp);
+        assert!(
+            (rtp_s - ntp_s).abs() < 0.0005,
+            "media clock {rtp_s} s against wall clock {ntp_s} s"
+        );
+    }
+}
+
+#[test]
+fn rtcp_mux_reports_on_the_rtp_port_and_no_rtcp_sends_none() {
+    let dir = temp_dir("rtcp-mux");
+    let wav = dir.join("in.wav");
+    std::fs::write(&wav, write_wav(8000, 1, &signal(4000))).unwrap();
+    let sdp = dir.join("s.sdp");
+    for (option, expect) in [("--rtcp-mux", true), ("--no-rtcp", false)] {
+        let (rtp_sock, rtcp_sock) = port_pair();
+        let port = rtp_sock.local_addr().unwrap().port();
+        let mut child = run_sender(&[
+            option,
+            "--sdp",
+            sdp.to_str().unwrap(),
+            wav.to_str().unwrap(),
+            &format!("127.0.0.1:{port}"),
+            "-q",
+        ]);
+        let got = receive(&rtp_sock, Duration::from_millis(600));
+        assert!(wait_within(&mut child, Duration::from_secs(3)).success());
+        // RFC 5761: RTCP packet types 200-204 share the port; RTP's 96.
+        let (rtcp, media): (Vec<_>, Vec<_>) = got
+            .datagrams
+            .iter()
+            .partition(|d| (200..=204).contains(&d[1]));
+        assert_eq!(media.len(), 25, "{option}");
+        rtcp_sock.set_nonblocking(true).unwrap();
+        assert!(
+            rtcp_sock.recv(&mut [0u8; 64]).is_err(),
+            "{option}: RTCP on port+1"
+        );
+        let sdp_text = std::fs::read_to_string(&sdp).unwrap();
+        if expect {
+            assert_eq!(rtcp.len(), 2, "first report and BYE");
+            assert!(!check_report(rtcp[0]).bye && check_report(rtcp[1]).bye);
+            // The first report comes right after the first packet.
+            assert_eq!(d1(&got.datagrams[1]), 200);
+            assert!(sdp_text.contains("a=rtcp-mux\r\n"), "{sdp_text}");
+        } else {
+            assert!(rtcp.is_empty());
+            assert!(!sdp_text.contains("rtcp"), "{sdp_text}");
+        }
+    }
+}
+
+fn d1(d: &[u8]) -> u8 {
+    d[1]
 }

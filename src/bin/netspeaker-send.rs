@@ -11,7 +11,7 @@ use netspeaker::net::send::{parse_dest, DestConfig};
 use netspeaker::rtp::srtp::Suite;
 use netspeaker::send::source::Input;
 use netspeaker::send::{
-    self, Output, SapOptions, SendConfig, Sender, SourceConfig, SrtpOptions, Summary,
+    self, Output, Rtcp, SapOptions, SendConfig, Sender, SourceConfig, SrtpOptions, Summary,
 };
 use netspeaker::service::log::{self as logging, LogTarget};
 use netspeaker::service::notify::{Heartbeat, Notifier, WatchdogGate};
@@ -85,6 +85,12 @@ Destination:
                             listen to)
       --sap-address ADDR[:PORT]
                             where to announce [default: 224.0.0.56:9875]
+      --rtcp-mux            send the RTCP sender reports and BYE on the RTP
+                            port (RFC 5761) instead of port+1
+      --no-rtcp             send no RTCP (by default an RTP stream carries
+                            sender reports, the first with the first packet
+                            then every 1.25-3.75 s, and a BYE at the end, to
+                            port+1; SRTCP with --srtp-key-file)
 Process:
       --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for
                             none (it is refused without CAP_SYS_NICE; the
@@ -138,6 +144,8 @@ fn parse_args() -> Result<Parsed, usage::Error> {
     let mut sap_address = None;
     let mut srtp_key_file = None;
     let mut srtp_suite = None;
+    let mut rtcp_mux = false;
+    let mut no_rtcp = false;
     let mut rt_priority = 60i32;
     let mut mlock = true;
     let mut verbose = 0u8;
@@ -269,6 +277,8 @@ fn parse_args() -> Result<Parsed, usage::Error> {
                     "a priority",
                 )?
             }
+            Long("rtcp-mux") => rtcp_mux = true,
+            Long("no-rtcp") => no_rtcp = true,
             Long("no-mlock") => mlock = false,
             Short('v') | Long("verbose") => verbose = verbose.saturating_add(1),
             Short('q') | Long("quiet") => quiet = quiet.saturating_add(1),
@@ -345,6 +355,23 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             "--srtp-key-file protects RTP; headerless --raw cannot carry SRTP: drop one",
         ));
     }
+    if rtcp_mux && no_rtcp {
+        return Err(usage::Error::rule(
+            "--rtcp-mux says where RTCP goes, --no-rtcp that none goes: drop one",
+        ));
+    }
+    if raw && rtcp_mux {
+        return Err(usage::Error::rule(
+            "--rtcp-mux is for RTP; headerless --raw sends no RTCP: drop one",
+        ));
+    }
+    let rtcp = if no_rtcp {
+        Rtcp::Off
+    } else if rtcp_mux {
+        Rtcp::Mux
+    } else {
+        Rtcp::NextPort
+    };
     let srtp = srtp_key_file.map(|key_file| SrtpOptions {
         key_file,
         suite: srtp_suite.unwrap_or_default(),
@@ -397,6 +424,7 @@ fn parse_args() -> Result<Parsed, usage::Error> {
             srtp,
             sap,
             opus,
+            rtcp,
         },
         rt_priority,
         mlock,

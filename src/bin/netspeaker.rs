@@ -69,6 +69,10 @@ Network:
                             them [default: -30]
   --hold-ms MS              quiet time after which the owning stream gives
                             the speaker back [default: 1000]
+  --no-rtcp                 do not listen on the RTP port + 1 for the senders'
+                            RTCP reports (RTCP on the RTP port itself, RFC
+                            5761 rtcp-mux, is read either way) [default:
+                            listen there too, RTP only]
   --sap [NAME]              take group, port and format from a SAP (RFC 2974)
                             announcement, as PulseAudio's module-rtp-send and
                             PipeWire make them: the session whose name matches
@@ -131,6 +135,7 @@ struct Options {
     sap: Option<Option<String>>,
     net: NetConfig,
     listen_given: bool,
+    no_rtcp: bool,
     payload_map: PayloadMap,
     raw: Option<StreamFormat>,
     srtp_key_file: Option<std::path::PathBuf>,
@@ -156,6 +161,7 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         sap: None,
         net: NetConfig::default(),
         listen_given: false,
+        no_rtcp: false,
         payload_map: PayloadMap::default(),
         raw: None,
         srtp_key_file: None,
@@ -198,6 +204,7 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             "-v" | "--verbose" => o.verbose += 1,
             "-q" | "--quiet" => o.quiet += 1,
             "--syslog" => o.syslog = true,
+            "--no-rtcp" => o.no_rtcp = true,
             "--listen" => {
                 let v = value()?;
                 o.net.listen = v.parse::<SocketAddr>().map_err(|_| {
@@ -376,6 +383,8 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
     if o.raw.is_some() && !o.listen_given {
         o.net.listen.set_port(5005);
     }
+    // Headerless PCM has no RTCP; the tutorial's port + 1 stays free.
+    o.net.rtcp_next_port = o.raw.is_none() && !o.no_rtcp;
     o.playout.latency = match o.fixed_latency_ms {
         Some(ms) => Latency::Fixed { ms },
         None => Latency::Auto {
@@ -550,6 +559,9 @@ fn run(mut options: Options) -> Result<(), String> {
                 "waiting for interface {}",
                 w.net.interface.as_deref().unwrap_or_default()
             );
+        }
+        if let Some(addr) = receiver.rtcp_addr() {
+            log::info!("RTCP: sender reports read on {addr} and on the RTP port");
         }
         receivers.push(receiver);
     }
@@ -1087,8 +1099,21 @@ fn stats_line(
                 .unwrap_or_else(|| format!("stream {i}")),
             None => "none".to_string(),
         }),
+        sender_reports: sum(|n| n.sender_reports.load(Relaxed)),
+        // A system call, here on the main thread, never the realtime one.
+        clock: Some(netspeaker::service::clock::clock_state()),
         ..StatsLine::default()
     };
     playout.read_into(&mut line);
+    // Several streams: the first whose sender reports gave a rate.
+    let rate_uhz = nets
+        .iter()
+        .map(|n| n.sender_rate_uhz.load(Relaxed))
+        .find(|&r| r > 0)
+        .unwrap_or(0);
+    let nominal = playout.stream_rate.load(Relaxed);
+    if rate_uhz > 0 && nominal > 0 {
+        line.sender_ppm = Some((rate_uhz as f64 / 1e6 / f64::from(nominal) - 1.0) * 1e6);
+    }
     line
 }

@@ -48,7 +48,9 @@ use nix::errno::Errno;
 use crate::net::filter::{Cidr, SourceFilter};
 use crate::net::link::{LinkSocket, Watch};
 use crate::net::socket::{self, Buffer, Interface};
+use crate::receive::sender_clock::SenderClocks;
 use crate::rtp::packet::{Packet, MAX_DATAGRAM};
+use crate::rtp::rtcp;
 use crate::rtp::srtp::{SrtpContext, SrtpError};
 use crate::rtp::{InputMode, PacketParser, ParseError};
 use crate::service::clock::monotonic_ns;
@@ -88,6 +90,10 @@ pub struct NetConfig {
     /// Socket receive buffer to request, in bytes (the kernel may grant
     /// less; see `Receiver::recv_buffer_bytes`).
     pub recv_buffer_bytes: usize,
+    /// Also read RTCP on the listening port + 1 (RFC 3550 §11), for the
+    /// senders' reports. A port + 1 that cannot be bound is warned about
+    /// and done without: RTCP on the RTP port (RFC 5761) is read anyway.
+    pub rtcp_next_port: bool,
 }
 
 impl Default for NetConfig {
@@ -98,6 +104,7 @@ impl Default for NetConfig {
             interface: None,
             allow: Vec::new(),
             recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
+            rtcp_next_port: false,
         }
     }
 }
@@ -128,6 +135,11 @@ pub struct NetCounters {
     pub auth_failed: AtomicU64,
     /// SRTP: received before, or older than the replay window.
     pub replayed: AtomicU64,
+    /// RTCP sender reports taken (on either port).
+    pub sender_reports: AtomicU64,
+    /// The latest reporting sender's media clock rate against its wall
+    /// clock, in µHz (frames per second · 10^6); 0 until known.
+    pub sender_rate_uhz: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -213,6 +225,8 @@ impl From<socket::Error> for NetError {
 #[derive(Debug)]
 pub struct Receiver {
     socket: UdpSocket,
+    /// Port + 1, non-blocking, drained on every pass of the loop.
+    rtcp: Option<UdpSocket>,
     local: SocketAddr,
     filter: SourceFilter,
     recv_buffer_bytes: usize,
@@ -343,8 +357,14 @@ impl Receiver {
             }
             _ => None,
         };
+        let rtcp = if config.rtcp_next_port {
+            bind_rtcp(listen, local, group.is_some())
+        } else {
+            None
+        };
         Ok(Receiver {
             socket,
+            rtcp,
             local,
             filter: SourceFilter::new(&config.allow),
             recv_buffer_bytes,
@@ -366,6 +386,11 @@ impl Receiver {
         self.watch.take()
     }
 
+    /// The RTCP socket's address (port + 1), when one is bound.
+    pub fn rtcp_addr(&self) -> Option<SocketAddr> {
+        self.rtcp.as_ref().and_then(|s| s.local_addr().ok())
+    }
+
     /// The bound address (with the port the kernel chose for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local
@@ -375,6 +400,39 @@ impl Receiver {
     /// reports twice the usable size, counting its bookkeeping).
     pub fn recv_buffer_bytes(&self) -> usize {
         self.recv_buffer_bytes
+    }
+}
+
+/// Binds the RTCP socket on the RTP socket's address and port + 1. On a
+/// group it shares the group's membership, which is the host's: the
+/// kernel delivers the group's datagrams for port + 1 to it without a
+/// join of its own. Failing is no reason not to play: warned, and `None`.
+fn bind_rtcp(listen: SocketAddr, local: SocketAddr, group: bool) -> Option<UdpSocket> {
+    let port = local.port().checked_add(1).filter(|_| local.port() != 0)?;
+    let addr = SocketAddr::new(listen.ip(), port);
+    let bound = (|| {
+        let fd = socket::udp_for(addr).map_err(|e| e.to_string())?;
+        if group {
+            socket::set_reuse_addr(&fd).map_err(|e| e.to_string())?;
+        }
+        if addr.is_ipv6() && addr.ip().is_unspecified() {
+            socket::set_dual_stack(&fd).map_err(|e| e.to_string())?;
+        }
+        socket::bind(&fd, addr).map_err(|e| e.to_string())?;
+        let s = UdpSocket::from(fd);
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        Ok::<_, String>(s)
+    })();
+    match bound {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // Startup, on the main thread: logging is fine here.
+            log::warn!(
+                "net: cannot listen for RTCP on {addr} ({e}): sender reports are read only \
+                 on the RTP port (rtcp-mux); free the port or ignore this without --sync-ms"
+            );
+            None
+        }
     }
 }
 
@@ -391,6 +449,8 @@ pub enum DropReason {
     Parse(ParseError),
     /// SRTP refused it (authentication, replay, too short for a tag).
     Srtp(SrtpError),
+    /// Not a consistent compound RTCP packet, on the RTCP port.
+    BadRtcp,
 }
 
 /// What the net thread reports to the main thread instead of logging.
@@ -443,6 +503,7 @@ impl NetEvent {
                     | ParseError::Empty
                     | ParseError::BadOpus(_),
                 ) => Kind::Malformed,
+                DropReason::BadRtcp => Kind::Malformed,
                 DropReason::Srtp(SrtpError::AuthFailed) => Kind::AuthFailed,
                 DropReason::Srtp(SrtpError::Replayed) => Kind::Replayed,
                 DropReason::Srtp(
@@ -506,6 +567,12 @@ impl fmt::Display for NetEvent {
                 ),
                 DropReason::Parse(e) => write!(f, "net: dropped datagram from {source}: {e}"),
                 DropReason::Srtp(e) => write!(f, "net: dropped datagram from {source}: {e}"),
+                DropReason::BadRtcp => write!(
+                    f,
+                    "net: dropped datagram from {source} on the RTCP port: not a well-formed \
+                     RTCP compound packet (RFC 3550 section 6.1); check what the sender sends \
+                     to this port"
+                ),
             },
         }
     }
@@ -602,13 +669,289 @@ pub fn run(
     run_with_srtp(receiver, None, parser, queue, events, counters, stop)
 }
 
+/// RTCP datagrams taken from port + 1 per pass of the loop at most, so a
+/// flood there cannot hold up the audio on the RTP port.
+const RTCP_PER_PASS: usize = 16;
+
+/// One stream as the net thread works with it: its socket(s), key,
+/// parser, queue to the playout thread, counters, the packet slot and
+/// the clocks of its senders. Events go through the thread's one
+/// `EventSender`, passed to each call.
+struct Net<'a, 'q> {
+    receiver: &'a Receiver,
+    srtp: Option<&'a mut SrtpContext>,
+    parser: &'a mut PacketParser,
+    queue: &'a mut Producer<'q, Packet>,
+    counters: &'a NetCounters,
+    slot: Packet,
+    clocks: SenderClocks,
+}
+
+impl<'a, 'q> Net<'a, 'q> {
+    fn new(
+        receiver: &'a Receiver,
+        srtp: Option<&'a mut SrtpContext>,
+        parser: &'a mut PacketParser,
+        queue: &'a mut Producer<'q, Packet>,
+        counters: &'a NetCounters,
+    ) -> Self {
+        let slot = Packet::empty(slot_format(parser));
+        Net {
+            receiver,
+            srtp,
+            parser,
+            queue,
+            counters,
+            slot,
+            clocks: SenderClocks::default(),
+        }
+    }
+
+    fn reject(
+        &self,
+        events: &mut EventSender,
+        reason: DropReason,
+        counter: &AtomicU64,
+        source: SocketAddr,
+    ) {
+        bump(counter);
+        events.send(NetEvent::Dropped {
+            reason,
+            source,
+            suppressed: 0,
+        });
+    }
+
+    fn recv_failed(&self, events: &mut EventSender, local: SocketAddr, e: &std::io::Error) {
+        bump(&self.counters.recv_errors);
+        events.send(NetEvent::RecvFailed {
+            local,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            suppressed: 0,
+        });
+    }
+
+    /// Filters, authenticates and decrypts one datagram; the plain packet,
+    /// or `None` when it was dropped (and counted).
+    fn admit<'b>(
+        &mut self,
+        events: &mut EventSender,
+        buf: &'b mut [u8],
+        len: usize,
+        source: SocketAddr,
+    ) -> Option<&'b [u8]> {
+        let counters = self.counters;
+        bump(&counters.datagrams);
+        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        if !self.receiver.filter.allows(source.ip()) {
+            self.reject(events, DropReason::Filtered, &counters.filtered, source);
+            return None;
+        }
+        let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
+            self.reject(events, DropReason::TooLarge, &counters.too_large, source);
+            return None;
+        };
+        // Authenticated before anything reads it; the parser gets the
+        // plain packet without its tag.
+        match self.srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
+            None => Some(datagram),
+            Some(Ok(plain)) => Some(datagram.get(..plain).unwrap_or_default()),
+            Some(Err(e)) => {
+                let counter = match e {
+                    SrtpError::AuthFailed => &counters.auth_failed,
+                    SrtpError::Replayed => &counters.replayed,
+                    SrtpError::TooShort { .. }
+                    | SrtpError::Header(_)
+                    | SrtpError::BufferTooSmall { .. } => &counters.malformed,
+                };
+                self.reject(events, DropReason::Srtp(e), counter, source);
+                None
+            }
+        }
+    }
+
+    fn enqueue(&mut self, events: &mut EventSender, source: SocketAddr) {
+        match self.queue.enqueue(self.slot.clone()) {
+            Ok(()) => bump(&self.counters.queued),
+            Err(_) => self.reject(
+                events,
+                DropReason::QueueFull,
+                &self.counters.queue_full,
+                source,
+            ),
+        }
+    }
+
+    /// An RTCP compound: a sender report feeds the sender's clock, a BYE
+    /// goes on to the playout side (which lets the source go) and ends
+    /// the sender's clock; anything else is counted as RTCP and dropped.
+    fn take_rtcp(
+        &mut self,
+        events: &mut EventSender,
+        datagram: &[u8],
+        now: u64,
+        source: SocketAddr,
+    ) {
+        let mut used = false;
+        if let Some(sr) = rtcp::sender_report(datagram) {
+            self.clocks.on_report(&sr);
+            used = true;
+        }
+        if self
+            .parser
+            .parse_bye_into(datagram, now, &mut self.slot)
+            .is_ok()
+        {
+            for ssrc in self.slot.bye_ssrcs() {
+                self.clocks.on_bye(ssrc);
+            }
+            self.enqueue(events, source);
+            used = true;
+        }
+        if used {
+            self.publish_clock();
+        } else {
+            self.reject(
+                events,
+                DropReason::Parse(ParseError::Rtcp),
+                &self.counters.rtcp,
+                source,
+            );
+        }
+    }
+
+    fn publish_clock(&self) {
+        let c = self.counters;
+        c.sender_reports
+            .store(self.clocks.reports, Ordering::Relaxed);
+        let uhz = self
+            .clocks
+            .latest()
+            .and_then(|s| s.fit())
+            .map_or(0, |f| (f.rate_hz * 1e6).round().max(0.0) as u64);
+        c.sender_rate_uhz.store(uhz, Ordering::Relaxed);
+    }
+
+    /// A datagram on the RTP port: audio, or RTCP muxed beside it.
+    fn take(
+        &mut self,
+        events: &mut EventSender,
+        buf: &mut [u8],
+        len: usize,
+        source: SocketAddr,
+        now: u64,
+    ) {
+        let Some(datagram) = self.admit(events, buf, len, source) else {
+            return;
+        };
+        match self.parser.parse_into(datagram, now, &mut self.slot) {
+            Ok(()) => self.enqueue(events, source),
+            Err(ParseError::Rtcp) => self.take_rtcp(events, datagram, now, source),
+            Err(e) => {
+                let c = self.counters;
+                let counter = match e {
+                    ParseError::Malformed(_)
+                    | ParseError::NotWholeFrames { .. }
+                    | ParseError::Empty
+                    | ParseError::BadOpus(_) => &c.malformed,
+                    ParseError::UnknownPayloadType(_) => &c.unknown_payload_type,
+                    ParseError::Rtcp => &c.rtcp,
+                    ParseError::TooLarge(_) => &c.too_large,
+                };
+                self.reject(events, DropReason::Parse(e), counter, source);
+            }
+        }
+    }
+
+    /// A datagram on the RTCP port: only a consistent compound is read.
+    fn take_on_rtcp_port(
+        &mut self,
+        events: &mut EventSender,
+        buf: &mut [u8],
+        len: usize,
+        source: SocketAddr,
+        now: u64,
+    ) {
+        let Some(datagram) = self.admit(events, buf, len, source) else {
+            return;
+        };
+        if rtcp::is_compound(datagram) {
+            self.take_rtcp(events, datagram, now, source);
+        } else {
+            self.reject(
+                events,
+                DropReason::BadRtcp,
+                &self.counters.malformed,
+                source,
+            );
+        }
+    }
+
+    /// Takes what waits on the RTCP port (port + 1) without waiting, at
+    /// most `RTCP_PER_PASS` datagrams.
+    fn drain_rtcp_port(&mut self, events: &mut EventSender, buf: &mut [u8]) {
+        let receiver = self.receiver;
+        let Some(rtcp_socket) = receiver.rtcp.as_ref() else {
+            return;
+        };
+        for _ in 0..RTCP_PER_PASS {
+            match rtcp_socket.recv_from(buf) {
+                Ok((len, source)) => {
+                    self.take_on_rtcp_port(events, buf, len, source, monotonic_ns())
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let local = rtcp_socket.local_addr().unwrap_or(receiver.local);
+                    self.recv_failed(events, local, &e);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Receives one datagram on the RTP port (waiting at most the socket's
+    /// timeout) and takes it.
+    fn receive_one(&mut self, events: &mut EventSender, buf: &mut [u8]) {
+        let (len, source) = match self.receiver.socket.recv_from(buf) {
+            Ok(r) => r,
+            Err(e) => {
+                use std::io::ErrorKind;
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) {
+                    return;
+                }
+                self.recv_failed(events, self.receiver.local, &e);
+                // A persistent error must not spin a core; the pause is
+                // short against the jitter buffer's depth.
+                std::thread::sleep(Duration::from_millis(10));
+                return;
+            }
+        };
+        let now = monotonic_ns();
+        self.take(events, buf, len, source, now);
+    }
+}
+
+fn slot_format(parser: &PacketParser) -> crate::audio::format::StreamFormat {
+    match parser.mode() {
+        InputMode::Raw(f) => *f,
+        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
+    }
+}
+
 /// The net thread's body: receives, filters, authenticates and decrypts
 /// (with `srtp`), parses and enqueues until `stop` is set (seen within
-/// `RECV_TIMEOUT`). Never returns early on bad input or a failing `recv`,
-/// never logs and never allocates.
+/// `RECV_TIMEOUT`). RTCP on port + 1 is read without waiting on every
+/// pass (a pass ends at each datagram on the RTP port or its timeout, so
+/// a report waits at most `RECV_TIMEOUT`; it carries its own time). Never
+/// returns early on bad input or a failing `recv`, never logs and never
+/// allocates.
 pub fn run_with_srtp(
     receiver: &Receiver,
-    mut srtp: Option<&mut SrtpContext>,
+    srtp: Option<&mut SrtpContext>,
     parser: &mut PacketParser,
     queue: &mut Producer<'_, Packet>,
     events: &mut Producer<'_, NetEvent>,
@@ -618,20 +961,14 @@ pub fn run_with_srtp(
     // One byte more than the largest datagram we accept: a datagram that
     // fills the buffer was longer and has been truncated by the kernel.
     let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let mut slot = Packet::empty(slot_format(parser));
     let mut events = EventSender {
         queue: events,
         pending: [0; KINDS],
     };
+    let mut net = Net::new(receiver, srtp, parser, queue, counters);
     while !stop.load(Ordering::Relaxed) {
-        let mut stream = Input {
-            receiver,
-            srtp: srtp.as_deref_mut(),
-            parser,
-            queue,
-            counters,
-        };
-        stream.receive_one(&mut buf, &mut slot, &mut events);
+        net.drain_rtcp_port(&mut events, &mut buf);
+        net.receive_one(&mut events, &mut buf);
     }
 }
 
@@ -646,10 +983,11 @@ pub struct NetStream {
 }
 
 /// The net thread's body for several streams: one thread waits on every
-/// socket at once (`poll`), and takes each datagram through the same
-/// steps as [`run_with_srtp`] into its own stream's queue. A stream's
-/// flood cannot starve another: every ready socket gets one datagram per
-/// round. Sees `stop` within `RECV_TIMEOUT`; allocates nothing.
+/// socket at once (`poll`: each stream's RTP socket and its RTCP socket),
+/// and takes each datagram through the same steps as [`run_with_srtp`]
+/// into its own stream's queue. A stream's flood cannot starve another:
+/// every ready socket gets one datagram per round. Sees `stop` within
+/// `RECV_TIMEOUT`; allocates nothing.
 pub fn run_streams(
     streams: &mut [NetStream],
     events: &mut Producer<'_, NetEvent>,
@@ -659,31 +997,50 @@ pub fn run_streams(
     use std::os::fd::AsFd;
     const MAX: usize = crate::receive::priority::MAX_STREAMS;
     let mut buf = [0u8; MAX_DATAGRAM + 1];
-    let mut slots: heapless::Vec<Packet, MAX> = heapless::Vec::new();
-    for s in streams.iter() {
-        // More streams than slots are refused at start-up; any beyond
-        // are not served rather than indexed out of bounds.
-        let _ = slots.push(Packet::empty(slot_format(&s.parser)));
-    }
-    let n = slots.len();
     let mut events = EventSender {
         queue: events,
         pending: [0; KINDS],
     };
+    // More streams than MAX are refused at start-up; any beyond are not
+    // served rather than indexed out of bounds.
+    let mut nets: heapless::Vec<Net<'_, 'static>, MAX> = heapless::Vec::new();
+    for s in streams.iter_mut() {
+        let _ = nets.push(Net::new(
+            &s.receiver,
+            s.srtp.as_mut(),
+            &mut s.parser,
+            &mut s.queue,
+            &s.counters,
+        ));
+    }
     let timeout =
         PollTimeout::try_from(RECV_TIMEOUT.as_millis() as i32).unwrap_or(PollTimeout::MAX);
     while !stop.load(Ordering::Relaxed) {
-        let mut ready = [false; MAX];
+        // Per stream: its RTP socket ready, its RTCP socket ready.
+        let mut ready = [(false, false); MAX];
         {
-            let mut fds: heapless::Vec<PollFd<'_>, MAX> = heapless::Vec::new();
-            for s in streams.iter().take(n) {
-                let _ = fds.push(PollFd::new(s.receiver.socket.as_fd(), PollFlags::POLLIN));
+            let mut fds: heapless::Vec<PollFd<'_>, { 2 * MAX }> = heapless::Vec::new();
+            let mut owner: heapless::Vec<(usize, bool), { 2 * MAX }> = heapless::Vec::new();
+            for (i, n) in nets.iter().enumerate() {
+                let _ = fds.push(PollFd::new(n.receiver.socket.as_fd(), PollFlags::POLLIN));
+                let _ = owner.push((i, false));
+                if let Some(r) = n.receiver.rtcp.as_ref() {
+                    let _ = fds.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+                    let _ = owner.push((i, true));
+                }
             }
             match poll(&mut fds, timeout) {
                 Ok(0) => continue,
                 Ok(_) => {
-                    for (r, fd) in ready.iter_mut().zip(fds.iter()) {
-                        *r = fd.revents().is_some_and(|e| !e.is_empty());
+                    for (fd, &(i, is_rtcp)) in fds.iter().zip(owner.iter()) {
+                        let hit = fd.revents().is_some_and(|e| !e.is_empty());
+                        if let Some(r) = ready.get_mut(i) {
+                            if is_rtcp {
+                                r.1 |= hit;
+                            } else {
+                                r.0 |= hit;
+                            }
+                        }
                     }
                 }
                 // A signal: look at the stop flag and wait again.
@@ -695,125 +1052,12 @@ pub fn run_streams(
                 }
             }
         }
-        for ((s, slot), _) in streams
-            .iter_mut()
-            .zip(slots.iter_mut())
-            .zip(ready.iter())
-            .filter(|(_, r)| **r)
-        {
-            let mut stream = Input {
-                receiver: &s.receiver,
-                srtp: s.srtp.as_mut(),
-                parser: &mut s.parser,
-                queue: &mut s.queue,
-                counters: &s.counters,
-            };
-            stream.receive_one(&mut buf, slot, &mut events);
-        }
-    }
-}
-
-fn slot_format(parser: &PacketParser) -> crate::audio::format::StreamFormat {
-    match parser.mode() {
-        InputMode::Raw(f) => *f,
-        InputMode::Rtp(_) => crate::audio::format::StreamFormat::TUTORIAL,
-    }
-}
-
-/// What one datagram goes through, whichever loop received it.
-struct Input<'a, 'q, 'p> {
-    receiver: &'a Receiver,
-    srtp: Option<&'a mut SrtpContext>,
-    parser: &'a mut PacketParser,
-    queue: &'q mut Producer<'p, Packet>,
-    counters: &'a NetCounters,
-}
-
-impl Input<'_, '_, '_> {
-    /// Receives one datagram (waiting at most the socket's timeout) and
-    /// takes it through filter, SRTP, parser and queue.
-    fn receive_one(&mut self, buf: &mut [u8], slot: &mut Packet, events: &mut EventSender) {
-        let counters = self.counters;
-        let (len, source) = match self.receiver.socket.recv_from(buf) {
-            Ok(r) => r,
-            Err(e) => {
-                use std::io::ErrorKind;
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) {
-                    return;
-                }
-                bump(&counters.recv_errors);
-                events.send(NetEvent::RecvFailed {
-                    local: self.receiver.local,
-                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                    suppressed: 0,
-                });
-                // A persistent error must not spin a core; the pause is
-                // short against the jitter buffer's depth.
-                std::thread::sleep(Duration::from_millis(10));
-                return;
+        for (net, &(rtp, rtcp)) in nets.iter_mut().zip(ready.iter()) {
+            if rtcp {
+                net.drain_rtcp_port(&mut events, &mut buf);
             }
-        };
-        let now = monotonic_ns();
-        bump(&counters.datagrams);
-        counters.bytes.fetch_add(len as u64, Ordering::Relaxed);
-        let mut reject = |reason, counter: &AtomicU64| {
-            bump(counter);
-            events.send(NetEvent::Dropped {
-                reason,
-                source,
-                suppressed: 0,
-            });
-        };
-
-        if !self.receiver.filter.allows(source.ip()) {
-            reject(DropReason::Filtered, &counters.filtered);
-            return;
-        }
-        let Some(datagram) = buf.get_mut(..len).filter(|_| len <= MAX_DATAGRAM) else {
-            reject(DropReason::TooLarge, &counters.too_large);
-            return;
-        };
-        // Authenticated before anything reads it; the parser gets the
-        // plain packet without its tag.
-        let datagram: &[u8] = match self.srtp.as_deref_mut().map(|c| c.unprotect(datagram)) {
-            None => datagram,
-            Some(Ok(plain)) => datagram.get(..plain).unwrap_or_default(),
-            Some(Err(e)) => {
-                let counter = match e {
-                    SrtpError::AuthFailed => &counters.auth_failed,
-                    SrtpError::Replayed => &counters.replayed,
-                    SrtpError::TooShort { .. }
-                    | SrtpError::Header(_)
-                    | SrtpError::BufferTooSmall { .. } => &counters.malformed,
-                };
-                reject(DropReason::Srtp(e), counter);
-                return;
-            }
-        };
-        let parsed = match self.parser.parse_into(datagram, now, slot) {
-            // A BYE goes on to the playout side, which lets the source go.
-            Err(ParseError::Rtcp) => self.parser.parse_bye_into(datagram, now, slot),
-            parsed => parsed,
-        };
-        match parsed {
-            Ok(()) => match self.queue.enqueue(slot.clone()) {
-                Ok(()) => bump(&counters.queued),
-                Err(_) => reject(DropReason::QueueFull, &counters.queue_full),
-            },
-            Err(e) => {
-                let counter = match e {
-                    ParseError::Malformed(_)
-                    | ParseError::NotWholeFrames { .. }
-                    | ParseError::Empty
-                    | ParseError::BadOpus(_) => &counters.malformed,
-                    ParseError::UnknownPayloadType(_) => &counters.unknown_payload_type,
-                    ParseError::Rtcp => &counters.rtcp,
-                    ParseError::TooLarge(_) => &counters.too_large,
-                };
-                reject(DropReason::Parse(e), counter);
+            if rtp {
+                net.receive_one(&mut events, &mut buf);
             }
         }
     }
@@ -1007,6 +1251,105 @@ mod tests {
         );
         assert_eq!(counters.queued.load(Ordering::Relaxed), 3);
         assert_eq!(counters.rtcp.load(Ordering::Relaxed), 1);
+    }
+
+    /// A receiver on a free loopback port P with RTCP on P + 1.
+    fn bind_with_rtcp() -> Receiver {
+        for _ in 0..100 {
+            let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = probe.local_addr().unwrap().port();
+            drop(probe);
+            if port == u16::MAX {
+                continue;
+            }
+            let config = NetConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], port)),
+                rtcp_next_port: true,
+                ..NetConfig::default()
+            };
+            if let Ok(r) = Receiver::bind(&config) {
+                if r.rtcp_addr().is_some() {
+                    return r;
+                }
+            }
+        }
+        panic!("no free port pair");
+    }
+
+    fn report(ssrc: u32, unix_s: u64, rtp: u32, bye: bool) -> Vec<u8> {
+        let mut out = [0u8; rtcp::MAX_REPORT_LEN];
+        let info = rtcp::SenderInfo {
+            ntp: rtcp::ntp_from_unix_ns(unix_s * 1_000_000_000),
+            rtp_timestamp: rtp,
+            packets: 1,
+            octets: 160,
+        };
+        let len = rtcp::write_report(&mut out, ssrc, &info, b"test@host", bye).unwrap();
+        out[..len].to_vec()
+    }
+
+    #[test]
+    fn sender_reports_read_on_both_ports_and_bad_rtcp_counted() {
+        let receiver = bind_with_rtcp();
+        let port = receiver.local_addr().port();
+        assert_eq!(receiver.rtcp_addr().unwrap().port(), port + 1);
+        let counters = NetCounters::default();
+        let rate_uhz = AtomicU64::new(0);
+        let (got, events) = with_running::<16>(&receiver, &mut rtp_parser(), &counters, || {
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let rtcp_port = ("127.0.0.1", port + 1);
+            // An 8 kHz sender 100 ppm fast: 8000.8 frames a wall second.
+            tx.send_to(&report(7, 1_800_000_000, 1000, false), rtcp_port)
+                .unwrap();
+            tx.send_to(&report(7, 1_800_000_010, 1000 + 80_008, false), rtcp_port)
+                .unwrap();
+            // Read in order: the RTP port is read first on each pass.
+            wait_for(&counters.sender_reports, 2);
+            // On the RTP port (rtcp-mux), then RTP itself, on port + 1:
+            // not RTCP; a cut compound; then the BYE.
+            tx.send_to(
+                &report(7, 1_800_000_020, 1000 + 160_016, false),
+                ("127.0.0.1", port),
+            )
+            .unwrap();
+            wait_for(&counters.sender_reports, 3);
+            tx.send_to(&pcmu(1), rtcp_port).unwrap();
+            let cut = report(7, 1_800_000_030, 0, false);
+            tx.send_to(&cut[..cut.len() - 4], rtcp_port).unwrap();
+            wait_for(&counters.malformed, 2);
+            rate_uhz.store(
+                counters.sender_rate_uhz.load(Ordering::Relaxed),
+                Ordering::Relaxed,
+            );
+            tx.send_to(&report(7, 1_800_000_040, 0, true), rtcp_port)
+                .unwrap();
+            wait_for(&counters.queued, 1);
+        });
+        assert_eq!(counters.sender_reports.load(Ordering::Relaxed), 4);
+        assert_eq!(rate_uhz.load(Ordering::Relaxed), 8_000_800_000);
+        // The BYE went to the playout side and ended the sender's clock.
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].kind, crate::rtp::packet::PacketKind::Bye);
+        assert_eq!(counters.sender_rate_uhz.load(Ordering::Relaxed), 0);
+        // Neither the reports nor the BYE were counted as dropped RTCP.
+        assert_eq!(counters.rtcp.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.malformed.load(Ordering::Relaxed), 2);
+        let bad = events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    NetEvent::Dropped {
+                        reason: DropReason::BadRtcp,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(bad, 2);
+        assert!(events[0]
+            .to_string()
+            .contains("on the RTCP port: not a well-formed"));
     }
 
     #[test]

@@ -136,6 +136,8 @@ pub struct Dest {
     connected: bool,
     limit: RateLimit,
     dropped: u64,
+    /// Drops are logged at debug level only (see `quiet_drops`).
+    quiet: bool,
 }
 
 impl Dest {
@@ -185,6 +187,7 @@ impl Dest {
             connected,
             limit: RateLimit::default_for_input(),
             dropped: 0,
+            quiet: false,
         })
     }
 
@@ -195,6 +198,13 @@ impl Dest {
     /// The address packets leave from (the SDP origin).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.socket.local_addr().ok()
+    }
+
+    /// Log drops at debug level only: for RTCP to port+1, which many
+    /// receivers (ffplay, older netspeakers) do not listen on, so every
+    /// report is refused; that is no fault worth a warning.
+    pub fn quiet_drops(&mut self) {
+        self.quiet = true;
     }
 
     /// Datagrams dropped for transient reasons so far.
@@ -223,7 +233,9 @@ impl Dest {
                     self.dropped += 1;
                     // The count of dropped datagrams already says what the
                     // suppressed lines would have.
-                    if self.limit.check(monotonic_ns()).is_some() {
+                    if self.quiet {
+                        log::debug!("{}: {e} ({} dropped so far)", self.addr, self.dropped);
+                    } else if self.limit.check(monotonic_ns()).is_some() {
                         log::warn!(
                             "{}: {e}; still sending ({} dropped so far): check the address, \
                              route or firewall, or whether the receiver runs",

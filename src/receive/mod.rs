@@ -15,6 +15,7 @@ pub mod opus_store;
 pub mod playout;
 pub mod priority;
 pub mod sap;
+pub mod sender_clock;
 pub mod source;
 pub mod stats;
 pub mod streams;

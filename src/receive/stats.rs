@@ -92,6 +92,13 @@ pub struct StatsLine {
     /// Several streams: the one that owns the speaker ("none" while no
     /// stream plays); `None` with one stream, which always does.
     pub speaker: Option<String>,
+    /// RTCP sender reports received.
+    pub sender_reports: u64,
+    /// The reporting sender's media clock against its wall clock, once
+    /// its reports span a second.
+    pub sender_ppm: Option<f64>,
+    /// The kernel's synchronisation state of this machine's wall clock.
+    pub clock: Option<crate::service::clock::ClockState>,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -175,6 +182,14 @@ impl fmt::Display for StatsLine {
             },
             self.realtime_allocs
         )?;
+        match (self.sender_reports, self.sender_ppm) {
+            (0, _) => write!(f, " no sender reports")?,
+            (n, Some(ppm)) => write!(f, " sr {n} sender-clock {ppm:+.1} ppm")?,
+            (n, None) => write!(f, " sr {n} sender-clock unknown")?,
+        }
+        if let Some(c) = self.clock {
+            write!(f, " {c}")?;
+        }
         match &self.speaker {
             Some(name) => write!(f, " speaker {name}"),
             None => Ok(()),
@@ -189,13 +204,16 @@ mod tests {
     #[test]
     fn line_names_the_stream_that_owns_the_speaker() {
         let one = StatsLine::default().to_string();
-        assert!(one.ends_with("rt-allocs 0"), "{one}");
+        assert!(one.ends_with("rt-allocs 0 no sender reports"), "{one}");
         let several = StatsLine {
             speaker: Some("page".into()),
             ..StatsLine::default()
         }
         .to_string();
-        assert!(several.ends_with("rt-allocs 0 speaker page"), "{several}");
+        assert!(
+            several.ends_with("rt-allocs 0 no sender reports speaker page"),
+            "{several}"
+        );
     }
 
     #[test]
@@ -241,8 +259,34 @@ mod tests {
         s.read_into(&mut line);
         let text = line.to_string();
         assert!(
-            text.contains("ppm (unknown) bit-exact rt-allocs 0"),
+            text.contains("ppm (unknown) bit-exact rt-allocs 0 no sender reports"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn sender_reports_and_the_clock_state_end_the_line() {
+        use crate::service::clock::ClockState;
+        let mut line = StatsLine {
+            sender_reports: 12,
+            sender_ppm: Some(-3.25),
+            clock: Some(ClockState::Synced {
+                est_error_us: 180,
+                max_error_us: 5000,
+            }),
+            ..Default::default()
+        };
+        assert!(
+            line.to_string()
+                .ends_with("rt-allocs 0 sr 12 sender-clock -3.2 ppm clock synced ±180 us"),
+            "{line}"
+        );
+        line.sender_ppm = None;
+        line.clock = Some(ClockState::Unsynchronised);
+        assert!(
+            line.to_string()
+                .ends_with("rt-allocs 0 sr 12 sender-clock unknown clock unsynchronised"),
+            "{line}"
         );
     }
 }

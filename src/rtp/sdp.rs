@@ -517,6 +517,7 @@ mod tests {
             ttl: 4,
             session_id: 99,
             crypto: None,
+            rtcp: crate::send::sdp::RtcpLine::Port(5005),
             name: "hall".into(),
         });
         let s = parse(&text).unwrap();

@@ -12,6 +12,7 @@ pub mod announce;
 pub mod convert;
 pub mod pace;
 pub mod packetize;
+pub mod report;
 pub mod sdp;
 pub mod source;
 pub mod wav;
@@ -26,13 +27,15 @@ use crate::alsa::capture::{self, Capture};
 use crate::alsa::AlsaError;
 use crate::audio::format::{Encoding, StreamFormat, MAX_CHANNELS, MAX_RATE, MIN_RATE};
 use crate::net::send::{self as dest, Dest, DestConfig, SendStatus};
+use crate::rtp::rtcp::MAX_REPORT_LEN;
 use crate::rtp::srtp::{self, MasterKey, SrtpContext, SrtpError, Suite};
-use crate::service::clock::monotonic_ns;
+use crate::service::clock::{monotonic_ns, realtime_ns};
 use crate::service::notify::Heartbeat;
 use crate::service::ratelimit::RateLimit;
 use convert::Converter;
 use pace::Pacer;
 use packetize::{Framing, Packetizer, PacketizerConfig};
+use report::Reporter;
 use source::{FileSource, Input};
 
 /// Where the audio comes from.
@@ -75,6 +78,18 @@ impl Output {
     }
 }
 
+/// Where RTCP sender reports go (RTP output only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rtcp {
+    /// To the RTP port + 1 (RFC 3550 §11) [default].
+    #[default]
+    NextPort,
+    /// On the RTP port itself (`--rtcp-mux`, RFC 5761).
+    Mux,
+    /// None (`--no-rtcp`).
+    Off,
+}
+
 /// The whole sender's configuration, one field per option.
 #[derive(Debug, Clone)]
 pub struct SendConfig {
@@ -97,6 +112,8 @@ pub struct SendConfig {
     /// Opus encoder settings (`--bitrate`, `--fec`, `--expected-loss`),
     /// used with `--codec opus`.
     pub opus: crate::audio::opus::EncoderConfig,
+    /// RTCP sender reports and BYE (`--rtcp-mux`, `--no-rtcp`).
+    pub rtcp: Rtcp,
 }
 
 /// Opus's `--bitrate` is what the stream costs on the network, headers
@@ -161,6 +178,10 @@ pub enum Error {
     /// Protecting a packet failed (a buffer sized wrong: a bug).
     Srtp(SrtpError),
     Ptime(u32),
+    /// RTCP to port+1 of the last port: there is none.
+    RtcpPort(u16),
+    /// `--rtcp-mux` with `--raw`: headerless PCM has no RTCP.
+    RtcpRaw,
     /// Opus: the stream must be 48 kHz, 1 or 2 channels, 2.5-60 ms frames.
     OpusFormat {
         rate: u32,
@@ -218,6 +239,15 @@ impl fmt::Display for Error {
                 "Opus is sent at 48000 Hz, 1 or 2 channels, ptime 5, 10, 20, 40 or 60 ms \
                  (asked: {rate} Hz, {channels} channels, {ptime_ms} ms): drop --rate, \
                  use --channels 1 or 2, and one of those --ptime values"
+            ),
+            Error::RtcpPort(p) => write!(
+                f,
+                "RTCP goes to the RTP port + 1, and port {p} has none: send to an even port \
+                 below 65535, or use --rtcp-mux or --no-rtcp"
+            ),
+            Error::RtcpRaw => write!(
+                f,
+                "--rtcp-mux sends RTCP beside RTP; headerless --raw has no RTCP: drop one of them"
             ),
             Error::Ptime(p) => write!(f, "--ptime {p} is outside 1 to 200 ms"),
             Error::Rate(r) => write!(f, "--rate {r} is outside {MIN_RATE} to {MAX_RATE}"),
@@ -422,6 +452,16 @@ pub struct Sender {
     overruns_before: u64,
     /// `--sap`: announces while the sender lives, deletes when dropped.
     announcer: Option<announce::Announcer>,
+    /// RTCP sender reports (RTP output, unless `--no-rtcp`).
+    rtcp: Option<RtcpOut>,
+}
+
+/// The report schedule, its buffer, and its socket (`None`: RTCP shares
+/// the RTP socket, `--rtcp-mux`).
+struct RtcpOut {
+    reporter: Reporter,
+    buf: Vec<u8>,
+    dest: Option<Dest>,
 }
 
 impl Sender {
@@ -453,6 +493,9 @@ impl Sender {
         }
         if config.sap.is_some() && config.srtp.is_some() {
             return Err(Error::SapSrtp);
+        }
+        if config.rtcp == Rtcp::Mux && config.output == Output::Raw {
+            return Err(Error::RtcpRaw);
         }
         // Read before anything opens: a key that cannot be used stops the
         // start, it never falls back to plaintext.
@@ -551,6 +594,46 @@ impl Sender {
         })
         .map_err(Error::Packetize)?;
         let dest = Dest::open(&config.dest)?;
+        let rtcp_addr = match (framing, config.rtcp) {
+            (Framing::Raw, _) | (_, Rtcp::Off) => None,
+            (_, Rtcp::Mux) => Some(config.dest.addr),
+            (_, Rtcp::NextPort) => {
+                let port = config.dest.addr.port();
+                let next = port.checked_add(1).ok_or(Error::RtcpPort(port))?;
+                Some(std::net::SocketAddr::new(config.dest.addr.ip(), next))
+            }
+        };
+        let rtcp = match rtcp_addr {
+            None => None,
+            Some(addr) => {
+                let own = match config.rtcp {
+                    Rtcp::NextPort => {
+                        let mut d = Dest::open(&DestConfig {
+                            addr,
+                            ..config.dest.clone()
+                        })?;
+                        d.quiet_drops();
+                        Some(d)
+                    }
+                    _ => None,
+                };
+                let host = dest
+                    .local_addr()
+                    .map(|a| a.ip())
+                    .unwrap_or(config.dest.addr.ip());
+                Some(RtcpOut {
+                    // RFC 7022 asks for a CNAME unique per session and
+                    // stable through it; the SSRC is random per start.
+                    reporter: Reporter::new(
+                        ssrc,
+                        &format!("{ssrc:08x}@{host}"),
+                        u64::from(ssrc) << 32 | u64::from(first_timestamp),
+                    ),
+                    buf: vec![0; MAX_REPORT_LEN + srtp::MAX_OVERHEAD],
+                    dest: own,
+                })
+            }
+        };
         let mut description = None;
         if let Framing::Rtp { payload_type } = framing {
             let origin = dest
@@ -570,6 +653,11 @@ impl Sender {
                     suite: *suite,
                     key: key.to_base64(),
                 }),
+                rtcp: match (config.rtcp, rtcp_addr) {
+                    (_, None) => sdp::RtcpLine::None,
+                    (Rtcp::Mux, _) => sdp::RtcpLine::Mux,
+                    (_, Some(a)) => sdp::RtcpLine::Port(a.port()),
+                },
                 name: config
                     .sap
                     .as_ref()
@@ -631,6 +719,7 @@ impl Sender {
             overrun_log: RateLimit::default_for_input(),
             overruns_before: 0,
             announcer,
+            rtcp,
         }))
     }
 
@@ -665,6 +754,9 @@ impl Sender {
             dropped: 0,
             overruns: 0,
         };
+        // The last packet's timestamp, deadline and frames: the BYE's
+        // report says where the media clock stood at the end.
+        let mut last: Option<(u32, Option<u64>, usize)> = None;
         while !stop.load(Ordering::Relaxed) {
             heartbeat.beat();
             let frames = match self.fill(stop) {
@@ -681,8 +773,11 @@ impl Sender {
                 summary.finished = !stop.load(Ordering::Relaxed);
                 break;
             }
+            let timestamp = self.packetizer.next_timestamp();
+            let mut due_ns = None;
             if let Some(pacer) = pacer.as_mut() {
                 let deadline = pacer.next_deadline_ns();
+                due_ns = Some(deadline);
                 // Late: the loop comes straight back here and the packets
                 // that fell due go out back to back.
                 while monotonic_ns() < deadline && !stop.load(Ordering::Relaxed) {
@@ -694,9 +789,10 @@ impl Sender {
                 pacer.mark_sent();
             }
             let channels = usize::from(self.format.channels);
-            let len = self
+            let plain_len = self
                 .packetizer
                 .packetize(&self.samples[..frames * channels], &mut self.datagram);
+            let len = plain_len;
             let len = match self.srtp.as_mut() {
                 Some(srtp) => srtp.protect(&mut self.datagram, len).map_err(Error::Srtp)?,
                 None => len,
@@ -705,6 +801,24 @@ impl Sender {
                 summary.packets += 1;
             }
             summary.frames += frames as u64;
+            if let Some(rtcp) = self.rtcp.as_mut() {
+                // §6.4.1 counts payload octets: no header, no SRTP tag.
+                rtcp.reporter
+                    .count(plain_len.saturating_sub(crate::rtp::HEADER_LEN));
+                let now = monotonic_ns();
+                if rtcp.reporter.is_due(now) {
+                    let wall = realtime_ns();
+                    let media = self.media_clock(timestamp, due_ns, frames, now);
+                    self.send_report(now, wall, media, false)?;
+                }
+            }
+            last = Some((timestamp, due_ns, frames));
+        }
+        if let Some((timestamp, due_ns, frames)) = last.filter(|_| self.rtcp.is_some()) {
+            let now = monotonic_ns();
+            let wall = realtime_ns();
+            let media = self.media_clock(timestamp, due_ns, frames, now);
+            self.send_report(now, wall, media, true)?;
         }
         summary.dropped = self.dest.dropped();
         summary.overruns = self.overruns_before;
@@ -712,6 +826,55 @@ impl Sender {
             summary.overruns += capture.overruns();
         }
         Ok(summary)
+    }
+
+    /// The media clock at `now_ns` given the packet just sent: a paced
+    /// file's packet leaves at its deadline (`due_ns`); a capture packet's
+    /// last frame was read just now, so the clock stands past its end.
+    fn media_clock(
+        &self,
+        timestamp: u32,
+        due_ns: Option<u64>,
+        frames: usize,
+        now_ns: u64,
+    ) -> (u32, u64) {
+        match due_ns {
+            Some(due) => report::media_clock_at(timestamp, due, now_ns, self.format.rate),
+            None => (timestamp.wrapping_add(frames as u32), 0),
+        }
+    }
+
+    /// Writes a report (with `bye`, the BYE too), protects it as SRTCP
+    /// with a key, and sends it. A report that cannot be written (a buffer
+    /// sized wrong) is skipped: RTCP never stops the audio.
+    /// `media` is the media clock's frame and how long ago it passed it,
+    /// read at `now_ns`, when the wall clock read `wall_ns`.
+    fn send_report(
+        &mut self,
+        now_ns: u64,
+        wall_ns: u64,
+        media: (u32, u64),
+        bye: bool,
+    ) -> Result<(), Error> {
+        let Some(rtcp) = self.rtcp.as_mut() else {
+            return Ok(());
+        };
+        let Some(len) = rtcp.reporter.write(
+            &mut rtcp.buf,
+            now_ns,
+            wall_ns.saturating_sub(media.1),
+            media.0,
+            bye,
+        ) else {
+            return Ok(());
+        };
+        let len = match self.srtp.as_mut() {
+            Some(srtp) => srtp.protect_rtcp(&mut rtcp.buf, len).map_err(Error::Srtp)?,
+            None => len,
+        };
+        let dest = rtcp.dest.as_mut().unwrap_or(&mut self.dest);
+        dest.send(&rtcp.buf[..len])?;
+        Ok(())
     }
 
     /// The capture device failed while streaming (unplugged, its sound

@@ -134,6 +134,11 @@ impl Packetizer {
         self.header_len() + payload
     }
 
+    /// The RTP timestamp the next packet carries.
+    pub fn next_timestamp(&self) -> u32 {
+        self.timestamp
+    }
+
     pub fn frames_per_packet(&self) -> usize {
         self.config.frames_per_packet
     }

@@ -22,6 +22,17 @@ pub struct Crypto {
     pub key: String,
 }
 
+/// What the description says about RTCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcpLine {
+    /// No RTCP: no line (a reader assumes port+1, where nothing comes).
+    None,
+    /// `a=rtcp:PORT` (RFC 3605).
+    Port(u16),
+    /// `a=rtcp-mux` (RFC 5761).
+    Mux,
+}
+
 /// What the description says.
 #[derive(Debug, Clone)]
 pub struct SdpParams {
@@ -39,6 +50,8 @@ pub struct SdpParams {
     pub session_id: u64,
     /// SRTP: the `a=crypto` line's suite and key.
     pub crypto: Option<Crypto>,
+    /// Where RTCP goes.
+    pub rtcp: RtcpLine,
     /// The session name (`s=`): what a SAP listener chooses the stream by.
     pub name: String,
 }
@@ -91,6 +104,7 @@ pub fn describe(p: &SdpParams) -> String {
          {fmtp}\
          a=ptime:{ptime}\r\n\
          {crypto}\
+         {rtcp}\
          a=sendonly\r\n",
         id = p.session_id,
         ot = addr_type(p.origin),
@@ -105,6 +119,11 @@ pub fn describe(p: &SdpParams) -> String {
         crypto = match &p.crypto {
             Some(c) => format!("a=crypto:1 {} inline:{}\r\n", c.suite.name(), c.key),
             None => String::new(),
+        },
+        rtcp = match p.rtcp {
+            RtcpLine::None => String::new(),
+            RtcpLine::Port(port) => format!("a=rtcp:{port}\r\n"),
+            RtcpLine::Mux => "a=rtcp-mux\r\n".to_string(),
         },
         pt = p.payload_type,
         enc = p.format.encoding.rtp_name(),
@@ -136,6 +155,7 @@ mod tests {
             ttl: 1,
             session_id: 42,
             crypto: None,
+            rtcp: RtcpLine::None,
             name: "netspeaker-send".into(),
         };
         assert_eq!(
@@ -162,6 +182,7 @@ mod tests {
             ttl: 1,
             session_id: 42,
             crypto: None,
+            rtcp: RtcpLine::None,
             name: "netspeaker-send".into(),
         };
         let text = describe(&p);
@@ -194,6 +215,7 @@ mod tests {
             ttl: 16,
             session_id: 7,
             crypto: None,
+            rtcp: RtcpLine::None,
             name: "netspeaker-send".into(),
         };
         let s = describe(&p);
@@ -219,6 +241,7 @@ mod tests {
             ttl: 5,
             session_id: 1,
             crypto: None,
+            rtcp: RtcpLine::None,
             name: "netspeaker-send".into(),
         };
         let s = describe(&p);
@@ -241,6 +264,7 @@ mod tests {
             opus_fec: false,
             ttl: 1,
             session_id: 3,
+            rtcp: RtcpLine::None,
             crypto: Some(Crypto {
                 suite: Suite::AesCm128HmacSha1_32,
                 key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd".into(),
@@ -256,5 +280,31 @@ mod tests {
             ),
             "{s}"
         );
+    }
+
+    #[test]
+    fn rtcp_port_or_mux_is_announced() {
+        let mut p = SdpParams {
+            dest: "127.0.0.1:5004".parse().unwrap(),
+            origin: "127.0.0.1".parse().unwrap(),
+            format: StreamFormat {
+                encoding: Encoding::Pcmu,
+                rate: 8000,
+                channels: 1,
+            },
+            payload_type: 0,
+            ptime_ms: 20,
+            opus_fec: false,
+            ttl: 1,
+            session_id: 42,
+            crypto: None,
+            rtcp: RtcpLine::Port(5005),
+            name: "n".into(),
+        };
+        assert!(describe(&p).contains("a=ptime:20\r\na=rtcp:5005\r\na=sendonly\r\n"));
+        p.rtcp = RtcpLine::Mux;
+        assert!(describe(&p).contains("a=ptime:20\r\na=rtcp-mux\r\na=sendonly\r\n"));
+        p.rtcp = RtcpLine::None;
+        assert!(!describe(&p).contains("rtcp"));
     }
 }

@@ -193,7 +193,8 @@ impl Stats {
             }
             // "drift +1000.3 ppm (±4.2) resampled": the estimate's
             // uncertainty, and whether the samples pass through untouched.
-            if let Some(u) = value.strip_prefix('±') {
+            // Only after "ppm": "clock synced ±120 us" is not the drift's.
+            if let Some(u) = value.strip_prefix('±').filter(|_| key == "ppm") {
                 if let Ok(u) = u.parse::<f64>() {
                     map.insert("drift-uncertainty".into(), u);
                 }
