@@ -53,6 +53,16 @@ fn tone_file(bench: &Bench) -> std::path::PathBuf {
     wav
 }
 
+/// One fault at a time: each test runs a sound server, the receiver and a
+/// sender in real time, and on a 2-core machine three at once starve the
+/// servers (a JACK server took over 5 s to take its client back).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // A failed test poisons the lock; the next one may still run.
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn start(bench: &Bench) -> (Proc, Proc) {
     let rx = bench.receiver(&["--rtp-format", "96=L16/16000/1"]);
     let tx = sender(&tone_file(bench), bench.addr(), &["--loop"]);
@@ -193,6 +203,7 @@ fn judge(
 /// timed here as the receiver's recovery (see `Bench::with_jack`).
 #[test]
 fn sound_server_stopped_and_restarted() {
+    let _serial = serial();
     let mut bench = Bench::with_jack("fault-server");
     let (mut rx, tx) = start(&bench);
     let progress = Progress::start(&bench);
@@ -248,6 +259,7 @@ fn sound_server_stopped_and_restarted() {
 /// the new sender starts. "new sender" is logged exactly once.
 #[test]
 fn sender_restarted_with_new_ssrc() {
+    let _serial = serial();
     let bench = Bench::new("fault-sender");
     let (rx, mut tx) = start(&bench);
     let progress = Progress::start(&bench);
@@ -292,6 +304,7 @@ fn sender_restarted_with_new_ssrc() {
 /// stream must play steadily within 1 s.
 #[test]
 fn receiver_stopped_and_continued() {
+    let _serial = serial();
     // On JACK: PulseAudio takes 0.5–1.8 s to restart a stream here, which
     // would swamp the receiver's own recovery (see `Bench::with_jack`).
     let bench = Bench::with_jack("fault-sigstop");
