@@ -752,7 +752,12 @@ impl Engine {
         // runs faster than real time.
         let level_ms = self.margin_ms + packet_ms;
         let headroom_ms = self.margin_ms.max(HEADROOM_MS);
-        let normal_ms = level_ms + headroom_ms;
+        // One packet more than the level: right after a packet arrives
+        // the buffer holds the level plus that packet whenever it runs a
+        // packet high, as it does after a sender's start burst (ffmpeg's
+        // 40 ms packets, arriving +-10 ms, overflowed a ceiling of level +
+        // headroom by 0.6 ms at 0.6 s, dropping audio of a clean link).
+        let normal_ms = level_ms + packet_ms + headroom_ms;
         // Audio held while the device was away stays: the ceiling comes
         // down with the backlog as stretching plays it out faster, never
         // below what is buffered (which would drop its oldest part).
