@@ -139,17 +139,18 @@ pub fn describe(p: &SdpParams) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn unicast_l16_stereo() {
-        let p = SdpParams {
+    /// A unicast stream to 127.0.0.1:5004, 20 ms, no crypto, no RTCP line;
+    /// each test sets what it is about.
+    fn params(encoding: Encoding, rate: u32, channels: u16, payload_type: u8) -> SdpParams {
+        SdpParams {
             dest: "127.0.0.1:5004".parse().unwrap(),
             origin: "127.0.0.1".parse().unwrap(),
             format: StreamFormat {
-                encoding: Encoding::L16,
-                rate: 48_000,
-                channels: 2,
+                encoding,
+                rate,
+                channels,
             },
-            payload_type: 96,
+            payload_type,
             ptime_ms: 20,
             opus_fec: false,
             ttl: 1,
@@ -157,7 +158,12 @@ mod tests {
             crypto: None,
             rtcp: RtcpLine::None,
             name: "netspeaker-send".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn unicast_l16_stereo() {
+        let p = params(Encoding::L16, 48_000, 2, 96);
         assert_eq!(
             describe(&p),
             "v=0\r\no=- 42 42 IN IP4 127.0.0.1\r\ns=netspeaker-send\r\n\
@@ -169,21 +175,8 @@ mod tests {
     #[test]
     fn opus_is_announced_as_rfc_7587_says() {
         let mut p = SdpParams {
-            dest: "127.0.0.1:5004".parse().unwrap(),
-            origin: "127.0.0.1".parse().unwrap(),
-            format: StreamFormat {
-                encoding: Encoding::Opus,
-                rate: 48_000,
-                channels: 2,
-            },
-            payload_type: 97,
-            ptime_ms: 20,
             opus_fec: true,
-            ttl: 1,
-            session_id: 42,
-            crypto: None,
-            rtcp: RtcpLine::None,
-            name: "netspeaker-send".into(),
+            ..params(Encoding::Opus, 48_000, 2, 97)
         };
         let text = describe(&p);
         assert!(
@@ -204,19 +197,10 @@ mod tests {
         let p = SdpParams {
             dest: "239.255.77.1:6000".parse().unwrap(),
             origin: "192.168.1.2".parse().unwrap(),
-            format: StreamFormat {
-                encoding: Encoding::Pcmu,
-                rate: 8000,
-                channels: 1,
-            },
-            payload_type: 0,
             ptime_ms: 40,
-            opus_fec: false,
             ttl: 16,
             session_id: 7,
-            crypto: None,
-            rtcp: RtcpLine::None,
-            name: "netspeaker-send".into(),
+            ..params(Encoding::Pcmu, 8000, 1, 0)
         };
         let s = describe(&p);
         assert!(s.contains("c=IN IP4 239.255.77.1/16\r\n"), "{s}");
@@ -230,19 +214,9 @@ mod tests {
         let p = SdpParams {
             dest: "[ff15::77]:5004".parse().unwrap(),
             origin: "::1".parse().unwrap(),
-            format: StreamFormat {
-                encoding: Encoding::Pcma,
-                rate: 8000,
-                channels: 1,
-            },
-            payload_type: 8,
-            ptime_ms: 20,
-            opus_fec: false,
             ttl: 5,
             session_id: 1,
-            crypto: None,
-            rtcp: RtcpLine::None,
-            name: "netspeaker-send".into(),
+            ..params(Encoding::Pcma, 8000, 1, 8)
         };
         let s = describe(&p);
         assert!(s.contains("o=- 1 1 IN IP6 ::1\r\n"), "{s}");
@@ -252,24 +226,12 @@ mod tests {
     #[test]
     fn srtp_stream_is_savp_with_an_sdes_crypto_line() {
         let p = SdpParams {
-            dest: "127.0.0.1:5004".parse().unwrap(),
-            origin: "127.0.0.1".parse().unwrap(),
-            format: StreamFormat {
-                encoding: Encoding::Pcmu,
-                rate: 8000,
-                channels: 1,
-            },
-            payload_type: 0,
-            ptime_ms: 20,
-            opus_fec: false,
-            ttl: 1,
             session_id: 3,
-            rtcp: RtcpLine::None,
             crypto: Some(Crypto {
                 suite: Suite::AesCm128HmacSha1_32,
                 key: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd".into(),
             }),
-            name: "netspeaker-send".into(),
+            ..params(Encoding::Pcmu, 8000, 1, 0)
         };
         let s = describe(&p);
         assert!(s.contains("m=audio 5004 RTP/SAVP 0\r\n"), "{s}");
@@ -285,21 +247,9 @@ mod tests {
     #[test]
     fn rtcp_port_or_mux_is_announced() {
         let mut p = SdpParams {
-            dest: "127.0.0.1:5004".parse().unwrap(),
-            origin: "127.0.0.1".parse().unwrap(),
-            format: StreamFormat {
-                encoding: Encoding::Pcmu,
-                rate: 8000,
-                channels: 1,
-            },
-            payload_type: 0,
-            ptime_ms: 20,
-            opus_fec: false,
-            ttl: 1,
-            session_id: 42,
-            crypto: None,
             rtcp: RtcpLine::Port(5005),
             name: "n".into(),
+            ..params(Encoding::Pcmu, 8000, 1, 0)
         };
         assert!(describe(&p).contains("a=ptime:20\r\na=rtcp:5005\r\na=sendonly\r\n"));
         p.rtcp = RtcpLine::Mux;
