@@ -137,7 +137,7 @@ fn l16_stream(rate: u32, channels: u16) -> RtpStream {
 }
 
 #[test]
-fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
+fn rtp_l16_rw_paced_bit_exact_twenty_seconds_no_underrun() {
     let _slot = paced_slot();
     once_more_if_stalled("e2e-l16-rw", |stalled| {
         let dir = TestDir::new("e2e-l16-rw");
@@ -150,19 +150,19 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
             // clock, so the samples must pass through untouched.
             &["--rtp-format", "96=L16/48000/2", "--stats-interval", "1"],
         );
-        let signal = noise(7, 2, 48_000 * 15, 20_000);
+        let signal = noise(7, 2, 48_000 * 20, 20_000);
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
         let sent = send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
         stalled.set(watch.stall("e2e-l16-rw", t0, Instant::now()));
-        assert_eq!(sent, 750);
+        assert_eq!(sent, 1000);
         std::thread::sleep(Duration::from_millis(300));
         let (code, took, stats) = rx.stop();
         assert_eq!(code, Some(0), "exit status");
         assert!(took < Duration::from_millis(200), "SIGTERM took {took:?}");
         let log = rx.log_text();
         assert_eq!(stats.get("underruns"), 0.0, "{log}");
-        assert_eq!(stats.get("packets"), 750.0, "{log}");
+        assert_eq!(stats.get("packets"), 1000.0, "{log}");
         assert_eq!(stats.get("lost"), 0.0, "{log}");
         assert_eq!(stats.get("rt-allocs"), 0.0, "{log}");
         // One clock: the estimate finds it, and the samples pass through
@@ -181,7 +181,10 @@ fn rtp_l16_rw_paced_bit_exact_ten_seconds_no_underrun() {
         // a resampled correction of a few seconds may still come when the
         // adaptive target moves, so most of the seconds, not all, are
         // exact. Fewer would mean the receiver resamples a same-clock
-        // stream (before clock following had a dead band: none).
+        // stream (before clock following had a dead band: none). The
+        // stream is 20 s: a start a packet (10 ms) above a target that
+        // then came down 4 ms is undone at the 1000 ppm the delay may move
+        // (tests/defaults.rs's burst timing), ≈ 11 s, seen in CI.
         let share = exact_share_of_tail(&recording, &signal, 2, 48_000, 6, &log);
         assert!(
             share >= 0.66,

@@ -716,16 +716,38 @@ pub fn exact_share_of_tail(
     seconds: usize,
     log: &str,
 ) -> f64 {
+    let (exact, judged) = exact_seconds(recording, sent, channels, rate, Some(seconds), log);
+    exact as f64 / judged as f64
+}
+
+/// Whole seconds the device played bit for bit, counted back from the
+/// stream's end (its last sound less the fade-out): of the last `seconds`,
+/// or of all it played when `None`. Returns (exact, judged).
+pub fn exact_seconds(
+    recording: &[i16],
+    sent: &[i16],
+    channels: u16,
+    rate: u32,
+    seconds: Option<usize>,
+    log: &str,
+) -> (usize, usize) {
     let ch = usize::from(channels);
     let rate = rate as usize;
+    let sounding = |f: &[i16]| f.iter().any(|&v| v != 0);
     let last_sound = recording
         .chunks_exact(ch)
-        .rposition(|f| f.iter().any(|&v| v != 0))
+        .rposition(sounding)
         .unwrap_or_else(|| panic!("nothing was played\n{log}"));
+    let first_sound = recording.chunks_exact(ch).position(sounding).unwrap_or(0);
     // Skip the fade-out after the stream's end.
     let end = last_sound.saturating_sub(rate / 10);
-    assert!(end > seconds * rate, "less than {seconds} s played\n{log}");
-    let exact = (0..seconds)
+    let played = (end - first_sound.min(end)) / rate;
+    let judged = seconds.unwrap_or(played);
+    assert!(
+        judged > 0 && end > judged * rate,
+        "less than {judged} s played\n{log}"
+    );
+    let exact = (0..judged)
         .filter(|k| {
             let from = end - (k + 1) * rate;
             let second = &recording[from * ch..(from + rate) * ch];
@@ -735,7 +757,7 @@ pub fn exact_share_of_tail(
             })
         })
         .count();
-    exact as f64 / seconds as f64
+    (exact, judged)
 }
 
 /// The result of comparing the aligned overlap.
