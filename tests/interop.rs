@@ -24,16 +24,14 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{
-    multitone, noise, once_more_if_stalled, read_s16le, AlsaConfig, GrowthWatch, PulseServer,
-    TestDir,
-};
+use common::paced_receiver::{final_stat, serial, write_s16le, PacedReceiver};
+use common::receiver::free_port;
+use common::{multitone, noise, once_more_if_stalled, TestDir};
 use netspeaker::audio::codec;
 
 const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
@@ -53,186 +51,42 @@ const G711_SECONDS: usize = 15;
 /// burst timing).
 const JUDGED_SECONDS: usize = 3;
 
-/// One stream at a time: each test runs a sound server, the receiver and
-/// a sender in real time, and on a 2-core machine three at once starve the
-/// sound servers (a stalled sink shows up as late packets and overflow).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A UDP port on loopback that was free a moment ago.
-fn free_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
-    socket.local_addr().expect("local addr").port()
-}
-
-fn write_s16le(path: &Path, samples: &[i16]) {
-    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(path, bytes).expect("write signal");
-}
-
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// The real receiver playing into the `paced` device of a private
-/// PulseAudio server, its log in a file of the test directory.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    recording: PathBuf,
-    /// How the recording grows from the moment the device consumes.
-    watch: GrowthWatch,
-    consuming_since: Instant,
-    // Dropped after the child: the server must outlive the receiver.
-    _pulse: PulseServer,
-}
-
-impl Receiver {
-    /// Starts `netspeaker` on its defaults (the device, `args`, a verbose
-    /// log, no periodic statistics) and waits until it reports the device
-    /// open, which it does once the device consumes (a PulseAudio null
-    /// sink takes a second or more to start a new stream).
-    fn start(dir: &TestDir, args: &[&str]) -> Receiver {
-        let pulse = PulseServer::start(&dir.path);
-        let config = AlsaConfig::write(&dir.path);
-        let log = dir.file("receiver.log");
-        let child = Command::new(RECEIVER)
-            .args(["-v", "--device", "paced", "--stats-interval", "0"])
-            .args(args)
-            .envs(config.env())
-            .envs(pulse.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("receiver log"))
-            .spawn()
-            .expect("start netspeaker");
-        let mut receiver = Receiver {
-            child,
-            log,
-            watch: GrowthWatch::file(&config.paced),
-            recording: config.paced,
-            consuming_since: Instant::now(),
-            _pulse: pulse,
+/// `netspeaker` on its defaults (the device, `args`, a verbose log, no
+/// periodic statistics) on the paced device, once the device takes audio
+/// in real time.
+fn start_receiver(dir: &TestDir, args: &[&str]) -> PacedReceiver {
+    // The receiver says "open:" after a few writes returned, which the
+    // PulseAudio plugin lets through before its server starts the stream
+    // (up to a second later, here). Streams that start in that second are
+    // tests/defaults.rs's subject (and overflow with short packets: see
+    // its findings); these tests prove the senders' formats, so they start
+    // once the device takes audio in real time: twice in a row, the
+    // recording grew by 0.7 to 2 times the span's worth of frames over a
+    // span of 100-150 ms (not a buffer filling at once, not a standstill).
+    let bytes_per_ms = f64::from(DEVICE_RATE) / 1000.0 * 2.0 * f64::from(DEVICE_CHANNELS);
+    let mut last: Option<(Instant, u64)> = None;
+    let mut steady = 0;
+    PacedReceiver::start(dir, args, move |receiver| {
+        let size = std::fs::metadata(&receiver.recording).map_or(0, |m| m.len());
+        let now = (Instant::now(), size);
+        let Some(before) = last else {
+            last = Some(now);
+            return false;
         };
-        // The receiver says "open:" after a few writes returned, which the
-        // PulseAudio plugin lets through before its server starts the
-        // stream (up to a second later, here). Streams that start in that
-        // second are tests/defaults.rs's subject (and overflow with short
-        // packets: see its findings); these tests prove the senders'
-        // formats, so they start once the device takes audio in real time:
-        // twice in a row, the recording grew by 0.7 to 2 times the span's
-        // worth of frames over a span of 100-150 ms (not a buffer filling
-        // at once, not a standstill).
-        let path = receiver.recording.clone();
-        let size = move || std::fs::metadata(&path).map_or(0, |m| m.len());
-        let bytes_per_ms = f64::from(DEVICE_RATE) / 1000.0 * 2.0 * f64::from(DEVICE_CHANNELS);
-        let mut last = (Instant::now(), size());
-        let mut steady = 0;
-        let consuming = wait_until(Duration::from_secs(15), || {
-            let now = (Instant::now(), size());
-            let span = now.0.duration_since(last.0);
-            if span < Duration::from_millis(100) {
-                return false;
-            }
-            let real_time = span.as_secs_f64() * 1000.0 * bytes_per_ms;
-            let grew = now.1.saturating_sub(last.1) as f64;
-            let ok = receiver.log_text().contains(" open: ")
-                && span <= Duration::from_millis(150)
-                && grew >= 0.7 * real_time
-                && grew <= 2.0 * real_time;
-            steady = if ok { steady + 1 } else { 0 };
-            last = now;
-            steady >= 2
-        });
-        receiver.consuming_since = Instant::now();
-        if !consuming {
-            let _ = receiver.child.kill();
-            let _ = receiver.child.wait();
-            panic!(
-                "the paced device never started consuming:\n{}",
-                receiver.log_text()
-            );
+        let span = now.0.duration_since(before.0);
+        if span < Duration::from_millis(100) {
+            return false;
         }
-        receiver
-    }
-
-    fn log_text(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-
-    /// High-water mark of the receiver's resident memory, in KiB.
-    fn vm_hwm_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("receiver's /proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc status")
-    }
-
-    /// Stops it as systemd does (SIGTERM), expects exit status 0 within a
-    /// few seconds, and returns its log, the recording, and whether the
-    /// sound server stalled while it played ([`GrowthWatch::stall`]).
-    fn stop(mut self) -> (String, Vec<i16>, Option<Duration>) {
-        let stalled = self.watch.stall(
-            &self.log.display().to_string(),
-            self.consuming_since,
-            Instant::now(),
-        );
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let mut status = None;
-        let exited = wait_until(Duration::from_secs(5), || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let log = self.log_text();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "netspeaker did not exit 0 after SIGTERM ({status:?}):\n{log}"
-        );
-        let recording = read_s16le(&self.recording);
-        (log, recording, stalled)
-    }
-}
-
-/// A counter from the receiver's final statistics line ("stopping: packets
-/// N ... (overflow O ...").
-fn final_stat(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopping: packets"))
-        .unwrap_or_else(|| panic!("no final statistics line in:\n{log}"));
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w.trim_start_matches('(') == name {
-            if let Some(v) = words.next().and_then(|v| v.parse().ok()) {
-                return v;
-            }
-        }
-    }
-    panic!("no '{name}' in the statistics line: {line}")
+        let real_time = span.as_secs_f64() * 1000.0 * bytes_per_ms;
+        let grew = now.1.saturating_sub(before.1) as f64;
+        let ok = receiver.log_text().contains(" open: ")
+            && span <= Duration::from_millis(150)
+            && grew >= 0.7 * real_time
+            && grew <= 2.0 * real_time;
+        steady = if ok { steady + 1 } else { 0 };
+        last = Some(now);
+        steady >= 2
+    })
 }
 
 /// A same-rate L16 stream on one clock: the sender's samples reach the
@@ -450,7 +304,7 @@ fn play_from_ffmpeg_with(
     // apart with catch-ups, and -re is not a realtime thread: on a loaded
     // 2-core machine it stalls for tens of ms. The adaptive delay must
     // cover that by itself.
-    let receiver = Receiver::start(&dir, &rx_args);
+    let receiver = start_receiver(&dir, &rx_args);
     let mut args = vec!["-re".to_string()];
     let scheme = if sender_args.iter().any(|a| a.starts_with("-srtp_out")) {
         "srtp"
@@ -552,7 +406,7 @@ fn play_from_gstreamer(
     let listen = format!("127.0.0.1:{port}");
     let mut args = rx_args.to_vec();
     args.extend(["--listen", &listen]);
-    let receiver = Receiver::start(&dir, &args);
+    let receiver = start_receiver(&dir, &args);
     let out = Command::new("gst-launch-1.0")
         .args(gst_pipeline(&input, rate, channels, tail, port))
         .stdout(Stdio::null())
@@ -652,7 +506,7 @@ fn play_tutorial(name: &str, seconds: usize) -> (Played, u64, u64, u64) {
     write_s16le(&input, &sent);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let receiver = Receiver::start(
+    let receiver = start_receiver(
         &dir,
         // mlockall would make every mapping resident (PulseAudio's 64 MiB
         // shared-memory pools among them), hiding what the receiver itself

@@ -15,178 +15,49 @@ mod common;
 #[path = "common/relay.rs"]
 mod relay;
 
-use std::io::Read;
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use common::{
-    align, compare, noise, once_more_if_stalled, read_s16le, AlsaConfig, GrowthWatch, PulseServer,
-    TestDir,
-};
-
-const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
+use common::paced_receiver::{final_stat, serial, write_s16le, PacedReceiver};
+use common::receiver::free_port;
+use common::{align, compare, noise, once_more_if_stalled, read_s16le, TestDir};
 
 /// Fixed playout delay for streams from other programs (see
 /// `play_from_ffmpeg` for why not less).
 const INTEROP_LATENCY_MS: u32 = 120;
 
-/// One stream at a time: each test runs a sound server, the receiver and
-/// a sender in real time, and on a 2-core machine three at once starve the
-/// sound servers (a stalled sink shows up as late packets and overflow).
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    // A failed test poisons the lock; the next one may still run.
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A UDP port on loopback that was free a moment ago.
-fn free_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind loopback");
-    socket.local_addr().expect("local addr").port()
-}
-
-fn write_s16le(path: &Path, samples: &[i16]) {
-    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(path, bytes).expect("write signal");
-}
-
-fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// The real receiver playing into the `paced` device of a private
-/// PulseAudio server, its log in a file of the test directory.
-struct Receiver {
-    child: Child,
-    log: PathBuf,
-    recording: PathBuf,
-    /// How the recording grows from the moment the device consumes.
-    watch: GrowthWatch,
-    consuming_since: Instant,
-    // Dropped after the child: the server must outlive the receiver.
-    _pulse: PulseServer,
-}
-
-impl Receiver {
-    /// These tests' subject is the decode (bit-exact against libopus's own
-    /// decode of the same packets), so the samples must reach the device
-    /// untouched from the first one: on the defaults a 3 s stream that
-    /// has sound from its first frame is resampled while its start delay
-    /// is corrected (issue #11, still open), tried: 55-83 % of frames
-    /// differ. The defaults' Opus playout is judged by tests/opus_fec.rs.
-    ///
-    /// Starts `netspeaker` with the device fixed at the stream's rate and
-    /// channel count (so it never reopens when the stream starts: the file
-    /// plugin starts a new file on every open) and waits until the device
-    /// consumes. A PulseAudio null sink takes over a second to start a new
-    /// stream on a loaded machine; a sender started before that would lose
-    /// its first second to a full queue.
-    fn start(dir: &TestDir, latency_ms: u32, rate: u32, channels: u16, args: &[&str]) -> Receiver {
-        let pulse = PulseServer::start(&dir.path);
-        let config = AlsaConfig::write(&dir.path);
-        let log = dir.file("receiver.log");
-        let child = Command::new(RECEIVER)
-            .args(["-v", "--device", "paced", "--stats-interval", "0"])
-            .args(["--latency-ms", &latency_ms.to_string()])
-            .args(["--clock-follow", "off"])
-            .args(["--device-rate", &rate.to_string()])
-            .args(["--device-channels", &channels.to_string()])
-            .args(args)
-            .envs(config.env())
-            .envs(pulse.env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("receiver log"))
-            .spawn()
-            .expect("start netspeaker");
-        let mut receiver = Receiver {
-            child,
-            log,
-            watch: GrowthWatch::file(&config.paced),
-            recording: config.paced,
-            consuming_since: Instant::now(),
-            _pulse: pulse,
-        };
-        let consuming = wait_until(Duration::from_secs(15), || {
-            receiver.log_text().contains("consuming after")
-        });
-        receiver.consuming_since = Instant::now();
-        if !consuming {
-            let _ = receiver.child.kill();
-            let _ = receiver.child.wait();
-            panic!(
-                "the paced device never started consuming:\n{}",
-                receiver.log_text()
-            );
-        }
-        receiver
-    }
-
-    fn log_text(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-
-    /// Stops it as systemd does (SIGTERM), expects exit status 0 within a
-    /// few seconds, and returns its log, the recording, and whether the
-    /// sound server stalled while it played ([`GrowthWatch::stall`]).
-    fn stop(mut self) -> (String, Vec<i16>, Option<Duration>) {
-        let stalled = self.watch.stall(
-            &self.log.display().to_string(),
-            self.consuming_since,
-            Instant::now(),
-        );
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let mut status = None;
-        let exited = wait_until(Duration::from_secs(5), || {
-            status = self.child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        let log = self.log_text();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "netspeaker did not exit 0 after SIGTERM ({status:?}):\n{log}"
-        );
-        let recording = read_s16le(&self.recording);
-        (log, recording, stalled)
-    }
-}
-
-/// A counter from the receiver's final statistics line ("stopping: packets
-/// N ... (overflow O ...").
-fn final_stat(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopping: packets"))
-        .unwrap_or_else(|| panic!("no final statistics line in:\n{log}"));
-    let mut words = line.split_whitespace();
-    while let Some(w) = words.next() {
-        if w.trim_start_matches('(') == name {
-            if let Some(v) = words.next().and_then(|v| v.parse().ok()) {
-                return v;
-            }
-        }
-    }
-    panic!("no '{name}' in the statistics line: {line}")
+/// These tests' subject is the decode (bit-exact against libopus's own
+/// decode of the same packets), so the samples must reach the device
+/// untouched from the first one: on the defaults a 3 s stream that
+/// has sound from its first frame is resampled while its start delay
+/// is corrected (issue #11, still open), tried: 55-83 % of frames
+/// differ. The defaults' Opus playout is judged by tests/opus_fec.rs.
+///
+/// Starts `netspeaker` with the device fixed at the stream's rate and
+/// channel count (so it never reopens when the stream starts: the file
+/// plugin starts a new file on every open) and waits until the device
+/// consumes. A PulseAudio null sink takes over a second to start a new
+/// stream on a loaded machine; a sender started before that would lose
+/// its first second to a full queue.
+fn start_receiver(
+    dir: &TestDir,
+    latency_ms: u32,
+    rate: u32,
+    channels: u16,
+    args: &[&str],
+) -> PacedReceiver {
+    let (latency, rate, channels) = (
+        latency_ms.to_string(),
+        rate.to_string(),
+        channels.to_string(),
+    );
+    let mut all = vec!["--latency-ms", &latency, "--clock-follow", "off"];
+    all.extend(["--device-rate", &rate, "--device-channels", &channels]);
+    all.extend(args);
+    PacedReceiver::start(dir, &all, |receiver| {
+        receiver.log_text().contains("consuming after")
+    })
 }
 
 /// The recording holds `expected` (what the device should have been given)
@@ -305,7 +176,7 @@ fn play_opus_from_ffmpeg(
     let expected = read_s16le(&reference);
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let receiver = Receiver::start(
+    let receiver = start_receiver(
         &dir,
         INTEROP_LATENCY_MS,
         48_000,
@@ -459,7 +330,7 @@ fn gstreamer_opus_stereo_plays_as_libopus_decodes_it() {
         let ogg = dir.file("sent.ogg");
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let receiver = Receiver::start(
+        let receiver = start_receiver(
             &dir,
             INTEROP_LATENCY_MS,
             48_000,

@@ -37,6 +37,7 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+pub mod paced_receiver;
 pub mod receiver;
 
 use netspeaker::audio::convert::{f32_to_i16, i16_to_f32};
