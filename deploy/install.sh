@@ -35,6 +35,13 @@ Installs the netspeaker receiver and sender with their systemd units.
                   units as a systemd credential (drop-in srtp.conf) and
                   prints it for the sender (netspeaker-send
                   --srtp-key-file, or ffmpeg -srtp_out_params)
+  --ntp-server HOST
+                  keep the wall clock in step with HOST (an NTP server on
+                  the LAN, the same for every speaker that plays in step
+                  with --sync-ms): installs chrony if it is missing, points
+                  it at HOST (/etc/chrony/conf.d/netspeaker.conf), enables
+                  chrony-wait.service and orders the receiver after
+                  time-sync.target (drop-in time-sync.conf); see PI.md
   --no-start      install and enable, but do not (re)start anything
   -h, --help      this text
 EOF
@@ -48,7 +55,7 @@ die() {
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 
-host="" local=0 root="" bin_dir="" target="" use_cross=0 sender=0 start=1 srtp_key=0
+host="" local=0 root="" bin_dir="" target="" use_cross=0 sender=0 start=1 srtp_key=0 ntp_server=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --local) local=1 ;;
@@ -71,6 +78,14 @@ while [ $# -gt 0 ]; do
     --sender) sender=1 ;;
     --srtp-key) srtp_key=1 ;;
     --no-start) start=0 ;;
+    --ntp-server)
+        [ $# -ge 2 ] || die "--ntp-server needs a host name or address"
+        # One word of letters, digits, dots, colons and dashes: it goes
+        # into chrony's configuration as it is.
+        [[ $2 =~ ^[A-Za-z0-9.:-]+$ ]] || die "--ntp-server: '$2' is not a host name or address"
+        ntp_server=$2
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -141,6 +156,7 @@ if [ -n "$host" ]; then
     [ "$sender" -eq 0 ] || args+=(--sender)
     [ "$start" -eq 1 ] || args+=(--no-start)
     [ "$srtp_key" -eq 0 ] || args+=(--srtp-key)
+    [ -z "$ntp_server" ] || args+=(--ntp-server "$ntp_server")
     # -t: sudo may ask for a password.
     ssh -t "$host" "sudo bash '$remote/deploy/install.sh' ${args[*]}; rc=\$?; rm -rf '$remote'; exit \$rc"
     exit
@@ -154,6 +170,7 @@ if [ "$local" -eq 1 ] && [ "$(id -u)" -ne 0 ]; then
     [ "$sender" -eq 0 ] || args+=(--sender)
     [ "$start" -eq 1 ] || args+=(--no-start)
     [ "$srtp_key" -eq 0 ] || args+=(--srtp-key)
+    [ -z "$ntp_server" ] || args+=(--ntp-server "$ntp_server")
     exec sudo bash "$0" "${args[@]}"
 fi
 bins=$(build "$target")
@@ -232,6 +249,43 @@ if [ "$srtp_key" -eq 1 ]; then
         # shellcheck disable=SC2016
         srtp_dropin netspeaker-send.service '/usr/local/bin/netspeaker-send $NETSPEAKER_SEND_OPTS'
     fi
+fi
+
+# Clock: speakers that play in step (--sync-ms) need wall clocks in step.
+# chrony, pointed at one server on the LAN, keeps them within tens of
+# microseconds on wired Ethernet; chrony-wait.service holds
+# time-sync.target until the clock is within 0.1 s (at most its 180 s
+# timeout: a speaker without its server still starts, and plays in the
+# adaptive mode until the clock is synced).
+if [ -n "$ntp_server" ]; then
+    if [ -n "$root" ] || ! command -v chronyd >/dev/null 2>&1; then
+        run apt-get install -y chrony
+    fi
+    mkdir -p "$dest/etc/chrony/conf.d"
+    cat >"$dest/etc/chrony/conf.d/netspeaker.conf" <<EOF
+# Written by deploy/install.sh --ntp-server: the speakers' common time
+# source, preferred over the distribution's pool so that every speaker
+# follows the same clock. iburst: synchronised within seconds of boot;
+# polling every 16-64 s keeps a Pi's crystal (it wanders with
+# temperature) within tens of us.
+server $ntp_server iburst minpoll 4 maxpoll 6 prefer
+EOF
+    chmod 0644 "$dest/etc/chrony/conf.d/netspeaker.conf"
+    echo "installed /etc/chrony/conf.d/netspeaker.conf (server $ntp_server)"
+    mkdir -p "$dest/etc/systemd/system/netspeaker.service.d"
+    cat >"$dest/etc/systemd/system/netspeaker.service.d/time-sync.conf" <<'EOF'
+# Written by deploy/install.sh --ntp-server: start once the wall clock is
+# synchronised (chrony-wait.service), so --sync-ms plays in step from the
+# first stream; a clock that never syncs delays the start by at most
+# chrony-wait's timeout.
+[Unit]
+Wants=time-sync.target
+After=time-sync.target
+EOF
+    chmod 0644 "$dest/etc/systemd/system/netspeaker.service.d/time-sync.conf"
+    echo "installed /etc/systemd/system/netspeaker.service.d/time-sync.conf"
+    run systemctl enable chrony.service chrony-wait.service
+    run systemctl restart chrony.service
 fi
 
 # The service user: no login, no home, in group audio for /dev/snd.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Undoes deploy/install.sh: stops and disables the services (every
 # netspeaker-send@ instance too), removes the binaries, units and
-# documentation, and the SRTP drop-ins of install.sh --srtp-key. Your option
+# documentation, the SRTP drop-ins of install.sh --srtp-key and the chrony
+# server line and time-sync drop-in of --ntp-server. Your option
 # files in /etc/default, the SRTP key in /etc/netspeaker and the user
 # `netspeaker` stay unless --purge is given.
 #
@@ -113,9 +114,18 @@ remove /usr/local/bin/netspeaker-send
 for unit in netspeaker.service netspeaker-send.service netspeaker-send@.service; do
     remove "/etc/systemd/system/$unit"
     remove "/etc/systemd/system/$unit.d/srtp.conf"
+    remove "/etc/systemd/system/$unit.d/time-sync.conf"
     rmdir "$dest/etc/systemd/system/$unit.d" 2>/dev/null || true
 done
 remove /usr/local/share/doc/netspeaker/PI.md
+# install.sh --ntp-server's server line; chrony itself stays (other
+# programs may rely on the clock), back on its own sources.
+if [ -e "$dest/etc/chrony/conf.d/netspeaker.conf" ]; then
+    remove /etc/chrony/conf.d/netspeaker.conf
+    if [ -n "$root" ] || systemctl is-active --quiet chrony.service; then
+        run systemctl restart chrony.service
+    fi
+fi
 rmdir "$dest/usr/local/share/doc/netspeaker" 2>/dev/null || true
 run systemctl daemon-reload
 

@@ -353,6 +353,96 @@ fn install_with_srtp_key_makes_a_private_key_and_credential_dropins() {
 }
 
 #[test]
+fn install_with_ntp_server_points_chrony_at_it_and_orders_the_receiver_after_time_sync() {
+    let s = Scratch::new("ntp");
+    let bins = fake_bins(&s, "1");
+    let root = s.path("root");
+    let stdout = ok(script(
+        "install.sh",
+        &[
+            Path::new("--root"),
+            &root,
+            Path::new("--bin-dir"),
+            &bins,
+            Path::new("--ntp-server"),
+            Path::new("clock.lan"),
+        ],
+    ));
+    for line in [
+        "would run: apt-get install -y chrony",
+        "would run: systemctl enable chrony.service chrony-wait.service",
+        "would run: systemctl restart chrony.service",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+    let chrony = root.join("etc/chrony/conf.d/netspeaker.conf");
+    assert_eq!(mode(&chrony), 0o644);
+    let text = fs::read_to_string(&chrony).expect("chrony conf");
+    assert!(
+        text.lines()
+            .any(|l| l == "server clock.lan iburst minpoll 4 maxpoll 6 prefer"),
+        "{text}"
+    );
+    let dropin = root.join("etc/systemd/system/netspeaker.service.d/time-sync.conf");
+    let text = fs::read_to_string(&dropin).expect("drop-in");
+    assert!(
+        text.contains("[Unit]\nWants=time-sync.target\nAfter=time-sync.target\n"),
+        "{text}"
+    );
+    // The unit with its drop-in verifies clean.
+    let merged = unit_for_verify(&s, "netspeaker.service");
+    let unit_part = text.split_once("[Unit]").map(|(_, u)| u).expect("[Unit]");
+    let unit_text = fs::read_to_string(&merged).expect("unit").replacen(
+        "[Unit]",
+        &format!("[Unit]{unit_part}"),
+        1,
+    );
+    fs::write(&merged, unit_text).expect("merged unit");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&merged)
+        .output()
+        .expect("systemd-analyze");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "netspeaker.service with time-sync.conf: {findings}"
+    );
+
+    // A value that is not one host is refused before anything is written.
+    let bad_root = s.path("bad");
+    let out = script(
+        "install.sh",
+        &[
+            Path::new("--root"),
+            &bad_root,
+            Path::new("--bin-dir"),
+            &bins,
+            Path::new("--ntp-server"),
+            Path::new("clock.lan iburst\nserver evil"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a host name or address"),
+        "{out:?}"
+    );
+    assert!(!bad_root.exists());
+
+    // Uninstall takes the server line and the drop-in (chrony stays).
+    let stdout = ok(script("uninstall.sh", &[Path::new("--root"), &root]));
+    assert!(!chrony.exists() && !dropin.exists(), "{stdout}");
+    assert!(
+        stdout.contains("would run: systemctl restart chrony.service"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn install_without_binaries_fails_clearly() {
     let s = Scratch::new("nobins");
     let empty = s.path("empty");
