@@ -10,7 +10,8 @@
 //!
 //! Judged: the page's marker, its first packet, is heard at full level (not
 //! lost, not faded in) and recorded no later than a stream that starts
-//! alone, within 50 ms of its first packet plus the device's 20 ms buffer; the music is at least 25 dB down while the page
+//! alone, within 50 ms of its first packet, the device's buffer
+//! included; the music is at least 25 dB down while the page
 //! plays, and back to within 3 dB of its level within hold + 100 ms of
 //! the page's end (and not before the hold); no allocation on the
 //! realtime threads (`rt-allocs 0`); the log and the statistics line
@@ -67,6 +68,32 @@ fn levels(mono: &[f32], freq: f64) -> Vec<f64> {
             2.0 * s.hypot(c) / b.len() as f64
         })
         .collect()
+}
+
+/// The frame where `freq` sets in at full level `full` near `block`
+/// (found there by `levels`): a window of one block slid a frame at a
+/// time holds the tone for as many frames as it overlaps it, so its level
+/// passes half of `full` when it is half over the onset. Every tone has
+/// whole cycles in the window, so the others stay out of the projection;
+/// to a few frames.
+fn onset(mono: &[f32], freq: f64, block: usize, full: f64) -> usize {
+    let w = 2.0 * std::f64::consts::PI * freq / DEVICE_RATE;
+    let (sin, cos): (Vec<f64>, Vec<f64>) = (0..BLOCK)
+        .map(|i| ((w * i as f64).sin(), (w * i as f64).cos()))
+        .unzip();
+    let level = |start: usize| {
+        let (mut s, mut c) = (0.0f64, 0.0f64);
+        for (i, v) in mono[start..start + BLOCK].iter().enumerate() {
+            s += f64::from(*v) * sin[i];
+            c += f64::from(*v) * cos[i];
+        }
+        2.0 * s.hypot(c) / BLOCK as f64
+    };
+    let from = block.saturating_sub(2) * BLOCK;
+    let to = ((block + 1) * BLOCK).min(mono.len().saturating_sub(BLOCK));
+    (from..=to)
+        .find(|&start| level(start) > full / 2.0)
+        .map_or(block * BLOCK, |start| start + BLOCK / 2)
 }
 
 fn db(ratio: f64) -> f64 {
@@ -279,8 +306,9 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
     // least `frames` were played by t; the device takes frames at its
     // steady rate, so frame F went at T0 + F / rate with T0 the least of
     // t − frames / rate over the samples (tight to a millisecond or two
-    // with hundreds of samples). A first frame inside a 10 ms block is
-    // judged from the block's end.
+    // with hundreds of samples). The first frame is found to a few
+    // frames (`onset`), not judged from its 10 ms block's end (which
+    // added 5 to 15 ms to every figure).
     let since_start = |t: &Instant| t.saturating_duration_since(started).as_secs_f64();
     // T0 from the samples of the second around each first packet only:
     // a standstill elsewhere in the run does not move it.
@@ -291,16 +319,18 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
             .map(|(t, bytes)| since_start(t) - (bytes / FRAME_BYTES) as f64 / DEVICE_RATE)
             .fold(f64::INFINITY, f64::min)
     };
-    let played_ms = |block: usize, sent: f64| {
-        (t0_near(sent) + ((block + 1) * BLOCK) as f64 / DEVICE_RATE - sent) * 1000.0
-    };
+    let played_ms =
+        |frame: usize, sent: f64| (t0_near(sent) + frame as f64 / DEVICE_RATE - sent) * 1000.0;
     let music_on = music_lv
         .iter()
         .position(|&l| l > full / 2.0)
         .unwrap_or_else(|| panic!("the music was never heard\n{log}"));
     // The music sender's first packet left as its thread started.
-    let music_latency_ms = played_ms(music_on, 0.0);
-    let page_latency_ms = played_ms(marker_at, since_start(&page_sent_at));
+    let music_latency_ms = played_ms(onset(&mono, MUSIC_HZ, music_on, full), 0.0);
+    let page_latency_ms = played_ms(
+        onset(&mono, MARKER_HZ, marker_at, full),
+        since_start(&page_sent_at),
+    );
     eprintln!(
         "first frame recorded after its first packet: page {page_latency_ms:.1} ms, music (alone \
          on an idle speaker) {music_latency_ms:.1} ms; the device's delay {:.1} ms on the last \
@@ -318,13 +348,23 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         "the page started {page_latency_ms:.1} ms after its first packet, a stream alone \
          {music_latency_ms:.1} ms\n{log}"
     );
-    // Within 50 ms of its first packet to the device, plus the device's
-    // own buffer (4 periods of 5 ms on the defaults) that this recording
-    // (the intake of the sound server) may include.
+    // Within 50 ms of its first packet, the device's buffer included.
+    // Where the time goes on the defaults: the source lock's probation
+    // waits for the second packet (20 ms at this ptime; a lone stray
+    // packet never plays), the playout thread takes the pair at its next
+    // period (0-5 ms) and renders the first frame at once (engine test
+    // `a_page_starts_in_the_first_period_after_its_second_packet_...`),
+    // then the device's buffer (4 periods of 5 ms; 21.3 ms reported by
+    // JACK here): 41-46 ms. Measured 42.0-46.6 ms in 15 of 17 runs on a
+    // 2-core machine at load 2.5-6 (other test suites running); 52.9
+    // and 55.8 ms in two (one with a 17 ms standstill of the recording,
+    // under the stall bar): a margin of 4-8 ms that a loaded machine can
+    // eat. The real cure would be to rewind the device's buffer when a
+    // page takes the speaker (not done).
     assert!(
-        page_latency_ms <= 70.0,
+        page_latency_ms <= 50.0,
         "the page's first frame was recorded {page_latency_ms:.1} ms after its first packet \
-         (bar 50 ms + the device's 20 ms buffer)\n{log}"
+         (bar 50 ms)\n{log}"
     );
 
     // Zero allocation on the realtime threads, and the speaker named.
