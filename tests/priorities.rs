@@ -105,35 +105,49 @@ fn page_takes_the_speaker_music_ducked_and_back_after_hold() {
     once_more_if_stalled("priorities", run);
 }
 
-fn run(stalled: &std::cell::Cell<Option<Duration>>) {
+/// A receiver on two `--stream`s (ports `ports`) into JACK's dummy
+/// backend behind `jplug`, started and taking audio at the device's pace.
+struct Rig {
+    dir: TestDir,
+    _jack: JackServer,
+    rx: RunningReceiver,
+    recorded: std::path::PathBuf,
+    watch: GrowthWatch,
+    ports: (u16, u16),
+}
+
+/// `streams`: (priority, name) of the two streams; `extra`: more options.
+fn start_rig(label: &str, streams: [(u8, &str); 2], extra: &[&str]) -> Rig {
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = TestDir::new("priorities");
+    let dir = TestDir::new(label);
     // JACK's dummy backend: paced by a timer, and unlike a PulseAudio
     // stream it does not stand still for two seconds to restart after an
     // underrun on a loaded machine. `jplug` converts to its float format.
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let jack = JackServer::start(&format!("nsprio{}x{n}", std::process::id()), 48_000, 256);
     let alsa = AlsaConfig::write(&dir.path);
-    let (music_port, page_port) = (free_port(), free_port());
-    let music_spec =
-        format!("127.0.0.1:{music_port},priority=1,name=music,rtp-format=96=L16/8000/1");
-    let page_spec = format!("127.0.0.1:{page_port},priority=9,name=page,rtp-format=96=L16/8000/1");
+    let ports = (free_port(), free_port());
+    let specs: Vec<String> = [ports.0, ports.1]
+        .iter()
+        .zip(streams)
+        .map(|(port, (priority, name))| {
+            format!("127.0.0.1:{port},priority={priority},name={name},rtp-format=96=L16/8000/1")
+        })
+        .collect();
     let mut env = alsa.env();
     env.extend(jack.env());
-    let mut rx = RunningReceiver::start(
-        &[
-            "--device",
-            "jplug",
-            "--stats-interval",
-            "1",
-            "--stream",
-            &music_spec,
-            "--stream",
-            &page_spec,
-        ],
-        &env,
-        dir.file("receiver.log"),
-    );
+    let mut args = vec![
+        "--device",
+        "jplug",
+        "--stats-interval",
+        "1",
+        "--stream",
+        &specs[0],
+        "--stream",
+        &specs[1],
+    ];
+    args.extend(extra);
+    let rx = RunningReceiver::start(&args, &env, dir.file("receiver.log"));
     let recorded = alsa.jfile.clone();
     let watch = GrowthWatch::file(&recorded);
     // The sound server may take a while (up to two seconds here) to
@@ -156,6 +170,25 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    Rig {
+        dir,
+        _jack: jack,
+        rx,
+        recorded,
+        watch,
+        ports,
+    }
+}
+
+fn run(stalled: &std::cell::Cell<Option<Duration>>) {
+    let Rig {
+        dir: _dir,
+        _jack,
+        mut rx,
+        recorded,
+        watch,
+        ports: (music_port, page_port),
+    } = start_rig("priorities", [(1, "music"), (9, "page")], &[]);
 
     let music = sine(RATE, 1, MUSIC_HZ, RATE as usize * MUSIC_SECONDS, AMPLITUDE);
     let marker_frames = RATE as usize / 50;
@@ -404,6 +437,170 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
     assert!(
         !log.contains("PANIC") && !log.contains("panicked"),
         "the receiver panicked\n{log}"
+    );
+}
+
+/// Sends `first` (a tone) to the rig's first stream and, `second_at`
+/// later, `second` to its second; stops the receiver 700 ms after both
+/// ended. Returns the log and the recording's first channel.
+fn play_two(
+    rig: &mut Rig,
+    first: &[i16],
+    second: &[i16],
+    second_at: Duration,
+) -> (String, Vec<f32>) {
+    let first_to = SocketAddr::from(([127, 0, 0, 1], rig.ports.0));
+    let second_to = SocketAddr::from(([127, 0, 0, 1], rig.ports.1));
+    std::thread::scope(|s| {
+        let first_thread =
+            s.spawn(|| send_rtp_timed(first_to, &stream(0x1111), first, Duration::from_millis(20)));
+        std::thread::sleep(second_at);
+        send_rtp_timed(
+            second_to,
+            &stream(0x2222),
+            second,
+            Duration::from_millis(20),
+        );
+        first_thread.join().expect("first sender");
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let (_, _, stats) = rig.rx.stop();
+    let log = rig.rx.log_text();
+    assert_eq!(
+        stats.get("rt-allocs"),
+        0.0,
+        "the realtime threads allocated\n{log}"
+    );
+    assert!(
+        !log.contains("PANIC") && !log.contains("panicked"),
+        "the receiver panicked\n{log}"
+    );
+    let recording = common::read_f32le(&rig.recorded);
+    (log, common::first_channel_f32(&recording, 2))
+}
+
+/// The `p`th percentile of `blocks`.
+fn percentile(blocks: &[f64], p: usize) -> f64 {
+    let mut sorted = blocks.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = (sorted.len() * p / 100).min(sorted.len().saturating_sub(1));
+    sorted.get(at).copied().unwrap_or(f64::INFINITY)
+}
+
+/// `--duck-db off`: the music is muted, not ducked, while the page plays,
+/// and comes back after the hold.
+#[test]
+fn duck_off_mutes_the_music_under_a_page() {
+    let mut rig = start_rig(
+        "priorities-mute",
+        [(1, "music"), (9, "page")],
+        &["--duck-db", "off"],
+    );
+    let music = sine(RATE, 1, MUSIC_HZ, RATE as usize * 5, AMPLITUDE);
+    let page = sine(RATE, 1, PAGE_HZ, RATE as usize * 2, AMPLITUDE);
+    let (log, mono) = play_two(&mut rig, &music, &page, Duration::from_millis(1500));
+    let (music_lv, page_lv) = (levels(&mono, MUSIC_HZ), levels(&mono, PAGE_HZ));
+    let full = f64::from(AMPLITUDE) / 32768.0;
+    let page_on = page_lv
+        .iter()
+        .position(|&l| l > full / 2.0)
+        .unwrap_or_else(|| panic!("the page was never heard\n{log}"));
+    let page_end = page_lv
+        .iter()
+        .rposition(|&l| l > full / 2.0)
+        .unwrap_or(page_on);
+    let music_level = percentile(&music_lv[page_on.saturating_sub(60)..page_on - 10], 50);
+    assert!(
+        music_level > full * 0.8,
+        "the music was not playing before the page: {:.1} dB of full\n{log}",
+        db(music_level / full)
+    );
+    // From the end of the 20 ms ramp (and a block) to the page's end;
+    // the 95th percentile, as in the ducking test (splices of the page's
+    // own stretching are clicks across the spectrum). Muted music is
+    // gone; what is left at 400 Hz is the page's own spread (-52.5 dB
+    // measured), far below music ducked by the default 30 dB.
+    let during = &music_lv[page_on + 3..page_end];
+    let (p95, loudest) = (percentile(during, 95), percentile(during, 100));
+    eprintln!(
+        "music under the page with --duck-db off: {:.1} dB against its level (95th percentile; \
+         loudest {:.1} dB), {} ms of page",
+        db(p95 / music_level),
+        db(loudest / music_level),
+        (page_end + 1 - page_on) * 10
+    );
+    assert!(
+        db(p95 / music_level) <= -45.0,
+        "the music was only {:.1} dB down under the page with --duck-db off (bar -45 dB)\n{log}",
+        db(p95 / music_level)
+    );
+    let back = music_lv[page_end..]
+        .iter()
+        .position(|&l| l >= music_level * 10f64.powf(-3.0 / 20.0))
+        .unwrap_or_else(|| panic!("the music never came back after the page\n{log}"));
+    eprintln!("music back {} ms after the page's end", back * 10);
+    assert!(
+        back as f64 * 10.0 <= HOLD_MS + 100.0,
+        "the music came back {} ms after the page\n{log}",
+        back * 10
+    );
+    assert!(
+        log.contains(
+            "speaker: page (priority 9) owns the speaker (taking it from music (priority 1))"
+        ),
+        "{log}"
+    );
+}
+
+/// Equal priorities: the stream already playing keeps the speaker; the
+/// one that starts beside it is ducked and never takes it.
+#[test]
+fn equal_priorities_the_stream_already_playing_keeps_the_speaker() {
+    let mut rig = start_rig("priorities-equal", [(5, "first"), (5, "second")], &[]);
+    let first = sine(RATE, 1, MUSIC_HZ, RATE as usize * 5, AMPLITUDE);
+    let second = sine(RATE, 1, PAGE_HZ, RATE as usize * 2, AMPLITUDE);
+    let (log, mono) = play_two(&mut rig, &first, &second, Duration::from_millis(1500));
+    let (first_lv, second_lv) = (levels(&mono, MUSIC_HZ), levels(&mono, PAGE_HZ));
+    let full = f64::from(AMPLITUDE) / 32768.0;
+    let first_on = first_lv
+        .iter()
+        .position(|&l| l > full / 2.0)
+        .unwrap_or_else(|| panic!("the first stream was never heard\n{log}"));
+    // The second stream's 2 s, 1.5 s after the first's start (both take
+    // the same time to start), less 100 ms at either end.
+    let overlap = first_on + 160..first_on + 340;
+    let first_during = percentile(&first_lv[overlap.clone()], 5);
+    let second_during = percentile(&second_lv[overlap.clone()], 50);
+    let second_loudest = percentile(&second_lv[overlap], 100);
+    eprintln!(
+        "while both play: the first at {:.1} dB of full (5th percentile), the second at {:.1} dB \
+         (median; loudest {:.1} dB)",
+        db(first_during / full),
+        db(second_during / full),
+        db(second_loudest / full)
+    );
+    assert!(
+        first_during >= full * 0.9,
+        "the first stream lost its level when the second started: {:.1} dB\n{log}",
+        db(first_during / full)
+    );
+    // Heard ducked (-30 dB on the defaults), not at full level.
+    assert!(
+        (-35.0..=-25.0).contains(&db(second_during / full)),
+        "the second stream played at {:.1} dB of full, not ducked by 30 dB\n{log}",
+        db(second_during / full)
+    );
+    assert!(
+        log.contains("speaker: first (priority 5) owns the speaker"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("speaker: second (priority 5) owns the speaker"),
+        "the second stream took the speaker from the one playing\n{log}"
+    );
+    assert!(
+        log.contains("stream second (priority 5): stream started"),
+        "{log}"
     );
 }
 
