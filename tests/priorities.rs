@@ -423,6 +423,20 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         log.contains("stream page (priority 9): stream started: SSRC 00009999"),
         "the page's start is not named\n{log}"
     );
+    // The last line sums the streams; each one's own figures follow it.
+    for (stream, sent) in [
+        ("music (priority 1)", music_report.sent),
+        ("page (priority 9)", page_report.sent),
+    ] {
+        // (Late and lost are left out: a sender late on a loaded
+        // machine makes late packets.)
+        let own = format!("stopping: stream {stream}: {sent} packets, ");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&own) && l.contains(", 0 stray, ")),
+            "no '{own}... 0 stray'\n{log}"
+        );
+    }
     let lines: Vec<&str> = log.lines().filter(|l| Stats::parse(l).is_some()).collect();
     assert!(
         lines
