@@ -481,10 +481,11 @@ fn two_streams_started_before_their_interface_both_play_when_it_appears() {
         // Boot: the interface comes 2 s after the receiver.
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(packets_now(&rx), 0.0, "{}", rx.log_text());
-        // Judged from when both ends are set up: `ip` waits for the
-        // kernel's rtnl lock, which the teardown of other tests' network
-        // namespaces holds for up to seconds on a busy machine, and the
-        // sender has no route before B's end is up.
+        // Judged from when both ends are set up: the setup itself (`ip`
+        // in two namespaces) can take long on a busy machine (the kernel's
+        // rtnl lock, which other tests' namespace teardown takes, is a
+        // likely cause: not measured), and the sender has no route before
+        // B's end is up.
         let asked = Instant::now();
         connect(&a, &b, "10.77.0.1");
         let t = Instant::now();
