@@ -10,7 +10,8 @@
 //!
 //! Judged: the page's marker, its first packet, is heard at full level (not
 //! lost, not faded in) and recorded no later than a stream that starts
-//! alone, within 50 ms of its first packet plus the device's 20 ms buffer; the music is at least 25 dB down while the page
+//! alone, within 50 ms of its first packet, the device's buffer
+//! included; the music is at least 25 dB down while the page
 //! plays, and back to within 3 dB of its level within hold + 100 ms of
 //! the page's end (and not before the hold); no allocation on the
 //! realtime threads (`rt-allocs 0`); the log and the statistics line
@@ -69,6 +70,32 @@ fn levels(mono: &[f32], freq: f64) -> Vec<f64> {
         .collect()
 }
 
+/// The frame where `freq` sets in at full level `full` near `block`
+/// (found there by `levels`): a window of one block slid a frame at a
+/// time holds the tone for as many frames as it overlaps it, so its level
+/// passes half of `full` when it is half over the onset. Every tone has
+/// whole cycles in the window, so the others stay out of the projection;
+/// to a few frames.
+fn onset(mono: &[f32], freq: f64, block: usize, full: f64) -> usize {
+    let w = 2.0 * std::f64::consts::PI * freq / DEVICE_RATE;
+    let (sin, cos): (Vec<f64>, Vec<f64>) = (0..BLOCK)
+        .map(|i| ((w * i as f64).sin(), (w * i as f64).cos()))
+        .unzip();
+    let level = |start: usize| {
+        let (mut s, mut c) = (0.0f64, 0.0f64);
+        for (i, v) in mono[start..start + BLOCK].iter().enumerate() {
+            s += f64::from(*v) * sin[i];
+            c += f64::from(*v) * cos[i];
+        }
+        2.0 * s.hypot(c) / BLOCK as f64
+    };
+    let from = block.saturating_sub(2) * BLOCK;
+    let to = ((block + 1) * BLOCK).min(mono.len().saturating_sub(BLOCK));
+    (from..=to)
+        .find(|&start| level(start) > full / 2.0)
+        .map_or(block * BLOCK, |start| start + BLOCK / 2)
+}
+
 fn db(ratio: f64) -> f64 {
     20.0 * ratio.max(1e-12).log10()
 }
@@ -78,35 +105,49 @@ fn page_takes_the_speaker_music_ducked_and_back_after_hold() {
     once_more_if_stalled("priorities", run);
 }
 
-fn run(stalled: &std::cell::Cell<Option<Duration>>) {
+/// A receiver on two `--stream`s (ports `ports`) into JACK's dummy
+/// backend behind `jplug`, started and taking audio at the device's pace.
+struct Rig {
+    dir: TestDir,
+    _jack: JackServer,
+    rx: RunningReceiver,
+    recorded: std::path::PathBuf,
+    watch: GrowthWatch,
+    ports: (u16, u16),
+}
+
+/// `streams`: (priority, name) of the two streams; `extra`: more options.
+fn start_rig(label: &str, streams: [(u8, &str); 2], extra: &[&str]) -> Rig {
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = TestDir::new("priorities");
+    let dir = TestDir::new(label);
     // JACK's dummy backend: paced by a timer, and unlike a PulseAudio
     // stream it does not stand still for two seconds to restart after an
     // underrun on a loaded machine. `jplug` converts to its float format.
     let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let jack = JackServer::start(&format!("nsprio{}x{n}", std::process::id()), 48_000, 256);
     let alsa = AlsaConfig::write(&dir.path);
-    let (music_port, page_port) = (free_port(), free_port());
-    let music_spec =
-        format!("127.0.0.1:{music_port},priority=1,name=music,rtp-format=96=L16/8000/1");
-    let page_spec = format!("127.0.0.1:{page_port},priority=9,name=page,rtp-format=96=L16/8000/1");
+    let ports = (free_port(), free_port());
+    let specs: Vec<String> = [ports.0, ports.1]
+        .iter()
+        .zip(streams)
+        .map(|(port, (priority, name))| {
+            format!("127.0.0.1:{port},priority={priority},name={name},rtp-format=96=L16/8000/1")
+        })
+        .collect();
     let mut env = alsa.env();
     env.extend(jack.env());
-    let mut rx = RunningReceiver::start(
-        &[
-            "--device",
-            "jplug",
-            "--stats-interval",
-            "1",
-            "--stream",
-            &music_spec,
-            "--stream",
-            &page_spec,
-        ],
-        &env,
-        dir.file("receiver.log"),
-    );
+    let mut args = vec![
+        "--device",
+        "jplug",
+        "--stats-interval",
+        "1",
+        "--stream",
+        &specs[0],
+        "--stream",
+        &specs[1],
+    ];
+    args.extend(extra);
+    let rx = RunningReceiver::start(&args, &env, dir.file("receiver.log"));
     let recorded = alsa.jfile.clone();
     let watch = GrowthWatch::file(&recorded);
     // The sound server may take a while (up to two seconds here) to
@@ -129,6 +170,25 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    Rig {
+        dir,
+        _jack: jack,
+        rx,
+        recorded,
+        watch,
+        ports,
+    }
+}
+
+fn run(stalled: &std::cell::Cell<Option<Duration>>) {
+    let Rig {
+        dir: _dir,
+        _jack,
+        mut rx,
+        recorded,
+        watch,
+        ports: (music_port, page_port),
+    } = start_rig("priorities", [(1, "music"), (9, "page")], &[]);
 
     let music = sine(RATE, 1, MUSIC_HZ, RATE as usize * MUSIC_SECONDS, AMPLITUDE);
     let marker_frames = RATE as usize / 50;
@@ -279,8 +339,9 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
     // least `frames` were played by t; the device takes frames at its
     // steady rate, so frame F went at T0 + F / rate with T0 the least of
     // t − frames / rate over the samples (tight to a millisecond or two
-    // with hundreds of samples). A first frame inside a 10 ms block is
-    // judged from the block's end.
+    // with hundreds of samples). The first frame is found to a few
+    // frames (`onset`), not judged from its 10 ms block's end (which
+    // added 5 to 15 ms to every figure).
     let since_start = |t: &Instant| t.saturating_duration_since(started).as_secs_f64();
     // T0 from the samples of the second around each first packet only:
     // a standstill elsewhere in the run does not move it.
@@ -291,16 +352,18 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
             .map(|(t, bytes)| since_start(t) - (bytes / FRAME_BYTES) as f64 / DEVICE_RATE)
             .fold(f64::INFINITY, f64::min)
     };
-    let played_ms = |block: usize, sent: f64| {
-        (t0_near(sent) + ((block + 1) * BLOCK) as f64 / DEVICE_RATE - sent) * 1000.0
-    };
+    let played_ms =
+        |frame: usize, sent: f64| (t0_near(sent) + frame as f64 / DEVICE_RATE - sent) * 1000.0;
     let music_on = music_lv
         .iter()
         .position(|&l| l > full / 2.0)
         .unwrap_or_else(|| panic!("the music was never heard\n{log}"));
     // The music sender's first packet left as its thread started.
-    let music_latency_ms = played_ms(music_on, 0.0);
-    let page_latency_ms = played_ms(marker_at, since_start(&page_sent_at));
+    let music_latency_ms = played_ms(onset(&mono, MUSIC_HZ, music_on, full), 0.0);
+    let page_latency_ms = played_ms(
+        onset(&mono, MARKER_HZ, marker_at, full),
+        since_start(&page_sent_at),
+    );
     eprintln!(
         "first frame recorded after its first packet: page {page_latency_ms:.1} ms, music (alone \
          on an idle speaker) {music_latency_ms:.1} ms; the device's delay {:.1} ms on the last \
@@ -318,13 +381,23 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         "the page started {page_latency_ms:.1} ms after its first packet, a stream alone \
          {music_latency_ms:.1} ms\n{log}"
     );
-    // Within 50 ms of its first packet to the device, plus the device's
-    // own buffer (4 periods of 5 ms on the defaults) that this recording
-    // (the intake of the sound server) may include.
+    // Within 50 ms of its first packet, the device's buffer included.
+    // Where the time goes on the defaults: the source lock's probation
+    // waits for the second packet (20 ms at this ptime; a lone stray
+    // packet never plays), the playout thread takes the pair at its next
+    // period (0-5 ms) and renders the first frame at once (engine test
+    // `a_page_starts_in_the_first_period_after_its_second_packet_...`),
+    // then the device's buffer (4 periods of 5 ms; 21.3 ms reported by
+    // JACK here): 41-46 ms. Measured 42.0-46.6 ms in 15 of 17 runs on a
+    // 2-core machine at load 2.5-6 (other test suites running); 52.9
+    // and 55.8 ms in two (one with a 17 ms standstill of the recording,
+    // under the stall bar): a margin of 4-8 ms that a loaded machine can
+    // eat. The real cure would be to rewind the device's buffer when a
+    // page takes the speaker (not done).
     assert!(
-        page_latency_ms <= 70.0,
+        page_latency_ms <= 50.0,
         "the page's first frame was recorded {page_latency_ms:.1} ms after its first packet \
-         (bar 50 ms + the device's 20 ms buffer)\n{log}"
+         (bar 50 ms)\n{log}"
     );
 
     // Zero allocation on the realtime threads, and the speaker named.
@@ -350,6 +423,20 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         log.contains("stream page (priority 9): stream started: SSRC 00009999"),
         "the page's start is not named\n{log}"
     );
+    // The last line sums the streams; each one's own figures follow it.
+    for (stream, sent) in [
+        ("music (priority 1)", music_report.sent),
+        ("page (priority 9)", page_report.sent),
+    ] {
+        // (Late and lost are left out: a sender late on a loaded
+        // machine makes late packets.)
+        let own = format!("stopping: stream {stream}: {sent} packets, ");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&own) && l.contains(", 0 stray, ")),
+            "no '{own}... 0 stray'\n{log}"
+        );
+    }
     let lines: Vec<&str> = log.lines().filter(|l| Stats::parse(l).is_some()).collect();
     assert!(
         lines
@@ -364,6 +451,170 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
     assert!(
         !log.contains("PANIC") && !log.contains("panicked"),
         "the receiver panicked\n{log}"
+    );
+}
+
+/// Sends `first` (a tone) to the rig's first stream and, `second_at`
+/// later, `second` to its second; stops the receiver 700 ms after both
+/// ended. Returns the log and the recording's first channel.
+fn play_two(
+    rig: &mut Rig,
+    first: &[i16],
+    second: &[i16],
+    second_at: Duration,
+) -> (String, Vec<f32>) {
+    let first_to = SocketAddr::from(([127, 0, 0, 1], rig.ports.0));
+    let second_to = SocketAddr::from(([127, 0, 0, 1], rig.ports.1));
+    std::thread::scope(|s| {
+        let first_thread =
+            s.spawn(|| send_rtp_timed(first_to, &stream(0x1111), first, Duration::from_millis(20)));
+        std::thread::sleep(second_at);
+        send_rtp_timed(
+            second_to,
+            &stream(0x2222),
+            second,
+            Duration::from_millis(20),
+        );
+        first_thread.join().expect("first sender");
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let (_, _, stats) = rig.rx.stop();
+    let log = rig.rx.log_text();
+    assert_eq!(
+        stats.get("rt-allocs"),
+        0.0,
+        "the realtime threads allocated\n{log}"
+    );
+    assert!(
+        !log.contains("PANIC") && !log.contains("panicked"),
+        "the receiver panicked\n{log}"
+    );
+    let recording = common::read_f32le(&rig.recorded);
+    (log, common::first_channel_f32(&recording, 2))
+}
+
+/// The `p`th percentile of `blocks`.
+fn percentile(blocks: &[f64], p: usize) -> f64 {
+    let mut sorted = blocks.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = (sorted.len() * p / 100).min(sorted.len().saturating_sub(1));
+    sorted.get(at).copied().unwrap_or(f64::INFINITY)
+}
+
+/// `--duck-db off`: the music is muted, not ducked, while the page plays,
+/// and comes back after the hold.
+#[test]
+fn duck_off_mutes_the_music_under_a_page() {
+    let mut rig = start_rig(
+        "priorities-mute",
+        [(1, "music"), (9, "page")],
+        &["--duck-db", "off"],
+    );
+    let music = sine(RATE, 1, MUSIC_HZ, RATE as usize * 5, AMPLITUDE);
+    let page = sine(RATE, 1, PAGE_HZ, RATE as usize * 2, AMPLITUDE);
+    let (log, mono) = play_two(&mut rig, &music, &page, Duration::from_millis(1500));
+    let (music_lv, page_lv) = (levels(&mono, MUSIC_HZ), levels(&mono, PAGE_HZ));
+    let full = f64::from(AMPLITUDE) / 32768.0;
+    let page_on = page_lv
+        .iter()
+        .position(|&l| l > full / 2.0)
+        .unwrap_or_else(|| panic!("the page was never heard\n{log}"));
+    let page_end = page_lv
+        .iter()
+        .rposition(|&l| l > full / 2.0)
+        .unwrap_or(page_on);
+    let music_level = percentile(&music_lv[page_on.saturating_sub(60)..page_on - 10], 50);
+    assert!(
+        music_level > full * 0.8,
+        "the music was not playing before the page: {:.1} dB of full\n{log}",
+        db(music_level / full)
+    );
+    // From the end of the 20 ms ramp (and a block) to the page's end;
+    // the 95th percentile, as in the ducking test (splices of the page's
+    // own stretching are clicks across the spectrum). Muted music is
+    // gone; what is left at 400 Hz is the page's own spread (-52.5 dB
+    // measured), far below music ducked by the default 30 dB.
+    let during = &music_lv[page_on + 3..page_end];
+    let (p95, loudest) = (percentile(during, 95), percentile(during, 100));
+    eprintln!(
+        "music under the page with --duck-db off: {:.1} dB against its level (95th percentile; \
+         loudest {:.1} dB), {} ms of page",
+        db(p95 / music_level),
+        db(loudest / music_level),
+        (page_end + 1 - page_on) * 10
+    );
+    assert!(
+        db(p95 / music_level) <= -45.0,
+        "the music was only {:.1} dB down under the page with --duck-db off (bar -45 dB)\n{log}",
+        db(p95 / music_level)
+    );
+    let back = music_lv[page_end..]
+        .iter()
+        .position(|&l| l >= music_level * 10f64.powf(-3.0 / 20.0))
+        .unwrap_or_else(|| panic!("the music never came back after the page\n{log}"));
+    eprintln!("music back {} ms after the page's end", back * 10);
+    assert!(
+        back as f64 * 10.0 <= HOLD_MS + 100.0,
+        "the music came back {} ms after the page\n{log}",
+        back * 10
+    );
+    assert!(
+        log.contains(
+            "speaker: page (priority 9) owns the speaker (taking it from music (priority 1))"
+        ),
+        "{log}"
+    );
+}
+
+/// Equal priorities: the stream already playing keeps the speaker; the
+/// one that starts beside it is ducked and never takes it.
+#[test]
+fn equal_priorities_the_stream_already_playing_keeps_the_speaker() {
+    let mut rig = start_rig("priorities-equal", [(5, "first"), (5, "second")], &[]);
+    let first = sine(RATE, 1, MUSIC_HZ, RATE as usize * 5, AMPLITUDE);
+    let second = sine(RATE, 1, PAGE_HZ, RATE as usize * 2, AMPLITUDE);
+    let (log, mono) = play_two(&mut rig, &first, &second, Duration::from_millis(1500));
+    let (first_lv, second_lv) = (levels(&mono, MUSIC_HZ), levels(&mono, PAGE_HZ));
+    let full = f64::from(AMPLITUDE) / 32768.0;
+    let first_on = first_lv
+        .iter()
+        .position(|&l| l > full / 2.0)
+        .unwrap_or_else(|| panic!("the first stream was never heard\n{log}"));
+    // The second stream's 2 s, 1.5 s after the first's start (both take
+    // the same time to start), less 100 ms at either end.
+    let overlap = first_on + 160..first_on + 340;
+    let first_during = percentile(&first_lv[overlap.clone()], 5);
+    let second_during = percentile(&second_lv[overlap.clone()], 50);
+    let second_loudest = percentile(&second_lv[overlap], 100);
+    eprintln!(
+        "while both play: the first at {:.1} dB of full (5th percentile), the second at {:.1} dB \
+         (median; loudest {:.1} dB)",
+        db(first_during / full),
+        db(second_during / full),
+        db(second_loudest / full)
+    );
+    assert!(
+        first_during >= full * 0.9,
+        "the first stream lost its level when the second started: {:.1} dB\n{log}",
+        db(first_during / full)
+    );
+    // Heard ducked (-30 dB on the defaults), not at full level.
+    assert!(
+        (-35.0..=-25.0).contains(&db(second_during / full)),
+        "the second stream played at {:.1} dB of full, not ducked by 30 dB\n{log}",
+        db(second_during / full)
+    );
+    assert!(
+        log.contains("speaker: first (priority 5) owns the speaker"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("speaker: second (priority 5) owns the speaker"),
+        "the second stream took the speaker from the one playing\n{log}"
+    );
+    assert!(
+        log.contains("stream second (priority 5): stream started"),
+        "{log}"
     );
 }
 

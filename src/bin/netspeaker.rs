@@ -775,6 +775,20 @@ fn run(mut options: Options) -> Result<(), String> {
         "stopping: {}",
         stats_line(&net_counters, &playout_stats, speaker_names)
     );
+    // Several streams: the line above sums them; each one's own figures.
+    if several {
+        for ((name, own), net) in names
+            .iter()
+            .zip(playout_stats.streams.iter())
+            .zip(&net_counters)
+        {
+            log::info!(
+                "stopping: stream {name}: {}, {} auth-failed",
+                own.read(),
+                net.auth_failed.load(Relaxed) + net.replayed.load(Relaxed)
+            );
+        }
+    }
     if let Some(t) = sap_thread {
         // It sees the flag within its receive timeout.
         let _ = t.join();

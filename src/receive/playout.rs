@@ -397,9 +397,18 @@ impl PlayoutThread {
         // Counters are the sum over the streams; the gauges are those of
         // the stream that owns the speaker (the first before any plays).
         let mut sum = [0u64; 13];
-        for lane in &self.lanes {
+        for (lane, own) in self.lanes.iter().zip(s.streams.iter()) {
             let m = lane.engine.jitter().metrics();
             let em = lane.engine.metrics();
+            own.packets.store(m.packets, Relaxed);
+            own.lost.store(m.lost, Relaxed);
+            own.late.store(m.late, Relaxed);
+            own.stray
+                .store(lane.engine.source().metrics().stray, Relaxed);
+            own.concealed_frames.store(em.concealed_frames, Relaxed);
+            if let Some(f) = lane.engine.jitter().format() {
+                own.rate.store(f.rate, Relaxed);
+            }
             let each = [
                 m.packets,
                 m.lost,

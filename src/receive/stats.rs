@@ -53,6 +53,56 @@ pub struct PlayoutStats {
     /// Several streams: the one that owns the speaker, as its index + 1
     /// (0: none is live).
     pub speaker: AtomicU32,
+    /// Each stream's own counters, in `--stream` order (the ones above
+    /// are their sums).
+    pub streams: [StreamCounters; crate::receive::priority::MAX_STREAMS],
+}
+
+/// One stream's counters, published by the playout thread with the sums.
+#[derive(Default, Debug)]
+pub struct StreamCounters {
+    pub packets: AtomicU64,
+    pub lost: AtomicU64,
+    pub late: AtomicU64,
+    pub stray: AtomicU64,
+    pub concealed_frames: AtomicU64,
+    /// The rate `concealed_frames` count in (0 before a stream).
+    pub rate: AtomicU32,
+}
+
+/// One reading of a stream's counters: what the log names per stream
+/// ("100 packets, 0 lost, ...": not the statistics line's "packets N",
+/// which scripts read).
+#[derive(Default, Debug, Clone, PartialEq, Eq)]
+pub struct StreamFigures {
+    pub packets: u64,
+    pub lost: u64,
+    pub late: u64,
+    pub stray: u64,
+    pub concealed_ms: u64,
+}
+
+impl StreamCounters {
+    pub fn read(&self) -> StreamFigures {
+        let rate = u64::from(self.rate.load(Relaxed).max(1));
+        StreamFigures {
+            packets: self.packets.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+            late: self.late.load(Relaxed),
+            stray: self.stray.load(Relaxed),
+            concealed_ms: self.concealed_frames.load(Relaxed) * 1000 / rate,
+        }
+    }
+}
+
+impl fmt::Display for StreamFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} packets, {} lost, {} late, {} stray, {} ms concealed",
+            self.packets, self.lost, self.late, self.stray, self.concealed_ms
+        )
+    }
 }
 
 /// One reading of every figure, in plain numbers: what the line prints.
@@ -200,6 +250,26 @@ impl fmt::Display for StatsLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streams_own_figures_in_milliseconds_of_its_rate() {
+        let c = StreamCounters::default();
+        c.packets.store(250, Relaxed);
+        c.lost.store(2, Relaxed);
+        c.late.store(1, Relaxed);
+        c.stray.store(7, Relaxed);
+        c.concealed_frames.store(320, Relaxed);
+        c.rate.store(8000, Relaxed);
+        assert_eq!(
+            c.read().to_string(),
+            "250 packets, 2 lost, 1 late, 7 stray, 40 ms concealed"
+        );
+        // Before a stream: no rate, no division by zero.
+        assert_eq!(
+            StreamCounters::default().read().to_string(),
+            "0 packets, 0 lost, 0 late, 0 stray, 0 ms concealed"
+        );
+    }
 
     #[test]
     fn line_names_the_stream_that_owns_the_speaker() {
