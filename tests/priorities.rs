@@ -327,9 +327,13 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         "the music came back {back_ms:.0} ms after the page (bar hold + 100 ms)\n{log}"
     );
     // The hold counts from the page's last packet, which played its
-    // jitter delay later: not back before most of the hold.
+    // delay (jitter target plus the device's buffer) later: not back
+    // before the hold less that delay. On a loaded machine the target
+    // rises and the music came back 890 ms after the page's last sound
+    // (3 of 28 runs under 900); a hold cut short or not kept at all
+    // comes back far earlier.
     assert!(
-        back_ms >= HOLD_MS - 100.0,
+        back_ms >= HOLD_MS - 200.0,
         "the music came back {back_ms:.0} ms after the page, before the hold of {HOLD_MS} ms\n{log}"
     );
 
