@@ -85,15 +85,17 @@ fn ipv4_group_joined_on_named_interface() {
 #[test]
 fn ipv6_group_joined_across_a_veth_pair() {
     let dir = TestDir::new("mc6");
-    let setup = "ip link set lo up
+    let setup = format!(
+        "ip link set lo up
 ip link add va type veth peer name vb
 ip link set va up
 ip link set vb up
-n=0
-while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done";
+{}",
+        common::WAIT_VETH_IPV6
+    );
     let (stats, log) = run_in_namespace(
         &dir,
-        setup,
+        &setup,
         "--listen [::]:5004 --group ff15::77 --interface vb",
         "--codec pcmu --ttl 2 --interface va [ff15::77]:5004",
         "",
@@ -107,14 +109,16 @@ while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 10
 #[test]
 fn ipv6_group_with_interfaces_named_by_address_and_drop_logged() {
     let dir = TestDir::new("mc6addr");
-    let setup = "ip link set lo up
+    let setup = format!(
+        "ip link set lo up
 ip link add va type veth peer name vb
 ip -6 addr add fd00::a/64 dev va nodad
 ip -6 addr add fd00::b/64 dev vb nodad
 ip link set va up
 ip link set vb up
-n=0
-while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done";
+{}",
+        common::WAIT_VETH_IPV6
+    );
     // IPV6_MULTICAST_IF is 17 on Linux.
     let stray =
         "python3 -c \"import socket; s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); \
@@ -122,7 +126,7 @@ s.setsockopt(socket.IPPROTO_IPV6, 17, socket.if_nametoindex('va')); \
 s.sendto(bytes([0x80, 0, 1]), ('ff15::77', 5004))\"";
     let (stats, log) = run_in_namespace(
         &dir,
-        setup,
+        &setup,
         "--listen [::]:5004 --group ff15::77 --interface fd00::b",
         "--codec pcmu --ttl 2 --interface fd00::a [ff15::77]:5004",
         stray,

@@ -464,8 +464,7 @@ ip link set lo up
 ip link add va type veth peer name vb
 ip link set va up
 ip link set vb up
-n=0
-while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+{wait}
 ALSA_CONFIG_PATH={conf} {RX} --sap hall --interface vb --device null --no-mlock --rt-priority 0 \
   --stats-interval 0 2>{log} >/dev/null &
 r=$!
@@ -479,6 +478,7 @@ wait $r",
         conf = alsa.path.display(),
         log = log.display(),
         wav = wav.display(),
+        wait = common::WAIT_VETH_IPV6,
     );
     let text = run_receiver_script(&script, &log);
     assert!(text.contains("ff02::2:7ffe"), "{text}");

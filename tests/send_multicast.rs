@@ -5,6 +5,8 @@
 //! interface `--interface` named (by name and by address). IPv6 unicast
 //! goes to ::1; IPv6 multicast crosses a veth pair inside a namespace.
 
+mod common;
+
 use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -191,9 +193,7 @@ ip link set lo up
 ip link add va type veth peer name vb
 ip link set va up
 ip link set vb up
-n=0
-# Wait for the link-local addresses to leave duplicate address detection.
-while ip -6 addr show | grep -q tentative; do sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1; done
+{wait}
 python3 {py} ff15::77 6000 10 {ready} vb &
 r=$!
 n=0
@@ -202,6 +202,7 @@ while [ ! -e {ready} ]; do sleep 0.05; n=$((n+1)); [ $n -lt 200 ] || exit 1; don
 wait $r",
         py = py.display(),
         ready = ready.display(),
+        wait = common::WAIT_VETH_IPV6,
         bin = BIN,
         wav = wav.display(),
     );

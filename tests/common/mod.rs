@@ -47,6 +47,20 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Shell lines for a network-namespace script, after `ip link set va up`
+/// and `ip link set vb up` of a veth pair: wait (up to 10 s) until both
+/// ends have their IPv6 link-local address and no address is still in
+/// duplicate address detection. The kernel adds the link-local address a
+/// moment after the link gets its carrier, so "nothing tentative" alone
+/// can pass before there is an address at all, and a socket then fails
+/// to connect from it (EADDRNOTAVAIL, seen under load).
+pub const WAIT_VETH_IPV6: &str = "n=0
+until ip -6 addr show dev va scope link | grep -q inet6 \\
+  && ip -6 addr show dev vb scope link | grep -q inet6 \\
+  && ! ip -6 addr show | grep -q tentative; do
+  sleep 0.1; n=$((n+1)); [ $n -lt 100 ] || exit 1
+done";
+
 /// A private directory for one test.
 pub struct TestDir {
     pub path: PathBuf,
