@@ -69,6 +69,18 @@ pub const EPOCH_LEARN_NS: u64 = 5_000_000_000;
 /// Statuses are tracked this long before the epoch is used.
 pub const EPOCH_WARMUP_NS: u64 = 300_000_000;
 
+/// `--sync-ms MS` and `--sync-trust-clock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Every frame plays this long after its capture on the sender's
+    /// wall clock, ms.
+    pub sync_ms: u32,
+    /// Use the wall clock even when the kernel says it is not
+    /// synchronised (one machine; a clock kept by means adjtimex does not
+    /// see).
+    pub trust_clock: bool,
+}
+
 /// The delay controller as sync playout uses it: the error it holds is
 /// measured against clocks, not a packet-sawed buffer level, so the loop
 /// can be fast: critically damped at ω = 2 rad/s (P = 4000 ppm/ms, I =
@@ -328,6 +340,40 @@ impl fmt::Display for Why {
             Why::NoDeviceTiming => "the device's position is not known yet",
             Why::NoStream => "no stream",
         })
+    }
+}
+
+impl Why {
+    /// Short form for the statistics line.
+    pub fn short(self) -> &'static str {
+        match self {
+            Why::NoReports => "no sender reports",
+            Why::ClockUnsynchronised => "clock unsynchronised",
+            Why::NoDeviceTiming => "device timing unknown",
+            Why::NoStream => "no stream",
+        }
+    }
+
+    /// As a number for an atomic (`from_code` reads it back); 0 is taken
+    /// by "in charge".
+    pub fn code(self) -> u32 {
+        match self {
+            Why::NoReports => 1,
+            Why::ClockUnsynchronised => 2,
+            Why::NoDeviceTiming => 3,
+            Why::NoStream => 4,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Why> {
+        [
+            Why::NoReports,
+            Why::ClockUnsynchronised,
+            Why::NoDeviceTiming,
+            Why::NoStream,
+        ]
+        .into_iter()
+        .find(|w| w.code() == code)
     }
 }
 
