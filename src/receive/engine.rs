@@ -686,6 +686,10 @@ impl Engine {
                         e.resampler.latency_frames() * f64::from(rate)
                             / f64::from(self.device_rate.max(1))
                     });
+                // What plays before the cursor's frame: the stretcher's
+                // store, the resampler's, inserted silence. A stretch
+                // still pending is left out, as the controller counts it
+                // itself (it takes a stretch off its filter when asking).
                 let ahead = self.stretcher.buffered() as f64 + resampler + self.sync_hold as f64;
                 sync.error_ns(ssrc, self.jitter.cursor_timestamp(), ahead, rate)
             }
@@ -693,7 +697,15 @@ impl Engine {
         };
         let engaged = match result {
             Ok(error_ns) => {
-                match sync.decide(error_ns, format.rate) {
+                let decision = sync.decide(error_ns, format.rate);
+                if let Action::Align(frames) = decision {
+                    // What is left after whole frames: under one.
+                    let error = error_ns * f64::from(format.rate) / 1e9;
+                    self.sync_error_frames = Some(error - frames as f64);
+                    // The adaptive mode's catch-up of held audio ends here.
+                    self.ceiling_ms = None;
+                }
+                match decision {
                     Action::Align(frames) if frames > 0 => {
                         // Late: whole frames go (a start's, or a step's).
                         let mut rest = frames as usize;

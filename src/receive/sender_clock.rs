@@ -11,7 +11,8 @@
 //! (`receive::sync`) stands on it; the statistics line shows it.
 //!
 //! Policy: a least-squares line through the last [`REPORTS`] reports
-//! (about 40 s at the usual 2.5 s), RTP timestamps unwrapped across 2^32.
+//! (about 16 s at netspeaker-send's 1 s, 40 s at the usual 2.5 s), RTP
+//! timestamps unwrapped across 2^32.
 //! A sender's reports pair its clocks with a jitter of the order of
 //! 0.1 ms (the time between reading one and the other), which a line over
 //! tens of seconds averages to a few ppm. A report more than

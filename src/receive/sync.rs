@@ -66,6 +66,10 @@ pub const EPOCH_RISE_PPM: f64 = 30.0;
 pub const EPOCH_RISE_LEARNING_PPM: f64 = 150.0;
 pub const EPOCH_LEARN_NS: u64 = 5_000_000_000;
 
+/// Every status of a second this much later than the epoch: the device
+/// lost time, and the epoch steps (ns).
+pub const EPOCH_STEP_NS: i128 = 300_000;
+
 /// Statuses are tracked this long before the epoch is used.
 pub const EPOCH_WARMUP_NS: u64 = 300_000_000;
 
@@ -222,6 +226,8 @@ pub struct DeviceClock {
     block_min: Option<(u64, i128)>,
     last_block_min: Option<(u64, i128)>,
     block_start_ns: u64,
+    /// The least a status of the current second was above the epoch.
+    block_residual: Option<i128>,
     slope_known: bool,
     /// Frames written so far: the index of the next frame written.
     written: u64,
@@ -272,6 +278,8 @@ impl DeviceClock {
                 predicted + (seen - predicted).min((dt * rise * 1e-6) as i128)
             }
         };
+        let residual = seen - epoch;
+        self.block_residual = Some(self.block_residual.map_or(residual, |r| r.min(residual)));
         self.epoch = Some(epoch);
         // The slope: from the freshest status of one second to that of
         // the next (each is stale by a few µs at most), half of each new
@@ -280,7 +288,17 @@ impl DeviceClock {
             self.block_min = Some((at_ns, seen));
         }
         if at_ns.saturating_sub(self.block_start_ns) >= 1_000_000_000 {
-            if let (Some((a0, e0)), Some((a1, e1))) = (self.last_block_min, self.block_min) {
+            let stepped = self.block_residual.is_some_and(|r| r > EPOCH_STEP_NS);
+            if stepped {
+                // Every status of a whole second came later than the
+                // epoch by more than a stale read explains: the device
+                // lost time (an underrun, a stalled sound server). The
+                // epoch moves by the least of them at once; the slope is
+                // measured afresh.
+                self.epoch = self.epoch.map(|e| e + self.block_residual.unwrap_or(0));
+                self.last_block_min = None;
+                self.block_min = None;
+            } else if let (Some((a0, e0)), Some((a1, e1))) = (self.last_block_min, self.block_min) {
                 if a1 > a0 {
                     let measured = (e1 - e0) as f64 / (a1 - a0) as f64;
                     self.slope = if self.slope_known {
@@ -292,6 +310,7 @@ impl DeviceClock {
                 }
             }
             self.last_block_min = self.block_min.take();
+            self.block_residual = None;
             self.block_start_ns = at_ns;
         }
         self.last_at_ns = self.last_at_ns.max(at_ns);
@@ -568,6 +587,28 @@ mod tests {
         let written = 199 * 240 + 4800;
         let want = 1_000_000_000i128 + written as i128 * 1_000_000 / 48 + 7_000;
         assert!((next - want).abs() < 200_000, "{} ns off", next - want);
+    }
+
+    #[test]
+    fn device_that_loses_time_is_followed_within_two_seconds() {
+        let mut d = DeviceClock::default();
+        // 48 kHz, 5 ms periods, statuses fresh; at 10 s the device loses
+        // 3 ms (an underrun).
+        let mut lost_ns = 0;
+        for k in 1..3000u64 {
+            let at = 1_000_000_000 + k * 5_000_000;
+            if k == 2000 {
+                lost_ns = 3_000_000;
+            }
+            let played = (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000;
+            let written = played + 960;
+            d.on_status(at, written, 960, 48_000, 0);
+            if k == 2000 + 400 || k == 2999 {
+                let next = d.next_frame_realtime_ns().unwrap();
+                let want = 1_000_000_000i128 + lost_ns as i128 + written as i128 * 1_000_000 / 48;
+                assert!((next - want).abs() < 50_000, "{k}: {} ns off", next - want);
+            }
+        }
     }
 
     fn sr(ssrc: u32, wall_ns: u64, rtp: u32) -> SenderReport {
