@@ -107,6 +107,17 @@ Playout:
                             target changes by time-stretching [default: on]
   --stream-lost-ms MS       silence after which the stream counts as lost
                             [default: 500]
+  --sync-ms MS              sync mode: play every frame MS after the sender
+                            captured it, on the sender's wall clock (from its
+                            RTCP sender reports) against this machine's (kept
+                            by chrony or PTP), timed at the DAC; receivers
+                            with the same MS play in step within 0.1 ms.
+                            Without sender reports, or with a clock the
+                            kernel calls unsynchronised, plays adaptively and
+                            says why [default: off]
+  --sync-trust-clock        sync mode even when the kernel says the clock is
+                            unsynchronised (one machine; a clock disciplined
+                            by other means)
 ALSA:
   --device NAME             ALSA playback device [default: default]
   --access rw|mmap          read/write or mmap transfers [default: rw]

@@ -38,7 +38,11 @@
 //! earlier one is taken at once, a later one raises it by at most
 //! [`EPOCH_RISE_PPM`] of the time passed (more while the drift is
 //! learnt). That drops the staleness and the thread's own wake-up latency
-//! (to about 10-20 µs with statuses read up to 1 ms late).
+//! (to about 10-20 µs with statuses read up to 1 ms late). A status more
+//! than [`EPOCH_STEP_NS`] off the line is not taken at once: earlier, only
+//! when [`EPOCH_CONFIRM`] in a row are (a sound server that ran a cycle
+//! late and caught up reports a position ahead for a moment); later, when
+//! every one of a whole second is (the device lost time: an underrun).
 //!
 //! Late packets (ending before the cursor, i.e. after their play time) are
 //! dropped and counted by the jitter buffer; a hole plays concealed.
@@ -67,8 +71,10 @@ pub const EPOCH_RISE_LEARNING_PPM: f64 = 150.0;
 pub const EPOCH_LEARN_NS: u64 = 5_000_000_000;
 
 /// Every status of a second this much later than the epoch: the device
-/// lost time, and the epoch steps (ns).
+/// lost time, and the epoch steps (ns). A status this much earlier is
+/// taken only when `EPOCH_CONFIRM` in a row are.
 pub const EPOCH_STEP_NS: i128 = 300_000;
+pub const EPOCH_CONFIRM: u32 = 20;
 
 /// Statuses are tracked this long before the epoch is used.
 pub const EPOCH_WARMUP_NS: u64 = 300_000_000;
@@ -228,6 +234,9 @@ pub struct DeviceClock {
     block_start_ns: u64,
     /// The least a status of the current second was above the epoch.
     block_residual: Option<i128>,
+    /// Statuses in a row far earlier than the epoch, and the earliest.
+    low_run: u32,
+    low_min: Option<i128>,
     slope_known: bool,
     /// Frames written so far: the index of the next frame written.
     written: u64,
@@ -275,7 +284,24 @@ impl DeviceClock {
                 } else {
                     EPOCH_RISE_PPM
                 };
-                predicted + (seen - predicted).min((dt * rise * 1e-6) as i128)
+                if predicted - seen > EPOCH_STEP_NS {
+                    // Far earlier than the line: a sound server that ran a
+                    // cycle late and caught up, or a glitch of the
+                    // position. Taken only once every status for
+                    // EPOCH_CONFIRM statuses in a row says so.
+                    self.low_run += 1;
+                    self.low_min = Some(self.low_min.map_or(seen, |m| m.min(seen)));
+                    if self.low_run >= EPOCH_CONFIRM {
+                        self.low_run = 0;
+                        self.low_min.take().unwrap_or(seen)
+                    } else {
+                        predicted
+                    }
+                } else {
+                    self.low_run = 0;
+                    self.low_min = None;
+                    predicted + (seen - predicted).min((dt * rise * 1e-6) as i128)
+                }
             }
         };
         let residual = seen - epoch;
