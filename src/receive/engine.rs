@@ -675,53 +675,60 @@ impl Engine {
             return;
         };
         // Headerless PCM has no sender reports: `NoReports`.
+        let rate = format.rate;
+        let resampler_frames = self
+            .bank
+            .as_ref()
+            .and_then(|b| b.entries.get(self.active?))
+            .map_or(0.0, |e| {
+                e.resampler.latency_frames() * f64::from(rate) / f64::from(self.device_rate.max(1))
+            });
         let result = match (playing, self.jitter.metrics().ssrc) {
             (true, Some(ssrc)) => {
-                let rate = format.rate;
-                let resampler = self
-                    .bank
-                    .as_ref()
-                    .and_then(|b| b.entries.get(self.active?))
-                    .map_or(0.0, |e| {
-                        e.resampler.latency_frames() * f64::from(rate)
-                            / f64::from(self.device_rate.max(1))
-                    });
                 // What plays before the cursor's frame: the stretcher's
                 // store, the resampler's, inserted silence. A stretch
                 // still pending is left out, as the controller counts it
                 // itself (it takes a stretch off its filter when asking).
-                let ahead = self.stretcher.buffered() as f64 + resampler + self.sync_hold as f64;
+                let ahead =
+                    self.stretcher.buffered() as f64 + resampler_frames + self.sync_hold as f64;
                 sync.error_ns(ssrc, self.jitter.cursor_timestamp(), ahead, rate)
             }
             _ => Err(Why::NoStream),
         };
         let engaged = match result {
             Ok(error_ns) => {
-                let decision = sync.decide(error_ns, format.rate);
-                if let Action::Align(frames) = decision {
-                    // What is left after whole frames: under one.
-                    let error = error_ns * f64::from(format.rate) / 1e9;
-                    self.sync_error_frames = Some(error - frames as f64);
-                    // The adaptive mode's catch-up of held audio ends here.
+                let decision = sync.decide(error_ns, rate);
+                if let Action::Align(_) = decision {
+                    // An alignment starts the chain after the jitter
+                    // buffer afresh: the stretcher's request and the
+                    // resampler's ratio and look-ahead (whatever the
+                    // adaptive mode had them at: catching up a backlog
+                    // runs the ratio thousands of ppm off, which would
+                    // take a second to glide back), and the adaptive
+                    // catch-up of held audio. The frames the resampler
+                    // held go with it: the shift is taken without them.
+                    self.stretcher.cancel();
+                    self.controller.reset();
                     self.ceiling_ms = None;
-                }
-                match decision {
-                    Action::Align(frames) if frames > 0 => {
+                    if let Some(r) = active_mut(&mut self.bank, self.active) {
+                        r.reset();
+                    }
+                    let shift = error_ns * f64::from(rate) / 1e9 - resampler_frames;
+                    let whole = shift.round();
+                    // What is left after whole frames: under one.
+                    self.sync_error_frames = Some(shift - whole);
+                    if whole > 0.0 {
                         // Late: whole frames go (a start's, or a step's).
-                        let mut rest = frames as usize;
+                        let mut rest = whole as usize;
                         let held = rest.min(self.sync_hold);
                         self.sync_hold -= held;
                         rest -= held;
                         self.jitter.skip(rest);
-                        self.stretcher.cancel();
-                        self.controller.reset();
+                    } else {
+                        self.sync_hold += (-whole) as usize;
                     }
-                    Action::Align(frames) => {
-                        self.sync_hold += frames.unsigned_abs() as usize;
-                        self.stretcher.cancel();
-                        self.controller.reset();
-                    }
-                    Action::Steer(frames) => self.sync_error_frames = Some(frames),
+                } else if let Action::Steer(frames) = decision {
+                    self.sync_error_frames = Some(frames);
                 }
                 true
             }
@@ -955,20 +962,24 @@ impl Engine {
     }
 
     /// Sync playout's view of the device, after each write: at `at_ns`
-    /// (monotonic) `delay_frames` of the `written` frames written since it
-    /// started were still queued, at `rate`; `realtime_offset_ns` is
-    /// CLOCK_REALTIME less CLOCK_MONOTONIC at that moment.
+    /// (monotonic) `queued_frames` of the `written` frames written since
+    /// it started were still in its ring buffer, and the device's delay
+    /// was `beyond_frames` more (a plugin's or sound server's latency
+    /// after the ring), at `rate`; `realtime_offset_ns` is CLOCK_REALTIME
+    /// less CLOCK_MONOTONIC at that moment.
     pub fn sync_device_status(
         &mut self,
         at_ns: u64,
         written: u64,
-        delay_frames: i64,
+        queued_frames: i64,
+        beyond_frames: i64,
         rate: u32,
         realtime_offset_ns: i64,
     ) {
         if let Some(sync) = self.sync.as_mut() {
             sync.device
-                .on_status(at_ns, written, delay_frames, rate, realtime_offset_ns);
+                .on_status(at_ns, written, queued_frames, rate, realtime_offset_ns);
+            sync.device.on_latency(beyond_frames, rate);
         }
     }
 

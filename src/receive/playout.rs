@@ -255,12 +255,21 @@ impl PlayoutThread {
                                     delay_at,
                                 );
                                 let written = self.device.frames_written();
+                                // Sync: the device's delay splits into
+                                // what waits in its ring (written less
+                                // taken: follows the device's clock) and
+                                // what a plugin or server adds after it
+                                // (JACK adds its ports' latency, which
+                                // changes as clients join); the engine
+                                // smooths the second part on its own.
+                                let queued = written.saturating_sub(played) as i64;
                                 for lane in self.lanes.iter_mut() {
                                     lane.engine.device_position(at, played);
                                     lane.engine.sync_device_status(
                                         at,
                                         written,
-                                        s.delay_frames,
+                                        queued,
+                                        s.delay_frames - queued,
                                         rate,
                                         realtime_offset,
                                     );

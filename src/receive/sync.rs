@@ -12,10 +12,13 @@
 //!   by chrony or PTP), trusted only while the kernel says it is
 //!   synchronised (`service::clock`), or with `--sync-trust-clock`;
 //! - the device's: after every write, `snd_pcm_status`'s timestamp
-//!   (CLOCK_MONOTONIC) and delay, with the frames written so far
+//!   (CLOCK_MONOTONIC), what waits in its ring buffer (buffer less
+//!   avail) and its delay, with the frames written so far
 //!   ([`DeviceClock::on_status`]), and the offset of CLOCK_REALTIME from
-//!   CLOCK_MONOTONIC read at the same moment. The device's delay covers its
-//!   whole buffer and whatever a plugin or sound server adds.
+//!   CLOCK_MONOTONIC read at the same moment. The ring's fill follows the
+//!   device's clock; the rest of the delay, what a plugin or sound server
+//!   adds after the ring, is smoothed apart ([`DeviceClock::on_latency`]:
+//!   JACK changes its ports' latency as clients join).
 //!
 //! Output, once per period: the error of the next frame the jitter buffer
 //! gives out (its cursor), in ns: when it will reach the DAC (after the
@@ -237,11 +240,13 @@ pub struct DeviceClock {
     /// Statuses in a row far earlier than the epoch, and the earliest.
     low_run: u32,
     low_min: Option<i128>,
-    slope_known: bool,
     /// Frames written so far: the index of the next frame written.
     written: u64,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC at the last status, ns.
     realtime_offset_ns: i128,
+    /// The latency after the ring buffer (a plugin's, a sound server's),
+    /// smoothed, ns.
+    beyond_ns: Option<f64>,
 }
 
 impl DeviceClock {
@@ -326,13 +331,13 @@ impl DeviceClock {
                 self.block_min = None;
             } else if let (Some((a0, e0)), Some((a1, e1))) = (self.last_block_min, self.block_min) {
                 if a1 > a0 {
-                    let measured = (e1 - e0) as f64 / (a1 - a0) as f64;
-                    self.slope = if self.slope_known {
-                        self.slope + (measured - self.slope) * 0.5
-                    } else {
-                        measured
-                    };
-                    self.slope_known = true;
+                    // Each second's freshest status is a few tens of µs
+                    // stale at worst: one measurement can be tens of ppm
+                    // off, so it moves the slope by a quarter, from 0 (a
+                    // device within a few ppm of the monotonic clock, the
+                    // usual case, starts right), and at most 500 ppm.
+                    let measured = ((e1 - e0) as f64 / (a1 - a0) as f64).clamp(-5e-4, 5e-4);
+                    self.slope += (measured - self.slope) * 0.25;
                 }
             }
             self.last_block_min = self.block_min.take();
@@ -342,6 +347,21 @@ impl DeviceClock {
         self.last_at_ns = self.last_at_ns.max(at_ns);
         self.written = written;
         self.realtime_offset_ns = i128::from(realtime_offset_ns);
+    }
+
+    /// The device's latency after its ring buffer (its delay less what
+    /// waits in the ring), `frames` at `rate`: smoothed over about 2 s
+    /// (500 statuses), so that a sound server changing it in steps (JACK
+    /// as clients join) moves the timing gently.
+    pub fn on_latency(&mut self, frames: i64, rate: u32) {
+        if rate == 0 {
+            return;
+        }
+        let ns = frames.max(0) as f64 * 1e9 / f64::from(rate);
+        self.beyond_ns = Some(match self.beyond_ns {
+            None => ns,
+            Some(b) => b + (ns - b) / 500.0,
+        });
     }
 
     /// The device restarted (opened, recovered): its position starts over.
@@ -357,7 +377,8 @@ impl DeviceClock {
             return None;
         }
         let ahead = i128::from(self.written) * 1_000_000_000 / i128::from(self.rate.max(1));
-        Some(epoch + ahead + self.realtime_offset_ns)
+        let beyond = self.beyond_ns.unwrap_or(0.0) as i128;
+        Some(epoch + ahead + beyond + self.realtime_offset_ns)
     }
 }
 
