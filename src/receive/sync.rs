@@ -245,8 +245,9 @@ pub struct DeviceClock {
     /// CLOCK_REALTIME − CLOCK_MONOTONIC at the last status, ns.
     realtime_offset_ns: i128,
     /// The latency after the ring buffer (a plugin's, a sound server's),
-    /// smoothed, ns.
+    /// smoothed, ns, and the statuses it is the mean of (up to 500).
     beyond_ns: Option<f64>,
+    beyond_count: u32,
 }
 
 impl DeviceClock {
@@ -350,18 +351,18 @@ impl DeviceClock {
     }
 
     /// The device's latency after its ring buffer (its delay less what
-    /// waits in the ring), `frames` at `rate`: smoothed over about 2 s
-    /// (500 statuses), so that a sound server changing it in steps (JACK
+    /// waits in the ring), `frames` at `rate`: the mean of the statuses so
+    /// far, then a running mean of about 500 (2-5 s), so that a sound server changing it in steps (JACK
     /// as clients join) moves the timing gently.
     pub fn on_latency(&mut self, frames: i64, rate: u32) {
         if rate == 0 {
             return;
         }
         let ns = frames.max(0) as f64 * 1e9 / f64::from(rate);
-        self.beyond_ns = Some(match self.beyond_ns {
-            None => ns,
-            Some(b) => b + (ns - b) / 500.0,
-        });
+        // The mean of all so far until there are 500, then a running one.
+        self.beyond_count = (self.beyond_count + 1).min(500);
+        let b = self.beyond_ns.unwrap_or(ns);
+        self.beyond_ns = Some(b + (ns - b) / f64::from(self.beyond_count));
     }
 
     /// The device restarted (opened, recovered): its position starts over.
