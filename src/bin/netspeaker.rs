@@ -828,12 +828,13 @@ fn run(mut options: Options) -> Result<(), String> {
 /// Sync mode seen from the main thread: tells the playout thread whether
 /// the kernel calls the wall clock synchronised (a system call, once a
 /// second), and logs when sync takes charge or stands down, and why (a
-/// standing-down reason at most every 10 s).
+/// new reason at once, the same one at most every 10 s).
 #[derive(Default)]
 struct SyncWatch {
     clock_checked: Option<Instant>,
     state: u32,
-    off_logged: Option<Instant>,
+    /// When a standing-down reason was last logged, and which.
+    off_logged: Option<(Instant, u32)>,
 }
 
 impl SyncWatch {
@@ -860,16 +861,21 @@ impl SyncWatch {
                 log::info!("sync: in charge, every frame at its capture time on the sender's clock plus the sync delay (error {error_us:+.0} us)");
             }
             Some(netspeaker::receive::stats::SyncLine::Off(why)) => {
+                // A new reason at once; the same one again (sync came
+                // and went) at most every 10 s.
                 if self
                     .off_logged
-                    .is_some_and(|t| now - t < Duration::from_secs(10))
+                    .is_some_and(|(t, s)| s == state && now - t < Duration::from_secs(10))
                 {
                     return;
                 }
                 self.state = state;
-                self.off_logged = Some(now);
+                self.off_logged = Some((now, state));
+                use netspeaker::receive::sync::Why;
                 let level = match why {
-                    netspeaker::receive::sync::Why::ClockUnsynchronised => log::Level::Warn,
+                    Why::ClockUnsynchronised => log::Level::Warn,
+                    // Between streams: nothing to sync, nothing to say.
+                    Why::NoStream => log::Level::Debug,
                     _ => log::Level::Info,
                 };
                 log::log!(level, "sync: playing adaptively: {why}");
