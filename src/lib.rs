@@ -20,6 +20,9 @@
 //! RTCP beside it (port + 1, or the RTP port with rtcp-mux), on the net
 //!   thread: rtp::rtcp (sender reports, BYE) → receive::sender_clock (the
 //!   sender's media clock against its wall clock); BYEs go on the queue.
+//!   With --sync-ms the sender's mapping reaches the engine through a
+//!   seqlock (receive::sync), which times each frame at the DAC from it,
+//!   the wall clock and the device's status.
 //! With --sap, before all of it and beside it on its own thread:
 //!   net::sap (SAP datagrams, listening sockets) → rtp::sdp (the session
 //!   description) → receive::sap (choose and follow the session).

@@ -27,9 +27,10 @@ use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
 use netspeaker::receive::priority::ArbiterConfig;
 use netspeaker::receive::stats::PlayoutStats;
+use netspeaker::receive::sync::{Mapping, SyncConfig, SyncFeed};
 use netspeaker::rtp::packet::Packet;
 use netspeaker::service::alloc::{allocations, Counting, Watched};
-use netspeaker::service::clock::monotonic_ns;
+use netspeaker::service::clock::{monotonic_ns, realtime_ns};
 use netspeaker::service::notify::Heartbeat;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -104,9 +105,22 @@ fn two_streams_mixed_and_ducked_allocate_nothing_through_device_loss_and_reopen(
     );
 }
 
+/// Sync mode (`--sync-ms`): each stream's sender clock published by
+/// "the net thread" (here, the feeding loop) with every packet, so the
+/// playout thread reads the seqlock while it is written; sync takes
+/// charge, aligns at each stream start and after the device's reopen, and
+/// steers, through the same faults.
+#[test]
+fn sync_mode_allocates_nothing_through_device_loss_reopen_and_format_changes() {
+    run_case(
+        "sync_mode_allocates_nothing_through_device_loss_reopen_and_format_changes",
+        1,
+    );
+}
+
 fn run_case(name: &str, streams: usize) {
     if in_child(name) {
-        return child(streams);
+        return child(streams, name.starts_with("sync"));
     }
     let dir = TestDir::new("playout-thread-alloc");
     let mut pulse = PulseServer::start(&dir.path);
@@ -138,6 +152,12 @@ fn run_case(name: &str, streams: usize) {
         "three stream formats on each stream\n{stderr}"
     );
     assert!(get("periods") > 300, "the playout thread ran\n{stderr}");
+    if name.starts_with("sync") {
+        assert!(
+            get("sync_in_charge") >= 2,
+            "sync never took charge (or never again after the reopen)\n{stderr}"
+        );
+    }
     if streams > 1 {
         // The page took the speaker and gave it back twice.
         assert!(
@@ -152,7 +172,7 @@ fn run_case(name: &str, streams: usize) {
     );
 }
 
-fn child(stream_count: usize) {
+fn child(stream_count: usize, sync: bool) {
     log::set_logger(&LOGGER).expect("logger");
     log::set_max_level(log::LevelFilter::Trace);
     let config = PlayoutConfig {
@@ -168,6 +188,10 @@ fn child(stream_count: usize) {
             .iter()
             .map(|(_, f)| (f.rate, f.channels))
             .collect(),
+        sync: sync.then_some(SyncConfig {
+            sync_ms: 100,
+            trust_clock: true,
+        }),
         ..PlayoutConfig::default()
     };
     let stats = Arc::new(PlayoutStats::default());
@@ -175,14 +199,18 @@ fn child(stream_count: usize) {
     let reopen = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::new();
     let mut inputs = Vec::new();
+    let mut feeds = Vec::new();
     for s in 0..stream_count {
         let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
         let (packet_tx, packet_rx) = packets.split();
         senders.push(packet_tx);
+        let feed = Arc::new(SyncFeed::default());
+        feeds.push(Arc::clone(&feed));
         inputs.push(StreamInput {
             config: config.clone(),
             priority: if s == 0 { 1 } else { 9 },
             packets: packet_rx,
+            sender_clock: feed,
         });
     }
     let mut playout = playout::start_streams(
@@ -202,6 +230,8 @@ fn child(stream_count: usize) {
     .expect("start playout");
 
     let start = Instant::now();
+    let start_wall = realtime_ns();
+    let (mut sync_in_charge, mut was_in_charge) = (0u64, false);
     let (mut lost, mut opened, mut streams, mut speaker_changes) = (0u64, 0u64, 0u64, 0u64);
     let mut sent = 0u64;
     let mut samples = vec![0i16; 48_000 / 50 * 2];
@@ -239,6 +269,16 @@ fn child(stream_count: usize) {
                 let mut bytes = [0u8; 4096];
                 let n = codec::encode(format.encoding, &samples[..frames * ch], &mut bytes);
                 let _ = p.payload.extend_from_slice(&bytes[..n]);
+                if sync {
+                    // As a sender report would map it: packet k was
+                    // captured k · 20 ms after the start.
+                    feeds[s].store(Some(Mapping {
+                        ssrc: p.ssrc,
+                        wall_ns: start_wall + k * 20_000_000,
+                        rtp: p.timestamp,
+                        rate_hz: 0.0,
+                    }));
+                }
                 let _ = packet_tx.enqueue(p);
             }
             sent += 1;
@@ -248,6 +288,11 @@ fn child(stream_count: usize) {
             reopen.store(true, Relaxed);
             hup_sent = true;
         }
+        let in_charge = stats.sync_state.load(Relaxed) == 1;
+        if in_charge && !was_in_charge {
+            sync_in_charge += 1;
+        }
+        was_in_charge = in_charge;
         while let Some(event) = playout.events.dequeue() {
             match &event {
                 Event::DeviceLost(_) => lost += 1,
@@ -265,6 +310,7 @@ fn child(stream_count: usize) {
     while !playout.is_finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+    report("sync_in_charge", sync_in_charge);
     report("lost", lost);
     report("opened", opened);
     report("streams", streams);

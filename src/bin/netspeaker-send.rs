@@ -89,7 +89,7 @@ Destination:
                             port (RFC 5761) instead of port+1
       --no-rtcp             send no RTCP (by default an RTP stream carries
                             sender reports, the first with the first packet
-                            then every 1.25-3.75 s, and a BYE at the end, to
+                            then every 0.5-1.5 s, and a BYE at the end, to
                             port+1; SRTCP with --srtp-key-file)
 Process:
       --rt-priority N       SCHED_FIFO priority of the pacing thread, 0 for

@@ -15,6 +15,7 @@ use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
 use netspeaker::receive::priority::{ArbiterConfig, Duck, MAX_STREAMS};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::receive::streams::StreamSpec;
+use netspeaker::receive::sync::SyncConfig;
 use netspeaker::rtp::srtp::{MasterKey, SrtpContext, Suite};
 use netspeaker::rtp::{InputMode, PacketParser};
 use netspeaker::service::log::{self as logging, LogTarget};
@@ -106,6 +107,17 @@ Playout:
                             target changes by time-stretching [default: on]
   --stream-lost-ms MS       silence after which the stream counts as lost
                             [default: 500]
+  --sync-ms MS              sync mode: play every frame MS after the sender
+                            captured it, on the sender's wall clock (from its
+                            RTCP sender reports) against this machine's (kept
+                            by chrony or PTP), timed at the DAC; receivers
+                            with the same MS play in step within 0.1 ms.
+                            Without sender reports, or with a clock the
+                            kernel calls unsynchronised, plays adaptively and
+                            says why [default: off]
+  --sync-trust-clock        sync mode even when the kernel says the clock is
+                            unsynchronised (one machine; a clock disciplined
+                            by other means)
 ALSA:
   --device NAME             ALSA playback device [default: default]
   --access rw|mmap          read/write or mmap transfers [default: rw]
@@ -149,6 +161,8 @@ struct Options {
     min_latency_ms: u32,
     max_latency_ms: u32,
     fixed_latency_ms: Option<u32>,
+    sync_ms: Option<u32>,
+    sync_trust_clock: bool,
     stats_interval: Duration,
     syslog: bool,
     verbose: u8,
@@ -174,6 +188,8 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
         min_latency_ms: 5,
         max_latency_ms: 300,
         fixed_latency_ms: None,
+        sync_ms: None,
+        sync_trust_clock: false,
         stats_interval: Duration::from_secs(10),
         syslog: false,
         verbose: 0,
@@ -205,6 +221,10 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             "-q" | "--quiet" => o.quiet += 1,
             "--syslog" => o.syslog = true,
             "--no-rtcp" => o.no_rtcp = true,
+            "--sync-ms" => {
+                o.sync_ms = Some(number("--sync-ms", &value()?, 1..=5000)?);
+            }
+            "--sync-trust-clock" => o.sync_trust_clock = true,
             "--listen" => {
                 let v = value()?;
                 o.net.listen = v.parse::<SocketAddr>().map_err(|_| {
@@ -392,6 +412,20 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             max_ms: o.max_latency_ms,
         },
     };
+    if o.sync_trust_clock && o.sync_ms.is_none() {
+        return Err(usage::Error::rule(
+            "--sync-trust-clock is part of sync mode: give --sync-ms too",
+        ));
+    }
+    if o.sync_ms.is_some() && o.raw.is_some() {
+        return Err(usage::Error::rule(
+            "--sync-ms needs RTP with RTCP sender reports; headerless --raw PCM carries no timing: drop one",
+        ));
+    }
+    o.playout.sync = o.sync_ms.map(|sync_ms| SyncConfig {
+        sync_ms,
+        trust_clock: o.sync_trust_clock,
+    });
     o.playout.device_rate = o.device_rate;
     o.playout.device_channels = o.device_channels;
     size_for_formats(&mut o);
@@ -629,6 +663,7 @@ fn run(mut options: Options) -> Result<(), String> {
         watches.extend(receiver.take_link_watch());
         let counters = Arc::new(NetCounters::default());
         net_counters.push(Arc::clone(&counters));
+        let sender_clock = Arc::clone(&counters.sender_clock);
         net_streams.push(netspeaker::net::NetStream {
             receiver,
             srtp,
@@ -640,6 +675,7 @@ fn run(mut options: Options) -> Result<(), String> {
             config: w.playout.clone(),
             priority: w.priority,
             packets: packet_rx,
+            sender_clock,
         });
     }
     let names: Vec<String> = streams
@@ -695,7 +731,11 @@ fn run(mut options: Options) -> Result<(), String> {
     // success or not: a missing card is waited for and must not fail the
     // start.
     let mut ready: Option<&'static str> = None;
+    let mut sync_watch = options.playout.sync.map(|_| SyncWatch::default());
     let mut drain_events = || {
+        if let Some(w) = sync_watch.as_mut() {
+            w.poll(&net_counters, &playout_stats);
+        }
         while let Some(event) = playout.events.dequeue() {
             let now = netspeaker::service::clock::monotonic_ns();
             if matches!(event, Event::StreamLost { .. }) && sap_ended.load(Relaxed) {
@@ -796,6 +836,66 @@ fn run(mut options: Options) -> Result<(), String> {
     match restart_on {
         Some(sdp) => Err(sap::restart(&sdp)),
         None => Ok(()),
+    }
+}
+
+/// Sync mode seen from the main thread: tells the playout thread whether
+/// the kernel calls the wall clock synchronised (a system call, once a
+/// second), and logs when sync takes charge or stands down, and why (a
+/// new reason at once, the same one at most every 10 s).
+#[derive(Default)]
+struct SyncWatch {
+    clock_checked: Option<Instant>,
+    state: u32,
+    /// When a standing-down reason was last logged, and which.
+    off_logged: Option<(Instant, u32)>,
+}
+
+impl SyncWatch {
+    fn poll(&mut self, nets: &[Arc<NetCounters>], playout: &PlayoutStats) {
+        use netspeaker::service::clock::{clock_state, ClockState};
+        let now = Instant::now();
+        if self
+            .clock_checked
+            .map_or(true, |t| now - t >= Duration::from_secs(1))
+        {
+            self.clock_checked = Some(now);
+            let synced = matches!(clock_state(), ClockState::Synced { .. });
+            for n in nets {
+                n.sender_clock.wall_clock_synced.store(synced, Relaxed);
+            }
+        }
+        let state = playout.sync_state.load(Relaxed);
+        if state == self.state {
+            return;
+        }
+        match playout.sync_line() {
+            Some(netspeaker::receive::stats::SyncLine::InCharge { error_us, .. }) => {
+                self.state = state;
+                log::info!("sync: in charge, every frame at its capture time on the sender's clock plus the sync delay (error {error_us:+.0} us)");
+            }
+            Some(netspeaker::receive::stats::SyncLine::Off(why)) => {
+                // A new reason at once; the same one again (sync came
+                // and went) at most every 10 s.
+                if self
+                    .off_logged
+                    .is_some_and(|(t, s)| s == state && now - t < Duration::from_secs(10))
+                {
+                    return;
+                }
+                self.state = state;
+                self.off_logged = Some((now, state));
+                use netspeaker::receive::sync::Why;
+                let level = match why {
+                    Why::ClockUnsynchronised => log::Level::Warn,
+                    // Between streams: nothing to sync, nothing to say.
+                    Why::NoStream => log::Level::Debug,
+                    _ => log::Level::Info,
+                };
+                log::log!(level, "sync: playing adaptively: {why}");
+            }
+            None => self.state = state,
+        }
     }
 }
 

@@ -140,6 +140,9 @@ pub struct NetCounters {
     /// The latest reporting sender's media clock rate against its wall
     /// clock, in µHz (frames per second · 10^6); 0 until known.
     pub sender_rate_uhz: AtomicU64,
+    /// The latest reporting sender's mapping of RTP timestamps to its wall
+    /// clock, for sync playout (`receive::sync`).
+    pub sender_clock: std::sync::Arc<crate::receive::sync::SyncFeed>,
 }
 
 fn bump(c: &AtomicU64) {
@@ -830,6 +833,11 @@ impl<'a, 'q> Net<'a, 'q> {
             .and_then(|s| s.fit())
             .map_or(0, |f| (f.rate_hz * 1e6).round().max(0.0) as u64);
         c.sender_rate_uhz.store(uhz, Ordering::Relaxed);
+        c.sender_clock.store(
+            self.clocks
+                .latest()
+                .and_then(crate::receive::sync::Mapping::of),
+        );
     }
 
     /// A datagram on the RTP port: audio, or RTCP muxed beside it.

@@ -38,6 +38,7 @@ use crate::receive::drift::{ControllerConfig, ControllerError, DelayController};
 use crate::receive::jitter::{JitterBuffer, JitterConfig, PushOutcome, ReadStatus, StreamState};
 use crate::receive::source::{Admission, SourceConfig, SourceLock, Verdict};
 use crate::receive::stretch::Stretcher;
+use crate::receive::sync::{Action, Mapping, SyncConfig, SyncMetrics, SyncPlayout, Why};
 use crate::rtp::packet::{Packet, PacketKind};
 use core::fmt;
 
@@ -81,6 +82,9 @@ pub struct PlayoutConfig {
     /// A payload type maps to Opus: the jitter buffer keeps an Opus
     /// packet store and decoder (made at start-up).
     pub opus: bool,
+    /// `--sync-ms`: play every frame at its capture time on the sender's
+    /// wall clock plus this (see `receive::sync`); `None`: adaptive only.
+    pub sync: Option<SyncConfig>,
 }
 
 impl Default for PlayoutConfig {
@@ -104,6 +108,7 @@ impl Default for PlayoutConfig {
             max_rate: 48_000,
             max_channels: 2,
             opus: false,
+            sync: None,
         }
     }
 }
@@ -124,7 +129,11 @@ impl PlayoutConfig {
             Latency::Fixed { ms } => 2 * ms + 2 * HEADROOM_MS as u32,
             Latency::Auto { max_ms, .. } => 2 * max_ms + 2 * HEADROOM_MS as u32,
         };
-        for_target.max(MIN_CAPACITY_MS)
+        // Sync playout holds up to its whole delay in the buffer.
+        let for_sync = self
+            .sync
+            .map_or(0, |s| 2 * s.sync_ms + 2 * HEADROOM_MS as u32);
+        for_target.max(for_sync).max(MIN_CAPACITY_MS)
     }
 
     fn initial_target_ms(&self) -> u32 {
@@ -259,6 +268,16 @@ pub struct Engine {
     /// The rate the jitter buffer was sized for (its frame unit before the
     /// first stream).
     jitter_max_rate: u32,
+    /// Sync playout (`--sync-ms`), when configured.
+    sync: Option<SyncPlayout>,
+    /// Sync is in charge now: the controller holds its error.
+    sync_engaged: bool,
+    /// Silence still to insert before the cursor's audio (sync alignment),
+    /// stream frames.
+    sync_hold: usize,
+    /// This period's sync error, stream frames (+: late); `None` while
+    /// sync is not in charge.
+    sync_error_frames: Option<f64>,
     samples_i16: Vec<i16>,
     stream_in: Vec<f32>,
     stretched: Vec<f32>,
@@ -342,6 +361,12 @@ impl Engine {
             feeding_forward: false,
             raw_frames: 0,
             jitter_max_rate: max_rate,
+            sync: config
+                .sync
+                .map(|s| SyncPlayout::new(s.sync_ms, s.trust_clock)),
+            sync_engaged: false,
+            sync_hold: 0,
+            sync_error_frames: None,
             samples_i16: vec![0; max_frames * max_channels],
             stream_in: vec![0.0; max_frames * max_channels],
             stretched: vec![0.0; max_frames * max_channels],
@@ -399,6 +424,10 @@ impl Engine {
             self.feeding_forward = false;
             self.raw_frames = 0;
             self.fec_stream = false;
+            self.sync_hold = 0;
+            if let Some(sync) = self.sync.as_mut() {
+                sync.unlock();
+            }
         }
         if packet.format.encoding == Encoding::Opus
             && !self.fec_stream
@@ -485,6 +514,9 @@ impl Engine {
         }
         // A (re)opened device counts its frames from zero.
         self.clock.reset_device();
+        if let Some(sync) = self.sync.as_mut() {
+            sync.device.reset();
+        }
         old
     }
 
@@ -565,7 +597,8 @@ impl Engine {
         // silence before its first sound, if it has one, instead of by
         // seconds of resampling (see `JitterBuffer::skip_start_silence`).
         let playing = self.jitter.state() == StreamState::Playing;
-        if playing && !self.was_playing && self.clock_follow {
+        self.sync_step(format, playing);
+        if playing && !self.was_playing && self.clock_follow && !self.sync_engaged {
             // The controller measures after each period's read: half a
             // period below the level's mean on average. That half period
             // stays, and `START_SKIP_SPARE_MS` more: a start lands a little
@@ -632,6 +665,97 @@ impl Engine {
         self.control(format, out_frames);
     }
 
+    /// Sync playout's decision for this period (see `receive::sync`): the
+    /// error of the cursor's frame, then an alignment (skip late frames,
+    /// or hold the cursor behind inserted silence) or the error for the
+    /// controller. Without what sync needs, the adaptive mode plays.
+    fn sync_step(&mut self, format: StreamFormat, playing: bool) {
+        self.sync_error_frames = None;
+        let Some(sync) = self.sync.as_mut() else {
+            return;
+        };
+        // Headerless PCM has no sender reports: `NoReports`.
+        let rate = format.rate;
+        let resampler_frames = self
+            .bank
+            .as_ref()
+            .and_then(|b| b.entries.get(self.active?))
+            .map_or(0.0, |e| {
+                e.resampler.latency_frames() * f64::from(rate) / f64::from(self.device_rate.max(1))
+            });
+        let result = match (playing, self.jitter.metrics().ssrc) {
+            (true, Some(ssrc)) => {
+                // What plays before the cursor's frame: the stretcher's
+                // store, the resampler's, inserted silence. A stretch
+                // still pending is left out, as the controller counts it
+                // itself (it takes a stretch off its filter when asking).
+                let ahead =
+                    self.stretcher.buffered() as f64 + resampler_frames + self.sync_hold as f64;
+                sync.error_ns(ssrc, self.jitter.cursor_timestamp(), ahead, rate)
+            }
+            _ => Err(Why::NoStream),
+        };
+        let engaged = match result {
+            Ok(error_ns) => {
+                let decision = sync.decide(error_ns, rate);
+                if let Action::Align(_) = decision {
+                    // An alignment starts the chain after the jitter
+                    // buffer afresh: the stretcher's request and the
+                    // resampler's ratio and look-ahead (whatever the
+                    // adaptive mode had them at: catching up a backlog
+                    // runs the ratio thousands of ppm off, which would
+                    // take a second to glide back), and the adaptive
+                    // catch-up of held audio. The frames the resampler
+                    // held go with it: the shift is taken without them.
+                    self.stretcher.cancel();
+                    self.controller.reset();
+                    self.ceiling_ms = None;
+                    if let Some(r) = active_mut(&mut self.bank, self.active) {
+                        r.reset();
+                    }
+                    let shift = error_ns * f64::from(rate) / 1e9 - resampler_frames;
+                    let whole = shift.round();
+                    // What is left after whole frames: under one.
+                    self.sync_error_frames = Some(shift - whole);
+                    if whole > 0.0 {
+                        // Late: whole frames go (a start's, or a step's).
+                        let mut rest = whole as usize;
+                        let held = rest.min(self.sync_hold);
+                        self.sync_hold -= held;
+                        rest -= held;
+                        self.jitter.skip(rest);
+                    } else {
+                        self.sync_hold += (-whole) as usize;
+                    }
+                } else if let Action::Steer(frames) = decision {
+                    self.sync_error_frames = Some(frames);
+                }
+                true
+            }
+            Err(why) => {
+                sync.stand_down(why);
+                false
+            }
+        };
+        if engaged != self.sync_engaged {
+            // Each mode has its own loop: rebuilt (no allocation) at the
+            // switch, starting from no error.
+            let config = if engaged {
+                crate::receive::sync::controller_config(format.rate)
+            } else {
+                controller_config(format.rate)
+            };
+            match DelayController::new(&config) {
+                Ok(c) => self.controller = c,
+                Err(_) => self.controller.reset(),
+            }
+            self.sync_engaged = engaged;
+            if !engaged {
+                self.sync_hold = 0;
+            }
+        }
+    }
+
     /// Sets the chain up for a new stream format or device format: picks
     /// the bank's resampler for the stream and clears its history. Nothing
     /// is allocated; a format the bank was not built for (it cannot be
@@ -649,7 +773,12 @@ impl Engine {
         }
         // The controller counts in stream frames; it holds no buffers, so
         // rebuilding it for the new rate allocates nothing.
-        match DelayController::new(&controller_config(format.rate)) {
+        let config = if self.sync_engaged {
+            crate::receive::sync::controller_config(format.rate)
+        } else {
+            controller_config(format.rate)
+        };
+        match DelayController::new(&config) {
             Ok(c) => self.controller = c,
             Err(_) => self.controller.reset(),
         }
@@ -659,6 +788,12 @@ impl Engine {
 
     fn fill_from_jitter(&mut self, frames: usize, ch: usize, now_ns: u64) {
         let mut done = 0;
+        if self.sync_hold > 0 {
+            // Sync alignment: silence first, the cursor's audio after it.
+            done = self.sync_hold.min(frames);
+            self.sync_hold -= done;
+            self.fade_or_silence(0, done, ch);
+        }
         while done < frames {
             let want = frames - done;
             let status = self.jitter.read(&mut self.samples_i16[..want * ch], now_ns);
@@ -757,7 +892,12 @@ impl Engine {
         // packet high, as it does after a sender's start burst (ffmpeg's
         // 40 ms packets, arriving +-10 ms, overflowed a ceiling of level +
         // headroom by 0.6 ms at 0.6 s, dropping audio of a clean link).
-        let normal_ms = level_ms + packet_ms + headroom_ms;
+        let mut normal_ms = level_ms + packet_ms + headroom_ms;
+        if let Some(sync) = &self.sync {
+            // Sync playout holds audio until its time: up to the whole
+            // sync delay less the network's.
+            normal_ms = normal_ms.max(sync.sync_ms() + 2.0 * packet_ms + HEADROOM_MS);
+        }
         // Audio held while the device was away stays: the ceiling comes
         // down with the backlog as stretching plays it out faster, never
         // below what is buffered (which would drop its oldest part).
@@ -806,6 +946,46 @@ impl Engine {
     /// last): the clock estimate's device side forgets what it had.
     pub fn device_restarted(&mut self) {
         self.clock.reset_device();
+        if let Some(sync) = self.sync.as_mut() {
+            sync.device.reset();
+        }
+    }
+
+    /// Sync playout's view of the sender's clock: the mapping the net
+    /// thread published, and whether the kernel says this machine's wall
+    /// clock is synchronised.
+    pub fn set_sender_mapping(&mut self, mapping: Option<Mapping>, wall_clock_synced: bool) {
+        if let Some(sync) = self.sync.as_mut() {
+            sync.set_mapping(mapping);
+            sync.set_wall_clock_synced(wall_clock_synced);
+        }
+    }
+
+    /// Sync playout's view of the device, after each write: at `at_ns`
+    /// (monotonic) `queued_frames` of the `written` frames written since
+    /// it started were still in its ring buffer, and the device's delay
+    /// was `beyond_frames` more (a plugin's or sound server's latency
+    /// after the ring), at `rate`; `realtime_offset_ns` is CLOCK_REALTIME
+    /// less CLOCK_MONOTONIC at that moment.
+    pub fn sync_device_status(
+        &mut self,
+        at_ns: u64,
+        written: u64,
+        queued_frames: i64,
+        beyond_frames: i64,
+        rate: u32,
+        realtime_offset_ns: i64,
+    ) {
+        if let Some(sync) = self.sync.as_mut() {
+            sync.device
+                .on_status(at_ns, written, queued_frames, rate, realtime_offset_ns);
+            sync.device.on_latency(beyond_frames, rate);
+        }
+    }
+
+    /// What sync playout did; `None` without `--sync-ms`.
+    pub fn sync_metrics(&self) -> Option<&SyncMetrics> {
+        self.sync.as_ref().map(SyncPlayout::metrics)
     }
 
     /// The sender-to-device clock ratio as estimated on its own (ppm, +:
@@ -826,7 +1006,13 @@ impl Engine {
         let Some(resampler) = active_mut(&mut self.bank, self.active) else {
             return;
         };
-        let measured = buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
+        let mut measured =
+            buffered_frames(&self.jitter, &self.stretcher, resampler, self.device_rate);
+        if let Some(error) = self.sync_error_frames {
+            // Sync: the error against the clocks stands in for the delay's
+            // against its target.
+            measured = target + error;
+        }
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
         // A stretch may start only with its look-ahead already here:
         // shortening must leave the jitter margin intact behind it;
@@ -857,6 +1043,8 @@ impl Engine {
         let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
         let stretching = self.stretcher.pending() != 0;
         self.correction = match self.correction {
+            // Sync holds its error within 0.1 ms: always followed.
+            _ if self.sync_engaged => Correction::Follow,
             _ if in_band == Some(false) => Correction::Follow,
             Correction::Pass if error_ms > ENTER_CORRECTION_MS && !stretching => Correction::Follow,
             Correction::Pass => Correction::Pass,
@@ -873,7 +1061,12 @@ impl Engine {
         // An estimate is fed forward once it is good to the dead band;
         // before that the loop's integral does the work alone.
         let confident = estimate.filter(|e| e.uncertainty_ppm < DEAD_BAND_PPM);
-        let feed_forward = confident.map_or(0.0, |e| e.ppm);
+        let mut feed_forward = confident.map_or(0.0, |e| e.ppm);
+        if let (true, Some(sync)) = (self.sync_engaged, &self.sync) {
+            // Sync: the sender's media clock against its wall clock, from
+            // its reports (the loop holds what the device adds).
+            feed_forward = sync.feed_forward_ppm(format.rate);
+        }
         if confident.is_some() && !self.feeding_forward {
             // The estimate takes over the ratio the loop had learnt (and
             // whatever a start-up transient wound into it).

@@ -272,6 +272,8 @@ pub struct JitterMetrics {
     pub decode_errors: u64,
     /// Silent frames skipped at a start (`skip_start_silence`).
     pub skipped_silence_frames: u64,
+    /// Frames sync playout skipped to reach its target (late audio).
+    pub sync_skipped_frames: u64,
 }
 
 impl JitterMetrics {
@@ -557,6 +559,30 @@ impl JitterBuffer {
         self.cursor = to;
         self.metrics.skipped_silence_frames += frames as u64;
         frames
+    }
+
+    /// Sync playout's alignment: the next `frames` frames are late and go
+    /// unplayed, stored or not (the cursor may pass the newest audio: what
+    /// arrives for the skipped frames is then late). Counted in
+    /// `sync_skipped_frames`. Only while playing; returns the frames skipped.
+    pub fn skip(&mut self, frames: usize) -> usize {
+        if self.state != StreamState::Playing || frames == 0 || frames >= self.ring_frames {
+            return 0;
+        }
+        let to = self.cursor + frames as u64;
+        self.clear_positions(self.cursor, to.min(self.newest_end.max(self.cursor)));
+        self.cursor = to;
+        self.newest_end = self.newest_end.max(to);
+        self.in_underrun = false;
+        self.metrics.sync_skipped_frames += frames as u64;
+        frames
+    }
+
+    /// The RTP timestamp of the frame at the playout cursor (the next one
+    /// `read` gives out); meaningful for timestamped streams.
+    pub fn cursor_timestamp(&self) -> u32 {
+        self.ts_ref_raw
+            .wrapping_add(self.cursor.wrapping_sub(self.ts_ref_ext) as u32)
     }
 
     /// The format of the frames `read` returns now (kept after a stream is lost).

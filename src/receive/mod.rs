@@ -20,3 +20,4 @@ pub mod source;
 pub mod stats;
 pub mod streams;
 pub mod stretch;
+pub mod sync;

@@ -30,6 +30,7 @@ use crate::receive::jitter::{PushOutcome, StreamState};
 use crate::receive::priority::{Arbiter, ArbiterConfig, OwnerChange, MAX_STREAMS};
 use crate::receive::source::Admission;
 use crate::receive::stats::PlayoutStats;
+use crate::receive::sync::SyncFeed;
 use crate::rtp::packet::Packet;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -110,12 +111,16 @@ pub struct StreamInput {
     pub config: PlayoutConfig,
     pub priority: u8,
     pub packets: heapless::spsc::Consumer<'static, Packet>,
+    /// The sender's clock as the net thread publishes it, for sync
+    /// playout (`NetCounters::sender_clock`; unused without `--sync-ms`).
+    pub sender_clock: Arc<SyncFeed>,
 }
 
 /// One stream inside the playout thread.
 pub struct Lane {
     pub engine: Engine,
     pub packets: heapless::spsc::Consumer<'static, Packet>,
+    sender_clock: Arc<SyncFeed>,
     was_state: StreamState,
     /// Its rendered period, before the mix (several streams only).
     out: Vec<f32>,
@@ -186,6 +191,12 @@ impl PlayoutThread {
             let playing = self.device.consuming();
             for lane in self.lanes.iter_mut() {
                 lane.engine.set_holding(!playing);
+                // Sync playout: the sender's clock as last published (a
+                // write caught in progress keeps the last one).
+                if let Ok(mapping) = lane.sender_clock.load() {
+                    let synced = lane.sender_clock.wall_clock_synced.load(Relaxed);
+                    lane.engine.set_sender_mapping(mapping, synced);
+                }
             }
             match self.device.device() {
                 Some(dev) => {
@@ -215,6 +226,10 @@ impl PlayoutThread {
                     // and the position for the clock estimate.
                     let status = dev.status();
                     let delay_at = crate::service::clock::monotonic_ns();
+                    // The wall clock against the monotonic one, read
+                    // together (vDSO reads, no system call), for sync.
+                    let realtime_offset = crate::service::clock::realtime_ns() as i64
+                        - crate::service::clock::monotonic_ns() as i64;
                     let delay = status.map(|s| s.delay_frames);
                     match written {
                         Ok(outcome) => {
@@ -239,8 +254,25 @@ impl PlayoutThread {
                                     buffer_frames,
                                     delay_at,
                                 );
+                                let written = self.device.frames_written();
+                                // Sync: the device's delay splits into
+                                // what waits in its ring (written less
+                                // taken: follows the device's clock) and
+                                // what a plugin or server adds after it
+                                // (JACK adds its ports' latency, which
+                                // changes as clients join); the engine
+                                // smooths the second part on its own.
+                                let queued = written.saturating_sub(played) as i64;
                                 for lane in self.lanes.iter_mut() {
                                     lane.engine.device_position(at, played);
+                                    lane.engine.sync_device_status(
+                                        at,
+                                        written,
+                                        queued,
+                                        s.delay_frames - queued,
+                                        rate,
+                                        realtime_offset,
+                                    );
                                 }
                             }
                             match outcome {
@@ -480,6 +512,15 @@ impl PlayoutThread {
             s.jitter_us
                 .store((m.jitter * 1e6 / rate as f64) as u64, Relaxed);
         }
+        if let Some(sm) = lane.engine.sync_metrics() {
+            s.sync_state
+                .store(sm.why.map_or(1, |w| 1 + w.code()), Relaxed);
+            s.sync_error_ns
+                .store(sm.error_ns.map_or(0, |e| e as i64), Relaxed);
+            s.sync_aligns.store(sm.aligns, Relaxed);
+            s.sync_skipped_frames.store(sm.skipped_frames, Relaxed);
+            s.sync_inserted_frames.store(sm.inserted_frames, Relaxed);
+        }
         if let Some(d) = alsa_delay_frames {
             s.alsa_delay_us
                 .store(d * 1_000_000 / device_rate.max(1) as i64, Relaxed);
@@ -620,6 +661,7 @@ pub fn start(
         config: config.clone(),
         priority: 0,
         packets,
+        sender_clock: Arc::default(),
     };
     start_streams(
         config,
@@ -674,6 +716,7 @@ pub fn start_streams(
         lanes.push(Lane {
             engine: Engine::new(&s.config).map_err(StartError::Engine)?,
             packets: s.packets,
+            sender_clock: s.sender_clock,
             was_state: StreamState::NoStream,
             out: Vec::new(),
         });

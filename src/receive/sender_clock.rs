@@ -8,10 +8,11 @@
 //! or more apart, a [`Fit`]: the media clock's rate in frames per second
 //! of the sender's wall clock (`ppm` against the nominal rate) and the
 //! wall-clock time of any RTP timestamp near the reports. Sync playout
-//! will stand on it; today the statistics line shows it.
+//! (`receive::sync`) stands on it; the statistics line shows it.
 //!
 //! Policy: a least-squares line through the last [`REPORTS`] reports
-//! (about 40 s at the usual 2.5 s), RTP timestamps unwrapped across 2^32.
+//! (about 16 s at netspeaker-send's 1 s, 40 s at the usual 2.5 s), RTP
+//! timestamps unwrapped across 2^32.
 //! A sender's reports pair its clocks with a jitter of the order of
 //! 0.1 ms (the time between reading one and the other), which a line over
 //! tens of seconds averages to a few ppm. A report more than
@@ -105,6 +106,18 @@ impl SenderClock {
     /// The line through the reports so far, once they span a second.
     pub fn fit(&self) -> Option<Fit> {
         self.fit
+    }
+
+    /// A point of the mapping from RTP timestamps to the sender's wall
+    /// clock, for sync playout: (wall-clock Unix ns, RTP timestamp, rate
+    /// in Hz): the fitted line's centre and rate once the reports span a
+    /// second, else the last report with no rate (the nominal one stands
+    /// in); `None` before any report.
+    pub fn anchor(&self) -> Option<(u64, u32, Option<f64>)> {
+        if let Some(fit) = self.fit {
+            return Some((fit.wall_ns, fit.rtp as u32, Some(fit.rate_hz)));
+        }
+        (self.len > 0).then_some((self.last.0, self.last.1 as u32, None))
     }
 
     fn restart(&mut self, point: (u64, i64)) {

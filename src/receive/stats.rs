@@ -56,6 +56,16 @@ pub struct PlayoutStats {
     /// Each stream's own counters, in `--stream` order (the ones above
     /// are their sums).
     pub streams: [StreamCounters; crate::receive::priority::MAX_STREAMS],
+    /// Sync playout (`--sync-ms`): 0 not configured, 1 in charge, else
+    /// 1 + `Why::code` of why not.
+    pub sync_state: AtomicU32,
+    /// Its last error, ns (+: late).
+    pub sync_error_ns: AtomicI64,
+    /// Alignments made (starts, steps), and the frames they skipped and
+    /// inserted (stream frames).
+    pub sync_aligns: AtomicU64,
+    pub sync_skipped_frames: AtomicU64,
+    pub sync_inserted_frames: AtomicU64,
 }
 
 /// One stream's counters, published by the playout thread with the sums.
@@ -105,6 +115,41 @@ impl fmt::Display for StreamFigures {
     }
 }
 
+/// Sync playout as the statistics line shows it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SyncLine {
+    /// In charge: the last error in µs, the alignments made and the audio
+    /// they skipped and inserted, ms.
+    InCharge {
+        error_us: f64,
+        aligns: u64,
+        skipped_ms: f64,
+        inserted_ms: f64,
+    },
+    /// Configured but not in charge (adaptive playout), and why.
+    Off(crate::receive::sync::Why),
+}
+
+impl PlayoutStats {
+    /// The sync part of the line; `None` without `--sync-ms`.
+    pub fn sync_line(&self) -> Option<SyncLine> {
+        use crate::receive::sync::Why;
+        let rate = f64::from(self.stream_rate.load(Relaxed).max(1));
+        match self.sync_state.load(Relaxed) {
+            0 => None,
+            1 => Some(SyncLine::InCharge {
+                error_us: self.sync_error_ns.load(Relaxed) as f64 / 1000.0,
+                aligns: self.sync_aligns.load(Relaxed),
+                skipped_ms: self.sync_skipped_frames.load(Relaxed) as f64 * 1000.0 / rate,
+                inserted_ms: self.sync_inserted_frames.load(Relaxed) as f64 * 1000.0 / rate,
+            }),
+            code => Some(SyncLine::Off(
+                Why::from_code(code - 1).unwrap_or(Why::NoStream),
+            )),
+        }
+    }
+}
+
 /// One reading of every figure, in plain numbers: what the line prints.
 #[derive(Default, Debug, Clone, PartialEq)]
 pub struct StatsLine {
@@ -149,6 +194,8 @@ pub struct StatsLine {
     pub sender_ppm: Option<f64>,
     /// The kernel's synchronisation state of this machine's wall clock.
     pub clock: Option<crate::service::clock::ClockState>,
+    /// Sync playout, with `--sync-ms`.
+    pub sync: Option<SyncLine>,
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -182,6 +229,7 @@ impl PlayoutStats {
         let mode = self.passthrough.load(Relaxed);
         line.passthrough = mode == 1;
         line.converting = mode == 2;
+        line.sync = self.sync_line();
     }
 }
 
@@ -239,6 +287,19 @@ impl fmt::Display for StatsLine {
         }
         if let Some(c) = self.clock {
             write!(f, " {c}")?;
+        }
+        match self.sync {
+            Some(SyncLine::InCharge {
+                error_us,
+                aligns,
+                skipped_ms,
+                inserted_ms,
+            }) => write!(
+                f,
+                " sync {error_us:+.0} us (aligned {aligns}: skipped {skipped_ms:.1} ms inserted {inserted_ms:.1} ms)"
+            )?,
+            Some(SyncLine::Off(why)) => write!(f, " sync off: {}", why.short())?,
+            None => {}
         }
         match &self.speaker {
             Some(name) => write!(f, " speaker {name}"),

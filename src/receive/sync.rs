@@ -1,0 +1,866 @@
+//! Sync playout (`--sync-ms MS`): every frame plays at the wall-clock time
+//! at which the sender captured it, plus MS, so that receivers of one
+//! stream given the same MS play in step whatever their network path,
+//! buffer or start time.
+//!
+//! Input, from three clocks:
+//! - the sender's: a [`Mapping`] from RTP timestamps to its wall clock
+//!   (Unix ns), from its RTCP sender reports (`receive::sender_clock`), handed
+//!   from the net thread through a [`SyncFeed`] (a seqlock of atomics: the
+//!   playout thread reads it without a lock and never waits);
+//! - this machine's wall clock (CLOCK_REALTIME, kept in step across machines
+//!   by chrony or PTP), trusted only while the kernel says it is
+//!   synchronised (`service::clock`), or with `--sync-trust-clock`;
+//! - the device's: after every write, `snd_pcm_status`'s timestamp
+//!   (CLOCK_MONOTONIC), what waits in its ring buffer (buffer less
+//!   avail) and its delay, with the frames written so far
+//!   ([`DeviceClock::on_status`]), and the offset of CLOCK_REALTIME from
+//!   CLOCK_MONOTONIC read at the same moment. The ring's fill follows the
+//!   device's clock; the rest of the delay, what a plugin or sound server
+//!   adds after the ring, is smoothed apart ([`DeviceClock::on_latency`]:
+//!   JACK changes its ports' latency as clients join).
+//!
+//! Output, once per period: the error of the next frame the jitter buffer
+//! gives out (its cursor), in ns: when it will reach the DAC (after the
+//! device's queue and what the stretcher and resampler hold) less when it
+//! is due (its capture time plus MS). Positive: it would play late.
+//! [`SyncPlayout::decide`] turns it into an action: at the start, after a
+//! stream restart, or when the error passes [`STEP_MS`] (a wall clock
+//! stepped, a device restarted), `Align`: skip that many frames (late) or
+//! insert that much silence (early), whole frames, once; otherwise `Steer`:
+//! the delay controller moves the resampler's ratio to hold the error at
+//! zero (and stretches above its own threshold), as it holds the delay in
+//! the adaptive mode.
+//!
+//! The device's position is only known when it was read: a plugin or sound
+//! server updates it once per cycle of its own (JACK: every 256 frames),
+//! so a status taken later in the cycle looks later than it is. The
+//! device's epoch (when its frame 0 played, on CLOCK_MONOTONIC) follows
+//! the freshest statuses along its drift line (the device's clock against
+//! the monotonic one, learnt from the epoch's movement each second): an
+//! earlier one is taken at once, a later one raises it by at most
+//! [`EPOCH_RISE_PPM`] of the time passed (more while the drift is
+//! learnt). That drops the staleness and the thread's own wake-up latency
+//! (to about 10-20 µs with statuses read up to 1 ms late). A status more
+//! than [`EPOCH_STEP_NS`] off the line is not taken at once: earlier, only
+//! when [`EPOCH_CONFIRM`] in a row are (a sound server that ran a cycle
+//! late and caught up reports a position ahead for a moment); later, when
+//! every one of a whole second is (the device lost time: an underrun).
+//!
+//! Late packets (ending before the cursor, i.e. after their play time) are
+//! dropped and counted by the jitter buffer; a hole plays concealed.
+//!
+//! Without a mapping for the playing sender, with an unsynchronised wall
+//! clock, or before the device's position is known, there is no error and
+//! the engine plays in the adaptive mode; [`Why`] says which. Nothing
+//! here allocates; the arithmetic is relative to the mapping's anchor, so
+//! f64 keeps sub-µs precision on Unix-epoch nanoseconds.
+
+use core::fmt;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+
+use crate::receive::drift::ControllerConfig;
+use crate::receive::sender_clock::SenderClock;
+
+/// An error this large (ms) after alignment is a step, not drift: the
+/// wall clock or the device jumped. It is re-aligned at once.
+pub const STEP_MS: f64 = 20.0;
+
+/// The tracked device epoch rises above its drift line (a status was
+/// early, or the device slowed) at most this fast, ppm; faster while the
+/// drift is being learnt, the first `EPOCH_LEARN_NS`. 80 ppm: a JACK dummy
+/// server under load runs its cycles late by fits, and receivers that
+/// follow it slower disagreed by 0.1-0.2 ms for seconds (30 ppm); much
+/// faster leaves more of each status's staleness in the epoch.
+pub const EPOCH_RISE_PPM: f64 = 80.0;
+pub const EPOCH_RISE_LEARNING_PPM: f64 = 150.0;
+pub const EPOCH_LEARN_NS: u64 = 5_000_000_000;
+
+/// Every status of a second this much later than the epoch: the device
+/// lost time, and the epoch steps (ns). A status this much earlier is
+/// taken only when `EPOCH_CONFIRM` in a row are.
+pub const EPOCH_STEP_NS: i128 = 300_000;
+pub const EPOCH_CONFIRM: u32 = 20;
+
+/// Statuses are tracked this long before the epoch is used.
+pub const EPOCH_WARMUP_NS: u64 = 300_000_000;
+
+/// `--sync-ms MS` and `--sync-trust-clock`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Every frame plays this long after its capture on the sender's
+    /// wall clock, ms.
+    pub sync_ms: u32,
+    /// Use the wall clock even when the kernel says it is not
+    /// synchronised (one machine; a clock kept by means adjtimex does not
+    /// see).
+    pub trust_clock: bool,
+}
+
+/// The delay controller as sync playout uses it: the error it holds is
+/// measured against clocks, not a packet-sawed buffer level, so the loop
+/// can be fast: critically damped at ω = 2 rad/s (P = 4000 ppm/ms, I =
+/// 4000 ppm/(ms·s), a 50 ms low-pass). A ratio mismatch of 500 ppm
+/// (sender, device and wall clocks at ±100-300 ppm each) peaks at
+/// ≈ 0.09 ms of error and is gone in 2 s; 20 µs of measurement noise moves
+/// the ratio by 80 ppm, 0.14 cents of pitch.
+pub fn controller_config(rate: u32) -> ControllerConfig {
+    ControllerConfig {
+        rate,
+        max_ppm: crate::audio::resample::MAX_DRIFT_PPM,
+        max_correction_ppm: 2000.0,
+        filter_ms: 50.0,
+        kp_ppm_per_ms: 4000.0,
+        ki_ppm_per_ms_s: 4000.0,
+        ..ControllerConfig::default()
+    }
+}
+
+/// The sender's wall clock of its RTP timestamps: a line through a point.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Mapping {
+    pub ssrc: u32,
+    /// Sender's wall clock (Unix ns) of RTP timestamp `rtp`.
+    pub wall_ns: u64,
+    pub rtp: u32,
+    /// Media frames per second of the sender's wall clock; 0: not measured
+    /// yet (one report), the stream's nominal rate stands in.
+    pub rate_hz: f64,
+}
+
+impl Mapping {
+    /// The mapping a sender's reports give: the fitted line once they span
+    /// a second, else its last report at the nominal rate.
+    pub fn of(clock: &SenderClock) -> Option<Mapping> {
+        let (wall_ns, rtp, rate_hz) = clock.anchor()?;
+        Some(Mapping {
+            ssrc: clock.ssrc,
+            wall_ns,
+            rtp,
+            rate_hz: rate_hz.unwrap_or(0.0),
+        })
+    }
+
+    fn rate(&self, nominal: u32) -> f64 {
+        if self.rate_hz > 0.0 {
+            self.rate_hz
+        } else {
+            f64::from(nominal.max(1))
+        }
+    }
+
+    /// Nanoseconds from the anchor to RTP timestamp `rtp` (within 2^31
+    /// frames of it) on the sender's wall clock.
+    pub fn ns_from_anchor(&self, rtp: u32, nominal: u32) -> f64 {
+        let frames = f64::from(rtp.wrapping_sub(self.rtp) as i32);
+        frames / self.rate(nominal) * 1e9
+    }
+}
+
+/// The net thread's latest [`Mapping`] for the playout thread: a seqlock
+/// of atomics (one writer; a reader that catches a write in progress
+/// tries again, a bounded number of times, else keeps what it had).
+#[derive(Debug, Default)]
+pub struct SyncFeed {
+    seq: AtomicU64,
+    /// ssrc << 32 | rtp.
+    ssrc_rtp: AtomicU64,
+    wall_ns: AtomicU64,
+    rate_bits: AtomicU64,
+    present: AtomicBool,
+    /// The kernel says the wall clock is synchronised (set by the main
+    /// thread, which may make the system call).
+    pub wall_clock_synced: AtomicBool,
+}
+
+impl SyncFeed {
+    /// Publishes a mapping, or none (the sender left). One writer only.
+    pub fn store(&self, mapping: Option<Mapping>) {
+        let s = self.seq.load(Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        if let Some(m) = mapping {
+            self.ssrc_rtp.store(
+                u64::from(m.ssrc) << 32 | u64::from(m.rtp),
+                Ordering::Relaxed,
+            );
+            self.wall_ns.store(m.wall_ns, Ordering::Relaxed);
+            self.rate_bits.store(m.rate_hz.to_bits(), Ordering::Relaxed);
+        }
+        self.present.store(mapping.is_some(), Ordering::Relaxed);
+        self.seq.store(s.wrapping_add(2), Ordering::Release);
+    }
+
+    /// The mapping last published; `Err(())` when a write was in progress
+    /// every time it looked (the caller keeps its last one).
+    #[allow(clippy::result_unit_err)]
+    pub fn load(&self) -> Result<Option<Mapping>, ()> {
+        for _ in 0..4 {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                core::hint::spin_loop();
+                continue;
+            }
+            let present = self.present.load(Ordering::Relaxed);
+            let ssrc_rtp = self.ssrc_rtp.load(Ordering::Relaxed);
+            let wall_ns = self.wall_ns.load(Ordering::Relaxed);
+            let rate = f64::from_bits(self.rate_bits.load(Ordering::Relaxed));
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) != s1 {
+                continue;
+            }
+            return Ok(present.then_some(Mapping {
+                ssrc: (ssrc_rtp >> 32) as u32,
+                rtp: ssrc_rtp as u32,
+                wall_ns,
+                rate_hz: rate,
+            }));
+        }
+        Err(())
+    }
+}
+
+/// When the device plays its frames: its epoch (CLOCK_MONOTONIC ns at
+/// which its frame 0 played, as the statuses put it), tracked along the
+/// freshest statuses with the device's drift, and where the writer is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceClock {
+    rate: u32,
+    /// The tracked epoch, ns.
+    epoch: Option<i128>,
+    /// Its drift against the monotonic clock, ns per ns (the device's
+    /// clock error, with the sign reversed).
+    slope: f64,
+    first_at_ns: u64,
+    last_at_ns: u64,
+    /// The freshest status of the current second and of the last one
+    /// (at, epoch seen), for the slope; when the current one started.
+    block_min: Option<(u64, i128)>,
+    last_block_min: Option<(u64, i128)>,
+    block_start_ns: u64,
+    /// The least a status of the current second was above the epoch.
+    block_residual: Option<i128>,
+    /// Statuses in a row far earlier than the epoch, and the earliest.
+    low_run: u32,
+    low_min: Option<i128>,
+    /// Frames written so far: the index of the next frame written.
+    written: u64,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC at the last status, ns.
+    realtime_offset_ns: i128,
+    /// The latency after the ring buffer (a plugin's, a sound server's),
+    /// smoothed, ns, and the statuses it is the mean of (up to 500).
+    beyond_ns: Option<f64>,
+    beyond_count: u32,
+}
+
+impl DeviceClock {
+    /// One status read after a write: `at_ns` (monotonic) when the device
+    /// had `delay_frames` queued of the `written` frames written since it
+    /// started, at `rate`; `realtime_offset_ns` CLOCK_REALTIME less
+    /// CLOCK_MONOTONIC at the same moment.
+    pub fn on_status(
+        &mut self,
+        at_ns: u64,
+        written: u64,
+        delay_frames: i64,
+        rate: u32,
+        realtime_offset_ns: i64,
+    ) {
+        if rate == 0 {
+            return;
+        }
+        if rate != self.rate {
+            *self = DeviceClock::default();
+            self.rate = rate;
+        }
+        let played = i128::from(written) - i128::from(delay_frames.max(0));
+        let seen = i128::from(at_ns) - played * 1_000_000_000 / i128::from(rate);
+        let epoch = match self.epoch {
+            None => {
+                self.first_at_ns = at_ns;
+                self.block_start_ns = at_ns;
+                seen
+            }
+            Some(epoch) => {
+                let dt = at_ns.saturating_sub(self.last_at_ns) as f64;
+                let predicted = epoch + (self.slope * dt) as i128;
+                // A fresher status (earlier than the line) is taken at
+                // once; a staler one moves the epoch up by a little of
+                // the time since the last, which forgets a status that
+                // was too early and lets the slope be learnt.
+                let rise = if at_ns.saturating_sub(self.first_at_ns) < EPOCH_LEARN_NS {
+                    EPOCH_RISE_LEARNING_PPM
+                } else {
+                    EPOCH_RISE_PPM
+                };
+                if predicted - seen > EPOCH_STEP_NS {
+                    // Far earlier than the line: a sound server that ran a
+                    // cycle late and caught up, or a glitch of the
+                    // position. Taken only once every status for
+                    // EPOCH_CONFIRM statuses in a row says so.
+                    self.low_run += 1;
+                    self.low_min = Some(self.low_min.map_or(seen, |m| m.min(seen)));
+                    if self.low_run >= EPOCH_CONFIRM {
+                        self.low_run = 0;
+                        self.low_min.take().unwrap_or(seen)
+                    } else {
+                        predicted
+                    }
+                } else {
+                    self.low_run = 0;
+                    self.low_min = None;
+                    predicted + (seen - predicted).min((dt * rise * 1e-6) as i128)
+                }
+            }
+        };
+        let residual = seen - epoch;
+        self.block_residual = Some(self.block_residual.map_or(residual, |r| r.min(residual)));
+        self.epoch = Some(epoch);
+        // The slope: from the freshest status of one second to that of
+        // the next (each is stale by a few µs at most), half of each new
+        // measurement taken.
+        if self.block_min.map_or(true, |(_, m)| seen < m) {
+            self.block_min = Some((at_ns, seen));
+        }
+        if at_ns.saturating_sub(self.block_start_ns) >= 1_000_000_000 {
+            let stepped = self.block_residual.is_some_and(|r| r > EPOCH_STEP_NS);
+            if stepped {
+                // Every status of a whole second came later than the
+                // epoch by more than a stale read explains: the device
+                // lost time (an underrun, a stalled sound server). The
+                // epoch moves by the least of them at once; the slope is
+                // measured afresh.
+                self.epoch = self.epoch.map(|e| e + self.block_residual.unwrap_or(0));
+                self.last_block_min = None;
+                self.block_min = None;
+            } else if let (Some((a0, e0)), Some((a1, e1))) = (self.last_block_min, self.block_min) {
+                if a1 > a0 {
+                    // Each second's freshest status is a few tens of µs
+                    // stale at worst: one measurement can be tens of ppm
+                    // off, so it moves the slope by a quarter, from 0 (a
+                    // device within a few ppm of the monotonic clock, the
+                    // usual case, starts right), and at most 500 ppm.
+                    let measured = ((e1 - e0) as f64 / (a1 - a0) as f64).clamp(-5e-4, 5e-4);
+                    self.slope += (measured - self.slope) * 0.25;
+                }
+            }
+            self.last_block_min = self.block_min.take();
+            self.block_residual = None;
+            self.block_start_ns = at_ns;
+        }
+        self.last_at_ns = self.last_at_ns.max(at_ns);
+        self.written = written;
+        self.realtime_offset_ns = i128::from(realtime_offset_ns);
+    }
+
+    /// The device's latency after its ring buffer (its delay less what
+    /// waits in the ring), `frames` at `rate`: the mean of the statuses so
+    /// far, then a running mean of about 500 (2-5 s), so that a sound server changing it in steps (JACK
+    /// as clients join) moves the timing gently.
+    pub fn on_latency(&mut self, frames: i64, rate: u32) {
+        if rate == 0 {
+            return;
+        }
+        let ns = frames.max(0) as f64 * 1e9 / f64::from(rate);
+        // The mean of all so far until there are 500, then a running one.
+        self.beyond_count = (self.beyond_count + 1).min(500);
+        let b = self.beyond_ns.unwrap_or(ns);
+        self.beyond_ns = Some(b + (ns - b) / f64::from(self.beyond_count));
+    }
+
+    /// The device restarted (opened, recovered): its position starts over.
+    pub fn reset(&mut self) {
+        *self = DeviceClock::default();
+    }
+
+    /// CLOCK_REALTIME ns at which the next frame written reaches the DAC,
+    /// once statuses have been seen for [`EPOCH_WARMUP_NS`].
+    pub fn next_frame_realtime_ns(&self) -> Option<i128> {
+        let epoch = self.epoch?;
+        if self.last_at_ns.saturating_sub(self.first_at_ns) < EPOCH_WARMUP_NS {
+            return None;
+        }
+        let ahead = i128::from(self.written) * 1_000_000_000 / i128::from(self.rate.max(1));
+        let beyond = self.beyond_ns.unwrap_or(0.0) as i128;
+        Some(epoch + ahead + beyond + self.realtime_offset_ns)
+    }
+}
+
+/// Why sync playout is not in charge now (the engine plays adaptively).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// No RTCP sender report from the playing sender yet (or it has none:
+    /// headerless PCM, a sender without RTCP).
+    NoReports,
+    /// The kernel says the wall clock is not synchronised.
+    ClockUnsynchronised,
+    /// The device's position is not known yet.
+    NoDeviceTiming,
+    /// Nothing is playing.
+    NoStream,
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Why::NoReports => "no RTCP sender reports from the sender (none yet, or it sends none)",
+            Why::ClockUnsynchronised => {
+                "the kernel says this machine's clock is unsynchronised (start chrony or linuxptp, or give --sync-trust-clock)"
+            }
+            Why::NoDeviceTiming => "the device's position is not known yet",
+            Why::NoStream => "no stream",
+        })
+    }
+}
+
+impl Why {
+    /// Short form for the statistics line.
+    pub fn short(self) -> &'static str {
+        match self {
+            Why::NoReports => "no sender reports",
+            Why::ClockUnsynchronised => "clock unsynchronised",
+            Why::NoDeviceTiming => "device timing unknown",
+            Why::NoStream => "no stream",
+        }
+    }
+
+    /// As a number for an atomic (`from_code` reads it back); 0 is taken
+    /// by "in charge".
+    pub fn code(self) -> u32 {
+        match self {
+            Why::NoReports => 1,
+            Why::ClockUnsynchronised => 2,
+            Why::NoDeviceTiming => 3,
+            Why::NoStream => 4,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Why> {
+        [
+            Why::NoReports,
+            Why::ClockUnsynchronised,
+            Why::NoDeviceTiming,
+            Why::NoStream,
+        ]
+        .into_iter()
+        .find(|w| w.code() == code)
+    }
+}
+
+/// What the engine does with this period's error.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    /// Reach the target at once: skip this many frames (positive: the
+    /// audio is late) or insert this much silence (negative), in stream
+    /// frames.
+    Align(i64),
+    /// Steer the resampler: the error in stream frames (+: late).
+    Steer(f64),
+}
+
+/// The sync playout policy of one stream.
+#[derive(Clone, Debug)]
+pub struct SyncPlayout {
+    sync_ms: f64,
+    trust_clock: bool,
+    mapping: Option<Mapping>,
+    wall_clock_synced: bool,
+    pub device: DeviceClock,
+    locked: bool,
+    metrics: SyncMetrics,
+}
+
+/// What sync playout did, for the statistics line and the tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SyncMetrics {
+    /// The last error measured, ns (+: late); `None` while not in charge.
+    pub error_ns: Option<f64>,
+    /// Why not in charge, while not.
+    pub why: Option<Why>,
+    /// Alignments made (starts, steps).
+    pub aligns: u64,
+    /// Frames skipped and silence inserted by alignments, stream frames.
+    pub skipped_frames: u64,
+    pub inserted_frames: u64,
+}
+
+impl SyncPlayout {
+    pub fn new(sync_ms: u32, trust_clock: bool) -> SyncPlayout {
+        SyncPlayout {
+            sync_ms: f64::from(sync_ms),
+            trust_clock,
+            mapping: None,
+            wall_clock_synced: false,
+            device: DeviceClock::default(),
+            locked: false,
+            metrics: SyncMetrics {
+                why: Some(Why::NoStream),
+                ..SyncMetrics::default()
+            },
+        }
+    }
+
+    pub fn sync_ms(&self) -> f64 {
+        self.sync_ms
+    }
+
+    pub fn set_mapping(&mut self, mapping: Option<Mapping>) {
+        self.mapping = mapping;
+    }
+
+    pub fn set_wall_clock_synced(&mut self, synced: bool) {
+        self.wall_clock_synced = synced;
+    }
+
+    /// The next decision aligns afresh (a new stream, a resync).
+    pub fn unlock(&mut self) {
+        self.locked = false;
+    }
+
+    pub fn metrics(&self) -> &SyncMetrics {
+        &self.metrics
+    }
+
+    /// Not in charge now, for `why`.
+    pub fn stand_down(&mut self, why: Why) {
+        self.locked = false;
+        self.metrics.why = Some(why);
+        self.metrics.error_ns = None;
+    }
+
+    /// The error of the frame at RTP timestamp `cursor_rtp` of sender
+    /// `ssrc`, which reaches the DAC after `frames_ahead` stream frames
+    /// (at `rate` Hz) following the next frame written, in ns (+: late).
+    pub fn error_ns(
+        &self,
+        ssrc: u32,
+        cursor_rtp: u32,
+        frames_ahead: f64,
+        rate: u32,
+    ) -> Result<f64, Why> {
+        if !self.wall_clock_synced && !self.trust_clock {
+            return Err(Why::ClockUnsynchronised);
+        }
+        let mapping = self
+            .mapping
+            .filter(|m| m.ssrc == ssrc)
+            .ok_or(Why::NoReports)?;
+        let next = self
+            .device
+            .next_frame_realtime_ns()
+            .ok_or(Why::NoDeviceTiming)?;
+        let plays = (next - i128::from(mapping.wall_ns)) as f64
+            + frames_ahead / f64::from(rate.max(1)) * 1e9;
+        let due = mapping.ns_from_anchor(cursor_rtp, rate) + self.sync_ms * 1e6;
+        Ok(plays - due)
+    }
+
+    /// The sender's media clock against its wall clock (ppm, from the
+    /// fitted reports; 0 before), fed forward to the controller: the
+    /// loop then only holds what the device and the wall clocks add.
+    pub fn feed_forward_ppm(&self, nominal: u32) -> f64 {
+        match self.mapping {
+            Some(m) if m.rate_hz > 0.0 => (m.rate_hz / f64::from(nominal.max(1)) - 1.0) * 1e6,
+            _ => 0.0,
+        }
+    }
+
+    /// What to do with an error of `error_ns` at `rate` Hz: align at a
+    /// start or a step, else steer.
+    pub fn decide(&mut self, error_ns: f64, rate: u32) -> Action {
+        self.metrics.why = None;
+        self.metrics.error_ns = Some(error_ns);
+        let frames = error_ns * f64::from(rate) / 1e9;
+        if !self.locked || error_ns.abs() > STEP_MS * 1e6 {
+            self.locked = true;
+            self.metrics.aligns += 1;
+            let whole = frames.round() as i64;
+            if whole > 0 {
+                self.metrics.skipped_frames += whole as u64;
+            } else {
+                self.metrics.inserted_frames += whole.unsigned_abs();
+            }
+            return Action::Align(whole);
+        }
+        Action::Steer(frames)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::sender_clock::SenderClocks;
+    use crate::rtp::rtcp::{ntp_from_unix_ns, SenderInfo, SenderReport};
+
+    /// xorshift in [0, 1).
+    fn uniform(state: &mut u64) -> f64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    #[test]
+    fn feed_round_trips_and_clears() {
+        let feed = SyncFeed::default();
+        assert_eq!(feed.load(), Ok(None));
+        let m = Mapping {
+            ssrc: 0xdead_beef,
+            wall_ns: 1_764_585_600_123_456_789,
+            rtp: 4_000_000_000,
+            rate_hz: 48_000.123,
+        };
+        feed.store(Some(m));
+        assert_eq!(feed.load(), Ok(Some(m)));
+        feed.store(None);
+        assert_eq!(feed.load(), Ok(None));
+    }
+
+    #[test]
+    fn device_epoch_takes_the_freshest_status() {
+        let mut d = DeviceClock::default();
+        assert!(d.next_frame_realtime_ns().is_none());
+        // 48 kHz, frame 0 at 1 s; the position is updated every 256
+        // frames, the status read 0-5 ms after the update.
+        let mut rng = 5u64;
+        for k in 1..200u64 {
+            let written = k * 240 + 4800;
+            let t_ns = 1_000_000_000 + k * 5_000_000;
+            let stale = (uniform(&mut rng) * 5e6) as u64;
+            let played_true = (t_ns - 1_000_000_000) * 48 / 1_000_000;
+            let played_seen = played_true / 256 * 256;
+            let at = 1_000_000_000 + played_seen * 1_000_000 / 48 + stale;
+            let delay = written as i64 - played_seen as i64;
+            d.on_status(at, written, delay, 48_000, 7_000);
+            let _ = t_ns;
+        }
+        let next = d.next_frame_realtime_ns().unwrap();
+        let written = 199 * 240 + 4800;
+        let want = 1_000_000_000i128 + written as i128 * 1_000_000 / 48 + 7_000;
+        assert!((next - want).abs() < 200_000, "{} ns off", next - want);
+    }
+
+    #[test]
+    fn device_that_loses_time_is_followed_within_two_seconds() {
+        let mut d = DeviceClock::default();
+        // 48 kHz, 5 ms periods, statuses fresh; at 10 s the device loses
+        // 3 ms (an underrun).
+        let mut lost_ns = 0;
+        for k in 1..3000u64 {
+            let at = 1_000_000_000 + k * 5_000_000;
+            if k == 2000 {
+                lost_ns = 3_000_000;
+            }
+            let played = (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000;
+            let written = played + 960;
+            d.on_status(at, written, 960, 48_000, 0);
+            if k == 2000 + 400 || k == 2999 {
+                let next = d.next_frame_realtime_ns().unwrap();
+                let want = 1_000_000_000i128 + lost_ns as i128 + written as i128 * 1_000_000 / 48;
+                assert!((next - want).abs() < 50_000, "{k}: {} ns off", next - want);
+            }
+        }
+    }
+
+    fn sr(ssrc: u32, wall_ns: u64, rtp: u32) -> SenderReport {
+        SenderReport {
+            ssrc,
+            info: SenderInfo {
+                ntp: ntp_from_unix_ns(wall_ns),
+                rtp_timestamp: rtp,
+                packets: 0,
+                octets: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn waits_for_reports_the_clock_and_the_device() {
+        let mut s = SyncPlayout::new(100, false);
+        assert_eq!(s.error_ns(1, 0, 0.0, 48_000), Err(Why::ClockUnsynchronised));
+        s.set_wall_clock_synced(true);
+        assert_eq!(s.error_ns(1, 0, 0.0, 48_000), Err(Why::NoReports));
+        s.set_mapping(Some(Mapping {
+            ssrc: 2,
+            wall_ns: 1,
+            rtp: 0,
+            rate_hz: 0.0,
+        }));
+        assert_eq!(
+            s.error_ns(1, 0, 0.0, 48_000),
+            Err(Why::NoReports),
+            "other SSRC"
+        );
+        s.set_mapping(Some(Mapping {
+            ssrc: 1,
+            wall_ns: 1,
+            rtp: 0,
+            rate_hz: 0.0,
+        }));
+        assert_eq!(s.error_ns(1, 0, 0.0, 48_000), Err(Why::NoDeviceTiming));
+        let mut t = SyncPlayout::new(100, true);
+        t.set_mapping(s.mapping);
+        t.device.on_status(1_000, 0, 0, 48_000, 0);
+        assert_eq!(
+            t.error_ns(1, 0, 0.0, 48_000),
+            Err(Why::NoDeviceTiming),
+            "warming up"
+        );
+        t.device
+            .on_status(1_000 + EPOCH_WARMUP_NS, 14_400, 0, 48_000, 0);
+        assert!(t.error_ns(1, 0, 0.0, 48_000).is_ok(), "--sync-trust-clock");
+    }
+
+    /// How far a simulated sender report's two clock readings are apart:
+    /// netspeaker-send reads its wall clock right after the monotonic one
+    /// its media clock is derived from (a few µs); ±20 µs here.
+    const PAIRING_JITTER_NS: f64 = 20_000.0;
+
+    /// The whole policy in simulated time: a sender whose media clock runs
+    /// `sender_ppm` off its wall clock, reporting every 1.25-3.75 s with
+    /// ±20 µs of pairing jitter; a receiver whose wall clock is
+    /// `offset_ms` off the sender's and drifts `drift_ppm` against it,
+    /// whose device runs `device_ppm` off true time, its position
+    /// updated every 256 frames (a JACK cycle) and read up to 1 ms after. Frames play as the policy says: one alignment, then
+    /// the resampling ratio the real delay controller sets from the
+    /// error. Returns the worst error of any frame from 2 s on, on the
+    /// receiver's wall clock (the offset between machines' clocks is the
+    /// time service's to remove; everything else is sync's).
+    fn run(
+        offset_ms: f64,
+        drift_ppm: f64,
+        sender_ppm: f64,
+        device_ppm: f64,
+        seed: u64,
+        from_fit: bool,
+    ) -> f64 {
+        use crate::receive::drift::DelayController;
+        let rate = 48_000u32;
+        let period = 240u64; // 5 ms at 48 kHz
+        let sync_ms = 100.0;
+        let mut rng = seed;
+        // True time is the sender's wall clock, ns.
+        let t0: f64 = 1.764e18;
+        let rtp0: u32 = u32::MAX - 200_000;
+        let media = f64::from(rate) * (1.0 + sender_ppm * 1e-6);
+        let rtp_at =
+            |wall: f64| rtp0.wrapping_add(((wall - t0) / 1e9 * media).floor() as i64 as u32);
+        let capture_of = |frame: f64| t0 + frame / media * 1e9;
+        let recv_wall = |t: f64| t + offset_ms * 1e6 + drift_ppm * 1e-6 * (t - t0);
+        let mono = |t: f64| t - t0 + 5e9;
+        let mut clocks = SenderClocks::default();
+        let mut s = SyncPlayout::new(sync_ms as u32, false);
+        s.set_wall_clock_synced(true);
+        let mut controller = DelayController::new(&controller_config(rate)).unwrap();
+        let dev_rate = f64::from(rate) * (1.0 + device_ppm * 1e-6);
+        let dev_start = t0 + 0.3e9;
+        let queue = 4 * period;
+        let mut written: u64 = queue;
+        // Stream frames since rtp0 of the next frame out; stream frames
+        // per device frame.
+        let mut cursor = 0.0f64;
+        let mut ratio = 1.0f64;
+        let mut next_report = t0;
+        let mut worst: f64 = 0.0;
+        let target = 4800.0;
+        // When frames start to count: 2 s in, or 2 s after the first fit.
+        let mut count_from = if from_fit { f64::INFINITY } else { t0 + 2e9 };
+        let mut fitted = false;
+        loop {
+            // The write happens when the device has room.
+            let t = dev_start + (written - queue) as f64 / dev_rate * 1e9;
+            if t > t0 + 40e9 {
+                break;
+            }
+            while next_report <= t {
+                let j = (uniform(&mut rng) * 2.0 - 1.0) * PAIRING_JITTER_NS;
+                clocks.on_report(&sr(7, next_report as u64, rtp_at(next_report + j)));
+                next_report += 1.25e9 + 2.5e9 * uniform(&mut rng);
+            }
+            s.set_mapping(clocks.get(7).and_then(Mapping::of));
+            if from_fit && !fitted && clocks.get(7).is_some_and(|c| c.fit().is_some()) {
+                fitted = true;
+                count_from = t + 2e9;
+            }
+            let whole = cursor.floor();
+            let cursor_rtp = rtp0.wrapping_add(whole as i64 as u32);
+            if let Ok(e) = s.error_ns(7, cursor_rtp, -(cursor - whole), rate) {
+                match s.decide(e, rate) {
+                    Action::Align(n) => {
+                        cursor += n as f64;
+                        controller.reset();
+                    }
+                    Action::Steer(frames) => {
+                        controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
+                        let c = controller.update(target + frames, target, period as usize);
+                        ratio = 1.0 + c.drift_ppm * 1e-6;
+                    }
+                }
+            }
+            let locked = s.metrics().aligns > 0;
+            if locked {
+                for i in [0, period - 1] {
+                    let plays = dev_start + (written + i) as f64 / dev_rate * 1e9;
+                    let due = capture_of(cursor + ratio * i as f64) + sync_ms * 1e6;
+                    if plays > count_from {
+                        worst = worst.max((recv_wall(plays) - due).abs());
+                    }
+                }
+                cursor += ratio * period as f64;
+            }
+            written += period;
+            // The status after the write: the position was last updated
+            // at a cycle of 256 frames, which woke the writer; it reads the
+            // status up to 1 ms after (its wake-up latency).
+            let cycle = ((t - dev_start) / 1e9 * dev_rate).max(0.0) as u64 / 256 * 256;
+            let updated = dev_start + cycle as f64 / dev_rate * 1e9;
+            let read_at = updated + uniform(&mut rng) * 1e6;
+            let delay = written as i64 - cycle as i64;
+            let offset = (recv_wall(read_at) - mono(read_at)) as i64;
+            s.device
+                .on_status(mono(read_at) as u64, written, delay, rate, offset);
+        }
+        assert_eq!(s.metrics().aligns, 1, "aligned once");
+        worst
+    }
+
+    #[test]
+    fn offset_and_drifting_receiver_clock_hold_every_frame_within_0_1_ms() {
+        let mut seed = 11;
+        for offset_ms in [-50.0, 50.0] {
+            for drift_ppm in [-100.0, 100.0] {
+                for device_ppm in [-100.0, 0.0, 100.0] {
+                    seed += 1;
+                    let worst = run(offset_ms, drift_ppm, 0.0, device_ppm, seed * 7919, false);
+                    eprintln!("offset {offset_ms} ms, drift {drift_ppm} ppm, device {device_ppm} ppm: worst {:.1} us", worst / 1e3);
+                    assert!(
+                        worst < 100_000.0,
+                        "offset {offset_ms} ms, drift {drift_ppm} ppm, device {device_ppm} ppm: {worst} ns"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A sender's media clock off its wall clock is known once its
+    /// reports span a second (the first report alone maps at the nominal
+    /// rate): from 2 s after that, every frame is within 0.1 ms too.
+    #[test]
+    fn sender_media_clock_off_its_wall_clock_holds_once_fitted() {
+        let mut seed = 5;
+        for sender_ppm in [-300.0, -100.0, 100.0, 300.0] {
+            for drift_ppm in [-100.0, 100.0] {
+                seed += 1;
+                let worst = run(-50.0, drift_ppm, sender_ppm, 50.0, seed * 104_729, true);
+                eprintln!(
+                    "sender {sender_ppm} ppm, drift {drift_ppm} ppm: worst {:.1} us",
+                    worst / 1e3
+                );
+                assert!(
+                    worst < 100_000.0,
+                    "sender {sender_ppm} ppm, drift {drift_ppm} ppm: {worst} ns"
+                );
+            }
+        }
+    }
+}
