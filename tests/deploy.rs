@@ -79,10 +79,33 @@ fn ok(out: Output) -> String {
 }
 
 fn install(root: &Path, bins: &Path) -> String {
-    ok(script(
-        "install.sh",
-        &[Path::new("--root"), root, Path::new("--bin-dir"), bins],
-    ))
+    install_with(root, bins, &[])
+}
+
+/// install.sh --root ROOT --bin-dir BINS with more options; its stdout.
+fn install_with(root: &Path, bins: &Path, more: &[&str]) -> String {
+    let mut args = vec![Path::new("--root"), root, Path::new("--bin-dir"), bins];
+    args.extend(more.iter().map(Path::new));
+    ok(script("install.sh", &args))
+}
+
+/// `systemd-analyze verify` finds nothing in the unit file at `unit`
+/// (it exits 0 on warnings too: any output is a finding).
+fn assert_verifies(unit: &Path, what: &str) {
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(unit)
+        .output()
+        .expect("systemd-analyze");
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && findings.trim().is_empty(),
+        "{what}: {findings}"
+    );
 }
 
 /// Every file under `root`, as "/relative/path".
@@ -255,17 +278,7 @@ fn install_with_srtp_key_makes_a_private_key_and_credential_dropins() {
     let s = Scratch::new("srtp");
     let bins = fake_bins(&s, "1");
     let root = s.path("root");
-    let stdout = ok(script(
-        "install.sh",
-        &[
-            Path::new("--root"),
-            &root,
-            Path::new("--bin-dir"),
-            &bins,
-            Path::new("--srtp-key"),
-            Path::new("--sender"),
-        ],
-    ));
+    let stdout = install_with(&root, &bins, &["--srtp-key", "--sender"]);
     let key_path = root.join("etc/netspeaker/srtp.key");
     assert_eq!(mode(&key_path), 0o600);
     assert_eq!(mode(&root.join("etc/netspeaker")), 0o700);
@@ -309,33 +322,11 @@ fn install_with_srtp_key_makes_a_private_key_and_credential_dropins() {
         let mut unit_text = fs::read_to_string(&merged).expect("unit");
         unit_text.push_str(&format!("\n[Service]{dropin_service}"));
         fs::write(&merged, unit_text).expect("merged unit");
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&merged)
-            .output()
-            .expect("systemd-analyze");
-        let findings = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && findings.trim().is_empty(),
-            "{unit} with srtp.conf: {findings}"
-        );
+        assert_verifies(&merged, &format!("{unit} with srtp.conf"));
     }
 
     // Again: the key stays (senders that have it keep working).
-    let stdout = ok(script(
-        "install.sh",
-        &[
-            Path::new("--root"),
-            &root,
-            Path::new("--bin-dir"),
-            &bins,
-            Path::new("--srtp-key"),
-        ],
-    ));
+    let stdout = install_with(&root, &bins, &["--srtp-key"]);
     assert!(stdout.contains("kept /etc/netspeaker/srtp.key"), "{stdout}");
     assert_eq!(fs::read_to_string(&key_path).expect("key"), key);
 
@@ -357,17 +348,7 @@ fn install_with_ntp_server_points_chrony_at_it_and_orders_the_receiver_after_tim
     let s = Scratch::new("ntp");
     let bins = fake_bins(&s, "1");
     let root = s.path("root");
-    let stdout = ok(script(
-        "install.sh",
-        &[
-            Path::new("--root"),
-            &root,
-            Path::new("--bin-dir"),
-            &bins,
-            Path::new("--ntp-server"),
-            Path::new("clock.lan"),
-        ],
-    ));
+    let stdout = install_with(&root, &bins, &["--ntp-server", "clock.lan"]);
     for line in [
         "would run: apt-get install -y chrony",
         "would run: systemctl enable chrony.service chrony-wait.service",
@@ -398,20 +379,7 @@ fn install_with_ntp_server_points_chrony_at_it_and_orders_the_receiver_after_tim
         1,
     );
     fs::write(&merged, unit_text).expect("merged unit");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&merged)
-        .output()
-        .expect("systemd-analyze");
-    let findings = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && findings.trim().is_empty(),
-        "netspeaker.service with time-sync.conf: {findings}"
-    );
+    assert_verifies(&merged, "netspeaker.service with time-sync.conf");
 
     // A value that is not one host is refused before anything is written.
     let bad_root = s.path("bad");
@@ -539,22 +507,7 @@ fn unit_for_verify(s: &Scratch, unit: &str) -> PathBuf {
 fn units_verify_clean() {
     let s = Scratch::new("verify");
     for unit in UNITS {
-        let p = unit_for_verify(&s, unit);
-        let out = Command::new("systemd-analyze")
-            .arg("verify")
-            .arg(&p)
-            .output()
-            .expect("systemd-analyze (apt-get install systemd)");
-        // verify exits 0 on warnings too; any output is a finding.
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success() && text.trim().is_empty(),
-            "{unit}: {text}"
-        );
+        assert_verifies(&unit_for_verify(&s, unit), unit);
     }
 }
 
