@@ -229,7 +229,8 @@ fn gstreamer_rtpbin_reads_the_sender_reports_and_the_bye() {
         .unwrap()
         .contains(&format!("a=rtcp:{}\r\n", port + 1)));
     let srs: Vec<_> = text.lines().filter_map(gst_sr).collect();
-    assert!((3..=5).contains(&srs.len()), "{} SRs in\n{text}", srs.len());
+    // One with the first packet, then one every 0.5-1.5 s over the 4 s.
+    assert!((3..=9).contains(&srs.len()), "{} SRs in\n{text}", srs.len());
     let ssrc = srs[0].0;
     assert!(srs.iter().all(|s| s.0 == ssrc));
     assert_eq!(
@@ -246,8 +247,9 @@ fn gstreamer_rtpbin_reads_the_sender_reports_and_the_bye() {
             (ntp_s - rtp_s).abs() < 0.005,
             "NTP {ntp_s} s, RTP {rtp_s} s"
         );
+        // 0.5-1.5 s apart (1 s ± 50 %), the last (at the end) sooner.
         assert!(
-            (1.2..3.8).contains(&ntp_s) || w[1] == *last,
+            (0.45..1.55).contains(&ntp_s) || w[1] == *last,
             "interval {ntp_s} s"
         );
     }
