@@ -659,7 +659,12 @@ fn burst2x_bar(o: &Outcome) -> Vec<String> {
     .check(s.lost == 0, || {
         format!("lost {} with nothing dropped", s.lost)
     })
-    .check(s.delay_ms <= s.target_ms + 30.0, || {
+    // `delay` holds the device's own ~25 ms besides the buffer; the
+    // target is the buffer's. The adaptive target, risen with the stall,
+    // still comes down after it, followed at up to 1 ms/s once within the
+    // stretch threshold: a quiet CI run ended 41 ms over it (16 ms of
+    // buffer behind it). Kept latency would be hundreds of ms.
+    .check(s.delay_ms <= s.target_ms + 50.0, || {
         format!(
             "delay {:.1} ms vs target {:.1} ms after the burst",
             s.delay_ms, s.target_ms
