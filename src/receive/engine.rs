@@ -740,19 +740,26 @@ impl Engine {
         if engaged != self.sync_engaged {
             // Each mode has its own loop: rebuilt (no allocation) at the
             // switch, starting from no error.
-            let config = if engaged {
-                crate::receive::sync::controller_config(format.rate)
-            } else {
-                controller_config(format.rate)
-            };
-            match DelayController::new(&config) {
-                Ok(c) => self.controller = c,
-                Err(_) => self.controller.reset(),
-            }
             self.sync_engaged = engaged;
+            self.rebuild_controller(format.rate);
             if !engaged {
                 self.sync_hold = 0;
             }
+        }
+    }
+
+    /// A fresh delay controller for the mode in charge (sync or adaptive)
+    /// at `rate`. It counts in stream frames and holds no buffers, so
+    /// rebuilding it allocates nothing.
+    fn rebuild_controller(&mut self, rate: u32) {
+        let config = if self.sync_engaged {
+            crate::receive::sync::controller_config(rate)
+        } else {
+            controller_config(rate)
+        };
+        match DelayController::new(&config) {
+            Ok(c) => self.controller = c,
+            Err(_) => self.controller.reset(),
         }
     }
 
@@ -771,17 +778,7 @@ impl Engine {
         if let Some(r) = active_mut(&mut self.bank, self.active) {
             r.reset();
         }
-        // The controller counts in stream frames; it holds no buffers, so
-        // rebuilding it for the new rate allocates nothing.
-        let config = if self.sync_engaged {
-            crate::receive::sync::controller_config(format.rate)
-        } else {
-            controller_config(format.rate)
-        };
-        match DelayController::new(&config) {
-            Ok(c) => self.controller = c,
-            Err(_) => self.controller.reset(),
-        }
+        self.rebuild_controller(format.rate);
         self.sounding = false;
         self.format = Some(format);
     }
