@@ -113,12 +113,20 @@ fn write_alsa_conf(dir: &TestDir) -> Vec<(String, String)> {
     vec![("ALSA_CONFIG_PATH".into(), path.display().to_string())]
 }
 
-fn receiver(dir: &TestDir, tag: &str, port: u16, env: &[(String, String)]) -> RunningReceiver {
+fn receiver(
+    dir: &TestDir,
+    tag: &str,
+    port: u16,
+    period_ms: &str,
+    env: &[(String, String)],
+) -> RunningReceiver {
     let listen = format!("127.0.0.1:{port}");
     let device = format!("jack{tag}");
     RunningReceiver::start(
         &[
             "-v",
+            "--period-ms",
+            period_ms,
             "--listen",
             &listen,
             "--device",
@@ -220,7 +228,64 @@ fn block_offsets(a: &[f32], b: &[f32], from_s: f64) -> Vec<(f64, usize)> {
 /// in CI; one at a time, within 3 frames.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn run(name: &str, jitter_b: Option<Impairment>, settle_s: f64) {
+/// Who sends the stream.
+#[derive(Clone, Copy, PartialEq)]
+enum Sender {
+    /// netspeaker-send, its reports muxed on the RTP port.
+    Netspeaker,
+    /// ffmpeg's RTP muxer (`-re`), its reports (one with the first packet,
+    /// then every 5 s) sent to the RTP port too (`rtcpport`).
+    Ffmpeg,
+}
+
+/// One end-to-end case: the sender, each receiver's `--period-ms`, the
+/// late joiner's network path, and how long after its first packet the
+/// bar starts.
+struct Case {
+    sender: Sender,
+    periods_ms: [&'static str; 2],
+    jitter_b: Option<Impairment>,
+    settle_s: f64,
+}
+
+impl Default for Case {
+    fn default() -> Self {
+        Case {
+            sender: Sender::Netspeaker,
+            periods_ms: ["5", "5"],
+            jitter_b: None,
+            settle_s: 5.0,
+        }
+    }
+}
+
+/// ffmpeg sending the WAV as L16 in real time (`-re`) with payload type
+/// 96, to `to` for both RTP and RTCP.
+fn ffmpeg_sender(wav: &std::path::Path, to: SocketAddr) -> std::process::Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re", "-i"])
+        .arg(wav)
+        .args(["-c:a", "pcm_s16be", "-payload_type", "96", "-f", "rtp"])
+        .arg(format!(
+            "rtp://{}:{}?rtcpport={}",
+            to.ip(),
+            to.port(),
+            to.port()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ffmpeg (apt-get install ffmpeg)")
+}
+
+fn run(name: &str, case: Case) {
+    let Case {
+        sender: who_sends,
+        periods_ms,
+        jitter_b,
+        settle_s,
+    } = case;
     // A failed case poisons the lock; the next one still runs.
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TestDir::new(name);
@@ -259,15 +324,24 @@ fn run(name: &str, jitter_b: Option<Impairment>, settle_s: f64) {
     // Its ports exist: it records from now on, or from a little before
     // (so the bar below starts no later than it should).
     let rec_started = Instant::now();
-    let mut rx_a = receiver(&dir, "A", port_a, &env);
-    let mut tx = sender(&wav, fan.addr, &["--rtcp-mux"]);
+    let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], &env);
+    let (mut tx, mut ffmpeg) = match who_sends {
+        Sender::Netspeaker => (Some(sender(&wav, fan.addr, &["--rtcp-mux"])), None),
+        Sender::Ffmpeg => (None, Some(ffmpeg_sender(&wav, fan.addr))),
+    };
     std::thread::sleep(LATE_JOIN);
     let b_started = Instant::now();
-    let mut rx_b = receiver(&dir, "B", port_b, &env);
+    let mut rx_b = receiver(&dir, "B", port_b, periods_ms[1], &env);
     assert!(rec.wait().expect("jack_rec").success(), "jack_rec failed");
     let (_, _, stats_a) = rx_a.stop();
     let (_, _, stats_b) = rx_b.stop();
-    let _ = tx.terminate(Duration::from_secs(2));
+    if let Some(tx) = tx.as_mut() {
+        let _ = tx.terminate(Duration::from_secs(2));
+    }
+    if let Some(ffmpeg) = ffmpeg.as_mut() {
+        let _ = ffmpeg.kill();
+        let _ = ffmpeg.wait();
+    }
     drop(fan);
     let (log_a, log_b) = (rx_a.log_text(), rx_b.log_text());
     for (tag, log) in [("A", &log_a), ("B", &log_b)] {
@@ -319,7 +393,23 @@ fn run(name: &str, jitter_b: Option<Impairment>, settle_s: f64) {
 /// in 3 of 12 runs on a quiet machine.
 #[test]
 fn same_path_late_joiner_plays_in_step() {
-    run("late", None, 5.0);
+    run("late", Case::default());
+}
+
+/// ffmpeg as the sender (its reports come every 5 s, so the late joiner
+/// is in charge only at its first report, about 2 s after it joins), and
+/// the late joiner plays 20 ms device periods against the first one's
+/// 5 ms: the device's position, not its period, says when a frame plays.
+#[test]
+fn ffmpeg_sender_and_20_ms_periods_play_in_step() {
+    run(
+        "ffmpeg20",
+        Case {
+            sender: Sender::Ffmpeg,
+            periods_ms: ["5", "20"],
+            ..Case::default()
+        },
+    );
 }
 
 /// The late joiner behind a relay adding 0-40 ms of jitter, judged from
@@ -330,11 +420,13 @@ fn same_path_late_joiner_plays_in_step() {
 fn jittered_late_joiner_plays_in_step() {
     run(
         "jitter",
-        Some(Impairment {
-            seed: 13,
-            jitter_ms: 40.0,
-            ..Impairment::default()
-        }),
-        5.0,
+        Case {
+            jitter_b: Some(Impairment {
+                seed: 13,
+                jitter_ms: 40.0,
+                ..Impairment::default()
+            }),
+            ..Case::default()
+        },
     );
 }
