@@ -365,3 +365,155 @@ fn a_start_with_sound_at_once_is_not_skipped() {
     assert!(s.skipped_silence_frames > 0, "{s:?}");
     assert!(s.last_resampled_s <= 7.5, "{s:?}");
 }
+
+/// What the arrival margin showed in a simulated sync run.
+#[derive(Debug)]
+struct SyncRun {
+    /// The statistics line's margin at the end, ms.
+    margin_ms: Option<f64>,
+    /// Before sync took charge and had 50 packets, none was shown.
+    margin_before_engaged: bool,
+    aligns: u64,
+    late: u64,
+    partly_late: u64,
+}
+
+/// Sync playout (`--sync-ms 100`) in simulated time: 8 kHz mono, 20 ms
+/// packets captured on the receiver's clock (offset to the wall clock by
+/// a constant), arriving `transit_ms(k)` later, in order of arrival. The
+/// device's ring holds 3 periods of 5 ms when a period is written, so a
+/// frame reaches the DAC 15 ms after it left the jitter buffer, and it
+/// must leave 85 ms after its capture (less what the resampler holds). A
+/// packet's margin is then 85 ms less its transit, less up to a period
+/// (which the margin takes off to be safe) and the resampler's hold (its
+/// filter's look-ahead while sync steers it: 2.5 ms here).
+fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
+    use netspeaker::receive::sync::{Mapping, SyncConfig};
+    const QUEUE: u64 = 4 * PERIOD_FRAMES as u64;
+    let config = PlayoutConfig {
+        latency: Latency::Fixed { ms: 40 },
+        max_rate: RATE,
+        max_channels: 1,
+        stream_formats: vec![(RATE, 1)],
+        sync: Some(SyncConfig {
+            sync_ms: 100,
+            trust_clock: false,
+        }),
+        ..PlayoutConfig::default()
+    };
+    let mut engine = Engine::new(&config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
+    engine.attach_device(1, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: RATE,
+        channels: 1,
+    };
+    // CLOCK_REALTIME less CLOCK_MONOTONIC.
+    let realtime_offset: i64 = 1_764_000_000_000_000_000;
+    let c0 = 1_000_000_000u64;
+    let mapping = Mapping {
+        ssrc: 7,
+        wall_ns: c0 + realtime_offset as u64,
+        rtp: 0,
+        rate_hz: f64::from(RATE),
+    };
+    // Every packet's arrival, sorted: a held-back packet comes after
+    // those sent behind it, as on a real path.
+    let mut arrivals: Vec<(u64, u64)> = (0..seconds * 50)
+        .map(|k| (c0 + k * 20_000_000 + (transit_ms(k) * 1e6) as u64, k))
+        .collect();
+    arrivals.sort_unstable();
+    let mut arrivals = arrivals.into_iter().peekable();
+    let mut slot = Packet::empty(format);
+    let mut out = vec![0.0f32; PERIOD_FRAMES];
+    let mut margin_before_engaged = false;
+    for tick in 1..=seconds * 200 {
+        let now = tick * 5_000_000;
+        while let Some((arrival, k)) = arrivals.next_if(|&(a, _)| a <= now) {
+            slot.arrival_ns = arrival;
+            slot.ssrc = 7;
+            slot.seq = k as u16;
+            slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
+            slot.marker = k == 0;
+            slot.payload_type = 96;
+            slot.payload.clear();
+            for i in 0..PTIME_FRAMES {
+                let n = (k as usize * PTIME_FRAMES + i) as f64;
+                let v =
+                    (6000.0 * (2.0 * std::f64::consts::PI * 220.0 * n / RATE as f64).sin()) as i16;
+                let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
+            }
+            engine.push(&slot);
+        }
+        engine.set_sender_mapping(Some(mapping), true);
+        let engaged = engine.sync_metrics().is_some_and(|m| m.aligns > 0);
+        if !engaged && engine.sync_metrics().is_some_and(|m| m.margin_ns.is_some()) {
+            margin_before_engaged = true;
+        }
+        engine.render(&mut out, now);
+        // The device has played frame f at f / RATE from 0; written:
+        // what it played and a ring of 4 periods.
+        let written = QUEUE + tick * PERIOD_FRAMES as u64;
+        engine.device_position(now, tick * PERIOD_FRAMES as u64);
+        engine.sync_device_status(now, written, QUEUE as i64, 0, RATE, realtime_offset);
+    }
+    let m = engine.jitter().metrics();
+    let s = engine.sync_metrics().expect("sync configured");
+    SyncRun {
+        margin_ms: s.margin_ns.map(|ns| ns as f64 / 1e6),
+        margin_before_engaged,
+        aligns: s.aligns,
+        late: m.late,
+        partly_late: m.partly_late,
+    }
+}
+
+/// 10-14 ms of transit, and every 40th packet (2.5 %: more than the 1 %
+/// the margin leaves out) `held_ms` more.
+fn transit(held_ms: f64) -> impl Fn(u64) -> f64 {
+    move |k| 10.0 + (k * 7 % 5) as f64 + if k % 40 == 20 { held_ms } else { 0.0 }
+}
+
+#[test]
+fn sync_margin_is_the_time_left_by_the_slowest_percent() {
+    // Nothing held back: the slowest 1 % of the 10-14 ms transits set it,
+    // 85 - 14 = 71 ms less up to 5 ms (a period) and the resampler's
+    // 2.5 ms (measured: 63.5 ms).
+    let run = simulate_sync(20, transit(0.0));
+    println!("clean: {run:?}");
+    assert!(!run.margin_before_engaged, "{run:?}");
+    assert_eq!(run.aligns, 1, "{run:?}");
+    let margin = run.margin_ms.expect("a margin");
+    assert!((61.0..=71.0).contains(&margin), "{run:?}");
+    assert_eq!((run.late, run.partly_late), (0, 0), "{run:?}");
+    // The held-back 2.5 % (transit 60 ms) set it: 85 - 60 = 25 ms, less
+    // the same.
+    let run = simulate_sync(20, transit(50.0));
+    println!("held back 50 ms: {run:?}");
+    let margin = run.margin_ms.expect("a margin");
+    assert!((15.0..=25.0).contains(&margin), "{run:?}");
+    assert_eq!((run.late, run.partly_late), (0, 0), "{run:?}");
+}
+
+#[test]
+fn sync_margin_goes_negative_when_packets_come_after_their_play_time() {
+    // Held back 100 ms more (transit 110 ms): the packet comes after its
+    // last frame left the buffer, is dropped as late, and its margin
+    // is about 85 - 110 = -25 ms, less the same as above.
+    let run = simulate_sync(20, transit(100.0));
+    println!("held back 100 ms: {run:?}");
+    assert_eq!(run.aligns, 1, "{run:?}");
+    let margin = run.margin_ms.expect("a margin");
+    assert!((-35.0..=-25.0).contains(&margin), "{run:?}");
+    assert!(run.late >= 10, "{run:?}");
+    assert_eq!(run.partly_late, 0, "{run:?}");
+    // Held back 85 ms more (transit 95 ms): its first half has played
+    // (concealed), the rest is on time: partly late, not late.
+    let run = simulate_sync(20, transit(85.0));
+    println!("held back 85 ms: {run:?}");
+    let margin = run.margin_ms.expect("a margin");
+    assert!((-20.0..=-10.0).contains(&margin), "{run:?}");
+    assert!(run.partly_late >= 10, "{run:?}");
+    assert_eq!(run.late, 0, "{run:?}");
+}

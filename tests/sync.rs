@@ -20,7 +20,8 @@
 //! not met in every run yet (see `BAR_FRAMES`). The onsets (where a burst
 //! first crosses a threshold, interpolated) are found the same way in
 //! both channels. Also: both receivers said sync took charge, and their
-//! realtime threads allocated nothing.
+//! realtime threads allocated nothing; on the same path, both showed an
+//! arrival margin of about MS less their device's delay.
 
 mod common;
 #[path = "common/relay.rs"]
@@ -246,6 +247,10 @@ struct Case {
     periods_ms: [&'static str; 2],
     jitter_b: Option<Impairment>,
     settle_s: f64,
+    /// Both receivers' statistics lines show the arrival margin, and on a
+    /// clean local path it is about what MS leaves after the device's
+    /// delay.
+    check_margin: bool,
 }
 
 impl Default for Case {
@@ -255,6 +260,7 @@ impl Default for Case {
             periods_ms: ["5", "5"],
             jitter_b: None,
             settle_s: 5.0,
+            check_margin: false,
         }
     }
 }
@@ -285,6 +291,7 @@ fn run(name: &str, case: Case) {
         periods_ms,
         jitter_b,
         settle_s,
+        check_margin,
     } = case;
     // A failed case poisons the lock; the next one still runs.
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -353,6 +360,30 @@ fn run(name: &str, case: Case) {
     for (tag, s) in [("A", &stats_a), ("B", &stats_b)] {
         assert_eq!(s.get("rt-allocs"), 0.0, "receiver {tag} allocated");
     }
+    if check_margin {
+        let sync_ms: f64 = SYNC_MS.parse().expect("SYNC_MS");
+        for (tag, s, log) in [("A", &stats_a, &log_a), ("B", &stats_b, &log_b)] {
+            // Loopback takes no time and the sender paces on its capture
+            // clock, so what is left is MS less the device's delay, less
+            // up to a period (5 ms) the margin takes off to be safe, the
+            // resampler's hold and the sender's and receivers' wake-ups.
+            let (margin, alsa) = (s.get("margin"), s.get("alsa"));
+            let expected = sync_ms - alsa;
+            eprintln!(
+                "{name}: receiver {tag}: margin {margin:.1} ms, MS less the device's delay {expected:.1} ms, partly-late {}, late {}",
+                s.get("partly-late"),
+                s.get("late")
+            );
+            assert!(
+                margin > 0.0 && margin < sync_ms,
+                "receiver {tag}: margin {margin} ms (MS {sync_ms}):\n{log}"
+            );
+            assert!(
+                margin <= expected + 2.0 && margin >= expected - 25.0,
+                "receiver {tag}: margin {margin} ms, MS less the device's {alsa} ms is {expected}:\n{log}"
+            );
+        }
+    }
 
     let (a, b) = read_stereo_wav(&recording);
     // The bar starts `settle_s` after B's first packet (B started
@@ -393,7 +424,13 @@ fn run(name: &str, case: Case) {
 /// in 3 of 12 runs on a quiet machine.
 #[test]
 fn same_path_late_joiner_plays_in_step() {
-    run("late", Case::default());
+    run(
+        "late",
+        Case {
+            check_margin: true,
+            ..Case::default()
+        },
+    );
 }
 
 /// ffmpeg as the sender (its reports come every 5 s, so the late joiner
@@ -407,6 +444,7 @@ fn ffmpeg_sender_and_20_ms_periods_play_in_step() {
         Case {
             sender: Sender::Ffmpeg,
             periods_ms: ["5", "20"],
+            check_margin: true,
             ..Case::default()
         },
     );

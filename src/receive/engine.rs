@@ -414,6 +414,23 @@ impl Engine {
             self.apply_target(packet.format.rate, packet.frames());
         }
         let outcome = self.jitter.push(packet);
+        if let (true, false, Some(sync)) =
+            (self.sync_engaged, packet.sequential, self.sync.as_mut())
+        {
+            // Every arrival of the playing sender while sync is in charge
+            // is one sample of its margin; late ones too (negative).
+            if !matches!(
+                outcome,
+                PushOutcome::Duplicate | PushOutcome::Unsupported | PushOutcome::NewStream { .. }
+            ) {
+                sync.on_arrival(
+                    packet.ssrc,
+                    packet.timestamp,
+                    packet.arrival_ns,
+                    packet.format.rate,
+                );
+            }
+        }
         if matches!(outcome, PushOutcome::NewStream { .. } | PushOutcome::Resync) {
             // A new sender, or a jump of its timeline: its clock is
             // measured afresh, and so is its jitter.
@@ -597,7 +614,7 @@ impl Engine {
         // silence before its first sound, if it has one, instead of by
         // seconds of resampling (see `JitterBuffer::skip_start_silence`).
         let playing = self.jitter.state() == StreamState::Playing;
-        self.sync_step(format, playing);
+        self.sync_step(format, playing, now_ns, out_frames);
         if playing && !self.was_playing && self.clock_follow && !self.sync_engaged {
             // The controller measures after each period's read: half a
             // period below the level's mean on average. That half period
@@ -669,7 +686,7 @@ impl Engine {
     /// error of the cursor's frame, then an alignment (skip late frames,
     /// or hold the cursor behind inserted silence) or the error for the
     /// controller. Without what sync needs, the adaptive mode plays.
-    fn sync_step(&mut self, format: StreamFormat, playing: bool) {
+    fn sync_step(&mut self, format: StreamFormat, playing: bool, now_ns: u64, out_frames: usize) {
         self.sync_error_frames = None;
         let Some(sync) = self.sync.as_mut() else {
             return;
@@ -683,6 +700,7 @@ impl Engine {
             .map_or(0.0, |e| {
                 e.resampler.latency_frames() * f64::from(rate) / f64::from(self.device_rate.max(1))
             });
+        let cursor_rtp = self.jitter.cursor_timestamp();
         let result = match (playing, self.jitter.metrics().ssrc) {
             (true, Some(ssrc)) => {
                 // What plays before the cursor's frame: the stretcher's
@@ -691,7 +709,7 @@ impl Engine {
                 // itself (it takes a stretch off its filter when asking).
                 let ahead =
                     self.stretcher.buffered() as f64 + resampler_frames + self.sync_hold as f64;
-                sync.error_ns(ssrc, self.jitter.cursor_timestamp(), ahead, rate)
+                sync.error_ns(ssrc, cursor_rtp, ahead, rate)
             }
             _ => Err(Why::NoStream),
         };
@@ -699,6 +717,9 @@ impl Engine {
             Ok(error_ns) => {
                 let decision = sync.decide(error_ns, rate);
                 if let Action::Align(_) = decision {
+                    // The cursor moves: arrivals are measured again from
+                    // the next, steered, period.
+                    sync.clear_read_point();
                     // An alignment starts the chain after the jitter
                     // buffer afresh: the stretcher's request and the
                     // resampler's ratio and look-ahead (whatever the
@@ -729,6 +750,20 @@ impl Engine {
                     }
                 } else if let Action::Steer(frames) = decision {
                     self.sync_error_frames = Some(frames);
+                    // The arrival margin's read point. The cursor's frame
+                    // leaves the jitter buffer now and reaches the DAC
+                    // `error_ns` late: to play on time it had to be here
+                    // by `now - error`, its due time less all that plays
+                    // after the jitter buffer (the device's delay, what
+                    // the stretcher and resampler hold, inserted silence).
+                    // A margin is how much later a packet could have come
+                    // and still played on time here. The frames after the
+                    // cursor are read a period at a time, each up to a
+                    // period before its even share of time: one period
+                    // less makes every margin a lower bound, by less than
+                    // a period.
+                    let period_ns = out_frames as f64 * 1e9 / f64::from(self.device_rate.max(1));
+                    sync.set_read_point(cursor_rtp, now_ns as f64 - error_ns - period_ns);
                 }
                 true
             }

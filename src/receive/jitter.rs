@@ -18,8 +18,8 @@
 //!   playing (`skip_start_silence`); sound never is.
 //! - Reordered packets that arrive before their playout time are placed;
 //!   duplicates are dropped; late packets (ending at or before the cursor)
-//!   are dropped; a packet straddling the cursor keeps its unplayed part.
-//!   Each of these is counted.
+//!   are dropped; a packet straddling the cursor keeps its unplayed part
+//!   (counted as partly late). Each of these is counted.
 //! - Lost audio reads as `Missing`; a forward timestamp jump on a packet with
 //!   the marker bit and the next sequence number (silence suppression: the
 //!   sender sent nothing) reads as `Idle` and is not loss. With a sequence
@@ -239,7 +239,12 @@ pub struct JitterMetrics {
     pub packets: u64,
     /// RFC 3550 cumulative loss: expected minus received packets.
     pub lost: u64,
+    /// Packets whose audio had all been played (or skipped) when they
+    /// came: dropped.
     pub late: u64,
+    /// Packets whose first frames had been played (concealed) when they
+    /// came, the rest not: the rest is kept. Not in `late`.
+    pub partly_late: u64,
     pub reordered: u64,
     pub duplicates: u64,
     /// Overflow events: packets dropped (sequential) or cursor skips (timestamped).
@@ -824,6 +829,11 @@ impl JitterBuffer {
             self.metrics.late += 1;
             return PushOutcome::Late;
         }
+        if start < self.cursor {
+            // Its head came after its play time (before an overflow skip
+            // below moves the cursor: that is not lateness).
+            self.metrics.partly_late += 1;
+        }
         if end - self.cursor > max_delay {
             let skip_to = end - (self.target_frames as u64).min(max_delay);
             if skip_to > self.cursor {
@@ -1331,7 +1341,7 @@ mod tests {
         assert_eq!(read(&mut jb, PTIME, 60 * MS).0, ReadStatus::Audio(PTIME));
         assert_eq!(read(&mut jb, PTIME, 60 * MS).0, ReadStatus::Missing(PTIME));
         assert_eq!(jb.push(&voip(0, 0, 1)), PushOutcome::Late);
-        assert_eq!(jb.metrics().late, 1);
+        assert_eq!((jb.metrics().late, jb.metrics().partly_late), (1, 0));
         let (status, samples) = read(&mut jb, PTIME, 80 * MS);
         assert_eq!(status, ReadStatus::Audio(PTIME));
         assert_eq!(samples, expected(2 * PTIME as u32, PTIME, 1));
@@ -1351,7 +1361,7 @@ mod tests {
         // The unplayed 100 frames of packet 1 run on into packet 2.
         assert_eq!(status, ReadStatus::Audio(PTIME));
         assert_eq!(samples, expected(PTIME as u32 + 60, PTIME, 1));
-        assert_eq!(jb.metrics().late, 0);
+        assert_eq!((jb.metrics().late, jb.metrics().partly_late), (0, 1));
     }
 
     #[test]

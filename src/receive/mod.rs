@@ -11,6 +11,7 @@ pub mod drift;
 pub mod engine;
 pub mod events;
 pub mod jitter;
+pub mod margin;
 pub mod opus_store;
 pub mod playout;
 pub mod priority;

@@ -520,6 +520,12 @@ impl PlayoutThread {
             s.sync_aligns.store(sm.aligns, Relaxed);
             s.sync_skipped_frames.store(sm.skipped_frames, Relaxed);
             s.sync_inserted_frames.store(sm.inserted_frames, Relaxed);
+            s.sync_margin_us.store(
+                sm.margin_ns
+                    .map_or(crate::receive::stats::NO_MARGIN, |ns| ns / 1000),
+                Relaxed,
+            );
+            s.sync_partly_late.store(m.partly_late, Relaxed);
         }
         if let Some(d) = alsa_delay_frames {
             s.alsa_delay_us

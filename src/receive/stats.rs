@@ -66,7 +66,17 @@ pub struct PlayoutStats {
     pub sync_aligns: AtomicU64,
     pub sync_skipped_frames: AtomicU64,
     pub sync_inserted_frames: AtomicU64,
+    /// The arrival margin 99 % of the recent packets had at least, µs
+    /// (negative: more than 1 % came after their play time);
+    /// `i64::MIN` while not known (fewer than 50 packets).
+    pub sync_margin_us: AtomicI64,
+    /// Packets whose head came after its play time (concealed), the rest
+    /// played: not in `late`, which counts packets that came wholly late.
+    pub sync_partly_late: AtomicU64,
 }
+
+/// `sync_margin_us` while there is no margin to show.
+pub const NO_MARGIN: i64 = i64::MIN;
 
 /// One stream's counters, published by the playout thread with the sums.
 #[derive(Default, Debug)]
@@ -125,6 +135,11 @@ pub enum SyncLine {
         aligns: u64,
         skipped_ms: f64,
         inserted_ms: f64,
+        /// The arrival margin 99 % of the recent packets had at least,
+        /// ms; `None` until enough packets came.
+        margin_ms: Option<f64>,
+        /// Packets that came with their head played (concealed).
+        partly_late: u64,
     },
     /// Configured but not in charge (adaptive playout), and why.
     Off(crate::receive::sync::Why),
@@ -142,6 +157,11 @@ impl PlayoutStats {
                 aligns: self.sync_aligns.load(Relaxed),
                 skipped_ms: self.sync_skipped_frames.load(Relaxed) as f64 * 1000.0 / rate,
                 inserted_ms: self.sync_inserted_frames.load(Relaxed) as f64 * 1000.0 / rate,
+                margin_ms: match self.sync_margin_us.load(Relaxed) {
+                    NO_MARGIN => None,
+                    us => Some(us as f64 / 1000.0),
+                },
+                partly_late: self.sync_partly_late.load(Relaxed),
             }),
             code => Some(SyncLine::Off(
                 Why::from_code(code - 1).unwrap_or(Why::NoStream),
@@ -294,10 +314,18 @@ impl fmt::Display for StatsLine {
                 aligns,
                 skipped_ms,
                 inserted_ms,
-            }) => write!(
-                f,
-                " sync {error_us:+.0} us (aligned {aligns}: skipped {skipped_ms:.1} ms inserted {inserted_ms:.1} ms)"
-            )?,
+                margin_ms,
+                partly_late,
+            }) => {
+                write!(
+                    f,
+                    " sync {error_us:+.0} us (aligned {aligns}: skipped {skipped_ms:.1} ms inserted {inserted_ms:.1} ms)"
+                )?;
+                if let Some(m) = margin_ms {
+                    write!(f, " margin {m:.1} ms")?;
+                }
+                write!(f, " partly-late {partly_late}")?;
+            }
             Some(SyncLine::Off(why)) => write!(f, " sync off: {}", why.short())?,
             None => {}
         }
@@ -392,6 +420,47 @@ mod tests {
         assert!(
             text.contains("ppm (unknown) bit-exact rt-allocs 0 no sender reports"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn sync_part_shows_the_margin_once_known() {
+        use crate::receive::sync::Why;
+        let s = PlayoutStats::default();
+        s.stream_rate.store(48_000, Relaxed);
+        s.sync_state.store(1, Relaxed);
+        s.sync_error_ns.store(3_400, Relaxed);
+        s.sync_aligns.store(1, Relaxed);
+        s.sync_skipped_frames.store(480, Relaxed);
+        s.sync_margin_us.store(NO_MARGIN, Relaxed);
+        s.sync_partly_late.store(2, Relaxed);
+        let mut line = StatsLine::default();
+        s.read_into(&mut line);
+        assert!(
+            line.to_string().ends_with(
+                " sync +3 us (aligned 1: skipped 10.0 ms inserted 0.0 ms) partly-late 2"
+            ),
+            "{line}"
+        );
+        s.sync_margin_us.store(42_150, Relaxed);
+        s.read_into(&mut line);
+        assert!(
+            line.to_string()
+                .ends_with(" inserted 0.0 ms) margin 42.1 ms partly-late 2"),
+            "{line}"
+        );
+        s.sync_margin_us.store(-7_500, Relaxed);
+        s.read_into(&mut line);
+        assert!(
+            line.to_string().ends_with(" margin -7.5 ms partly-late 2"),
+            "late packets: a negative margin\n{line}"
+        );
+        // Not in charge: no margin, whatever was last published.
+        s.sync_state.store(1 + Why::NoReports.code(), Relaxed);
+        s.read_into(&mut line);
+        assert!(
+            line.to_string().ends_with(" sync off: no sender reports"),
+            "{line}"
         );
     }
 

@@ -48,7 +48,14 @@
 //! every one of a whole second is (the device lost time: an underrun).
 //!
 //! Late packets (ending before the cursor, i.e. after their play time) are
-//! dropped and counted by the jitter buffer; a hole plays concealed.
+//! dropped and counted by the jitter buffer; a hole plays concealed. A
+//! packet whose head came late keeps its rest, counted as partly late.
+//! How much later each packet could have come and still played on time,
+//! its arrival margin, is measured against the read point the engine sets
+//! in each steered period (when the cursor's frame must leave the jitter
+//! buffer: its due time less the device's delay and what the stretcher
+//! and resampler hold); the 1st percentile of the last 5-10 s is on the
+//! statistics line ([`ArrivalMargin`]), for choosing MS.
 //!
 //! Without a mapping for the playing sender, with an unsynchronised wall
 //! clock, or before the device's position is known, there is no error and
@@ -60,6 +67,7 @@ use core::fmt;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 
 use crate::receive::drift::ControllerConfig;
+use crate::receive::margin::ArrivalMargin;
 use crate::receive::sender_clock::SenderClock;
 
 /// An error this large (ms) after alignment is a step, not drift: the
@@ -467,7 +475,19 @@ pub struct SyncPlayout {
     wall_clock_synced: bool,
     pub device: DeviceClock,
     locked: bool,
+    /// The last period's read of the jitter buffer, for arrival margins.
+    read_point: Option<ReadPoint>,
+    margin: ArrivalMargin,
     metrics: SyncMetrics,
+}
+
+/// By when a frame must be in the jitter buffer to play on time: frame
+/// `rtp` by `deadline_ns` on the packets' arrival clock (monotonic), the
+/// frames after it one sender frame later each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct ReadPoint {
+    rtp: u32,
+    deadline_ns: f64,
 }
 
 /// What sync playout did, for the statistics line and the tests.
@@ -482,6 +502,9 @@ pub struct SyncMetrics {
     /// Frames skipped and silence inserted by alignments, stream frames.
     pub skipped_frames: u64,
     pub inserted_frames: u64,
+    /// The arrival margin 99 % of the last 5-10 s of packets had at
+    /// least, ns (see `receive::margin`); `None` before 50 packets.
+    pub margin_ns: Option<i64>,
 }
 
 impl SyncPlayout {
@@ -493,6 +516,8 @@ impl SyncPlayout {
             wall_clock_synced: false,
             device: DeviceClock::default(),
             locked: false,
+            read_point: None,
+            margin: ArrivalMargin::new(sync_ms),
             metrics: SyncMetrics {
                 why: Some(Why::NoStream),
                 ..SyncMetrics::default()
@@ -512,9 +537,45 @@ impl SyncPlayout {
         self.wall_clock_synced = synced;
     }
 
-    /// The next decision aligns afresh (a new stream, a resync).
+    /// The next decision aligns afresh (a new stream, a resync); the
+    /// arrival margins start afresh with it.
     pub fn unlock(&mut self) {
         self.locked = false;
+        self.read_point = None;
+        self.margin.reset();
+        self.metrics.margin_ns = None;
+    }
+
+    /// This period's read of the jitter buffer, steered: frame `rtp` must
+    /// be there by `deadline_ns` (arrival clock) to play on time. The
+    /// engine works it out (it knows what plays after the buffer).
+    pub fn set_read_point(&mut self, rtp: u32, deadline_ns: f64) {
+        self.read_point = Some(ReadPoint { rtp, deadline_ns });
+    }
+
+    /// No read point (an alignment moved the cursor; not in charge): the
+    /// packets that come meanwhile are not measured.
+    pub fn clear_read_point(&mut self) {
+        self.read_point = None;
+    }
+
+    /// A packet of sender `ssrc` whose first frame is `rtp` (at `rate`
+    /// Hz nominal) arrived at `arrival_ns`: its margin, the time from its
+    /// arrival to its first frame's deadline, is kept (negative: it came
+    /// after its frame played). Only while a read point and the sender's
+    /// mapping are known.
+    pub fn on_arrival(&mut self, ssrc: u32, rtp: u32, arrival_ns: u64, rate: u32) {
+        let (Some(point), Some(mapping)) =
+            (self.read_point, self.mapping.filter(|m| m.ssrc == ssrc))
+        else {
+            return;
+        };
+        // The frames between are one sender frame apart on the sender's
+        // wall clock, which is what sync plays them at.
+        let deadline = point.deadline_ns + mapping.ns_from_anchor(rtp, rate)
+            - mapping.ns_from_anchor(point.rtp, rate);
+        self.margin.record(deadline - arrival_ns as f64, arrival_ns);
+        self.metrics.margin_ns = self.margin.low_margin_ns();
     }
 
     pub fn metrics(&self) -> &SyncMetrics {
@@ -524,6 +585,7 @@ impl SyncPlayout {
     /// Not in charge now, for `why`.
     pub fn stand_down(&mut self, why: Why) {
         self.locked = false;
+        self.read_point = None;
         self.metrics.why = Some(why);
         self.metrics.error_ns = None;
     }
