@@ -74,6 +74,10 @@ pub struct ControllerConfig {
     pub max_stretch: f64,
     /// Time constant of the reported drift's smoothing.
     pub report_s: f64,
+    /// Errors above this (ms) are not integrated: they are a jump of the
+    /// reference, not a clock's drift (`stretch_above_ms` bounds it too;
+    /// infinite: that bound alone).
+    pub integrate_below_ms: f64,
 }
 
 impl Default for ControllerConfig {
@@ -89,6 +93,7 @@ impl Default for ControllerConfig {
             stretch_until_ms: 1.0,
             max_stretch: 0.05,
             report_s: 20.0,
+            integrate_below_ms: f64::INFINITY,
         }
     }
 }
@@ -174,6 +179,12 @@ impl DelayController {
             if !(value.is_finite() && value > 0.0) {
                 return Err(ControllerError::Value { field, value });
             }
+        }
+        if cfg.integrate_below_ms.is_nan() || cfg.integrate_below_ms <= 0.0 {
+            return Err(ControllerError::Value {
+                field: "integrate_below_ms",
+                value: cfg.integrate_below_ms,
+            });
         }
         if cfg.stretch_until_ms >= cfg.stretch_above_ms {
             return Err(ControllerError::Value {
@@ -343,7 +354,10 @@ impl DelayController {
         // adaptive target comes down), which the proportional term takes
         // back; winding it into the integral would chase it for seconds
         // after it is gone.
-        if !self.stretching && self.integrating && error_ms.abs() <= limit {
+        if !self.stretching
+            && self.integrating
+            && error_ms.abs() <= limit.min(self.cfg.integrate_below_ms)
+        {
             self.integral = (self.integral + self.cfg.ki_ppm_per_ms_s * e * dt_s)
                 .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
         }
