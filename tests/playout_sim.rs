@@ -376,6 +376,10 @@ struct SyncRun {
     aligns: u64,
     late: u64,
     partly_late: u64,
+    /// Why sync is not in charge at the end, if it is not.
+    why: Option<netspeaker::receive::sync::Why>,
+    /// Frames concealed in the last 5 s.
+    concealed_last_5_s: u64,
 }
 
 /// Sync playout (`--sync-ms 100`) in simulated time: 8 kHz mono, 20 ms
@@ -428,7 +432,11 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
     let mut slot = Packet::empty(format);
     let mut out = vec![0.0f32; PERIOD_FRAMES];
     let mut margin_before_engaged = false;
+    let mut concealed_at = 0;
     for tick in 1..=seconds * 200 {
+        if tick == (seconds - 5) * 200 {
+            concealed_at = engine.metrics().concealed_frames;
+        }
         let now = tick * 5_000_000;
         while let Some((arrival, k)) = arrivals.next_if(|&(a, _)| a <= now) {
             slot.arrival_ns = arrival;
@@ -466,6 +474,8 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
         aligns: s.aligns,
         late: m.late,
         partly_late: m.partly_late,
+        why: s.why,
+        concealed_last_5_s: engine.metrics().concealed_frames - concealed_at,
     }
 }
 
@@ -516,4 +526,20 @@ fn sync_margin_goes_negative_when_packets_come_after_their_play_time() {
     assert!((-20.0..=-10.0).contains(&margin), "{run:?}");
     assert!(run.partly_late >= 10, "{run:?}");
     assert_eq!(run.late, 0, "{run:?}");
+}
+
+/// A sync delay too short for the path: every packet takes 95-115 ms
+/// where 85 ms is all MS leaves after the device. Re-aligning to frames
+/// that keep coming late would cut the sound out again and again; sync
+/// gives the stream up, says why, and the adaptive mode plays it whole.
+#[test]
+fn sync_gives_up_a_path_slower_than_its_delay_and_plays_adaptively() {
+    let run = simulate_sync(20, |k| 95.0 + (k * 7 % 21) as f64);
+    println!("too short: {run:?}");
+    assert_eq!(
+        run.why,
+        Some(netspeaker::receive::sync::Why::TooShort),
+        "{run:?}"
+    );
+    assert_eq!(run.concealed_last_5_s, 0, "{run:?}");
 }

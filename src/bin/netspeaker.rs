@@ -887,7 +887,7 @@ impl SyncWatch {
                 self.off_logged = Some((now, state));
                 use netspeaker::receive::sync::Why;
                 let level = match why {
-                    Why::ClockUnsynchronised => log::Level::Warn,
+                    Why::ClockUnsynchronised | Why::TooShort => log::Level::Warn,
                     // Between streams: nothing to sync, nothing to say.
                     Why::NoStream => log::Level::Debug,
                     _ => log::Level::Info,

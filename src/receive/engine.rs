@@ -713,9 +713,9 @@ impl Engine {
             }
             _ => Err(Why::NoStream),
         };
+        let result = result.and_then(|e| Ok((e, sync.decide(e, rate, now_ns)?)));
         let engaged = match result {
-            Ok(error_ns) => {
-                let decision = sync.decide(error_ns, rate);
+            Ok((error_ns, decision)) => {
                 if let Action::Align(_) = decision {
                     // The cursor moves: arrivals are measured again from
                     // the next, steered, period.

@@ -74,6 +74,16 @@ use crate::receive::sender_clock::SenderClock;
 /// wall clock or the device jumped. It is re-aligned at once.
 pub const STEP_MS: f64 = 20.0;
 
+/// Alignments that skip late audio within [`GIVE_UP_WINDOW_NS`] after
+/// which sync gives the stream up ([`Why::TooShort`]): frames keep arriving
+/// after their play time, MS is shorter than the device's delay and the
+/// path need. Each skip leaves the buffer empty, the stream restarts and
+/// aligns again, to frames as late as before: a speaker that cuts out
+/// every few hundred ms (seen: 130 alignments in 16 s). A start and a
+/// step of the wall clock are one each; three in 10 s are neither.
+const GIVE_UP_SKIPS: usize = 3;
+const GIVE_UP_WINDOW_NS: u64 = 10_000_000_000;
+
 /// The tracked device epoch rises above its drift line (a status was
 /// early, or the device slowed) at most this fast, ppm; faster while the
 /// drift is being learnt, the first `EPOCH_LEARN_NS`. 80 ppm: a JACK dummy
@@ -412,6 +422,10 @@ pub enum Why {
     NoDeviceTiming,
     /// Nothing is playing.
     NoStream,
+    /// Frames kept arriving after their play time (late audio skipped
+    /// [`GIVE_UP_SKIPS`] times within 10 s): MS is too short for this
+    /// device and path. Given up until a new stream starts.
+    TooShort,
 }
 
 impl fmt::Display for Why {
@@ -423,6 +437,9 @@ impl fmt::Display for Why {
             }
             Why::NoDeviceTiming => "the device's position is not known yet",
             Why::NoStream => "no stream",
+            Why::TooShort => {
+                "frames keep arriving after their play time: --sync-ms is shorter than this device's delay and the network path need (the statistics line's margin says by how much); raise --sync-ms on every speaker of the stream"
+            }
         })
     }
 }
@@ -435,6 +452,7 @@ impl Why {
             Why::ClockUnsynchronised => "clock unsynchronised",
             Why::NoDeviceTiming => "device timing unknown",
             Why::NoStream => "no stream",
+            Why::TooShort => "sync delay too short",
         }
     }
 
@@ -446,6 +464,7 @@ impl Why {
             Why::ClockUnsynchronised => 2,
             Why::NoDeviceTiming => 3,
             Why::NoStream => 4,
+            Why::TooShort => 5,
         }
     }
 
@@ -455,6 +474,7 @@ impl Why {
             Why::ClockUnsynchronised,
             Why::NoDeviceTiming,
             Why::NoStream,
+            Why::TooShort,
         ]
         .into_iter()
         .find(|w| w.code() == code)
@@ -484,6 +504,12 @@ pub struct SyncPlayout {
     /// The last period's read of the jitter buffer, for arrival margins.
     read_point: Option<ReadPoint>,
     margin: ArrivalMargin,
+    /// When the last late re-alignments were (monotonic ns), a ring.
+    late_skips: [u64; GIVE_UP_SKIPS],
+    late_skip_count: usize,
+    /// Frames kept coming too late: not in charge until the stream
+    /// restarts (`unlock`).
+    gave_up: bool,
     metrics: SyncMetrics,
 }
 
@@ -524,6 +550,9 @@ impl SyncPlayout {
             locked: false,
             read_point: None,
             margin: ArrivalMargin::new(sync_ms),
+            late_skips: [0; GIVE_UP_SKIPS],
+            late_skip_count: 0,
+            gave_up: false,
             metrics: SyncMetrics {
                 why: Some(Why::NoStream),
                 ..SyncMetrics::default()
@@ -547,6 +576,8 @@ impl SyncPlayout {
     /// arrival margins start afresh with it.
     pub fn unlock(&mut self) {
         self.locked = false;
+        self.gave_up = false;
+        self.late_skip_count = 0;
         self.read_point = None;
         self.margin.reset();
         self.metrics.margin_ns = None;
@@ -606,6 +637,9 @@ impl SyncPlayout {
         frames_ahead: f64,
         rate: u32,
     ) -> Result<f64, Why> {
+        if self.gave_up {
+            return Err(Why::TooShort);
+        }
         if !self.wall_clock_synced && !self.trust_clock {
             return Err(Why::ClockUnsynchronised);
         }
@@ -633,13 +667,31 @@ impl SyncPlayout {
         }
     }
 
-    /// What to do with an error of `error_ns` at `rate` Hz: align at a
-    /// start or a step, else steer.
-    pub fn decide(&mut self, error_ns: f64, rate: u32) -> Action {
+    /// What to do with an error of `error_ns` at `rate` Hz, measured at
+    /// `now_ns` (monotonic): align at a start or a step, else steer; or
+    /// give up, when frames keep coming too late to play on time.
+    pub fn decide(&mut self, error_ns: f64, rate: u32, now_ns: u64) -> Result<Action, Why> {
+        let frames = error_ns * f64::from(rate) / 1e9;
+        let step = error_ns.abs() > STEP_MS * 1e6;
+        // Every alignment that skips counts, a start's too: after a skip
+        // the buffer is empty, the stream stops and starts again and
+        // aligns as a start (not a step).
+        if (!self.locked || step) && frames.round() > 0.0 {
+            self.late_skips[self.late_skip_count % GIVE_UP_SKIPS] = now_ns;
+            self.late_skip_count += 1;
+            // The ring's next slot holds the oldest of the last skips.
+            let oldest = self.late_skips[self.late_skip_count % GIVE_UP_SKIPS];
+            if self.late_skip_count >= GIVE_UP_SKIPS
+                && now_ns.saturating_sub(oldest) < GIVE_UP_WINDOW_NS
+            {
+                self.gave_up = true;
+                self.stand_down(Why::TooShort);
+                return Err(Why::TooShort);
+            }
+        }
         self.metrics.why = None;
         self.metrics.error_ns = Some(error_ns);
-        let frames = error_ns * f64::from(rate) / 1e9;
-        if !self.locked || error_ns.abs() > STEP_MS * 1e6 {
+        if !self.locked || step {
             self.locked = true;
             self.metrics.aligns += 1;
             let whole = frames.round() as i64;
@@ -648,9 +700,9 @@ impl SyncPlayout {
             } else {
                 self.metrics.inserted_frames += whole.unsigned_abs();
             }
-            return Action::Align(whole);
+            return Ok(Action::Align(whole));
         }
-        Action::Steer(frames)
+        Ok(Action::Steer(frames))
     }
 }
 
@@ -666,6 +718,43 @@ mod tests {
         *state ^= *state >> 7;
         *state ^= *state << 17;
         (*state >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Skipping late audio again and again (each skip empties the buffer,
+    /// the restart aligns again) gives the stream up until a new one
+    /// starts; skips spread wider than the window, a step of the clock,
+    /// and early alignments (silence inserted) do not.
+    #[test]
+    fn repeated_late_skips_give_the_stream_up() {
+        let s_ns = 1_000_000_000u64;
+        let late = 30e6; // 30 ms: over the step threshold
+        let mut s = SyncPlayout::new(100, true);
+        // A start (late), then a stop and start every 4 s: three skips in
+        // 8 s give up.
+        assert_eq!(s.decide(late, 48_000, 10 * s_ns), Ok(Action::Align(1440)));
+        s.stand_down(Why::NoStream);
+        assert_eq!(s.decide(late, 48_000, 14 * s_ns), Ok(Action::Align(1440)));
+        s.stand_down(Why::NoStream);
+        assert_eq!(s.decide(late, 48_000, 18 * s_ns), Err(Why::TooShort));
+        assert_eq!(s.metrics().why, Some(Why::TooShort));
+        // Given up: every later period says so, until a new stream.
+        assert_eq!(s.error_ns(7, 0, 0.0, 48_000), Err(Why::TooShort));
+        s.unlock();
+        assert_ne!(s.error_ns(7, 0, 0.0, 48_000), Err(Why::TooShort));
+        assert_eq!(s.decide(late, 48_000, 19 * s_ns), Ok(Action::Align(1440)));
+
+        // Three skips 6 s apart; early alignments and steps between.
+        let mut s = SyncPlayout::new(100, true);
+        for k in 0..6u64 {
+            let at = 100 * s_ns + k * 6 * s_ns;
+            assert_eq!(
+                s.decide(late, 48_000, at),
+                Ok(Action::Align(1440)),
+                "skip {k}"
+            );
+            assert_eq!(s.decide(-late, 48_000, at + s_ns), Ok(Action::Align(-1440)));
+            assert_eq!(s.decide(0.0, 48_000, at + 2 * s_ns), Ok(Action::Steer(0.0)));
+        }
     }
 
     #[test]
@@ -1023,7 +1112,10 @@ mod tests {
             }
             let now_engaged = match result {
                 Ok(e) => {
-                    match s.decide(e, rate) {
+                    match s
+                        .decide(e, rate, mono(t) as u64)
+                        .expect("a simulated path in time")
+                    {
                         Action::Align(n) => {
                             cursor += n as f64;
                             controller.reset();
