@@ -367,7 +367,6 @@ fn a_start_with_sound_at_once_is_not_skipped() {
 }
 
 /// What the arrival margin showed in a simulated sync run.
-#[derive(Debug)]
 struct SyncRun {
     /// The statistics line's margin at the end, ms.
     margin_ms: Option<f64>,
@@ -380,6 +379,7 @@ struct SyncRun {
     why: Option<netspeaker::receive::sync::Why>,
     /// Frames concealed in the last 5 s.
     concealed_last_5_s: u64,
+    played: Vec<f32>,
 }
 
 /// Sync playout (`--sync-ms 100`) in simulated time: 8 kHz mono, 20 ms
@@ -392,6 +392,17 @@ struct SyncRun {
 /// (which the margin takes off to be safe) and the resampler's hold (its
 /// filter's look-ahead while sync steers it: 2.5 ms here).
 fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
+    simulate_sync_stepped(seconds, transit_ms, None)
+}
+
+/// As `simulate_sync`, and the receiver's wall clock steps by `step.1` ns
+/// at `step.0` s (chrony or a PTP lock stepping it); `SyncRun::played`
+/// holds what was played.
+fn simulate_sync_stepped(
+    seconds: u64,
+    transit_ms: impl Fn(u64) -> f64,
+    step: Option<(u64, i64)>,
+) -> SyncRun {
     use netspeaker::receive::sync::{Mapping, SyncConfig};
     const QUEUE: u64 = 4 * PERIOD_FRAMES as u64;
     let config = PlayoutConfig {
@@ -414,7 +425,7 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
         channels: 1,
     };
     // CLOCK_REALTIME less CLOCK_MONOTONIC.
-    let realtime_offset: i64 = 1_764_000_000_000_000_000;
+    let mut realtime_offset: i64 = 1_764_000_000_000_000_000;
     let c0 = 1_000_000_000u64;
     let mapping = Mapping {
         ssrc: 7,
@@ -433,7 +444,13 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
     let mut out = vec![0.0f32; PERIOD_FRAMES];
     let mut margin_before_engaged = false;
     let mut concealed_at = 0;
+    let mut played = Vec::new();
     for tick in 1..=seconds * 200 {
+        if let Some((at_s, by_ns)) = step {
+            if tick == at_s * 200 {
+                realtime_offset += by_ns;
+            }
+        }
         if tick == (seconds - 5) * 200 {
             concealed_at = engine.metrics().concealed_frames;
         }
@@ -460,6 +477,7 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
             margin_before_engaged = true;
         }
         engine.render(&mut out, now);
+        played.extend_from_slice(&out);
         // The device has played frame f at f / RATE from 0; written:
         // what it played and a ring of 4 periods.
         let written = QUEUE + tick * PERIOD_FRAMES as u64;
@@ -476,6 +494,7 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
         partly_late: m.partly_late,
         why: s.why,
         concealed_last_5_s: engine.metrics().concealed_frames - concealed_at,
+        played,
     }
 }
 
@@ -528,6 +547,23 @@ fn sync_margin_goes_negative_when_packets_come_after_their_play_time() {
     assert_eq!(run.late, 0, "{run:?}");
 }
 
+impl std::fmt::Debug for SyncRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "margin {:?} ms (before engaged: {}), aligns {}, late {}, partly late {}, why {:?}, concealed in the last 5 s {} frames, {} frames played",
+            self.margin_ms,
+            self.margin_before_engaged,
+            self.aligns,
+            self.late,
+            self.partly_late,
+            self.why,
+            self.concealed_last_5_s,
+            self.played.len()
+        )
+    }
+}
+
 /// A sync delay too short for the path: every packet takes 95-115 ms
 /// where 85 ms is all MS leaves after the device. Re-aligning to frames
 /// that keep coming late would cut the sound out again and again; sync
@@ -542,4 +578,35 @@ fn sync_gives_up_a_path_slower_than_its_delay_and_plays_adaptively() {
         "{run:?}"
     );
     assert_eq!(run.concealed_last_5_s, 0, "{run:?}");
+}
+
+/// The receiver's wall clock steps mid-stream, 30 ms either way: sync
+/// aligns once more, skipping (clock forward: the audio is late) or
+/// inserting (back) 30 ms, and the splice is never a click: no
+/// sample-to-sample jump beyond what the 220 Hz tone itself makes
+/// (2π · 220 / 8000 of its amplitude), with margin for the cross-fade.
+#[test]
+fn a_stepped_wall_clock_realigns_once_without_a_click() {
+    let amplitude = 6000.0 / 32768.0;
+    let tone_step = 2.0 * std::f64::consts::PI * 220.0 / f64::from(RATE) * amplitude;
+    for by_ms in [30i64, -30] {
+        let run = simulate_sync_stepped(12, transit(0.0), Some((6, by_ms * 1_000_000)));
+        assert_eq!(run.aligns, 2, "step {by_ms} ms: {run:?}");
+        assert_eq!(run.why, None, "step {by_ms} ms: {run:?}");
+        // From 1 s (after the start's alignment) to the end.
+        let from = RATE as usize;
+        let (at, worst) = run.played[from..]
+            .windows(2)
+            .map(|w| f64::from((w[1] - w[0]).abs()))
+            .enumerate()
+            .fold((0, 0.0), |a, (i, d)| if d > a.1 { (i, d) } else { a });
+        let at = (from + at) as f64 / f64::from(RATE);
+        println!(
+            "step {by_ms:+} ms: {run:?}; largest jump {worst:.4} at {at:.4} s (the tone's own {tone_step:.4})"
+        );
+        assert!(
+            worst <= 1.5 * tone_step,
+            "step {by_ms} ms: a jump of {worst:.4} between two samples (the tone's own: {tone_step:.4}): a click"
+        );
+    }
 }

@@ -406,6 +406,18 @@ impl Resampler {
         self.target_step = self.step_at(self.target_ppm);
     }
 
+    /// Sets the drift at once, without the glide, keeping the history and
+    /// the position: for a jump of the timeline (sync's alignment), where
+    /// a ratio left thousands of ppm off would take a second to glide
+    /// back, and dropping the history (`reset`) would splice the output.
+    pub fn set_drift_ppm_now(&mut self, ppm: f64) {
+        if !ppm.is_finite() {
+            return;
+        }
+        self.set_drift_ppm(ppm);
+        self.cur.applied_ppm = self.target_ppm;
+    }
+
     /// The position's advance per output frame at `ppm` of drift.
     fn step_at(&self, ppm: f64) -> f64 {
         self.nominal_step * (1.0 + ppm * 1e-6)

@@ -720,21 +720,22 @@ impl Engine {
                     // The cursor moves: arrivals are measured again from
                     // the next, steered, period.
                     sync.clear_read_point();
-                    // An alignment starts the chain after the jitter
-                    // buffer afresh: the stretcher's request and the
-                    // resampler's ratio and look-ahead (whatever the
-                    // adaptive mode had them at: catching up a backlog
-                    // runs the ratio thousands of ppm off, which would
-                    // take a second to glide back), and the adaptive
-                    // catch-up of held audio. The frames the resampler
-                    // held go with it: the shift is taken without them.
+                    // An alignment starts the control after the jitter
+                    // buffer afresh: the stretcher's request, the
+                    // resampler's ratio (whatever the adaptive mode had
+                    // it at: catching up a backlog runs it thousands of
+                    // ppm off, which would take a second to glide back)
+                    // and the adaptive catch-up of held audio. What the
+                    // stretcher and the resampler hold still plays (the
+                    // error counts it), so the output stays continuous:
+                    // dropping the resampler's history clicked.
                     self.stretcher.cancel();
                     self.controller.reset();
                     self.ceiling_ms = None;
                     if let Some(r) = active_mut(&mut self.bank, self.active) {
-                        r.reset();
+                        r.set_drift_ppm_now(0.0);
                     }
-                    let shift = error_ns * f64::from(rate) / 1e9 - resampler_frames;
+                    let shift = error_ns * f64::from(rate) / 1e9;
                     let whole = shift.round();
                     // What is left after whole frames: under one.
                     self.sync_error_frames = Some(shift - whole);
@@ -745,6 +746,13 @@ impl Engine {
                         self.sync_hold -= held;
                         rest -= held;
                         self.jitter.skip(rest);
+                        if rest > 0 && self.sounding {
+                            // A splice: the audio after the skipped
+                            // frames is cross-faded in from the
+                            // continuation of what played, as after a
+                            // gap (a zero-length one), never a click.
+                            self.concealer.conceal(&mut []);
+                        }
                     } else {
                         self.sync_hold += (-whole) as usize;
                     }
