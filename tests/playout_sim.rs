@@ -435,7 +435,10 @@ fn simulate_sync_stepped(
     };
     // Every packet's arrival, sorted: a held-back packet comes after
     // those sent behind it, as on a real path.
+    // An infinite transit: not sent (a silence between talkspurts).
+    let sent = |k: u64| transit_ms(k).is_finite();
     let mut arrivals: Vec<(u64, u64)> = (0..seconds * 50)
+        .filter(|&k| sent(k))
         .map(|k| (c0 + k * 20_000_000 + (transit_ms(k) * 1e6) as u64, k))
         .collect();
     arrivals.sort_unstable();
@@ -460,7 +463,7 @@ fn simulate_sync_stepped(
             slot.ssrc = 7;
             slot.seq = k as u16;
             slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
-            slot.marker = k == 0;
+            slot.marker = k == 0 || !sent(k - 1);
             slot.payload_type = 96;
             slot.payload.clear();
             for i in 0..PTIME_FRAMES {
@@ -609,4 +612,22 @@ fn a_stepped_wall_clock_realigns_once_without_a_click() {
             "step {by_ms} ms: a jump of {worst:.4} between two samples (the tone's own: {tone_step:.4}): a click"
         );
     }
+}
+
+/// A silence of 3 s between two talkspurts (nothing sent, the timestamps
+/// go on; the next talkspurt marked): the stream is lost and comes back,
+/// and the next talkspurt plays at its time, aligned once more, without
+/// skipping audio or giving up.
+#[test]
+fn sync_keeps_time_across_a_silence() {
+    let run = simulate_sync(16, |k| {
+        if (400..550).contains(&k) {
+            f64::INFINITY
+        } else {
+            10.0 + (k * 7 % 5) as f64
+        }
+    });
+    println!("silence: {run:?}");
+    assert_eq!(run.why, None, "{run:?}");
+    assert_eq!(run.aligns, 2, "{run:?}");
 }

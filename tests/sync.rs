@@ -43,10 +43,13 @@ const RATE: u32 = 48_000;
 /// Tone bursts: 20 ms of 1 kHz every 100 ms.
 const EVERY_MS: u32 = 100;
 const BURST_MS: u32 = 20;
-const SIGNAL_S: usize = 23;
+const SIGNAL_S: usize = 27;
 const LATE_JOIN: Duration = Duration::from_secs(3);
 /// Recorded from before the first receiver starts.
 const RECORD_S: u64 = 19;
+/// The skewed sender's case records longer: a silence and a restart are
+/// left out of its judged blocks.
+const RECORD_LONG_S: u64 = 23;
 const SYNC_MS: &str = "100";
 /// The issue's bar: 0.1 ms at 48 kHz. Printed against every block.
 const ISSUE_BAR_FRAMES: f64 = 4.8;
@@ -238,6 +241,119 @@ enum Sender {
     /// ffmpeg's RTP muxer (`-re`), its reports (one with the first packet,
     /// then every 5 s) sent to the RTP port too (`rtcpport`).
     Ffmpeg,
+    /// [`skewed_sender`]: a media clock `ppm` off its wall clock, a
+    /// silence and a restart.
+    Skewed { ppm: f64 },
+}
+
+/// When the skewed sender was silent and when it restarted.
+#[derive(Clone, Copy, Debug)]
+struct SenderEvents {
+    silence: (Instant, Instant),
+    restart: Instant,
+}
+
+/// The skewed sender's timeline, in seconds from its start.
+/// Half a second off the judged blocks' whole seconds (the late joiner
+/// starts a whole number of seconds after the sender), so a block is
+/// clearly in or out.
+const SILENCE_S: (f64, f64) = (9.5, 12.5);
+const RESTART_S: f64 = 15.5;
+
+/// A sender whose media clock runs `ppm` fast against its wall clock (this
+/// machine's): 20 ms packets of the 48 kHz mono signal every 20 ms / (1 +
+/// ppm·1e-6) of real time, and with every 50th a sender report (muxed on
+/// the RTP port) pairing its media clock with the wall clock, as a sender
+/// with a fast crystal does. From `SILENCE_S.0` to `.1` it sends nothing
+/// (a talkspurt ends; the next starts with the marker bit and the
+/// timestamps the silence took, as VoIP senders with VAD do). At
+/// `RESTART_S` it says goodbye (RTCP BYE) and starts again as a new
+/// sender: new SSRC, sequence numbers and timestamp base, a report with
+/// its first packet.
+fn skewed_sender(
+    samples: Vec<i16>,
+    to: SocketAddr,
+    ppm: f64,
+) -> std::thread::JoinHandle<SenderEvents> {
+    use netspeaker::rtp::rtcp::{ntp_from_unix_ns, write_report, SenderInfo};
+    std::thread::spawn(move || {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
+        let frames = RATE as usize / 50;
+        let interval_ns = 20e6 / (1.0 + ppm * 1e-6);
+        let media_rate = f64::from(RATE) * (1.0 + ppm * 1e-6);
+        let start = Instant::now();
+        let at = |s: f64| start + Duration::from_secs_f64(s);
+        let unix_now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock after 1970")
+                .as_nanos() as u64
+        };
+        let (mut ssrc, mut seq, mut ts0, mut k0) = (0x5eed_0001u32, 100u16, 7_000_000u32, 0usize);
+        let mut restarted = false;
+        let mut packet = vec![0u8; 12 + frames * 2];
+        let mut report = [0u8; netspeaker::rtp::rtcp::MAX_REPORT_LEN];
+        let mut sent_since_report = usize::MAX;
+        let mut marker = true;
+        for (k, chunk) in samples.chunks_exact(frames).enumerate() {
+            let due = start + Duration::from_nanos((interval_ns * k as f64) as u64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let t = due.duration_since(start).as_secs_f64();
+            if t >= RESTART_S && !restarted {
+                let info = SenderInfo {
+                    ntp: ntp_from_unix_ns(unix_now()),
+                    rtp_timestamp: ts0.wrapping_add(((k - k0) * frames) as u32),
+                    packets: 0,
+                    octets: 0,
+                };
+                if let Some(n) = write_report(&mut report, ssrc, &info, b"skewed", true) {
+                    let _ = sock.send_to(&report[..n], to);
+                }
+                restarted = true;
+                (ssrc, seq, ts0, k0) = (0x5eed_0002, 40_000, 3_000_000_000, k);
+                sent_since_report = usize::MAX;
+                marker = true;
+            }
+            if t >= SILENCE_S.0 && t < SILENCE_S.1 {
+                marker = true;
+                continue;
+            }
+            let ts = ts0.wrapping_add(((k - k0) * frames) as u32);
+            if sent_since_report >= 50 {
+                // The media clock now: the packet's timestamp plus the
+                // frames of the time since it was due.
+                let late_s = Instant::now().saturating_duration_since(due).as_secs_f64();
+                let info = SenderInfo {
+                    ntp: ntp_from_unix_ns(unix_now()),
+                    rtp_timestamp: ts.wrapping_add((late_s * media_rate) as u32),
+                    packets: 0,
+                    octets: 0,
+                };
+                if let Some(n) = write_report(&mut report, ssrc, &info, b"skewed", false) {
+                    let _ = sock.send_to(&report[..n], to);
+                }
+                sent_since_report = 0;
+            }
+            packet[0] = 0x80;
+            packet[1] = 96 | if marker { 0x80 } else { 0 };
+            packet[2..4].copy_from_slice(&seq.to_be_bytes());
+            packet[4..8].copy_from_slice(&ts.to_be_bytes());
+            packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            for (b, v) in packet[12..].chunks_exact_mut(2).zip(chunk) {
+                b.copy_from_slice(&v.to_be_bytes());
+            }
+            let _ = sock.send_to(&packet, to);
+            seq = seq.wrapping_add(1);
+            sent_since_report += 1;
+            marker = false;
+        }
+        SenderEvents {
+            silence: (at(SILENCE_S.0), at(SILENCE_S.1)),
+            restart: at(RESTART_S),
+        }
+    })
 }
 
 /// One end-to-end case: the sender, each receiver's `--period-ms`, the
@@ -329,10 +445,14 @@ fn run(name: &str, case: Case) {
     // capture ports; the receivers' devices connect to them as they open,
     // so the graph changes only when a receiver joins.
     let recording = dir.file("both.wav");
+    let record_s = match who_sends {
+        Sender::Skewed { .. } => RECORD_LONG_S,
+        _ => RECORD_S,
+    };
     let mut rec = Command::new("jack_rec")
         .arg("-f")
         .arg(&recording)
-        .args(["-d", &RECORD_S.to_string(), "-b", "16"])
+        .args(["-d", &record_s.to_string(), "-b", "16"])
         .args(["system:capture_1", "system:capture_2"])
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
@@ -344,10 +464,13 @@ fn run(name: &str, case: Case) {
     // (so the bar below starts no later than it should).
     let rec_started = Instant::now();
     let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], sync_ms, &env);
-    let (mut tx, mut ffmpeg) = match who_sends {
-        Sender::Netspeaker => (Some(sender(&wav, fan.addr, &["--rtcp-mux"])), None),
-        Sender::Ffmpeg => (None, Some(ffmpeg_sender(&wav, fan.addr))),
-    };
+    let signal = tone_bursts(RATE, frames, 50, EVERY_MS, BURST_MS, 1000.0, 16000);
+    let (mut tx, mut ffmpeg, mut skewed) = (None, None, None);
+    match who_sends {
+        Sender::Netspeaker => tx = Some(sender(&wav, fan.addr, &["--rtcp-mux"])),
+        Sender::Ffmpeg => ffmpeg = Some(ffmpeg_sender(&wav, fan.addr)),
+        Sender::Skewed { ppm } => skewed = Some(skewed_sender(signal, fan.addr, ppm)),
+    }
     std::thread::sleep(LATE_JOIN);
     let b_started = Instant::now();
     let mut rx_b = receiver(&dir, "B", port_b, periods_ms[1], sync_ms, &env);
@@ -361,6 +484,8 @@ fn run(name: &str, case: Case) {
         let _ = ffmpeg.kill();
         let _ = ffmpeg.wait();
     }
+    // Its signal runs out after the recording ends.
+    let events = skewed.map(|h| h.join().expect("the skewed sender"));
     drop(fan);
     let (log_a, log_b) = (rx_a.log_text(), rx_b.log_text());
     for (tag, log) in [("A", &log_a), ("B", &log_b)] {
@@ -408,7 +533,29 @@ fn run(name: &str, case: Case) {
     // The bar starts `settle_s` after B's first packet (B started
     // listening into a running stream); the recording started before A.
     let from_s = b_started.duration_since(rec_started).as_secs_f64() + settle_s;
-    let blocks = block_offsets(&a, &b, from_s);
+    let mut blocks = block_offsets(&a, &b, from_s);
+    if let Some(ev) = events {
+        // Left out: blocks from the silence's start to just after its end
+        // (the first talkspurt after it is judged at once: sync keeps
+        // time across a silence), and from the restart to 3 s after it
+        // (the new sender's first report, then its first fit).
+        let rec_s = |t: Instant| t.saturating_duration_since(rec_started).as_secs_f64();
+        let out = [
+            (rec_s(ev.silence.0), rec_s(ev.silence.1) + 0.3),
+            (rec_s(ev.restart), rec_s(ev.restart) + 3.0),
+        ];
+        eprintln!(
+            "{name}: {} blocks of a {:.2} s recording; left out (recording s): {out:.2?}",
+            blocks.len(),
+            a.len() as f64 / f64::from(RATE)
+        );
+        let mut k = 0;
+        blocks.retain(|_| {
+            let (lo, hi) = (from_s + k as f64, from_s + k as f64 + 1.0);
+            k += 1;
+            !out.iter().any(|&(a, b)| lo < b && hi > a)
+        });
+    }
     let table: Vec<String> = blocks
         .iter()
         .map(|(w, n)| format!("{:+.2} ({n})", w))
@@ -425,7 +572,22 @@ fn run(name: &str, case: Case) {
         "{name}: {within} of {} blocks within 0.1 ms (the issue's bar)",
         blocks.len()
     );
-    assert!(blocks.len() >= 7, "too short a recording: {blocks:?}");
+    for (tag, log) in [("A", &log_a), ("B", &log_b)] {
+        // Each statistics line's sync part, for the record.
+        let parts: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split(" sync ").nth(1))
+            .map(|p| p.split(" margin").next().unwrap_or(p))
+            .collect();
+        eprintln!(
+            "{name}: receiver {tag}, sync per second: {}",
+            parts.join(" | ")
+        );
+    }
+    assert!(
+        blocks.len() >= 6,
+        "too short a recording: {blocks:?}\nA:\n{log_a}\nB:\n{log_b}"
+    );
     for (i, (worst, pairs)) in blocks.iter().enumerate() {
         assert!(*pairs >= 8, "block {i}: only {pairs} bursts found");
         assert!(
@@ -467,6 +629,23 @@ fn ffmpeg_sender_and_20_ms_periods_play_in_step() {
             sender: Sender::Ffmpeg,
             periods_ms: ["5", "20"],
             sync_ms: "150",
+            check_margin: true,
+            ..Case::default()
+        },
+    );
+}
+
+/// A sender whose clock runs 1000 ppm fast against its wall clock (its
+/// reports map one to the other), falling silent for 3 s between two
+/// talkspurts and then restarting as a new sender (BYE, new SSRC and
+/// timestamps): the receivers stay in step through the silence (judged
+/// from 0.3 s after it) and are in step again 3 s after the restart.
+#[test]
+fn sender_1000_ppm_fast_silence_and_restart_play_in_step() {
+    run(
+        "skewed",
+        Case {
+            sender: Sender::Skewed { ppm: 1000.0 },
             check_margin: true,
             ..Case::default()
         },

@@ -701,6 +701,16 @@ impl Engine {
                 e.resampler.latency_frames() * f64::from(rate) / f64::from(self.device_rate.max(1))
             });
         let cursor_rtp = self.jitter.cursor_timestamp();
+        if playing && self.sync_engaged && self.jitter.depth_frames() == 0 {
+            // The buffer ran dry (a talkspurt ended, a packet is late):
+            // the cursor waits for its frame while the device plays on,
+            // so the error grows by a period each period and means
+            // nothing yet. Aligning to it would skip audio that has not
+            // come (and every silence would look like a late stream).
+            // The ratio holds; the frame is judged when it is here.
+            self.sync_error_frames = Some(0.0);
+            return;
+        }
         let result = match (playing, self.jitter.metrics().ssrc) {
             (true, Some(ssrc)) => {
                 // What plays before the cursor's frame: the stretcher's
