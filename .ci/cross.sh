@@ -79,7 +79,7 @@ for t in "${targets[@]}"; do
         # The release profile strips already; stripping a copy again makes
         # the number honest even if someone turns that off.
         tmp=$(mktemp)
-        "${strip_tool[$t]}" -o "$tmp" "target/$t/release/$b"
+        "${strip_tool[$t]}" -o "$tmp" "${CARGO_TARGET_DIR:-target}/$t/release/$b"
         bytes=$(stat -c %s "$tmp")
         rm -f "$tmp"
         sizes+=("$(awk -v t="$t" -v b="$b" -v n="$bytes" \

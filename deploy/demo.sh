@@ -36,7 +36,8 @@ command -v cargo >/dev/null || { echo "install Rust first: https://rustup.rs" >&
 
 echo "== building"
 cargo build --release --quiet --bin netspeaker --bin netspeaker-send
-bin=target/release
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to here), as cargo does.
+bin=${CARGO_TARGET_DIR:-target}/release
 
 work=$(mktemp -d /tmp/netspeaker-demo.XXXXXX)
 pids=()
@@ -77,7 +78,7 @@ echo "== starting the receiver: netspeaker --device $device --listen 127.0.0.1:5
 "$bin/netspeaker" --device "$device" --listen 127.0.0.1:5004 --rtp-format 96=L16/48000/2 \
   --stats-interval 0 2>"$work/receiver.log" &
 rx=$!
-pids+=($rx)
+pids+=("$rx")
 # "open:" is logged once the device really consumes audio (a sound server
 # can take a second or two to start a stream).
 for _ in $(seq 100); do grep -q "open:" "$work/receiver.log" && break; sleep 0.1; done

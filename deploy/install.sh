@@ -112,16 +112,20 @@ build() {
         return
     fi
     command -v cargo >/dev/null || die "cargo not found: install Rust (rustup.rs) or pass --bin-dir"
+    # Where cargo puts them: CARGO_TARGET_DIR when set (relative to the
+    # repository, where cargo runs), else target/.
+    local target_dir=${CARGO_TARGET_DIR:-target}
+    case $target_dir in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
     if [ -z "$triple" ]; then
         (cd "$repo" && cargo build --release --bins >&2)
-        echo "$repo/target/release"
+        echo "$target_dir/release"
     elif [ "$use_cross" -eq 1 ]; then
         (cd "$repo" && cross build --release --bins --target "$triple" >&2)
-        echo "$repo/target/$triple/release"
+        echo "$target_dir/$triple/release"
     else
         (cd "$repo" && cargo build --release --bins --target "$triple" >&2) ||
             die "cross-build for $triple failed: see .cargo/config.toml for the Debian packages it needs, or use --cross (Docker)"
-        echo "$repo/target/$triple/release"
+        echo "$target_dir/$triple/release"
     fi
 }
 
