@@ -26,6 +26,20 @@ struct Outcome {
     passthrough_share: f64,
 }
 
+/// An engine for `config` (8 kHz mono L16 streams) on an 8 kHz mono
+/// device, and the stream's format.
+fn mono_engine(config: &PlayoutConfig) -> (Engine, StreamFormat) {
+    let mut engine = Engine::new(config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, RATE, config).expect("bank");
+    engine.attach_device(1, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: RATE,
+        channels: 1,
+    };
+    (engine, format)
+}
+
 fn simulate(ppm: f64, clock_follow: bool, minutes: u64, seed: u64) -> Outcome {
     simulate_fed(ppm, clock_follow, minutes, seed, true)
 }
@@ -45,14 +59,7 @@ fn simulate_fed(
         stream_formats: vec![(RATE, 1)],
         ..PlayoutConfig::default()
     };
-    let mut engine = Engine::new(&config).expect("engine");
-    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
-    engine.attach_device(1, Some(bank));
-    let format = StreamFormat {
-        encoding: Encoding::L16,
-        rate: RATE,
-        channels: 1,
-    };
+    let (mut engine, format) = mono_engine(&config);
     let mut slot = Packet::empty(format);
     let mut out = vec![0.0f32; PERIOD_FRAMES];
     let mut rng = seed | 1;
@@ -416,14 +423,7 @@ fn simulate_sync_stepped(
         }),
         ..PlayoutConfig::default()
     };
-    let mut engine = Engine::new(&config).expect("engine");
-    let bank = ResamplerBank::new(&config.stream_formats, RATE, &config).expect("bank");
-    engine.attach_device(1, Some(bank));
-    let format = StreamFormat {
-        encoding: Encoding::L16,
-        rate: RATE,
-        channels: 1,
-    };
+    let (mut engine, format) = mono_engine(&config);
     // CLOCK_REALTIME less CLOCK_MONOTONIC.
     let mut realtime_offset: i64 = 1_764_000_000_000_000_000;
     let c0 = 1_000_000_000u64;
