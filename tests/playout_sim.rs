@@ -40,6 +40,22 @@ fn mono_engine(config: &PlayoutConfig) -> (Engine, StreamFormat) {
     (engine, format)
 }
 
+/// Packet `k` of sender 7's 220 Hz tone (voiced-like, so the stretcher
+/// and the concealer have periods to work with), `PTIME_FRAMES` a packet.
+fn tone_packet(slot: &mut Packet, k: u64, marker: bool) {
+    slot.ssrc = 7;
+    slot.seq = k as u16;
+    slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
+    slot.marker = marker;
+    slot.payload_type = 96;
+    slot.payload.clear();
+    for i in 0..PTIME_FRAMES {
+        let n = (k as usize * PTIME_FRAMES + i) as f64;
+        let v = (6000.0 * (2.0 * std::f64::consts::PI * 220.0 * n / RATE as f64).sin()) as i16;
+        let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
 fn simulate(ppm: f64, clock_follow: bool, minutes: u64, seed: u64) -> Outcome {
     simulate_fed(ppm, clock_follow, minutes, seed, true)
 }
@@ -90,19 +106,7 @@ fn simulate_fed(
                 break;
             }
             slot.arrival_ns = arrival;
-            slot.ssrc = 7;
-            slot.seq = k as u16;
-            slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
-            slot.marker = k == 0;
-            slot.payload_type = 96;
-            slot.payload.clear();
-            for i in 0..PTIME_FRAMES {
-                // A voiced-like tone so the stretcher has periods to work with.
-                let n = (k as usize * PTIME_FRAMES + i) as f64;
-                let v =
-                    (6000.0 * (2.0 * std::f64::consts::PI * 220.0 * n / RATE as f64).sin()) as i16;
-                let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
-            }
+            tone_packet(&mut slot, k, k == 0);
             engine.push(&slot);
             k += 1;
         }
@@ -460,18 +464,7 @@ fn simulate_sync_stepped(
         let now = tick * 5_000_000;
         while let Some((arrival, k)) = arrivals.next_if(|&(a, _)| a <= now) {
             slot.arrival_ns = arrival;
-            slot.ssrc = 7;
-            slot.seq = k as u16;
-            slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
-            slot.marker = k == 0 || !sent(k - 1);
-            slot.payload_type = 96;
-            slot.payload.clear();
-            for i in 0..PTIME_FRAMES {
-                let n = (k as usize * PTIME_FRAMES + i) as f64;
-                let v =
-                    (6000.0 * (2.0 * std::f64::consts::PI * 220.0 * n / RATE as f64).sin()) as i16;
-                let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
-            }
+            tone_packet(&mut slot, k, k == 0 || !sent(k - 1));
             engine.push(&slot);
         }
         engine.set_sender_mapping(Some(mapping), true);
