@@ -275,6 +275,7 @@ fn skewed_sender(
     to: SocketAddr,
     ppm: f64,
 ) -> std::thread::JoinHandle<SenderEvents> {
+    use netspeaker::rtp::header::RtpHeader;
     use netspeaker::rtp::rtcp::{ntp_from_unix_ns, write_report, SenderInfo};
     std::thread::spawn(move || {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind sender");
@@ -283,16 +284,27 @@ fn skewed_sender(
         let media_rate = f64::from(RATE) * (1.0 + ppm * 1e-6);
         let start = Instant::now();
         let at = |s: f64| start + Duration::from_secs_f64(s);
-        let unix_now = || {
-            std::time::SystemTime::now()
+        // A sender report (with `bye`, the BYE after it) pairing the wall
+        // clock now with `rtp_timestamp`.
+        let mut report = [0u8; netspeaker::rtp::rtcp::MAX_REPORT_LEN];
+        let mut send_report = |ssrc: u32, rtp_timestamp: u32, bye: bool| {
+            let unix_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("clock after 1970")
-                .as_nanos() as u64
+                .as_nanos() as u64;
+            let info = SenderInfo {
+                ntp: ntp_from_unix_ns(unix_ns),
+                rtp_timestamp,
+                packets: 0,
+                octets: 0,
+            };
+            if let Some(n) = write_report(&mut report, ssrc, &info, b"skewed", bye) {
+                let _ = sock.send_to(&report[..n], to);
+            }
         };
         let (mut ssrc, mut seq, mut ts0, mut k0) = (0x5eed_0001u32, 100u16, 7_000_000u32, 0usize);
         let mut restarted = false;
         let mut packet = vec![0u8; 12 + frames * 2];
-        let mut report = [0u8; netspeaker::rtp::rtcp::MAX_REPORT_LEN];
         let mut sent_since_report = usize::MAX;
         let mut marker = true;
         for (k, chunk) in samples.chunks_exact(frames).enumerate() {
@@ -302,15 +314,7 @@ fn skewed_sender(
             }
             let t = due.duration_since(start).as_secs_f64();
             if t >= RESTART_S && !restarted {
-                let info = SenderInfo {
-                    ntp: ntp_from_unix_ns(unix_now()),
-                    rtp_timestamp: ts0.wrapping_add(((k - k0) * frames) as u32),
-                    packets: 0,
-                    octets: 0,
-                };
-                if let Some(n) = write_report(&mut report, ssrc, &info, b"skewed", true) {
-                    let _ = sock.send_to(&report[..n], to);
-                }
+                send_report(ssrc, ts0.wrapping_add(((k - k0) * frames) as u32), true);
                 restarted = true;
                 (ssrc, seq, ts0, k0) = (0x5eed_0002, 40_000, 3_000_000_000, k);
                 sent_since_report = usize::MAX;
@@ -325,23 +329,19 @@ fn skewed_sender(
                 // The media clock now: the packet's timestamp plus the
                 // frames of the time since it was due.
                 let late_s = Instant::now().saturating_duration_since(due).as_secs_f64();
-                let info = SenderInfo {
-                    ntp: ntp_from_unix_ns(unix_now()),
-                    rtp_timestamp: ts.wrapping_add((late_s * media_rate) as u32),
-                    packets: 0,
-                    octets: 0,
-                };
-                if let Some(n) = write_report(&mut report, ssrc, &info, b"skewed", false) {
-                    let _ = sock.send_to(&report[..n], to);
-                }
+                send_report(ssrc, ts.wrapping_add((late_s * media_rate) as u32), false);
                 sent_since_report = 0;
             }
-            packet[0] = 0x80;
-            packet[1] = 96 | if marker { 0x80 } else { 0 };
-            packet[2..4].copy_from_slice(&seq.to_be_bytes());
-            packet[4..8].copy_from_slice(&ts.to_be_bytes());
-            packet[8..12].copy_from_slice(&ssrc.to_be_bytes());
-            for (b, v) in packet[12..].chunks_exact_mut(2).zip(chunk) {
+            let header = RtpHeader {
+                marker,
+                payload_type: 96,
+                sequence: seq,
+                timestamp: ts,
+                ssrc,
+                ..RtpHeader::default()
+            };
+            let len = header.write(&mut packet).expect("an RTP header");
+            for (b, v) in packet[len..].chunks_exact_mut(2).zip(chunk) {
                 b.copy_from_slice(&v.to_be_bytes());
             }
             let _ = sock.send_to(&packet, to);
@@ -429,12 +429,8 @@ fn run(name: &str, case: Case) {
     env.extend(jack.env());
     let wav = dir.file("bursts.wav");
     let frames = SIGNAL_S * RATE as usize;
-    write_wav(
-        &wav,
-        RATE,
-        1,
-        &tone_bursts(RATE, frames, 50, EVERY_MS, BURST_MS, 1000.0, 16000),
-    );
+    let signal = tone_bursts(RATE, frames, 50, EVERY_MS, BURST_MS, 1000.0, 16000);
+    write_wav(&wav, RATE, 1, &signal);
     let (port_a, port_b) = (free_port(), free_port());
     let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let relay = jitter_b.map(|imp| Relay::start(addr(port_b), imp));
@@ -464,7 +460,6 @@ fn run(name: &str, case: Case) {
     // (so the bar below starts no later than it should).
     let rec_started = Instant::now();
     let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], sync_ms, &env);
-    let signal = tone_bursts(RATE, frames, 50, EVERY_MS, BURST_MS, 1000.0, 16000);
     let (mut tx, mut ffmpeg, mut skewed) = (None, None, None);
     match who_sends {
         Sender::Netspeaker => tx = Some(sender(&wav, fan.addr, &["--rtcp-mux"])),
