@@ -46,6 +46,7 @@ pcm.rate_pulse { type rate slave { pcm "pulse" rate 48000 } }
 pcm.dmix_null { type dmix ipc_key 5678 slave { pcm "null" rate 48000 } }
 pcm.plughw48 { type plug slave { pcm "jack" rate 48000 } }
 pcm.jackmono { type jack playback_ports { 0 system:playback_1 } }
+pcm.plugjack { type plug slave.pcm "jack" }
 "#;
 
 /// One device: whether `aplay` and netspeaker play each of [`ASKS`].
@@ -375,6 +376,26 @@ fn device_preference_is_48k_stereo_where_offered_else_what_it_has() {
             "fallback",
             format_args!("{:?} {} {} {}", n.format, n.rate, n.channels, n.fell_back),
         );
+        // 48 kHz asked of a plug over the 44.1 kHz JACK server with 5 ms
+        // periods: its rate plugin takes only periods that convert to
+        // whole JACK cycles, so 240 frames are refused at install; a
+        // longer period at the rate asked, not the device's own rate.
+        let asked = DeviceConfig {
+            period_frames: 240,
+            ..ask("plugjack", Some(48_000), Some(2))
+        };
+        let out = AlsaOut::open(&asked).expect("plugjack");
+        let n = out.negotiated();
+        report(
+            "longer",
+            format_args!(
+                "{} {} {} {}",
+                n.rate,
+                n.channels,
+                n.fell_back,
+                n.period_frames > 240
+            ),
+        );
         return;
     }
     let dir = TestDir::new("alsa-preference");
@@ -399,5 +420,9 @@ fn device_preference_is_48k_stereo_where_offered_else_what_it_has() {
     assert_eq!(
         child_value(&stdout, "fallback").as_deref(),
         Some("S16 48000 2 true")
+    );
+    assert_eq!(
+        child_value(&stdout, "longer").as_deref(),
+        Some("48000 2 false true")
     );
 }

@@ -19,7 +19,10 @@
 //! a `plug` over pulse that must insert a route (a ttable, or slave
 //! channels forced to another count than asked) gives EINVAL at
 //! `hw_params` (alsa-lib 1.2.8; `aplay` fails the same way). The ladder
-//! then tries once more at the device's own preference, where a plug has
+//! then tries the setup asked with periods twice and four times as long (a
+//! rate plugin over a slave with a fixed period, such as JACK's, takes
+//! only periods that convert to whole slave periods), then once more at
+//! the device's own preference, where a plug has
 //! nothing to convert unless its configuration forces it (a ttable always
 //! does: that still fails, with an error naming the setup).
 //!
@@ -304,6 +307,24 @@ pub(crate) fn open_pcm(
         let explicit = config.rate.is_some() || config.channels.is_some();
         if !explicit || !matches!(e, AlsaError::Install { .. }) {
             return Err(e);
+        }
+        // A rate plugin over a slave whose period is fixed (JACK: its
+        // cycle) takes only periods that convert to whole slave periods:
+        // 5 ms at 44.1 kHz over JACK's 256 frames at 48 kHz is refused at
+        // install, 10.7 ms is taken (aplay's default period is long, so it
+        // never meets this). Longer periods at the setup asked first.
+        for factor in [2, 4] {
+            let longer = DeviceConfig {
+                period_frames: config.period_frames.saturating_mul(factor),
+                ..config.clone()
+            };
+            drop(pcm);
+            pcm = open()?;
+            if install(&pcm, &longer, stream, formats, config.rate, config.channels).is_ok() {
+                let negotiated = read_back(&pcm, config, stream, false)?;
+                set_sw_params(&pcm, &negotiated)?;
+                return Ok((pcm, negotiated));
+            }
         }
         // The chain refused the whole set (module comment): once more at
         // the device's own preference. On a freshly opened PCM, as a

@@ -84,6 +84,21 @@ impl EventLog {
             Event::DeviceOpened {
                 negotiated: n,
                 started_ms,
+            } if n.fell_back => log::warn!(target: "playout",
+                "device '{}' refused the rate and channels asked (--device-rate, \
+                 --device-channels) in every period tried; playing at its own: {} {} {} Hz {} ch, \
+                 period {} frames, buffer {} frames (consuming after {started_ms} ms)",
+                n.device,
+                n.access.name(),
+                n.format.alsa_name(),
+                n.rate,
+                n.channels,
+                n.period_frames,
+                n.buffer_frames
+            ),
+            Event::DeviceOpened {
+                negotiated: n,
+                started_ms,
             } => log::info!(target: "playout",
                 "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
              (consuming after {started_ms} ms)",
