@@ -623,6 +623,9 @@ fn options_help_and_bad_values() {
         vec!["--sap", "hall", "--group", "239.1.1.1"],
         vec!["--sap", "--raw", "s16le:8000:1"],
         vec!["--sap=hall", "--listen", "0.0.0.0:5004"],
+        vec!["--sync-ms", "100", "--clock-follow", "off"],
+        vec!["--sync-trust-clock"],
+        vec!["--sync-ms", "100", "--raw", "s16le:8000:1"],
     ] {
         let out = std::process::Command::new(exe).args(&bad).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");

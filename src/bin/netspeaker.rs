@@ -422,6 +422,14 @@ fn parse_args() -> Result<Option<Options>, usage::Error> {
             "--sync-ms needs RTP with RTCP sender reports; headerless --raw PCM carries no timing: drop one",
         ));
     }
+    if o.sync_ms.is_some() && !o.playout.clock_follow {
+        // Sync holds each frame within 0.1 ms of its time by steering the
+        // resampler; unsteered, the device's clock against the sender's
+        // (tens of ppm) moves a speaker out of step by ms within minutes.
+        return Err(usage::Error::rule(
+            "--sync-ms steers playout to the sender's clock; --clock-follow off forbids that: drop one",
+        ));
+    }
     o.playout.sync = o.sync_ms.map(|sync_ms| SyncConfig {
         sync_ms,
         trust_clock: o.sync_trust_clock,
@@ -849,6 +857,10 @@ struct SyncWatch {
     state: u32,
     /// When a standing-down reason was last logged, and which.
     off_logged: Option<(Instant, u32)>,
+    /// Alignments, and the audio they skipped and inserted (ms), as of
+    /// the last re-alignment logged.
+    aligned: (u64, f64, f64),
+    realign_logged: Option<Instant>,
 }
 
 impl SyncWatch {
@@ -866,10 +878,42 @@ impl SyncWatch {
             }
         }
         let state = playout.sync_state.load(Relaxed);
+        let line = playout.sync_line();
+        if let Some(netspeaker::receive::stats::SyncLine::InCharge {
+            aligns,
+            skipped_ms,
+            inserted_ms,
+            ..
+        }) = line
+        {
+            // Taking charge aligns (counted here even if the count is
+            // read before it shows); any alignment after that means a
+            // jump: of the wall clock, of the device's position, or of
+            // the sender's mapping at its first fit. A speaker heard out
+            // of step is explained by this line; at most one per 10 s,
+            // with what the alignments since did.
+            let (seen, skipped, inserted) = self.aligned;
+            if state != self.state {
+                self.aligned = (aligns.max(seen + 1), skipped_ms, inserted_ms);
+            } else if aligns > seen
+                && self
+                    .realign_logged
+                    .map_or(true, |t| now - t >= Duration::from_secs(10))
+            {
+                self.realign_logged = Some(now);
+                self.aligned = (aligns, skipped_ms, inserted_ms);
+                log::info!(
+                    "sync: re-aligned {} time(s): skipped {:.1} ms, inserted {:.1} ms of silence (the wall clock, the device's position or the sender's mapping jumped)",
+                    aligns - seen,
+                    skipped_ms - skipped,
+                    inserted_ms - inserted
+                );
+            }
+        }
         if state == self.state {
             return;
         }
-        match playout.sync_line() {
+        match line {
             Some(netspeaker::receive::stats::SyncLine::InCharge { error_us, .. }) => {
                 self.state = state;
                 log::info!("sync: in charge, every frame at its capture time on the sender's clock plus the sync delay (error {error_us:+.0} us)");
