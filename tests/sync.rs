@@ -117,36 +117,35 @@ fn write_alsa_conf(dir: &TestDir) -> Vec<(String, String)> {
     vec![("ALSA_CONFIG_PATH".into(), path.display().to_string())]
 }
 
+/// A receiver on device `jack{tag}`; `extra` after the common options
+/// (the stream's format, a device rate).
 fn receiver(
     dir: &TestDir,
     tag: &str,
     port: u16,
     period_ms: &str,
     sync_ms: &str,
+    extra: &[&str],
     env: &[(String, String)],
 ) -> RunningReceiver {
     let listen = format!("127.0.0.1:{port}");
     let device = format!("jack{tag}");
-    RunningReceiver::start(
-        &[
-            "-v",
-            "--period-ms",
-            period_ms,
-            "--listen",
-            &listen,
-            "--device",
-            &device,
-            "--rtp-format",
-            "96=L16/48000/1",
-            "--sync-ms",
-            sync_ms,
-            "--sync-trust-clock",
-            "--stats-interval",
-            "1",
-        ],
-        env,
-        dir.file(&format!("rx{tag}.log")),
-    )
+    let mut args = vec![
+        "-v",
+        "--period-ms",
+        period_ms,
+        "--listen",
+        &listen,
+        "--device",
+        &device,
+        "--sync-ms",
+        sync_ms,
+        "--sync-trust-clock",
+        "--stats-interval",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    RunningReceiver::start(&args, env, dir.file(&format!("rx{tag}.log")))
 }
 
 /// Waits until JACK has `port` (`jack_lsp`).
@@ -225,6 +224,42 @@ fn block_offsets(a: &[f32], b: &[f32], from_s: f64) -> Vec<(f64, usize)> {
         blocks.push((worst, pairs));
     }
     blocks
+}
+
+/// How far one channel's burst onsets from `from_s` to `to_s` (seconds
+/// of the recording) stray from one straight line, the most, frames: a
+/// receiver in sync plays every burst at its capture time plus MS, so its
+/// bursts lie on the sender's clock against the recording's whatever else
+/// happens (a line, not a grid: the skewed sender's clock is off). Also
+/// the onsets judged.
+fn straying(x: &[f32], from_s: f64, to_s: f64) -> (f64, usize) {
+    let quiet = (RATE as usize * (EVERY_MS - BURST_MS) as usize / 1000) / 2;
+    let (lo, hi) = (from_s * f64::from(RATE), to_s * f64::from(RATE));
+    let onsets: Vec<f64> = burst_onsets(x, 0.1, quiet)
+        .into_iter()
+        .filter(|&o| o >= lo && o < hi)
+        .collect();
+    let Some(&first) = onsets.first() else {
+        return (f64::INFINITY, 0);
+    };
+    let spacing = f64::from(RATE * EVERY_MS / 1000);
+    let points: Vec<(f64, f64)> = onsets
+        .iter()
+        .map(|&o| (((o - first) / spacing).round(), o - first))
+        .collect();
+    let n = points.len() as f64;
+    let (mk, mo) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), &(k, o)| (a + k / n, b + o / n));
+    let (sko, skk) = points.iter().fold((0.0, 0.0), |(a, b), &(k, o)| {
+        (a + (k - mk) * (o - mo), b + (k - mk) * (k - mk))
+    });
+    let slope = if skk > 0.0 { sko / skk } else { spacing };
+    let worst = points
+        .iter()
+        .map(|&(k, o)| (o - mo - slope * (k - mk)).abs())
+        .fold(0.0, f64::max);
+    (worst, points.len())
 }
 
 /// One case at a time: each runs a JACK server, two receivers, a sender
@@ -365,6 +400,12 @@ struct Case {
     /// `--sync-ms` of both.
     sync_ms: &'static str,
     jitter_b: Option<Impairment>,
+    /// netspeaker-send encodes Opus (96 kbit/s, 20 ms packets) instead of
+    /// sending L16.
+    opus: bool,
+    /// The late joiner's `--device-rate`: its plug converts to the JACK
+    /// server's 48 kHz (alsa-lib's rate plugin, with its own delay).
+    device_rate_b: Option<&'static str>,
     settle_s: f64,
     /// Both receivers' statistics lines show the arrival margin, and on a
     /// clean local path it is about what MS leaves after the device's
@@ -379,6 +420,8 @@ impl Default for Case {
             periods_ms: ["5", "5"],
             sync_ms: SYNC_MS,
             jitter_b: None,
+            opus: false,
+            device_rate_b: None,
             settle_s: 5.0,
             check_margin: false,
         }
@@ -418,6 +461,8 @@ fn run(name: &str, case: Case) {
         periods_ms,
         sync_ms,
         jitter_b,
+        opus,
+        device_rate_b,
         settle_s,
         check_margin,
     } = case;
@@ -459,16 +504,29 @@ fn run(name: &str, case: Case) {
     // Its ports exist: it records from now on, or from a little before
     // (so the bar below starts no later than it should).
     let rec_started = Instant::now();
-    let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], sync_ms, &env);
+    let format: &[&str] = if opus {
+        &["--rtp-format", "97=OPUS/48000/2"]
+    } else {
+        &["--rtp-format", "96=L16/48000/1"]
+    };
+    let mut extra_b = format.to_vec();
+    if let Some(hz) = device_rate_b {
+        extra_b.extend_from_slice(&["--device-rate", hz]);
+    }
+    let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], sync_ms, format, &env);
     let (mut tx, mut ffmpeg, mut skewed) = (None, None, None);
     match who_sends {
+        Sender::Netspeaker if opus => {
+            let opus_args = ["--rtcp-mux", "--codec", "opus", "--bitrate", "96k"];
+            tx = Some(sender(&wav, fan.addr, &opus_args))
+        }
         Sender::Netspeaker => tx = Some(sender(&wav, fan.addr, &["--rtcp-mux"])),
         Sender::Ffmpeg => ffmpeg = Some(ffmpeg_sender(&wav, fan.addr)),
         Sender::Skewed { ppm } => skewed = Some(skewed_sender(signal, fan.addr, ppm)),
     }
     std::thread::sleep(LATE_JOIN);
     let b_started = Instant::now();
-    let mut rx_b = receiver(&dir, "B", port_b, periods_ms[1], sync_ms, &env);
+    let mut rx_b = receiver(&dir, "B", port_b, periods_ms[1], sync_ms, &extra_b, &env);
     assert!(rec.wait().expect("jack_rec").success(), "jack_rec failed");
     let (_, _, stats_a) = rx_a.stop();
     let (_, _, stats_b) = rx_b.stop();
@@ -525,6 +583,19 @@ fn run(name: &str, case: Case) {
     }
 
     let (a, b) = read_stereo_wav(&recording);
+    // A receiver that joins never moves the others: the first receiver's
+    // bursts from a second before the joiner starts to the end of its
+    // settling lie on one line within the issue's 0.1 ms (the joiner's
+    // device joining the JACK graph is what could move it).
+    let join_s = b_started.duration_since(rec_started).as_secs_f64();
+    let (stray, judged) = straying(&a, join_s - 1.0, join_s + settle_s);
+    eprintln!(
+        "{name}: receiver A strays {stray:.2} frames from its line over {judged} bursts around B's join"
+    );
+    assert!(
+        judged >= 40 && stray <= ISSUE_BAR_FRAMES,
+        "the joiner moved receiver A: {stray:.2} frames off its line over {judged} bursts\nA:\n{log_a}"
+    );
     // The bar starts `settle_s` after B's first packet (B started
     // listening into a running stream); the recording started before A.
     let from_s = b_started.duration_since(rec_started).as_secs_f64() + settle_s;
@@ -661,6 +732,35 @@ fn jittered_late_joiner_plays_in_step() {
                 jitter_ms: 40.0,
                 ..Impairment::default()
             }),
+            ..Case::default()
+        },
+    );
+}
+
+/// Opus (netspeaker-send, 96 kbit/s, 20 ms packets): both receivers
+/// decode the same packets, and each plays the decoded frames at their
+/// capture time plus MS.
+#[test]
+fn opus_late_joiner_plays_in_step() {
+    run(
+        "opus",
+        Case {
+            opus: true,
+            ..Case::default()
+        },
+    );
+}
+
+/// The late joiner's device at 44.1 kHz against the first one's 48 kHz:
+/// it converts the 48 kHz stream, and its plug converts back to the JACK
+/// server's 48 kHz (alsa-lib's rate plugin); the device's reported delay
+/// and position, not its rate, say when a frame plays.
+#[test]
+fn device_at_44_1_khz_plays_in_step_with_one_at_48() {
+    run(
+        "rate44",
+        Case {
+            device_rate_b: Some("44100"),
             ..Case::default()
         },
     );
