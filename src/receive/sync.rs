@@ -193,7 +193,9 @@ pub fn passes_through(
     error_ns: f64,
 ) -> bool {
     let half_frame_ns = 0.5e9 / f64::from(rate.max(1));
-    if !same_rate || half_frame_ns > LANDING_MAX_NS || !(ratio_ppm.abs() < PASS_BAND_PPM) {
+    // A non-finite ratio is not inside the band.
+    let in_band = ratio_ppm.abs() < PASS_BAND_PPM;
+    if !same_rate || half_frame_ns > LANDING_MAX_NS || !in_band {
         return false;
     }
     let limit = if passing {
