@@ -14,11 +14,12 @@
 //! media clock to the wall clock, the device reports its position, and
 //! the delay loop steers every frame to its time (issue 13 asks sync to
 //! cost at most 5 % more CPU than the adaptive mode). Measured (release,
-//! this x86_64, median of 3): sync 0.324 % of a core at +1000 ppm against
-//! following's 0.336 %, met; but at the same clock 0.330 % against
-//! pass-through's 0.035 %, since sync resamples always: about 0.3 % of a
-//! core more, some 13 % of the whole receiver's CPU at 5 ms periods. Not
-//! met there.
+//! this x86_64, median of 3, one session): sync 0.320 % of a core at
+//! +1000 ppm against following's 0.345 %; at the same clock 0.040 %
+//! against pass-through's 0.038 % (+5 %, 0.002 % of a core: within the
+//! runs' spread), bit-exact 100 % of periods, since sync passes a stream
+//! through inside its dead band (`receive::sync::passes_through`). Before
+//! that band sync resampled always: 0.325 % against 0.034 %.
 //!
 //!     cargo bench --bench playout_speed                 # every case, time
 //!     target/.../playout_speed 4 follow+                # one 4 s run, one case

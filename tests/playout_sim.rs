@@ -624,3 +624,278 @@ fn sync_keeps_time_across_a_silence() {
     assert_eq!(run.why, None, "{run:?}");
     assert_eq!(run.aligns, 2, "{run:?}");
 }
+
+/// The clocks of a sync run at 48 kHz (`simulate_sync_48k`), ppm against
+/// true time (the sender's wall clock): its media clock, the device's,
+/// and the receiver's wall clock (which chrony or PTP keeps in step in
+/// the field; here it drifts on).
+#[derive(Clone, Copy, Debug, Default)]
+struct Clocks {
+    sender_ppm: f64,
+    device_ppm: f64,
+    wall_ppm: f64,
+    seed: u64,
+}
+
+/// What a 48 kHz sync run showed from `SYNC_SETTLE_S` on.
+#[derive(Debug)]
+struct SyncPass {
+    /// The worst error of a period's first frame (true time, on the
+    /// receiver's wall clock), µs.
+    worst_us: f64,
+    /// Share of the periods passed through.
+    passthrough_share: f64,
+    /// Passed-through periods whose samples differ from the sent ones, or
+    /// are not the frames due (the error's frame) to the frame.
+    not_exact: u64,
+    /// Resampled stretches begun (pass-through left).
+    stretches: u64,
+    /// The largest sample-to-sample jump, and the tone's own.
+    largest_jump: f64,
+    tone_step: f64,
+    aligns: u64,
+}
+
+const SYNC_SETTLE_S: u64 = 5;
+
+/// The 48 kHz mono tone of the sync pass-through runs: stream frame `n`.
+fn tone_48k(n: u64) -> i16 {
+    let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
+    (6000.0 * phase.sin()) as i16
+}
+
+/// Sync playout (`--sync-ms 100`) of a 48 kHz mono stream on a 48 kHz
+/// mono device in 5 ms periods, for `seconds`, with `clocks`: 20 ms
+/// packets captured on the sender's media clock, arriving 10-14 ms later;
+/// the sender's reports fitted (the mapping at its media rate); the device
+/// reports its position as a sound server does, in cycles of 256 frames,
+/// each status read up to 1 ms after its cycle (as `receive::sync`'s
+/// simulation). Each period the true error of the next frame out is
+/// worked out from the engine's state: the jitter buffer's cursor less
+/// what the stretcher and the resampler hold is the stream frame the
+/// device's next written frame plays.
+fn simulate_sync_48k(seconds: u64, clocks: Clocks) -> SyncPass {
+    use netspeaker::receive::sync::{Mapping, SyncConfig};
+    const RATE_48K: u32 = 48_000;
+    const PERIOD: u64 = 240;
+    const PTIME: u64 = 960;
+    const QUEUE: u64 = 4 * PERIOD;
+    let config = PlayoutConfig {
+        latency: Latency::Fixed { ms: 40 },
+        max_rate: RATE_48K,
+        max_channels: 1,
+        stream_formats: vec![(RATE_48K, 1)],
+        sync: Some(SyncConfig {
+            sync_ms: 100,
+            trust_clock: false,
+        }),
+        ..PlayoutConfig::default()
+    };
+    let mut engine = Engine::new(&config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, RATE_48K, &config).expect("bank");
+    engine.attach_device(1, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: RATE_48K,
+        channels: 1,
+    };
+    let media = f64::from(RATE_48K) * (1.0 + clocks.sender_ppm * 1e-6);
+    let dev_rate = f64::from(RATE_48K) * (1.0 + clocks.device_ppm * 1e-6);
+    // True time is CLOCK_MONOTONIC here; the sender's wall clock is it
+    // plus `wall0`, the receiver's drifts from that at `wall_ppm`.
+    let wall0: i64 = 1_764_000_000_000_000_000;
+    let c0 = 1e9;
+    let realtime_offset = |t: f64| wall0 + (clocks.wall_ppm * 1e-6 * (t - c0)) as i64;
+    let mapping = Mapping {
+        ssrc: 7,
+        wall_ns: (c0 as i64 + wall0) as u64,
+        rtp: 0,
+        rate_hz: media,
+    };
+    let mut rng = clocks.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut slot = Packet::empty(format);
+    let mut out = vec![0.0f32; PERIOD as usize];
+    let mut k = 0u64;
+    let settle = SYNC_SETTLE_S * RATE_48K as u64 / PERIOD;
+    let ticks = seconds * RATE_48K as u64 / PERIOD;
+    let (mut worst_us, mut passed, mut not_exact, mut stretches) = (0.0f64, 0u64, 0u64, 0u64);
+    let mut largest_jump = 0.0f64;
+    let mut last_sample: Option<f32> = None;
+    let mut was_passing = false;
+    // The stream frame the device's next written frame plays (from the
+    // last period's state).
+    let mut next_frame: Option<f64> = None;
+    for tick in 1..=ticks {
+        let now = tick as f64 * PERIOD as f64 / dev_rate * 1e9;
+        loop {
+            let capture = c0 + (k * PTIME) as f64 / media * 1e9;
+            let arrival = capture + (10.0 + 4.0 * uniform()) * 1e6;
+            if arrival > now {
+                break;
+            }
+            slot.arrival_ns = arrival as u64;
+            slot.ssrc = 7;
+            slot.seq = k as u16;
+            slot.timestamp = (k * PTIME) as u32;
+            slot.marker = k == 0;
+            slot.payload_type = 96;
+            slot.payload.clear();
+            for n in k * PTIME..(k + 1) * PTIME {
+                let _ = slot.payload.extend_from_slice(&tone_48k(n).to_be_bytes());
+            }
+            engine.push(&slot);
+            k += 1;
+        }
+        engine.set_sender_mapping(Some(mapping), true);
+        // Copied bit for bit if passing when the period starts (the
+        // drift changes only after the period is made).
+        let passing = engine.metrics().passthrough;
+        engine.render(&mut out, now as u64);
+        if tick > settle {
+            for &v in &out {
+                if let Some(last) = last_sample {
+                    largest_jump = largest_jump.max(f64::from((v - last).abs()));
+                }
+                last_sample = Some(v);
+            }
+            // Where this period's first frame was due to come from, and
+            // when it plays: device frame QUEUE + (tick - 1) × PERIOD.
+            if let Some(frame) = next_frame {
+                let plays = (QUEUE + (tick - 1) * PERIOD) as f64 / dev_rate * 1e9;
+                let capture = c0 + frame / media * 1e9;
+                let error = plays + clocks.wall_ppm * 1e-6 * (plays - c0) - capture - 100e6;
+                worst_us = worst_us.max(error.abs() / 1e3);
+                if std::env::var("SYNC_TRACE").is_ok() {
+                    println!(
+                        "trace {:.3} true {:+.1} measured {:+.1} passing {passing} ppm {:+.1}",
+                        now / 1e9,
+                        error / 1e3,
+                        engine
+                            .sync_metrics()
+                            .and_then(|m| m.error_ns)
+                            .unwrap_or(0.0)
+                            / 1e3,
+                        engine.metrics().applied_ppm
+                    );
+                }
+                if passing {
+                    passed += 1;
+                    // Bit-exact: the sent samples, from the frame due.
+                    let first = frame.round() as u64;
+                    let exact = out
+                        .iter()
+                        .zip(first..)
+                        .all(|(&v, n)| v == f32::from(tone_48k(n)) / 32768.0);
+                    not_exact += u64::from(!exact);
+                }
+                if was_passing && !passing {
+                    stretches += 1;
+                }
+            }
+        }
+        was_passing = passing;
+        let held = engine.buffered_delay_frames() - engine.jitter().depth_frames() as f64;
+        next_frame = (engine.jitter().state() == StreamState::Playing)
+            .then(|| f64::from(engine.jitter().cursor_timestamp()) - held);
+        let played = tick * PERIOD;
+        engine.device_position(now as u64, played);
+        // The status: the position as of the last 256-frame cycle, read up
+        // to 1 ms after it.
+        let written = QUEUE + played;
+        let cycle = played / 256 * 256;
+        let read_at = cycle as f64 / dev_rate * 1e9 + uniform() * 1e6;
+        engine.sync_device_status(
+            read_at as u64,
+            written,
+            (written - cycle) as i64,
+            0,
+            RATE_48K,
+            realtime_offset(read_at),
+        );
+    }
+    let measured = ticks - settle;
+    SyncPass {
+        worst_us,
+        passthrough_share: passed as f64 / measured as f64,
+        not_exact,
+        stretches,
+        largest_jump,
+        tone_step: 2.0 * std::f64::consts::PI * 220.0 / 48_000.0 * 6000.0 / 32768.0,
+        aligns: engine.sync_metrics().map_or(0, |m| m.aligns),
+    }
+}
+
+#[test]
+fn sync_at_the_same_clock_passes_through_bit_exact() {
+    for seed in 1..=3 {
+        let run = simulate_sync_48k(
+            30,
+            Clocks {
+                seed,
+                ..Clocks::default()
+            },
+        );
+        println!("same clock, seed {seed}: {run:?}");
+        assert_eq!(run.aligns, 1, "{run:?}");
+        assert!(run.worst_us < 100.0, "{run:?}");
+        assert!(run.passthrough_share >= 0.9, "{run:?}");
+        assert_eq!(run.not_exact, 0, "{run:?}");
+        assert!(run.largest_jump <= 1.5 * run.tone_step, "{run:?}");
+    }
+}
+
+#[test]
+fn sync_20_ppm_off_corrects_in_short_stretches() {
+    // The device 20 ppm off the sender: the error moves 20 µs a second
+    // while passing through, and a stretch takes it back.
+    for (device_ppm, seed) in [(20.0, 4), (-20.0, 5)] {
+        let run = simulate_sync_48k(
+            40,
+            Clocks {
+                device_ppm,
+                seed,
+                ..Clocks::default()
+            },
+        );
+        println!("device {device_ppm:+} ppm: {run:?}");
+        assert_eq!(run.aligns, 1, "{run:?}");
+        assert!(run.worst_us < 100.0, "{run:?}");
+        assert!(run.stretches >= 3, "{run:?}");
+        assert!(run.passthrough_share >= 0.5, "{run:?}");
+        assert_eq!(run.not_exact, 0, "{run:?}");
+        assert!(run.largest_jump <= 1.5 * run.tone_step, "{run:?}");
+    }
+}
+
+#[test]
+fn sync_outside_the_band_is_followed_throughout() {
+    // The device and the receiver's wall clock ±100 ppm (200 ppm for sync
+    // to follow), or a sender 1000 ppm off its wall clock: resampled all
+    // along, within 0.1 ms.
+    let cases = [
+        (0.0, 100.0, -100.0),
+        (0.0, -100.0, 100.0),
+        (1000.0, 0.0, 0.0),
+        (-1000.0, 50.0, 0.0),
+    ];
+    for (seed, (sender_ppm, device_ppm, wall_ppm)) in (10..).zip(cases) {
+        let clocks = Clocks {
+            sender_ppm,
+            device_ppm,
+            wall_ppm,
+            seed,
+        };
+        let run = simulate_sync_48k(30, clocks);
+        println!("{clocks:?}: {run:?}");
+        assert_eq!(run.aligns, 1, "{run:?}");
+        assert!(run.worst_us < 100.0, "{run:?}");
+        assert!(run.passthrough_share < 0.05, "{run:?}");
+        assert!(run.largest_jump <= 1.5 * run.tone_step, "{run:?}");
+    }
+}

@@ -194,7 +194,9 @@ const LEAVE_CORRECTION_MS: f64 = 1.0;
 /// frame and copies again. So a slow drift is undone in short resampled
 /// stretches, a fast one followed throughout. A stream at another rate is
 /// converted at the exact ratio of the rates while passing (no wobble of
-/// the ratio from the loop's noise), and followed the same way.
+/// the ratio from the loop's noise), and followed the same way. Sync
+/// playout has the same two states, with its own µs-sized thresholds on
+/// its own error (`sync::passes_through`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Correction {
     Pass,
@@ -1092,9 +1094,28 @@ impl Engine {
         let error_frames = self.controller.error_ms(target) * format.rate as f64 / 1000.0;
         let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
         let stretching = self.stretcher.pending() != 0;
+        // Sync needs the sender's rate fed forward and what the loop has
+        // learnt beyond it; its error is the controller's, in ns.
+        let sync_ratio_ppm = self.sync.as_ref().map_or(0.0, |s| {
+            s.feed_forward_ppm(format.rate) + self.controller.integral_ppm()
+        });
+        let sync_error_ns = self.controller.error_ms(target) * 1e6;
         self.correction = match self.correction {
-            // Sync holds its error within 0.1 ms: always followed.
-            _ if self.sync_engaged => Correction::Follow,
+            // Sync passes through inside its own µs-sized band (see
+            // `sync::passes_through`), and lands on a whole frame leaving.
+            c if self.sync_engaged => {
+                if crate::receive::sync::passes_through(
+                    c == Correction::Pass,
+                    format.rate == self.device_rate,
+                    format.rate,
+                    sync_ratio_ppm,
+                    sync_error_ns,
+                ) {
+                    Correction::Pass
+                } else {
+                    Correction::Follow
+                }
+            }
             _ if in_band == Some(false) => Correction::Follow,
             Correction::Pass if error_ms > ENTER_CORRECTION_MS && !stretching => Correction::Follow,
             Correction::Pass => Correction::Pass,

@@ -148,6 +148,64 @@ pub fn controller_config(rate: u32) -> ControllerConfig {
     }
 }
 
+/// Sync's dead band: a stream at the device's rate whose needed ratio
+/// (the sender's fitted rate fed forward plus what the loop has learnt)
+/// is within this of 1 is passed through bit-exact, its slow drift undone
+/// in short resampled stretches (see [`passes_through`]). The same as the
+/// adaptive mode's: 50 ppm moves the error by 50 µs a second, a stretch
+/// every second or so at worst, and a device and a sender within a few
+/// ppm of each other (one crystal, or both disciplined) pass nearly always.
+pub const PASS_BAND_PPM: f64 = 50.0;
+
+/// Smoothed error (ns, the controller's 50 ms filter) past which passing
+/// through gives way to a resampled stretch. Each receiver is then within
+/// about 30 µs of its time plus what the filter lags and hides (a few µs
+/// at 5 ms periods), so two receivers stay within 0.1 ms of each other;
+/// the measurement's noise (10-20 µs a period, 3-5 µs smoothed) seldom
+/// reaches it on its own.
+pub const ENTER_CORRECTION_NS: f64 = 30_000.0;
+
+/// Smoothed error (ns) under which a stretch hands back to pass-through.
+/// The resampler then lands on a whole frame, which moves the error by up
+/// to half a frame (10.4 µs at 48 kHz): back under 21 µs, 9 µs and more
+/// of drift before the next stretch.
+pub const LEAVE_CORRECTION_NS: f64 = 10_000.0;
+
+/// Passing through plays whole frames where they fall: the error is off
+/// by up to half a frame, whatever the loop does. Pass-through only where
+/// that is at most this, ns: 44.1 kHz (11.3 µs) and 48 kHz (10.4 µs)
+/// streams; an 8 kHz one (62.5 µs) is resampled throughout, as are
+/// streams at another rate than the device's.
+pub const LANDING_MAX_NS: f64 = 12_000.0;
+
+/// Whether sync passes the stream through bit-exact this period (else
+/// the loop steers the resampler): `passing` now; the stream at the
+/// device's rate (`same_rate`), `rate` Hz; `ratio_ppm` what sync needs
+/// (feed-forward plus the loop's integral); `error_ns` the smoothed error.
+/// Passing holds while the error is within [`ENTER_CORRECTION_NS`];
+/// a stretch ends under [`LEAVE_CORRECTION_NS`]; a ratio outside
+/// [`PASS_BAND_PPM`] is followed throughout.
+pub fn passes_through(
+    passing: bool,
+    same_rate: bool,
+    rate: u32,
+    ratio_ppm: f64,
+    error_ns: f64,
+) -> bool {
+    let half_frame_ns = 0.5e9 / f64::from(rate.max(1));
+    // A non-finite ratio is not inside the band.
+    let in_band = ratio_ppm.abs() < PASS_BAND_PPM;
+    if !same_rate || half_frame_ns > LANDING_MAX_NS || !in_band {
+        return false;
+    }
+    let limit = if passing {
+        ENTER_CORRECTION_NS
+    } else {
+        LEAVE_CORRECTION_NS
+    };
+    error_ns.abs() < limit
+}
+
 /// The sender's wall clock of its RTP timestamps: a line through a point.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Mapping {
@@ -966,6 +1024,45 @@ mod tests {
         /// first report: each must have stood down for `NoReports`.
         unmapped_periods: u64,
         unmapped_not_standing_down: u64,
+        /// Periods counted for `worst_ns`, and of them those passed
+        /// through (the cursor on a whole frame, no drift).
+        periods: u64,
+        passed: u64,
+        /// Resampled stretches begun after passing through.
+        stretches: u64,
+    }
+
+    /// The resampler at equal rates as `Resampler::step` moves it: the
+    /// drift glides; back at 0 between two frames, the position lands on
+    /// the nearer one in steps of at most 500 ppm, the last exact.
+    #[derive(Clone, Copy, Debug, Default)]
+    struct Landing {
+        left: u32,
+        delta: f64,
+    }
+
+    impl Landing {
+        /// The cursor's advance for one output frame at `applied_ppm`
+        /// (glided already) towards `target_ppm`, from `cursor`.
+        fn advance(&mut self, cursor: f64, applied_ppm: f64, target_ppm: f64) -> f64 {
+            if self.left > 0 && target_ppm == 0.0 {
+                self.left -= 1;
+                if self.left == 0 {
+                    return (cursor + 1.0 + self.delta).round() - cursor;
+                }
+                return 1.0 + self.delta;
+            }
+            self.left = 0;
+            let step = 1.0 + applied_ppm * 1e-6;
+            let frac = (cursor + step).rem_euclid(1.0);
+            if target_ppm == 0.0 && applied_ppm == 0.0 && frac != 0.0 {
+                let distance = if frac < 0.5 { -frac } else { 1.0 - frac };
+                let frames = (distance.abs() / 500e-6).ceil().max(1.0);
+                self.left = frames as u32;
+                self.delta = distance / frames;
+            }
+            step
+        }
     }
 
     /// A simulated sender: its media clock `media` frames per second of
@@ -1066,6 +1163,11 @@ mod tests {
         let mut applied_ppm = 0.0f64;
         let slew_per_frame = 5000.0 / f64::from(sim.device_rate);
         let mut engaged = false;
+        // The engine's `Correction`: passing through (see
+        // `passes_through`); the resampler's landing on a frame.
+        let mut passing = false;
+        let mut landing = Landing::default();
+        let same_rate = sim.stream_rate == sim.device_rate;
         let target = 4800.0;
         let stream_period = (period * u64::from(rate) / u64::from(sim.device_rate)) as usize;
         let mut out = Outcome::default();
@@ -1152,9 +1254,17 @@ mod tests {
                             }
                         }
                         Action::Steer(frames) => {
+                            let ratio = s.feed_forward_ppm(rate) + controller.integral_ppm();
+                            let error_ns = controller.error_ms(target) * 1e6;
+                            let was = passing;
+                            passing = passes_through(passing, same_rate, rate, ratio, error_ns);
+                            if was && !passing && t >= count_from {
+                                out.stretches += 1;
+                            }
+                            controller.set_integrating(!passing);
                             controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
                             let c = controller.update(target + frames, target, stream_period);
-                            target_ppm = c.drift_ppm;
+                            target_ppm = if passing { 0.0 } else { c.drift_ppm };
                         }
                     }
                     true
@@ -1175,6 +1285,13 @@ mod tests {
                 out.aligns_before = s.metrics().aligns;
             }
             let event = t >= step_at.min(stop);
+            if engaged && t >= count_from && !event {
+                out.periods += 1;
+                let copies = passing && applied_ppm == 0.0 && landing.left == 0;
+                if same_rate && copies && cursor.fract() == 0.0 {
+                    out.passed += 1;
+                }
+            }
             if s.metrics().aligns > 0 && !lost {
                 for i in 0..period {
                     applied_ppm +=
@@ -1193,7 +1310,11 @@ mod tests {
                             out.worst_ns = out.worst_ns.max(err);
                         }
                     }
-                    cursor += nominal * (1.0 + applied_ppm * 1e-6);
+                    if same_rate {
+                        cursor += landing.advance(cursor, applied_ppm, target_ppm);
+                    } else {
+                        cursor += nominal * (1.0 + applied_ppm * 1e-6);
+                    }
                 }
             }
             written += period;
@@ -1464,5 +1585,84 @@ mod tests {
         // Gap: measured up to 0.101 ms after the new sender's fit, the
         // plain case's thin margin again.
         assert!(worst < 150_000.0, "worst {worst} ns");
+    }
+
+    /// Runs `sim` and prints how much of it passed through.
+    fn passes(name: &str, sim: Sim) -> Outcome {
+        let o = run(sim);
+        eprintln!(
+            "{name}: worst {:.1} us, passed through {:.1} % of {} periods, {} stretches, aligns {}",
+            o.worst_ns / 1e3,
+            o.passed as f64 * 100.0 / o.periods.max(1) as f64,
+            o.periods,
+            o.stretches,
+            o.aligns
+        );
+        o
+    }
+
+    /// Sender, device and receiver's wall clock in step (one crystal, or
+    /// all disciplined): sync passes the stream through bit-exact nearly
+    /// all the time; the measurement's wander alone starts a stretch now
+    /// and then. Every frame within 0.1 ms.
+    #[test]
+    fn same_clock_passes_through_nearly_always() {
+        for (name, sim) in matrix(51) {
+            let o = passes(
+                &format!("same clock (seed of {name})"),
+                Sim {
+                    offset_ms: sim.offset_ms,
+                    seed: sim.seed,
+                    ..Sim::default()
+                },
+            );
+            assert!(o.worst_ns < BOUND_NS, "{o:?}");
+            assert!(o.passed as f64 >= 0.9 * o.periods as f64, "{o:?}");
+        }
+    }
+
+    /// Gap (issue 13): inside the band the error is let build up to
+    /// `ENTER_CORRECTION_NS` on top of the measurement's own wander, which
+    /// in this simulation's status model (256-frame cycles read up to 1 ms
+    /// late) reaches 97 µs when following throughout. Measured: ±20 ppm
+    /// 69 µs and 45 µs, +10 ppm 100.1 µs, +30 ppm 104 µs.
+    const PASS_BAND_BOUND_NS: f64 = 120_000.0;
+
+    /// The device 10-30 ppm off: passing through, the error moves 10-30 µs
+    /// a second; short resampled stretches take it back, most of the time
+    /// passed through. ±20 ppm: every frame within 0.1 ms.
+    #[test]
+    fn twenty_ppm_inside_the_band_is_corrected_in_stretches() {
+        let mut worst_20: f64 = 0.0;
+        let mut worst: f64 = 0.0;
+        for (k, device_ppm) in [20.0, -20.0, 10.0, 30.0].into_iter().enumerate() {
+            let o = passes(
+                &format!("device {device_ppm} ppm"),
+                Sim {
+                    device_ppm,
+                    seed: 6007 * (k as u64 + 1),
+                    ..Sim::default()
+                },
+            );
+            assert!(o.stretches >= 5, "{o:?}");
+            assert!(o.passed as f64 >= 0.4 * o.periods as f64, "{o:?}");
+            if f64::abs(device_ppm) == 20.0 {
+                worst_20 = worst_20.max(o.worst_ns);
+            }
+            worst = worst.max(o.worst_ns);
+        }
+        assert!(worst_20 < BOUND_NS, "worst at 20 ppm {worst_20} ns");
+        assert!(worst < PASS_BAND_BOUND_NS, "worst {worst} ns");
+    }
+
+    /// Clocks apart by 200 ppm (the matrix): followed throughout once the
+    /// loop has learnt the ratio; nothing passes through from 2 s in.
+    #[test]
+    fn outside_the_band_is_followed_throughout() {
+        for (name, sim) in matrix(52) {
+            let o = passes(&name, sim);
+            assert!(o.worst_ns < BOUND_NS, "{o:?}");
+            assert_eq!(o.passed, 0, "{o:?}");
+        }
     }
 }
