@@ -1201,7 +1201,19 @@ mod tests {
                 }
             }
             let refits_before = s.metrics().refit_aligns;
-            let now_engaged = match result {
+            // The engine decides before it renders the period (an
+            // alignment moves the cursor and zeroes the ratio at once) but
+            // sets the controller's drift after (`control` follows the
+            // resampler): the drift from this period's error plays from
+            // the next period on.
+            let mut next_target_ppm = target_ppm;
+            // Each mode has its own loop, rebuilt at the switch before the
+            // period's update (`Engine::sync_step`).
+            if result.is_ok() != engaged {
+                engaged = result.is_ok();
+                controller = DelayController::new(&config).unwrap();
+            }
+            match result {
                 Ok(e) => {
                     match s
                         .decide(e, rate, mono(t) as u64)
@@ -1212,6 +1224,12 @@ mod tests {
                             controller.reset();
                             target_ppm = 0.0;
                             applied_ppm = 0.0;
+                            // The engine's `control` still takes what is
+                            // left under a frame, after the period.
+                            let left = e * f64::from(rate) / 1e9 - n as f64;
+                            controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
+                            let c = controller.update(target + left, target, stream_period);
+                            next_target_ppm = c.drift_ppm;
                             // A first fit's alignment is part of the start.
                             let refit = s.metrics().refit_aligns > refits_before;
                             if !refit && (out.aligns_before > 0 || t >= step_at) {
@@ -1221,19 +1239,11 @@ mod tests {
                         Action::Steer(frames) => {
                             controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
                             let c = controller.update(target + frames, target, stream_period);
-                            target_ppm = c.drift_ppm;
+                            next_target_ppm = c.drift_ppm;
                         }
                     }
-                    true
                 }
-                Err(why) => {
-                    s.stand_down(why);
-                    false
-                }
-            };
-            if now_engaged != engaged {
-                engaged = now_engaged;
-                controller = DelayController::new(&config).unwrap();
+                Err(why) => s.stand_down(why),
             }
             if t >= step_at && after_from.is_infinite() {
                 after_from = step_at + 2e9;
@@ -1263,6 +1273,7 @@ mod tests {
                     cursor += nominal * (1.0 + applied_ppm * 1e-6);
                 }
             }
+            target_ppm = next_target_ppm;
             written += period;
             // The status after the write: the position was last updated
             // at a cycle of 256 frames, which woke the writer; it reads the
