@@ -35,13 +35,12 @@
 //! The device's position is only known when it was read: a plugin or sound
 //! server updates it once per cycle of its own (JACK: every 256 frames),
 //! so a status taken later in the cycle looks later than it is. The
-//! device's epoch (when its frame 0 played, on CLOCK_MONOTONIC) follows
-//! the freshest statuses along its drift line (the device's clock against
-//! the monotonic one, learnt from the epoch's movement each second): an
-//! earlier one is taken at once, a later one raises it by at most
-//! [`EPOCH_RISE_PPM`] of the time passed (more while the drift is
-//! learnt). That drops the staleness and the thread's own wake-up latency
-//! (to about 10-20 µs with statuses read up to 1 ms late). A status more
+//! device's epoch (when its frame 0 played, on CLOCK_MONOTONIC) is the
+//! line under the freshest status of each [`EPOCH_BLOCK_NS`] of the last
+//! 6.4 s, the one highest at their mean time (the edge of their lower
+//! convex hull there): its slope is the device's drift against the
+//! monotonic clock, fitted from a second of statuses on (before, the
+//! line keeps the slope it had). A status more
 //! than [`EPOCH_STEP_NS`] off the line is not taken at once: earlier, only
 //! when [`EPOCH_CONFIRM`] in a row are (a sound server that ran a cycle
 //! late and caught up reports a position ahead for a moment); later, when
@@ -92,15 +91,18 @@ const GIVE_UP_SKIPS: usize = 3;
 const REFIT_ALIGN_NS: f64 = 500_000.0;
 const GIVE_UP_WINDOW_NS: u64 = 10_000_000_000;
 
-/// The tracked device epoch rises above its drift line (a status was
-/// early, or the device slowed) at most this fast, ppm; faster while the
-/// drift is being learnt, the first `EPOCH_LEARN_NS`. 80 ppm: a JACK dummy
-/// server under load runs its cycles late by fits, and receivers that
-/// follow it slower disagreed by 0.1-0.2 ms for seconds (30 ppm); much
-/// faster leaves more of each status's staleness in the epoch.
-pub const EPOCH_RISE_PPM: f64 = 80.0;
-pub const EPOCH_RISE_LEARNING_PPM: f64 = 150.0;
-pub const EPOCH_LEARN_NS: u64 = 5_000_000_000;
+/// The device's epoch is the line under the freshest status of each
+/// block of this long (ns), over the last `EPOCH_BLOCKS` of them (6.4 s):
+/// the freshest statuses are the least stale (a few µs of the 0-1 ms a
+/// read may lag), and seconds of them give the device's drift to a few
+/// ppm, where one second's to the next was tens of ppm off.
+pub const EPOCH_BLOCK_NS: u64 = 100_000_000;
+pub const EPOCH_BLOCKS: usize = 64;
+/// Until the blocks span this long (ns), the line keeps the slope it had
+/// (none at the start): a shorter fit is steeper than any device.
+pub const EPOCH_FIT_SPAN_NS: u64 = 1_000_000_000;
+/// No device drifts more than this against the monotonic clock (500 ppm).
+const EPOCH_MAX_SLOPE: f64 = 5e-4;
 
 /// Every status of a second this much later than the epoch: the device
 /// lost time, and the epoch steps (ns). A status this much earlier is
@@ -311,28 +313,30 @@ impl SyncFeed {
 }
 
 /// When the device plays its frames: its epoch (CLOCK_MONOTONIC ns at
-/// which its frame 0 played, as the statuses put it), tracked along the
-/// freshest statuses with the device's drift, and where the writer is.
+/// which its frame 0 played, as the statuses put it), the line under the
+/// freshest statuses of the last seconds, and where the writer is.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeviceClock {
     rate: u32,
-    /// The tracked epoch, ns.
+    /// The tracked epoch at the last status, ns.
     epoch: Option<i128>,
-    /// Its drift against the monotonic clock, ns per ns (the device's
-    /// clock error, with the sign reversed).
-    slope: f64,
+    /// The epoch's line: a status on it (at, epoch seen) and its drift
+    /// against the monotonic clock, ns per ns (the device's clock error,
+    /// with the sign reversed).
+    line: Option<(u64, i128, f64)>,
+    /// The freshest status of each [`EPOCH_BLOCK_NS`], the last
+    /// [`EPOCH_BLOCKS`] of them, the newest being the current block's.
+    blocks: BlockMinima,
     first_at_ns: u64,
     last_at_ns: u64,
-    /// The freshest status of the current second and of the last one
-    /// (at, epoch seen), for the slope; when the current one started.
-    block_min: Option<(u64, i128)>,
-    last_block_min: Option<(u64, i128)>,
-    block_start_ns: u64,
-    /// The least a status of the current second was above the epoch.
-    block_residual: Option<i128>,
-    /// Statuses in a row far earlier than the epoch, and the earliest.
+    /// Statuses in a row far earlier than the line, and the earliest
+    /// (at, epoch seen).
     low_run: u32,
-    low_min: Option<i128>,
+    low_min: Option<(u64, i128)>,
+    /// Since when every status was far later than the line, and the
+    /// least late of them.
+    high_since: Option<u64>,
+    high_min: Option<(u64, i128)>,
     /// Frames written so far: the index of the next frame written.
     written: u64,
     /// CLOCK_REALTIME − CLOCK_MONOTONIC at the last status, ns.
@@ -341,6 +345,141 @@ pub struct DeviceClock {
     /// smoothed, ns, and the statuses it is the mean of (up to 500).
     beyond_ns: Option<f64>,
     beyond_count: u32,
+}
+
+/// A ring of (at, epoch seen), oldest first.
+#[derive(Clone, Copy, Debug)]
+struct BlockMinima {
+    points: [(u64, i128); EPOCH_BLOCKS],
+    first: usize,
+    len: usize,
+    /// When the newest block started.
+    start_ns: u64,
+}
+
+impl Default for BlockMinima {
+    fn default() -> BlockMinima {
+        BlockMinima {
+            points: [(0, 0); EPOCH_BLOCKS],
+            first: 0,
+            len: 0,
+            start_ns: 0,
+        }
+    }
+}
+
+impl BlockMinima {
+    fn get(&self, i: usize) -> (u64, i128) {
+        self.points[(self.first + i) % EPOCH_BLOCKS]
+    }
+
+    /// Takes a status; true when it is its block's freshest so far.
+    fn take(&mut self, at_ns: u64, seen: i128) -> bool {
+        if self.len == 0 || at_ns.saturating_sub(self.start_ns) >= EPOCH_BLOCK_NS {
+            if self.len == EPOCH_BLOCKS {
+                self.first = (self.first + 1) % EPOCH_BLOCKS;
+                self.len -= 1;
+            }
+            self.points[(self.first + self.len) % EPOCH_BLOCKS] = (at_ns, seen);
+            self.len += 1;
+            self.start_ns = at_ns;
+            return true;
+        }
+        let newest = &mut self.points[(self.first + self.len - 1) % EPOCH_BLOCKS];
+        if seen < newest.1 {
+            *newest = (at_ns, seen);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets the blocks from `at_ns` on.
+    fn drop_since(&mut self, at_ns: u64) {
+        while self.len > 0 && self.get(self.len - 1).0 >= at_ns {
+            self.len -= 1;
+        }
+    }
+
+    fn span_ns(&self) -> u64 {
+        match self.len {
+            0 => 0,
+            n => self.get(n - 1).0.saturating_sub(self.get(0).0),
+        }
+    }
+
+    fn shift(&mut self, by: i128) {
+        for i in 0..self.len {
+            self.points[(self.first + i) % EPOCH_BLOCKS].1 += by;
+        }
+    }
+
+    /// The line (a point on it, its slope) under every point that is
+    /// highest at their mean time: the one they lie least above in all,
+    /// as every status lies above the truth by its staleness. It runs
+    /// along the edge of their lower convex hull over the mean. Before
+    /// the points span [`EPOCH_FIT_SPAN_NS`] (or when the fit is steeper
+    /// than a device can be), the line of slope `prior` under them.
+    fn fit(&self, prior: f64) -> Option<(u64, i128, f64)> {
+        let (at0, seen0) = if self.len > 0 {
+            self.get(0)
+        } else {
+            return None;
+        };
+        let (at_last, _) = self.get(self.len - 1);
+        // Relative to the oldest point, so f64 keeps sub-ns precision.
+        let xy = |i: usize| {
+            let (at, seen) = self.get(i);
+            (at.saturating_sub(at0) as f64, (seen - seen0) as f64)
+        };
+        let under = |slope: f64| {
+            let mut best = 0;
+            let mut least = f64::INFINITY;
+            for i in 0..self.len {
+                let (x, y) = xy(i);
+                if y - slope * x < least {
+                    least = y - slope * x;
+                    best = i;
+                }
+            }
+            let (at, seen) = self.get(best);
+            Some((at, seen, slope))
+        };
+        let span = at_last.saturating_sub(at0);
+        if span < EPOCH_FIT_SPAN_NS {
+            return under(prior);
+        }
+        let mut hull = [0usize; EPOCH_BLOCKS];
+        let mut h = 0;
+        let mut mean_x = 0.0;
+        for i in 0..self.len {
+            let (x, y) = xy(i);
+            mean_x += x / self.len as f64;
+            while h >= 2 {
+                let (ox, oy) = xy(hull[h - 2]);
+                let (ax, ay) = xy(hull[h - 1]);
+                if (ax - ox) * (y - oy) - (ay - oy) * (x - ox) > 0.0 {
+                    break;
+                }
+                h -= 1;
+            }
+            hull[h] = i;
+            h += 1;
+        }
+        let mut j = 0;
+        while j + 2 < h && xy(hull[j + 1]).0 < mean_x {
+            j += 1;
+        }
+        let ((x0, y0), (x1, y1)) = (xy(hull[j]), xy(hull[(j + 1).min(h - 1)]));
+        if x1 <= x0 {
+            return under(prior);
+        }
+        let slope = (y1 - y0) / (x1 - x0);
+        if slope.abs() > EPOCH_MAX_SLOPE {
+            return under(slope.clamp(-EPOCH_MAX_SLOPE, EPOCH_MAX_SLOPE));
+        }
+        let (at, seen) = self.get(hull[j]);
+        Some((at, seen, slope))
+    }
 }
 
 impl DeviceClock {
@@ -365,82 +504,79 @@ impl DeviceClock {
         }
         let played = i128::from(written) - i128::from(delay_frames.max(0));
         let seen = i128::from(at_ns) - played * 1_000_000_000 / i128::from(rate);
-        let epoch = match self.epoch {
-            None => {
-                self.first_at_ns = at_ns;
-                self.block_start_ns = at_ns;
-                seen
-            }
-            Some(epoch) => {
-                let dt = at_ns.saturating_sub(self.last_at_ns) as f64;
-                let predicted = epoch + (self.slope * dt) as i128;
-                // A fresher status (earlier than the line) is taken at
-                // once; a staler one moves the epoch up by a little of
-                // the time since the last, which forgets a status that
-                // was too early and lets the slope be learnt.
-                let rise = if at_ns.saturating_sub(self.first_at_ns) < EPOCH_LEARN_NS {
-                    EPOCH_RISE_LEARNING_PPM
-                } else {
-                    EPOCH_RISE_PPM
-                };
-                if predicted - seen > EPOCH_STEP_NS {
-                    // Far earlier than the line: a sound server that ran a
-                    // cycle late and caught up, or a glitch of the
-                    // position. Taken only once every status for
-                    // EPOCH_CONFIRM statuses in a row says so.
-                    self.low_run += 1;
-                    self.low_min = Some(self.low_min.map_or(seen, |m| m.min(seen)));
-                    if self.low_run >= EPOCH_CONFIRM {
-                        self.low_run = 0;
-                        self.low_min.take().unwrap_or(seen)
-                    } else {
-                        predicted
-                    }
-                } else {
-                    self.low_run = 0;
-                    self.low_min = None;
-                    predicted + (seen - predicted).min((dt * rise * 1e-6) as i128)
-                }
-            }
+        if self.line.is_none() {
+            self.first_at_ns = at_ns;
+        }
+        let on_line = |line: Option<(u64, i128, f64)>| {
+            line.map(|(at, e, slope)| e + (slope * (at_ns as f64 - at as f64)) as i128)
         };
-        let residual = seen - epoch;
-        self.block_residual = Some(self.block_residual.map_or(residual, |r| r.min(residual)));
-        self.epoch = Some(epoch);
-        // The slope: from the freshest status of one second to that of
-        // the next (each is stale by a few µs at most), half of each new
-        // measurement taken.
-        if self.block_min.map_or(true, |(_, m)| seen < m) {
-            self.block_min = Some((at_ns, seen));
-        }
-        if at_ns.saturating_sub(self.block_start_ns) >= 1_000_000_000 {
-            let stepped = self.block_residual.is_some_and(|r| r > EPOCH_STEP_NS);
-            if stepped {
-                // Every status of a whole second came later than the
-                // epoch by more than a stale read explains: the device
-                // lost time (an underrun, a stalled sound server). The
-                // epoch moves by the least of them at once; the slope is
-                // measured afresh.
-                self.epoch = self.epoch.map(|e| e + self.block_residual.unwrap_or(0));
-                self.last_block_min = None;
-                self.block_min = None;
-            } else if let (Some((a0, e0)), Some((a1, e1))) = (self.last_block_min, self.block_min) {
-                if a1 > a0 {
-                    // Each second's freshest status is a few tens of µs
-                    // stale at worst: one measurement can be tens of ppm
-                    // off, so it moves the slope by a quarter, from 0 (a
-                    // device within a few ppm of the monotonic clock, the
-                    // usual case, starts right), and at most 500 ppm.
-                    let measured = ((e1 - e0) as f64 / (a1 - a0) as f64).clamp(-5e-4, 5e-4);
-                    self.slope += (measured - self.slope) * 0.25;
-                }
+        let residual = on_line(self.line).map_or(0, |e| seen - e);
+        let slope = self.line.map_or(0.0, |(_, _, s)| s);
+        if residual < -EPOCH_STEP_NS {
+            // Far earlier than the line: a sound server that ran a cycle
+            // late and caught up, or a glitch of the position. Taken only
+            // once every status for EPOCH_CONFIRM statuses in a row says
+            // so; then the line moves down by the least stale of them.
+            self.high_since = None;
+            self.low_run += 1;
+            if self.low_min.map_or(true, |(_, m)| seen < m) {
+                self.low_min = Some((at_ns, seen));
             }
-            self.last_block_min = self.block_min.take();
-            self.block_residual = None;
-            self.block_start_ns = at_ns;
+            if self.low_run >= EPOCH_CONFIRM {
+                if let Some((at, m)) = self.low_min.take() {
+                    self.step_to(at, m, slope);
+                }
+                self.low_run = 0;
+            }
+        } else if residual > EPOCH_STEP_NS {
+            // Far later: the device lost time (an underrun, a stalled
+            // sound server), once every status of a whole second says so.
+            self.low_run = 0;
+            self.low_min = None;
+            // A late status is a stale one, most likely: it counts for its
+            // block until the whole second says otherwise.
+            let since = *self.high_since.get_or_insert(at_ns);
+            if self.high_min.map_or(true, |(_, m)| seen < m) {
+                self.high_min = Some((at_ns, seen));
+            }
+            if at_ns.saturating_sub(since) >= 1_000_000_000 {
+                self.blocks.drop_since(since);
+                if let Some((at, m)) = self.high_min.take() {
+                    self.step_to(at, m, slope);
+                }
+                self.high_since = None;
+            } else if self.blocks.take(at_ns, seen) {
+                self.line = self.blocks.fit(slope);
+            }
+        } else {
+            self.low_run = 0;
+            self.low_min = None;
+            self.high_since = None;
+            self.high_min = None;
+            if self.blocks.take(at_ns, seen) {
+                self.line = self.blocks.fit(slope);
+            }
         }
+        self.epoch = on_line(self.line);
         self.last_at_ns = self.last_at_ns.max(at_ns);
         self.written = written;
         self.realtime_offset_ns = i128::from(realtime_offset_ns);
+    }
+
+    /// The device's timeline moved (it lost time, or its position caught
+    /// up): the line moves through the status (at, seen), and the
+    /// freshest statuses before move with it, so its slope stays learnt.
+    fn step_to(&mut self, at_ns: u64, seen: i128, slope: f64) {
+        match self.line {
+            Some((at, e, s)) if self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS => {
+                let was = e + (s * (at_ns as f64 - at as f64)) as i128;
+                self.blocks.shift(seen - was);
+            }
+            // A line not fitted yet may be what was off: it starts over.
+            _ => self.blocks.len = 0,
+        }
+        self.blocks.take(at_ns, seen);
+        self.line = self.blocks.fit(slope);
     }
 
     /// The device's latency after its ring buffer (its delay less what
@@ -899,6 +1035,51 @@ mod tests {
         }
     }
 
+    /// The mean error of the tracked epoch (ns, +: the frames are taken
+    /// to play later than they do) from 10 s to 30 s, for statuses after
+    /// writes of `period` frames at 48 kHz, each read 0-1 ms after the
+    /// position's last update (every 256 frames, a JACK cycle).
+    fn epoch_bias_ns(period: u64, seed: u64) -> f64 {
+        let mut d = DeviceClock::default();
+        let mut rng = seed;
+        let start = 1_000_000_000u64;
+        let (mut sum, mut n) = (0.0, 0.0);
+        let mut written = 4 * period;
+        while written < 48_000 * 30 {
+            let played = written - 4 * period;
+            let cycle = played / 256 * 256;
+            let at = start + cycle * 1_000_000 / 48 + (uniform(&mut rng) * 1e6) as u64;
+            written += period;
+            d.on_status(at, written, (written - cycle) as i64, 48_000, 0);
+            if at > start + 10_000_000_000 {
+                let next = d.next_frame_realtime_ns().unwrap_or(0);
+                let truth = i128::from(start) + i128::from(written) * 1_000_000 / 48;
+                sum += (next - truth) as f64;
+                n += 1.0;
+            }
+        }
+        sum / n
+    }
+
+    /// Issue 13: receivers with 20 ms periods played steadily 54-115 µs
+    /// early against ones with 5 ms periods. Each status is stale by its
+    /// read's latency; the epoch rose by 80 ppm of the time between
+    /// statuses and fell to each fresher one, so it sat above the truth
+    /// by about sqrt(π/2 · 80 ppm · interval · spread): 25 µs with a
+    /// status every 5 ms, 50 µs every 20 ms (and more where the reads
+    /// spread wider). Rising only to each second's freshest status, the
+    /// epoch is as stale as the freshest of a second's statuses: 2.5 µs
+    /// at 5 ms, 24 µs at 20 ms, 10 µs at 441 frames of 44.1 kHz (before:
+    /// 22.9, 58.3, 38.6 µs).
+    #[test]
+    fn device_epoch_bias_does_not_grow_with_the_period() {
+        for (period, seed) in [(240, 3), (960, 4), (441, 5)] {
+            let bias = epoch_bias_ns(period, seed);
+            eprintln!("period {period}: epoch {:.1} us late", bias / 1e3);
+            assert!(bias.abs() < 30_000.0, "period {period}: {bias} ns");
+        }
+    }
+
     fn sr(ssrc: u32, wall_ns: u64, rtp: u32) -> SenderReport {
         SenderReport {
             ssrc,
@@ -1011,6 +1192,8 @@ mod tests {
         /// The worst error of any frame from 2 s in (or 2 s after the
         /// first fit) until the step or the restart (or the end).
         worst_ns: f64,
+        /// When it played, s into the run.
+        worst_at_s: f64,
         /// From 2 s after the step, or 2 s after the new sender's first fit.
         worst_after_ns: f64,
         /// From the step's realignment, or the new sender's, to 2 s after
@@ -1236,7 +1419,19 @@ mod tests {
                 }
             }
             let refits_before = s.metrics().refit_aligns;
-            let now_engaged = match result {
+            // The engine decides before it renders the period (an
+            // alignment moves the cursor and zeroes the ratio at once) but
+            // sets the controller's drift after (`control` follows the
+            // resampler): the drift from this period's error plays from
+            // the next period on.
+            let mut next_target_ppm = target_ppm;
+            // Each mode has its own loop, rebuilt at the switch before the
+            // period's update (`Engine::sync_step`).
+            if result.is_ok() != engaged {
+                engaged = result.is_ok();
+                controller = DelayController::new(&config).unwrap();
+            }
+            match result {
                 Ok(e) => {
                     match s
                         .decide(e, rate, mono(t) as u64)
@@ -1247,6 +1442,12 @@ mod tests {
                             controller.reset();
                             target_ppm = 0.0;
                             applied_ppm = 0.0;
+                            // The engine's `control` still takes what is
+                            // left under a frame, after the period.
+                            let left = e * f64::from(rate) / 1e9 - n as f64;
+                            controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
+                            let c = controller.update(target + left, target, stream_period);
+                            next_target_ppm = c.drift_ppm;
                             // A first fit's alignment is part of the start.
                             let refit = s.metrics().refit_aligns > refits_before;
                             if !refit && (out.aligns_before > 0 || t >= step_at) {
@@ -1264,19 +1465,11 @@ mod tests {
                             controller.set_integrating(!passing);
                             controller.set_feed_forward_ppm(s.feed_forward_ppm(rate));
                             let c = controller.update(target + frames, target, stream_period);
-                            target_ppm = if passing { 0.0 } else { c.drift_ppm };
+                            next_target_ppm = if passing { 0.0 } else { c.drift_ppm };
                         }
                     }
-                    true
                 }
-                Err(why) => {
-                    s.stand_down(why);
-                    false
-                }
-            };
-            if now_engaged != engaged {
-                engaged = now_engaged;
-                controller = DelayController::new(&config).unwrap();
+                Err(why) => s.stand_down(why),
             }
             if t >= step_at && after_from.is_infinite() {
                 after_from = step_at + 2e9;
@@ -1307,6 +1500,9 @@ mod tests {
                         } else if plays >= settling_from {
                             out.worst_settling_ns = out.worst_settling_ns.max(err);
                         } else if plays > count_from && plays < step_at && !event {
+                            if err > out.worst_ns {
+                                out.worst_at_s = (plays - t0) / 1e9;
+                            }
                             out.worst_ns = out.worst_ns.max(err);
                         }
                     }
@@ -1317,6 +1513,7 @@ mod tests {
                     }
                 }
             }
+            target_ppm = next_target_ppm;
             written += period;
             // The status after the write: the position was last updated
             // at a cycle of 256 frames, which woke the writer; it reads the
@@ -1345,8 +1542,9 @@ mod tests {
     fn holds(name: &str, sim: Sim, bound_ns: f64) -> f64 {
         let o = run(sim);
         eprintln!(
-            "{name}: worst {:.1} us, aligns {} ({} at the first fit)",
+            "{name}: worst {:.1} us at {:.1} s, aligns {} ({} at the first fit)",
             o.worst_ns / 1e3,
+            o.worst_at_s,
             o.aligns,
             o.refit_aligns
         );
@@ -1463,8 +1661,10 @@ mod tests {
 
     /// Gap (issue 13): with 20 ms periods a receiver drifting 200 ppm
     /// against its device was measured up to 0.24 ms off, over the 0.1
-    /// ms asked; the cause is not found yet (fewer statuses for the
-    /// device's epoch, the controller stepping 4× further per period?).
+    /// ms asked. Cause found: the device's epoch sat stale by 58 µs (23 µs
+    /// at 5 ms periods), see `device_epoch_bias_does_not_grow_with_the_period`;
+    /// fixed once the slope is learnt, the worst is now 120-176 µs, in the
+    /// first seconds while the device's drift is still being learnt.
     const TWENTY_MS_BOUND_NS: f64 = 300_000.0;
 
     #[test]
@@ -1482,8 +1682,8 @@ mod tests {
 
     /// Gap (issue 13): a 44.1 kHz device under a 48 kHz stream was
     /// measured up to 0.144 ms off (a 48 kHz device under 44.1 kHz within
-    /// 0.1 ms); the cause is not found yet (441-frame periods against the
-    /// 256-frame position updates?).
+    /// 0.1 ms); the same stale epoch (39 µs at 441-frame periods), now
+    /// 123 µs worst, while the drift is learnt.
     const OTHER_RATE_BOUND_NS: f64 = 200_000.0;
 
     #[test]
