@@ -101,8 +101,12 @@ pub const EPOCH_BLOCKS: usize = 64;
 /// Until the blocks span this long (ns), the line keeps the slope it had
 /// (none at the start): a shorter fit is steeper than any device.
 pub const EPOCH_FIT_SPAN_NS: u64 = 1_000_000_000;
-/// No device drifts more than this against the monotonic clock (500 ppm).
-const EPOCH_MAX_SLOPE: f64 = 5e-4;
+/// No device drifts more than this against the monotonic clock (1500
+/// ppm): crystals are within 100 ppm, but alsa-lib's rate plugin converts
+/// whole periods at the ratio of their sizes, not of the rates (470 frames
+/// at 44.1 kHz to 512 at 48 kHz is 44062.5 Hz: 850 ppm slow), and the
+/// receiver follows 1000 ppm.
+const EPOCH_MAX_SLOPE: f64 = 1.5e-3;
 
 /// Every status of a second this much later than the epoch: the device
 /// lost time, and the epoch steps (ns). A status this much earlier is
@@ -318,6 +322,8 @@ impl SyncFeed {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DeviceClock {
     rate: u32,
+    /// The timeline stepped since [`DeviceClock::take_jump`] last asked.
+    jumped: bool,
     /// The tracked epoch at the last status, ns.
     epoch: Option<i128>,
     /// The epoch's line: a status on it (at, epoch seen) and its drift
@@ -567,6 +573,7 @@ impl DeviceClock {
     /// up): the line moves through the status (at, seen), and the
     /// freshest statuses before move with it, so its slope stays learnt.
     fn step_to(&mut self, at_ns: u64, seen: i128, slope: f64) {
+        self.jumped = true;
         match self.line {
             Some((at, e, s)) if self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS => {
                 let was = e + (s * (at_ns as f64 - at as f64)) as i128;
@@ -597,6 +604,18 @@ impl DeviceClock {
     /// The device restarted (opened, recovered): its position starts over.
     pub fn reset(&mut self) {
         *self = DeviceClock::default();
+    }
+
+    /// Whether the device's timeline stepped (it lost time, or caught up)
+    /// since the last call.
+    pub fn take_jump(&mut self) -> bool {
+        core::mem::take(&mut self.jumped)
+    }
+
+    /// How much slower than its nominal rate the device plays, ppm (the
+    /// slope of its epoch's line: + when slow); 0 before a fit.
+    pub fn drift_ppm(&self) -> f64 {
+        self.line.map_or(0.0, |(_, _, slope)| slope * 1e6)
     }
 
     /// CLOCK_REALTIME ns at which the next frame written reaches the DAC,
@@ -869,14 +888,21 @@ impl SyncPlayout {
         Ok(plays - due)
     }
 
-    /// The sender's media clock against its wall clock (ppm, from the
-    /// fitted reports; 0 before), fed forward to the controller: the
-    /// loop then only holds what the device and the wall clocks add.
+    /// The ratio the two clocks ask, fed forward to the controller (ppm,
+    /// +: more stream frames per device frame): the sender's media clock
+    /// against its wall clock (from the fitted reports; 0 before) and the
+    /// device's clock against the monotonic one (the slope of its epoch's
+    /// line; 0 before it is fitted). The loop then only holds what is left:
+    /// its integral is held above 0.15 ms of error (`controller_config`),
+    /// so a device far off (850 ppm seen) left unfed sat 0.25 ms late on
+    /// the proportional term alone. The wall clock and the monotonic one
+    /// run at one rate (a time service slews both).
     pub fn feed_forward_ppm(&self, nominal: u32) -> f64 {
-        match self.mapping {
+        let sender = match self.mapping {
             Some(m) if m.rate_hz > 0.0 => (m.rate_hz / f64::from(nominal.max(1)) - 1.0) * 1e6,
             _ => 0.0,
-        }
+        };
+        sender + self.device.drift_ppm()
     }
 
     /// What to do with an error of `error_ns` at `rate` Hz, measured at
@@ -886,6 +912,12 @@ impl SyncPlayout {
         let frames = error_ns * f64::from(rate) / 1e9;
         let step = error_ns.abs() > STEP_MS * 1e6;
         let refit = core::mem::take(&mut self.refit) && error_ns.abs() > REFIT_ALIGN_NS;
+        // The device lost time (an underrun; a sound server that skipped
+        // a cycle: JACK's 5.3 ms) or caught up: every frame after is off
+        // by the jump at once. Steered at the loop's 2000 ppm that took
+        // seconds (seen: a receiver 256 frames late for 3 s); aligned like
+        // a first fit's move.
+        let jump = self.device.take_jump() && error_ns.abs() > REFIT_ALIGN_NS;
         // Every alignment that skips counts, a start's too: after a skip
         // the buffer is empty, the stream stops and starts again and
         // aligns as a start (not a step).
@@ -904,8 +936,8 @@ impl SyncPlayout {
         }
         self.metrics.why = None;
         self.metrics.error_ns = Some(error_ns);
-        if !self.locked || step || refit {
-            if self.locked && !step {
+        if !self.locked || step || refit || jump {
+            if self.locked && !step && refit {
                 self.metrics.refit_aligns += 1;
             }
             self.locked = true;
@@ -1078,6 +1110,42 @@ mod tests {
             eprintln!("period {period}: epoch {:.1} us late", bias / 1e3);
             assert!(bias.abs() < 30_000.0, "period {period}: {bias} ns");
         }
+    }
+
+    /// A device that loses a JACK cycle (5.3 ms) is aligned once its
+    /// statuses confirm it, not steered there over seconds; an error as
+    /// large without a jump of the device is steered.
+    #[test]
+    fn device_that_lost_time_is_aligned_once() {
+        let mut s = SyncPlayout::new(100, true);
+        assert_eq!(s.decide(0.0, 48_000, 1), Ok(Action::Align(0)));
+        let lost_error = 5_333_333.0;
+        let mut lost_ns = 0;
+        for k in 1..2000u64 {
+            let at = 1_000_000_000 + k * 5_000_000;
+            if k == 1000 {
+                lost_ns = 5_333_333;
+            }
+            let played = (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000;
+            s.device.on_status(at, played + 960, 960, 48_000, 0);
+            if k == 900 {
+                // No jump: steered, however large.
+                assert!(matches!(
+                    s.decide(lost_error, 48_000, at),
+                    Ok(Action::Steer(f)) if (f - 256.0).abs() < 0.01
+                ));
+            }
+        }
+        assert_eq!(
+            s.decide(lost_error, 48_000, 11_000_000_000),
+            Ok(Action::Align(256))
+        );
+        assert!(matches!(
+            s.decide(5_000.0, 48_000, 11_005_000_000),
+            Ok(Action::Steer(f)) if (f - 0.24).abs() < 0.01
+        ));
+        assert_eq!(s.metrics().aligns, 2);
+        assert_eq!(s.metrics().refit_aligns, 0);
     }
 
     fn sr(ssrc: u32, wall_ns: u64, rtp: u32) -> SenderReport {
