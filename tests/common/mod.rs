@@ -260,6 +260,8 @@ pub struct JackServer {
     pub name: String,
     pub rate: u32,
     child: Option<Child>,
+    /// What jackd printed (its xrun notes), removed at stop.
+    log_path: PathBuf,
 }
 
 impl JackServer {
@@ -282,6 +284,7 @@ impl JackServer {
             name: name.to_string(),
             rate,
             child: Some(child),
+            log_path: log_path.clone(),
         };
         let env = server.env();
         let ready = wait_until(Duration::from_secs(20), || {
@@ -299,8 +302,12 @@ impl JackServer {
                 std::fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
-        let _ = std::fs::remove_file(&log_path);
         server
+    }
+
+    /// jackd's output so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Environment for a child that should use this server (and never
@@ -329,6 +336,9 @@ impl JackServer {
             if !exited {
                 let _ = c.kill();
                 let _ = c.wait();
+            }
+            if std::env::var_os("NETSPEAKER_KEEP_TEST_DIRS").is_none() {
+                let _ = std::fs::remove_file(&self.log_path);
             }
         }
     }
