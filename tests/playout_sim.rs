@@ -406,6 +406,23 @@ fn simulate_sync(seconds: u64, transit_ms: impl Fn(u64) -> f64) -> SyncRun {
     simulate_sync_stepped(seconds, transit_ms, None)
 }
 
+/// A mono engine's configuration at `rate` in sync mode (`--sync-ms 100`,
+/// the wall clock not trusted unless the test says it is synchronised),
+/// its jitter margin fixed at 40 ms.
+fn sync_mono_config(rate: u32) -> PlayoutConfig {
+    PlayoutConfig {
+        latency: Latency::Fixed { ms: 40 },
+        max_rate: rate,
+        max_channels: 1,
+        stream_formats: vec![(rate, 1)],
+        sync: Some(netspeaker::receive::sync::SyncConfig {
+            sync_ms: 100,
+            trust_clock: false,
+        }),
+        ..PlayoutConfig::default()
+    }
+}
+
 /// As `simulate_sync`, and the receiver's wall clock steps by `step.1` ns
 /// at `step.0` s (chrony or a PTP lock stepping it); `SyncRun::played`
 /// holds what was played.
@@ -414,19 +431,9 @@ fn simulate_sync_stepped(
     transit_ms: impl Fn(u64) -> f64,
     step: Option<(u64, i64)>,
 ) -> SyncRun {
-    use netspeaker::receive::sync::{Mapping, SyncConfig};
+    use netspeaker::receive::sync::Mapping;
     const QUEUE: u64 = 4 * PERIOD_FRAMES as u64;
-    let config = PlayoutConfig {
-        latency: Latency::Fixed { ms: 40 },
-        max_rate: RATE,
-        max_channels: 1,
-        stream_formats: vec![(RATE, 1)],
-        sync: Some(SyncConfig {
-            sync_ms: 100,
-            trust_clock: false,
-        }),
-        ..PlayoutConfig::default()
-    };
+    let config = sync_mono_config(RATE);
     let (mut engine, format) = mono_engine(&config);
     // CLOCK_REALTIME less CLOCK_MONOTONIC.
     let mut realtime_offset: i64 = 1_764_000_000_000_000_000;
@@ -675,22 +682,12 @@ fn tone_48k(n: u64) -> i16 {
 /// what the stretcher and the resampler hold is the stream frame the
 /// device's next written frame plays.
 fn simulate_sync_48k(seconds: u64, clocks: Clocks) -> SyncPass {
-    use netspeaker::receive::sync::{Mapping, SyncConfig};
+    use netspeaker::receive::sync::Mapping;
     const RATE_48K: u32 = 48_000;
     const PERIOD: u64 = 240;
     const PTIME: u64 = 960;
     const QUEUE: u64 = 4 * PERIOD;
-    let config = PlayoutConfig {
-        latency: Latency::Fixed { ms: 40 },
-        max_rate: RATE_48K,
-        max_channels: 1,
-        stream_formats: vec![(RATE_48K, 1)],
-        sync: Some(SyncConfig {
-            sync_ms: 100,
-            trust_clock: false,
-        }),
-        ..PlayoutConfig::default()
-    };
+    let config = sync_mono_config(RATE_48K);
     let mut engine = Engine::new(&config).expect("engine");
     let bank = ResamplerBank::new(&config.stream_formats, RATE_48K, &config).expect("bank");
     engine.attach_device(1, Some(bank));

@@ -84,32 +84,27 @@ impl EventLog {
             Event::DeviceOpened {
                 negotiated: n,
                 started_ms,
-            } if n.fell_back => log::warn!(target: "playout",
-                "device '{}' refused the rate and channels asked (--device-rate, \
-                 --device-channels) in every period tried; playing at its own: {} {} {} Hz {} ch, \
-                 period {} frames, buffer {} frames (consuming after {started_ms} ms)",
-                n.device,
-                n.access.name(),
-                n.format.alsa_name(),
-                n.rate,
-                n.channels,
-                n.period_frames,
-                n.buffer_frames
-            ),
-            Event::DeviceOpened {
-                negotiated: n,
-                started_ms,
-            } => log::info!(target: "playout",
-                "device '{}' open: {} {} {} Hz {} ch, period {} frames, buffer {} frames \
-             (consuming after {started_ms} ms)",
-                n.device,
-                n.access.name(),
-                n.format.alsa_name(),
-                n.rate,
-                n.channels,
-                n.period_frames,
-                n.buffer_frames
-            ),
+            } => {
+                let setup = format!(
+                    "{} {} {} Hz {} ch, period {} frames, buffer {} frames \
+                     (consuming after {started_ms} ms)",
+                    n.access.name(),
+                    n.format.alsa_name(),
+                    n.rate,
+                    n.channels,
+                    n.period_frames,
+                    n.buffer_frames
+                );
+                if n.fell_back {
+                    log::warn!(target: "playout",
+                        "device '{}' refused the rate and channels asked (--device-rate, \
+                         --device-channels) in every period tried; playing at its own: {setup}",
+                        n.device
+                    )
+                } else {
+                    log::info!(target: "playout", "device '{}' open: {setup}", n.device)
+                }
+            }
             Event::DeviceOpenFailed(e) => {
                 if let Some(suppressed) = device.check(now) {
                     log::error!(target: "playout", "{e}; retrying{}", suppressed_note(suppressed));

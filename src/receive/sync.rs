@@ -1045,18 +1045,21 @@ mod tests {
         assert!((next - want).abs() < 200_000, "{} ns off", next - want);
     }
 
+    /// The k-th status of a 48 kHz device written 5 ms at a time from 1 s,
+    /// read fresh, after it lost `lost_ns`: when, and frames played.
+    fn status_after_loss(k: u64, lost_ns: u64) -> (u64, u64) {
+        let at = 1_000_000_000 + k * 5_000_000;
+        (at, (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000)
+    }
+
     #[test]
     fn device_that_loses_time_is_followed_within_two_seconds() {
         let mut d = DeviceClock::default();
         // 48 kHz, 5 ms periods, statuses fresh; at 10 s the device loses
         // 3 ms (an underrun).
-        let mut lost_ns = 0;
         for k in 1..3000u64 {
-            let at = 1_000_000_000 + k * 5_000_000;
-            if k == 2000 {
-                lost_ns = 3_000_000;
-            }
-            let played = (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000;
+            let lost_ns = if k >= 2000 { 3_000_000 } else { 0 };
+            let (at, played) = status_after_loss(k, lost_ns);
             let written = played + 960;
             d.on_status(at, written, 960, 48_000, 0);
             if k == 2000 + 400 || k == 2999 {
@@ -1120,13 +1123,8 @@ mod tests {
         let mut s = SyncPlayout::new(100, true);
         assert_eq!(s.decide(0.0, 48_000, 1), Ok(Action::Align(0)));
         let lost_error = 5_333_333.0;
-        let mut lost_ns = 0;
         for k in 1..2000u64 {
-            let at = 1_000_000_000 + k * 5_000_000;
-            if k == 1000 {
-                lost_ns = 5_333_333;
-            }
-            let played = (at - 1_000_000_000 - lost_ns) * 48 / 1_000_000;
+            let (at, played) = status_after_loss(k, if k >= 1000 { 5_333_333 } else { 0 });
             s.device.on_status(at, played + 960, 960, 48_000, 0);
             if k == 900 {
                 // No jump: steered, however large.
