@@ -825,6 +825,20 @@ fn sender_1000_ppm_fast_silence_and_restart_play_in_step() {
     );
 }
 
+/// The same with the sender's clock 1000 ppm slow.
+#[test]
+fn sender_1000_ppm_slow_silence_and_restart_play_in_step() {
+    run(
+        "slowsender",
+        Case {
+            sender: Sender::Skewed { ppm: -1000.0 },
+            settle_s: FIRST_REPORT_SETTLE_S,
+            check_margin: true,
+            ..Case::default()
+        },
+    );
+}
+
 /// The late joiner behind a relay adding 0-40 ms of jitter, judged from
 /// 5 s after its first packet: in the second after 2 s it was measured
 /// 0.12-0.15 ms (5.6-7.0 frames) off in every run, then within 0.06 ms;
