@@ -296,11 +296,10 @@ impl JackServer {
                 .unwrap_or(false)
         });
         if !ready {
+            // Read before stopping: stop removes the log.
+            let log = server.log_text();
             server.stop();
-            panic!(
-                "jackd '{name}' did not come up within 20 s:\n{}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
+            panic!("jackd '{name}' did not come up within 20 s:\n{log}");
         }
         server
     }
