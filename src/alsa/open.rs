@@ -313,6 +313,7 @@ pub(crate) fn open_pcm(
         // 5 ms at 44.1 kHz over JACK's 256 frames at 48 kHz is refused at
         // install, 10.7 ms is taken (aplay's default period is long, so it
         // never meets this). Longer periods at the setup asked first.
+        let mut installed = false;
         for factor in [2, 4] {
             let longer = DeviceConfig {
                 period_frames: config.period_frames.saturating_mul(factor),
@@ -320,10 +321,10 @@ pub(crate) fn open_pcm(
             };
             drop(pcm);
             pcm = open()?;
-            if install(&pcm, &longer, stream, formats, config.rate, config.channels).is_ok() {
-                let negotiated = read_back(&pcm, config, stream, false)?;
-                set_sw_params(&pcm, &negotiated)?;
-                return Ok((pcm, negotiated));
+            installed =
+                install(&pcm, &longer, stream, formats, config.rate, config.channels).is_ok();
+            if installed {
+                break;
             }
         }
         // The chain refused the whole set (module comment): once more at
@@ -334,16 +335,18 @@ pub(crate) fn open_pcm(
         // The period keeps its length in time, not in frames: 80 frames
         // asked at 8 kHz are 480 at 48 kHz (kept at 80, a 1.7 ms period,
         // writes over pulse stalled for good in 2 runs of 3).
-        let asked_rate = u64::from(config.rate.unwrap_or(PREFERRED_RATE).max(1));
-        let scaled = u64::from(config.period_frames) * u64::from(PREFERRED_RATE) / asked_rate;
-        let preferred = DeviceConfig {
-            period_frames: u32::try_from(scaled.max(1)).unwrap_or(u32::MAX),
-            ..config.clone()
-        };
-        drop(pcm);
-        pcm = open()?;
-        install(&pcm, &preferred, stream, formats, None, None).map_err(|_| e)?;
-        fell_back = true;
+        if !installed {
+            let asked_rate = u64::from(config.rate.unwrap_or(PREFERRED_RATE).max(1));
+            let scaled = u64::from(config.period_frames) * u64::from(PREFERRED_RATE) / asked_rate;
+            let preferred = DeviceConfig {
+                period_frames: u32::try_from(scaled.max(1)).unwrap_or(u32::MAX),
+                ..config.clone()
+            };
+            drop(pcm);
+            pcm = open()?;
+            install(&pcm, &preferred, stream, formats, None, None).map_err(|_| e)?;
+            fell_back = true;
+        }
     }
     let negotiated = read_back(&pcm, config, stream, fell_back)?;
     set_sw_params(&pcm, &negotiated)?;
