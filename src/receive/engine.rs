@@ -1091,15 +1091,15 @@ impl Engine {
                 None
             }
         });
-        let error_frames = self.controller.error_ms(target) * format.rate as f64 / 1000.0;
-        let error_ms = error_frames.abs() * 1000.0 / format.rate.max(1) as f64;
+        let signed_error_ms = self.controller.error_ms(target);
+        let error_ms = signed_error_ms.abs();
         let stretching = self.stretcher.pending() != 0;
         // Sync needs the sender's rate fed forward and what the loop has
         // learnt beyond it; its error is the controller's, in ns.
         let sync_ratio_ppm = self.sync.as_ref().map_or(0.0, |s| {
             s.feed_forward_ppm(format.rate) + self.controller.integral_ppm()
         });
-        let sync_error_ns = self.controller.error_ms(target) * 1e6;
+        let sync_error_ns = signed_error_ms * 1e6;
         self.correction = match self.correction {
             // Sync passes through inside its own µs-sized band (see
             // `sync::passes_through`), and lands on a whole frame leaving.
