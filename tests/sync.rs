@@ -266,50 +266,41 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, to_s: f64) -> (f64, f64, us
         return (f64::INFINITY, f64::INFINITY, 0);
     };
     let spacing = f64::from(RATE * EVERY_MS / 1000);
-    // Least squares for (p, q, step) over rows (1, k, after).
-    let rows: Vec<([f64; 3], f64)> = onsets
+    // Least squares for a line plus a step: one slope through both sides'
+    // own means (the pooled within-side regression), the step the gap
+    // between the two sides' intercepts.
+    let points: Vec<(f64, bool, f64)> = onsets
         .iter()
-        .map(|&o| {
-            let k = ((o - first) / spacing).round();
-            let after = if o >= at(join_s) { 1.0 } else { 0.0 };
-            ([1.0, k, after], o - first)
-        })
+        .map(|&o| (((o - first) / spacing).round(), o >= at(join_s), o - first))
         .collect();
-    let mut m = [[0.0f64; 4]; 3];
-    for (r, y) in &rows {
-        for i in 0..3 {
-            for j in 0..3 {
-                m[i][j] += r[i] * r[j];
-            }
-            m[i][3] += r[i] * y;
-        }
+    let mean = |after: bool| {
+        let side: Vec<_> = points.iter().filter(|p| p.1 == after).collect();
+        let n = side.len() as f64;
+        let k = side.iter().map(|p| p.0).sum::<f64>() / n;
+        let y = side.iter().map(|p| p.2).sum::<f64>() / n;
+        (k, y)
+    };
+    let (before, after) = (mean(false), mean(true));
+    let centred = |p: &(f64, bool, f64)| {
+        let (k, y) = if p.1 { after } else { before };
+        (p.0 - k, p.2 - y)
+    };
+    let sxy: f64 = points.iter().map(|p| centred(p).0 * centred(p).1).sum();
+    let sxx: f64 = points.iter().map(|p| centred(p).0 * centred(p).0).sum();
+    if before.0.is_nan() || after.0.is_nan() || sxx <= 0.0 {
+        // No onsets on one side of the join: nothing to compare.
+        return (f64::INFINITY, f64::INFINITY, points.len());
     }
-    // Gauss-Jordan with partial pivoting on the 3x4 system.
-    for c in 0..3 {
-        let p = (c..3)
-            .max_by(|&a, &b| m[a][c].abs().total_cmp(&m[b][c].abs()))
-            .unwrap_or(c);
-        m.swap(c, p);
-        if m[c][c].abs() < 1e-9 {
-            // No onsets on one side of the join: nothing to compare.
-            return (f64::INFINITY, f64::INFINITY, rows.len());
-        }
-        let pivot = m[c];
-        for (r, row) in m.iter_mut().enumerate() {
-            if r != c {
-                let f = row[c] / pivot[c];
-                for (x, p) in row.iter_mut().zip(pivot).skip(c) {
-                    *x -= f * p;
-                }
-            }
-        }
-    }
-    let b: Vec<f64> = (0..3).map(|i| m[i][3] / m[i][i]).collect();
-    let worst = rows
+    let slope = sxy / sxx;
+    let step = (after.1 - slope * after.0) - (before.1 - slope * before.0);
+    let worst = points
         .iter()
-        .map(|(r, y)| (y - (b[0] + b[1] * r[1] + b[2] * r[2])).abs())
+        .map(|p| {
+            let (dk, dy) = centred(p);
+            (dy - slope * dk).abs()
+        })
         .fold(0.0, f64::max);
-    (b[2], worst, rows.len())
+    (step, worst, points.len())
 }
 
 /// One case at a time: each runs a JACK server, two receivers, a sender
