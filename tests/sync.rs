@@ -20,7 +20,8 @@
 //! within the 0.1 ms is printed (see `BAR_FRAMES`). The onsets
 //! (where a burst first crosses a threshold, interpolated) are found the
 //! same way in both channels. The first receiver does not move when the
-//! second joins (`step_at_join`). Also: both receivers said sync took
+//! second joins, nor when it leaves and joins again in a restart
+//! (`step_at_join`). Also: both receivers said sync took
 //! charge, and their realtime threads allocated nothing; on the same
 //! path, both showed an arrival margin of about MS less their device's
 //! delay.
@@ -47,6 +48,8 @@ const EVERY_MS: u32 = 100;
 const BURST_MS: u32 = 20;
 const SIGNAL_S: usize = 27;
 const LATE_JOIN: Duration = Duration::from_secs(3);
+/// How long the restarted receiver plays before it is stopped.
+const RESTART_AFTER: Duration = Duration::from_secs(4);
 /// Recorded from before the first receiver starts.
 const RECORD_S: u64 = 19;
 /// The skewed sender's case records longer: a silence and a restart are
@@ -139,9 +142,12 @@ fn write_alsa_conf(dir: &TestDir) -> Vec<(String, String)> {
 
 /// A receiver on device `jack{tag}`; `extra` after the common options
 /// (the stream's format, a device rate).
+/// Receiver `tag`'s log goes to `rx{log}.log`.
+#[allow(clippy::too_many_arguments)]
 fn receiver(
     dir: &TestDir,
     tag: &str,
+    log: &str,
     port: u16,
     period_ms: &str,
     sync_ms: &str,
@@ -165,7 +171,7 @@ fn receiver(
         "1",
     ];
     args.extend_from_slice(extra);
-    RunningReceiver::start(&args, env, dir.file(&format!("rx{tag}.log")))
+    RunningReceiver::start(&args, env, dir.file(&format!("rx{log}.log")))
 }
 
 /// Waits until JACK has `port` (`jack_lsp`).
@@ -250,17 +256,17 @@ fn block_offsets(a: &[f32], b: &[f32], from_s: f64) -> Vec<(f64, usize)> {
 /// onsets in `x` from `from_s` to `to_s` (seconds of the recording) are
 /// fitted with a line (the sender's clock against the recording's; not a
 /// grid: the skewed sender's clock is off) plus a step at `join_s`, left
-/// out for a second after it (where the joiner's device joins the JACK
+/// out for `skip_s` after it (where the joiner's device joins the JACK
 /// graph). Returns the step, the largest residual, and the onsets used.
 /// A receiver in sync plays every burst at its capture time plus MS, so
 /// its bursts lie on the line whatever another receiver does.
-fn step_at_join(x: &[f32], from_s: f64, join_s: f64, to_s: f64) -> (f64, f64, usize) {
+fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> (f64, f64, usize) {
     let quiet = (RATE as usize * (EVERY_MS - BURST_MS) as usize / 1000) / 2;
     let at = |s: f64| s * f64::from(RATE);
     let onsets: Vec<f64> = burst_onsets(x, 0.1, quiet)
         .into_iter()
         .filter(|&o| o >= at(from_s) && o < at(to_s))
-        .filter(|&o| o < at(join_s) || o >= at(join_s + 1.0))
+        .filter(|&o| o < at(join_s) || o >= at(join_s + skip_s))
         .collect();
     let Some(&first) = onsets.first() else {
         return (f64::INFINITY, f64::INFINITY, 0);
@@ -448,6 +454,9 @@ struct Case {
     /// The late joiner's `--device-rate`: its plug converts to the JACK
     /// server's 48 kHz (alsa-lib's rate plugin, with its own delay).
     device_rate_b: Option<&'static str>,
+    /// The late joiner is stopped `RESTART_AFTER` after it joined and
+    /// started again a second later; judged from its restart.
+    restart_b: bool,
     settle_s: f64,
     /// Both receivers' statistics lines show the arrival margin, and on a
     /// clean local path it is about what MS leaves after the device's
@@ -464,6 +473,7 @@ impl Default for Case {
             jitter_b: None,
             opus: false,
             device_rate_b: None,
+            restart_b: false,
             settle_s: SETTLE_S,
             check_margin: false,
         }
@@ -543,6 +553,7 @@ fn run_once(name: &str, case: Case) {
         jitter_b,
         opus,
         device_rate_b,
+        restart_b,
         settle_s,
         check_margin,
     } = case;
@@ -593,7 +604,7 @@ fn run_once(name: &str, case: Case) {
     if let Some(hz) = device_rate_b {
         extra_b.extend_from_slice(&["--device-rate", hz]);
     }
-    let mut rx_a = receiver(&dir, "A", port_a, periods_ms[0], sync_ms, format, &env);
+    let mut rx_a = receiver(&dir, "A", "A", port_a, periods_ms[0], sync_ms, format, &env);
     let (mut tx, mut ffmpeg, mut skewed) = (None, None, None);
     match who_sends {
         Sender::Netspeaker if opus => {
@@ -605,8 +616,24 @@ fn run_once(name: &str, case: Case) {
         Sender::Skewed { ppm } => skewed = Some(skewed_sender(signal, fan.addr, ppm)),
     }
     std::thread::sleep(LATE_JOIN);
-    let b_started = Instant::now();
-    let mut rx_b = receiver(&dir, "B", port_b, periods_ms[1], sync_ms, &extra_b, &env);
+    let mut b_started = Instant::now();
+    let start_b = |log: &str| {
+        let b = &extra_b;
+        receiver(&dir, "B", log, port_b, periods_ms[1], sync_ms, b, &env)
+    };
+    let mut rx_b = start_b("B");
+    // The first run of a restarted receiver: when it stopped, its log and
+    // statistics.
+    let mut first_b = None;
+    if restart_b {
+        std::thread::sleep(RESTART_AFTER);
+        let stopped = Instant::now();
+        let (_, _, stats) = rx_b.stop();
+        first_b = Some((stopped, rx_b.log_text(), stats));
+        std::thread::sleep(Duration::from_secs(1));
+        b_started = Instant::now();
+        rx_b = start_b("B-restarted");
+    }
     assert!(rec.wait().expect("jack_rec").success(), "jack_rec failed");
     let (_, _, stats_a) = rx_a.stop();
     let (_, _, stats_b) = rx_b.stop();
@@ -621,14 +648,16 @@ fn run_once(name: &str, case: Case) {
     let events = skewed.map(|h| h.join().expect("the skewed sender"));
     drop(fan);
     let (log_a, log_b) = (rx_a.log_text(), rx_b.log_text());
-    for (tag, log) in [("A", &log_a), ("B", &log_b)] {
+    let mut logs = vec![("A", &log_a, &stats_a), ("B", &log_b, &stats_b)];
+    if let Some((_, log, stats)) = &first_b {
+        logs.push(("B before its restart", log, stats));
+    }
+    for (tag, log, stats) in logs {
         assert!(
             log.contains("sync: in charge"),
             "receiver {tag} never synced:\n{log}"
         );
-    }
-    for (tag, s) in [("A", &stats_a), ("B", &stats_b)] {
-        assert_eq!(s.get("rt-allocs"), 0.0, "receiver {tag} allocated");
+        assert_eq!(stats.get("rt-allocs"), 0.0, "receiver {tag} allocated");
     }
     if check_margin {
         let sync_ms: f64 = sync_ms.parse().expect("sync_ms");
@@ -683,15 +712,29 @@ fn run_once(name: &str, case: Case) {
     // within 3.2 frames on a quiet machine, but a cycle the JACK server
     // loses moves the recording itself). The joiner's device joining the
     // JACK graph is what could move it here; on a network, nothing.
-    let join_s = b_started.duration_since(rec_started).as_secs_f64();
-    let (step, stray, judged) = step_at_join(&a, join_s - 0.6, join_s, join_s + 5.0);
-    eprintln!(
-        "{name}: receiver A moved {step:+.2} frames at B's join ({judged} bursts, each within {stray:.2} frames of the line)"
-    );
-    assert!(
-        judged >= 45 && step.abs() <= BAR_FRAMES,
-        "the joiner moved receiver A by {step:+.2} frames ({judged} bursts)\nA:\n{log_a}"
-    );
+    // A restart is two changes: the receiver leaving (its device leaves
+    // the graph) and joining again; each is judged on its own, from 0.6 s
+    // before it to the next (for the leave) or 5 s after (the join),
+    // leaving out the second after a join (the new client's first
+    // cycles) and 0.1 s after a leave.
+    let rec_s = |t: Instant| t.saturating_duration_since(rec_started).as_secs_f64();
+    let join_s = rec_s(b_started);
+    let mut changes = vec![("join", join_s - 0.6, join_s, 1.0, join_s + 5.0, 45)];
+    if let Some((stopped, _, _)) = &first_b {
+        let stop_s = rec_s(*stopped);
+        changes.insert(0, ("leave", stop_s - 0.6, stop_s, 0.1, join_s - 0.05, 10));
+        changes[1].0 = "restart";
+    }
+    for (what, from, at, skip, to, min_judged) in changes {
+        let (step, stray, judged) = step_at_join(&a, from, at, skip, to);
+        eprintln!(
+            "{name}: receiver A moved {step:+.2} frames at B's {what} ({judged} bursts, each within {stray:.2} frames of the line)"
+        );
+        assert!(
+            judged >= min_judged && step.abs() <= BAR_FRAMES,
+            "B's {what} moved receiver A by {step:+.2} frames ({judged} bursts)\nA:\n{log_a}"
+        );
+    }
     // The bar starts `settle_s` after B's first packet (B started
     // listening into a running stream); the recording started before A.
     let from_s = b_started.duration_since(rec_started).as_secs_f64() + settle_s;
@@ -701,7 +744,6 @@ fn run_once(name: &str, case: Case) {
         // (the first talkspurt after it is judged at once: sync keeps
         // time across a silence), and from the restart to 3 s after it
         // (the new sender's first report, then its first fit).
-        let rec_s = |t: Instant| t.saturating_duration_since(rec_started).as_secs_f64();
         let out = [
             (rec_s(ev.silence.0), rec_s(ev.silence.1) + 0.3),
             (rec_s(ev.restart), rec_s(ev.restart) + 3.0),
@@ -858,6 +900,21 @@ fn opus_late_joiner_plays_in_step() {
         "opus",
         Case {
             opus: true,
+            ..Case::default()
+        },
+    );
+}
+
+/// The late joiner stopped after 4 s (SIGTERM) and started again a second
+/// later, as a service restart does: its leaving and its joining again
+/// never move the first receiver, and from 3 s after its restart it plays
+/// in step again.
+#[test]
+fn restarted_receiver_plays_in_step_and_never_moves_the_other() {
+    run(
+        "restart",
+        Case {
+            restart_b: true,
             ..Case::default()
         },
     );
