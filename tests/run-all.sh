@@ -42,6 +42,9 @@ packages=(build-essential pkg-config libasound2-dev libopus-dev alsa-utils pulse
   python3 python3-pyaudio espeak-ng iproute2 util-linux systemd shellcheck
   procps sox valgrind)
 
+# Each step says when it started, so a slow one shows in the log.
+step() { echo "== $* ($(date -u +%H:%M:%S))"; }
+
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
@@ -68,21 +71,21 @@ if ! pgrep -x jackd >/dev/null 2>&1; then
   rm -f /dev/shm/jack-shm-registry /dev/shm/jack_sem.* 2>/dev/null || true
 fi
 
-echo "== cargo test"
+step "cargo test"
 cargo test --all-targets --no-fail-fast 2>&1
 
-echo "== lint"
+step "lint"
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 
 if [ $quick = 1 ]; then exit 0; fi
 
 if [ -x .ci/cross.sh ]; then
-  echo "== aarch64 / armv7"
+  step "aarch64 / armv7"
   .ci/cross.sh
 fi
 if [ -x fuzz/run.sh ]; then
-  echo "== fuzz (short)"
+  step "fuzz (short)"
   fuzz/run.sh "${FUZZ_SECONDS:-20}"
 fi
-echo "== all tests passed"
+step "all tests passed"
