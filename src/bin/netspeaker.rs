@@ -678,6 +678,7 @@ fn run(mut options: Options) -> Result<(), String> {
             parser: PacketParser::new(w.mode.clone()),
             queue: packet_tx,
             counters,
+            scratch: netspeaker::net::NetScratch::default(),
         });
         inputs.push(StreamInput {
             config: w.playout.clone(),
