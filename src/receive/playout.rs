@@ -52,6 +52,27 @@ pub const EVENT_QUEUE: usize = 32;
 pub type PacketQueue = heapless::spsc::Queue<Packet, PACKET_QUEUE>;
 pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
 
+/// A stream's packet queue, leaked (it lives as long as the process) and
+/// turned once round: the net thread writes every slot as the ring turns,
+/// so writing each one whole here, at start-up, makes the queue resident
+/// before the net and playout threads touch it (no page faults there).
+pub fn packet_queue() -> (
+    heapless::spsc::Producer<'static, Packet>,
+    heapless::spsc::Consumer<'static, Packet>,
+) {
+    let queue: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
+    let (mut tx, mut rx) = queue.split();
+    let mut whole = Packet::empty(StreamFormat::TUTORIAL);
+    // A payload to the slot's end: each copy writes its slot's every page.
+    let _ = whole.payload.resize(crate::rtp::packet::MAX_PAYLOAD, 0);
+    for _ in 0..PACKET_QUEUE {
+        if tx.enqueue(whole.clone()).is_ok() {
+            let _ = rx.dequeue();
+        }
+    }
+    (tx, rx)
+}
+
 /// What the playout thread tells the main thread (which logs it).
 #[derive(Debug)]
 pub enum Event {
