@@ -206,6 +206,17 @@ impl AlsaOut {
     /// format. Blocks on the device: that is the playout clock. Never
     /// allocates, logs or sleeps outside the device wait.
     pub fn write(&mut self, samples: &[f32]) -> Result<WriteOutcome, AlsaError> {
+        self.write_waiting(samples, || {})
+    }
+
+    /// `write`, calling `while_waiting` after each wait for room (each at
+    /// most `wait_slice_ms`): the playout thread moves packets on then. Its
+    /// time does not count towards the stall timeout.
+    pub fn write_waiting(
+        &mut self,
+        samples: &[f32],
+        mut while_waiting: impl FnMut(),
+    ) -> Result<WriteOutcome, AlsaError> {
         let channels = usize::from(self.negotiated.channels);
         let frames = samples.len() / channels;
         let mut outcome = WriteOutcome::Written;
@@ -290,6 +301,7 @@ impl AlsaOut {
                 Err(e) if matches!(e.errno(), errno::EPIPE | errno::ESTRPIPE | errno::EAGAIN) => {}
                 Err(e) => return Err(self.lost("wait", e.errno())),
             }
+            while_waiting();
         }
         Ok(outcome)
     }

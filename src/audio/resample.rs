@@ -272,7 +272,7 @@ fn prototype(x: f64) -> f64 {
         1.0
     } else {
         let px = std::f64::consts::PI * x;
-        px.sin() / px
+        libm::sin(px) / px
     };
     let r = x / nz;
     let window = bessel_i0(KAISER_BETA * (1.0 - r * r).sqrt()) / bessel_i0(KAISER_BETA);

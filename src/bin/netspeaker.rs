@@ -11,7 +11,7 @@ use netspeaker::net::link::LinkEvent;
 use netspeaker::net::{Cidr, NetConfig, NetCounters, Receiver};
 use netspeaker::receive::engine::{Latency, PlayoutConfig};
 use netspeaker::receive::events::EventLog;
-use netspeaker::receive::playout::{self, Event, PacketQueue, StreamInput};
+use netspeaker::receive::playout::{self, Event, StreamInput};
 use netspeaker::receive::priority::{ArbiterConfig, Duck, MAX_STREAMS};
 use netspeaker::receive::stats::{PlayoutStats, StatsLine};
 use netspeaker::receive::streams::StreamSpec;
@@ -666,8 +666,7 @@ fn run(mut options: Options) -> Result<(), String> {
     let mut watches = Vec::new();
     let mut net_counters = Vec::with_capacity(streams.len());
     for ((w, mut receiver), srtp) in streams.iter().zip(receivers).zip(srtp_keys) {
-        let packets: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
-        let (packet_tx, packet_rx) = packets.split();
+        let (packet_tx, packet_rx) = playout::packet_queue();
         watches.extend(receiver.take_link_watch());
         let counters = Arc::new(NetCounters::default());
         net_counters.push(Arc::clone(&counters));
@@ -678,6 +677,7 @@ fn run(mut options: Options) -> Result<(), String> {
             parser: PacketParser::new(w.mode.clone()),
             queue: packet_tx,
             counters,
+            scratch: netspeaker::net::NetScratch::default(),
         });
         inputs.push(StreamInput {
             config: w.playout.clone(),

@@ -26,5 +26,5 @@ pub mod socket;
 pub use filter::Cidr;
 pub use receive::{
     run, run_streams, run_with_srtp, DropReason, EventLog, EventQueue, NetConfig, NetCounters,
-    NetError, NetEvent, NetStream, Receiver, DEFAULT_RECV_BUFFER_BYTES, RECV_TIMEOUT,
+    NetError, NetEvent, NetScratch, NetStream, Receiver, DEFAULT_RECV_BUFFER_BYTES, RECV_TIMEOUT,
 };

@@ -686,8 +686,27 @@ struct Net<'a, 'q> {
     parser: &'a mut PacketParser,
     queue: &'a mut Producer<'q, Packet>,
     counters: &'a NetCounters,
+    slot: &'a mut Packet,
+    clocks: &'a mut SenderClocks,
+}
+
+/// A stream's packet slot and its senders' clocks (~6 kB), which the net
+/// thread works in. Kept with the stream, built at start-up for the
+/// streams there are: in the net thread's own frame, room for the most
+/// streams there may be (8) was ~50 kB of stack, all of it resident
+/// (stack probes touch every page of a large frame).
+pub struct NetScratch {
     slot: Packet,
     clocks: SenderClocks,
+}
+
+impl Default for NetScratch {
+    fn default() -> Self {
+        NetScratch {
+            slot: Packet::empty(crate::audio::format::StreamFormat::TUTORIAL),
+            clocks: SenderClocks::default(),
+        }
+    }
 }
 
 impl<'a, 'q> Net<'a, 'q> {
@@ -697,16 +716,17 @@ impl<'a, 'q> Net<'a, 'q> {
         parser: &'a mut PacketParser,
         queue: &'a mut Producer<'q, Packet>,
         counters: &'a NetCounters,
+        scratch: &'a mut NetScratch,
     ) -> Self {
-        let slot = Packet::empty(slot_format(parser));
+        scratch.slot.format = slot_format(parser);
         Net {
             receiver,
             srtp,
             parser,
             queue,
             counters,
-            slot,
-            clocks: SenderClocks::default(),
+            slot: &mut scratch.slot,
+            clocks: &mut scratch.clocks,
         }
     }
 
@@ -800,11 +820,7 @@ impl<'a, 'q> Net<'a, 'q> {
             self.clocks.on_report(&sr);
             used = true;
         }
-        if self
-            .parser
-            .parse_bye_into(datagram, now, &mut self.slot)
-            .is_ok()
-        {
+        if self.parser.parse_bye_into(datagram, now, self.slot).is_ok() {
             for ssrc in self.slot.bye_ssrcs() {
                 self.clocks.on_bye(ssrc);
             }
@@ -852,7 +868,7 @@ impl<'a, 'q> Net<'a, 'q> {
         let Some(datagram) = self.admit(events, buf, len, source) else {
             return;
         };
-        match self.parser.parse_into(datagram, now, &mut self.slot) {
+        match self.parser.parse_into(datagram, now, self.slot) {
             Ok(()) => self.enqueue(events, source),
             Err(ParseError::Rtcp) => self.take_rtcp(events, datagram, now, source),
             Err(e) => {
@@ -973,7 +989,8 @@ pub fn run_with_srtp(
         queue: events,
         pending: [0; KINDS],
     };
-    let mut net = Net::new(receiver, srtp, parser, queue, counters);
+    let mut scratch = NetScratch::default();
+    let mut net = Net::new(receiver, srtp, parser, queue, counters, &mut scratch);
     while !stop.load(Ordering::Relaxed) {
         net.drain_rtcp_port(&mut events, &mut buf);
         net.receive_one(&mut events, &mut buf);
@@ -988,6 +1005,7 @@ pub struct NetStream {
     pub parser: PacketParser,
     pub queue: Producer<'static, Packet>,
     pub counters: std::sync::Arc<NetCounters>,
+    pub scratch: NetScratch,
 }
 
 /// The net thread's body for several streams: one thread waits on every
@@ -1019,6 +1037,7 @@ pub fn run_streams(
             &mut s.parser,
             &mut s.queue,
             &s.counters,
+            &mut s.scratch,
         ));
     }
     let timeout =
@@ -1171,6 +1190,7 @@ mod tests {
             parser: rtp_parser(),
             queue,
             counters: Default::default(),
+            scratch: NetScratch::default(),
         };
         let mut streams = [stream(a_tx), stream(b_tx)];
         let (a_to, b_to) = (

@@ -962,7 +962,7 @@ fn exp_moments(c: f64, k: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
     let w = hi - lo;
     if w.is_finite() && (k * w).abs() < 1e-3 {
         // Nearly flat: Simpson's rule, exact for the polynomial part.
-        let f = |t: f64| (c + k * t).min(0.0).exp();
+        let f = |t: f64| libm::exp((c + k * t).min(0.0));
         let mid = 0.5 * (lo + hi);
         let (fl, fm, fh) = (f(lo), f(mid), f(hi));
         let s = |p: i32| w / 6.0 * (fl * lo.powi(p) + 4.0 * fm * mid.powi(p) + fh * hi.powi(p));
@@ -982,7 +982,7 @@ fn exp_moments(c: f64, k: f64, lo: f64, hi: f64) -> (f64, f64, f64) {
             };
         }
         // ≤ 0 but for rounding at a piece's end.
-        let e = (c + k * t).min(0.0).exp();
+        let e = libm::exp((c + k * t).min(0.0));
         (
             e / k,
             e * (t / k - 1.0 / (k * k)),
@@ -1193,7 +1193,7 @@ impl ClockEstimator {
         let s = self.sender_ppm()?;
         let d = self.device_ppm()?;
         let r = (1.0 + s.ppm * 1e-6) / (1.0 + d.ppm * 1e-6) - 1.0;
-        let u = s.uncertainty_ppm.hypot(d.uncertainty_ppm);
+        let u = libm::hypot(s.uncertainty_ppm, d.uncertainty_ppm);
         (r.is_finite() && u.is_finite()).then_some(Estimate {
             ppm: r * 1e6,
             uncertainty_ppm: u,

@@ -319,7 +319,7 @@ impl DelayEstimator {
 
     fn add(&mut self, arrival_ns: u64, relative_ms: f64) {
         let age_s = arrival_ns.saturating_sub(self.weight_origin_ns) as f64 / 1e9;
-        let mut w = (age_s / self.cfg.forget_s).exp();
+        let mut w = libm::exp(age_s / self.cfg.forget_s);
         if w > RESCALE_AT {
             for b in self.hist.iter_mut() {
                 *b /= w;

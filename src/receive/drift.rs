@@ -302,8 +302,8 @@ impl DelayController {
         let dt_s = period_frames as f64 / rate;
         if period_frames != self.coef_period {
             self.coef_period = period_frames;
-            self.filter_alpha = 1.0 - (-dt_s * 1000.0 / self.cfg.filter_ms).exp();
-            self.report_alpha = 1.0 - (-dt_s / self.cfg.report_s).exp();
+            self.filter_alpha = 1.0 - libm::exp(-dt_s * 1000.0 / self.cfg.filter_ms);
+            self.report_alpha = 1.0 - libm::exp(-dt_s / self.cfg.report_s);
         }
         let filtered = match self.filtered {
             // Starting from the target, not from the first measurement: at a

@@ -367,10 +367,17 @@ impl JitterBuffer {
         } else {
             None
         };
+        // The ring is written all round within its first turn, by the
+        // playout thread: make it resident here (issue 11: no page faults
+        // there after start-up).
+        let mut samples = vec![0; frames * config.max_channels as usize];
+        let mut states = vec![EMPTY; frames];
+        crate::service::alloc::prefault(&mut samples);
+        crate::service::alloc::prefault(&mut states);
         Ok(JitterBuffer {
             config: config.clone(),
-            samples: vec![0; frames * config.max_channels as usize],
-            states: vec![EMPTY; frames],
+            samples,
+            states,
             state: StreamState::NoStream,
             format: None,
             sequential: false,

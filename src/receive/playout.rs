@@ -36,17 +36,42 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 /// Capacity of each stream's packet queue between the net and playout
-/// threads (heapless keeps one slot free): 2.5 s of 20 ms packets. Not
-/// sized down from the device buffer: while a sound server starts a
-/// stream (1.5-2 s behind PulseAudio) the playout thread waits in the
-/// device's write and drains nothing, and a stream's first words arrive
-/// meanwhile.
-pub const PACKET_QUEUE: usize = 128;
+/// threads (heapless keeps one slot free): 620 ms of 20 ms packets, 155 ms
+/// of 5 ms ones. The playout thread drains it every period, and between
+/// the waits of a device write (at most two periods each), also while a
+/// sound server starts its stream (1.5-2 s behind PulseAudio); with no
+/// device it drains it every period too. The jitter buffer, not this
+/// queue, keeps audio the device is not ready for: the queue's slack is
+/// for a burst after a network stall and a late wake-up. Each slot is a
+/// `Packet` (~4.1 kB), every one resident once the ring has turned: 128
+/// slots were 0.5 MiB of the receiver's peak RSS (issue 11).
+pub const PACKET_QUEUE: usize = 32;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
 
 pub type PacketQueue = heapless::spsc::Queue<Packet, PACKET_QUEUE>;
 pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
+
+/// A stream's packet queue, leaked (it lives as long as the process) and
+/// turned once round: the net thread writes every slot as the ring turns,
+/// so writing each one whole here, at start-up, makes the queue resident
+/// before the net and playout threads touch it (no page faults there).
+pub fn packet_queue() -> (
+    heapless::spsc::Producer<'static, Packet>,
+    heapless::spsc::Consumer<'static, Packet>,
+) {
+    let queue: &'static mut PacketQueue = Box::leak(Box::new(PacketQueue::new()));
+    let (mut tx, mut rx) = queue.split();
+    let mut whole = Packet::empty(StreamFormat::TUTORIAL);
+    // A payload to the slot's end: each copy writes its slot's every page.
+    let _ = whole.payload.resize(crate::rtp::packet::MAX_PAYLOAD, 0);
+    for _ in 0..PACKET_QUEUE {
+        if tx.enqueue(whole.clone()).is_ok() {
+            let _ = rx.dequeue();
+        }
+    }
+    (tx, rx)
+}
 
 /// What the playout thread tells the main thread (which logs it).
 #[derive(Debug)]
@@ -221,7 +246,13 @@ impl PlayoutThread {
                             lane.engine.idle(now, self.config.period_ms);
                         }
                     }
-                    let written = dev.write(&out[..len]);
+                    // Packets go on into the jitter buffer while the write
+                    // waits: a sound server starting its stream (1.5-2 s
+                    // behind PulseAudio) or hiccuping takes nothing
+                    // meanwhile, and a stream's first words arrive then.
+                    let (lanes, arbiter, events) =
+                        (&mut self.lanes, &mut self.arbiter, &mut self.events);
+                    let written = dev.write_waiting(&out[..len], || drain(lanes, arbiter, events));
                     // One status read: the delay for the statistics line
                     // and the position for the clock estimate.
                     let status = dev.status();
@@ -375,53 +406,7 @@ impl PlayoutThread {
     }
 
     fn drain_packets(&mut self) {
-        for i in 0..self.lanes.len() {
-            while let Some((packet, admission, format)) = self.lanes.get_mut(i).and_then(|lane| {
-                let packet = lane.packets.dequeue()?;
-                let admission = lane.engine.push(&packet);
-                // The stream's format: a take-over triggered by a BYE
-                // carries none of its own.
-                let format = lane.engine.jitter().format().unwrap_or(packet.format);
-                Some((packet, admission, format))
-            }) {
-                if let Admission::Pushed(outcome) = admission {
-                    if outcome != PushOutcome::Unsupported {
-                        self.arbiter.on_audio(i, packet.arrival_ns);
-                    }
-                }
-                self.admitted(i as u8, admission, format);
-            }
-        }
-    }
-
-    fn admitted(&mut self, stream: u8, admission: Admission, format: StreamFormat) {
-        match admission {
-            Admission::Pushed(PushOutcome::NewStream {
-                previous_ssrc: Some(previous_ssrc),
-                ssrc,
-            }) => self.event(Event::NewStream {
-                stream,
-                previous_ssrc,
-                ssrc,
-                format,
-            }),
-            Admission::Pushed(PushOutcome::NewStream {
-                previous_ssrc: None,
-                ssrc,
-            }) => self.event(Event::StreamStarted {
-                stream,
-                ssrc,
-                format,
-            }),
-            Admission::Pushed(PushOutcome::Resync) => self.event(Event::Resync { stream }),
-            Admission::Contending { ssrc, current } => self.event(Event::Contending {
-                stream,
-                ssrc,
-                current,
-            }),
-            Admission::Ended { ssrc } => self.event(Event::SenderLeft { stream, ssrc }),
-            Admission::Pushed(_) | Admission::Held | Admission::Ignored => {}
-        }
+        drain(&mut self.lanes, &mut self.arbiter, &mut self.events);
     }
 
     fn publish(&self, alsa_delay_frames: Option<i64>, device_rate: u32) {
@@ -537,6 +522,66 @@ impl PlayoutThread {
         // A full event queue means the main thread is not reading; the
         // counters still tell the story, so dropping is harmless.
         let _ = self.events.enqueue(event);
+    }
+}
+
+/// Moves the packets waiting in every stream's queue into its engine,
+/// telling the arbiter which streams sound and the main thread what
+/// started or changed. Also called while a write waits for the device, so
+/// that packets go on into the jitter buffer then.
+fn drain(
+    lanes: &mut [Lane],
+    arbiter: &mut Arbiter,
+    events: &mut heapless::spsc::Producer<'static, Event>,
+) {
+    for (i, lane) in lanes.iter_mut().enumerate() {
+        while let Some(packet) = lane.packets.dequeue() {
+            let admission = lane.engine.push(&packet);
+            // The stream's format: a take-over triggered by a BYE carries
+            // none of its own.
+            let format = lane.engine.jitter().format().unwrap_or(packet.format);
+            if let Admission::Pushed(outcome) = admission {
+                if outcome != PushOutcome::Unsupported {
+                    arbiter.on_audio(i, packet.arrival_ns);
+                }
+            }
+            if let Some(event) = admitted(i as u8, admission, format) {
+                // A full event queue means the main thread is not reading;
+                // the counters still tell the story.
+                let _ = events.enqueue(event);
+            }
+        }
+    }
+}
+
+/// What the main thread is told of a packet's admission, if anything.
+fn admitted(stream: u8, admission: Admission, format: StreamFormat) -> Option<Event> {
+    match admission {
+        Admission::Pushed(PushOutcome::NewStream {
+            previous_ssrc: Some(previous_ssrc),
+            ssrc,
+        }) => Some(Event::NewStream {
+            stream,
+            previous_ssrc,
+            ssrc,
+            format,
+        }),
+        Admission::Pushed(PushOutcome::NewStream {
+            previous_ssrc: None,
+            ssrc,
+        }) => Some(Event::StreamStarted {
+            stream,
+            ssrc,
+            format,
+        }),
+        Admission::Pushed(PushOutcome::Resync) => Some(Event::Resync { stream }),
+        Admission::Contending { ssrc, current } => Some(Event::Contending {
+            stream,
+            ssrc,
+            current,
+        }),
+        Admission::Ended { ssrc } => Some(Event::SenderLeft { stream, ssrc }),
+        Admission::Pushed(_) | Admission::Held | Admission::Ignored => None,
     }
 }
 

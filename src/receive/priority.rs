@@ -37,7 +37,7 @@ impl Duck {
     /// The linear gain.
     pub fn gain(self) -> f32 {
         match self {
-            Duck::Db(db) => 10f32.powf(db / 20.0),
+            Duck::Db(db) => libm::powf(10.0, db / 20.0),
             Duck::Mute => 0.0,
         }
     }

@@ -65,6 +65,23 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
+/// Makes every page of `buf` resident now, on the calling (start-up)
+/// thread. A large zeroed allocation is fresh anonymous memory: each page
+/// would otherwise be faulted in by the thread that first writes it, the
+/// realtime thread, as a ring turns for the first time. Writes each
+/// page's first element back unchanged (volatile: a write the compiler
+/// cannot drop, though it knows the memory to be zero).
+pub fn prefault<T: Copy>(buf: &mut [T]) {
+    const PAGE_BYTES: usize = 4096;
+    let step = (PAGE_BYTES / core::mem::size_of::<T>().max(1)).max(1);
+    for v in buf.iter_mut().step_by(step) {
+        let p: *mut T = v;
+        // SAFETY: `p` comes from a live `&mut T`: aligned, initialised
+        // and exclusively ours for the duration of the two accesses.
+        unsafe { core::ptr::write_volatile(p, core::ptr::read_volatile(p)) };
+    }
+}
+
 /// From now on, allocations of the calling thread count as `which`.
 pub fn watch_this_thread(which: Watched) {
     let _ = WATCHED.try_with(|w| w.set(which as u8));
