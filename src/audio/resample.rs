@@ -8,32 +8,52 @@
 //!
 //! Policy:
 //! - Band-limited interpolation with a Kaiser-windowed sinc (Smith's
-//!   "bandlimited interpolation"): 16 zero crossings on each side, the
-//!   kernel tabulated at 256 phases between two input frames, laid out by
-//!   phase (contiguous taps: an output frame is two dot products and a
-//!   linear blend between neighbouring phases), so any ratio, even one
-//!   that changes every frame, is served from the same table. Kaiser β = 8.6
-//!   (≈ 86 dB stopband); the cutoff is 0.91 of the lower Nyquist frequency,
-//!   which puts the end of the transition band just below it, so
-//!   downsampling does not alias. Passband is flat to ≈ 0.83 of the lower
-//!   Nyquist (20 kHz at 48 kHz, 3.3 kHz at 8 kHz).
+//!   "bandlimited interpolation"), the kernel tabulated at 256 phases
+//!   between two input frames, laid out by phase (contiguous taps, and
+//!   beside them the differences to the next phase's: an output frame
+//!   blends the two into one row, then takes one dot product per channel
+//!   with it), so any ratio, even one that changes every frame, is served
+//!   from the same table.
+//! - Converting (unequal rates): 16 zero crossings on each side, Kaiser
+//!   β = 8.6 (≈ 86 dB stopband); the cutoff is 0.91 of the lower Nyquist
+//!   frequency, which puts the end of the transition band just below it,
+//!   so downsampling does not alias.
+//! - Following drift at equal rates: the input's band is already the
+//!   output's, so there is nothing to low-pass; the cutoff sits at Nyquist
+//!   and the transition band straddles it (what lies above ≈ 0.8 of
+//!   Nyquist, ultrasonic at 48 kHz, folds back onto itself, never into the
+//!   band below). 16 zero crossings (32 taps), β = 10. Worst-case error of
+//!   the interpolation over every fractional position, computed from the
+//!   kernels: ≤ −98 dB up to 0.8 of Nyquist (19.2 kHz at 48 kHz), −53 dB
+//!   at 20 kHz; the conversion kernel's at equal rates was −91 dB to
+//!   15 kHz, −88 dB at 18 kHz, −37 dB at 19.2 kHz, −24 dB at 20 kHz. With
+//!   12 zero crossings (24 taps) the same bars held to 15 kHz (−97 dB),
+//!   but the shorter look-ahead tipped the playout simulation's sync
+//!   give-up case into periodic starving (tests/playout_sim).
 //! - Measured (tests below, against the ideal sine): 1 kHz tone SNR
-//!   48000→44100 99.0 dB, 44100→48000 98.5 dB, 8000→48000 110.2 dB,
-//!   48000→8000 112.3 dB; 15 kHz 91.6–92.3 dB; a 5 kHz tone at
-//!   48000→8000 is rejected by 95.5 dB. The tests hold them to 90 dB.
+//!   48000→44100 98.9 dB, 44100→48000 98.5 dB, 8000→48000 110.1 dB,
+//!   48000→8000 112.1 dB; 15 kHz 91.6–92.3 dB; a 5 kHz tone at
+//!   48000→8000 is rejected by 95.5 dB; following ±100 to ±5000 ppm at
+//!   48 kHz, 1 kHz 112.0 dB, 15 kHz 103.0 dB. The tests hold them to
+//!   90 dB.
 //! - Layout for the vector unit: the history is planar (one contiguous run
 //!   of frames per channel, deinterleaved once on the way in), each kernel
-//!   row is padded on its oldest side with zero taps to a multiple of 8,
+//!   row is padded on its oldest side with zero taps to a multiple of 4,
 //!   and the dot products keep 8 independent partial sums, summed once at
-//!   the end.
-//!   That is a plain element-wise loop over fixed-size chunks, which the
-//!   compiler turns into SSE2 (the x86_64 baseline; no `target-cpu`
-//!   needed) or NEON multiply-adds. The summation order is fixed, so block
-//!   sizes still give bit-identical output (`blocks_equal_one_call`).
-//!   Cost, stereo 48 kHz output with drift or 44.1 → 48 kHz: 19.6 M
-//!   instructions per second of audio on x86_64 (callgrind), 14.9 M on
-//!   aarch64 (counted under qemu); the interleaved two-accumulator loop
-//!   before it took 47 M and 31 M (benches/README.md).
+//!   the end. That is a plain element-wise loop over fixed-size chunks,
+//!   which the compiler turns into SSE2 (the x86_64 baseline; no
+//!   `target-cpu` needed) or NEON multiply-adds (fused on aarch64). The
+//!   kernels of the usual rates (equal, and upsampling to 48 kHz) get a
+//!   copy of the loop with the row length fixed. The summation order is
+//!   fixed, so block sizes still give bit-identical output
+//!   (`blocks_equal_one_call`).
+//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 14.1 M
+//!   instructions per second of audio on x86_64 (callgrind), 8.3 M on
+//!   aarch64 (counted under qemu); 44.1 → 48 kHz 15.1 M and 8.8 M. Two
+//!   dot products per channel with 40 taps took 19.6 M and 14.9 M, the
+//!   interleaved two-accumulator loop before that 47 M and 31 M
+//!   (benches/README.md). This compiler (rustc 1.95) vectorises the
+//!   unrolled kernel two lanes wide, not four: there is room left.
 //! - The output timeline is aligned with the input: output frame k is the
 //!   input signal at input position k·ratio, so the signal has no group
 //!   delay of its own; what the stage holds back is the filter's look-ahead
@@ -75,11 +95,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// Zero crossings of the sinc on each side of the centre.
-const ZERO_CROSSINGS: usize = 16;
-/// Kernel phases between two input frames. Blending the outputs of two
-/// neighbouring phases leaves an error near (π/256)²/8 ≈ 2e-5, below the
-/// window's own ripple (the SNR tests below measure it).
+/// Zero crossings of the sinc on each side of the centre (conversions).
+const ZERO_CROSSINGS: f64 = 16.0;
+/// Kernel phases between two input frames. Blending two neighbouring
+/// phases leaves an error near (π/256)²/8 ≈ 2e-5, below the window's own
+/// ripple (the SNR tests below measure it).
 const PHASES: usize = 256;
 /// Kaiser window shape: trades main-lobe width for ≈ 86 dB side lobes.
 const KAISER_BETA: f64 = 8.6;
@@ -87,6 +107,13 @@ const KAISER_BETA: f64 = 8.6;
 /// crossings and β = 8.6 the transition band is ≈ ±8.6 % of the cutoff
 /// wide, so 0.91 ends it just below Nyquist.
 const ROLLOFF: f64 = 0.91;
+/// Following drift at equal rates: no low-pass beyond the stream's own
+/// band (cutoff at Nyquist), so the transition band may straddle Nyquist
+/// (what lies above it folds back onto itself, above the audible band):
+/// 32 taps do better than the conversion kernel's 40 everywhere below
+/// 20 kHz at 48 kHz (see the module header).
+const DRIFT_ZERO_CROSSINGS: f64 = 16.0;
+const DRIFT_KAISER_BETA: f64 = 10.0;
 /// The drift the stage accepts; the controller asks for at most ±2500.
 pub const MAX_DRIFT_PPM: f64 = 5000.0;
 /// How fast the applied drift follows a new request.
@@ -142,17 +169,20 @@ pub struct Resampler {
     /// frame `ipos - behind` on; `behind = taps - half - 1`.
     behind: usize,
     /// Row length: the kernel's `2·half` taps plus zero taps on the oldest
-    /// side up to a multiple of `LANES`.
+    /// side up to a multiple of `VECTOR`.
     taps: usize,
-    /// The kernel laid out by phase: row p (0..=PHASES) holds the `taps`
-    /// weights for an output position p/PHASES past an input frame, so an
-    /// output frame is two dot products with contiguous rows and a linear
-    /// blend between them; nothing is computed per tap at run time.
-    /// Shared between resamplers with the same `cutoff` and `taps`.
+    /// The kernel laid out by phase: entry p (0..PHASES) holds the `taps`
+    /// weights for an output position p/PHASES past an input frame, then
+    /// the `taps` differences to phase p + 1's weights. An output frame
+    /// blends the two into one row (once, for every channel) and takes
+    /// one dot product per channel with it; nothing else is computed per
+    /// tap at run time. Shared between resamplers of the same `design`.
     poly: Arc<[f32]>,
-    /// Cutoff as a fraction of the input's Nyquist frequency: with `taps`,
-    /// what the table depends on.
-    cutoff: f64,
+    /// What the table depends on.
+    design: Design,
+    /// Room for the blended row of a kernel too long to keep in registers
+    /// (see `Resampler::render`).
+    row: Vec<Lanes>,
     /// Input history, planar: channel c's frames are
     /// `buf[c·cap .. c·cap + buf_frames]`.
     buf: Vec<f32>,
@@ -186,43 +216,84 @@ struct Cursor {
     land_delta: f64,
 }
 
-/// Independent partial sums per dot product: 8 `f32`, two SSE2 registers
-/// or one AVX register, two NEON registers.
-const LANES: usize = 8;
+/// The kernel's shape: what its table depends on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Design {
+    /// Cutoff as a fraction of the input's Nyquist frequency.
+    cutoff: f64,
+    /// Zero crossings of the sinc on each side of the centre.
+    zero_crossings: f64,
+    kaiser_beta: f64,
+    taps: usize,
+}
+
+/// One vector register of `f32`: SSE2 (the x86_64 baseline) or NEON. Rows
+/// are padded to a multiple of it; a dot product keeps two vectors of
+/// partial sums (8 independent lanes), summed once at the end.
+const VECTOR: usize = 4;
 /// The largest position change per output frame, beyond 1, while landing
 /// on an input frame to pass through again (500 ppm).
 const LAND_STEP: f64 = 500e-6;
 
-/// Two kernel rows against the same history, blended: the interpolation
-/// between neighbouring phases, in one pass over the history. The lengths
-/// are multiples of `LANES`; each lane sums its own taps, so the loop body
-/// is element-wise over fixed-size arrays and vectorises.
+/// `acc + w·v`, fused where the vector unit has it (NEON's `fmla`; the
+/// x86_64 baseline has no FMA and `mul_add` would be a libm call there).
 #[inline(always)]
-fn blend_dot(row0: &[f32], row1: &[f32], history: &[f32], blend: f32) -> f32 {
-    let mut a0 = [0.0f32; LANES];
-    let mut a1 = [0.0f32; LANES];
-    for ((w0, w1), v) in row0
-        .chunks_exact(LANES)
-        .zip(row1.chunks_exact(LANES))
-        .zip(history.chunks_exact(LANES))
+fn mac(acc: f32, w: f32, v: f32) -> f32 {
+    #[cfg(target_arch = "aarch64")]
     {
-        for l in 0..LANES {
-            a0[l] += w0[l] * v[l];
-            a1[l] += w1[l] * v[l];
+        w.mul_add(v, acc)
+    }
+    #[cfg(not(target_arch = "aarch64"))]
+    {
+        acc + w * v
+    }
+}
+
+/// One vector register's worth of kernel weights.
+type Lanes = [f32; VECTOR];
+
+/// The kernel row between two phases: `row + blend·diff`, into `into`.
+/// `row` and `diff` hold `VECTOR` weights per entry of `into`.
+#[inline(always)]
+fn blend_row(row: &[f32], diff: &[f32], blend: f32, into: &mut [Lanes]) {
+    for ((o, w), d) in into
+        .iter_mut()
+        .zip(row.chunks_exact(VECTOR))
+        .zip(diff.chunks_exact(VECTOR))
+    {
+        for l in 0..VECTOR {
+            o[l] = mac(w[l], d[l], blend);
         }
     }
-    let mut acc = [0.0f32; LANES];
-    for l in 0..LANES {
-        acc[l] = a0[l] + (a1[l] - a0[l]) * blend;
+}
+
+/// `row · history`: the even vectors into one set of partial sums, the
+/// odd into another (independent chains for the pipeline), summed in a
+/// fixed order. The element-wise body over fixed-size chunks is what the
+/// compiler vectorises; `history` holds `VECTOR` frames per entry of
+/// `row`, which has at least two.
+#[inline(always)]
+fn dot(row: &[Lanes], history: &[f32]) -> f32 {
+    let mut terms = row.iter().zip(history.chunks_exact(VECTOR));
+    let mut acc = [[0.0f32; VECTOR]; 2];
+    for a in acc.iter_mut() {
+        if let Some((w, v)) = terms.next() {
+            for l in 0..VECTOR {
+                a[l] = w[l] * v[l];
+            }
+        }
     }
-    // Pairwise, in a fixed order.
-    let q = [
-        acc[0] + acc[4],
-        acc[1] + acc[5],
-        acc[2] + acc[6],
-        acc[3] + acc[7],
-    ];
-    (q[0] + q[2]) + (q[1] + q[3])
+    for (i, (w, v)) in terms.enumerate() {
+        let a = &mut acc[i % 2];
+        for l in 0..VECTOR {
+            a[l] = mac(a[l], w[l], v[l]);
+        }
+    }
+    let mut s = [0.0f32; VECTOR];
+    for l in 0..VECTOR {
+        s[l] = acc[0][l] + acc[1][l];
+    }
+    (s[0] + s[2]) + (s[1] + s[3])
 }
 
 /// A position ≥ 0 split into whole frames and the fraction (the floor).
@@ -246,6 +317,20 @@ fn split(f: f64) -> (usize, f64) {
     (whole, f - whole as f64)
 }
 
+/// The cursor one output frame on at a steady `step` (see
+/// `Resampler::steady_step`).
+#[inline(always)]
+fn advance(c: Cursor, step: f64) -> Cursor {
+    let (whole, frac) = split(c.frac + step);
+    Cursor {
+        ipos: c.ipos + whole,
+        frac,
+        applied_ppm: c.applied_ppm,
+        land_left: 0,
+        land_delta: 0.0,
+    }
+}
+
 fn bessel_i0(x: f64) -> f64 {
     // Power series; converges fast for the β used here (terms < 1e-17
     // relative after ~30).
@@ -263,8 +348,8 @@ fn bessel_i0(x: f64) -> f64 {
     sum
 }
 
-fn prototype(x: f64) -> f64 {
-    let nz = ZERO_CROSSINGS as f64;
+fn prototype(x: f64, design: &Design) -> f64 {
+    let nz = design.zero_crossings;
     if x.abs() >= nz {
         return 0.0;
     }
@@ -275,23 +360,29 @@ fn prototype(x: f64) -> f64 {
         libm::sin(px) / px
     };
     let r = x / nz;
-    let window = bessel_i0(KAISER_BETA * (1.0 - r * r).sqrt()) / bessel_i0(KAISER_BETA);
+    let beta = design.kaiser_beta;
+    let window = bessel_i0(beta * (1.0 - r * r).sqrt()) / bessel_i0(beta);
     sinc * window
 }
 
-/// The kernel table for `cutoff` (see `Resampler::poly`).
-fn kernel(cutoff: f64, taps: usize, behind: usize) -> Arc<[f32]> {
-    let gain = cutoff as f32;
-    let mut poly = vec![0.0f32; (PHASES + 1) * taps];
-    for (p, row) in poly.chunks_exact_mut(taps).enumerate() {
-        let frac = p as f64 / PHASES as f64;
-        for (k, w) in row.iter_mut().enumerate() {
-            // Tap k is input frame ipos - behind + k; its distance
-            // from the output position, scaled to the kernel's time.
-            // The padding taps (k < taps - 2·half) are ≥ half frames
-            // away, where the prototype is 0.
-            let t = behind as f64 - k as f64 + frac;
-            *w = gain * prototype(t * cutoff) as f32;
+/// The kernel table of `design` (see `Resampler::poly`).
+fn kernel(design: &Design, behind: usize) -> Arc<[f32]> {
+    let taps = design.taps;
+    let cutoff = design.cutoff;
+    // Tap k is input frame ipos - behind + k; its distance from the
+    // output position, scaled to the kernel's time. The padding taps
+    // (k < taps - 2·half) are ≥ half frames away, where the prototype is 0.
+    let weight = |p: usize, k: usize| {
+        let t = behind as f64 - k as f64 + p as f64 / PHASES as f64;
+        cutoff * prototype(t * cutoff, design)
+    };
+    let mut poly = vec![0.0f32; PHASES * 2 * taps];
+    for (p, entry) in poly.chunks_exact_mut(2 * taps).enumerate() {
+        let (row, diff) = entry.split_at_mut(taps);
+        for (k, (w, d)) in row.iter_mut().zip(diff).enumerate() {
+            let (w0, w1) = (weight(p, k), weight(p + 1, k));
+            *w = w0 as f32;
+            *d = (w1 - w0) as f32;
         }
     }
     poly.into()
@@ -310,10 +401,11 @@ impl Resampler {
     }
 
     /// `new`, taking the kernel table from one of `others` where it is the
-    /// same (every conversion that does not lower the cutoff, i.e. equal
-    /// rates and upsampling, has the same table): a bank of resamplers for
-    /// several stream formats then holds one table (41 kB) instead of one
-    /// each.
+    /// same (every conversion that does not lower the cutoff, i.e.
+    /// upsampling, has the same table, and so has every pair of equal
+    /// rates): a bank of resamplers for several stream formats then holds
+    /// one table per kind (64 kB at equal rates, 72 kB upsampling) instead
+    /// of one each.
     pub fn sharing(
         channels: usize,
         in_rate: u32,
@@ -334,15 +426,26 @@ impl Resampler {
         if max_output_frames == 0 {
             return Err(ResampleError::ZeroMaxOutput);
         }
-        let cutoff = ROLLOFF * (out_rate as f64 / in_rate as f64).min(1.0);
-        let half = (ZERO_CROSSINGS as f64 / cutoff).ceil() as usize;
-        let taps = (2 * half).div_ceil(LANES) * LANES;
+        let (cutoff, zero_crossings, kaiser_beta) = if in_rate == out_rate {
+            (1.0, DRIFT_ZERO_CROSSINGS, DRIFT_KAISER_BETA)
+        } else {
+            let cutoff = ROLLOFF * (out_rate as f64 / in_rate as f64).min(1.0);
+            (cutoff, ZERO_CROSSINGS, KAISER_BETA)
+        };
+        let half = (zero_crossings / cutoff).ceil() as usize;
+        let taps = (2 * half).div_ceil(VECTOR) * VECTOR;
         let behind = taps - half - 1;
+        let design = Design {
+            cutoff,
+            zero_crossings,
+            kaiser_beta,
+            taps,
+        };
         let shared = others
             .iter()
-            .find(|o| o.cutoff.to_bits() == cutoff.to_bits() && o.taps == taps)
+            .find(|o| o.design == design)
             .map(|o| Arc::clone(&o.poly));
-        let poly = shared.unwrap_or_else(|| kernel(cutoff, taps, behind));
+        let poly = shared.unwrap_or_else(|| kernel(&design, behind));
         // Input for a full output block at the fastest drift, plus the
         // kernel's reach and rounding slack.
         let max_step = nominal_step * (1.0 + MAX_DRIFT_PPM * 1e-6);
@@ -356,8 +459,9 @@ impl Resampler {
             half,
             behind,
             taps,
-            cutoff,
+            design,
             poly,
+            row: vec![[0.0; VECTOR]; taps / VECTOR],
             buf: vec![0.0; cap * channels],
             cap,
             buf_frames: 0,
@@ -455,23 +559,23 @@ impl Resampler {
         }
     }
 
+    /// The position's advance per output frame while following a steady
+    /// drift or converting (no glide, no landing under way, none can
+    /// start, no pass-through): then `advance` moves the cursor, and
+    /// `step` would give the same.
+    #[inline(always)]
+    fn steady_step(&self, c: &Cursor) -> Option<f64> {
+        let steady = c.land_left == 0
+            && c.applied_ppm == self.target_ppm
+            && (self.target_ppm != 0.0 || self.in_rate != self.out_rate);
+        steady.then_some(self.target_step)
+    }
+
     /// Moves the cursor on by one output frame.
     #[inline]
     fn step(&self, c: Cursor) -> Cursor {
-        if c.land_left == 0
-            && c.applied_ppm == self.target_ppm
-            && (self.target_ppm != 0.0 || self.in_rate != self.out_rate)
-        {
-            // Following a steady drift or converting: no glide, and no
-            // landing can start (the general path below gives the same).
-            let (whole, frac) = split(c.frac + self.target_step);
-            return Cursor {
-                ipos: c.ipos + whole,
-                frac,
-                applied_ppm: c.applied_ppm,
-                land_left: 0,
-                land_delta: 0.0,
-            };
+        if let Some(step) = self.steady_step(&c) {
+            return advance(c, step);
         }
         let applied_ppm = self.glide(c.applied_ppm);
         if c.land_left > 0 && self.target_ppm == 0.0 {
@@ -528,6 +632,17 @@ impl Resampler {
     pub fn input_needed(&self, output_frames: usize) -> usize {
         let mut c = self.cur;
         let mut need = self.buf_frames;
+        if let Some(step) = self.steady_step(&c) {
+            // Nothing changes the step before the block's last frame: the
+            // last frame's position is what needs the most input.
+            if output_frames == 0 {
+                return 0;
+            }
+            for _ in 1..output_frames {
+                c = advance(c, step);
+            }
+            return (c.ipos + self.half + 1).max(need) - need;
+        }
         for i in 0..output_frames {
             if self.passes(&c) {
                 // The rest are copied: frames ipos, ipos + 1, …
@@ -555,26 +670,15 @@ impl Resampler {
         let consumed = (input.len() / ch).min(cap - self.buf_frames);
         self.append(&input[..consumed * ch]);
 
-        let mut produced = 0;
-        let taps = self.taps;
-        while produced < out_frames
-            && self.cur.ipos + self.half < self.buf_frames
-            && !self.is_passthrough()
-        {
-            let x = self.cur.frac * PHASES as f64;
-            let p = (x as usize).min(PHASES - 1);
-            let blend = (x - p as f64) as f32;
-            let row0 = &self.poly[p * taps..(p + 1) * taps];
-            let row1 = &self.poly[(p + 1) * taps..(p + 2) * taps];
-            let first = self.cur.ipos - self.behind;
-            let out = &mut output[produced * ch..(produced + 1) * ch];
-            for (c, o) in out.iter_mut().enumerate() {
-                let history = &self.buf[c * cap + first..c * cap + first + taps];
-                *o = blend_dot(row0, row1, history, blend);
-            }
-            produced += 1;
-            self.cur = self.step(self.cur);
-        }
+        // The kernels the usual conversions use get their own copy of the
+        // loop, with the row length known, so the compiler unrolls the
+        // dot products and keeps the blended row in registers: equal rates
+        // (drift), and upsampling (44.1 and 8 → 48 kHz).
+        let produced = match self.taps / VECTOR {
+            8 => self.render::<8>(output),
+            9 => self.render::<9>(output),
+            _ => self.render::<0>(output),
+        };
         self.compact();
         if produced < out_frames && self.is_passthrough() {
             // Landed: the rest of the block passes through.
@@ -582,6 +686,55 @@ impl Resampler {
             return (consumed + c, produced + p);
         }
         (consumed, produced)
+    }
+
+    /// Computes output frames from the history until `output` is full, the
+    /// history runs out, or the position lands (pass-through resumes);
+    /// returns the frames produced. `VECTORS`: the row length in vectors
+    /// if known at compile time (`self.taps / VECTOR`), else 0.
+    #[inline(always)]
+    fn render<const VECTORS: usize>(&mut self, output: &mut [f32]) -> usize {
+        let ch = self.channels;
+        let out_frames = output.len() / ch;
+        let taps = if VECTORS > 0 {
+            VECTORS * VECTOR
+        } else {
+            self.taps
+        };
+        let mut in_registers = [[0.0f32; VECTOR]; VECTORS];
+        let mut scratch = std::mem::take(&mut self.row);
+        let row: &mut [Lanes] = if VECTORS > 0 {
+            &mut in_registers
+        } else {
+            &mut scratch
+        };
+        let mut produced = 0;
+        while produced < out_frames && self.cur.ipos + self.half < self.buf_frames {
+            let steady = self.steady_step(&self.cur);
+            if steady.is_none() && self.is_passthrough() {
+                break;
+            }
+            let x = self.cur.frac * PHASES as f64;
+            // Within i32 and never negative (frac ∈ [0, 1)); the product may
+            // round up to PHASES.
+            let p = (x as i32 as usize).min(PHASES - 1);
+            let blend = (x - p as f64) as f32;
+            let (w, diff) = self.poly[p * 2 * taps..(p + 1) * 2 * taps].split_at(taps);
+            blend_row(w, diff, blend, row);
+            let first = self.cur.ipos - self.behind;
+            let frame = &mut output[produced * ch..(produced + 1) * ch];
+            for (c, o) in frame.iter_mut().enumerate() {
+                let from = c * self.cap + first;
+                *o = dot(row, &self.buf[from..from + taps]);
+            }
+            produced += 1;
+            self.cur = match steady {
+                Some(step) => advance(self.cur, step),
+                None => self.step(self.cur),
+            };
+        }
+        self.row = scratch;
+        produced
     }
 
     /// Appends interleaved frames to the planar history (room checked by
@@ -779,6 +932,42 @@ mod tests {
     fn tone_48000_to_8000() {
         let snr = tone_snr(48000, 8000, 1000.0);
         assert!(snr > 90.0, "SNR {snr:.1} dB");
+    }
+
+    /// SNR (dB) of a `freq` tone followed at `ppm` of drift, equal rates:
+    /// output frame k is the input at position k·(1 + ppm·1e-6).
+    fn drift_snr(rate: u32, freq: f64, ppm: f64) -> f64 {
+        let mut r = Resampler::new(1, rate, rate, 256).unwrap();
+        r.set_drift_ppm_now(ppm);
+        let input = sine(rate, freq, rate as usize, 0.5);
+        let out = run_periods(&mut r, &input, 256);
+        assert!(out.len() > rate as usize * 9 / 10);
+        let skip = 2 * r.half + 8;
+        let step = 1.0 + ppm * 1e-6;
+        let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
+        let (mut sig, mut err) = (0.0f64, 0.0f64);
+        for (k, &o) in out.iter().enumerate().skip(skip) {
+            let ideal = 0.5 * (w * k as f64 * step).sin();
+            sig += ideal * ideal;
+            err += (o as f64 - ideal).powi(2);
+        }
+        let snr = 10.0 * (sig / err).log10();
+        eprintln!("{rate} Hz at {ppm:+} ppm, {freq} Hz tone: SNR {snr:.1} dB");
+        snr
+    }
+
+    #[test]
+    fn drift_tones() {
+        // Following a clock at equal rates holds the conversions' bars:
+        // every position between two frames is visited.
+        for ppm in [100.0, 1000.0, -1000.0, MAX_DRIFT_PPM, -MAX_DRIFT_PPM] {
+            for freq in [1000.0, 15000.0] {
+                let snr = drift_snr(48000, freq, ppm);
+                assert!(snr > 90.0, "{ppm} ppm, {freq} Hz: SNR {snr:.1} dB");
+            }
+        }
+        let snr = drift_snr(8000, 2500.0, 1000.0);
+        assert!(snr > 90.0, "8 kHz, 2.5 kHz tone: SNR {snr:.1} dB");
     }
 
     #[test]
@@ -1001,10 +1190,17 @@ mod tests {
         let a = Resampler::new(2, 48000, 48000, 480).unwrap();
         let b = Resampler::sharing(1, 8000, 48000, 480, &[&a]).unwrap();
         let c = Resampler::sharing(2, 48000, 44100, 480, &[&a, &b]).unwrap();
-        assert!(Arc::ptr_eq(&a.poly, &b.poly));
+        let d = Resampler::sharing(2, 44100, 48000, 480, &[&a, &b, &c]).unwrap();
+        let e = Resampler::sharing(1, 8000, 8000, 480, &[&a, &b, &c, &d]).unwrap();
+        // Upsampling shares the conversion kernel, equal rates the drift
+        // kernel; downsampling has its own.
+        assert!(Arc::ptr_eq(&b.poly, &d.poly));
+        assert!(Arc::ptr_eq(&a.poly, &e.poly));
+        assert!(!Arc::ptr_eq(&a.poly, &b.poly));
         assert!(!Arc::ptr_eq(&a.poly, &c.poly));
+        assert!(!Arc::ptr_eq(&b.poly, &c.poly));
         // A shared table is the one the resampler would have built.
-        assert_eq!(*b.poly, *Resampler::new(1, 8000, 48000, 480).unwrap().poly);
+        assert_eq!(*b.poly, *Resampler::new(1, 44100, 48000, 480).unwrap().poly);
     }
 
     #[test]
