@@ -723,13 +723,16 @@ fn run_once(name: &str, case: Case) {
     // cycles) and 0.1 s after a leave.
     let rec_s = |t: Instant| t.saturating_duration_since(rec_started).as_secs_f64();
     let join_s = rec_s(b_started);
-    let mut changes = vec![("join", join_s - 0.6, join_s, 1.0, join_s + 5.0, 45)];
-    if let Some((stopped, _, _)) = &first_b {
-        let stop_s = rec_s(*stopped);
-        changes.insert(0, ("leave", stop_s - 0.6, stop_s, 0.1, join_s - 0.05, 10));
-        changes[1].0 = "restart";
-    }
-    for (what, from, at, skip, to, min_judged) in changes {
+    let join = (join_s - 0.6, join_s, 1.0, join_s + 5.0, 45);
+    let changes = match &first_b {
+        Some((stopped, _, _)) => {
+            let stop_s = rec_s(*stopped);
+            let leave = (stop_s - 0.6, stop_s, 0.1, join_s - 0.05, 10);
+            vec![("leave", leave), ("restart", join)]
+        }
+        None => vec![("join", join)],
+    };
+    for (what, (from, at, skip, to, min_judged)) in changes {
         let (step, stray, judged) = step_at_join(&a, from, at, skip, to);
         eprintln!(
             "{name}: receiver A moved {step:+.2} frames at B's {what} ({judged} bursts, each within {stray:.2} frames of the line)"
@@ -741,7 +744,7 @@ fn run_once(name: &str, case: Case) {
     }
     // The bar starts `settle_s` after B's first packet (B started
     // listening into a running stream); the recording started before A.
-    let from_s = b_started.duration_since(rec_started).as_secs_f64() + settle_s;
+    let from_s = join_s + settle_s;
     let mut blocks = block_offsets(&a, &b, from_s);
     if let Some(ev) = events {
         // Left out: blocks from the silence's start to just after its end
