@@ -896,3 +896,135 @@ fn sync_outside_the_band_is_followed_throughout() {
         assert!(run.largest_jump <= 1.5 * run.tone_step, "{run:?}");
     }
 }
+
+/// The delay, target and stretched frames, every 0.5 s, of a stream that
+/// stalls for `hold_ms` at 4 s and whose backlog then arrives at twice
+/// real time (tests/impair.rs's `2x burst`, here in simulated time): 48 kHz
+/// stereo, 20 ms packets, the defaults.
+struct Stall {
+    /// (s, buffered delay ms, target ms) every 0.5 s.
+    trace: Vec<(f64, f64, f64)>,
+    /// Audio dropped as overflow (its oldest part).
+    overflow: u64,
+    underruns: u64,
+}
+
+fn stall_then_backlog(hold_ms: u64) -> Stall {
+    let config = PlayoutConfig {
+        stream_formats: vec![(48_000, 2)],
+        ..PlayoutConfig::default()
+    };
+    let mut engine = Engine::new(&config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).expect("bank");
+    engine.attach_device(2, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: 48_000,
+        channels: 2,
+    };
+    let (period, ptime) = (240usize, 960usize);
+    let mut slot = Packet::empty(format);
+    let mut out = vec![0.0f32; period * 2];
+    let t0 = 1_000_000_000u64;
+    let stall_at = t0 + 4_000_000_000;
+    let released_at = stall_at + hold_ms * 1_000_000;
+    let first_held = (stall_at - t0).div_ceil(20_000_000);
+    let mut k = 0u64;
+    let mut trace = Vec::new();
+    for tick in 1..=14 * 200u64 {
+        let now = t0 + tick * 5_000_000;
+        loop {
+            let sent = t0 + k * 20_000_000;
+            // Held from the stall on, then sent on every 10 ms until the
+            // relay has caught up.
+            let arrival = if sent < stall_at {
+                sent
+            } else {
+                let held = (sent - t0) / 20_000_000 - first_held;
+                sent.max(released_at + held * 10_000_000)
+            };
+            if arrival > now {
+                break;
+            }
+            slot.arrival_ns = arrival;
+            slot.ssrc = 7;
+            slot.seq = k as u16;
+            slot.timestamp = (k as usize * ptime) as u32;
+            slot.marker = k == 0;
+            slot.payload_type = 96;
+            slot.payload.clear();
+            for i in 0..ptime {
+                let n = k as usize * ptime + i;
+                let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
+                let v = (6000.0 * phase.sin()) as i16;
+                for _ in 0..2 {
+                    let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            engine.push(&slot);
+            k += 1;
+        }
+        engine.render(&mut out, now);
+        engine.device_position(now, tick * period as u64);
+        if tick % 100 == 0 {
+            trace.push((
+                tick as f64 * 0.005,
+                engine.buffered_delay_frames() / 48.0,
+                engine.target_delay_frames() / 48.0,
+            ));
+        }
+    }
+    let m = engine.jitter().metrics();
+    Stall {
+        trace,
+        overflow: m.overflow,
+        underruns: m.underruns,
+    }
+}
+
+/// A stall's backlog is played down to the target, not built up further:
+/// while the stream stalls the target rises and the stretcher is asked to
+/// lengthen towards it; when the backlog lands the delay is above the
+/// target, and a lengthening still under way would carry on adding
+/// (measured end to end: the delay rose from 410 to 617 ms over the 3 s
+/// after a 400 ms stall, then took 4 s more to come down).
+#[test]
+fn a_stalls_backlog_is_not_lengthened_further() {
+    let run = stall_then_backlog(400);
+    for (s, delay, target) in &run.trace {
+        eprintln!("{s:5.1} s: delay {delay:6.1} ms, target {target:6.1} ms");
+    }
+    // The backlog is in by 5.2 s (held 0.4 s, sent at twice real time).
+    let landed = run
+        .trace
+        .iter()
+        .filter(|(s, _, _)| (5.5..6.0).contains(s))
+        .map(|&(_, d, _)| d)
+        .fold(0.0, f64::max);
+    let later = run
+        .trace
+        .iter()
+        .filter(|(s, _, _)| *s >= 6.0)
+        .map(|&(_, d, _)| d)
+        .fold(0.0, f64::max);
+    assert!(
+        later <= landed + 25.0,
+        "the delay rose from {landed:.1} ms after the backlog landed to {later:.1} ms"
+    );
+    // Played down by the stretcher (8 % faster than real time), not
+    // dropped: within 20 ms of the target from 2.8 s after the backlog
+    // landed until the target itself comes down (from 10 s; followed at
+    // 1 ms/s below the stretcher's look-ahead, see drift.rs).
+    assert_eq!(run.overflow, 0, "the backlog was dropped, not played");
+    assert_eq!(run.underruns, 1, "only the stall itself starved the buffer");
+    for &(s, delay, target) in run
+        .trace
+        .iter()
+        .filter(|(s, _, _)| (8.0..=10.0).contains(s))
+    {
+        assert!(
+            delay <= target + 20.0,
+            "{s} s: delay {delay:.1} ms against a target of {target:.1} ms"
+        );
+    }
+}
