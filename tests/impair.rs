@@ -659,12 +659,22 @@ fn burst2x_bar(o: &Outcome) -> Vec<String> {
     .check(s.lost == 0, || {
         format!("lost {} with nothing dropped", s.lost)
     })
-    // `delay` holds the device's own ~25 ms besides the buffer; the
-    // target is the buffer's. The adaptive target, risen with the stall,
-    // still comes down after it, followed at up to 1 ms/s once within the
-    // stretch threshold: a quiet CI run ended 41 ms over it (16 ms of
-    // buffer behind it). Kept latency would be hundreds of ms.
-    .check(s.delay_ms <= s.target_ms + 50.0, || {
+    // 400 ms of backlog fits the buffer: it is played (cut down by the
+    // stretcher), never dropped as overflow. A lengthening begun during
+    // the stall used to carry on after the backlog landed and push the
+    // delay into the overflow ceiling (tests/playout_sim.rs).
+    .check(s.overflow == 0, || {
+        format!("{} overflow drops of a backlog that fits", s.overflow)
+    })
+    // `delay` holds the device's own 21 ms besides the buffer, and a
+    // line is read anywhere in the 20 ms sawtooth of the packets'
+    // arrivals; the target is the buffer's. The adaptive target, risen
+    // with the stall, comes down after it; the delay follows at up to
+    // 1 ms/s until it is a stretch's look-ahead (40 ms) above the target,
+    // where the stretcher may cut without eating into the margin. So up to
+    // 81 ms over the target is the design (quiet runs: 28-52 over); kept
+    // latency would be hundreds of ms.
+    .check(s.delay_ms <= s.target_ms + 81.0, || {
         format!(
             "delay {:.1} ms vs target {:.1} ms after the burst",
             s.delay_ms, s.target_ms
