@@ -237,9 +237,9 @@ struct Start {
     late: u64,
 }
 
-/// `ptime` frames a packet, `jitter_ms` of uniform network jitter, the
-/// first `lead_in` frames silent (then a 220 Hz tone); 40 s.
-fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) -> Start {
+/// An engine on the defaults for 48 kHz stereo L16 streams on a 48 kHz
+/// stereo device, and the stream's format.
+fn stereo_48k_engine() -> (Engine, StreamFormat) {
     let config = PlayoutConfig {
         stream_formats: vec![(48_000, 2)],
         ..PlayoutConfig::default()
@@ -252,6 +252,36 @@ fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) ->
         rate: 48_000,
         channels: 2,
     };
+    (engine, format)
+}
+
+/// Packet `k` of sender 7's 48 kHz stereo stream, `ptime` frames a
+/// packet: a 220 Hz tone after the first `lead_in` frames of silence.
+fn stereo_tone_packet(slot: &mut Packet, k: u64, ptime: usize, lead_in: usize) {
+    slot.ssrc = 7;
+    slot.seq = k as u16;
+    slot.timestamp = (k as usize * ptime) as u32;
+    slot.marker = k == 0;
+    slot.payload_type = 96;
+    slot.payload.clear();
+    for i in 0..ptime {
+        let n = k as usize * ptime + i;
+        let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
+        let v = if n < lead_in {
+            0
+        } else {
+            (6000.0 * phase.sin()) as i16
+        };
+        for _ in 0..2 {
+            let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+}
+
+/// `ptime` frames a packet, `jitter_ms` of uniform network jitter, the
+/// first `lead_in` frames silent (then a 220 Hz tone); 40 s.
+fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) -> Start {
+    let (mut engine, format) = stereo_48k_engine();
     let period = 240usize;
     let mut slot = Packet::empty(format);
     let mut out = vec![0.0f32; period * 2];
@@ -280,24 +310,7 @@ fn start_on_defaults(ptime: usize, jitter_ms: u64, lead_in: usize, seed: u64) ->
                 break;
             }
             slot.arrival_ns = sent + jitter;
-            slot.ssrc = 7;
-            slot.seq = k as u16;
-            slot.timestamp = (k as usize * ptime) as u32;
-            slot.marker = k == 0;
-            slot.payload_type = 96;
-            slot.payload.clear();
-            for i in 0..ptime {
-                let n = k as usize * ptime + i;
-                let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
-                let v = if n < lead_in {
-                    0
-                } else {
-                    (6000.0 * phase.sin()) as i16
-                };
-                for _ in 0..2 {
-                    let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
-                }
-            }
+            stereo_tone_packet(&mut slot, k, ptime, lead_in);
             engine.push(&slot);
             k += 1;
         }
@@ -910,18 +923,7 @@ struct Stall {
 }
 
 fn stall_then_backlog(hold_ms: u64) -> Stall {
-    let config = PlayoutConfig {
-        stream_formats: vec![(48_000, 2)],
-        ..PlayoutConfig::default()
-    };
-    let mut engine = Engine::new(&config).expect("engine");
-    let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).expect("bank");
-    engine.attach_device(2, Some(bank));
-    let format = StreamFormat {
-        encoding: Encoding::L16,
-        rate: 48_000,
-        channels: 2,
-    };
+    let (mut engine, format) = stereo_48k_engine();
     let (period, ptime) = (240usize, 960usize);
     let mut slot = Packet::empty(format);
     let mut out = vec![0.0f32; period * 2];
@@ -947,20 +949,7 @@ fn stall_then_backlog(hold_ms: u64) -> Stall {
                 break;
             }
             slot.arrival_ns = arrival;
-            slot.ssrc = 7;
-            slot.seq = k as u16;
-            slot.timestamp = (k as usize * ptime) as u32;
-            slot.marker = k == 0;
-            slot.payload_type = 96;
-            slot.payload.clear();
-            for i in 0..ptime {
-                let n = k as usize * ptime + i;
-                let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
-                let v = (6000.0 * phase.sin()) as i16;
-                for _ in 0..2 {
-                    let _ = slot.payload.extend_from_slice(&v.to_be_bytes());
-                }
-            }
+            stereo_tone_packet(&mut slot, k, ptime, 0);
             engine.push(&slot);
             k += 1;
         }
