@@ -1160,27 +1160,28 @@ impl Engine {
         // for the whole error at once: the stretcher spreads it at its own
         // bounded rate (≤ 8 %), where the controller's per-period share
         // would leave it waiting for a segment long enough to cut.
-        let pending = self.stretcher.pending();
-        if control.stretch_frames != 0
-            && pending != 0
-            && pending.signum() != control.stretch_frames.signum()
-        {
-            // The error changed sides under a stretch: a stall's backlog
-            // landed while the buffer was being lengthened towards the
-            // target the stall raised. Finishing it would add audio above
-            // the target for seconds (measured: 410 -> 617 ms over 3 s).
-            self.stretcher.cancel();
-            self.metrics.stretched_frames = self
-                .metrics
-                .stretched_frames
-                .saturating_sub(pending.unsigned_abs() as u64);
-        }
-        if control.stretch_frames != 0 && self.stretcher.pending() == 0 {
-            let tolerance = format.rate as f64 / 1000.0;
-            let whole = ((measured - target).abs() - tolerance).max(0.0) as isize;
-            let frames = control.stretch_frames.signum() * whole.max(control.stretch_frames.abs());
-            self.stretcher.request(frames);
-            self.metrics.stretched_frames += frames.unsigned_abs() as u64;
+        if control.stretch_frames != 0 {
+            let pending = self.stretcher.pending();
+            if pending != 0 && pending.signum() != control.stretch_frames.signum() {
+                // The error changed sides under a stretch: a stall's
+                // backlog landed while the buffer was being lengthened
+                // towards the target the stall raised. Finishing it would
+                // add audio above the target for seconds (measured: 410 ->
+                // 617 ms over 3 s).
+                self.stretcher.cancel();
+                self.metrics.stretched_frames = self
+                    .metrics
+                    .stretched_frames
+                    .saturating_sub(pending.unsigned_abs() as u64);
+            }
+            if self.stretcher.pending() == 0 {
+                let tolerance = format.rate as f64 / 1000.0;
+                let whole = ((measured - target).abs() - tolerance).max(0.0) as isize;
+                let frames =
+                    control.stretch_frames.signum() * whole.max(control.stretch_frames.abs());
+                self.stretcher.request(frames);
+                self.metrics.stretched_frames += frames.unsigned_abs() as u64;
+            }
         }
     }
 }
