@@ -40,15 +40,21 @@ fn mono_engine(config: &PlayoutConfig) -> (Engine, StreamFormat) {
     (engine, format)
 }
 
-/// Packet `k` of sender 7's 220 Hz tone (voiced-like, so the stretcher
-/// and the concealer have periods to work with), `PTIME_FRAMES` a packet.
-fn tone_packet(slot: &mut Packet, k: u64, marker: bool) {
+/// Packet `k` of sender 7 (payload type 96, `ptime` frames a packet):
+/// its header, and an empty payload to fill.
+fn rtp_header(slot: &mut Packet, k: u64, ptime: usize, marker: bool) {
     slot.ssrc = 7;
     slot.seq = k as u16;
-    slot.timestamp = (k as usize * PTIME_FRAMES) as u32;
+    slot.timestamp = (k as usize * ptime) as u32;
     slot.marker = marker;
     slot.payload_type = 96;
     slot.payload.clear();
+}
+
+/// Packet `k` of sender 7's 220 Hz tone (voiced-like, so the stretcher
+/// and the concealer have periods to work with), `PTIME_FRAMES` a packet.
+fn tone_packet(slot: &mut Packet, k: u64, marker: bool) {
+    rtp_header(slot, k, PTIME_FRAMES, marker);
     for i in 0..PTIME_FRAMES {
         let n = (k as usize * PTIME_FRAMES + i) as f64;
         let v = (6000.0 * (2.0 * std::f64::consts::PI * 220.0 * n / RATE as f64).sin()) as i16;
@@ -258,12 +264,7 @@ fn stereo_48k_engine() -> (Engine, StreamFormat) {
 /// Packet `k` of sender 7's 48 kHz stereo stream, `ptime` frames a
 /// packet: a 220 Hz tone after the first `lead_in` frames of silence.
 fn stereo_tone_packet(slot: &mut Packet, k: u64, ptime: usize, lead_in: usize) {
-    slot.ssrc = 7;
-    slot.seq = k as u16;
-    slot.timestamp = (k as usize * ptime) as u32;
-    slot.marker = k == 0;
-    slot.payload_type = 96;
-    slot.payload.clear();
+    rtp_header(slot, k, ptime, k == 0);
     for i in 0..ptime {
         let n = k as usize * ptime + i;
         let phase = 2.0 * std::f64::consts::PI * 220.0 * n as f64 / 48_000.0;
