@@ -32,14 +32,15 @@ run_target() {
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
     echo "$target: ${execs:-?} execs in ${seconds} s: $result" | tee "$scratch/$target.result"
 }
-for target in $(cargo fuzz list); do
+targets=$(cargo fuzz list)
+for target in $targets; do
     # At most two at a time: wait for one to end before starting a third.
     while [ "$(jobs -pr | wc -l)" -ge 2 ]; do sleep 1; done
     run_target "$target" &
 done
 wait
 status=0
-for target in $(cargo fuzz list); do
+for target in $targets; do
     grep -q ": ok$" "$scratch/$target.result" 2>/dev/null || status=1
 done
 exit $status
