@@ -194,6 +194,8 @@ impl Policy {
 struct Pending {
     due: Instant,
     order: u64,
+    /// Which arrival it is (index into the relay's arrival times).
+    arrival: usize,
     data: Vec<u8>,
 }
 
@@ -226,6 +228,52 @@ pub struct Relay {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     schedule: Schedule,
+    timing: Arc<Mutex<Timing>>,
+}
+
+/// When each datagram came in and went out, to tell the delay the policy
+/// asked for from the delay this machine added on its own (a sender or a
+/// relay thread scheduled late on a loaded host).
+#[derive(Default)]
+struct Timing {
+    arrivals: Vec<Instant>,
+    /// (arrival index, due, sent)
+    departures: Vec<(usize, Instant, Instant)>,
+}
+
+impl Timing {
+    /// The worst delay, beyond the policy's, of the datagrams sent in
+    /// [from, to]: how late each arrived against the sender's steady pace
+    /// (the median gap between arrivals, anchored at the earliest arrival
+    /// so far) plus how late the scheduler sent it after its due time.
+    fn host_delay(&self, from: Instant, to: Instant) -> Duration {
+        let a = &self.arrivals;
+        if a.len() < 3 {
+            return Duration::ZERO;
+        }
+        let mut gaps: Vec<f64> = a.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        gaps.sort_by(f64::total_cmp);
+        let gap = gaps[gaps.len() / 2];
+        let mut anchor = f64::INFINITY;
+        let arrival_late: Vec<f64> = a
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let paced = (*t - a[0]).as_secs_f64() - i as f64 * gap;
+                anchor = anchor.min(paced);
+                paced - anchor
+            })
+            .collect();
+        self.departures
+            .iter()
+            .filter(|(_, _, sent)| (from..=to).contains(sent))
+            .map(|&(i, due, sent)| {
+                Duration::from_secs_f64(arrival_late.get(i).copied().unwrap_or(0.0))
+                    + sent.saturating_duration_since(due)
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
 }
 
 impl Relay {
@@ -242,9 +290,11 @@ impl Relay {
         let sent = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let schedule: Schedule = Arc::new((Mutex::new(BinaryHeap::new()), Condvar::new()));
+        let timing = Arc::new(Mutex::new(Timing::default()));
 
         let rx = {
             let (counts, stop, schedule) = (counts.clone(), stop.clone(), schedule.clone());
+            let timing = timing.clone();
             std::thread::Builder::new()
                 .name("relay-rx".into())
                 .spawn(move || {
@@ -258,6 +308,11 @@ impl Relay {
                         };
                         let now = Instant::now();
                         let fate = policy.decide(now);
+                        let arrival = {
+                            let mut t = timing.lock().expect("relay timing");
+                            t.arrivals.push(now);
+                            t.arrivals.len() - 1
+                        };
                         {
                             let (heap, cv) = &*schedule;
                             let mut heap = heap.lock().expect("relay schedule");
@@ -266,6 +321,7 @@ impl Relay {
                                 heap.push(Reverse(Pending {
                                     due: now + after,
                                     order,
+                                    arrival,
                                     data: buf[..n].to_vec(),
                                 }));
                             }
@@ -278,6 +334,7 @@ impl Relay {
         };
         let tx = {
             let (sent, stop, schedule) = (sent.clone(), stop.clone(), schedule.clone());
+            let timing = timing.clone();
             std::thread::Builder::new()
                 .name("relay-tx".into())
                 .spawn(move || {
@@ -292,6 +349,12 @@ impl Relay {
                                 };
                                 let _ = outbound.send_to(&p.data, to);
                                 sent.fetch_add(1, Ordering::Relaxed);
+                                let at = Instant::now();
+                                timing
+                                    .lock()
+                                    .expect("relay timing")
+                                    .departures
+                                    .push((p.arrival, p.due, at));
                             }
                             Some(Reverse(p)) => {
                                 let wait = p.due - now;
@@ -315,7 +378,18 @@ impl Relay {
             stop,
             threads: vec![rx, tx],
             schedule,
+            timing,
         }
+    }
+
+    /// The worst delay this machine added, beyond the impairment asked
+    /// for, to a datagram sent in [from, to]: evidence from outside the
+    /// receiver that the link was worse than the condition under test.
+    pub fn host_delay(&self, from: Instant, to: Instant) -> Duration {
+        self.timing
+            .lock()
+            .expect("relay timing")
+            .host_delay(from, to)
     }
 
     pub fn counts(&self) -> RelayCounts {
@@ -353,6 +427,33 @@ mod tests {
     }
 
     const PTIME: Duration = Duration::from_millis(20);
+
+    #[test]
+    fn host_delay_is_lateness_against_the_senders_pace_plus_the_schedulers() {
+        let t0 = Instant::now();
+        let ms = |m: u64| Duration::from_millis(m);
+        let mut t = Timing::default();
+        // Arrivals every 20 ms, the 5th 7 ms late (and the next on time).
+        for i in 0..50u64 {
+            t.arrivals
+                .push(t0 + ms(20 * i + if i == 5 { 7 } else { 0 }));
+        }
+        // Each sent 10 ms after it arrived (the policy's delay) and due
+        // then, except the 30th, sent 3 ms after its due time.
+        for (i, &a) in t.arrivals.clone().iter().enumerate() {
+            let due = a + ms(10);
+            let sent = due + if i == 30 { ms(3) } else { ms(0) };
+            t.departures.push((i, due, sent));
+        }
+        let end = t0 + ms(2000);
+        let d = t.host_delay(t0, end);
+        assert!((d.as_secs_f64() - 0.007).abs() < 1e-6, "{d:?}");
+        // Only the datagrams sent inside the window count.
+        let d = t.host_delay(t0 + ms(300), end);
+        assert!((d.as_secs_f64() - 0.003).abs() < 1e-6, "{d:?}");
+        let d = t.host_delay(t0 + ms(700), end);
+        assert_eq!(d, Duration::ZERO);
+    }
 
     #[test]
     fn same_seed_same_fates_other_seed_differs() {
