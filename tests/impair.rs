@@ -48,8 +48,8 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// A datagram held up this much beyond the impairment by the host (the
 /// sender or the relay scheduled late) is a network condition of its own:
 /// on a clean link the buffer's low point, just before a 20 ms packet lands,
-/// is the target less half a packet, about 8 ms. Quiet runs here show
-/// 0.6-5.0 ms.
+/// is the target less half a packet, about 8 ms. Runs here with nothing
+/// else running showed 0.5-8.7 ms, most under 5.
 const HOST_DELAY_BAR: Duration = Duration::from_millis(6);
 
 /// The paced device a matrix plays into (see `Bench::with_jack`).
