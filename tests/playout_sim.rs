@@ -1018,3 +1018,77 @@ fn a_stalls_backlog_is_not_lengthened_further() {
         );
     }
 }
+
+/// One packet 40 ms late on an otherwise clean link, an 8 kHz stream on
+/// the defaults into a 48 kHz device (the priorities tests' set-up): the
+/// buffer starves once, while the packet is missing, and not again. What
+/// the starving added to the delay is above the target afterwards; a cut
+/// down to the target would hold the stretcher's look-ahead out of a
+/// buffer that has only the margin, and starve it before each packet
+/// (before the fix: 5 more starvings in 1.3 s, 120 ms stretched).
+#[test]
+fn one_late_packet_starves_the_buffer_once_not_again_and_again() {
+    let config = PlayoutConfig {
+        stream_formats: vec![(RATE, 1)],
+        ..PlayoutConfig::default()
+    };
+    let mut engine = Engine::new(&config).expect("engine");
+    let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).expect("bank");
+    engine.attach_device(2, Some(bank));
+    let format = StreamFormat {
+        encoding: Encoding::L16,
+        rate: RATE,
+        channels: 1,
+    };
+    let period = 256usize;
+    let period_ns = period as u64 * 1_000_000_000 / 48_000;
+    let mut slot = Packet::empty(format);
+    let mut out = vec![0.0f32; period * 2];
+    let t0 = 1_000_000_000u64;
+    let (mut k, mut underruns_at, mut delays) = (0u64, Vec::new(), Vec::new());
+    let mut last = 0;
+    for tick in 1..=10_000_000_000 / period_ns {
+        let now = t0 + tick * period_ns;
+        loop {
+            let late = if k == 150 { 40_000_000 } else { 0 };
+            let arrival = t0 + k * 20_000_000 + late;
+            if arrival > now {
+                break;
+            }
+            slot.arrival_ns = arrival;
+            // The priorities tests' music: 400 Hz.
+            rtp_header(&mut slot, k, PTIME_FRAMES, k == 0);
+            for i in 0..PTIME_FRAMES {
+                let n = (k as usize * PTIME_FRAMES + i) as f64;
+                let v = 8000.0 * (2.0 * std::f64::consts::PI * 400.0 * n / RATE as f64).sin();
+                let _ = slot.payload.extend_from_slice(&(v as i16).to_be_bytes());
+            }
+            engine.push(&slot);
+            k += 1;
+        }
+        engine.render(&mut out, now);
+        engine.device_position(now, tick * period as u64);
+        let u = engine.jitter().metrics().underruns;
+        if u != last {
+            underruns_at.push(tick * period_ns / 1_000_000);
+            last = u;
+        }
+        delays.push(engine.buffered_delay_frames() / 8.0);
+    }
+    eprintln!(
+        "starved at {underruns_at:?} ms; stretched {} frames",
+        engine.metrics().stretched_frames
+    );
+    assert_eq!(
+        underruns_at.len(),
+        1,
+        "starved at {underruns_at:?} ms of the stream"
+    );
+    assert!((3000..3100).contains(&underruns_at[0]), "{underruns_at:?}");
+    // And the delay the starving added comes down, not kept for good: its
+    // last second's mean below its second after the late packet.
+    let mean = |from: usize| delays[from..from + 187].iter().sum::<f64>() / 187.0;
+    let (after, end) = (mean(3300 * 48 / 256), mean(delays.len() - 188));
+    eprintln!("delay {after:.1} ms after the late packet, {end:.1} ms at the end");
+    assert!(end < after - 2.0, "{after:.1} -> {end:.1} ms");
+}
