@@ -473,13 +473,17 @@ fn play_two(
         let first_thread =
             s.spawn(|| send_rtp_timed(first_to, &stream(0x1111), first, Duration::from_millis(20)));
         std::thread::sleep(second_at);
-        send_rtp_timed(
+        let b = send_rtp_timed(
             second_to,
             &stream(0x2222),
             second,
             Duration::from_millis(20),
         );
-        first_thread.join().expect("first sender");
+        let a = first_thread.join().expect("first sender");
+        eprintln!(
+            "senders late by at most {:?} and {:?}",
+            a.max_late, b.max_late
+        );
     });
     std::thread::sleep(Duration::from_millis(700));
     let (_, _, stats) = rig.rx.stop();
