@@ -246,8 +246,14 @@ struct Start {
 /// An engine on the defaults for 48 kHz stereo L16 streams on a 48 kHz
 /// stereo device, and the stream's format.
 fn stereo_48k_engine() -> (Engine, StreamFormat) {
+    engine_on_48k_stereo(48_000, 2)
+}
+
+/// An engine on the defaults for L16 streams of `rate` and `channels` on
+/// a 48 kHz stereo device (the usual DAC), and the stream's format.
+fn engine_on_48k_stereo(rate: u32, channels: u16) -> (Engine, StreamFormat) {
     let config = PlayoutConfig {
-        stream_formats: vec![(48_000, 2)],
+        stream_formats: vec![(rate, channels)],
         ..PlayoutConfig::default()
     };
     let mut engine = Engine::new(&config).expect("engine");
@@ -255,8 +261,8 @@ fn stereo_48k_engine() -> (Engine, StreamFormat) {
     engine.attach_device(2, Some(bank));
     let format = StreamFormat {
         encoding: Encoding::L16,
-        rate: 48_000,
-        channels: 2,
+        rate,
+        channels,
     };
     (engine, format)
 }
@@ -1028,18 +1034,7 @@ fn a_stalls_backlog_is_not_lengthened_further() {
 /// (before the fix: 5 more starvings in 1.3 s, 120 ms stretched).
 #[test]
 fn one_late_packet_starves_the_buffer_once_not_again_and_again() {
-    let config = PlayoutConfig {
-        stream_formats: vec![(RATE, 1)],
-        ..PlayoutConfig::default()
-    };
-    let mut engine = Engine::new(&config).expect("engine");
-    let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).expect("bank");
-    engine.attach_device(2, Some(bank));
-    let format = StreamFormat {
-        encoding: Encoding::L16,
-        rate: RATE,
-        channels: 1,
-    };
+    let (mut engine, format) = engine_on_48k_stereo(RATE, 1);
     let period = 256usize;
     let period_ns = period as u64 * 1_000_000_000 / 48_000;
     let mut slot = Packet::empty(format);
