@@ -762,15 +762,48 @@ fn device_that_refuses_the_format_gets_it_converted() {
     std::thread::sleep(Duration::from_millis(300));
     let (code, _, stats) = rx.stop();
     assert_eq!(code, Some(0));
+    let notes: Vec<String> = jack
+        .log_text()
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("xrun") || l.contains("not finished"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("convert: jackd noted {notes:?}");
     let log = rx.log_text();
     assert!(stats.get("packets") >= 690.0, "{log}");
+    // Converting at the exact ratio, not resampling for good. A cycle the
+    // JACK server or a client misses (jackd notes it; on this 2-core
+    // machine other tests' realtime threads can hold up the JACK plugin's
+    // thread in the receiver) moves the device's position by a period,
+    // 5.3 ms, beyond the 3 ms at which the delay is corrected: it is
+    // resampled back at 1 ms/s, 5-6 s, then the ratio is the exact one
+    // again. So: every second converts, but for at most one correction of
+    // up to 7 s per miss jackd noted. (CI once: converted 10 s, then
+    // resampled the last 4, with nothing starved or stretched; here, a
+    // client miss gave 5 s resampled, and quiet runs 14 of 14 converted.)
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" packets ") && !l.contains("stopping"))
+        .collect();
+    let resampled_runs: Vec<usize> = lines
+        .split(|l| !l.contains(" resampled "))
+        .map(<[&str]>::len)
+        .filter(|&n| n > 0)
+        .collect();
+    eprintln!(
+        "convert: {} statistics lines, resampled runs {resampled_runs:?} s, jackd noted {} miss(es)",
+        lines.len(),
+        notes.len()
+    );
     assert!(
-        log.lines()
-            .rev()
-            .skip(1)
-            .take(3)
-            .any(|l| l.contains(" converted ")),
-        "not converting at the exact ratio at the end\n{log}"
+        lines
+            .iter()
+            .all(|l| l.contains(" converted ") || l.contains(" resampled "))
+            && resampled_runs.len() <= notes.len()
+            && resampled_runs.iter().all(|&n| n <= 7),
+        "not converting at the exact ratio: resampled for {resampled_runs:?} s with {} miss(es) \
+         noted by jackd {notes:?}\n{log}",
+        notes.len()
     );
     let recording = read_f32le(&alsa.jfile);
     let frames = recording.len() / 2;
