@@ -179,6 +179,10 @@ impl std::error::Error for PlayoutError {}
 /// Clock ratios within this of 1 are passed through (bit-exact) and their
 /// slow drift corrected in stretches; the estimate is good to ≈ ±20 ppm.
 const DEAD_BAND_PPM: f64 = 50.0;
+/// How long after the buffer starved a shortening keeps half the margin
+/// behind its look-ahead (see `Engine::control`).
+const CAREFUL_AFTER_STARVING_S: f64 = 10.0;
+
 /// Delay error (smoothed) that starts a resampled stretch.
 const ENTER_CORRECTION_MS: f64 = 3.0;
 /// Error under which following a clock hands back to pass-through.
@@ -267,6 +271,10 @@ pub struct Engine {
     holding: bool,
     /// The jitter buffer was playing at the last render.
     was_playing: bool,
+    /// The buffer's starvings seen so far, and the stream frames left of
+    /// the careful spell the last one started (see `control`).
+    starvings_seen: u64,
+    careful_frames: u64,
     /// The rate the jitter buffer was sized for (its frame unit before the
     /// first stream).
     jitter_max_rate: u32,
@@ -358,6 +366,8 @@ impl Engine {
             ceiling_ms: None,
             holding: false,
             was_playing: false,
+            starvings_seen: 0,
+            careful_frames: 0,
             clock: ClockEstimator::new(&ClockConfig::default()).map_err(PlayoutError::Clock)?,
             correction: Correction::Pass,
             feeding_forward: false,
@@ -1052,6 +1062,8 @@ impl Engine {
         let estimate = self.clock.ratio_ppm();
         self.metrics.drift_ppm = estimate.map_or(0.0, |e| e.ppm);
         if !self.clock_follow || self.jitter.state() != StreamState::Playing {
+            // A stream's end starves the buffer too: not a late link.
+            self.starvings_seen = self.jitter.metrics().underruns;
             return;
         }
         let target = self.target_delay_frames();
@@ -1075,21 +1087,39 @@ impl Engine {
         let margin_frames = (self.margin_ms * format.rate as f64 / 1000.0) as usize;
         // While it shortens, the stretcher holds its look-ahead taken out
         // of the jitter buffer, whose level saws a packet deep as packets
-        // land. A shortening may spend half the margin for the few hundred
-        // ms it runs, no more: it may start, and cut down to, a delay
-        // (the controller's filtered mean) a look-ahead, half the margin
-        // and half a packet up. Cutting to the target itself emptied the
-        // buffer before each packet landed; every starving added a
-        // concealment's worth of delay back, which the next cut took
-        // again (simulated: one packet 40 ms late started 5 more
-        // starvings in 1.3 s; end to end, two streams at once starved
-        // 14 times in 4 s on a clean link). What is left above the target
-        // is resampled away (at most 1 ms/s), as below any look-ahead.
+        // land. A cut down to the target empties the buffer before each
+        // packet lands once the margin is below the look-ahead: a packet
+        // a little late then starves it. So for CAREFUL_AFTER_STARVING_S
+        // after the buffer starved, when the link has shown it can be
+        // late, a cut spends at most half the margin: it may start, and
+        // go down to, a delay (the controller's filtered mean) a
+        // look-ahead, half the margin and half a packet up, and what is
+        // left above the target is resampled away (at most 1 ms/s).
+        // Cutting to the target every time let each starving add a
+        // concealment's worth of delay that the next cut took again
+        // (simulated: one packet 40 ms late started 5 more starvings in
+        // 1.3 s; end to end, two streams at once starved 14 times in 4 s
+        // on a clean link). Without a recent starving the cut goes to the
+        // target: the backlog of a device that was slow to start (1.9 s
+        // behind PulseAudio) is then gone in seconds, not resampled away
+        // for 40 s.
+        let starvings = self.jitter.metrics().underruns;
+        if starvings != self.starvings_seen {
+            self.starvings_seen = starvings;
+            self.careful_frames = (CAREFUL_AFTER_STARVING_S * format.rate as f64) as u64;
+        } else {
+            self.careful_frames = self.careful_frames.saturating_sub(period as u64);
+        }
+        let careful = self.careful_frames > 0;
         // A millisecond: the least worth a stretch.
         let tolerance = format.rate as f64 / 1000.0;
         let level = target + self.controller.error_ms(target) * format.rate as f64 / 1000.0;
-        let shorten_room = level
-            - (look_ahead + margin_frames.div_ceil(2) + self.jitter.packet_frames() / 2) as f64;
+        let shorten_room = if careful {
+            level
+                - (look_ahead + margin_frames.div_ceil(2) + self.jitter.packet_frames() / 2) as f64
+        } else {
+            f64::INFINITY
+        };
         self.controller.allow_stretch(
             self.stretcher.pending() != 0
                 || (depth >= look_ahead + margin_frames && shorten_room >= tolerance),
