@@ -701,12 +701,7 @@ fn run_once(name: &str, case: Case) {
     let (a, b) = read_stereo_wav(&recording);
     // The server's own notes of clients that missed a cycle: a receiver's
     // channel then lags a cycle (256 frames) in the recording.
-    let jack_notes: Vec<String> = jack
-        .log_text()
-        .lines()
-        .filter(|l| l.to_ascii_lowercase().contains("xrun") || l.contains("not finished"))
-        .map(str::to_string)
-        .collect();
+    let jack_notes = jack.missed_cycle_notes();
     eprintln!(
         "{name}: jackd noted {} xrun line(s): {:?}",
         jack_notes.len(),

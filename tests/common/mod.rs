@@ -309,6 +309,16 @@ impl JackServer {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// jackd's own notes of cycles missed so far: the server running late
+    /// (its timed driver) or a client not done in time.
+    pub fn missed_cycle_notes(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("xrun") || l.contains("not finished"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Environment for a child that should use this server (and never
     /// start one of its own).
     pub fn env(&self) -> Vec<(String, String)> {
