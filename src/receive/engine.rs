@@ -1111,9 +1111,10 @@ impl Engine {
             self.careful_frames = self.careful_frames.saturating_sub(period as u64);
         }
         let careful = self.careful_frames > 0;
+        let frames_per_ms = format.rate as f64 / 1000.0;
         // A millisecond: the least worth a stretch.
-        let tolerance = format.rate as f64 / 1000.0;
-        let level = target + self.controller.error_ms(target) * format.rate as f64 / 1000.0;
+        let tolerance = frames_per_ms;
+        let level = target + self.controller.error_ms(target) * frames_per_ms;
         let shorten_room = if careful {
             level
                 - (look_ahead + margin_frames.div_ceil(2) + self.jitter.packet_frames() / 2) as f64
