@@ -48,8 +48,14 @@ fn receiver(dir: &TestDir, port: u16) -> (PulseServer, AlsaConfig, RunningReceiv
     let mut env = alsa.env();
     env.extend(pulse.env());
     let rx = RunningReceiver::start(&args, &env, dir.file("receiver.log"));
-    // A fresh PulseAudio stream takes a moment to start consuming.
-    std::thread::sleep(Duration::from_millis(700));
+    // The null sink starts a new stream 0.5-2 s after it is opened (the
+    // receiver logs when it was seen consuming). These tests time the
+    // source lock, not that start: their senders begin once it plays.
+    assert!(
+        rx.wait_for_log("consuming after", Duration::from_secs(10)),
+        "the paced device did not start consuming within 10 s:\n{}",
+        rx.log_text()
+    );
     (pulse, alsa, rx)
 }
 
