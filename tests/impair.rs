@@ -52,6 +52,13 @@ const SETTLE: Duration = Duration::from_secs(3);
 /// else running showed 0.5-8.7 ms, most under 5.
 const HOST_DELAY_BAR: Duration = Duration::from_millis(6);
 
+/// Runs of a condition while the evidence above says the host, not the
+/// link, was disturbed. A CI machine was seen stalling its sound servers
+/// for 2 s in five of eight runs in a row (an underrun, then the null sink
+/// restarting its stream), with datagrams held up 12-41 ms: one rerun was
+/// not enough to get one undisturbed run.
+const RUNS_WHILE_DISTURBED: u32 = 3;
+
 /// The paced device a matrix plays into (see `Bench::with_jack`).
 #[derive(Clone, Copy, Debug)]
 enum Device {
@@ -215,30 +222,37 @@ fn run_matrix(options: &'static [&'static str], device: Device, rows: Vec<Row>) 
         .map(|(name, imp, bar)| {
             let h = std::thread::spawn(move || {
                 let _slot = Slot::take();
-                let first = run_condition(name, imp.clone(), options, device);
-                let why = match first.device_stalled {
-                    Some(stood) => {
-                        format!("the sound server stood still for {} ms", stood.as_millis())
+                let mut run = 1;
+                loop {
+                    let outcome = run_condition(name, imp.clone(), options, device);
+                    let why = match outcome.device_stalled {
+                        Some(stood) => {
+                            format!("the sound server stood still for {} ms", stood.as_millis())
+                        }
+                        None if outcome.host_delay >= HOST_DELAY_BAR => format!(
+                            "the host delayed a datagram {:.1} ms beyond the impairment",
+                            outcome.host_delay.as_secs_f64() * 1000.0
+                        ),
+                        None => return outcome,
+                    };
+                    let misses = bar(&outcome);
+                    if misses.is_empty() || run == RUNS_WHILE_DISTURBED {
+                        return outcome;
                     }
-                    None if first.host_delay >= HOST_DELAY_BAR => format!(
-                        "the host delayed a datagram {:.1} ms beyond the impairment",
-                        first.host_delay.as_secs_f64() * 1000.0
-                    ),
-                    None => return first,
-                };
-                let misses = bar(&first);
-                if misses.is_empty() {
-                    return first;
+                    // The bar was missed while the sound server took
+                    // nothing for a while (by the recording), or while this
+                    // loaded machine held a datagram up on its way to the
+                    // receiver (by the relay's clock): either way, by
+                    // evidence from outside the receiver, the run did not
+                    // test the condition it names. Again, up to
+                    // RUNS_WHILE_DISTURBED runs; the last is judged
+                    // whatever happens in it.
+                    run += 1;
+                    println!(
+                        "{name}: missed {misses:?} while {why}; running it again \
+                         ({run} of at most {RUNS_WHILE_DISTURBED})"
+                    );
                 }
-                // The bar was missed while the sound server took nothing
-                // for a while (by the recording), or while this loaded
-                // machine held a datagram up on its way to the receiver
-                // (by the relay's clock): either way, by evidence from
-                // outside the receiver, the run did not test the condition
-                // it names. Once more; the bar judges the second run
-                // whatever happens in it.
-                println!("{name}: missed {misses:?} while {why}; running it again");
-                run_condition(name, imp, options, device)
             });
             (name, h, bar)
         })
