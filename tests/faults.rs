@@ -301,6 +301,65 @@ fn sender_restarted_with_new_ssrc() {
     );
 }
 
+/// The sound server freezes (SIGSTOP) for 0.7 s mid-stream, then goes on:
+/// the device takes nothing meanwhile, and afterwards PulseAudio may
+/// restart the plugin's stream after an underrun, which its null sink
+/// begins up to 2 s later. The audio that arrives while the device stands
+/// still is kept (issue 11: "if the device is not ready (being opened,
+/// recovering), keep the audio") and played out faster afterwards: no
+/// overflow drop, the standstill logged, the tone back within 1 s.
+#[test]
+fn sound_server_frozen_keeps_the_audio() {
+    let _serial = serial();
+    let bench = Bench::with_jack("fault-freeze");
+    let (rx, tx) = start(&bench);
+    let progress = Progress::start(&bench);
+    std::thread::sleep(Duration::from_secs(3));
+    let jackd = bench
+        .jack
+        .as_ref()
+        .and_then(|j| j.pid())
+        .expect("jackd runs");
+    let pid = nix::unistd::Pid::from_raw(jackd as i32);
+    let at_fault = position(&bench);
+    let frozen = Instant::now();
+    nix::sys::signal::kill(pid, Signal::SIGSTOP).expect("SIGSTOP jackd");
+    std::thread::sleep(Duration::from_millis(700));
+    nix::sys::signal::kill(pid, Signal::SIGCONT).expect("SIGCONT jackd");
+    let continued = Instant::now();
+    std::thread::sleep(AFTER);
+    let stats = rx.log.stats();
+    let last = stats.last().map(|(_, s)| s.clone());
+    let (present, log) = finish(&bench, rx, tx);
+    let last = last.unwrap_or_else(|| panic!("no statistics line:\n{log}"));
+    let stood = log
+        .lines()
+        .filter(|l| l.contains("the device took nothing for"))
+        .count();
+    judge(
+        "sound server frozen 0.7 s",
+        &bench,
+        &progress,
+        &present,
+        continued,
+        at_fault,
+        format!(
+            "standstills logged {stood}, overflow drops {}, underruns {}, stretched {} ms",
+            last.overflow, last.underruns, last.stretched_ms
+        ),
+        &log,
+    );
+    assert!(
+        stood >= 1,
+        "the standstill of {} ms was not logged:\n{log}",
+        (continued - frozen).as_millis()
+    );
+    assert_eq!(
+        last.overflow, 0,
+        "audio that arrived while the device stood still was dropped:\n{log}"
+    );
+}
+
 /// The receiver is frozen with SIGSTOP for 2 s, then continued; the cause
 /// is gone at SIGCONT. The packets that queued in the socket meanwhile are
 /// stale: playing or dropping them is the receiver's choice, but the live

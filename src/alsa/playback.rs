@@ -206,16 +206,17 @@ impl AlsaOut {
     /// format. Blocks on the device: that is the playout clock. Never
     /// allocates, logs or sleeps outside the device wait.
     pub fn write(&mut self, samples: &[f32]) -> Result<WriteOutcome, AlsaError> {
-        self.write_waiting(samples, || {})
+        self.write_waiting(samples, |_| {})
     }
 
     /// `write`, calling `while_waiting` after each wait for room (each at
-    /// most `wait_slice_ms`): the playout thread moves packets on then. Its
+    /// most `wait_slice_ms`) with how long the device has taken nothing
+    /// (ns, waits only): the playout thread moves packets on then. Its
     /// time does not count towards the stall timeout.
     pub fn write_waiting(
         &mut self,
         samples: &[f32],
-        mut while_waiting: impl FnMut(),
+        mut while_waiting: impl FnMut(u64),
     ) -> Result<WriteOutcome, AlsaError> {
         let channels = usize::from(self.negotiated.channels);
         let frames = samples.len() / channels;
@@ -301,7 +302,7 @@ impl AlsaOut {
                 Err(e) if matches!(e.errno(), errno::EPIPE | errno::ESTRPIPE | errno::EAGAIN) => {}
                 Err(e) => return Err(self.lost("wait", e.errno())),
             }
-            while_waiting();
+            while_waiting(stalled_ns);
         }
         Ok(outcome)
     }

@@ -9,6 +9,7 @@ use crate::service::ratelimit::RateLimit;
 /// Rate limits of the noisy kinds of line.
 pub struct EventLog {
     underruns: RateLimit,
+    standstills: RateLimit,
     device: RateLimit,
     /// Several streams: how each is named in the log, in stream order,
     /// and what happens to those that do not own the speaker.
@@ -19,9 +20,10 @@ pub struct EventLog {
 impl Default for EventLog {
     fn default() -> Self {
         EventLog {
-            // At most 3 lines each 10 s (underruns) or 30 s (a device that
+            // At most 3 lines each 10 s (underruns, standstills) or 30 s (a device that
             // keeps failing to open): the counters carry the rest.
             underruns: RateLimit::new(10_000_000_000, 3),
+            standstills: RateLimit::new(10_000_000_000, 3),
             device: RateLimit::new(30_000_000_000, 3),
             streams: Vec::new(),
             others: String::new(),
@@ -76,7 +78,8 @@ impl EventLog {
             }
             return;
         }
-        let (underruns, device) = (&mut self.underruns, &mut self.device);
+        let (underruns, standstills, device) =
+            (&mut self.underruns, &mut self.standstills, &mut self.device);
         match event {
             Event::RealtimeRefused(e) | Event::MemoryLockRefused(e) => {
                 log::warn!(target: "playout", "{e}")
@@ -121,6 +124,15 @@ impl EventLog {
                 }
             }
             Event::Resumed => log::warn!(target: "playout", "device resumed after suspend"),
+            Event::DeviceStood { ms } => {
+                if let Some(suppressed) = standstills.check(now) {
+                    log::warn!(target: "playout",
+                        "the device took nothing for {ms} ms; the audio that arrived \
+                         meanwhile was kept and is played out faster{}",
+                        suppressed_note(suppressed)
+                    );
+                }
+            }
             Event::StreamStarted {
                 stream,
                 ssrc,

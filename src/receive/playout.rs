@@ -49,6 +49,17 @@ pub const PACKET_QUEUE: usize = 32;
 /// Capacity of the event queue from the playout thread to the main thread.
 pub const EVENT_QUEUE: usize = 32;
 
+/// Least time a playing device must take nothing before the audio that
+/// arrives meanwhile is held (otherwise its buffer's length): a busy host
+/// delays a period's wake-up by a few milliseconds without anything being
+/// wrong.
+const MIN_HOLD_AFTER_NS: u64 = 20_000_000;
+/// A playing device that took nothing this long stood still: it is logged,
+/// and the clock estimate's device side starts over (the standstill is not
+/// a slow clock). Shorter waits, which a loaded host makes often, leave
+/// the estimate's robust fit alone.
+const STANDSTILL_NS: u64 = 100_000_000;
+
 pub type PacketQueue = heapless::spsc::Queue<Packet, PACKET_QUEUE>;
 pub type EventQueue = heapless::spsc::Queue<Event, EVENT_QUEUE>;
 
@@ -90,6 +101,11 @@ pub enum Event {
     Reopening(&'static str),
     Underrun,
     Resumed,
+    /// The playing device took nothing for `ms` (a sound server starting
+    /// a new stream after an underrun); what arrived meanwhile was kept.
+    DeviceStood {
+        ms: u64,
+    },
     // `stream`: which stream (its index in `--stream` order; 0 alone).
     StreamStarted {
         stream: u8,
@@ -250,9 +266,26 @@ impl PlayoutThread {
                     // waits: a sound server starting its stream (1.5-2 s
                     // behind PulseAudio) or hiccuping takes nothing
                     // meanwhile, and a stream's first words arrive then.
+                    // A device that takes nothing for longer than its
+                    // buffer does not play in real time: after an underrun
+                    // PulseAudio's plugin starts a new stream, which its
+                    // null sink takes up to 2 s to begin. The audio that
+                    // arrives meanwhile is kept, as at an open, and played
+                    // out faster afterwards (the next period lets go).
                     let (lanes, arbiter, events) =
                         (&mut self.lanes, &mut self.arbiter, &mut self.events);
-                    let written = dev.write_waiting(&out[..len], || drain(lanes, arbiter, events));
+                    let hold_after_ns = (buffer_frames * 1_000_000_000 / u64::from(rate.max(1)))
+                        .max(MIN_HOLD_AFTER_NS);
+                    let mut stood_ns = 0u64;
+                    let written = dev.write_waiting(&out[..len], |stalled_ns| {
+                        if stalled_ns >= hold_after_ns && stood_ns < hold_after_ns {
+                            for lane in lanes.iter_mut() {
+                                lane.engine.set_holding(true);
+                            }
+                        }
+                        stood_ns = stood_ns.max(stalled_ns);
+                        drain(lanes, arbiter, events)
+                    });
                     // One status read: the delay for the statistics line
                     // and the position for the clock estimate.
                     let status = dev.status();
@@ -262,6 +295,20 @@ impl PlayoutThread {
                     let realtime_offset = crate::service::clock::realtime_ns() as i64
                         - crate::service::clock::monotonic_ns() as i64;
                     let delay = status.map(|s| s.delay_frames);
+                    let restarted =
+                        matches!(written, Ok(WriteOutcome::Underrun | WriteOutcome::Resumed));
+                    if playing && (restarted || stood_ns >= STANDSTILL_NS) {
+                        // The device's timeline broke: the clock estimate
+                        // must not read the standstill as a slow clock.
+                        for lane in self.lanes.iter_mut() {
+                            lane.engine.device_restarted();
+                        }
+                        if stood_ns >= STANDSTILL_NS {
+                            self.event(Event::DeviceStood {
+                                ms: stood_ns / 1_000_000,
+                            });
+                        }
+                    }
                     match written {
                         Ok(outcome) => {
                             let queued = if outcome == WriteOutcome::Suspended {

@@ -330,6 +330,10 @@ impl JackServer {
 }
 
 impl JackServer {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Stops jackd with SIGTERM so that it removes itself from JACK's
     /// machine-wide registry: that registry has 8 slots and never reclaims
     /// the slot of a SIGKILLed server with another name, so killed servers
