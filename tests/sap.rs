@@ -504,13 +504,21 @@ wait $r",
 fn sap_name_forms() {
     let dir = TestDir::new("sap-forms");
     let alsa = AlsaConfig::write(&dir.path);
-    for (args, expect) in [
+    for (i, (args, expect)) in [
         ("--sap 'hall*'", "a session matching 'hall*' on"),
         ("--sap=hall", "a session matching 'hall' on"),
         ("--sap --device null", "a session on"),
         ("--device null --sap", "a session on"),
-    ] {
-        let log = dir.file("rx.log");
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A log of its own per form: the shell's child truncates the file
+        // only when it gets to run, and `wait_log` starts at once, so with
+        // one file it could find the previous form's line and stop the
+        // new receiver before it logged anything (a CI run: an empty log
+        // and a clean exit).
+        let log = dir.file(&format!("rx{i}.log"));
         let script = format!(
             "{NETNS_SETUP}
 ALSA_CONFIG_PATH={conf} {RX} --device null --no-mlock --rt-priority 0 {args} 2>{log} &
@@ -521,10 +529,16 @@ wait $r",
             conf = alsa.path.display(),
             log = log.display(),
         );
+        let started = std::time::Instant::now();
         let out = run_in_namespace(&script);
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        assert!(out.status.success(), "{args}: {text}");
-        assert!(text.contains(expect), "{args}: {text}");
+        let context = format!(
+            "{args} ({} ms): log {text:?}; script stderr {:?}",
+            started.elapsed().as_millis(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{context}");
+        assert!(text.contains(expect), "{context}");
     }
 }
 

@@ -241,11 +241,15 @@ fn gstreamer_rtpbin_reads_the_sender_reports_and_the_bye() {
     let last = srs.last().unwrap();
     assert_eq!((last.3, last.4), (200, 32_000));
     for w in srs.windows(2) {
-        let ntp_s = (w[1].1 - w[0].1) as f64 / 4_294_967_296.0;
+        // Signed: a wall clock stepped back between two reports (one CI
+        // run saw the NTP times go backwards) is a failed check with the
+        // reports in view, not an overflow panic.
+        let ntp_s = (i128::from(w[1].1) - i128::from(w[0].1)) as f64 / 4_294_967_296.0;
         let rtp_s = f64::from(w[1].2.wrapping_sub(w[0].2)) / 8000.0;
         assert!(
             (ntp_s - rtp_s).abs() < 0.005,
-            "NTP {ntp_s} s, RTP {rtp_s} s"
+            "NTP {ntp_s} s, RTP {rtp_s} s between two reports; all (SSRC, NTP, RTP, \
+             packets, octets): {srs:x?}"
         );
         // 0.5-1.5 s apart (1 s ± 50 %), the last (at the end) sooner.
         assert!(
