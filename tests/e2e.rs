@@ -18,8 +18,8 @@ mod common;
 use common::receiver::{free_port, send_raw, send_rtp, RtpStream, RunningReceiver, Stats};
 use common::{
     compare_tones, exact_seconds, exact_share_of_tail, f32_to_s16, first_channel_s16, multitone,
-    noise, once_more_if_stalled, read_f32le, read_s16le, to_f32, AlsaConfig, GrowthWatch,
-    JackServer, PulseServer, TestDir,
+    noise, once_more_if_stalled, read_f32le, read_s16le, stood_still, to_f32, AlsaConfig,
+    GrowthWatch, JackServer, PulseServer, TestDir,
 };
 use netspeaker::audio::format::Encoding;
 use nix::sys::signal::Signal;
@@ -154,7 +154,7 @@ fn rtp_l16_rw_paced_bit_exact_twenty_seconds_no_underrun() {
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
         let sent = send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
-        stalled.set(watch.stall("e2e-l16-rw", t0, Instant::now()));
+        stalled.set(stood_still(watch.stall("e2e-l16-rw", t0, Instant::now())));
         assert_eq!(sent, 1000);
         std::thread::sleep(Duration::from_millis(300));
         let (code, took, stats) = rx.stop();
@@ -238,7 +238,7 @@ fn rtp_l16_mmap_on_jack_bit_exact() {
         let watch = GrowthWatch::file(&alsa.jfile);
         let t0 = Instant::now();
         send_rtp(dest(port), &l16_stream(48_000, 2), &signal);
-        stalled.set(watch.stall("e2e-l16-mmap", t0, Instant::now()));
+        stalled.set(stood_still(watch.stall("e2e-l16-mmap", t0, Instant::now())));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
@@ -294,7 +294,7 @@ fn g711_case(encoding: Encoding, payload_type: u8, name: &str) {
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
         send_rtp(dest(port), &stream, &signal);
-        stalled.set(watch.stall(name, t0, Instant::now()));
+        stalled.set(stood_still(watch.stall(name, t0, Instant::now())));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
@@ -342,7 +342,7 @@ fn raw_s16le_at_real_time_plays_clean_and_malformed_input_counted() {
         });
         let sent = send_raw(dest(port), &signal, 320, Duration::from_millis(20));
         junk.join().unwrap();
-        stalled.set(watch.stall("e2e-raw", t0, Instant::now()));
+        stalled.set(stood_still(watch.stall("e2e-raw", t0, Instant::now())));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));

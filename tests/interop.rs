@@ -248,7 +248,7 @@ fn judged(name: &str, channels: u16, play: impl Fn() -> Played) {
     let same_rate = channels == DEVICE_CHANNELS;
     once_more_if_stalled(name, |stalled| {
         let p = play();
-        stalled.set(p.stalled);
+        stalled.set(common::stood_still(p.stalled));
         assert_eq!(
             final_stat(&p.log, "underruns"),
             0,
@@ -651,7 +651,7 @@ fn ffmpeg_srtp_pcmu_plays() {
             &srtp_sender_args(SRTP_KEY),
             &rx,
         );
-        stalled.set(p.stalled);
+        stalled.set(common::stood_still(p.stalled));
         // Decrypted exactly (tests/net_srtp.rs compares the payloads byte
         // for byte): what plays is the codes ffmpeg encrypted.
         assert_converted(&p.recording, &p.expected, &p.log);

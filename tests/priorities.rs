@@ -180,7 +180,7 @@ fn start_rig(label: &str, streams: [(u8, &str); 2], extra: &[&str]) -> Rig {
     }
 }
 
-fn run(stalled: &std::cell::Cell<Option<Duration>>) {
+fn run(stalled: &std::cell::Cell<Option<String>>) {
     let Rig {
         dir: _dir,
         _jack,
@@ -217,7 +217,11 @@ fn run(stalled: &std::cell::Cell<Option<Duration>>) {
         )
     });
     std::thread::sleep(Duration::from_millis(700));
-    stalled.set(watch.stall("priorities", started, Instant::now()));
+    stalled.set(common::stood_still(watch.stall(
+        "priorities",
+        started,
+        Instant::now(),
+    )));
     let growth = watch.samples();
     let (_, _, stats) = rx.stop();
     let log = rx.log_text();

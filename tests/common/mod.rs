@@ -944,24 +944,47 @@ pub fn longest_flat(samples: &[(Instant, u64)], from: Instant, to: Instant) -> D
     longest
 }
 
-/// Runs a paced scenario once; once more only if it failed and the sound
-/// server stalled during it, by outside evidence: `body` returns the
-/// [`GrowthWatch::stall`] of its run (before it judges anything) through
-/// the cell it is given. The second run is judged whatever happens in it.
-pub fn once_more_if_stalled(name: &str, body: impl Fn(&std::cell::Cell<Option<Duration>>)) {
-    let stalled = std::cell::Cell::new(None);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&stalled))) {
+/// Runs a paced scenario once; once more only if it failed while the host
+/// was disturbed, by outside evidence: `body` says so through the cell it
+/// is given (before it judges anything), in words — the sound server
+/// stood still ([`stood_still`]), or a test sender was held up
+/// ([`sender_held_up`]). The second run is judged whatever happens in it.
+pub fn once_more_if_stalled(name: &str, body: impl Fn(&std::cell::Cell<Option<String>>)) {
+    let disturbed = std::cell::Cell::new(None);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&disturbed))) {
         Ok(()) => {}
-        Err(_) if stalled.get().is_some() => {
-            eprintln!(
-                "{name}: the first run failed while the sound server stood still for {} ms; \
-                 running it again (judged whatever happens)",
-                stalled.get().unwrap_or_default().as_millis()
-            );
-            body(&std::cell::Cell::new(None));
-        }
-        Err(e) => std::panic::resume_unwind(e),
+        Err(e) => match disturbed.take() {
+            Some(why) => {
+                eprintln!(
+                    "{name}: the first run failed while {why}; running it again \
+                     (judged whatever happens)"
+                );
+                body(&std::cell::Cell::new(None));
+            }
+            None => std::panic::resume_unwind(e),
+        },
     }
+}
+
+/// [`GrowthWatch::stall`]'s finding, in words for [`once_more_if_stalled`].
+pub fn stood_still(stall: Option<Duration>) -> Option<String> {
+    stall.map(|d| format!("the sound server stood still for {} ms", d.as_millis()))
+}
+
+/// A test sender whose packets left this much after their due time saw a
+/// disturbed host: on a clean link the buffer's low point is about 8 ms
+/// (as `tests/impair`'s relay judges its own lateness).
+pub const SENDER_HELD_UP: Duration = Duration::from_millis(6);
+
+/// A test sender's worst lateness, when it is [`SENDER_HELD_UP`] or more,
+/// in words for [`once_more_if_stalled`].
+pub fn sender_held_up(max_late: Duration) -> Option<String> {
+    (max_late >= SENDER_HELD_UP).then(|| {
+        format!(
+            "the host held the test sender up {:.1} ms",
+            max_late.as_secs_f64() * 1000.0
+        )
+    })
 }
 
 #[cfg(test)]
