@@ -50,10 +50,11 @@ pub const PACKET_QUEUE: usize = 32;
 pub const EVENT_QUEUE: usize = 32;
 
 /// Least time a playing device must take nothing before the audio that
-/// arrives meanwhile is held (otherwise its buffer's length): a busy host
-/// delays a period's wake-up by a few milliseconds without anything being
-/// wrong.
-const MIN_HOLD_AFTER_NS: u64 = 20_000_000;
+/// arrives meanwhile is held (otherwise its buffer's length). Below the
+/// least headroom over the target (40 ms) plus a packet nothing can
+/// overflow, so shorter waits, which a loaded host makes often, are left
+/// to the delay controller rather than put the stretcher into catch-up.
+const MIN_HOLD_AFTER_NS: u64 = 50_000_000;
 /// A playing device that took nothing this long stood still: it is logged,
 /// and the clock estimate's device side starts over (the standstill is not
 /// a slow clock). Shorter waits, which a loaded host makes often, leave
