@@ -45,14 +45,7 @@ const GAP_FRAMES: usize = 32;
 /// bars do not judge.
 const SETTLE: Duration = Duration::from_secs(3);
 
-/// A datagram held up this much beyond the impairment by the host (the
-/// sender or the relay scheduled late) is a network condition of its own:
-/// on a clean link the buffer's low point, just before a 20 ms packet lands,
-/// is the target less half a packet, about 8 ms. Runs here with nothing
-/// else running showed 0.5-8.7 ms, most under 5.
-const HOST_DELAY_BAR: Duration = Duration::from_millis(6);
-
-/// Runs of a condition while the evidence above says the host, not the
+/// Runs of a condition while outside evidence says the host, not the
 /// link, was disturbed. A CI machine was seen stalling its sound servers
 /// for 2 s in five of eight runs in a row (an underrun, then the null sink
 /// restarting its stream), with datagrams held up 12-41 ms: one rerun was
@@ -225,11 +218,11 @@ fn run_matrix(options: &'static [&'static str], device: Device, rows: Vec<Row>) 
                 let mut run = 1;
                 loop {
                     let outcome = run_condition(name, imp.clone(), options, device);
-                    let why = match outcome.device_stalled {
-                        Some(stood) => {
-                            format!("the sound server stood still for {} ms", stood.as_millis())
-                        }
-                        None if outcome.host_delay >= HOST_DELAY_BAR => format!(
+                    // Beyond the impairment, held up as long as
+                    // `common::HOST_HELD_UP`: evidence of its own.
+                    let why = match common::stood_still(outcome.device_stalled) {
+                        Some(stood) => stood,
+                        None if outcome.host_delay >= common::HOST_HELD_UP => format!(
                             "the host delayed a datagram {:.1} ms beyond the impairment",
                             outcome.host_delay.as_secs_f64() * 1000.0
                         ),

@@ -279,7 +279,7 @@ impl PlayoutThread {
                         .max(MIN_HOLD_AFTER_NS);
                     let mut stood_ns = 0u64;
                     let written = dev.write_waiting(&out[..len], |stalled_ns| {
-                        if stalled_ns >= hold_after_ns && stood_ns < hold_after_ns {
+                        if stalled_ns >= hold_after_ns {
                             for lane in lanes.iter_mut() {
                                 lane.engine.set_holding(true);
                             }
