@@ -23,7 +23,9 @@ done
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
-for p in alsa-utils libasound2-dev pkg-config espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins; do
+# build-essential links the build; libopus-dev: the opus crate links the
+# system libopus (without it, it tries to build its own copy with cmake).
+for p in build-essential alsa-utils libasound2-dev libopus-dev pkg-config espeak-ng sox pulseaudio pulseaudio-utils libasound2-plugins; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
