@@ -243,11 +243,9 @@ impl PlayoutThread {
             match self.device.device() {
                 Some(dev) => {
                     let n = dev.negotiated();
-                    let (rate, len) = (
-                        n.rate,
-                        (n.period_frames * n.channels as usize).min(out.len()),
-                    );
                     let channels = n.channels.max(1) as usize;
+                    let (rate, len) =
+                        (n.rate, device_samples(n.period_frames, channels, out.len()));
                     let buffer_frames = n.buffer_frames as u64;
                     if playing {
                         render(
@@ -699,10 +697,27 @@ fn device_position(
 
 fn max_period_samples(config: &PlayoutConfig) -> usize {
     // A device may grant a period larger than asked; 4x with a floor
-    // covers what "near" calls return in practice.
+    // covers what "near" calls return in practice, at any rate.
     let frames =
         (MAX_RATE as usize * config.period_ms.clamp(1, MAX_PERIOD_MS) as usize / 1000) * 4 + 1024;
-    frames * MAX_CHANNELS as usize
+    // Channels as the device is asked for or the streams have, not the
+    // most ALSA allows: sized for 8 it was 152 kB of the receiver's heap
+    // (massif), 39 kB at the defaults now. A device with more channels is
+    // written in shorter pieces (`device_samples`), still a period or more
+    // each at 5 ms periods.
+    let channels = config
+        .device_channels
+        .unwrap_or(2)
+        .max(config.max_channels)
+        .clamp(2, MAX_CHANNELS);
+    frames * channels as usize
+}
+
+/// How much of `out` one write takes: a period of the device's
+/// interleaved samples, or the whole frames that fit.
+fn device_samples(period_frames: usize, channels: usize, out: usize) -> usize {
+    let channels = channels.max(1);
+    period_frames.min(out / channels) * channels
 }
 
 /// The running playout side: its threads and the end of the event queue
@@ -876,6 +891,21 @@ pub fn start_streams(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_is_a_period_or_the_whole_frames_that_fit() {
+        // The usual device: one period.
+        assert_eq!(device_samples(240, 2, 9_728), 480);
+        // Six channels in a buffer sized for two: whole frames only.
+        assert_eq!(device_samples(4_000, 6, 9_728), 1_621 * 6);
+        assert_eq!(device_samples(240, 0, 100), 100);
+        // At the defaults the buffer holds a period of 8 channels at
+        // 192 kHz, 5 ms, however few channels it is sized for.
+        let config = PlayoutConfig::default();
+        let out = max_period_samples(&config);
+        assert_eq!(out % 2, 0);
+        assert!(device_samples(960, 8, out) == 960 * 8);
+    }
 
     #[test]
     fn device_position_from_the_buffer_fill_and_the_status_time() {
