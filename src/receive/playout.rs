@@ -904,7 +904,7 @@ mod tests {
         let config = PlayoutConfig::default();
         let out = max_period_samples(&config);
         assert_eq!(out % 2, 0);
-        assert!(device_samples(960, 8, out) == 960 * 8);
+        assert_eq!(device_samples(960, 8, out), 960 * 8);
     }
 
     #[test]
