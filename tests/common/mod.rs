@@ -269,8 +269,15 @@ impl JackServer {
     pub fn start(name: &str, rate: u32, period: u32) -> JackServer {
         let log_path = std::env::temp_dir().join(format!("netspeaker-jackd-{name}.log"));
         let log = std::fs::File::create(&log_path).expect("jackd log");
+        // The server and its clients' cycles run above every thread the
+        // tests put under test (a receiver's playout thread at SCHED_FIFO
+        // 70, a sender's pacing at 60): the dummy stands in for a DAC,
+        // whose clock waits for no CPU. At jackd's default (10, clients
+        // 5) its timed driver ran 5.3 ms (a whole cycle) late here, the
+        // recorder missed cycles and moved the recording under the
+        // receivers; at 90 (clients 85) the driver is within 0.1 ms.
         let child = Command::new("jackd")
-            .args(["-n", name, "-d", "dummy", "-r"])
+            .args(["-n", name, "-R", "-P", "90", "-d", "dummy", "-r"])
             .arg(rate.to_string())
             .arg("-p")
             .arg(period.to_string())
