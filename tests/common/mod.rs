@@ -275,7 +275,8 @@ impl JackServer {
         // whose clock waits for no CPU. At jackd's default (10, clients
         // 5) its timed driver ran 5.3 ms (a whole cycle) late here, the
         // recorder missed cycles and moved the recording under the
-        // receivers; at 90 (clients 85) the driver is within 0.1 ms.
+        // receivers; at 90 (clients 85) the driver was within 0.1 ms but
+        // for the host's own stalls (once 5.4 ms).
         let child = Command::new("jackd")
             .args(["-n", name, "-R", "-P", "90", "-d", "dummy", "-r"])
             .arg(rate.to_string())
