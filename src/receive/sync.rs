@@ -378,6 +378,11 @@ pub struct DeviceClock {
     /// smoothed, ns, and the statuses it is the mean of (up to 500).
     beyond_ns: Option<f64>,
     beyond_count: u32,
+    /// The slope of the last fit over [`EPOCH_FIT_SPAN_NS`] or more, kept
+    /// when the device restarts at the same rate (a recovery does not
+    /// change its clock): the young line's slope, and until there is one,
+    /// the epoch is not used (see `next_frame_realtime_ns`).
+    fitted_slope: Option<f64>,
 }
 
 /// [`BlockMinima`] of [`EPOCH_SLOPE_BLOCK_NS`].
@@ -583,7 +588,9 @@ impl DeviceClock {
             line.map(|(at, e, slope)| e + (slope * (at_ns as f64 - at as f64)) as i128)
         };
         let residual = on_line(self.line).map_or(0, |e| seen - e);
-        let slope = self.line.map_or(0.0, |(_, _, s)| s);
+        let slope = self
+            .line
+            .map_or(self.fitted_slope.unwrap_or(0.0), |(_, _, s)| s);
         let low_step = if self.blocks.span_ns() < EPOCH_FIT_SPAN_NS {
             EPOCH_YOUNG_STEP_NS
         } else {
@@ -707,6 +714,9 @@ impl DeviceClock {
             Some(slope) if slope.abs() <= EPOCH_MAX_SLOPE => Some(slope),
             _ => self.blocks.fit(prior).map(|(_, _, slope)| slope),
         };
+        if long_slope.is_some() || self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS {
+            self.fitted_slope = slope;
+        }
         let newest = self
             .blocks
             .len
@@ -731,9 +741,15 @@ impl DeviceClock {
         self.beyond_ns = Some(b + (ns - b) / f64::from(self.beyond_count));
     }
 
-    /// The device restarted (opened, recovered): its position starts over.
+    /// The device restarted (opened, recovered): its position starts
+    /// over; its rate's fitted slope stays.
     pub fn reset(&mut self) {
-        *self = DeviceClock::default();
+        let (rate, fitted_slope) = (self.rate, self.fitted_slope);
+        *self = DeviceClock {
+            rate,
+            fitted_slope,
+            ..DeviceClock::default()
+        };
     }
 
     /// Whether the device's timeline stepped (it lost time, or caught up)
@@ -749,10 +765,17 @@ impl DeviceClock {
     }
 
     /// CLOCK_REALTIME ns at which the next frame written reaches the DAC,
-    /// once statuses have been seen for [`EPOCH_WARMUP_NS`].
+    /// once statuses have been seen for [`EPOCH_WARMUP_NS`] and the line's
+    /// slope has been fitted (now or before a restart at the same rate).
+    /// Before its first fit the line assumes the nominal rate, and a
+    /// device far off it (alsa-lib's rate plugin: 850 ppm) moved it 0.8
+    /// ms at that fit: an alignment after the start's, 2 s into a stream
+    /// (a joiner 8 frames from the others then).
     pub fn next_frame_realtime_ns(&self) -> Option<i128> {
         let epoch = self.epoch?;
-        if self.last_at_ns.saturating_sub(self.first_at_ns) < EPOCH_WARMUP_NS {
+        if self.last_at_ns.saturating_sub(self.first_at_ns) < EPOCH_WARMUP_NS
+            || self.fitted_slope.is_none()
+        {
             return None;
         }
         let ahead = i128::from(self.written) * 1_000_000_000 / i128::from(self.rate.max(1));
@@ -1158,7 +1181,7 @@ mod tests {
         // 48 kHz, frame 0 at 1 s; the position is updated every 256
         // frames, the status read 0-5 ms after the update.
         let mut rng = 5u64;
-        for k in 1..200u64 {
+        for k in 1..300u64 {
             let written = k * 240 + 4800;
             let t_ns = 1_000_000_000 + k * 5_000_000;
             let stale = (uniform(&mut rng) * 5e6) as u64;
@@ -1170,7 +1193,7 @@ mod tests {
             let _ = t_ns;
         }
         let next = d.next_frame_realtime_ns().unwrap();
-        let written = 199 * 240 + 4800;
+        let written = 299 * 240 + 4800;
         let want = 1_000_000_000i128 + written as i128 * 1_000_000 / 48 + 7_000;
         assert!((next - want).abs() < 200_000, "{} ns off", next - want);
     }
@@ -1372,7 +1395,26 @@ mod tests {
         );
         t.device
             .on_status(1_000 + EPOCH_WARMUP_NS, 14_400, 0, 48_000, 0);
+        assert_eq!(
+            t.error_ns(1, 0, 0.0, 48_000),
+            Err(Why::NoDeviceTiming),
+            "the device's rate not fitted yet"
+        );
+        // A status every 10 ms (480 frames) until the blocks span the fit.
+        let mut at = 1_000 + EPOCH_WARMUP_NS;
+        while at < 1_000 + EPOCH_FIT_SPAN_NS + 2 * EPOCH_BLOCK_NS {
+            at += 10_000_000;
+            let written = (at - 1_000) * 48 / 1_000_000;
+            t.device.on_status(at, written, 0, 48_000, 0);
+        }
         assert!(t.error_ns(1, 0, 0.0, 48_000).is_ok(), "--sync-trust-clock");
+        // A restart at the same rate keeps the fitted slope: the epoch is
+        // used again after the warm-up alone.
+        t.device.reset();
+        t.device.on_status(at, 0, 0, 48_000, 0);
+        t.device
+            .on_status(at + EPOCH_WARMUP_NS, 14_400, 0, 48_000, 0);
+        assert!(t.error_ns(1, 0, 0.0, 48_000).is_ok(), "after a restart");
     }
 
     /// How far a simulated sender report's two clock readings are apart:
@@ -1916,16 +1958,18 @@ mod tests {
     /// fitted (a second of statuses) the line keeps the prior's slope and
     /// falls 0.85 ms a second behind; steered back after the fit, a joiner
     /// was 0.9 ms off at its first fit and 14 frames from the other
-    /// receiver 2 s in (simulated: 648 µs at 2.0 s). The fit's move is a
-    /// jump, aligned at once: every frame within 0.1 ms from 2 s, in two
-    /// alignments (the start, the fit). Gap: a device as far off the other
+    /// receiver 2 s in (simulated: 648 µs at 2.0 s). Aligned at once as a
+    /// jump, that fit's move still made a second alignment 1-2 s into the
+    /// stream (an 8-frame block on the JACK rig); now the epoch waits for
+    /// the first fit, and the start's alignment is the only one: every
+    /// frame within 0.1 ms from 2 s. Gap: a device as far off the other
     /// way (fast) needs no second alignment but holds only 80-120 µs
     /// (seeds 97-102), the worst at 2-20 s; as before this change (81
     /// µs); not found why.
     const FAST_DEVICE_BOUND_NS: f64 = 150_000.0;
 
     #[test]
-    fn device_far_off_its_rate_is_aligned_at_its_first_fit() {
+    fn device_far_off_its_rate_is_aligned_once() {
         for (k, device_ppm) in [-850.0, 850.0].into_iter().enumerate() {
             for rig_reads in [false, true] {
                 let sim = Sim {
@@ -1945,7 +1989,7 @@ mod tests {
                     o.worst_at_s,
                     o.aligns,
                 );
-                assert!(o.aligns <= 2, "{device_ppm} ppm: {} alignments", o.aligns);
+                assert_eq!(o.aligns, 1, "{device_ppm} ppm: alignments");
                 let bound = if device_ppm < 0.0 {
                     BOUND_NS
                 } else {
