@@ -381,14 +381,19 @@ fn skewed_sender(
         let media_rate = f64::from(RATE) * (1.0 + ppm * 1e-6);
         let start = Instant::now();
         let at = |s: f64| start + Duration::from_secs_f64(s);
-        // A sender report (with `bye`, the BYE after it) pairing the wall
-        // clock now with `rtp_timestamp`.
+        // A sender report (with `bye`, the BYE after it) pairing
+        // `rtp_timestamp` with the wall clock at `instant`, when the media
+        // clock read it (as ffmpeg and GStreamer pair theirs: exactly,
+        // not to the nearest frame).
         let mut report = [0u8; netspeaker::rtp::rtcp::MAX_REPORT_LEN];
-        let mut send_report = |ssrc: u32, rtp_timestamp: u32, bye: bool| {
-            let unix_ns = std::time::SystemTime::now()
+        let mut send_report = |ssrc: u32, rtp_timestamp: u32, instant: Instant, bye: bool| {
+            let now = Instant::now();
+            let unix_now_ns = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .expect("clock after 1970")
                 .as_nanos() as u64;
+            let unix_ns = unix_now_ns
+                .saturating_sub(now.saturating_duration_since(instant).as_nanos() as u64);
             let info = SenderInfo {
                 ntp: ntp_from_unix_ns(unix_ns),
                 rtp_timestamp,
@@ -414,7 +419,12 @@ fn skewed_sender(
             worst_send_late_ms = worst_send_late_ms.max(late_ms);
             let t = due.duration_since(start).as_secs_f64();
             if t >= RESTART_S && !restarted {
-                send_report(ssrc, ts0.wrapping_add(((k - k0) * frames) as u32), true);
+                send_report(
+                    ssrc,
+                    ts0.wrapping_add(((k - k0) * frames) as u32),
+                    due,
+                    true,
+                );
                 restarted = true;
                 (ssrc, seq, ts0, k0) = (0x5eed_0002, 40_000, 3_000_000_000, k);
                 sent_since_report = usize::MAX;
@@ -429,7 +439,9 @@ fn skewed_sender(
                 // The media clock now: the packet's timestamp plus the
                 // frames of the time since it was due.
                 let late_s = Instant::now().saturating_duration_since(due).as_secs_f64();
-                send_report(ssrc, ts.wrapping_add((late_s * media_rate) as u32), false);
+                let ahead = (late_s * media_rate).floor();
+                let instant = due + Duration::from_secs_f64(ahead / media_rate);
+                send_report(ssrc, ts.wrapping_add(ahead as u32), instant, false);
                 sent_since_report = 0;
             }
             let header = RtpHeader {
