@@ -56,9 +56,37 @@ impl log::Log for StringLogger {
 
 static LOGGER: StringLogger = StringLogger;
 
-const KILL_AT: Duration = Duration::from_millis(2500);
-const RESTART_AT: Duration = Duration::from_millis(4000);
-const RUN_FOR: Duration = Duration::from_millis(8000);
+/// When the sound server is killed and restarted, the device released
+/// (SIGHUP) and the run ends. Sync mode's are later: sync takes charge
+/// only once the device's rate is fitted, a second after it starts (the
+/// server takes about 2 s to start it), and must have done so before the
+/// kill to take charge again after it; the fitted rate survives the
+/// reopen, so sync takes charge again 0.3 s after it.
+struct Timeline {
+    kill_at: Duration,
+    restart_at: Duration,
+    hup_at: Duration,
+    run_for: Duration,
+}
+
+fn timeline(sync: bool) -> Timeline {
+    let ms = Duration::from_millis;
+    if sync {
+        Timeline {
+            kill_at: ms(4000),
+            restart_at: ms(5000),
+            hup_at: ms(8000),
+            run_for: ms(9500),
+        }
+    } else {
+        Timeline {
+            kill_at: ms(2500),
+            restart_at: ms(4000),
+            hup_at: ms(6500),
+            run_for: ms(8000),
+        }
+    }
+}
 
 fn formats() -> [(u8, StreamFormat); 3] {
     [
@@ -129,9 +157,10 @@ fn run_case(name: &str, streams: usize) {
     env.extend(pulse.env());
     let child = spawn_child(name, &env);
     let start = Instant::now();
-    std::thread::sleep(KILL_AT);
+    let timeline = timeline(name.starts_with("sync"));
+    std::thread::sleep(timeline.kill_at);
     pulse.kill();
-    std::thread::sleep(RESTART_AT.saturating_sub(start.elapsed()));
+    std::thread::sleep(timeline.restart_at.saturating_sub(start.elapsed()));
     pulse.restart();
     let out = child.wait_with_output().expect("child");
     let stdout = child_ok(&out);
@@ -241,7 +270,8 @@ fn child(stream_count: usize, sync: bool) {
     // release (6.5 s), with more than the hold between them.
     let page_talks =
         |k: u64| (100..200).contains(&k) || (240..300).contains(&k) || (330..380).contains(&k);
-    while start.elapsed() < RUN_FOR {
+    let timeline = timeline(sync);
+    while start.elapsed() < timeline.run_for {
         // One 20 ms packet per 20 ms; the format changes every ~2.5 s.
         let due = start.elapsed().as_millis() as u64 / 20;
         while sent <= due {
@@ -283,7 +313,7 @@ fn child(stream_count: usize, sync: bool) {
             }
             sent += 1;
         }
-        if !hup_sent && start.elapsed() > Duration::from_millis(6500) {
+        if !hup_sent && start.elapsed() > timeline.hup_at {
             // A released device (SIGHUP) goes through the same close/open.
             reopen.store(true, Relaxed);
             hup_sent = true;
