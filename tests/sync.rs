@@ -189,16 +189,18 @@ fn receiver(
 fn wait_for_port(port: &str, env: &[(String, String)]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = Command::new("jack_lsp")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stderr(Stdio::null())
-            .output()
-            .expect("jack_lsp");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        if text.lines().any(|l| l.trim() == port) {
+        // None: jack_lsp hung or failed (the server lost a client badly).
+        let text = common::jack_ports(env);
+        if text
+            .as_deref()
+            .is_some_and(|t| t.lines().any(|l| l.trim() == port))
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "no JACK port {port}:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "no JACK port {port} within 10 s (jack_lsp: {text:?})"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

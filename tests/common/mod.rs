@@ -296,12 +296,7 @@ impl JackServer {
         };
         let env = server.env();
         let ready = wait_until(Duration::from_secs(20), || {
-            Command::new("jack_lsp")
-                .envs(env.iter().map(|(k, v)| (k, v)))
-                .stderr(Stdio::null())
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).contains("system:playback_1"))
-                .unwrap_or(false)
+            jack_ports(&env).is_some_and(|ports| ports.contains("system:playback_1"))
         });
         if !ready {
             // Read before stopping: stop removes the log.
@@ -995,6 +990,37 @@ pub fn sender_held_up(max_late: Duration) -> Option<String> {
             max_late.as_secs_f64() * 1000.0
         )
     })
+}
+
+/// `jack_lsp`'s list of ports on the server `env` names, or `None` if it
+/// failed or did not answer within 3 s: once a client of a JACK server
+/// died mid-run (jack_rec, seen once in CI), jack_lsp waited on that
+/// server for good and the test with it, for 10 minutes until killed.
+pub fn jack_ports(env: &[(String, String)]) -> Option<String> {
+    use std::io::Read;
+    let mut child = Command::new("jack_lsp")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    // A list of a few ports: far less than a pipe holds, so it waited
+    // there whole while jack_lsp exited.
+    let mut ports = String::new();
+    child.stdout.take()?.read_to_string(&mut ports).ok()?;
+    Some(ports)
 }
 
 #[cfg(test)]
