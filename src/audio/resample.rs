@@ -656,10 +656,7 @@ impl Resampler {
     /// `step` would give the same.
     #[inline(always)]
     fn steady_step(&self, c: &Cursor) -> Option<f64> {
-        let steady = c.land_left == 0
-            && c.applied_ppm == self.target_ppm
-            && (self.target_ppm != 0.0 || self.in_rate != self.out_rate);
-        steady.then_some(self.target_step)
+        (self.is_free(c) && c.applied_ppm == self.target_ppm).then_some(self.target_step)
     }
 
     /// True while no landing is under way and none can start (following
@@ -854,24 +851,27 @@ impl Resampler {
         let out_frames = output.len() / ch;
         // Row 2p: phase p's weights; row 2p + 1: the differences to p + 1's.
         let rows: &[[Lanes; V]] = chunks::<V, Lanes>(chunks::<VECTOR, f32>(&self.poly));
+        let (buf, cap, behind) = (&self.buf, self.cap, self.behind);
+        // The output frame for the read position (ipos, frac).
+        let frame_at = |ipos: usize, frac: f64, out: &mut [f32]| {
+            let (p, blend) = phase(frac);
+            frame_fixed(
+                &rows[2 * p],
+                &rows[2 * p + 1],
+                blend,
+                buf,
+                cap,
+                ipos - behind,
+                out,
+            );
+        };
         let mut produced = 0;
         while produced < out_frames && self.cur.ipos + self.half < self.buf_frames {
             if self.is_free(&self.cur) {
                 let (mut ipos, mut frac) = (self.cur.ipos, self.cur.frac);
                 let mut applied = self.cur.applied_ppm;
                 while produced < out_frames && ipos + self.half < self.buf_frames {
-                    let (p, blend) = phase(frac);
-                    let frame = &mut output[produced * ch..(produced + 1) * ch];
-                    let (w, diff) = (&rows[2 * p], &rows[2 * p + 1]);
-                    frame_fixed(
-                        w,
-                        diff,
-                        blend,
-                        &self.buf,
-                        self.cap,
-                        ipos - self.behind,
-                        frame,
-                    );
+                    frame_at(ipos, frac, &mut output[produced * ch..(produced + 1) * ch]);
                     produced += 1;
                     self.free_step(&mut ipos, &mut frac, &mut applied);
                 }
@@ -887,17 +887,10 @@ impl Resampler {
             if self.is_passthrough() {
                 break;
             }
-            let (p, blend) = phase(self.cur.frac);
-            let frame = &mut output[produced * ch..(produced + 1) * ch];
-            let first = self.cur.ipos - self.behind;
-            frame_fixed(
-                &rows[2 * p],
-                &rows[2 * p + 1],
-                blend,
-                &self.buf,
-                self.cap,
-                first,
-                frame,
+            frame_at(
+                self.cur.ipos,
+                self.cur.frac,
+                &mut output[produced * ch..(produced + 1) * ch],
             );
             produced += 1;
             self.cur = self.step(self.cur);
