@@ -462,6 +462,11 @@ impl BlockMinima {
         }
     }
 
+    /// The points span [`EPOCH_FIT_SPAN_NS`]: long enough for a slope.
+    fn spans_fit(&self) -> bool {
+        self.span_ns() >= EPOCH_FIT_SPAN_NS
+    }
+
     fn shift(&mut self, by: i128) {
         for i in 0..self.len {
             self.points[(self.first + i) % EPOCH_BLOCKS].1 += by;
@@ -506,7 +511,7 @@ impl BlockMinima {
     /// the points span [`EPOCH_FIT_SPAN_NS`] (a shorter fit is steeper
     /// than any device).
     fn hull_edge(&self) -> Option<(usize, f64)> {
-        if self.len < 2 || self.span_ns() < EPOCH_FIT_SPAN_NS {
+        if !self.spans_fit() {
             return None;
         }
         let (at0, seen0) = self.get(0);
@@ -591,7 +596,7 @@ impl DeviceClock {
         let slope = self
             .line
             .map_or(self.fitted_slope.unwrap_or(0.0), |(_, _, s)| s);
-        let low_step = if self.blocks.span_ns() < EPOCH_FIT_SPAN_NS {
+        let low_step = if !self.blocks.spans_fit() {
             EPOCH_YOUNG_STEP_NS
         } else {
             EPOCH_STEP_NS
@@ -667,7 +672,7 @@ impl DeviceClock {
     fn step_to(&mut self, at_ns: u64, seen: i128, slope: f64) {
         self.jumped = true;
         match self.line {
-            Some((at, e, s)) if self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS => {
+            Some((at, e, s)) if self.blocks.spans_fit() => {
                 let was = e + (s * (at_ns as f64 - at as f64)) as i128;
                 self.blocks.shift(seen - was);
                 self.slope_blocks.0.shift(seen - was);
@@ -714,7 +719,7 @@ impl DeviceClock {
             Some(slope) if slope.abs() <= EPOCH_MAX_SLOPE => Some(slope),
             _ => self.blocks.fit(prior).map(|(_, _, slope)| slope),
         };
-        if long_slope.is_some() || self.blocks.span_ns() >= EPOCH_FIT_SPAN_NS {
+        if long_slope.is_some() || self.blocks.spans_fit() {
             self.fitted_slope = slope;
         }
         let newest = self
