@@ -1004,17 +1004,13 @@ pub fn jack_ports(env: &[(String, String)]) -> Option<String> {
         .stderr(Stdio::null())
         .spawn()
         .ok()?;
-    let deadline = Instant::now() + Duration::from_secs(3);
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
-        }
+    let exited = wait_until(Duration::from_secs(3), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+        return None;
     }
     // A list of a few ports: far less than a pipe holds, so it waited
     // there whole while jack_lsp exited.
