@@ -47,13 +47,15 @@
 //!   copy of the loop with the row length fixed. The summation order is
 //!   fixed, so block sizes still give bit-identical output
 //!   (`blocks_equal_one_call`).
-//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 14.1 M
-//!   instructions per second of audio on x86_64 (callgrind), 8.3 M on
-//!   aarch64 (counted under qemu); 44.1 → 48 kHz 15.1 M and 8.8 M. Two
+//!   That loop steps the cursor up to `PLAN` frames ahead of the kernel,
+//!   which then computes them in one call with the row in registers.
+//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 9.8 M
+//!   instructions per second of audio on x86_64 (callgrind), 7.9 M on
+//!   aarch64 (counted under qemu); 44.1 → 48 kHz 10.4 M and 8.3 M. Two
 //!   dot products per channel with 40 taps took 19.6 M and 14.9 M, the
 //!   interleaved two-accumulator loop before that 47 M and 31 M
-//!   (benches/README.md). This compiler (rustc 1.95) vectorises the
-//!   unrolled kernel two lanes wide, not four: there is room left.
+//!   (benches/README.md). The products are four lanes wide on both
+//!   (SSE2 needs the lane sum written with its own shuffles: `lane_sum`).
 //! - The output timeline is aligned with the input: output frame k is the
 //!   input signal at input position k·ratio, so the signal has no group
 //!   delay of its own; what the stage holds back is the filter's look-ahead
