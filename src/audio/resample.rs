@@ -365,6 +365,44 @@ fn frames_fixed<const V: usize>(
     channels: usize,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX (checked just above).
+        unsafe { frames_fixed_avx(rows, plan, buf, cap, channels, out) };
+        return;
+    }
+    frames_body(rows, plan, buf, cap, channels, out);
+}
+
+/// `frames_fixed` compiled for AVX, which x86_64 CPUs since 2011 have:
+/// the same four-lane arithmetic in the same order (Rust never fuses a
+/// multiply and an add on its own), so the same bits, but in VEX encoding,
+/// whose three operands and unaligned memory operands save the copies and
+/// the loads (playout following +1000 ppm: 11.49 → 9.92 Mi instructions
+/// per second of audio).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn frames_fixed_avx<const V: usize>(
+    rows: &[[Lanes; V]],
+    plan: &[Place],
+    buf: &[f32],
+    cap: usize,
+    channels: usize,
+    out: &mut [f32],
+) {
+    frames_body(rows, plan, buf, cap, channels, out);
+}
+
+/// The body of `frames_fixed`, for each instruction set it is built for.
+#[inline(always)]
+fn frames_body<const V: usize>(
+    rows: &[[Lanes; V]],
+    plan: &[Place],
+    buf: &[f32],
+    cap: usize,
+    channels: usize,
+    out: &mut [f32],
+) {
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
         let (Some(w), Some(diff)) = (rows.get(2 * place.phase), rows.get(2 * place.phase + 1))
         else {
@@ -1437,6 +1475,50 @@ mod tests {
                 assert!(fixed.is_passthrough(), "landed");
             }
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn avx_equals_baseline<const V: usize>(in_rate: u32) {
+        let r = Resampler::new(2, in_rate, 48000, 240).unwrap();
+        assert_eq!(r.taps / VECTOR, V, "{in_rate}");
+        let rows: &[[Lanes; V]] = chunks::<V, Lanes>(chunks::<VECTOR, f32>(&r.poly));
+        let cap = 600;
+        let mut buf = sine(48000, 1000.0, cap, 0.5);
+        buf.extend(sine(48000, 440.0, cap, 0.3));
+        // Every phase, blends across [0, 1), history windows across the buffer.
+        let plan: Vec<Place> = (0..PLAN)
+            .map(|i| Place {
+                phase: (i * 37) % PHASES,
+                blend: (i as f32 * 0.618).fract(),
+                first: i * 17,
+            })
+            .collect();
+        let (mut baseline, mut avx) = (vec![0.0; PLAN * 2], vec![0.0; PLAN * 2]);
+        frames_body(rows, &plan, &buf, cap, 2, &mut baseline);
+        // SAFETY: the caller checked that the CPU has AVX.
+        unsafe { frames_fixed_avx(rows, &plan, &buf, cap, 2, &mut avx) };
+        assert!(
+            baseline.iter().all(|s| *s != 0.0),
+            "{in_rate}: every frame computed"
+        );
+        assert_eq!(
+            baseline.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+            avx.iter().map(|s| s.to_bits()).collect::<Vec<_>>(),
+            "{in_rate}: the AVX build differs"
+        );
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx_kernel_equals_the_baseline_one() {
+        // On a CPU with AVX the fixed-row kernel runs its AVX build (see
+        // `frames_fixed_avx`): bit for bit what the SSE2 build gives.
+        if !std::arch::is_x86_feature_detected!("avx") {
+            eprintln!("this CPU has no AVX: only the baseline build ever runs");
+            return;
+        }
+        avx_equals_baseline::<8>(48000);
+        avx_equals_baseline::<9>(44100);
     }
 
     #[test]
