@@ -307,17 +307,16 @@ fn dot(row: &[Lanes], history: &[f32]) -> f32 {
 }
 
 /// One output frame with the row length known (`V` vectors): the blended
-/// row, then one dot product per channel of `out`, channel c's history
-/// starting at `buf[c·cap + first]`. Same arithmetic, in the same order,
+/// row, then one dot product per channel of `out`, each channel's history
+/// from frame `first`. Same arithmetic, in the same order,
 /// as `blend_row` and `dot`, on fixed-size arrays, so that the compiler
 /// unrolls it whole and keeps the row in registers.
 #[inline(always)]
 fn frame_fixed<const V: usize>(
+    k: Kernel<'_, V>,
     w: &[Lanes; V],
     diff: &[Lanes; V],
     blend: f32,
-    buf: &[f32],
-    cap: usize,
     first: usize,
     out: &mut [f32],
 ) {
@@ -328,9 +327,8 @@ fn frame_fixed<const V: usize>(
         }
     }
     for (c, o) in out.iter_mut().enumerate() {
-        let from = c * cap + first;
-        let Some(history) = buf
-            .get(from..from + V * VECTOR)
+        let Some(history) = k
+            .history(c, first)
             .and_then(|h| <&[Lanes; V]>::try_from(chunks::<VECTOR, f32>(h)).ok())
         else {
             continue;
@@ -353,6 +351,31 @@ struct Place {
 /// kernel loop keeps its registers and the call is paid once per run.
 const PLAN: usize = 32;
 
+/// What the kernel reads, with the row length known (`V` vectors): the
+/// table (row 2p: phase p's weights; row 2p + 1: the differences to
+/// p + 1's) and the planar history (channel c from `buf[c·cap]`).
+#[derive(Clone, Copy)]
+struct Kernel<'a, const V: usize> {
+    rows: &'a [[Lanes; V]],
+    buf: &'a [f32],
+    cap: usize,
+}
+
+impl<'a, const V: usize> Kernel<'a, V> {
+    /// Phase `phase`'s weights and the differences to the next phase's.
+    #[inline(always)]
+    fn rows(&self, phase: usize) -> Option<(&'a [Lanes; V], &'a [Lanes; V])> {
+        Some((self.rows.get(2 * phase)?, self.rows.get(2 * phase + 1)?))
+    }
+
+    /// Channel `c`'s history from frame `first`, one row long.
+    #[inline(always)]
+    fn history(&self, c: usize, first: usize) -> Option<&'a [f32]> {
+        let from = c * self.cap + first;
+        self.buf.get(from..from + V * VECTOR)
+    }
+}
+
 /// The output frames at `plan`'s places (`channels` samples each) with
 /// the row length known (`V` vectors); `rows` as in `render_fixed`.
 /// Out of line: inlined, the count was the same (x86_64: 11.52 against
@@ -361,23 +384,21 @@ const PLAN: usize = 32;
 /// its own in profiles.
 #[inline(never)]
 fn frames_fixed<const V: usize>(
-    rows: &[[Lanes; V]],
+    k: Kernel<'_, V>,
     plan: &[Place],
-    buf: &[f32],
-    cap: usize,
     channels: usize,
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: the CPU has AVX (checked just above).
-        unsafe { frames_fixed_avx(rows, plan, buf, cap, channels, out) };
+        unsafe { frames_fixed_avx(k, plan, channels, out) };
         return;
     }
     #[cfg(target_arch = "aarch64")]
-    return frames_fixed_neon(rows, plan, buf, cap, channels, out);
+    return frames_fixed_neon(k, plan, channels, out);
     #[cfg(not(target_arch = "aarch64"))]
-    frames_body(rows, plan, buf, cap, channels, out);
+    frames_body(k, plan, channels, out);
 }
 
 /// `frames_fixed` on aarch64, written with NEON's intrinsics: the same
@@ -390,10 +411,8 @@ fn frames_fixed<const V: usize>(
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 fn frames_fixed_neon<const V: usize>(
-    rows: &[[Lanes; V]],
+    k: Kernel<'_, V>,
     plan: &[Place],
-    buf: &[f32],
-    cap: usize,
     channels: usize,
     out: &mut [f32],
 ) {
@@ -404,11 +423,10 @@ fn frames_fixed_neon<const V: usize>(
     /// Vectors of the longest row served here.
     const MAX_V: usize = 9;
     if V > MAX_V || V < 2 {
-        return frames_body(rows, plan, buf, cap, channels, out);
+        return frames_body(k, plan, channels, out);
     }
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let (Some(w), Some(diff)) = (rows.get(2 * place.phase), rows.get(2 * place.phase + 1))
-        else {
+        let Some((w, diff)) = k.rows(place.phase) else {
             continue;
         };
         // SAFETY (every NEON operation below): NEON is part of the
@@ -420,8 +438,7 @@ fn frames_fixed_neon<const V: usize>(
             *r = unsafe { vfmaq_f32(vld1q_f32(w.as_ptr()), vld1q_f32(d.as_ptr()), b) };
         }
         for (c, o) in frame.iter_mut().enumerate() {
-            let from = c * cap + place.first;
-            let Some(history) = buf.get(from..from + V * VECTOR) else {
+            let Some(history) = k.history(c, place.first) else {
                 continue;
             };
             let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.as_ptr().add(4 * i)) } };
@@ -444,13 +461,13 @@ fn frames_fixed_neon<const V: usize>(
 /// `dot_fixed`'s two sets of partial sums (even vectors, odd vectors),
 /// so one chain of eight-lane sums is its two chains of four; an odd
 /// last vector joins the even set, as there.
+///
+/// Safety: the CPU must have AVX.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn frames_fixed_avx<const V: usize>(
-    rows: &[[Lanes; V]],
+    k: Kernel<'_, V>,
     plan: &[Place],
-    buf: &[f32],
-    cap: usize,
     channels: usize,
     out: &mut [f32],
 ) {
@@ -463,12 +480,11 @@ unsafe fn frames_fixed_avx<const V: usize>(
     const PAIRS: usize = 4;
     let pairs = V / 2;
     if pairs > PAIRS || pairs == 0 {
-        return frames_body(rows, plan, buf, cap, channels, out);
+        return frames_body(k, plan, channels, out);
     }
     let odd = V % 2 == 1;
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let (Some(w), Some(diff)) = (rows.get(2 * place.phase), rows.get(2 * place.phase + 1))
-        else {
+        let Some((w, diff)) = k.rows(place.phase) else {
             continue;
         };
         let (w, diff) = (w.as_flattened(), diff.as_flattened());
@@ -499,8 +515,7 @@ unsafe fn frames_fixed_avx<const V: usize>(
             _mm_setzero_ps()
         };
         for (c, o) in frame.iter_mut().enumerate() {
-            let from = c * cap + place.first;
-            let Some(history) = buf.get(from..from + V * VECTOR) else {
+            let Some(history) = k.history(c, place.first) else {
                 continue;
             };
             let h = history.as_ptr();
@@ -522,22 +537,15 @@ unsafe fn frames_fixed_avx<const V: usize>(
     }
 }
 
-/// The body of `frames_fixed`, for each instruction set it is built for.
+/// The kernel in plain Rust: x86_64 without AVX (SSE2), 32-bit ARM, and
+/// the reference the AVX and NEON kernels are tested against.
 #[inline(always)]
-fn frames_body<const V: usize>(
-    rows: &[[Lanes; V]],
-    plan: &[Place],
-    buf: &[f32],
-    cap: usize,
-    channels: usize,
-    out: &mut [f32],
-) {
+fn frames_body<const V: usize>(k: Kernel<'_, V>, plan: &[Place], channels: usize, out: &mut [f32]) {
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let (Some(w), Some(diff)) = (rows.get(2 * place.phase), rows.get(2 * place.phase + 1))
-        else {
+        let Some((w, diff)) = k.rows(place.phase) else {
             continue;
         };
-        frame_fixed(w, diff, place.blend, buf, cap, place.first, frame);
+        frame_fixed(k, w, diff, place.blend, place.first, frame);
     }
 }
 
@@ -1081,9 +1089,12 @@ impl Resampler {
     fn render_fixed<const V: usize>(&mut self, output: &mut [f32]) -> usize {
         let ch = self.channels;
         let out_frames = output.len() / ch;
-        // Row 2p: phase p's weights; row 2p + 1: the differences to p + 1's.
-        let rows: &[[Lanes; V]] = chunks::<V, Lanes>(chunks::<VECTOR, f32>(&self.poly));
-        let (buf, cap, behind) = (&self.buf, self.cap, self.behind);
+        let k = Kernel {
+            rows: chunks::<V, Lanes>(chunks::<VECTOR, f32>(&self.poly)),
+            buf: &self.buf,
+            cap: self.cap,
+        };
+        let behind = self.behind;
         let place = |ipos: usize, frac: f64| {
             let (phase, blend) = phase(frac);
             Place {
@@ -1107,7 +1118,7 @@ impl Resampler {
                         self.free_step(&mut ipos, &mut frac, &mut applied);
                     }
                     let out = &mut output[produced * ch..(produced + n) * ch];
-                    frames_fixed(rows, &plan[..n], buf, cap, ch, out);
+                    frames_fixed(k, &plan[..n], ch, out);
                     produced += n;
                 }
                 self.cur = Cursor {
@@ -1124,7 +1135,7 @@ impl Resampler {
             }
             plan[0] = place(self.cur.ipos, self.cur.frac);
             let out = &mut output[produced * ch..(produced + 1) * ch];
-            frames_fixed(rows, &plan[..1], buf, cap, ch, out);
+            frames_fixed(k, &plan[..1], ch, out);
             produced += 1;
             self.cur = self.step(self.cur);
         }
@@ -1619,14 +1630,18 @@ mod tests {
     fn kernel_equals_baseline<const V: usize>(
         in_rate: u32,
         name: &str,
-        fast: impl Fn(&[[Lanes; V]], &[Place], &[f32], usize, &mut [f32]),
+        fast: impl Fn(Kernel<'_, V>, &[Place], &mut [f32]),
     ) {
         let r = Resampler::new(2, in_rate, 48000, 240).unwrap();
         assert_eq!(r.taps / VECTOR, V, "{in_rate}");
-        let rows: &[[Lanes; V]] = chunks::<V, Lanes>(chunks::<VECTOR, f32>(&r.poly));
         let cap = 600;
         let mut buf = sine(48000, 1000.0, cap, 0.5);
         buf.extend(sine(48000, 440.0, cap, 0.3));
+        let k = Kernel {
+            rows: chunks::<V, Lanes>(chunks::<VECTOR, f32>(&r.poly)),
+            buf: &buf,
+            cap,
+        };
         let plan: Vec<Place> = (0..PLAN)
             .map(|i| Place {
                 phase: (i * 37) % PHASES,
@@ -1635,8 +1650,8 @@ mod tests {
             })
             .collect();
         let (mut baseline, mut built) = (vec![0.0; PLAN * 2], vec![0.0; PLAN * 2]);
-        frames_body(rows, &plan, &buf, cap, 2, &mut baseline);
-        fast(rows, &plan, &buf, cap, &mut built);
+        frames_body(k, &plan, 2, &mut baseline);
+        fast(k, &plan, &mut built);
         assert!(
             baseline.iter().all(|s| *s != 0.0),
             "{in_rate}: every frame computed"
@@ -1658,9 +1673,9 @@ mod tests {
             return;
         }
         fn avx<const V: usize>(in_rate: u32) {
-            kernel_equals_baseline::<V>(in_rate, "AVX", |rows, plan, buf, cap, out| {
+            kernel_equals_baseline::<V>(in_rate, "AVX", |k, plan, out| {
                 // SAFETY: the CPU has AVX (checked above).
-                unsafe { frames_fixed_avx(rows, plan, buf, cap, 2, out) }
+                unsafe { frames_fixed_avx(k, plan, 2, out) }
             });
         }
         avx::<8>(48000);
@@ -1672,11 +1687,11 @@ mod tests {
     fn neon_kernel_equals_the_baseline_one() {
         // aarch64 runs the fixed-row kernel written with NEON's
         // intrinsics (see `frames_fixed_neon`): bit for bit the plain one.
-        kernel_equals_baseline::<8>(48000, "NEON", |rows, plan, buf, cap, out| {
-            frames_fixed_neon(rows, plan, buf, cap, 2, out)
+        kernel_equals_baseline::<8>(48000, "NEON", |k, plan, out| {
+            frames_fixed_neon(k, plan, 2, out)
         });
-        kernel_equals_baseline::<9>(44100, "NEON", |rows, plan, buf, cap, out| {
-            frames_fixed_neon(rows, plan, buf, cap, 2, out)
+        kernel_equals_baseline::<9>(44100, "NEON", |k, plan, out| {
+            frames_fixed_neon(k, plan, 2, out)
         });
     }
 
