@@ -265,9 +265,10 @@ fn child(stream_count: usize, sync: bool) {
     let mut sent = 0u64;
     let mut samples = vec![0i16; 48_000 / 50 * 2];
     let mut hup_sent = false;
-    // The second stream (the page) talks in three spurts: across the
-    // device's loss (2.5 s), across a format change (5 s) and after the
-    // release (6.5 s), with more than the hold between them.
+    // The second stream (the page; only the two-stream case, on the
+    // timeline without sync) talks in three spurts: across the device's
+    // loss (2.5 s), across a format change (5 s) and after the release
+    // (6.5 s), with more than the hold between them.
     let page_talks =
         |k: u64| (100..200).contains(&k) || (240..300).contains(&k) || (330..380).contains(&k);
     let timeline = timeline(sync);

@@ -376,8 +376,8 @@ impl<'a, const V: usize> Kernel<'a, V> {
     }
 }
 
-/// The output frames at `plan`'s places (`channels` samples each) with
-/// the row length known (`V` vectors); `rows` as in `render_fixed`.
+/// The output frames at `plan`'s places (`channels` samples each), from
+/// what `k` reads.
 /// Out of line: inlined, the count was the same (x86_64: 11.52 against
 /// 11.49 Mi instructions per second of audio following +1000 ppm;
 /// aarch64, qemu: 8.44 against 8.45), and the kernel keeps a symbol of
@@ -489,15 +489,15 @@ unsafe fn frames_fixed_avx<const V: usize>(
         };
         let (w, diff) = (w.as_flattened(), diff.as_flattened());
         // SAFETY (every load below): `w`, `diff` and `history` hold
-        // 4·V floats; pair k reads 8k..8k + 8 ≤ 8·(V/2), the odd last
+        // 4·V floats; pair j reads 8j..8j + 8 ≤ 8·(V/2), the odd last
         // vector 8·(V/2)..4·V. AVX was checked by the caller.
         let mut row = [_mm256_setzero_ps(); PAIRS];
         let b = _mm256_set1_ps(place.blend);
-        for (k, r) in row.iter_mut().take(pairs).enumerate() {
+        for (j, r) in row.iter_mut().take(pairs).enumerate() {
             *r = unsafe {
                 _mm256_add_ps(
-                    _mm256_loadu_ps(w.as_ptr().add(8 * k)),
-                    _mm256_mul_ps(_mm256_loadu_ps(diff.as_ptr().add(8 * k)), b),
+                    _mm256_loadu_ps(w.as_ptr().add(8 * j)),
+                    _mm256_mul_ps(_mm256_loadu_ps(diff.as_ptr().add(8 * j)), b),
                 )
             };
         }
@@ -519,12 +519,12 @@ unsafe fn frames_fixed_avx<const V: usize>(
                 continue;
             };
             let h = history.as_ptr();
-            let product = |k: usize| -> __m256 {
-                unsafe { _mm256_mul_ps(row[k], _mm256_loadu_ps(h.add(8 * k))) }
+            let product = |j: usize| -> __m256 {
+                unsafe { _mm256_mul_ps(row[j], _mm256_loadu_ps(h.add(8 * j))) }
             };
             let mut acc = product(0);
-            for k in 1..pairs {
-                acc = _mm256_add_ps(acc, product(k));
+            for j in 1..pairs {
+                acc = _mm256_add_ps(acc, product(j));
             }
             let mut even = _mm256_castps256_ps128(acc);
             if odd {
@@ -596,8 +596,10 @@ fn sum4(v: std::arch::x86_64::__m128) -> f32 {
         _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 0b01)))
     }
 }
-/// Elsewhere out of line, for the same reason: on aarch64 NEON's own
-/// pairwise add inlined made the count 7 % higher (qemu: 10.48 against
+/// Elsewhere out of line. It serves the general loop and the plain-Rust
+/// kernel there (aarch64's fixed rows have NEON's kernel,
+/// `frames_fixed_neon`); before that kernel, NEON's own pairwise add
+/// inlined here made aarch64's count 7 % higher (qemu: 10.48 against
 /// 9.82, following +1000 ppm).
 #[cfg(not(target_arch = "x86_64"))]
 #[inline(never)]
