@@ -91,7 +91,7 @@
 //!   or 1 − f (f ≥ ½), in equal steps of at most 500 ppm per output frame
 //!   (≤ 1000 frames: 21 ms at 48 kHz; a pitch offset of at most 0.9 cent,
 //!   position-continuous), and the last of those steps sets the fraction to
-//!   exactly 0 (the rounding it absorbs is ≲ 1e-12 frame). From that frame on
+//!   exactly 0 (the steps' truncation it absorbs is ≲ 3e-7 frame). From that frame on
 //!   the stage passes through again: the frames still held as look-ahead
 //!   are played first, straight from the history (bit-exact), then input is
 //!   copied; `input_needed` asks for that much less once, and the latency
@@ -106,7 +106,20 @@ const ZERO_CROSSINGS: f64 = 16.0;
 /// Kernel phases between two input frames. Blending two neighbouring
 /// phases leaves an error near (π/256)²/8 ≈ 2e-5, below the window's own
 /// ripple (the SNR tests below measure it).
-const PHASES: usize = 256;
+const PHASES: usize = 1 << PHASE_BITS;
+const PHASE_BITS: u32 = 8;
+/// A position's fraction of a frame is fixed-point, in units of 2^-32
+/// frame, and so is the step per output frame (`Step`): the cursor moves
+/// by integer additions, which are exact, so a run of steps is one
+/// multiplication (`input_needed`), the phase and the blend are shifts
+/// and a mask, and block sizes still give the same positions. 2^-32
+/// frame is 2e-4 ppm of a step, and a blend to 2^-24 of a phase is
+/// exact in `f32`.
+const FRAC_BITS: u32 = 32;
+const ONE: u64 = 1 << FRAC_BITS;
+/// A step per output frame in units of 2^-32 input frame (at most
+/// `MAX_RATIO` frames and the drift: well within `u64`).
+type Step = u64;
 /// Kaiser window shape: trades main-lobe width for ≈ 86 dB side lobes.
 const KAISER_BETA: f64 = 8.6;
 /// Cutoff as a fraction of the lower Nyquist frequency: with 16 zero
@@ -200,8 +213,11 @@ pub struct Resampler {
     /// The position's advance per output frame once the drift has glided
     /// to `target_ppm`; kept with it so the common step needs no
     /// arithmetic on the drift.
-    target_step: f64,
-    slew_ppm_per_frame: f64,
+    target_step: Step,
+    /// The step at 0 ppm.
+    nominal: Step,
+    /// The most the applied step changes per output frame (the glide).
+    slew: i64,
     /// Tests: every row length through the general loop (`render::<0>`),
     /// the reference for the fixed-length one.
     #[cfg(test)]
@@ -217,13 +233,14 @@ struct Cursor {
     /// does not depend on where the buffer happens to start (block sizes
     /// give bit-identical output).
     ipos: usize,
-    frac: f64,
-    /// The drift applied (after the glide), ppm.
-    applied_ppm: f64,
+    /// In units of 2^-32 frame (see `FRAC_BITS`).
+    frac: u32,
+    /// The step applied (the drift after the glide).
+    applied: Step,
     /// Output frames left in a landing (the glide back to pass-through):
-    /// each moves the position by 1 + `land_delta` frames.
+    /// each moves the position by 1 frame + `land_delta` 2^-32 frames.
     land_left: u32,
-    land_delta: f64,
+    land_delta: i64,
 }
 
 /// The kernel's shape: what its table depends on.
@@ -374,6 +391,45 @@ impl<'a, const V: usize> Kernel<'a, V> {
         let from = c * self.cap + first;
         self.buf.get(from..from + V * VECTOR)
     }
+
+    /// True when every row and history `plan` reads for `channels`
+    /// channels is in bounds: the SIMD kernels then read them without a
+    /// check per frame and channel (which was a tenth of their count).
+    #[inline(always)]
+    fn covers(&self, plan: &[Place], channels: usize) -> bool {
+        let (mut phase, mut first) = (0, 0);
+        for p in plan {
+            phase = phase.max(p.phase);
+            first = first.max(p.first);
+        }
+        2 * phase + 1 < self.rows.len()
+            && channels
+                .checked_sub(1)
+                .and_then(|c| c.checked_mul(self.cap))
+                .and_then(|f| f.checked_add(first))
+                .and_then(|f| f.checked_add(V * VECTOR))
+                .is_some_and(|end| end <= self.buf.len())
+    }
+
+    /// `rows` without the check.
+    ///
+    /// Safety: `covers` held for a plan with this phase.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[inline(always)]
+    unsafe fn rows_unchecked(&self, phase: usize) -> (*const f32, *const f32) {
+        let w = self.rows.as_ptr().add(2 * phase);
+        (w.cast::<f32>(), w.add(1).cast::<f32>())
+    }
+
+    /// The start of `history` without the check.
+    ///
+    /// Safety: `covers` held for a plan with `first` and `c` below its
+    /// channel count.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[inline(always)]
+    unsafe fn history_unchecked(&self, c: usize, first: usize) -> *const f32 {
+        self.buf.as_ptr().add(c * self.cap + first)
+    }
 }
 
 /// The output frames at `plan`'s places (`channels` samples each), from
@@ -389,14 +445,19 @@ fn frames_fixed<const V: usize>(
     channels: usize,
     out: &mut [f32],
 ) {
+    if !k.covers(plan, channels) {
+        return frames_body(k, plan, channels, out);
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above).
+        // SAFETY: the CPU has AVX (checked just above), and `k` covers
+        // the plan.
         unsafe { frames_fixed_avx(k, plan, channels, out) };
         return;
     }
     #[cfg(target_arch = "aarch64")]
-    return frames_fixed_neon(k, plan, channels, out);
+    // SAFETY: `k` covers the plan.
+    return unsafe { frames_fixed_neon(k, plan, channels, out) };
     #[cfg(not(target_arch = "aarch64"))]
     frames_body(k, plan, channels, out);
 }
@@ -408,9 +469,11 @@ fn frames_fixed<const V: usize>(
 /// out-of-line lane sum, and inlining that sum made the count higher
 /// (qemu, playout following +1000 ppm: 9.82 → 8.44 Mi instructions per
 /// second of audio).
+///
+/// Safety: `k` must cover `plan` for `channels` (`Kernel::covers`).
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
-fn frames_fixed_neon<const V: usize>(
+unsafe fn frames_fixed_neon<const V: usize>(
     k: Kernel<'_, V>,
     plan: &[Place],
     channels: usize,
@@ -426,22 +489,19 @@ fn frames_fixed_neon<const V: usize>(
         return frames_body(k, plan, channels, out);
     }
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let Some((w, diff)) = k.rows(place.phase) else {
-            continue;
-        };
         // SAFETY (every NEON operation below): NEON is part of the
-        // aarch64 baseline; each load reads one `Lanes` (4 f32) of `w`,
-        // `diff` or `history`, whose lengths are V vectors.
+        // aarch64 baseline; `k` covers the plan (the caller's promise),
+        // so the rows and each channel's history hold V vectors (4 f32
+        // each) from these pointers, and each load reads one of them.
+        let (w, diff) = unsafe { k.rows_unchecked(place.phase) };
         let b = unsafe { vdupq_n_f32(place.blend) };
         let mut row = [unsafe { vdupq_n_f32(0.0) }; MAX_V];
-        for ((r, w), d) in row.iter_mut().zip(w).zip(diff) {
-            *r = unsafe { vfmaq_f32(vld1q_f32(w.as_ptr()), vld1q_f32(d.as_ptr()), b) };
+        for (i, r) in row.iter_mut().enumerate().take(V) {
+            *r = unsafe { vfmaq_f32(vld1q_f32(w.add(4 * i)), vld1q_f32(diff.add(4 * i)), b) };
         }
         for (c, o) in frame.iter_mut().enumerate() {
-            let Some(history) = k.history(c, place.first) else {
-                continue;
-            };
-            let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.as_ptr().add(4 * i)) } };
+            let history = unsafe { k.history_unchecked(c, place.first) };
+            let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.add(4 * i)) } };
             let mut acc = unsafe { [vmulq_f32(row[0], v(0)), vmulq_f32(row[1], v(1))] };
             for (i, r) in row.iter().enumerate().take(V).skip(2) {
                 acc[i % 2] = unsafe { vfmaq_f32(acc[i % 2], *r, v(i)) };
@@ -462,7 +522,8 @@ fn frames_fixed_neon<const V: usize>(
 /// so one chain of eight-lane sums is its two chains of four; an odd
 /// last vector joins the even set, as there.
 ///
-/// Safety: the CPU must have AVX.
+/// Safety: the CPU must have AVX, and `k` must cover `plan` for
+/// `channels` (`Kernel::covers`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn frames_fixed_avx<const V: usize>(
@@ -484,41 +545,33 @@ unsafe fn frames_fixed_avx<const V: usize>(
     }
     let odd = V % 2 == 1;
     for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let Some((w, diff)) = k.rows(place.phase) else {
-            continue;
-        };
-        let (w, diff) = (w.as_flattened(), diff.as_flattened());
-        // SAFETY (every load below): `w`, `diff` and `history` hold
-        // 4·V floats; pair j reads 8j..8j + 8 ≤ 8·(V/2), the odd last
-        // vector 8·(V/2)..4·V. AVX was checked by the caller.
+        // SAFETY (every load below): `k` covers the plan (the caller's
+        // promise), so the rows and each channel's history hold 4·V floats
+        // from these pointers; pair j reads 8j..8j + 8 ≤ 8·(V/2), the odd
+        // last vector 8·(V/2)..4·V. AVX was checked by the caller.
+        let (w, diff) = unsafe { k.rows_unchecked(place.phase) };
         let mut row = [_mm256_setzero_ps(); PAIRS];
         let b = _mm256_set1_ps(place.blend);
         for (j, r) in row.iter_mut().take(pairs).enumerate() {
             *r = unsafe {
                 _mm256_add_ps(
-                    _mm256_loadu_ps(w.as_ptr().add(8 * j)),
-                    _mm256_mul_ps(_mm256_loadu_ps(diff.as_ptr().add(8 * j)), b),
+                    _mm256_loadu_ps(w.add(8 * j)),
+                    _mm256_mul_ps(_mm256_loadu_ps(diff.add(8 * j)), b),
                 )
             };
         }
         let last = if odd {
             unsafe {
                 _mm_add_ps(
-                    _mm_loadu_ps(w.as_ptr().add(8 * pairs)),
-                    _mm_mul_ps(
-                        _mm_loadu_ps(diff.as_ptr().add(8 * pairs)),
-                        _mm_set1_ps(place.blend),
-                    ),
+                    _mm_loadu_ps(w.add(8 * pairs)),
+                    _mm_mul_ps(_mm_loadu_ps(diff.add(8 * pairs)), _mm_set1_ps(place.blend)),
                 )
             }
         } else {
             _mm_setzero_ps()
         };
         for (c, o) in frame.iter_mut().enumerate() {
-            let Some(history) = k.history(c, place.first) else {
-                continue;
-            };
-            let h = history.as_ptr();
+            let h = unsafe { k.history_unchecked(c, place.first) };
             let product = |j: usize| -> __m256 {
                 unsafe { _mm256_mul_ps(row[j], _mm256_loadu_ps(h.add(8 * j))) }
             };
@@ -616,48 +669,40 @@ fn chunks<const N: usize, T>(items: &[T]) -> &[[T; N]] {
     unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<[T; N]>(), n) }
 }
 
-/// The kernel phase at fraction `frac` ∈ [0, 1) of a frame, and how far
-/// towards the next phase the position lies (the row blend).
+/// The kernel phase at fraction `frac` (2^-32 frames) of a frame, and
+/// how far towards the next phase the position lies (the row blend): the
+/// fraction's top `PHASE_BITS` and the rest, exactly.
 #[inline(always)]
-fn phase(frac: f64) -> (usize, f32) {
-    let x = frac * PHASES as f64;
-    // Within i32 and never negative; the product may round up to PHASES.
-    let p = (x as i32 as usize).min(PHASES - 1);
-    (p, (x - p as f64) as f32)
+fn phase(frac: u32) -> (usize, f32) {
+    const BLEND_BITS: u32 = FRAC_BITS - PHASE_BITS;
+    let blend = (frac & ((1 << BLEND_BITS) - 1)) as f32 * (1.0 / (1u32 << BLEND_BITS) as f32);
+    ((frac >> BLEND_BITS) as usize, blend)
 }
 
-/// A position ≥ 0 split into whole frames and the fraction (the floor).
-/// On x86_64 the steps this stage takes (mostly 0 or 1 whole frames) are
-/// told apart by comparison: baseline x86_64 has no floor instruction
-/// (`f64::floor` is a libm call) and `as usize` and back is a dozen
-/// instructions. aarch64 converts in one instruction each way, and the
-/// branches would cost more there. Both give the same values.
+/// A position `frac + step` (2^-32 frames) split into whole frames and
+/// the fraction.
 #[inline(always)]
-fn split(f: f64) -> (usize, f64) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if f < 1.0 {
-            return (0, f);
-        }
-        if f < 2.0 {
-            return (1, f - 1.0);
-        }
-    }
-    let whole = f as usize;
-    (whole, f - whole as f64)
+fn split(f: u64) -> (usize, u32) {
+    ((f >> FRAC_BITS) as usize, f as u32)
+}
+
+/// `x` frames in units of 2^-32 frame, rounded (x ≥ 0 and far below
+/// 2^32 frames).
+fn fixed(x: f64) -> u64 {
+    (x * ONE as f64).round() as u64
 }
 
 /// The cursor one output frame on at a steady `step` (see
 /// `Resampler::steady_step`).
 #[inline(always)]
-fn advance(c: Cursor, step: f64) -> Cursor {
-    let (whole, frac) = split(c.frac + step);
+fn advance(c: Cursor, step: Step) -> Cursor {
+    let (whole, frac) = split(u64::from(c.frac) + step);
     Cursor {
         ipos: c.ipos + whole,
         frac,
-        applied_ppm: c.applied_ppm,
+        applied: c.applied,
         land_left: 0,
-        land_delta: 0.0,
+        land_delta: 0,
     }
 }
 
@@ -797,14 +842,15 @@ impl Resampler {
             buf_frames: 0,
             cur: Cursor {
                 ipos: 0,
-                frac: 0.0,
-                applied_ppm: 0.0,
+                frac: 0,
+                applied: fixed(nominal_step),
                 land_left: 0,
-                land_delta: 0.0,
+                land_delta: 0,
             },
             target_ppm: 0.0,
-            target_step: nominal_step,
-            slew_ppm_per_frame: DRIFT_SLEW_PPM_PER_S / out_rate as f64,
+            target_step: fixed(nominal_step),
+            nominal: fixed(nominal_step),
+            slew: fixed(nominal_step * DRIFT_SLEW_PPM_PER_S * 1e-6 / out_rate as f64) as i64,
             #[cfg(test)]
             general_only: false,
         };
@@ -821,10 +867,10 @@ impl Resampler {
         self.buf_frames = self.behind;
         self.cur = Cursor {
             ipos: self.behind,
-            frac: 0.0,
-            applied_ppm: 0.0,
+            frac: 0,
+            applied: self.nominal,
             land_left: 0,
-            land_delta: 0.0,
+            land_delta: 0,
         };
         self.target_ppm = 0.0;
         self.target_step = self.step_at(0.0);
@@ -851,17 +897,20 @@ impl Resampler {
             return;
         }
         self.set_drift_ppm(ppm);
-        self.cur.applied_ppm = self.target_ppm;
+        self.cur.applied = self.target_step;
     }
 
     /// The position's advance per output frame at `ppm` of drift.
-    fn step_at(&self, ppm: f64) -> f64 {
-        self.nominal_step * (1.0 + ppm * 1e-6)
+    fn step_at(&self, ppm: f64) -> Step {
+        fixed(self.nominal_step * (1.0 + ppm * 1e-6))
     }
 
     /// The drift currently applied (after the glide).
     pub fn drift_ppm(&self) -> f64 {
-        self.cur.applied_ppm
+        if self.cur.applied == self.target_step {
+            return self.target_ppm;
+        }
+        (self.cur.applied as f64 / self.nominal as f64 - 1.0) * 1e6
     }
 
     /// True while frames are copied untouched: equal rates, no drift asked
@@ -873,21 +922,21 @@ impl Resampler {
     fn passes(&self, c: &Cursor) -> bool {
         self.in_rate == self.out_rate
             && self.target_ppm == 0.0
-            && c.applied_ppm == 0.0
-            && c.frac == 0.0
+            && c.applied == self.nominal
+            && c.frac == 0
             && c.land_left == 0
     }
 
-    /// The drift after one more output frame of glide.
-    fn glide(&self, applied: f64) -> f64 {
-        let d = self.target_ppm - applied;
-        let s = self.slew_ppm_per_frame;
-        if d > s {
-            applied + s
-        } else if d < -s {
-            applied - s
+    /// The step after one more output frame of glide (the drift moves at
+    /// most `DRIFT_SLEW_PPM_PER_S`).
+    fn glide(&self, applied: Step) -> Step {
+        let d = self.target_step as i64 - applied as i64;
+        if d > self.slew {
+            applied + self.slew as u64
+        } else if d < -self.slew {
+            applied - self.slew as u64
         } else {
-            self.target_ppm
+            self.target_step
         }
     }
 
@@ -896,8 +945,8 @@ impl Resampler {
     /// start, no pass-through): then `advance` moves the cursor, and
     /// `step` would give the same.
     #[inline(always)]
-    fn steady_step(&self, c: &Cursor) -> Option<f64> {
-        (self.is_free(c) && c.applied_ppm == self.target_ppm).then_some(self.target_step)
+    fn steady_step(&self, c: &Cursor) -> Option<Step> {
+        (self.is_free(c) && c.applied == self.target_step).then_some(self.target_step)
     }
 
     /// True while no landing is under way and none can start (following
@@ -911,14 +960,11 @@ impl Resampler {
     /// `step` for a free cursor (see `is_free`), on its parts kept in
     /// locals: the glide, then the step at the drift glided to.
     #[inline(always)]
-    fn free_step(&self, ipos: &mut usize, frac: &mut f64, applied: &mut f64) {
-        let step = if *applied == self.target_ppm {
-            self.target_step
-        } else {
+    fn free_step(&self, ipos: &mut usize, frac: &mut u32, applied: &mut Step) {
+        if *applied != self.target_step {
             *applied = self.glide(*applied);
-            self.step_at(*applied)
-        };
-        let (whole, next) = split(*frac + step);
+        }
+        let (whole, next) = split(u64::from(*frac) + *applied);
         *ipos += whole;
         *frac = next;
     }
@@ -929,52 +975,55 @@ impl Resampler {
         if let Some(step) = self.steady_step(&c) {
             return advance(c, step);
         }
-        let applied_ppm = self.glide(c.applied_ppm);
+        let applied = self.glide(c.applied);
         if c.land_left > 0 && self.target_ppm == 0.0 {
-            let f = c.frac + 1.0 + c.land_delta;
+            // Never below 1 - LAND_STEP frames: a delta is at most that.
+            let f = (i64::from(c.frac) + ONE as i64 + c.land_delta).max(0) as u64;
             if c.land_left == 1 {
                 // The last step of a landing ends on a frame: f is within
-                // rounding of 1 (landing down) or 2 (landing up).
+                // the deltas' truncation of 1 (landing down) or 2 (landing
+                // up).
                 return Cursor {
-                    ipos: c.ipos + (f + 0.5) as usize,
-                    frac: 0.0,
-                    applied_ppm,
+                    ipos: c.ipos + split(f + ONE / 2).0,
+                    frac: 0,
+                    applied,
                     land_left: 0,
-                    land_delta: 0.0,
+                    land_delta: 0,
                 };
             }
             let (whole, frac) = split(f);
             return Cursor {
                 ipos: c.ipos + whole,
                 frac,
-                applied_ppm,
+                applied,
                 land_left: c.land_left - 1,
                 land_delta: c.land_delta,
             };
         }
-        let f = c.frac + self.step_at(applied_ppm);
-        let (whole, frac) = split(f);
+        let (whole, frac) = split(u64::from(c.frac) + applied);
         let mut next = Cursor {
             ipos: c.ipos + whole,
             frac,
-            applied_ppm,
+            applied,
             land_left: 0,
-            land_delta: 0.0,
+            land_delta: 0,
         };
         if self.in_rate == self.out_rate
             && self.target_ppm == 0.0
-            && applied_ppm == 0.0
-            && next.frac != 0.0
+            && applied == self.nominal
+            && next.frac != 0
         {
             // Back at 0 ppm between two frames: land on the nearer one.
-            let distance = if next.frac < 0.5 {
-                -next.frac
+            let distance = if u64::from(next.frac) < ONE / 2 {
+                -i64::from(next.frac)
             } else {
-                1.0 - next.frac
+                ONE as i64 - i64::from(next.frac)
             };
-            let frames = (distance.abs() / LAND_STEP).ceil().max(1.0);
+            let frames = (distance.unsigned_abs() as f64 / ONE as f64 / LAND_STEP)
+                .ceil()
+                .max(1.0);
             next.land_left = frames as u32;
-            next.land_delta = distance / frames;
+            next.land_delta = distance / i64::from(next.land_left);
         }
         next
     }
@@ -990,11 +1039,15 @@ impl Resampler {
             if output_frames == 0 {
                 return 0;
             }
-            let (mut ipos, mut frac, mut applied) = (c.ipos, c.frac, c.applied_ppm);
-            for _ in 1..output_frames {
+            let (mut ipos, mut frac, mut applied) = (c.ipos, c.frac, c.applied);
+            let mut left = output_frames - 1;
+            while left > 0 && applied != self.target_step {
                 self.free_step(&mut ipos, &mut frac, &mut applied);
+                left -= 1;
             }
-            return (ipos + self.half + 1).max(need) - need;
+            // The rest at the steady step: integer steps add up exactly.
+            let (whole, _) = split(u64::from(frac) + left as u64 * self.target_step);
+            return (ipos + whole + self.half + 1).max(need) - need;
         }
         for i in 0..output_frames {
             if self.passes(&c) {
@@ -1097,7 +1150,7 @@ impl Resampler {
             cap: self.cap,
         };
         let behind = self.behind;
-        let place = |ipos: usize, frac: f64| {
+        let place = |ipos: usize, frac: u32| {
             let (phase, blend) = phase(frac);
             Place {
                 phase,
@@ -1110,7 +1163,7 @@ impl Resampler {
         while produced < out_frames && self.cur.ipos + self.half < self.buf_frames {
             if self.is_free(&self.cur) {
                 let (mut ipos, mut frac) = (self.cur.ipos, self.cur.frac);
-                let mut applied = self.cur.applied_ppm;
+                let mut applied = self.cur.applied;
                 while produced < out_frames && ipos + self.half < self.buf_frames {
                     let run = (out_frames - produced).min(PLAN);
                     let mut n = 0;
@@ -1126,9 +1179,9 @@ impl Resampler {
                 self.cur = Cursor {
                     ipos,
                     frac,
-                    applied_ppm: applied,
+                    applied,
                     land_left: 0,
-                    land_delta: 0.0,
+                    land_delta: 0,
                 };
                 break;
             }
@@ -1232,8 +1285,9 @@ impl Resampler {
     /// Input held inside (taken but not yet played), in output frames:
     /// the filter's look-ahead, 0 in pass-through.
     pub fn latency_frames(&self) -> f64 {
-        let held = self.buf_frames as f64 - self.cur.ipos as f64 - self.cur.frac;
-        (held / (self.nominal_step * (1.0 + self.cur.applied_ppm * 1e-6))).max(0.0)
+        let held =
+            self.buf_frames as f64 - self.cur.ipos as f64 - f64::from(self.cur.frac) / ONE as f64;
+        (held / (self.cur.applied as f64 / ONE as f64)).max(0.0)
     }
 
     pub fn channels(&self) -> usize {
@@ -1555,7 +1609,7 @@ mod tests {
             if periods > 30 && r.cur.land_left > 0 && !saw_landing {
                 saw_landing = true;
                 r.set_drift_ppm(1000.0);
-            } else if saw_landing && r.cur.applied_ppm > 900.0 {
+            } else if saw_landing && r.drift_ppm() > 900.0 {
                 r.set_drift_ppm(0.0);
             }
             let need = r.input_needed(period);
@@ -1651,6 +1705,7 @@ mod tests {
                 first: i * 17,
             })
             .collect();
+        assert!(k.covers(&plan, 2), "{in_rate}: the plan is in bounds");
         let (mut baseline, mut built) = (vec![0.0; PLAN * 2], vec![0.0; PLAN * 2]);
         frames_body(k, &plan, 2, &mut baseline);
         fast(k, &plan, &mut built);
@@ -1676,7 +1731,8 @@ mod tests {
         }
         fn avx<const V: usize>(in_rate: u32) {
             kernel_equals_baseline::<V>(in_rate, "AVX", |k, plan, out| {
-                // SAFETY: the CPU has AVX (checked above).
+                // SAFETY: the CPU has AVX (checked above); `k` covers the
+                // plan (asserted by `kernel_equals_baseline`).
                 unsafe { frames_fixed_avx(k, plan, 2, out) }
             });
         }
@@ -1689,12 +1745,44 @@ mod tests {
     fn neon_kernel_equals_the_baseline_one() {
         // aarch64 runs the fixed-row kernel written with NEON's
         // intrinsics (see `frames_fixed_neon`): bit for bit the plain one.
-        kernel_equals_baseline::<8>(48000, "NEON", |k, plan, out| {
+        // SAFETY: `k` covers the plan (asserted by `kernel_equals_baseline`).
+        kernel_equals_baseline::<8>(48000, "NEON", |k, plan, out| unsafe {
             frames_fixed_neon(k, plan, 2, out)
         });
-        kernel_equals_baseline::<9>(44100, "NEON", |k, plan, out| {
+        kernel_equals_baseline::<9>(44100, "NEON", |k, plan, out| unsafe {
             frames_fixed_neon(k, plan, 2, out)
         });
+    }
+
+    #[test]
+    fn kernel_reads_unchecked_only_a_plan_in_bounds() {
+        // The SIMD kernels skip the bounds checks only for a plan `covers`
+        // vouches for; anything past the history or the table goes to the
+        // checked kernel, which leaves what it cannot read untouched.
+        let r = Resampler::new(2, 48000, 48000, 240).unwrap();
+        let cap = 100;
+        let buf = vec![0.25f32; 2 * cap];
+        let k = Kernel::<8> {
+            rows: chunks::<8, Lanes>(chunks::<VECTOR, f32>(&r.poly)),
+            buf: &buf,
+            cap,
+        };
+        let at = |phase, first| Place {
+            phase,
+            blend: 0.5,
+            first,
+        };
+        let last_first = cap - 8 * VECTOR;
+        assert!(k.covers(&[at(0, 0), at(PHASES - 1, last_first)], 2));
+        assert!(!k.covers(&[at(0, 0), at(0, last_first + 1)], 2));
+        assert!(!k.covers(&[at(PHASES, 0)], 2));
+        assert!(!k.covers(&[at(0, usize::MAX - 4)], 2));
+        assert!(k.covers(&[at(0, 2 * cap - 8 * VECTOR)], 1));
+        assert!(!k.covers(&[at(0, 0)], 3));
+        let mut out = [7.0f32; 4];
+        frames_fixed(k, &[at(0, 0), at(0, last_first + 1)], 2, &mut out);
+        assert_ne!(out[..2], [7.0, 7.0], "the frame in bounds is computed");
+        assert_eq!(out[3], 7.0, "a history past the buffer is not read");
     }
 
     #[test]
