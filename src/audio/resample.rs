@@ -52,10 +52,11 @@
 //!   On x86_64 CPUs with AVX that kernel runs eight lanes wide
 //!   (`frames_fixed_avx`), on aarch64 written with NEON's intrinsics
 //!   (`frames_fixed_neon`), both with the same bits.
-//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 7.0 M
-//!   instructions per second of audio on x86_64 with AVX (callgrind; 9.8 M
-//!   in SSE2), 6.3 M on aarch64 (counted under qemu); 44.1 → 48 kHz 7.3 M
-//!   (10.4 M) and 6.7 M. Two
+//!   The cursor is fixed-point (`FRAC_BITS`), and the SIMD kernels check
+//!   their reads once per plan (`Kernel::covers`).
+//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 4.9 M
+//!   instructions per second of audio on x86_64 with AVX (callgrind), 5.0 M
+//!   on aarch64 (counted under qemu); 44.1 → 48 kHz 5.2 M and 5.3 M. Two
 //!   dot products per channel with 40 taps took 19.6 M and 14.9 M, the
 //!   interleaved two-accumulator loop before that 47 M and 31 M
 //!   (benches/README.md). The products are four lanes wide on both
