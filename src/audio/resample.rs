@@ -47,13 +47,13 @@
 //!   copy of the loop with the row length fixed. The summation order is
 //!   fixed, so block sizes still give bit-identical output
 //!   (`blocks_equal_one_call`).
-//!   That loop steps the cursor up to `PLAN` frames ahead of the kernel,
-//!   which then computes them in one call with the row in registers.
+//!   While the cursor is free, the kernel steps it itself (`Walk`), so a
+//!   whole period is one call with the row and the cursor in registers.
 //!   On x86_64 CPUs with AVX that kernel runs eight lanes wide
 //!   (`frames_fixed_avx`), on aarch64 written with NEON's intrinsics
 //!   (`frames_fixed_neon`), both with the same bits.
 //!   The cursor is fixed-point (`FRAC_BITS`), and the SIMD kernels check
-//!   their reads once per plan (`Kernel::covers`).
+//!   one bound per frame (`Kernel::last_first`).
 //!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 4.9 M
 //!   instructions per second of audio on x86_64 with AVX (callgrind), 5.0 M
 //!   on aarch64 (counted under qemu); 44.1 → 48 kHz 5.2 M and 5.3 M. Two
@@ -355,19 +355,83 @@ fn frame_fixed<const V: usize>(
     }
 }
 
-/// Where one output frame is read: the kernel phase, the blend towards
-/// the next one, and the first history frame the row covers.
-#[derive(Debug, Clone, Copy, Default)]
-struct Place {
-    phase: usize,
-    blend: f32,
-    first: usize,
+/// The cursor while it is free (see `Resampler::is_free`), as the kernels
+/// step it between frames: the position, the step applied, and the glide
+/// towards the target step (`glide` frames left: each but the last moves
+/// the step by `slew`, the last sets `target`, as `Resampler::glide`
+/// does frame by frame). Positions and steps in units of 2^-32 frame.
+/// Stepping it inside the kernel loop keeps it in registers: planning
+/// the frames into an array first cost about 30 instructions a frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Walk {
+    ipos: usize,
+    frac: u32,
+    applied: Step,
+    target: Step,
+    /// Towards `target`: ± the resampler's slew.
+    slew: i64,
+    glide: u64,
+    /// The first history frame a row covers is `ipos - behind`.
+    behind: usize,
 }
 
-/// Output frames planned ahead, at most: the cursor is stepped for a run
-/// of frames first, then the frames are computed in one call, so the
-/// kernel loop keeps its registers and the call is paid once per run.
-const PLAN: usize = 32;
+impl Walk {
+    /// Where this frame is read: the kernel phase, the blend towards the
+    /// next one, and the first history frame the row covers (wrapped
+    /// around, so past any bound, if the position were ever behind the
+    /// history).
+    #[inline(always)]
+    fn place(&self) -> (usize, f32, usize) {
+        let (phase, blend) = phase(self.frac);
+        (phase, blend, self.ipos.wrapping_sub(self.behind))
+    }
+
+    /// On by one output frame.
+    #[inline(always)]
+    fn step(&mut self) {
+        if self.glide != 0 {
+            self.applied = if self.glide == 1 {
+                self.target
+            } else {
+                // Strictly between the step and the target: no wrap.
+                self.applied.wrapping_add_signed(self.slew)
+            };
+            self.glide -= 1;
+        }
+        let (whole, frac) = split(u64::from(self.frac) + self.applied);
+        self.ipos += whole;
+        self.frac = frac;
+    }
+
+    /// This walk `m` steps on, at once: integer steps add up exactly, so
+    /// it is `step` m times.
+    fn after(&self, m: u64) -> Walk {
+        let (a, s, t) = (
+            i128::from(self.applied),
+            i128::from(self.slew),
+            i128::from(self.target),
+        );
+        let (mi, g) = (i128::from(m), i128::from(self.glide));
+        let (sum, applied, glide) = if m < self.glide {
+            // Every step glides on.
+            (mi * a + s * mi * (mi + 1) / 2, a + mi * s, self.glide - m)
+        } else if self.glide == 0 {
+            (mi * a, a, 0)
+        } else {
+            // g - 1 gliding steps, then the target's from the g-th on.
+            let gliding = (g - 1) * a + s * (g - 1) * g / 2;
+            (gliding + (mi - g + 1) * t, t, 0)
+        };
+        let (whole, frac) = split((i128::from(self.frac) + sum) as u64);
+        Walk {
+            ipos: self.ipos + whole,
+            frac,
+            applied: applied as u64,
+            glide,
+            ..*self
+        }
+    }
+}
 
 /// What the kernel reads, with the row length known (`V` vectors): the
 /// table (row 2p: phase p's weights; row 2p + 1: the differences to
@@ -393,28 +457,23 @@ impl<'a, const V: usize> Kernel<'a, V> {
         self.buf.get(from..from + V * VECTOR)
     }
 
-    /// True when every row and history `plan` reads for `channels`
-    /// channels is in bounds: the SIMD kernels then read them without a
-    /// check per frame and channel (which was a tenth of their count).
+    /// The last first history frame from which every one of `channels`
+    /// channels holds a row, if the table holds every phase: a frame read
+    /// from at most there reads in bounds, so the SIMD kernels check one
+    /// number per frame instead of a slice per frame and channel (which
+    /// was a tenth of their count).
     #[inline(always)]
-    fn covers(&self, plan: &[Place], channels: usize) -> bool {
-        let (mut phase, mut first) = (0, 0);
-        for p in plan {
-            phase = phase.max(p.phase);
-            first = first.max(p.first);
+    fn last_first(&self, channels: usize) -> Option<usize> {
+        if self.rows.len() < 2 * PHASES {
+            return None;
         }
-        2 * phase + 1 < self.rows.len()
-            && channels
-                .checked_sub(1)
-                .and_then(|c| c.checked_mul(self.cap))
-                .and_then(|f| f.checked_add(first))
-                .and_then(|f| f.checked_add(V * VECTOR))
-                .is_some_and(|end| end <= self.buf.len())
+        let used = channels.checked_sub(1)?.checked_mul(self.cap)?;
+        self.buf.len().checked_sub(used)?.checked_sub(V * VECTOR)
     }
 
     /// `rows` without the check.
     ///
-    /// Safety: `covers` held for a plan with this phase.
+    /// Safety: `phase < PHASES` and `last_first` is `Some`.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn rows_unchecked(&self, phase: usize) -> (*const f32, *const f32) {
@@ -424,8 +483,7 @@ impl<'a, const V: usize> Kernel<'a, V> {
 
     /// The start of `history` without the check.
     ///
-    /// Safety: `covers` held for a plan with `first` and `c` below its
-    /// channel count.
+    /// Safety: `first` at most `last_first(channels)` and `c < channels`.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     #[inline(always)]
     unsafe fn history_unchecked(&self, c: usize, first: usize) -> *const f32 {
@@ -433,8 +491,10 @@ impl<'a, const V: usize> Kernel<'a, V> {
     }
 }
 
-/// The output frames at `plan`'s places (`channels` samples each), from
-/// what `k` reads.
+/// Output frames into `out` (`channels` samples each) from what `k`
+/// reads, at the places `walk` steps through, while the first history
+/// frame read is at most `last_first`; returns the frames made, and
+/// `walk` has stepped once after each.
 /// Out of line: inlined, the count was the same (x86_64: 11.52 against
 /// 11.49 Mi instructions per second of audio following +1000 ppm;
 /// aarch64, qemu: 8.44 against 8.45), and the kernel keeps a symbol of
@@ -442,25 +502,26 @@ impl<'a, const V: usize> Kernel<'a, V> {
 #[inline(never)]
 fn frames_fixed<const V: usize>(
     k: Kernel<'_, V>,
-    plan: &[Place],
+    walk: &mut Walk,
+    last_first: usize,
     channels: usize,
     out: &mut [f32],
-) {
-    if !k.covers(plan, channels) {
-        return frames_body(k, plan, channels, out);
-    }
+) -> usize {
+    let Some(bound) = k.last_first(channels) else {
+        return frames_body(k, walk, last_first, channels, out);
+    };
+    let last_first = last_first.min(bound);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
-        // SAFETY: the CPU has AVX (checked just above), and `k` covers
-        // the plan.
-        unsafe { frames_fixed_avx(k, plan, channels, out) };
-        return;
+        // SAFETY: the CPU has AVX (checked just above), and every read is
+        // in bounds from at most `last_first` on.
+        return unsafe { frames_fixed_avx(k, walk, last_first, channels, out) };
     }
     #[cfg(target_arch = "aarch64")]
-    // SAFETY: `k` covers the plan.
-    return unsafe { frames_fixed_neon(k, plan, channels, out) };
+    // SAFETY: every read is in bounds from at most `last_first` on.
+    return unsafe { frames_fixed_neon(k, walk, last_first, channels, out) };
     #[cfg(not(target_arch = "aarch64"))]
-    frames_body(k, plan, channels, out);
+    frames_body(k, walk, last_first, channels, out)
 }
 
 /// `frames_fixed` on aarch64, written with NEON's intrinsics: the same
@@ -471,48 +532,82 @@ fn frames_fixed<const V: usize>(
 /// (qemu, playout following +1000 ppm: 9.82 → 8.44 Mi instructions per
 /// second of audio).
 ///
-/// Safety: `k` must cover `plan` for `channels` (`Kernel::covers`).
+/// Safety: `last_first` at most `k.last_first(channels)`.
 #[cfg(target_arch = "aarch64")]
 #[inline(always)]
 unsafe fn frames_fixed_neon<const V: usize>(
     k: Kernel<'_, V>,
-    plan: &[Place],
+    walk: &mut Walk,
+    last_first: usize,
     channels: usize,
     out: &mut [f32],
-) {
+) -> usize {
     use std::arch::aarch64::{
-        float32x4_t, vadd_f32, vaddq_f32, vdupq_n_f32, vfmaq_f32, vget_high_f32, vget_low_f32,
-        vld1q_f32, vmulq_f32, vpadds_f32,
+        float32x4_t, vadd_f32, vaddq_f32, vcombine_f32, vdupq_n_f32, vfmaq_f32, vget_high_f32,
+        vget_low_f32, vgetq_lane_f32, vld1q_f32, vmulq_f32, vpaddq_f32, vpadds_f32,
     };
     /// Vectors of the longest row served here.
     const MAX_V: usize = 9;
     if V > MAX_V || V < 2 {
-        return frames_body(k, plan, channels, out);
+        return frames_body(k, walk, last_first, channels, out);
     }
-    for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
+    // In registers while it steps (through `&mut` it was stored back
+    // every frame).
+    let mut at = *walk;
+    let mut made = 0;
+    for frame in out.chunks_exact_mut(channels) {
+        let (phase, blend, first) = at.place();
+        if first > last_first {
+            break;
+        }
         // SAFETY (every NEON operation below): NEON is part of the
-        // aarch64 baseline; `k` covers the plan (the caller's promise),
-        // so the rows and each channel's history hold V vectors (4 f32
-        // each) from these pointers, and each load reads one of them.
-        let (w, diff) = unsafe { k.rows_unchecked(place.phase) };
-        let b = unsafe { vdupq_n_f32(place.blend) };
+        // aarch64 baseline; `phase < PHASES` (from a u32's top bits) and
+        // `first` is at most `k.last_first(channels)` (the caller's
+        // promise), so the rows and each channel's history hold V
+        // vectors (4 f32 each) from these pointers, and each load reads
+        // one of them.
+        let (w, diff) = unsafe { k.rows_unchecked(phase) };
+        let b = unsafe { vdupq_n_f32(blend) };
         let mut row = [unsafe { vdupq_n_f32(0.0) }; MAX_V];
         for (i, r) in row.iter_mut().enumerate().take(V) {
             *r = unsafe { vfmaq_f32(vld1q_f32(w.add(4 * i)), vld1q_f32(diff.add(4 * i)), b) };
         }
-        for (c, o) in frame.iter_mut().enumerate() {
-            let history = unsafe { k.history_unchecked(c, place.first) };
+        // Channel c's four partial sums (`dot_fixed`'s `s`).
+        let partial = |c: usize| -> float32x4_t {
+            let history = unsafe { k.history_unchecked(c, first) };
             let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.add(4 * i)) } };
             let mut acc = unsafe { [vmulq_f32(row[0], v(0)), vmulq_f32(row[1], v(1))] };
             for (i, r) in row.iter().enumerate().take(V).skip(2) {
                 acc[i % 2] = unsafe { vfmaq_f32(acc[i % 2], *r, v(i)) };
             }
-            *o = unsafe {
-                let s = vaddq_f32(acc[0], acc[1]);
-                vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s)))
+            unsafe { vaddq_f32(acc[0], acc[1]) }
+        };
+        if let [left, right] = frame {
+            // Stereo: both lane sums at once, in `lane_sum`'s order,
+            // (s0 + s2) + (s1 + s3) for each.
+            let (l, r) = (partial(0), partial(1));
+            let sums = unsafe {
+                let t = vaddq_f32(
+                    vcombine_f32(vget_low_f32(l), vget_low_f32(r)),
+                    vcombine_f32(vget_high_f32(l), vget_high_f32(r)),
+                );
+                vpaddq_f32(t, t)
             };
+            unsafe {
+                *left = vgetq_lane_f32(sums, 0);
+                *right = vgetq_lane_f32(sums, 1);
+            }
+        } else {
+            for (c, o) in frame.iter_mut().enumerate() {
+                let s = partial(c);
+                *o = unsafe { vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s))) };
+            }
         }
+        at.step();
+        made += 1;
     }
+    *walk = at;
+    made
 }
 
 /// `frames_fixed` for x86_64 CPUs with AVX (all since 2011): the same
@@ -523,36 +618,48 @@ unsafe fn frames_fixed_neon<const V: usize>(
 /// so one chain of eight-lane sums is its two chains of four; an odd
 /// last vector joins the even set, as there.
 ///
-/// Safety: the CPU must have AVX, and `k` must cover `plan` for
-/// `channels` (`Kernel::covers`).
+/// Safety: the CPU must have AVX, and `last_first` be at most
+/// `k.last_first(channels)`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn frames_fixed_avx<const V: usize>(
     k: Kernel<'_, V>,
-    plan: &[Place],
+    walk: &mut Walk,
+    last_first: usize,
     channels: usize,
     out: &mut [f32],
-) {
+) -> usize {
     use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_loadu_ps,
-        _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm_add_ps, _mm_loadu_ps, _mm_mul_ps,
-        _mm_set1_ps, _mm_setzero_ps,
+        __m128, __m256, _mm256_add_ps, _mm256_castps256_ps128, _mm256_extractf128_ps,
+        _mm256_loadu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm_add_ps,
+        _mm_cvtss_f32, _mm_loadu_ps, _mm_movehl_ps, _mm_mul_ps, _mm_set1_ps, _mm_setzero_ps,
+        _mm_shuffle_ps, _mm_unpackhi_ps, _mm_unpacklo_ps,
     };
     /// Register pairs of the longest row served here (9 vectors).
     const PAIRS: usize = 4;
     let pairs = V / 2;
     if pairs > PAIRS || pairs == 0 {
-        return frames_body(k, plan, channels, out);
+        return frames_body(k, walk, last_first, channels, out);
     }
     let odd = V % 2 == 1;
-    for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        // SAFETY (every load below): `k` covers the plan (the caller's
-        // promise), so the rows and each channel's history hold 4·V floats
-        // from these pointers; pair j reads 8j..8j + 8 ≤ 8·(V/2), the odd
-        // last vector 8·(V/2)..4·V. AVX was checked by the caller.
-        let (w, diff) = unsafe { k.rows_unchecked(place.phase) };
+    // In registers while it steps (through `&mut` it was stored back
+    // every frame).
+    let mut at = *walk;
+    let mut made = 0;
+    for frame in out.chunks_exact_mut(channels) {
+        let (phase, blend, first) = at.place();
+        if first > last_first {
+            break;
+        }
+        // SAFETY (every load below): `phase < PHASES` (from a u32's top
+        // bits) and `first` is at most `k.last_first(channels)` (the
+        // caller's promise), so the rows and each channel's history hold
+        // 4·V floats from these pointers; pair j reads 8j..8j + 8 ≤
+        // 8·(V/2), the odd last vector 8·(V/2)..4·V. AVX was checked by
+        // the caller.
+        let (w, diff) = unsafe { k.rows_unchecked(phase) };
         let mut row = [_mm256_setzero_ps(); PAIRS];
-        let b = _mm256_set1_ps(place.blend);
+        let b = _mm256_set1_ps(blend);
         for (j, r) in row.iter_mut().take(pairs).enumerate() {
             *r = unsafe {
                 _mm256_add_ps(
@@ -565,14 +672,15 @@ unsafe fn frames_fixed_avx<const V: usize>(
             unsafe {
                 _mm_add_ps(
                     _mm_loadu_ps(w.add(8 * pairs)),
-                    _mm_mul_ps(_mm_loadu_ps(diff.add(8 * pairs)), _mm_set1_ps(place.blend)),
+                    _mm_mul_ps(_mm_loadu_ps(diff.add(8 * pairs)), _mm_set1_ps(blend)),
                 )
             }
         } else {
             _mm_setzero_ps()
         };
-        for (c, o) in frame.iter_mut().enumerate() {
-            let h = unsafe { k.history_unchecked(c, place.first) };
+        // Channel c's four partial sums (`dot_fixed`'s `s`).
+        let partial = |c: usize| -> __m128 {
+            let h = unsafe { k.history_unchecked(c, first) };
             let product = |j: usize| -> __m256 {
                 unsafe { _mm256_mul_ps(row[j], _mm256_loadu_ps(h.add(8 * j))) }
             };
@@ -586,21 +694,56 @@ unsafe fn frames_fixed_avx<const V: usize>(
                     _mm_mul_ps(last, _mm_loadu_ps(h.add(8 * pairs)))
                 });
             }
-            *o = sum4(_mm_add_ps(even, _mm256_extractf128_ps(acc, 1)));
+            _mm_add_ps(even, _mm256_extractf128_ps(acc, 1))
+        };
+        if let [left, right] = frame {
+            // Stereo: both lane sums at once, in `lane_sum`'s order,
+            // (s0 + s2) + (s1 + s3) for each (10 instructions against 14).
+            let (l, r) = (partial(0), partial(1));
+            let pairs = _mm_add_ps(_mm_unpacklo_ps(l, r), _mm_unpackhi_ps(l, r));
+            let sums = _mm_add_ps(pairs, _mm_movehl_ps(pairs, pairs));
+            *left = _mm_cvtss_f32(sums);
+            *right = _mm_cvtss_f32(_mm_shuffle_ps(sums, sums, 0b01));
+        } else {
+            for (c, o) in frame.iter_mut().enumerate() {
+                *o = sum4(partial(c));
+            }
         }
+        at.step();
+        made += 1;
     }
+    *walk = at;
+    made
 }
 
-/// The kernel in plain Rust: x86_64 without AVX (SSE2), 32-bit ARM, and
-/// the reference the AVX and NEON kernels are tested against.
+/// The kernel in plain Rust, every read checked: x86_64 without AVX
+/// (SSE2), 32-bit ARM, and the reference the AVX and NEON kernels are
+/// tested against.
 #[inline(always)]
-fn frames_body<const V: usize>(k: Kernel<'_, V>, plan: &[Place], channels: usize, out: &mut [f32]) {
-    for (place, frame) in plan.iter().zip(out.chunks_exact_mut(channels)) {
-        let Some((w, diff)) = k.rows(place.phase) else {
-            continue;
-        };
-        frame_fixed(k, w, diff, place.blend, place.first, frame);
+fn frames_body<const V: usize>(
+    k: Kernel<'_, V>,
+    walk: &mut Walk,
+    last_first: usize,
+    channels: usize,
+    out: &mut [f32],
+) -> usize {
+    // In registers while it steps (through `&mut` it was stored back
+    // every frame).
+    let mut at = *walk;
+    let mut made = 0;
+    for frame in out.chunks_exact_mut(channels) {
+        let (phase, blend, first) = at.place();
+        if first > last_first {
+            break;
+        }
+        if let Some((w, diff)) = k.rows(phase) {
+            frame_fixed(k, w, diff, blend, first, frame);
+        }
+        at.step();
+        made += 1;
     }
+    *walk = at;
+    made
 }
 
 /// `dot` on fixed-size arrays (see `frame_fixed`).
@@ -951,23 +1094,31 @@ impl Resampler {
     }
 
     /// True while no landing is under way and none can start (following
-    /// a clock, converting a rate): then `free_step` moves the position as
+    /// a clock, converting a rate): then a `Walk` moves the position as
     /// `step` would.
     #[inline(always)]
     fn is_free(&self, c: &Cursor) -> bool {
         c.land_left == 0 && (self.target_ppm != 0.0 || self.in_rate != self.out_rate)
     }
 
-    /// `step` for a free cursor (see `is_free`), on its parts kept in
-    /// locals: the glide, then the step at the drift glided to.
+    /// The cursor as a `Walk` (see `is_free`).
     #[inline(always)]
-    fn free_step(&self, ipos: &mut usize, frac: &mut u32, applied: &mut Step) {
-        if *applied != self.target_step {
-            *applied = self.glide(*applied);
+    fn walk(&self, c: &Cursor) -> Walk {
+        let d = self.target_step.abs_diff(c.applied);
+        Walk {
+            ipos: c.ipos,
+            frac: c.frac,
+            applied: c.applied,
+            target: self.target_step,
+            slew: if self.target_step > c.applied {
+                self.slew
+            } else {
+                -self.slew
+            },
+            // Frames until a glide of `slew` a frame ends on the target.
+            glide: d.div_ceil(self.slew.max(1) as u64),
+            behind: self.behind,
         }
-        let (whole, next) = split(u64::from(*frac) + *applied);
-        *ipos += whole;
-        *frac = next;
     }
 
     /// Moves the cursor on by one output frame.
@@ -1040,15 +1191,8 @@ impl Resampler {
             if output_frames == 0 {
                 return 0;
             }
-            let (mut ipos, mut frac, mut applied) = (c.ipos, c.frac, c.applied);
-            let mut left = output_frames - 1;
-            while left > 0 && applied != self.target_step {
-                self.free_step(&mut ipos, &mut frac, &mut applied);
-                left -= 1;
-            }
-            // The rest at the steady step: integer steps add up exactly.
-            let (whole, _) = split(u64::from(frac) + left as u64 * self.target_step);
-            return (ipos + whole + self.half + 1).max(need) - need;
+            let last = self.walk(&c).after(output_frames as u64 - 1);
+            return (last.ipos + self.half + 1).max(need) - need;
         }
         for i in 0..output_frames {
             if self.passes(&c) {
@@ -1137,10 +1281,9 @@ impl Resampler {
     }
 
     /// `render` with the row length known (`V` vectors): the kernel table
-    /// taken as whole rows, the frames computed by `frames_fixed`, and
+    /// taken as whole rows, the frames computed by `frames_fixed`, which,
     /// while the cursor is free (see `is_free`; following a clock,
-    /// converting a rate: nearly every frame) its parts kept in locals and
-    /// stepped `PLAN` frames ahead of the kernel.
+    /// converting a rate: nearly every frame), steps it itself.
     #[inline(always)]
     fn render_fixed<const V: usize>(&mut self, output: &mut [f32]) -> usize {
         let ch = self.channels;
@@ -1150,37 +1293,21 @@ impl Resampler {
             buf: &self.buf,
             cap: self.cap,
         };
-        let behind = self.behind;
-        let place = |ipos: usize, frac: u32| {
-            let (phase, blend) = phase(frac);
-            Place {
-                phase,
-                blend,
-                first: ipos - behind,
-            }
+        // A frame at position p reads history up to frame p + half, which
+        // must be in: from at most this first frame.
+        let Some(last_first) = self.buf_frames.checked_sub(self.half + 1 + self.behind) else {
+            return 0;
         };
-        let mut plan = [Place::default(); PLAN];
         let mut produced = 0;
         while produced < out_frames && self.cur.ipos + self.half < self.buf_frames {
             if self.is_free(&self.cur) {
-                let (mut ipos, mut frac) = (self.cur.ipos, self.cur.frac);
-                let mut applied = self.cur.applied;
-                while produced < out_frames && ipos + self.half < self.buf_frames {
-                    let run = (out_frames - produced).min(PLAN);
-                    let mut n = 0;
-                    while n < run && ipos + self.half < self.buf_frames {
-                        plan[n] = place(ipos, frac);
-                        n += 1;
-                        self.free_step(&mut ipos, &mut frac, &mut applied);
-                    }
-                    let out = &mut output[produced * ch..(produced + n) * ch];
-                    frames_fixed(k, &plan[..n], ch, out);
-                    produced += n;
-                }
+                let mut walk = self.walk(&self.cur);
+                let out = &mut output[produced * ch..];
+                produced += frames_fixed(k, &mut walk, last_first, ch, out);
                 self.cur = Cursor {
-                    ipos,
-                    frac,
-                    applied,
+                    ipos: walk.ipos,
+                    frac: walk.frac,
+                    applied: walk.applied,
                     land_left: 0,
                     land_delta: 0,
                 };
@@ -1189,9 +1316,12 @@ impl Resampler {
             if self.is_passthrough() {
                 break;
             }
-            plan[0] = place(self.cur.ipos, self.cur.frac);
+            // One frame: `step` moves the cursor (a landing).
+            let mut walk = self.walk(&self.cur);
             let out = &mut output[produced * ch..(produced + 1) * ch];
-            frames_fixed(k, &plan[..1], ch, out);
+            if frames_fixed(k, &mut walk, last_first, ch, out) == 0 {
+                break;
+            }
             produced += 1;
             self.cur = self.step(self.cur);
         }
@@ -1680,14 +1810,32 @@ mod tests {
         }
     }
 
+    /// A walk over many phases, blends and history windows: a step of
+    /// 17.37 frames gliding from 17.3 (the glide's last frames and the
+    /// steady step both in it).
+    fn test_walk(behind: usize) -> Walk {
+        let target = fixed(17.37);
+        let applied = fixed(17.3);
+        let slew = (target - applied).div_ceil(20) as i64;
+        Walk {
+            ipos: behind,
+            frac: 0x1234_5678,
+            applied,
+            target,
+            slew,
+            glide: (target - applied).div_ceil(slew as u64),
+            behind,
+        }
+    }
+
     /// The kernel's build for this CPU (`fast`) against the baseline
-    /// `frames_body`, for a plan over every phase, blends across [0, 1)
-    /// and history windows across the buffer: bit for bit.
+    /// `frames_body`, for a walk over many phases, blends and history
+    /// windows: bit for bit, the same frames made and the same walk.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     fn kernel_equals_baseline<const V: usize>(
         in_rate: u32,
         name: &str,
-        fast: impl Fn(Kernel<'_, V>, &[Place], &mut [f32]),
+        fast: impl Fn(Kernel<'_, V>, &mut Walk, usize, &mut [f32]) -> usize,
     ) {
         let r = Resampler::new(2, in_rate, 48000, 240).unwrap();
         assert_eq!(r.taps / VECTOR, V, "{in_rate}");
@@ -1699,17 +1847,23 @@ mod tests {
             buf: &buf,
             cap,
         };
-        let plan: Vec<Place> = (0..PLAN)
-            .map(|i| Place {
-                phase: (i * 37) % PHASES,
-                blend: (i as f32 * 0.618).fract(),
-                first: i * 17,
-            })
-            .collect();
-        assert!(k.covers(&plan, 2), "{in_rate}: the plan is in bounds");
-        let (mut baseline, mut built) = (vec![0.0; PLAN * 2], vec![0.0; PLAN * 2]);
-        frames_body(k, &plan, 2, &mut baseline);
-        fast(k, &plan, &mut built);
+        let frames = 32;
+        let last_first = k.last_first(2).unwrap();
+        let start = test_walk(r.behind);
+        assert!(
+            start.after(frames as u64 - 1).place().2 <= last_first,
+            "{in_rate}: the walk stays in bounds"
+        );
+        let (mut baseline, mut built) = (vec![0.0; frames * 2], vec![0.0; frames * 2]);
+        let (mut a, mut b) = (start, start);
+        assert_eq!(frames_body(k, &mut a, last_first, 2, &mut baseline), frames);
+        assert_eq!(fast(k, &mut b, last_first, &mut built), frames, "{in_rate}");
+        assert_eq!(a, b, "{in_rate}: the {name} build walks the same");
+        assert_eq!(
+            a,
+            start.after(frames as u64),
+            "{in_rate}: the walk's closed form"
+        );
         assert!(
             baseline.iter().all(|s| *s != 0.0),
             "{in_rate}: every frame computed"
@@ -1731,10 +1885,10 @@ mod tests {
             return;
         }
         fn avx<const V: usize>(in_rate: u32) {
-            kernel_equals_baseline::<V>(in_rate, "AVX", |k, plan, out| {
-                // SAFETY: the CPU has AVX (checked above); `k` covers the
-                // plan (asserted by `kernel_equals_baseline`).
-                unsafe { frames_fixed_avx(k, plan, 2, out) }
+            kernel_equals_baseline::<V>(in_rate, "AVX", |k, walk, last_first, out| {
+                // SAFETY: the CPU has AVX (checked above); `last_first` is
+                // `k.last_first(2)` (see `kernel_equals_baseline`).
+                unsafe { frames_fixed_avx(k, walk, last_first, 2, out) }
             });
         }
         avx::<8>(48000);
@@ -1746,20 +1900,52 @@ mod tests {
     fn neon_kernel_equals_the_baseline_one() {
         // aarch64 runs the fixed-row kernel written with NEON's
         // intrinsics (see `frames_fixed_neon`): bit for bit the plain one.
-        // SAFETY: `k` covers the plan (asserted by `kernel_equals_baseline`).
-        kernel_equals_baseline::<8>(48000, "NEON", |k, plan, out| unsafe {
-            frames_fixed_neon(k, plan, 2, out)
+        // SAFETY: `last_first` is `k.last_first(2)` (see
+        // `kernel_equals_baseline`).
+        kernel_equals_baseline::<8>(48000, "NEON", |k, walk, last_first, out| unsafe {
+            frames_fixed_neon(k, walk, last_first, 2, out)
         });
-        kernel_equals_baseline::<9>(44100, "NEON", |k, plan, out| unsafe {
-            frames_fixed_neon(k, plan, 2, out)
+        kernel_equals_baseline::<9>(44100, "NEON", |k, walk, last_first, out| unsafe {
+            frames_fixed_neon(k, walk, last_first, 2, out)
         });
     }
 
     #[test]
-    fn kernel_reads_unchecked_only_a_plan_in_bounds() {
-        // The SIMD kernels skip the bounds checks only for a plan `covers`
-        // vouches for; anything past the history or the table goes to the
-        // checked kernel, which leaves what it cannot read untouched.
+    fn walk_after_is_its_steps() {
+        // `input_needed` and the kernels' bound rest on `after(m)` being
+        // `step` m times, through a glide up, down, and none.
+        for (from, to) in [
+            (1.0, 1.001),
+            (1.001, 0.999),
+            (0.91875, 0.91875),
+            (6.0, 5.97),
+        ] {
+            let mut w = test_walk(31);
+            w.applied = fixed(from);
+            w.target = fixed(to);
+            let d = w.target.abs_diff(w.applied);
+            // A glide of about 1000 frames, and its end, within the run.
+            let slew = d.div_ceil(1000).max(1);
+            w.slew = if w.target > w.applied {
+                slew as i64
+            } else {
+                -(slew as i64)
+            };
+            w.glide = d.div_ceil(slew);
+            let start = w;
+            for m in 0..3000u64 {
+                assert_eq!(start.after(m), w, "{from} -> {to}: {m} steps");
+                w.step();
+            }
+            assert_eq!(w.applied, w.target);
+        }
+    }
+
+    #[test]
+    fn kernel_stops_at_its_last_first_frame() {
+        // The kernels read without checks up to `last_first`, and stop
+        // there: a walk that would read past the history makes only the
+        // frames before.
         let r = Resampler::new(2, 48000, 48000, 240).unwrap();
         let cap = 100;
         let buf = vec![0.25f32; 2 * cap];
@@ -1768,22 +1954,27 @@ mod tests {
             buf: &buf,
             cap,
         };
-        let at = |phase, first| Place {
-            phase,
-            blend: 0.5,
-            first,
+        assert_eq!(k.last_first(2), Some(cap - 8 * VECTOR));
+        assert_eq!(k.last_first(1), Some(2 * cap - 8 * VECTOR));
+        assert_eq!(k.last_first(3), None);
+        let mut walk = Walk {
+            ipos: r.behind,
+            frac: 0,
+            applied: ONE,
+            target: ONE,
+            slew: 0,
+            glide: 0,
+            behind: r.behind,
         };
-        let last_first = cap - 8 * VECTOR;
-        assert!(k.covers(&[at(0, 0), at(PHASES - 1, last_first)], 2));
-        assert!(!k.covers(&[at(0, 0), at(0, last_first + 1)], 2));
-        assert!(!k.covers(&[at(PHASES, 0)], 2));
-        assert!(!k.covers(&[at(0, usize::MAX - 4)], 2));
-        assert!(k.covers(&[at(0, 2 * cap - 8 * VECTOR)], 1));
-        assert!(!k.covers(&[at(0, 0)], 3));
-        let mut out = [7.0f32; 4];
-        frames_fixed(k, &[at(0, 0), at(0, last_first + 1)], 2, &mut out);
-        assert_ne!(out[..2], [7.0, 7.0], "the frame in bounds is computed");
-        assert_eq!(out[3], 7.0, "a history past the buffer is not read");
+        let mut out = [7.0f32; 2 * 80];
+        let made = frames_fixed(k, &mut walk, k.last_first(2).unwrap(), 2, &mut out);
+        assert_eq!(made, cap - 8 * VECTOR + 1);
+        assert_eq!(walk.ipos, r.behind + made);
+        assert!(out[..2 * made].iter().all(|s| *s != 7.0));
+        assert!(out[2 * made..].iter().all(|s| *s == 7.0));
+        // A position behind the history wraps past any bound: nothing read.
+        let mut behind = Walk { ipos: 0, ..walk };
+        assert_eq!(frames_fixed(k, &mut behind, 60, 2, &mut out), 0);
     }
 
     #[test]
