@@ -572,20 +572,24 @@ unsafe fn frames_fixed_neon<const V: usize>(
         for (i, r) in row.iter_mut().enumerate().take(V) {
             *r = unsafe { vfmaq_f32(vld1q_f32(w.add(4 * i)), vld1q_f32(diff.add(4 * i)), b) };
         }
-        // Channel c's four partial sums (`dot_fixed`'s `s`).
-        let partial = |c: usize| -> float32x4_t {
-            let history = unsafe { k.history_unchecked(c, first) };
-            let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.add(4 * i)) } };
-            let mut acc = unsafe { [vmulq_f32(row[0], v(0)), vmulq_f32(row[1], v(1))] };
-            for (i, r) in row.iter().enumerate().take(V).skip(2) {
-                acc[i % 2] = unsafe { vfmaq_f32(acc[i % 2], *r, v(i)) };
-            }
-            unsafe { vaddq_f32(acc[0], acc[1]) }
-        };
+        // Channel c's four partial sums (`dot_fixed`'s `s`). A macro, not
+        // a closure: through a closure the row went to the stack and the
+        // loop was not unrolled (qemu: the resampler's count doubled).
+        macro_rules! partial {
+            ($c:expr) => {{
+                let history = unsafe { k.history_unchecked($c, first) };
+                let v = |i: usize| -> float32x4_t { unsafe { vld1q_f32(history.add(4 * i)) } };
+                let mut acc = unsafe { [vmulq_f32(row[0], v(0)), vmulq_f32(row[1], v(1))] };
+                for (i, r) in row.iter().enumerate().take(V).skip(2) {
+                    acc[i % 2] = unsafe { vfmaq_f32(acc[i % 2], *r, v(i)) };
+                }
+                unsafe { vaddq_f32(acc[0], acc[1]) }
+            }};
+        }
         if let [left, right] = frame {
             // Stereo: both lane sums at once, in `lane_sum`'s order,
             // (s0 + s2) + (s1 + s3) for each.
-            let (l, r) = (partial(0), partial(1));
+            let (l, r) = (partial!(0), partial!(1));
             let sums = unsafe {
                 let t = vaddq_f32(
                     vcombine_f32(vget_low_f32(l), vget_low_f32(r)),
@@ -599,7 +603,7 @@ unsafe fn frames_fixed_neon<const V: usize>(
             }
         } else {
             for (c, o) in frame.iter_mut().enumerate() {
-                let s = partial(c);
+                let s = partial!(c);
                 *o = unsafe { vpadds_f32(vadd_f32(vget_low_f32(s), vget_high_f32(s))) };
             }
         }
