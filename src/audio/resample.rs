@@ -54,9 +54,9 @@
 //!   (`frames_fixed_neon`), both with the same bits.
 //!   The cursor is fixed-point (`FRAC_BITS`), and the SIMD kernels check
 //!   one bound per frame (`Kernel::last_first`).
-//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 4.9 M
-//!   instructions per second of audio on x86_64 with AVX (callgrind), 5.0 M
-//!   on aarch64 (counted under qemu); 44.1 → 48 kHz 5.2 M and 5.3 M. Two
+//!   Cost, stereo 48 kHz output (benches/resample_speed): with drift 2.9 M
+//!   instructions per second of audio on x86_64 with AVX (callgrind), 3.4 M
+//!   on aarch64 (counted under qemu); 44.1 → 48 kHz 3.6 M and 3.7 M. Two
 //!   dot products per channel with 40 taps took 19.6 M and 14.9 M, the
 //!   interleaved two-accumulator loop before that 47 M and 31 M
 //!   (benches/README.md). The products are four lanes wide on both
