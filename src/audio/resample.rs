@@ -217,7 +217,8 @@ pub struct Resampler {
     target_step: Step,
     /// The step at 0 ppm.
     nominal: Step,
-    /// The most the applied step changes per output frame (the glide).
+    /// The most the applied step changes per output frame (the glide);
+    /// at least 1.
     slew: i64,
     /// Tests: every row length through the general loop (`render::<0>`),
     /// the reference for the fixed-length one.
@@ -998,7 +999,9 @@ impl Resampler {
             target_ppm: 0.0,
             target_step: fixed(nominal_step),
             nominal: fixed(nominal_step),
-            slew: fixed(nominal_step * DRIFT_SLEW_PPM_PER_S * 1e-6 / out_rate as f64) as i64,
+            // At least one unit, so that a glide always ends on its target
+            // (`glide` steps by it, `walk` divides by it); 447 at equal 48 kHz rates.
+            slew: fixed(nominal_step * DRIFT_SLEW_PPM_PER_S * 1e-6 / out_rate as f64).max(1) as i64,
             #[cfg(test)]
             general_only: false,
         };
@@ -1120,7 +1123,7 @@ impl Resampler {
                 -self.slew
             },
             // Frames until a glide of `slew` a frame ends on the target.
-            glide: d.div_ceil(self.slew.max(1) as u64),
+            glide: d.div_ceil(self.slew as u64),
             behind: self.behind,
         }
     }
