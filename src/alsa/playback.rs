@@ -225,13 +225,23 @@ impl AlsaOut {
         let mut done = 0usize;
         let mut stalled_ns = 0u64;
         let mut waited = false;
+        // Frames of `samples` held converted in `self.convert` (read/write
+        // access): a write that finds no room (EAGAIN, every period once the
+        // buffer is full) or takes part of them leaves the rest converted
+        // for the next try, instead of converting it again.
+        let mut converted = 0..0;
         while done < frames {
             if state_of(&self.pcm) == Some(State::Disconnected) {
                 return Err(self.lost("write", errno::ENODEV));
             }
             let rest = &samples[done * channels..frames * channels];
             let step = match self.negotiated.access {
-                Access::ReadWrite => self.write_rw(rest),
+                Access::ReadWrite => {
+                    if !converted.contains(&done) {
+                        converted = done..done + self.convert_rw(rest);
+                    }
+                    self.write_rw(done - converted.start..converted.end - converted.start)
+                }
                 Access::Mmap => self.write_mmap(rest),
             };
             match step {
@@ -307,20 +317,31 @@ impl AlsaOut {
         Ok(outcome)
     }
 
-    /// One `writei` of up to one conversion buffer; frames written.
-    fn write_rw(&mut self, samples: &[f32]) -> alsa::Result<usize> {
+    /// Converts the first frames of `samples` (as many as the conversion
+    /// buffer holds) into it; frames converted.
+    fn convert_rw(&mut self, samples: &[f32]) -> usize {
         let channels = usize::from(self.negotiated.channels);
         let frames = (samples.len() / channels).min(self.convert.len() / self.bytes_per_frame);
         let bytes = frames * self.bytes_per_frame;
         let Some(out) = self.convert.get_mut(..bytes) else {
-            return Ok(0);
+            return 0;
         };
         to_device(
             self.negotiated.format.layout(),
             &samples[..frames * channels],
             out,
         );
-        self.pcm.io_bytes().writei(out)
+        frames
+    }
+
+    /// One `writei` of the converted frames `frames` (indices into the
+    /// conversion buffer); frames written.
+    fn write_rw(&mut self, frames: std::ops::Range<usize>) -> alsa::Result<usize> {
+        let bpf = self.bytes_per_frame;
+        match self.convert.get(frames.start * bpf..frames.end * bpf) {
+            Some(bytes) if !bytes.is_empty() => self.pcm.io_bytes().writei(bytes),
+            _ => Ok(0),
+        }
     }
 
     /// Converts straight into the ring buffer; frames committed.
