@@ -70,6 +70,34 @@ use crate::receive::drift::ControllerConfig;
 use crate::receive::margin::ArrivalMargin;
 use crate::receive::sender_clock::SenderClock;
 
+/// An i128 of ns as f64, through an i64: every time here fits in one
+/// (292 years; beyond, it saturates). Not compiler-rt's 128-bit
+/// conversion, which was most of what sync added to a period's
+/// instructions.
+#[inline]
+fn ns_f64(ns: i128) -> f64 {
+    ns.clamp(i64::MIN.into(), i64::MAX.into()) as i64 as f64
+}
+
+/// An f64 of ns as i128, truncated, through an i64 likewise (an f64 to
+/// i64 conversion saturates).
+#[inline]
+fn ns_i128(ns: f64) -> i128 {
+    i128::from(ns as i64)
+}
+
+/// `frames` at `rate` Hz in ns, truncated towards zero: the same as
+/// `frames * 10^9 / rate` in i128, without its 128-bit division.
+#[inline]
+fn frames_ns(frames: i128, rate: u32) -> i128 {
+    let rate = i64::from(rate.max(1));
+    match i64::try_from(frames) {
+        // The remainder is below 2^32, so its product with 10^9 fits.
+        Ok(f) => i128::from(f / rate) * 1_000_000_000 + i128::from(f % rate * 1_000_000_000 / rate),
+        Err(_) => frames * 1_000_000_000 / i128::from(rate),
+    }
+}
+
 /// An error this large (ms) after alignment is a step, not drift: the
 /// wall clock or the device jumped. It is re-aligned at once.
 pub const STEP_MS: f64 = 20.0;
@@ -494,7 +522,7 @@ impl BlockMinima {
             if at < from_ns {
                 continue;
             }
-            let (x, y) = (at.saturating_sub(at0) as f64, (seen - seen0) as f64);
+            let (x, y) = (at.saturating_sub(at0) as f64, ns_f64(seen - seen0));
             if y - slope * x < least {
                 least = y - slope * x;
                 best = i;
@@ -515,11 +543,14 @@ impl BlockMinima {
             return None;
         }
         let (at0, seen0) = self.get(0);
-        // Relative to the oldest point, so f64 keeps sub-ns precision.
-        let xy = |i: usize| {
+        // Relative to the oldest point, so f64 keeps sub-ns precision;
+        // each converted once, not at every look of the hull's scan.
+        let mut points = [(0.0f64, 0.0f64); EPOCH_BLOCKS];
+        for (i, p) in points.iter_mut().enumerate().take(self.len) {
             let (at, seen) = self.get(i);
-            (at.saturating_sub(at0) as f64, (seen - seen0) as f64)
-        };
+            *p = (at.saturating_sub(at0) as f64, ns_f64(seen - seen0));
+        }
+        let xy = |i: usize| points[i];
         let mut hull = [0usize; EPOCH_BLOCKS];
         let mut h = 0;
         let mut mean_x = 0.0;
@@ -585,12 +616,12 @@ impl DeviceClock {
             self.rate = rate;
         }
         let played = i128::from(written) - i128::from(delay_frames.max(0));
-        let seen = i128::from(at_ns) - played * 1_000_000_000 / i128::from(rate);
+        let seen = i128::from(at_ns) - frames_ns(played, rate);
         if self.line.is_none() {
             self.first_at_ns = at_ns;
         }
         let on_line = |line: Option<(u64, i128, f64)>| {
-            line.map(|(at, e, slope)| e + (slope * (at_ns as f64 - at as f64)) as i128)
+            line.map(|(at, e, slope)| e + ns_i128(slope * (at_ns as f64 - at as f64)))
         };
         let residual = on_line(self.line).map_or(0, |e| seen - e);
         let slope = self
@@ -673,7 +704,7 @@ impl DeviceClock {
         self.jumped = true;
         match self.line {
             Some((at, e, s)) if self.blocks.spans_fit() => {
-                let was = e + (s * (at_ns as f64 - at as f64)) as i128;
+                let was = e + ns_i128(s * (at_ns as f64 - at as f64));
                 self.blocks.shift(seen - was);
                 self.slope_blocks.0.shift(seen - was);
             }
@@ -783,8 +814,8 @@ impl DeviceClock {
         {
             return None;
         }
-        let ahead = i128::from(self.written) * 1_000_000_000 / i128::from(self.rate.max(1));
-        let beyond = self.beyond_ns.unwrap_or(0.0) as i128;
+        let ahead = frames_ns(i128::from(self.written), self.rate);
+        let beyond = ns_i128(self.beyond_ns.unwrap_or(0.0));
         // The frames between the last status's position and the next
         // frame (the device's queue, and its latency beyond) play at the
         // device's own rate, not the nominal one: stretched by the line's
@@ -793,8 +824,8 @@ impl DeviceClock {
         // ppm), and the loop held that bias.
         let slope = self.line.map_or(0.0, |(_, _, s)| s);
         let at = i128::from(self.last_at_ns);
-        let queued_ns = (epoch + ahead + beyond - at) as f64 / (1.0 - slope);
-        Some(at + queued_ns as i128 + self.realtime_offset_ns)
+        let queued_ns = ns_f64(epoch + ahead + beyond - at) / (1.0 - slope);
+        Some(at + ns_i128(queued_ns) + self.realtime_offset_ns)
     }
 }
 
@@ -1049,7 +1080,7 @@ impl SyncPlayout {
             .device
             .next_frame_realtime_ns()
             .ok_or(Why::NoDeviceTiming)?;
-        let plays = (next - i128::from(mapping.wall_ns)) as f64
+        let plays = ns_f64(next - i128::from(mapping.wall_ns))
             + frames_ahead / f64::from(rate.max(1)) * 1e9;
         let due = mapping.ns_from_anchor(cursor_rtp, rate) + self.sync_ms * 1e6;
         Ok(plays - due)
@@ -1169,6 +1200,31 @@ mod tests {
             );
             assert_eq!(s.decide(-late, 48_000, at + s_ns), Ok(Action::Align(-1440)));
             assert_eq!(s.decide(0.0, 48_000, at + 2 * s_ns), Ok(Action::Steer(0.0)));
+        }
+    }
+
+    #[test]
+    fn ns_conversions_equal_the_128_bit_ones() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut frames = vec![0i128, 1, -1, 47_999, 48_000, -48_001, i64::MAX.into()];
+        frames.extend([i128::from(i64::MIN), i128::from(i64::MAX) + 1, -(1i128 << 80)]);
+        for _ in 0..10_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            frames.push(i128::from(rng as i64 >> (rng % 40)));
+        }
+        for &f in &frames {
+            for rate in [0u32, 1, 8_000, 44_100, 48_000, 192_000, u32::MAX] {
+                let want = f * 1_000_000_000 / i128::from(rate.max(1));
+                assert_eq!(frames_ns(f, rate), want, "{f} frames at {rate} Hz");
+            }
+            // Within 292 years both equal the 128-bit conversions.
+            if let Ok(small) = i64::try_from(f) {
+                assert_eq!(ns_f64(f), f as f64, "{f}");
+                let x = small as f64 * 0.37;
+                assert_eq!(ns_i128(x), x as i128, "{x}");
+            }
         }
     }
 
