@@ -20,6 +20,12 @@ Skew: --skew-ppm P plays a sender whose clock runs P ppm fast (negative:
 slow) against CLOCK_MONOTONIC: packets keep their frames and timestamps
 but leave every ptime / (1 + P / 1e6) seconds, so the stream delivers
 rate * (1 + P / 1e6) frames per second of the receiver's clock.
+
+Sender reports: --rtcp sends an RTCP sender report (RFC 3550 section
+6.4.1) to the destination port + 1 with the first packet and then once a
+second: the wall clock (CLOCK_REALTIME, NTP format) against the RTP
+timestamp of the same instant, on the sender's (skewed) media clock, as
+sync mode (--sync-ms) needs.
 """
 import argparse
 import math
@@ -59,6 +65,8 @@ def main():
     ap.add_argument("--dest", default="127.0.0.1:5004")
     ap.add_argument("--skew-ppm", type=float, default=0.0,
                     help="the sender's clock runs this many ppm fast (negative: slow)")
+    ap.add_argument("--rtcp", action="store_true",
+                    help="send RTCP sender reports to the destination port + 1")
     a = ap.parse_args()
 
     host, port = a.dest.rsplit(":", 1)
@@ -105,6 +113,19 @@ def main():
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     dest = (host, int(port))
+    rtcp_dest = (host, int(port) + 1)
+    octets = 0
+
+    def sender_report(k, deadline):
+        # The RTP timestamp of this instant: packet k's first frame left
+        # at its deadline, and the media clock has run on since.
+        now_wall, now_mono = time.time(), time.monotonic()
+        ts = ts0 + k * frames + int((now_mono - deadline) * a.rate * (1.0 + a.skew_ppm / 1e6))
+        ntp = now_wall + 2208988800.0
+        sec = int(ntp)
+        frac = int((ntp - sec) * 2**32) & 0xFFFFFFFF
+        return struct.pack(">BBHIIIIII", 0x80, 200, 6, ssrc, sec & 0xFFFFFFFF, frac,
+                           ts & 0xFFFFFFFF, k + 1, octets)
     out = sys.stdout
     start = time.monotonic() + 0.05
     for k in range(packets):
@@ -127,6 +148,9 @@ def main():
             )
             datagram = header + payload
         sock.sendto(datagram, dest)
+        octets += len(datagram) - (0 if a.kind == "raw" else 12)
+        if a.rtcp and a.kind != "raw" and k % per_second == 0:
+            sock.sendto(sender_report(k, deadline), rtcp_dest)
         if is_click:
             out.write("click %.6f\n" % time.monotonic())
             out.flush()
