@@ -246,7 +246,11 @@ mod tests {
                 let margin_ms = 120.0 - spread_ms * u * u;
                 m.record(margin_ms * 1e6, k * 5_000_000);
                 m.recompute();
-                assert_eq!(m.low_margin_ns(), flat_walk(&m), "spread {spread_ms} ms, packet {k}");
+                assert_eq!(
+                    m.low_margin_ns(),
+                    flat_walk(&m),
+                    "spread {spread_ms} ms, packet {k}"
+                );
             }
         }
     }

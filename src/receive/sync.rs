@@ -1207,7 +1207,11 @@ mod tests {
     fn ns_conversions_equal_the_128_bit_ones() {
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut frames = vec![0i128, 1, -1, 47_999, 48_000, -48_001, i64::MAX.into()];
-        frames.extend([i128::from(i64::MIN), i128::from(i64::MAX) + 1, -(1i128 << 80)]);
+        frames.extend([
+            i128::from(i64::MIN),
+            i128::from(i64::MAX) + 1,
+            -(1i128 << 80),
+        ]);
         for _ in 0..10_000 {
             rng ^= rng << 13;
             rng ^= rng >> 7;
