@@ -91,7 +91,7 @@ fn assert_few_underruns(stdout: &str) {
 
 /// In the child, right after the last write: the device's status for the
 /// parent (see [`assert_status_while_playing`]).
-fn report_status(out: &AlsaOut) {
+fn report_status(out: &mut AlsaOut) {
     let now = netspeaker::service::clock::monotonic_ns();
     let status: Option<DeviceStatus> = out.status();
     let Some(s) = status else {
@@ -170,7 +170,7 @@ fn rw_on_paced_pulse_device_records_bit_exact() {
         let start = Instant::now();
         let odd = play(&mut out, &to_f32(&signal(2.0)));
         report("elapsed_ms", start.elapsed().as_millis());
-        report_status(&out);
+        report_status(&mut out);
         report("not_written", format_args!("{odd:?}"));
         report_outcome_counts(&odd);
         out.close();
@@ -214,7 +214,7 @@ fn mmap_on_jack_plug_device_records_exact() {
         let start = Instant::now();
         let odd = play(&mut out, &to_f32(&signal(2.0)));
         report("elapsed_ms", start.elapsed().as_millis());
-        report_status(&out);
+        report_status(&mut out);
         report("not_written", format_args!("{odd:?}"));
         report_outcome_counts(&odd);
         out.close();

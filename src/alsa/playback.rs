@@ -118,6 +118,15 @@ pub struct AlsaOut {
     consuming: bool,
     /// Writes in a row that found the device suspended and not yet awake.
     suspended_writes: u32,
+    /// What the last `status` saw, if nothing was written since.
+    last_room: Option<Room>,
+}
+
+/// The room a status saw in the device's buffer, and when.
+#[derive(Clone, Copy, Debug)]
+struct Room {
+    frames: u64,
+    at_ns: u64,
 }
 
 impl fmt::Debug for AlsaOut {
@@ -133,6 +142,26 @@ fn state_of(pcm: &PCM) -> Option<State> {
     // plugin must not take the process down, so map the raw value here.
     let raw = pcm.state_raw();
     State::all().iter().copied().find(|s| *s as i32 == raw)
+}
+
+/// How long to wait before writing a period, in ms: the time until a
+/// period of room is due at the device's rate, after `room_frames` were
+/// free `since_ns` ago, plus one millisecond, at most `slice_ms`. `None`
+/// when the room is there already (or the rate is unknown): write at once.
+fn room_due_ms(
+    room_frames: u64,
+    period_frames: u64,
+    rate: u32,
+    since_ns: u64,
+    slice_ms: u64,
+) -> Option<u32> {
+    let missing = period_frames.checked_sub(room_frames).filter(|&m| m > 0)?;
+    let rate = Some(u64::from(rate)).filter(|&r| r > 0)?;
+    let due_ns = (missing * 1_000_000_000 / rate)
+        .checked_sub(since_ns)
+        .filter(|&d| d > 0)?;
+    let ms = due_ns.div_ceil(1_000_000) + 1;
+    u32::try_from(ms.min(slice_ms.max(1))).ok()
 }
 
 fn timespec_ns(t: nix::libc::timespec) -> u64 {
@@ -163,6 +192,7 @@ impl AlsaOut {
             consuming: false,
             wait_slice_ms: (2 * period_ms).clamp(1, 100),
             suspended_writes: 0,
+            last_room: None,
             negotiated,
         })
     }
@@ -188,16 +218,21 @@ impl AlsaOut {
 
     /// The device's timestamps and fill (`snd_pcm_status`); does not
     /// allocate. `None` when the device cannot tell.
-    pub fn status(&self) -> Option<DeviceStatus> {
+    pub fn status(&mut self) -> Option<DeviceStatus> {
         let status = self.pcm.status().ok()?;
         let audio = timespec_ns(status.get_audio_htstamp());
+        let avail_frames = u64::try_from(status.get_avail()).unwrap_or(0);
+        self.last_room = Some(Room {
+            frames: avail_frames,
+            at_ns: monotonic_ns(),
+        });
         #[allow(clippy::useless_conversion)]
         Some(DeviceStatus {
             htstamp_ns: timespec_ns(status.get_htstamp()),
             trigger_ns: timespec_ns(status.get_trigger_htstamp()),
             audio_tstamp_ns: (audio != 0).then_some(audio),
             delay_frames: i64::from(status.get_delay()),
-            avail_frames: u64::try_from(status.get_avail()).unwrap_or(0),
+            avail_frames,
         })
     }
 
@@ -230,6 +265,7 @@ impl AlsaOut {
         // buffer is full) or takes part of them leaves the rest converted
         // for the next try, instead of converting it again.
         let mut converted = 0..0;
+        self.wait_for_room_first(&mut while_waiting)?;
         while done < frames {
             if state_of(&self.pcm) == Some(State::Disconnected) {
                 return Err(self.lost("write", errno::ENODEV));
@@ -315,6 +351,42 @@ impl AlsaOut {
             while_waiting(stalled_ns);
         }
         Ok(outcome)
+    }
+
+    /// A device that plays with its buffer full (every period, once it is)
+    /// had no room for a period when the status after the last write was
+    /// read: wait for the room first instead of trying a write that only
+    /// says EAGAIN (behind PulseAudio's plugin each try is its own round of
+    /// work). The wait is bounded by when the room is due plus a
+    /// millisecond, because that plugin's poll descriptor does not always
+    /// wake when room appears; the write loop handles whatever follows.
+    fn wait_for_room_first(
+        &mut self,
+        while_waiting: &mut impl FnMut(u64),
+    ) -> Result<(), AlsaError> {
+        let Some(room) = self.last_room.take() else {
+            return Ok(());
+        };
+        if !self.consuming || state_of(&self.pcm) != Some(State::Running) {
+            return Ok(());
+        }
+        let since_ns = monotonic_ns().saturating_sub(room.at_ns);
+        let Some(timeout_ms) = room_due_ms(
+            room.frames,
+            self.negotiated.period_frames as u64,
+            self.negotiated.rate,
+            since_ns,
+            self.wait_slice_ms,
+        ) else {
+            return Ok(());
+        };
+        match self.pcm.wait(Some(timeout_ms)) {
+            Ok(_) => {}
+            Err(e) if matches!(e.errno(), errno::EPIPE | errno::ESTRPIPE | errno::EAGAIN) => {}
+            Err(e) => return Err(self.lost("wait", e.errno())),
+        }
+        while_waiting(0);
+        Ok(())
     }
 
     /// Converts the first frames of `samples` (as many as the conversion
@@ -516,6 +588,27 @@ mod tests {
             suspend_step(Err(errno::EAGAIN), writes),
             (SuspendStep::Prepare, 0)
         );
+    }
+
+    #[test]
+    fn wait_for_room_is_bounded_by_when_it_is_due() {
+        // 48 kHz, 5 ms periods (240 frames), two-period slices.
+        let due = |room, since_ns| room_due_ms(room, 240, 48_000, since_ns, 10);
+        // No room just after the status: a period is due in 5 ms.
+        assert_eq!(due(0, 0), Some(6));
+        // Half a period free 1 ms ago: 1.5 ms to go, rounded up.
+        assert_eq!(due(120, 1_000_000), Some(3));
+        // A period free, or due by now: write at once.
+        assert_eq!(due(240, 0), None);
+        assert_eq!(due(300, 0), None);
+        assert_eq!(due(0, 5_000_000), None);
+        assert_eq!(due(0, 9_000_000), None);
+        // Never longer than a slice, never zero, nothing at rate 0.
+        assert_eq!(room_due_ms(0, 4800, 48_000, 0, 10), Some(10));
+        assert_eq!(room_due_ms(0, 240, 48_000, 0, 0), Some(1));
+        assert_eq!(room_due_ms(0, 240, 0, 0, 10), None);
+        // Due in a few microseconds: still a whole millisecond's bound.
+        assert_eq!(due(0, 4_999_000), Some(2));
     }
 
     #[test]
