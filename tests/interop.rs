@@ -131,12 +131,12 @@ fn assert_converted(recording: &[i16], expected: &[i16], log: &str) {
     // The codec is right when the tones come out at their levels and the
     // rest is well below them: a wrong law, a lost or repeated piece or a
     // click leaves under 15 dB. A resampled correction of the delay (the
-    // defaults follow a bursty sender's moving target) shifts the tones'
-    // phase against the fixed-frequency fit and leaves 30-35 dB where the
-    // codec alone leaves 37-39 dB (tests/e2e.rs's steady sender: within
-    // 1 dB of the codec). Bar: 25 dB.
+    // defaults follow a bursty sender's moving target: 760-1070 ppm over
+    // the judged tail on 2026-12-03) is taken by the fit's free rate
+    // (`common::rate_free_fit`); against fixed frequencies it left 30-35
+    // dB. Bar: no worse than the codec alone by more than 1 dB.
     assert!(
-        c.played_snr_db >= (c.reference_snr_db - 1.0).min(25.0),
+        c.played_snr_db >= c.reference_snr_db - 1.0,
         "played {:.1} dB against the tones, the codec alone {:.1} dB; receiver log:\n{log}",
         c.played_snr_db,
         c.reference_snr_db

@@ -549,6 +549,8 @@ pub fn multitone(rate: u32, frames: usize, freqs_hz: &[f64], amplitude: i16) -> 
 pub struct ToneFit {
     pub snr_db: f64,
     pub amplitudes: Vec<f64>,
+    /// The playback rate's offset the fit took (ppm; 0 for the fixed fit).
+    pub ppm: f64,
 }
 
 /// Fits the tones `freqs_hz` (any phase, any amplitude: the ideal signal
@@ -586,9 +588,109 @@ pub fn tone_block_snr(mono: &[f32], rate: u32, freqs_hz: &[f64]) -> Vec<ToneFit>
             ToneFit {
                 snr_db: 10.0 * (power / noise.max(1e-30)).log10(),
                 amplitudes,
+                ppm: 0.0,
             }
         })
         .collect()
+}
+
+/// The widest playback-rate offset [`rate_free_fit`] looks at: the delay
+/// controller's own bound is ±2500 ppm, its resampler's ±5000.
+const FIT_MAX_PPM: f64 = 5000.0;
+
+/// One block's least-squares fit of the tones at `freqs_hz` scaled by
+/// `1 + ppm/1e6`: any phase and amplitude, the sines and cosines solved
+/// together (scaled, they are not whole cycles per block, so not
+/// orthogonal).
+fn scaled_fit(block: &[f32], rate: u32, freqs_hz: &[f64], ppm: f64) -> ToneFit {
+    let k = 2 * freqs_hz.len();
+    let w: Vec<f64> = freqs_hz
+        .iter()
+        .map(|f| 2.0 * std::f64::consts::PI * f * (1.0 + ppm * 1e-6) / f64::from(rate))
+        .collect();
+    let basis = |i: usize, j: usize| {
+        let (s, c) = (w[j / 2] * i as f64).sin_cos();
+        if j % 2 == 0 {
+            s
+        } else {
+            c
+        }
+    };
+    // Normal equations G x = r, then Gaussian elimination with pivoting.
+    let mut g = vec![vec![0.0f64; k + 1]; k];
+    let mut row = vec![0.0f64; k];
+    for (i, v) in block.iter().enumerate() {
+        for (j, b) in row.iter_mut().enumerate() {
+            *b = basis(i, j);
+        }
+        for (ga, ra) in g.iter_mut().zip(&row) {
+            for (gab, rb) in ga.iter_mut().zip(&row) {
+                *gab += ra * rb;
+            }
+            ga[k] += ra * f64::from(*v);
+        }
+    }
+    for col in 0..k {
+        let pivot = (col..k)
+            .max_by(|&a, &b| g[a][col].abs().total_cmp(&g[b][col].abs()))
+            .unwrap_or(col);
+        g.swap(col, pivot);
+        let p = g[col][col];
+        if p.abs() < 1e-12 {
+            continue;
+        }
+        let pivot_row = g[col].clone();
+        for (r, other) in g.iter_mut().enumerate() {
+            if r != col {
+                let f = other[col] / p;
+                for (x, y) in other.iter_mut().zip(&pivot_row).skip(col) {
+                    *x -= f * y;
+                }
+            }
+        }
+    }
+    let x: Vec<f64> = (0..k)
+        .map(|j| {
+            if g[j][j].abs() < 1e-12 {
+                0.0
+            } else {
+                g[j][k] / g[j][j]
+            }
+        })
+        .collect();
+    let (mut noise, mut power) = (0.0f64, 0.0f64);
+    for (i, v) in block.iter().enumerate() {
+        let fit: f64 = (0..k).map(|j| x[j] * basis(i, j)).sum();
+        noise += (f64::from(*v) - fit).powi(2);
+        power += fit * fit;
+    }
+    ToneFit {
+        snr_db: 10.0 * (power / noise.max(1e-30)).log10(),
+        amplitudes: (0..freqs_hz.len())
+            .map(|t| x[2 * t].hypot(x[2 * t + 1]))
+            .collect(),
+        ppm,
+    }
+}
+
+/// A block's tone fit with the playback rate free as well: the best of
+/// offsets up to ±[`FIT_MAX_PPM`], coarse then fine (to 10 ppm). A
+/// receiver that holds its delay by resampling a little plays the tones
+/// that much off their frequencies: against fixed frequencies 1000 ppm
+/// leaves 31 dB in a 20 ms block (the phase walks 0.13 rad over it at
+/// 1 kHz), which is neither noise nor a click and is not heard. Lost or
+/// repeated pieces, clicks and noise are still what is left over.
+pub fn rate_free_fit(block: &[f32], rate: u32, freqs_hz: &[f64]) -> ToneFit {
+    let best = |from: f64, to: f64, step: f64| {
+        let n = ((to - from) / step).round() as i64;
+        (0..=n)
+            .map(|i| scaled_fit(block, rate, freqs_hz, from + i as f64 * step))
+            .max_by(|a, b| a.snr_db.total_cmp(&b.snr_db))
+            .expect("at least one offset")
+    };
+    let coarse = best(-FIT_MAX_PPM, FIT_MAX_PPM, 250.0);
+    let mid = best(coarse.ppm - 250.0, coarse.ppm + 250.0, 50.0);
+    best(mid.ppm - 50.0, mid.ppm + 50.0, 10.0)
 }
 
 /// A played signal of tones against the same fit of a reference (the
@@ -605,11 +707,17 @@ pub struct ToneComparison {
     pub level_error_db: f64,
     /// Judged blocks of the played signal.
     pub blocks: usize,
+    /// The median and the widest playback-rate offset the played blocks'
+    /// fits took (ppm): the receiver's resampled delay corrections.
+    pub median_ppm: f64,
+    pub widest_ppm: f64,
 }
 
 /// The 20 ms tone fits of the last `seconds` before a signal's end: the
 /// blocks before the last one with every tone at 90 % of `amplitude` or
 /// more, less 100 ms (past the end a receiver's concealment fades out).
+/// Each judged block is fitted with the playback rate free
+/// ([`rate_free_fit`]).
 pub fn tail_fits(
     mono: &[f32],
     rate: u32,
@@ -624,7 +732,11 @@ pub fn tail_fits(
         .rposition(|f| f.amplitudes.iter().all(|a| *a > full))
         .unwrap_or(0);
     let end = last.saturating_sub(5);
-    fits[end.saturating_sub(seconds * 50)..end].to_vec()
+    let block = rate as usize / 50;
+    (end.saturating_sub(seconds * 50)..end)
+        .filter_map(|b| mono.get(b * block..(b + 1) * block))
+        .map(|b| rate_free_fit(b, rate, tones))
+        .collect()
 }
 
 /// Compares the last `seconds` of a played signal of `tones` with the
@@ -654,6 +766,11 @@ pub fn compare_tones(
             .map(|k| (level_db(&p, k) - level_db(&r, k)).abs())
             .fold(0.0, f64::max),
         blocks: p.len(),
+        median_ppm: median(&p.iter().map(|f| f.ppm).collect::<Vec<_>>()),
+        widest_ppm: p
+            .iter()
+            .map(|f| f.ppm)
+            .fold(0.0, |w, x| if x.abs() > w.abs() { x } else { w }),
     }
 }
 
@@ -1050,6 +1167,41 @@ mod growth_tests {
                 .collect::<Vec<_>>(),
         );
         assert!((snr - 40.0).abs() < 1.0, "{snr}");
+    }
+
+    #[test]
+    fn rate_free_fit_takes_a_resampled_delay_correction_but_not_a_click() {
+        let freqs = [250.0, 650.0, 1000.0];
+        let level = 5000.0 / 32768.0;
+        // The tones played 1000 ppm fast, at an odd phase: what a receiver
+        // correcting its delay by resampling plays.
+        let played = |ppm: f64, i: usize| -> f32 {
+            freqs
+                .iter()
+                .map(|f| {
+                    let w = 2.0 * std::f64::consts::PI * f * (1.0 + ppm * 1e-6) / 48_000.0;
+                    level * (w * (i as f64 + 0.3)).sin()
+                })
+                .sum::<f64>() as f32
+        };
+        let block: Vec<f32> = (0..960).map(|i| played(1000.0, i)).collect();
+        let fixed = tone_block_snr(&block, 48_000, &freqs)[0].snr_db;
+        let free = rate_free_fit(&block, 48_000, &freqs);
+        assert!(fixed < 36.0, "fixed frequencies: {fixed:.1} dB");
+        assert!(free.snr_db > 80.0, "{free:?}");
+        assert!((free.ppm - 1000.0).abs() <= 10.0, "{free:?}");
+        assert!(free.amplitudes.iter().all(|a| (a - level).abs() < 1e-4));
+        // The same block with one sample's click still leaves little.
+        let mut clicked = block.clone();
+        clicked[480] += 0.5;
+        let c = rate_free_fit(&clicked, 48_000, &freqs);
+        assert!(c.snr_db < 25.0, "{c:?}");
+        // A piece lost mid-block (a splice 24 samples on).
+        let spliced: Vec<f32> = (0..960)
+            .map(|i| played(0.0, if i < 480 { i } else { i + 24 }))
+            .collect();
+        let s = rate_free_fit(&spliced, 48_000, &freqs);
+        assert!(s.snr_db < 20.0, "{s:?}");
     }
 
     #[test]
