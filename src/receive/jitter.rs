@@ -327,6 +327,10 @@ pub struct JitterBuffer {
     /// packets apart (sequence numbers extended in one place).
     rtp_stats: ReceiverStats,
     last_arrival_ns: u64,
+    /// When `read` was last called (0: never), and how many frames it
+    /// asked for.
+    last_read_ns: u64,
+    last_read_frames: u64,
     in_underrun: bool,
     /// Opus packets waiting to be decoded, and the decoder.
     opus: Option<OpusStore>,
@@ -392,6 +396,8 @@ impl JitterBuffer {
             ts_ref_ext: ORIGIN,
             rtp_stats: ReceiverStats::default(),
             last_arrival_ns: 0,
+            last_read_ns: 0,
+            last_read_frames: 0,
             in_underrun: false,
             opus,
             metrics: JitterMetrics::default(),
@@ -451,6 +457,8 @@ impl JitterBuffer {
         if wanted == 0 {
             return ReadStatus::Idle(0);
         }
+        self.last_read_ns = now_ns;
+        self.last_read_frames = wanted as u64;
         self.check_lost(now_ns);
         self.start_when_prebuffered();
         if self.state != StreamState::Playing {
@@ -666,6 +674,30 @@ impl JitterBuffer {
         self.format.map_or(1, |f| f.channels.max(1) as usize)
     }
 
+    /// The depth past which `packet` overflows: `max_delay_ms`, plus what
+    /// the reader has fallen behind since its last read (beyond the frames
+    /// that read took: a reader in step is never behind). A playout thread
+    /// held up (descheduled, a vgdb request, a slow page) reads the audio
+    /// that arrived meanwhile as soon as it runs again, into the room the
+    /// device made meanwhile: that is not a sender running ahead of real
+    /// time, and its audio must not be dropped. Within the ring, always.
+    fn overflow_limit(&self, packet: &Packet) -> u64 {
+        let rate = packet.format.rate;
+        let max_delay = self.max_delay_frames(rate) as u64;
+        let behind = if self.last_read_ns == 0 {
+            0
+        } else {
+            packet
+                .arrival_ns
+                .saturating_sub(self.last_read_ns)
+                .saturating_mul(u64::from(rate))
+                / 1_000_000_000
+        }
+        .saturating_sub(self.last_read_frames);
+        let capacity = frames_for_ms(rate, self.config.capacity_ms) as u64;
+        max_delay.max(max_delay.saturating_add(behind).min(capacity))
+    }
+
     fn max_delay_frames(&self, rate: u32) -> usize {
         frames_for_ms(rate, self.config.max_delay_ms)
     }
@@ -775,7 +807,7 @@ impl JitterBuffer {
         let frames = packet.frames() as u64;
         let start = self.newest_end;
         let end = start + frames;
-        let limit = self.max_delay_frames(packet.format.rate) as u64;
+        let limit = self.overflow_limit(packet);
         if end - self.cursor > limit {
             self.metrics.overflow += 1;
             self.metrics.overflow_frames += frames;
@@ -821,7 +853,7 @@ impl JitterBuffer {
             // An empty Opus payload (DTX keep-alive): the stream is alive.
             return outcome;
         }
-        let max_delay = self.max_delay_frames(packet.format.rate) as u64;
+        let max_delay = self.overflow_limit(packet);
         if self.state == StreamState::Prebuffering
             && start < self.cursor
             && self.newest_end.saturating_sub(start) <= max_delay
@@ -1501,6 +1533,63 @@ mod tests {
     }
 
     #[test]
+    fn a_held_up_reader_loses_nothing_to_overflow() {
+        // Max 200 ms, target 60 ms; reads of 5 ms periods in step with
+        // packets arriving on time, then the reader is held up for 300 ms
+        // (more than the max over the level) while packets keep arriving.
+        let mut jb = buffer();
+        let period = PTIME / 4;
+        let mut k = 0u32;
+        let mut played = Vec::new();
+        let mut tick = |jb: &mut JitterBuffer, now: u64, read_now: bool, k: &mut u32| {
+            while u64::from(*k) * 20 * MS <= now {
+                assert_ne!(jb.push(&voip(0, 0, *k)), PushOutcome::Overflow);
+                *k += 1;
+            }
+            if read_now {
+                played.push(read(jb, period, now));
+            }
+        };
+        for t in 0..200u64 {
+            tick(&mut jb, t * 5 * MS, true, &mut k);
+        }
+        for t in 200..260u64 {
+            tick(&mut jb, t * 5 * MS, false, &mut k);
+        }
+        // Running again: it reads what it owes at once, then in step.
+        for _ in 0..60 {
+            tick(&mut jb, 1300 * MS, true, &mut k);
+        }
+        for t in 261..400u64 {
+            tick(&mut jb, t * 5 * MS, true, &mut k);
+        }
+        let m = jb.metrics();
+        assert_eq!((m.overflow, m.underruns, m.late), (0, 0, 0), "{m:?}");
+        // Every frame from the start on, in order.
+        let first = played
+            .iter()
+            .position(|(s, _)| matches!(s, ReadStatus::Audio(_)))
+            .unwrap();
+        let audio: Vec<i16> = played[first..]
+            .iter()
+            .flat_map(|(s, v)| {
+                assert!(matches!(s, ReadStatus::Audio(_)), "{s:?}");
+                v.clone()
+            })
+            .collect();
+        assert_eq!(audio, expected(0, audio.len(), 1));
+        // A reader in step still overflows a sender running ahead.
+        let mut jb = buffer();
+        for k in 0..15 {
+            read(&mut jb, period, 0);
+            let mut p = voip(0, 0, k);
+            p.arrival_ns = 0;
+            jb.push(&p);
+        }
+        assert_eq!(jb.metrics().overflow, 1);
+    }
+
+    #[test]
     fn overflow_skips_cursor_to_target() {
         let mut jb = buffer();
         let mut outcomes = Vec::new();
@@ -2036,7 +2125,9 @@ mod tests {
                     p.arrival_ns = t;
                     jb.push(&p);
                     let rate = jb.format().map_or(8000, |f| f.rate);
-                    let max_delay = frames_for_ms(rate, 200);
+                    // The max delay, plus what the reader may be behind:
+                    // the 10 ms since its last read (less what that took).
+                    let max_delay = frames_for_ms(rate, 200 + 10);
                     assert!(jb.depth_frames() <= max_delay, "seed {seed} step {step}");
                     assert!(jb.depth_frames() <= jb.capacity_frames());
                 }
