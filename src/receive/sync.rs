@@ -413,13 +413,56 @@ pub struct DeviceClock {
     fitted_slope: Option<f64>,
 }
 
-/// [`BlockMinima`] of [`EPOCH_SLOPE_BLOCK_NS`].
+/// [`BlockMinima`] of [`EPOCH_SLOPE_BLOCK_NS`], and the slope of their
+/// hull's edge as last computed: the line is refitted at every status
+/// that is its fine block's freshest (some 36 a second), the long ring
+/// changes at a few of them.
 #[derive(Clone, Copy, Debug)]
-struct SlopeBlocks(BlockMinima);
+struct SlopeBlocks {
+    ring: BlockMinima,
+    /// `None`: the ring changed since.
+    edge_slope: Option<Option<f64>>,
+}
 
 impl Default for SlopeBlocks {
     fn default() -> SlopeBlocks {
-        SlopeBlocks(BlockMinima::of_blocks(EPOCH_SLOPE_BLOCK_NS))
+        SlopeBlocks {
+            ring: BlockMinima::of_blocks(EPOCH_SLOPE_BLOCK_NS),
+            edge_slope: None,
+        }
+    }
+}
+
+impl SlopeBlocks {
+    fn take(&mut self, at_ns: u64, seen: i128) -> bool {
+        let taken = self.ring.take(at_ns, seen);
+        if taken {
+            self.edge_slope = None;
+        }
+        taken
+    }
+
+    fn drop_since(&mut self, at_ns: u64) {
+        self.ring.drop_since(at_ns);
+        self.edge_slope = None;
+    }
+
+    fn clear(&mut self) {
+        self.ring.len = 0;
+        self.edge_slope = None;
+    }
+
+    /// Every point moved by the same: the hull's slope stays (its points
+    /// are taken relative to the oldest, so to the bit).
+    fn shift(&mut self, by: i128) {
+        self.ring.shift(by);
+    }
+
+    /// [`BlockMinima::hull_edge`]'s slope.
+    fn slope(&mut self) -> Option<f64> {
+        *self
+            .edge_slope
+            .get_or_insert_with(|| self.ring.hull_edge().map(|(_, slope)| slope))
     }
 }
 
@@ -517,13 +560,15 @@ impl BlockMinima {
         };
         let mut best = self.len - 1;
         let mut least = f64::INFINITY;
-        for i in 0..self.len {
+        // Newest first, as far back as `from_ns` (a third of the ring for
+        // the line's position); `<=` keeps the oldest of equals.
+        for i in (0..self.len).rev() {
             let (at, seen) = self.get(i);
             if at < from_ns {
-                continue;
+                break;
             }
             let (x, y) = (at.saturating_sub(at0) as f64, ns_f64(seen - seen0));
-            if y - slope * x < least {
+            if y - slope * x <= least {
                 least = y - slope * x;
                 best = i;
             }
@@ -661,7 +706,7 @@ impl DeviceClock {
             }
             if at_ns.saturating_sub(since) >= 1_000_000_000 {
                 self.blocks.drop_since(since);
-                self.slope_blocks.0.drop_since(since);
+                self.slope_blocks.drop_since(since);
                 if let Some((at, m)) = self.high_min.take() {
                     self.step_to(at, m, slope);
                 }
@@ -706,12 +751,12 @@ impl DeviceClock {
             Some((at, e, s)) if self.blocks.spans_fit() => {
                 let was = e + ns_i128(s * (at_ns as f64 - at as f64));
                 self.blocks.shift(seen - was);
-                self.slope_blocks.0.shift(seen - was);
+                self.slope_blocks.shift(seen - was);
             }
             // A line not fitted yet may be what was off: it starts over.
             _ => {
                 self.blocks.len = 0;
-                self.slope_blocks.0.len = 0;
+                self.slope_blocks.clear();
             }
         }
         self.take(at_ns, seen);
@@ -722,7 +767,7 @@ impl DeviceClock {
     /// its block in either.
     fn take(&mut self, at_ns: u64, seen: i128) -> bool {
         let fine = self.blocks.take(at_ns, seen);
-        self.slope_blocks.0.take(at_ns, seen) || fine
+        self.slope_blocks.take(at_ns, seen) || fine
     }
 
     /// The epoch's line. Along the hull's edge over [`EPOCH_BLOCKS`] of
@@ -738,11 +783,10 @@ impl DeviceClock {
     /// their freshest status, so that what is left of a slope's error
     /// moves it by its ppm over at most that long.
     fn refit(&mut self, prior: f64) {
-        let long = &self.slope_blocks.0;
         // The long ring's hull only once it spans longer (it is built
         // after every freshest status).
-        let long_slope = if long.span_ns() > self.blocks.span_ns() {
-            long.hull_edge().map(|(_, slope)| slope)
+        let long_slope = if self.slope_blocks.ring.span_ns() > self.blocks.span_ns() {
+            self.slope_blocks.slope()
         } else {
             None
         };
@@ -1348,6 +1392,33 @@ mod tests {
                 assert!((next - want).abs() < 50_000, "{k}: {} ns off", next - want);
             }
         }
+    }
+
+    #[test]
+    fn cached_long_slope_is_the_hull_of_the_long_ring() {
+        // Statuses 0-1 ms stale of a device 300 ppm slow, which loses
+        // 3 ms at 40 s (its line steps: the rings shift) and whose
+        // statuses run late for over a second at 70 s (dropped since).
+        let mut d = DeviceClock::default();
+        let mut rng = 5u64;
+        let mut compared = 0;
+        for k in 1..24_000u64 {
+            let at = 1_000_000_000 + k * 5_000_000;
+            let stale = (uniform(&mut rng) * 1e6) as u64;
+            let lost = if k >= 8_000 { 3_000_000 } else { 0 };
+            let late = if (14_000..14_300).contains(&k) {
+                4_000_000
+            } else {
+                0
+            };
+            let t = (at - 1_000_000_000 - lost - stale - late) as f64 * (1.0 - 300e-6);
+            let played = (t * 48e-6) as u64;
+            d.on_status(at, played + 960, 960, 48_000, 0);
+            let want = d.slope_blocks.ring.hull_edge().map(|(_, s)| s);
+            assert_eq!(d.slope_blocks.slope(), want, "status {k}");
+            compared += usize::from(want.is_some());
+        }
+        assert!(compared > 10_000, "{compared}");
     }
 
     /// The mean error of the tracked epoch (ns, +: the frames are taken
