@@ -11,6 +11,8 @@
 //! 192 kHz search cheap. Never allocates: the caller owns the decimation
 //! buffer.
 
+use super::chunks;
+
 /// The coarse search runs at about this rate.
 const SEARCH_RATE: u32 = 16_000;
 
@@ -39,12 +41,10 @@ pub fn ncc(x: &[f32], a: usize, b: usize, len: usize) -> f32 {
     // hundreds of lags, each over up to 12 ms.
     const LANES: usize = 8;
     let (mut pq8, mut pp8, mut qq8) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
-    let (pc, qc) = (p.chunks_exact(LANES), q.chunks_exact(LANES));
-    let (p_rest, q_rest) = (pc.remainder(), qc.remainder());
-    for (u, v) in pc.zip(qc) {
-        let (Ok(u), Ok(v)) = (<&[f32; LANES]>::try_from(u), <&[f32; LANES]>::try_from(v)) else {
-            continue;
-        };
+    let (pc, qc) = (chunks::<LANES, f32>(p), chunks::<LANES, f32>(q));
+    let whole = pc.len() * LANES;
+    let (p_rest, q_rest) = (p.get(whole..).unwrap_or(&[]), q.get(whole..).unwrap_or(&[]));
+    for (u, v) in pc.iter().zip(qc) {
         for k in 0..LANES {
             pq8[k] += u[k] * v[k];
             pp8[k] += u[k] * u[k];
@@ -88,7 +88,7 @@ fn search_range(x: &[f32], lo: usize, hi: usize, len: usize, dir: Search) -> (us
     // on a periodic signal every multiple of the period correlates as well,
     // and the shortest is the one the ear calls the pitch.
     let mut kept = [0f32; KEPT_SCORES];
-    let keep = hi - lo < KEPT_SCORES;
+    let keep = hi.saturating_sub(lo) < KEPT_SCORES;
     let mut best = (lo, f32::MIN);
     for lag in lo..=hi {
         let s = score(x, lag, len, dir);

@@ -99,6 +99,7 @@
 //!   returns to 0. A new non-zero drift during the landing cancels it.
 //! - Unequal rates never pass through; drift there just glides.
 
+use super::chunks;
 use std::fmt;
 use std::sync::Arc;
 
@@ -807,15 +808,6 @@ fn sum4(v: std::arch::x86_64::__m128) -> f32 {
 #[inline(never)]
 fn lane_sum(s: &[f32; VECTOR]) -> f32 {
     (s[0] + s[2]) + (s[1] + s[3])
-}
-
-/// `items` as whole arrays of `N`, the rest left off: std's
-/// `as_chunks` (stable since Rust 1.88; rust-version here is 1.80).
-fn chunks<const N: usize, T>(items: &[T]) -> &[[T; N]] {
-    let n = items.len().checked_div(N).unwrap_or(0);
-    // SAFETY: `[T; N]` is `N` `T`s back to back, with `T`'s alignment and
-    // no padding, so the first `n · N` items, all in bounds, are `n` of them.
-    unsafe { std::slice::from_raw_parts(items.as_ptr().cast::<[T; N]>(), n) }
 }
 
 /// The kernel phase at fraction `frac` (2^-32 frames) of a frame, and
