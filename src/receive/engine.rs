@@ -1184,12 +1184,20 @@ impl Engine {
         };
         // An estimate is fed forward once it is good to the dead band;
         // before that the loop's integral does the work alone.
-        let confident = estimate.filter(|e| e.uncertainty_ppm < DEAD_BAND_PPM);
-        let mut feed_forward = confident.map_or(0.0, |e| e.ppm);
+        let mut confident = estimate.filter(|e| e.uncertainty_ppm < DEAD_BAND_PPM);
         if let (true, Some(sync)) = (self.sync_engaged, &self.sync) {
-            // Sync: the sender's media clock against its wall clock, from
-            // its reports (the loop holds what the device adds).
-            feed_forward = sync.feed_forward_ppm(format.rate);
+            // Sync feeds its own clocks forward: the sender's media clock
+            // against its wall clock, from its reports, and the device's.
+            // The estimate turning confident changes nothing it feeds, so
+            // it must not clear what the loop holds either: that moved
+            // every frame by what the integral held until the loop learnt
+            // it again (37-40 µs with 100 ppm held, in simulated time).
+            confident = None;
+            self.controller
+                .set_feed_forward_ppm(sync.feed_forward_ppm(format.rate));
+        } else {
+            self.controller
+                .set_feed_forward_ppm(confident.map_or(0.0, |e| e.ppm));
         }
         if confident.is_some() && !self.feeding_forward {
             // The estimate takes over the ratio the loop had learnt (and
@@ -1197,7 +1205,6 @@ impl Engine {
             self.controller.clear_integral();
         }
         self.feeding_forward = confident.is_some();
-        self.controller.set_feed_forward_ppm(feed_forward);
         self.controller
             .set_integrating(self.correction == Correction::Follow);
         let control = self.controller.update(measured, target, period.max(1));
