@@ -273,7 +273,19 @@ fn block_offsets(a: &[f32], b: &[f32], from_s: f64) -> Vec<(f64, usize)> {
 /// graph). Returns the step, the largest residual, and the onsets used.
 /// A receiver in sync plays every burst at its capture time plus MS, so
 /// its bursts lie on the line whatever another receiver does.
-fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> (f64, f64, usize) {
+/// What [`step_at_join`] found: the step (frames, + later after the
+/// join), how far the farthest burst lay from its side's line, the bursts
+/// judged, and each burst's onset (s) with its distance from the line
+/// without the step (frames): printed when the step is over the bar, to
+/// tell a step from a wander.
+struct JoinStep {
+    step: f64,
+    stray: f64,
+    judged: usize,
+    residuals: Vec<(f64, f64)>,
+}
+
+fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> JoinStep {
     let quiet = (RATE as usize * (EVERY_MS - BURST_MS) as usize / 1000) / 2;
     let at = |s: f64| s * f64::from(RATE);
     let onsets: Vec<f64> = burst_onsets(x, 0.1, quiet)
@@ -282,7 +294,12 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> 
         .filter(|&o| o < at(join_s) || o >= at(join_s + skip_s))
         .collect();
     let Some(&first) = onsets.first() else {
-        return (f64::INFINITY, f64::INFINITY, 0);
+        return JoinStep {
+            step: f64::INFINITY,
+            stray: f64::INFINITY,
+            judged: 0,
+            residuals: Vec::new(),
+        };
     };
     let spacing = f64::from(RATE * EVERY_MS / 1000);
     // Least squares for a line plus a step: one slope through both sides'
@@ -308,7 +325,12 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> 
     let sxx: f64 = points.iter().map(|p| centred(p).0 * centred(p).0).sum();
     if before.0.is_nan() || after.0.is_nan() || sxx <= 0.0 {
         // No onsets on one side of the join: nothing to compare.
-        return (f64::INFINITY, f64::INFINITY, points.len());
+        return JoinStep {
+            step: f64::INFINITY,
+            stray: f64::INFINITY,
+            judged: points.len(),
+            residuals: Vec::new(),
+        };
     }
     let slope = sxy / sxx;
     let step = (after.1 - slope * after.0) - (before.1 - slope * before.0);
@@ -319,7 +341,21 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> 
             (dy - slope * dk).abs()
         })
         .fold(0.0, f64::max);
-    (step, worst, points.len())
+    // The whole-span line (one slope, the before side's intercept).
+    let residuals = points
+        .iter()
+        .zip(&onsets)
+        .map(|(p, &o)| {
+            let (k0, y0) = before;
+            (o / f64::from(RATE), p.2 - y0 - slope * (p.0 - k0))
+        })
+        .collect();
+    JoinStep {
+        step,
+        stray: worst,
+        judged: points.len(),
+        residuals,
+    }
 }
 
 /// One case at a time: each runs a JACK server, two receivers, a sender
@@ -772,13 +808,23 @@ fn run_once(name: &str, case: Case) {
         None => vec![("join", join)],
     };
     for (what, (from, at, skip, to, min_judged)) in changes {
-        let (step, stray, judged) = step_at_join(&a, from, at, skip, to);
+        let JoinStep {
+            step,
+            stray,
+            judged,
+            residuals,
+        } = step_at_join(&a, from, at, skip, to);
         eprintln!(
             "{name}: receiver A moved {step:+.2} frames at B's {what} ({judged} bursts, each within {stray:.2} frames of the line)"
         );
+        let residuals: Vec<String> = residuals
+            .iter()
+            .map(|(s, r)| format!("{s:.2} s {r:+.1}"))
+            .collect();
         assert!(
             judged >= min_judged && step.abs() <= BAR_FRAMES,
-            "B's {what} moved receiver A by {step:+.2} frames ({judged} bursts)\nA:\n{log_a}"
+            "B's {what} (at {at:.2} s) moved receiver A by {step:+.2} frames ({judged} bursts; each burst's frames off the line before it: {})\nA:\n{log_a}",
+            residuals.join(", ")
         );
     }
     // The bar starts `settle_s` after B's first packet (B started
