@@ -557,6 +557,8 @@ impl PlayoutThread {
                 Relaxed,
             );
             s.sync_partly_late.store(m.partly_late, Relaxed);
+            s.sync_device_ppb
+                .store((sm.device_ppm * 1000.0) as i64, Relaxed);
         }
         if let Some(d) = alsa_delay_frames {
             s.alsa_delay_us

@@ -73,6 +73,9 @@ pub struct PlayoutStats {
     /// Packets whose head came after its play time (concealed), the rest
     /// played: not in `late`, which counts packets that came wholly late.
     pub sync_partly_late: AtomicU64,
+    /// The device's clock against the monotonic one as sync has it,
+    /// parts per billion (+: slow).
+    pub sync_device_ppb: AtomicI64,
 }
 
 /// `sync_margin_us` while there is no margin to show.
@@ -140,6 +143,8 @@ pub enum SyncLine {
         margin_ms: Option<f64>,
         /// Packets that came with their head played (concealed).
         partly_late: u64,
+        /// The device's clock against the system's, ppm (+: slow).
+        device_ppm: f64,
     },
     /// Configured but not in charge (adaptive playout), and why.
     Off(crate::receive::sync::Why),
@@ -162,6 +167,7 @@ impl PlayoutStats {
                     us => Some(us as f64 / 1000.0),
                 },
                 partly_late: self.sync_partly_late.load(Relaxed),
+                device_ppm: self.sync_device_ppb.load(Relaxed) as f64 / 1000.0,
             }),
             code => Some(SyncLine::Off(
                 Why::from_code(code - 1).unwrap_or(Why::NoStream),
@@ -316,10 +322,11 @@ impl fmt::Display for StatsLine {
                 inserted_ms,
                 margin_ms,
                 partly_late,
+                device_ppm,
             }) => {
                 write!(
                     f,
-                    " sync {error_us:+.0} us (aligned {aligns}: skipped {skipped_ms:.1} ms inserted {inserted_ms:.1} ms)"
+                    " sync {error_us:+.0} us (aligned {aligns}: skipped {skipped_ms:.1} ms inserted {inserted_ms:.1} ms) device-clock {device_ppm:+.1} ppm"
                 )?;
                 if let Some(m) = margin_ms {
                     write!(f, " margin {m:.1} ms")?;
@@ -434,11 +441,12 @@ mod tests {
         s.sync_skipped_frames.store(480, Relaxed);
         s.sync_margin_us.store(NO_MARGIN, Relaxed);
         s.sync_partly_late.store(2, Relaxed);
+        s.sync_device_ppb.store(-12_500, Relaxed);
         let mut line = StatsLine::default();
         s.read_into(&mut line);
         assert!(
             line.to_string().ends_with(
-                " sync +3 us (aligned 1: skipped 10.0 ms inserted 0.0 ms) partly-late 2"
+                " sync +3 us (aligned 1: skipped 10.0 ms inserted 0.0 ms) device-clock -12.5 ppm partly-late 2"
             ),
             "{line}"
         );
@@ -446,7 +454,7 @@ mod tests {
         s.read_into(&mut line);
         assert!(
             line.to_string()
-                .ends_with(" inserted 0.0 ms) margin 42.1 ms partly-late 2"),
+                .ends_with(" ppm margin 42.1 ms partly-late 2"),
             "{line}"
         );
         s.sync_margin_us.store(-7_500, Relaxed);

@@ -1003,6 +1003,9 @@ pub struct SyncMetrics {
     pub aligns: u64,
     /// Of them, for a first fit's move of the mapping.
     pub refit_aligns: u64,
+    /// The device's clock against the monotonic one, ppm (+: slow), as
+    /// the line under its statuses has it; 0 before it is fitted.
+    pub device_ppm: f64,
     /// Frames skipped and silence inserted by alignments, stream frames.
     pub skipped_frames: u64,
     pub inserted_frames: u64,
@@ -1183,6 +1186,7 @@ impl SyncPlayout {
         }
         self.metrics.why = None;
         self.metrics.error_ns = Some(error_ns);
+        self.metrics.device_ppm = self.device.drift_ppm();
         if !self.locked || step || refit || jump {
             if self.locked && !step && refit {
                 self.metrics.refit_aligns += 1;
