@@ -265,14 +265,6 @@ fn block_offsets(a: &[f32], b: &[f32], from_s: f64) -> Vec<(f64, usize)> {
     blocks
 }
 
-/// How far one receiver moved when another joined, frames: its burst
-/// onsets in `x` from `from_s` to `to_s` (seconds of the recording) are
-/// fitted with a line (the sender's clock against the recording's; not a
-/// grid: the skewed sender's clock is off) plus a step at `join_s`, left
-/// out for `skip_s` after it (where the joiner's device joins the JACK
-/// graph). Returns the step, the largest residual, and the onsets used.
-/// A receiver in sync plays every burst at its capture time plus MS, so
-/// its bursts lie on the line whatever another receiver does.
 /// What [`step_at_join`] found: the step (frames, + later after the
 /// join), how far the farthest burst lay from its side's line, the bursts
 /// judged, and each burst's onset (s) with its distance from the line
@@ -285,6 +277,26 @@ struct JoinStep {
     residuals: Vec<(f64, f64)>,
 }
 
+impl JoinStep {
+    /// Nothing to compare: no onsets, or none on one side of the join.
+    fn none(judged: usize) -> JoinStep {
+        JoinStep {
+            step: f64::INFINITY,
+            stray: f64::INFINITY,
+            judged,
+            residuals: Vec::new(),
+        }
+    }
+}
+
+/// How far one receiver moved when another joined, frames: its burst
+/// onsets in `x` from `from_s` to `to_s` (seconds of the recording) are
+/// fitted with a line (the sender's clock against the recording's; not a
+/// grid: the skewed sender's clock is off) plus a step at `join_s`, left
+/// out for `skip_s` after it (where the joiner's device joins the JACK
+/// graph): a [`JoinStep`].
+/// A receiver in sync plays every burst at its capture time plus MS, so
+/// its bursts lie on the line whatever another receiver does.
 fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> JoinStep {
     let quiet = (RATE as usize * (EVERY_MS - BURST_MS) as usize / 1000) / 2;
     let at = |s: f64| s * f64::from(RATE);
@@ -294,12 +306,7 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> 
         .filter(|&o| o < at(join_s) || o >= at(join_s + skip_s))
         .collect();
     let Some(&first) = onsets.first() else {
-        return JoinStep {
-            step: f64::INFINITY,
-            stray: f64::INFINITY,
-            judged: 0,
-            residuals: Vec::new(),
-        };
+        return JoinStep::none(0);
     };
     let spacing = f64::from(RATE * EVERY_MS / 1000);
     // Least squares for a line plus a step: one slope through both sides'
@@ -325,12 +332,7 @@ fn step_at_join(x: &[f32], from_s: f64, join_s: f64, skip_s: f64, to_s: f64) -> 
     let sxx: f64 = points.iter().map(|p| centred(p).0 * centred(p).0).sum();
     if before.0.is_nan() || after.0.is_nan() || sxx <= 0.0 {
         // No onsets on one side of the join: nothing to compare.
-        return JoinStep {
-            step: f64::INFINITY,
-            stray: f64::INFINITY,
-            judged: points.len(),
-            residuals: Vec::new(),
-        };
+        return JoinStep::none(points.len());
     }
     let slope = sxy / sxx;
     let step = (after.1 - slope * after.0) - (before.1 - slope * before.0);

@@ -783,11 +783,11 @@ impl DeviceClock {
     /// their freshest status, so that what is left of a slope's error
     /// moves it by its ppm over at most that long.
     fn refit(&mut self, prior: f64) {
-        // The long ring's hull only once it spans longer (it is built
-        // after every freshest status).
-        // Not before the fine ring is full: until then the long ring's
-        // hull is over two or three points, the newest still filling
-        // (275-807 ppm off at 1 s, and the line tens of µs off with it).
+        // The long ring's hull only once the fine ring is full and the
+        // long one spans longer (it is built after every freshest
+        // status). Before, its hull is over two or three points, the
+        // newest still filling: 275-807 ppm off at 1 s, and the line
+        // tens of µs off with it.
         let long_slope = if self.blocks.len == EPOCH_BLOCKS
             && self.slope_blocks.ring.span_ns() > self.blocks.span_ns()
         {
@@ -1456,16 +1456,6 @@ mod tests {
         sum / n
     }
 
-    /// Issue 13: receivers with 20 ms periods played steadily 54-115 µs
-    /// early against ones with 5 ms periods. Each status is stale by its
-    /// read's latency; the epoch rose by 80 ppm of the time between
-    /// statuses and fell to each fresher one, so it sat above the truth
-    /// by about sqrt(π/2 · 80 ppm · interval · spread): 25 µs with a
-    /// status every 5 ms, 50 µs every 20 ms (and more where the reads
-    /// spread wider). Rising only to each second's freshest status, the
-    /// epoch is as stale as the freshest of a second's statuses: 2.5 µs
-    /// at 5 ms, 24 µs at 20 ms, 10 µs at 441 frames of 44.1 kHz (before:
-    /// 22.9, 58.3, 38.6 µs).
     /// Next-frame error (ns) every 0.25 s from 1 s to `until_s`, and the
     /// line's slope (ppm) then, of a 48 kHz device `device_ppm` off,
     /// written 240 frames at a time, its position updated every 256
@@ -1530,6 +1520,16 @@ mod tests {
         }
     }
 
+    /// Issue 13: receivers with 20 ms periods played steadily 54-115 µs
+    /// early against ones with 5 ms periods. Each status is stale by its
+    /// read's latency; the epoch rose by 80 ppm of the time between
+    /// statuses and fell to each fresher one, so it sat above the truth
+    /// by about sqrt(π/2 · 80 ppm · interval · spread): 25 µs with a
+    /// status every 5 ms, 50 µs every 20 ms (and more where the reads
+    /// spread wider). Rising only to each second's freshest status, the
+    /// epoch is as stale as the freshest of a second's statuses: 2.5 µs
+    /// at 5 ms, 24 µs at 20 ms, 10 µs at 441 frames of 44.1 kHz (before:
+    /// 22.9, 58.3, 38.6 µs).
     #[test]
     fn device_epoch_bias_does_not_grow_with_the_period() {
         for (period, seed) in [(240, 3), (960, 4), (441, 5)] {
