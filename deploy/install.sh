@@ -263,7 +263,7 @@ fi
 # adaptive mode until the clock is synced).
 if [ -n "$ntp_server" ]; then
     if [ -n "$root" ] || ! command -v chronyd >/dev/null 2>&1; then
-        run apt-get install -y chrony
+        run apt-get install -y --no-install-recommends chrony
     fi
     mkdir -p "$dest/etc/chrony/conf.d"
     cat >"$dest/etc/chrony/conf.d/netspeaker.conf" <<EOF

@@ -350,7 +350,7 @@ fn install_with_ntp_server_points_chrony_at_it_and_orders_the_receiver_after_tim
     let root = s.path("root");
     let stdout = install_with(&root, &bins, &["--ntp-server", "clock.lan"]);
     for line in [
-        "would run: apt-get install -y chrony",
+        "would run: apt-get install -y --no-install-recommends chrony",
         "would run: systemctl enable chrony.service chrony-wait.service",
         "would run: systemctl restart chrony.service",
     ] {
