@@ -648,8 +648,14 @@ impl Engine {
         // The stretcher's look-ahead must come from audio that has
         // arrived: reading ahead of it would turn frames still on their
         // way into concealment (and the packets, arriving, into late
-        // ones). Without room, the stretch waits for a later period.
-        if in_frames > mid_frames
+        // ones). Without room, the stretch waits for a later period. So
+        // too once the look-ahead is in: a stretch holds it back from
+        // playing, and a cut down to the target drained the jitter buffer
+        // below it (the look-ahead, 45 ms at 5 ms periods, is more than a
+        // clean link's whole delay), starving it 1-4 times at each
+        // catch-up of a slow device's start, with the audio to play in
+        // hand. Letting go plays that audio while the next packet comes.
+        if self.stretcher.pending() != 0
             && self.jitter.state() == StreamState::Playing
             && in_frames > self.jitter.depth_frames()
         {
@@ -1082,10 +1088,14 @@ impl Engine {
             measured = target + error;
         }
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
-        // A stretch may start only with its look-ahead already here:
-        // shortening must leave the jitter margin behind it (and see
-        // below); lengthening (the delay is short of the target) at least
-        // must not run the buffer dry.
+        // A stretch may start only with its look-ahead already here, so
+        // that taking it never runs the buffer dry. Shortening need not
+        // leave the jitter margin behind it as well: the look-ahead it
+        // holds is audio in hand, played as soon as the buffer runs short
+        // (`render` lets the stretch go), and it is more than the margin.
+        // Asking for both left every catch-up 25-30 ms above the target
+        // (the look-ahead is 45 ms, a clean link's target 16), resampled
+        // away at 1 ms a second.
         let depth = self.jitter.depth_frames();
         let look_ahead = self.stretcher.look_ahead(period.max(1)) + period;
         let margin_frames = (self.margin_ms * format.rate as f64 / 1000.0) as usize;
@@ -1126,8 +1136,7 @@ impl Engine {
             f64::INFINITY
         };
         self.controller.allow_stretch(
-            self.stretcher.pending() != 0
-                || (depth >= look_ahead + margin_frames && shorten_room >= tolerance),
+            self.stretcher.pending() != 0 || (depth >= look_ahead && shorten_room >= tolerance),
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
         // Bit-perfect when the clocks agree (see `Correction`).
@@ -1485,6 +1494,91 @@ mod tests {
             assert!(out.iter().all(|&v| v == 0.0), "sound at tick {tick}");
         }
         assert_eq!(engine.source().metrics().takeovers, 0);
+    }
+
+    #[test]
+    fn a_backlog_caught_up_on_the_defaults_ends_near_the_target_without_starving() {
+        // The first stream after start-up behind PulseAudio: the device
+        // takes 1.9 s to consume, the default (auto) latency on a clean
+        // link, 20 ms packets of 48 kHz stereo. The catch-up must not run
+        // the jitter buffer dry (a glitch at every such start), and the
+        // delay must come back to its target in seconds, not tens.
+        let config = PlayoutConfig {
+            stream_formats: vec![(48_000, 2)],
+            ..PlayoutConfig::default()
+        };
+        let mut engine = Engine::new(&config).unwrap();
+        let format = StreamFormat {
+            encoding: Encoding::L16,
+            rate: 48_000,
+            channels: 2,
+        };
+        let packet = |k: u32| {
+            let mut p = Packet::empty(format);
+            p.ssrc = 5;
+            p.seq = k as u16;
+            p.timestamp = k * 960;
+            p.arrival_ns = k as u64 * 20_000_000;
+            p.marker = k == 0;
+            p.payload_type = 96;
+            for i in 0..960u32 {
+                let t = (k * 960 + i) as f64 / 48_000.0;
+                let v = (3000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
+                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
+                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
+            }
+            p
+        };
+        let period_ns = 5_000_000u64;
+        let mut out = vec![0.0f32; 240 * 2];
+        let mut k = 0u32;
+        let mut excess = Vec::new();
+        for tick in 1..=(30_000u64 / 5) {
+            let now = tick * period_ns;
+            while k as u64 * 20_000_000 <= now {
+                engine.push(&packet(k));
+                k += 1;
+            }
+            if now < 1_900_000_000 {
+                engine.set_holding(true);
+                engine.idle(now, 5);
+                continue;
+            }
+            if engine.bank_rate().is_none() {
+                let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).unwrap();
+                engine.attach_device(2, Some(bank));
+            }
+            engine.set_holding(false);
+            engine.render(&mut out, now);
+            engine.device_position(now, (tick - 380) * 240);
+            let e = (engine.buffered_delay_frames() - engine.target_delay_frames()) / 48.0;
+            excess.push((now, e));
+        }
+        let m = engine.jitter().metrics();
+        // Nothing dropped, nothing starved: every frame of the start plays.
+        assert_eq!(
+            (m.overflow, m.late, m.lost, m.underruns),
+            (0, 0, 0, 0),
+            "{m:?}"
+        );
+        // The mean excess over the second before `at_s` (the level saws a
+        // packet deep: a mean, not a sample).
+        let mean_excess = |at_s: u64| {
+            let window: Vec<f64> = excess
+                .iter()
+                .filter(|(t, _)| (at_s - 1) * 1_000_000_000 < *t && *t <= at_s * 1_000_000_000)
+                .map(|(_, e)| *e)
+                .collect();
+            window.iter().sum::<f64>() / window.len().max(1) as f64
+        };
+        let (early, late) = (mean_excess(12), mean_excess(30));
+        println!("excess over the target: {early:.1} ms at 12 s, {late:.1} ms at 30 s");
+        // 1.9 s of backlog at up to 20 % faster is gone by about 11.5 s;
+        // what a cut cannot take (it needs its look-ahead in hand) is
+        // resampled away at up to 1 ms a second. Cutting down to the
+        // target left 33 ms at 12 s and 15 ms at 30 s, after 4 starvings.
+        assert!(early < 25.0, "{early:.1} ms above the target at 12 s");
+        assert!(late < 10.0, "{late:.1} ms above the target at 30 s");
     }
 
     #[test]
