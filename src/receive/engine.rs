@@ -659,8 +659,15 @@ impl Engine {
             && self.jitter.state() == StreamState::Playing
             && in_frames > self.jitter.depth_frames()
         {
-            self.stretcher.cancel();
-            in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+            let depth = self.jitter.depth_frames();
+            if depth + self.stretcher.buffered() >= mid_frames {
+                // What has arrived, and no more: short of its next
+                // window, the stretch lets go by itself.
+                in_frames = depth;
+            } else {
+                self.stretcher.cancel();
+                in_frames = self.stretcher.input_needed(mid_frames).min(self.max_frames);
+            }
         }
         self.fill_from_jitter(in_frames, ch, now_ns);
         let (_, stretched) = self.stretcher.process(
@@ -1088,16 +1095,19 @@ impl Engine {
             measured = target + error;
         }
         let period = out_frames * format.rate as usize / self.device_rate.max(1) as usize;
-        // A stretch may start only with its look-ahead already here, so
-        // that taking it never runs the buffer dry. Shortening need not
-        // leave the jitter margin behind it as well: the look-ahead it
-        // holds is audio in hand, played as soon as the buffer runs short
-        // (`render` lets the stretch go), and it is more than the margin.
-        // Asking for both left every catch-up 25-30 ms above the target
-        // (the look-ahead is 45 ms, a clean link's target 16), resampled
-        // away at 1 ms a second.
+        // A stretch may start only with audio enough here, so that taking
+        // it never runs the buffer dry: lengthening, its look-ahead;
+        // shortening, its first step's (the output and one search window,
+        // 29 ms at 5 ms periods), the rest taken as it arrives. Neither
+        // need leave the jitter margin behind: what the stretcher holds is
+        // audio in hand, played as soon as the buffer runs short (`render`
+        // and the stretcher let the stretch go). Asking for the whole
+        // look-ahead and the margin left every catch-up 25-30 ms above the
+        // target (the look-ahead is 45 ms, a clean link's target 16),
+        // resampled away at 1 ms a second.
         let depth = self.jitter.depth_frames();
         let look_ahead = self.stretcher.look_ahead(period.max(1)) + period;
+        let cut_start = self.stretcher.first_step_input(period.max(1));
         let margin_frames = (self.margin_ms * format.rate as f64 / 1000.0) as usize;
         // While it shortens, the stretcher holds its look-ahead taken out
         // of the jitter buffer, whose level saws a packet deep as packets
@@ -1136,7 +1146,7 @@ impl Engine {
             f64::INFINITY
         };
         self.controller.allow_stretch(
-            self.stretcher.pending() != 0 || (depth >= look_ahead && shorten_room >= tolerance),
+            self.stretcher.pending() != 0 || (depth >= cut_start && shorten_room >= tolerance),
             self.stretcher.pending() != 0 || depth >= look_ahead,
         );
         // Bit-perfect when the clocks agree (see `Correction`).
@@ -1573,12 +1583,13 @@ mod tests {
         };
         let (early, late) = (mean_excess(12), mean_excess(30));
         println!("excess over the target: {early:.1} ms at 12 s, {late:.1} ms at 30 s");
-        // 1.9 s of backlog at up to 20 % faster is gone by about 11.5 s;
-        // what a cut cannot take (it needs its look-ahead in hand) is
-        // resampled away at up to 1 ms a second. Cutting down to the
-        // target left 33 ms at 12 s and 15 ms at 30 s, after 4 starvings.
-        assert!(early < 25.0, "{early:.1} ms above the target at 12 s");
-        assert!(late < 10.0, "{late:.1} ms above the target at 30 s");
+        // 1.9 s of backlog at up to 20 % faster is gone by about 11.5 s,
+        // cut down to the target with no more than a step's window in
+        // hand. Cutting to the target with a look-ahead held back left
+        // 33 ms at 12 s and 15 ms at 30 s, after 4 starvings; starting
+        // cuts only with the whole look-ahead here, 18.5 and 0.8 ms.
+        assert!(early < 5.0, "{early:.1} ms above the target at 12 s");
+        assert!(late.abs() < 3.0, "{late:.1} ms off the target at 30 s");
     }
 
     #[test]

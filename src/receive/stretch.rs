@@ -13,9 +13,11 @@
 //! more than about 8 %. Where the audio is not similar to itself at any lag
 //! (a transient, noise), the step waits a little for a better place. With
 //! nothing pending it is an exact pass-through with no added latency;
-//! while a request is pending it holds up to about 30 ms of look-ahead
-//! (`buffered()`), which the delay estimate must count. Nothing allocates
-//! after `new`.
+//! while a request is pending it holds up to about 45 ms of look-ahead
+//! (`buffered()`), which the delay estimate must count. Given less than it
+//! asks for, it steps when it has a search window in hand and lets the
+//! request go rather than produce a short period. Nothing allocates after
+//! `new`.
 
 use core::fmt;
 
@@ -196,6 +198,15 @@ impl Stretcher {
         Self::need(output_frames, self.window, self.max_lag) - output_frames
     }
 
+    /// Input a cut needs in hand to make its first step and still
+    /// produce `output_frames`: the output and one search window. Less
+    /// than `look_ahead`, which also holds the next step's window: a cut
+    /// started with only this much takes the rest as it arrives, and lets
+    /// go if it does not come in time (see `process`).
+    pub fn first_step_input(&self, output_frames: usize) -> usize {
+        output_frames + self.window
+    }
+
     /// Catching up a backlog (`true`): steps come closer together, up to
     /// 20 % faster than real time instead of 8 %.
     pub fn set_catch_up(&mut self, fast: bool) {
@@ -254,6 +265,16 @@ impl Stretcher {
         self.buf[self.len * ch..(self.len + take) * ch].copy_from_slice(&input[..take * ch]);
         self.len += take;
         self.advance();
+        if self.pending != 0 && self.ready < out_frames {
+            // Short of the window its next step compares (the caller had
+            // less audio to give than `input_needed`): the stretch lets go
+            // rather than stall the output. What it holds plays; a new
+            // request starts from there.
+            self.pending = 0;
+            self.skip = 0;
+            self.waits = 0;
+            self.advance();
+        }
         let n = self.ready.min(out_frames);
         output[..n * ch].copy_from_slice(&self.buf[..n * ch]);
         self.buf.copy_within(n * ch..self.len * ch, 0);
@@ -421,6 +442,32 @@ mod tests {
             f += 0.5;
         }
         best.0
+    }
+
+    #[test]
+    fn a_cut_fed_from_a_shallow_buffer_never_leaves_a_period_short() {
+        // A cut started with only its first step's input in hand, then
+        // given what arrives (a 20 ms packet every 20 ms, 5 ms periods),
+        // never all that `input_needed` asks: each period is produced
+        // whole, and the cut still removes audio.
+        let (rate, period, packet) = (48_000u32, 240usize, 960usize);
+        let mut st = Stretcher::new(2, rate, 960).unwrap();
+        st.set_format(1, rate);
+        let sig = voiced(rate, 180.0, 0.02, rate as usize * 2);
+        let mut arrived = st.first_step_input(period);
+        let mut pos = 0;
+        let mut out = vec![0.0; period];
+        st.request(2400);
+        for tick in 0..300 {
+            if tick % 4 == 0 {
+                arrived = (arrived + packet).min(sig.len());
+            }
+            let take = st.input_needed(period).min(arrived - pos);
+            let (used, made) = st.process(&sig[pos..pos + take], &mut out);
+            pos += used;
+            assert_eq!(made, period, "period {tick} short");
+        }
+        assert!(st.metrics().removed_frames > 0, "{:?}", st.metrics());
     }
 
     #[test]
