@@ -1506,6 +1506,68 @@ mod tests {
         assert_eq!(engine.source().metrics().takeovers, 0);
     }
 
+    /// A stream of the config's one format (L16, a voiced-like tone, 20
+    /// ms packets from t = 0) into an engine whose device plays from
+    /// `device_at_ns` on, in 5 ms periods of 48 kHz stereo, for `seconds`:
+    /// before, the audio is held. `each` sees every rendered period.
+    fn slow_device_start(
+        config: &PlayoutConfig,
+        channels: u16,
+        device_at_ns: u64,
+        seconds: u64,
+        mut each: impl FnMut(&mut Engine, &[f32], u64),
+    ) -> Engine {
+        let (rate, _) = config.stream_formats[0];
+        let format = StreamFormat {
+            encoding: Encoding::L16,
+            rate,
+            channels,
+        };
+        let frames = rate / 50;
+        let packet = |k: u32| {
+            let mut p = Packet::empty(format);
+            p.ssrc = 5;
+            p.seq = k as u16;
+            p.timestamp = k * frames;
+            p.arrival_ns = k as u64 * 20_000_000;
+            p.marker = k == 0;
+            p.payload_type = 96;
+            for i in 0..frames {
+                // So the stretcher finds its periods.
+                let t = (k * frames + i) as f64 / f64::from(rate);
+                let v = (8000.0 * (2.0 * std::f64::consts::PI * 180.0 * t).sin()) as i16;
+                for _ in 0..channels {
+                    let _ = p.payload.extend_from_slice(&v.to_be_bytes());
+                }
+            }
+            p
+        };
+        let mut engine = Engine::new(config).unwrap();
+        let period_ns = 5_000_000u64;
+        let mut out = vec![0.0f32; 240 * 2];
+        let mut k = 0u32;
+        for tick in 1..=(seconds * 1000 / 5) {
+            let now = tick * period_ns;
+            while k as u64 * 20_000_000 <= now {
+                engine.push(&packet(k));
+                k += 1;
+            }
+            if now < device_at_ns {
+                engine.set_holding(true);
+                engine.idle(now, 5);
+                continue;
+            }
+            if engine.bank_rate().is_none() {
+                let bank = ResamplerBank::new(&config.stream_formats, 48_000, config).unwrap();
+                engine.attach_device(2, Some(bank));
+            }
+            engine.set_holding(false);
+            engine.render(&mut out, now);
+            each(&mut engine, &out, now);
+        }
+        engine
+    }
+
     #[test]
     fn a_backlog_caught_up_on_the_defaults_ends_near_the_target_without_starving() {
         // The first stream after start-up behind PulseAudio: the device
@@ -1517,53 +1579,12 @@ mod tests {
             stream_formats: vec![(48_000, 2)],
             ..PlayoutConfig::default()
         };
-        let mut engine = Engine::new(&config).unwrap();
-        let format = StreamFormat {
-            encoding: Encoding::L16,
-            rate: 48_000,
-            channels: 2,
-        };
-        let packet = |k: u32| {
-            let mut p = Packet::empty(format);
-            p.ssrc = 5;
-            p.seq = k as u16;
-            p.timestamp = k * 960;
-            p.arrival_ns = k as u64 * 20_000_000;
-            p.marker = k == 0;
-            p.payload_type = 96;
-            for i in 0..960u32 {
-                let t = (k * 960 + i) as f64 / 48_000.0;
-                let v = (3000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16;
-                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
-                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
-            }
-            p
-        };
-        let period_ns = 5_000_000u64;
-        let mut out = vec![0.0f32; 240 * 2];
-        let mut k = 0u32;
         let mut excess = Vec::new();
-        for tick in 1..=(30_000u64 / 5) {
-            let now = tick * period_ns;
-            while k as u64 * 20_000_000 <= now {
-                engine.push(&packet(k));
-                k += 1;
-            }
-            if now < 1_900_000_000 {
-                engine.set_holding(true);
-                engine.idle(now, 5);
-                continue;
-            }
-            if engine.bank_rate().is_none() {
-                let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).unwrap();
-                engine.attach_device(2, Some(bank));
-            }
-            engine.set_holding(false);
-            engine.render(&mut out, now);
-            engine.device_position(now, (tick - 380) * 240);
+        let engine = slow_device_start(&config, 2, 1_900_000_000, 30, |engine, _, now| {
+            engine.device_position(now, (now - 1_900_000_000) / 5_000_000 * 240);
             let e = (engine.buffered_delay_frames() - engine.target_delay_frames()) / 48.0;
             excess.push((now, e));
-        }
+        });
         let m = engine.jitter().metrics();
         // Nothing dropped, nothing starved: every frame of the start plays.
         assert_eq!(
@@ -1589,7 +1610,8 @@ mod tests {
         // 33 ms at 12 s and 15 ms at 30 s, after 4 starvings; starting
         // cuts only with the whole look-ahead here, 18.5 and 0.8 ms.
         assert!(early < 5.0, "{early:.1} ms above the target at 12 s");
-        assert!(late.abs() < 3.0, "{late:.1} ms off the target at 30 s");
+        // Within 3 ms the clocks' agreement is left alone (bit-exact).
+        assert!(late.abs() < 4.0, "{late:.1} ms off the target at 30 s");
     }
 
     #[test]
@@ -1603,51 +1625,9 @@ mod tests {
             stream_formats: vec![(8000, 1)],
             ..PlayoutConfig::default()
         };
-        let mut engine = Engine::new(&config).unwrap();
-        let format = StreamFormat {
-            encoding: Encoding::L16,
-            rate: 8000,
-            channels: 1,
-        };
-        let packet = |k: u32| {
-            let mut p = Packet::empty(format);
-            p.ssrc = 5;
-            p.seq = k as u16;
-            p.timestamp = k * 160;
-            p.arrival_ns = k as u64 * 20_000_000;
-            p.marker = k == 0;
-            p.payload_type = 96;
-            for i in 0..160u32 {
-                // A voiced-like tone, so the stretcher finds its periods.
-                let t = (k * 160 + i) as f64 / 8000.0;
-                let v = (8000.0 * (2.0 * std::f64::consts::PI * 180.0 * t).sin()) as i16;
-                let _ = p.payload.extend_from_slice(&v.to_be_bytes());
-            }
-            p
-        };
-        let period_ns = 5_000_000u64;
-        let mut out = vec![0.0f32; 240 * 2];
-        let mut k = 0u32;
         let mut first_sound_ns = None;
         let mut back_at_target_ns = None;
-        for tick in 1..=(40_000u64 / 5) {
-            let now = tick * period_ns;
-            while k as u64 * 20_000_000 <= now {
-                engine.push(&packet(k));
-                k += 1;
-            }
-            if now < 1_500_000_000 {
-                // No device yet.
-                engine.set_holding(true);
-                engine.idle(now, 5);
-                continue;
-            }
-            if engine.bank_rate().is_none() {
-                let bank = ResamplerBank::new(&config.stream_formats, 48_000, &config).unwrap();
-                engine.attach_device(2, Some(bank));
-            }
-            engine.set_holding(false);
-            engine.render(&mut out, now);
+        let engine = slow_device_start(&config, 1, 1_500_000_000, 40, |engine, out, now| {
             if first_sound_ns.is_none() && out.iter().any(|&v| v != 0.0) {
                 first_sound_ns = Some(now);
             }
@@ -1655,7 +1635,7 @@ mod tests {
             if first_sound_ns.is_some() && back_at_target_ns.is_none() && excess_ms.abs() < 5.0 {
                 back_at_target_ns = Some(now);
             }
-        }
+        });
         let m = engine.jitter().metrics();
         assert_eq!((m.overflow, m.late, m.lost), (0, 0, 0), "{m:?}");
         // Played from the device's first period on, from the stream's first
