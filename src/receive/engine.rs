@@ -655,11 +655,11 @@ impl Engine {
         // clean link's whole delay), starving it 1-4 times at each
         // catch-up of a slow device's start, with the audio to play in
         // hand. Letting go plays that audio while the next packet comes.
+        let depth = self.jitter.depth_frames();
         if self.stretcher.pending() != 0
             && self.jitter.state() == StreamState::Playing
-            && in_frames > self.jitter.depth_frames()
+            && in_frames > depth
         {
-            let depth = self.jitter.depth_frames();
             if depth + self.stretcher.buffered() >= mid_frames {
                 // What has arrived, and no more: short of its next
                 // window, the stretch lets go by itself.
