@@ -65,20 +65,22 @@ const ISSUE_BAR_FRAMES: f64 = 4.8;
 /// client (a receiver a cycle off until it re-aligns), so the issue's bar
 /// is not met in every run; this one still fails the echo it is about
 /// (58 ms) and any steering that wanders. Why a joiner's first seconds:
-/// traced, its statuses' freshest per 100 ms sat 130-160 µs later than
-/// before for half a second of its first 1.5 (likely: the jack plugin
-/// moves the position in the client's own callback, whose place in the
-/// cycle changed as its ports joined the graph; not confirmed), so its device line's first fits took 220, 158, 45
-/// ppm on a device at its nominal rate and the next frame's time moved
-/// 151 µs and back within a second, the joiner with it. Tried, replaying
-/// 19 receivers' traced statuses (worst next-frame error in their first
-/// 8 s against their freshest status of 3-8 s, median 80 µs): holding a young slope at the nominal rate until it
-/// moves the line 250 µs over its span, 49 µs, but devices truly 100 ppm
-/// off then missed 0.2 ms in six simulated cases; a prior that takes the
-/// slope nearest the nominal rate within 10 µs of the best line's height,
-/// 61 µs, but those devices 20-45 µs worse at 2 s, and two suite runs with
-/// 15 µs had 10 and 4 blocks over 0.1 ms (4 before). Neither kept: at 1.5
-/// s these statuses cannot tell that shift from a slope.
+/// traced, the freshest status of each 200 ms lay 10-150 µs above the
+/// later floor in every receiver's first 3 s, wandering over fractions of
+/// a second (this VM's wake-up latency: the first receiver's as much as
+/// the joiner's). A device line's young fits over 1-1.5 s of that come
+/// out tens to hundreds of ppm off (220, 158, 45 ppm in a row on a device
+/// at its nominal rate), and the next frame's time moved 151 µs and back
+/// within a second, the joiner with it; later the long ring's slope
+/// holds it. Tried, replaying 19 receivers' traced statuses (worst
+/// next-frame error in their first 8 s against their freshest status of
+/// 3-8 s, median 80 µs): holding a young slope at the nominal rate until
+/// it moves the line 250 µs over its span, 49 µs, but devices truly 100
+/// ppm off then missed 0.2 ms in six simulated cases; a prior that takes
+/// the slope nearest the nominal rate within 10 µs of the best line's
+/// height, 61 µs, but those devices 20-45 µs worse at 2 s, and two suite
+/// runs with 15 µs had 10 and 4 blocks over 0.1 ms (4 before). Neither
+/// kept: a second of such statuses cannot tell that wander from a slope.
 const BAR_FRAMES: f64 = 12.0;
 /// The JACK server's cycle, frames: 10.7 ms. This 2-core VM wakes even a
 /// SCHED_FIFO 95 thread up to 3.7 ms late when idle (65 wake-ups over 2 ms
