@@ -76,11 +76,12 @@ const ISSUE_BAR_FRAMES: f64 = 4.8;
 /// next-frame error in their first 8 s against their freshest status of
 /// 3-8 s, median 80 µs): holding a young slope at the nominal rate until
 /// it moves the line 250 µs over its span, 49 µs, but devices truly 100
-/// ppm off then missed 0.2 ms in six simulated cases; a prior that takes
-/// the slope nearest the nominal rate within 10 µs of the best line's
-/// height, 61 µs, but those devices 20-45 µs worse at 2 s, and two suite
-/// runs with 15 µs had 10 and 4 blocks over 0.1 ms (4 before). Neither
-/// kept: a second of such statuses cannot tell that wander from a slope.
+/// ppm off then went 210-240 µs off in six simulated cases (failed); a
+/// prior that takes the slope nearest the nominal rate within 10 µs of
+/// the best line's height, 61 µs, but those devices 20-45 µs worse at 2
+/// s, and two suite runs with 15 µs had 10 and 4 blocks over 0.1 ms (4
+/// before). Neither kept: a second of such statuses cannot tell that
+/// wander from a slope.
 const BAR_FRAMES: f64 = 12.0;
 /// The JACK server's cycle, frames: 10.7 ms. This 2-core VM wakes even a
 /// SCHED_FIFO 95 thread up to 3.7 ms late when idle (65 wake-ups over 2 ms
