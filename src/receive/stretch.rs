@@ -181,9 +181,15 @@ impl Stretcher {
         self.window = 2 * self.max_lag;
         self.len = 0;
         self.ready = 0;
+        self.let_go();
+    }
+
+    /// Drops the pending request with its cooldown and waits: the next
+    /// request starts afresh.
+    fn let_go(&mut self) {
+        self.pending = 0;
         self.skip = 0;
         self.waits = 0;
-        self.pending = 0;
     }
 
     /// Remove (positive) or add (negative) this many frames, spread over
@@ -270,9 +276,7 @@ impl Stretcher {
             // less audio to give than `input_needed`): the stretch lets go
             // rather than stall the output. What it holds plays; a new
             // request starts from there.
-            self.pending = 0;
-            self.skip = 0;
-            self.waits = 0;
+            self.let_go();
             self.advance();
         }
         let n = self.ready.min(out_frames);
