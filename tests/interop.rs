@@ -629,14 +629,16 @@ fn tutorial_stream_plays_with_bounded_memory_and_counted_overflow() {
         // device consumes: the excess is dropped, counted, never more than
         // that. The device may take a while to start (PulseAudio's start
         // takes 0.1-2 s here); what arrives meanwhile is held, up to the
-        // buffer's capacity, so at least the sending time's worth is kept
-        // (less the sender's own start-up and the target delay). At most
-        // what the buffer holds, plus what played while the datagrams came
-        // at the time-stretcher's fastest catch-up, plus one datagram in
-        // hand in the device and the stretcher.
+        // buffer's capacity, so about the sending time's worth is kept,
+        // at least 80 % of it (the sender's own start-up, the target
+        // delay, and the host holding sender.py up while the receiver
+        // plays what it has). At most what the buffer holds, plus what
+        // played while the datagrams came at the time-stretcher's fastest
+        // catch-up, plus one datagram in hand in the device and the
+        // stretcher.
         let sent_ms = sent as f64 * 20.0;
         assert!(
-            kept_ms >= sent_ms.min(sending_ms - 200.0),
+            kept_ms >= sent_ms.min(sending_ms * 0.8),
             "more was dropped than the excess over real time: {context}"
         );
         assert!(
