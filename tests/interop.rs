@@ -500,14 +500,10 @@ fn sounding_ms(recording: &[i16]) -> f64 {
     }
 }
 
-/// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
-/// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
-/// `netspeaker --raw s16le:8000:1`. Returns the run, the datagrams sent and
-/// the receiver's VmHWM in KiB a fifth into the sending, half-way, and
-/// just before it stopped.
-/// What one tutorial stream did: the recording and log, the datagrams
-/// sender.py sent, how long its sending took, and the receiver's VmHWM a
-/// fifth of the way, half-way and at the end.
+/// What one tutorial stream did: the run (recording and log), the
+/// datagrams sender.py sent, how long its sending took, and the
+/// receiver's VmHWM in KiB a fifth into the sending, half-way, and just
+/// before it stopped.
 struct Tutorial {
     played: Played,
     sent: u64,
@@ -515,6 +511,9 @@ struct Tutorial {
     hwm_kib: [u64; 3],
 }
 
+/// The tutorial's sender (tests/tutorial/sender.py: 320-byte datagrams
+/// of s16le 8 kHz mono at twice real time) streams `seconds` of noise into
+/// `netspeaker --raw s16le:8000:1`.
 fn play_tutorial(name: &str, seconds: usize) -> Tutorial {
     let _serial = serial();
     let dir = TestDir::new(name);
