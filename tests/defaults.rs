@@ -218,7 +218,10 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
         );
         // The adaptive delay and the device buffer still hold the end.
         std::thread::sleep(Duration::from_millis(600));
-        stalled.set(stood_still(watch.stall("dflt-paging", t0, Instant::now())));
+        stalled.set(
+            stood_still(watch.stall("dflt-paging", t0, Instant::now()))
+                .or_else(|| sender_held_up(report.max_late)),
+        );
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
         let log = rx.log_text();
@@ -278,11 +281,10 @@ fn paging_pcmu_sent_while_the_device_still_opens() {
         // when the last packet arrives (20 % faster: about 1 s of a 2 s
         // backlog is left after 5 s): let it play out.
         std::thread::sleep(Duration::from_millis(2500));
-        stalled.set(stood_still(watch.stall(
-            "dflt-paging-early",
-            opened,
-            Instant::now(),
-        )));
+        stalled.set(
+            stood_still(watch.stall("dflt-paging-early", opened, Instant::now()))
+                .or_else(|| sender_held_up(report.max_late)),
+        );
         assert!(open, "the device never opened\n{}", rx.log_text());
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
