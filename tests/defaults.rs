@@ -22,8 +22,8 @@ mod common;
 use common::receiver::{free_port, send_rtp_timed, RtpStream, RunningReceiver, Stats};
 use common::{
     burst_count, burst_onsets, first_channel_f32, first_channel_s16, once_more_if_stalled,
-    read_f32le, read_s16le, sender_held_up, stood_still, tone_bursts, AlsaConfig, GrowthWatch,
-    JackServer, PulseServer, TestDir,
+    read_f32le, read_s16le, stood_still, stood_still_or_held_up, tone_bursts, AlsaConfig,
+    GrowthWatch, JackServer, PulseServer, TestDir,
 };
 use netspeaker::audio::format::Encoding;
 use std::net::SocketAddr;
@@ -218,10 +218,10 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
         );
         // The adaptive delay and the device buffer still hold the end.
         std::thread::sleep(Duration::from_millis(600));
-        stalled.set(
-            stood_still(watch.stall("dflt-paging", t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        stalled.set(stood_still_or_held_up(
+            watch.stall("dflt-paging", t0, Instant::now()),
+            report.max_late,
+        ));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
         let log = rx.log_text();
@@ -281,10 +281,10 @@ fn paging_pcmu_sent_while_the_device_still_opens() {
         // when the last packet arrives (20 % faster: about 1 s of a 2 s
         // backlog is left after 5 s): let it play out.
         std::thread::sleep(Duration::from_millis(2500));
-        stalled.set(
-            stood_still(watch.stall("dflt-paging-early", opened, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        stalled.set(stood_still_or_held_up(
+            watch.stall("dflt-paging-early", opened, Instant::now()),
+            report.max_late,
+        ));
         assert!(open, "the device never opened\n{}", rx.log_text());
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
@@ -408,10 +408,10 @@ fn pcmu_8k_through_a_rate_converting_plug_plays_clean() {
             report.max_late
         );
         std::thread::sleep(Duration::from_millis(600));
-        stalled.set(
-            stood_still(watch.stall("dflt-plug", t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        stalled.set(stood_still_or_held_up(
+            watch.stall("dflt-plug", t0, Instant::now()),
+            report.max_late,
+        ));
         let (code, _, stats) = rx.stop();
         drop(jack);
         assert_eq!(code, Some(0));
@@ -487,10 +487,10 @@ fn drift_case(name: &str, ppm: f64) {
             report.max_late
         );
         std::thread::sleep(Duration::from_millis(600));
-        stalled.set(
-            stood_still(watch.stall(name, t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        stalled.set(stood_still_or_held_up(
+            watch.stall(name, t0, Instant::now()),
+            report.max_late,
+        ));
         let (code, _, last) = rx.stop();
         assert_eq!(code, Some(0));
         let log = rx.log_text();

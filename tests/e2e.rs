@@ -17,19 +17,16 @@
 
 mod common;
 
-use common::receiver::{free_port, send_raw, send_rtp_timed, RtpStream, RunningReceiver, Stats};
+use common::receiver::{free_port, send_raw, send_rtp_reported, RtpStream, RunningReceiver, Stats};
 use common::{
     compare_tones, exact_seconds, exact_share_of_tail, f32_to_s16, first_channel_s16, multitone,
-    noise, once_more_if_stalled, read_f32le, read_s16le, sender_held_up, stood_still, to_f32,
-    AlsaConfig, GrowthWatch, JackServer, PulseServer, TestDir,
+    noise, once_more_if_stalled, read_f32le, read_s16le, sender_held_up, stood_still,
+    stood_still_or_held_up, to_f32, AlsaConfig, GrowthWatch, JackServer, PulseServer, TestDir,
 };
 use netspeaker::audio::format::Encoding;
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// The test senders' packet interval: 20 ms packets at real time.
-const PTIME: Duration = Duration::from_millis(20);
 
 fn dest(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -158,12 +155,12 @@ fn rtp_l16_rw_paced_bit_exact_twenty_seconds_no_underrun() {
         let signal = noise(7, 2, 48_000 * 20, 20_000);
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
-        let report = send_rtp_timed(dest(port), &l16_stream(48_000, 2), &signal, PTIME);
+        let report = send_rtp_reported(dest(port), &l16_stream(48_000, 2), &signal);
         let sent = report.sent;
-        stalled.set(
-            stood_still(watch.stall("e2e-l16-rw", t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        stalled.set(stood_still_or_held_up(
+            watch.stall("e2e-l16-rw", t0, Instant::now()),
+            report.max_late,
+        ));
         assert_eq!(sent, 1000);
         std::thread::sleep(Duration::from_millis(300));
         let (code, took, stats) = rx.stop();
@@ -246,11 +243,11 @@ fn rtp_l16_mmap_on_jack_bit_exact() {
         signal.extend(noise(11, 2, 48_000 * 19, 20_000));
         let watch = GrowthWatch::file(&alsa.jfile);
         let t0 = Instant::now();
-        let report = send_rtp_timed(dest(port), &l16_stream(48_000, 2), &signal, PTIME);
-        stalled.set(
-            stood_still(watch.stall("e2e-l16-mmap", t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        let report = send_rtp_reported(dest(port), &l16_stream(48_000, 2), &signal);
+        stalled.set(stood_still_or_held_up(
+            watch.stall("e2e-l16-mmap", t0, Instant::now()),
+            report.max_late,
+        ));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
@@ -305,12 +302,11 @@ fn g711_case(encoding: Encoding, payload_type: u8, name: &str) {
         };
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
-        let ptime = Duration::from_millis(u64::from(stream.ptime_ms));
-        let report = send_rtp_timed(dest(port), &stream, &signal, ptime);
-        stalled.set(
-            stood_still(watch.stall(name, t0, Instant::now()))
-                .or_else(|| sender_held_up(report.max_late)),
-        );
+        let report = send_rtp_reported(dest(port), &stream, &signal);
+        stalled.set(stood_still_or_held_up(
+            watch.stall(name, t0, Instant::now()),
+            report.max_late,
+        ));
         std::thread::sleep(Duration::from_millis(300));
         let (code, _, stats) = rx.stop();
         assert_eq!(code, Some(0));
@@ -402,7 +398,7 @@ fn device_lost_and_back_without_restarting_the_receiver() {
         let sender = {
             let signal = signal.clone();
             std::thread::spawn(move || {
-                send_rtp_timed(dest(port), &l16_stream(48_000, 2), &signal, PTIME)
+                send_rtp_reported(dest(port), &l16_stream(48_000, 2), &signal)
             })
         };
         std::thread::sleep(Duration::from_secs(2));
@@ -540,8 +536,7 @@ fn one_device_format_for_streams_of_any_format() {
                 stream.rate as usize * 2,
                 10_000,
             );
-            let ptime = Duration::from_millis(u64::from(stream.ptime_ms));
-            max_late = max_late.max(send_rtp_timed(dest(port), stream, &tone, ptime).max_late);
+            max_late = max_late.max(send_rtp_reported(dest(port), stream, &tone).max_late);
             std::thread::sleep(Duration::from_millis(200));
         }
         // The sound server stands still at its start (and after an

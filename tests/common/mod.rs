@@ -1091,6 +1091,13 @@ pub fn stood_still(stall: Option<Duration>) -> Option<String> {
     stall.map(|d| format!("the sound server stood still for {} ms", d.as_millis()))
 }
 
+/// Either outside evidence for [`once_more_if_stalled`]: the sound server
+/// stood still ([`stood_still`]) or the test's sender was held up
+/// ([`sender_held_up`]).
+pub fn stood_still_or_held_up(stall: Option<Duration>, max_late: Duration) -> Option<String> {
+    stood_still(stall).or_else(|| sender_held_up(max_late))
+}
+
 /// A datagram held up this much by the host (a test sender or relay
 /// scheduled late) is a network condition of its own: on a clean link the
 /// buffer's low point, just before a 20 ms packet lands, is the target

@@ -235,8 +235,13 @@ pub struct RtpStream {
 /// absolute deadlines (a late wake-up sends the due packets at once).
 /// Returns the number of packets sent.
 pub fn send_rtp(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> usize {
+    send_rtp_reported(dest, stream, samples).sent
+}
+
+/// As [`send_rtp`], with the sender's own lateness ([`SendReport`]).
+pub fn send_rtp_reported(dest: SocketAddr, stream: &RtpStream, samples: &[i16]) -> SendReport {
     let ptime = Duration::from_millis(u64::from(stream.ptime_ms));
-    send_rtp_every(dest, stream, samples, ptime)
+    send_rtp_timed(dest, stream, samples, ptime)
 }
 
 /// As [`send_rtp`], but packet k leaves at `k × interval` of real time
