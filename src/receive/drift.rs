@@ -78,6 +78,11 @@ pub struct ControllerConfig {
     /// reference, not a clock's drift (`stretch_above_ms` bounds it too;
     /// infinite: that bound alone).
     pub integrate_below_ms: f64,
+    /// An error above `integrate_below_ms` that lasts this long (s) is
+    /// not a jump, which the proportional term takes back sooner, but a
+    /// wrong ratio held (a feed-forward off, or what the integral learnt
+    /// from one): it is then integrated too. Infinite: never.
+    pub integrate_held_after_s: f64,
 }
 
 impl Default for ControllerConfig {
@@ -94,6 +99,7 @@ impl Default for ControllerConfig {
             max_stretch: 0.05,
             report_s: 20.0,
             integrate_below_ms: f64::INFINITY,
+            integrate_held_after_s: f64::INFINITY,
         }
     }
 }
@@ -157,6 +163,8 @@ pub struct DelayController {
     /// False while the caller passes audio through untouched: the error is
     /// let grow on purpose, and must not wind the integral up.
     integrating: bool,
+    /// How long the error has been above `integrate_below_ms`, s.
+    held_s: f64,
 }
 
 impl DelayController {
@@ -180,11 +188,13 @@ impl DelayController {
                 return Err(ControllerError::Value { field, value });
             }
         }
-        if cfg.integrate_below_ms.is_nan() || cfg.integrate_below_ms <= 0.0 {
-            return Err(ControllerError::Value {
-                field: "integrate_below_ms",
-                value: cfg.integrate_below_ms,
-            });
+        for (field, value) in [
+            ("integrate_below_ms", cfg.integrate_below_ms),
+            ("integrate_held_after_s", cfg.integrate_held_after_s),
+        ] {
+            if value.is_nan() || value <= 0.0 {
+                return Err(ControllerError::Value { field, value });
+            }
         }
         if cfg.stretch_until_ms >= cfg.stretch_above_ms {
             return Err(ControllerError::Value {
@@ -215,6 +225,7 @@ impl DelayController {
             feed_forward_ppm: 0.0,
             integrating: true,
             may_lengthen: true,
+            held_s: 0.0,
         })
     }
 
@@ -223,6 +234,7 @@ impl DelayController {
     pub fn reset(&mut self) {
         self.filtered = None;
         self.integral = 0.0;
+        self.held_s = 0.0;
         self.stretching = false;
         self.reported = 0.0;
         self.last = Control {
@@ -354,9 +366,19 @@ impl DelayController {
         // adaptive target comes down), which the proportional term takes
         // back; winding it into the integral would chase it for seconds
         // after it is gone.
+        // An error held above the band for longer than the proportional
+        // term takes to remove a jump is what the ratio gets wrong: left
+        // out, a feed-forward 1000 ppm off held sync 0.23 ms off for as
+        // long as it was (the proportional term's 4000 ppm/ms against it).
+        let band = limit.min(self.cfg.integrate_below_ms);
+        if error_ms.abs() <= band {
+            self.held_s = 0.0;
+        } else {
+            self.held_s += dt_s;
+        }
         if !self.stretching
             && self.integrating
-            && error_ms.abs() <= limit.min(self.cfg.integrate_below_ms)
+            && (error_ms.abs() <= band || self.held_s >= self.cfg.integrate_held_after_s)
         {
             self.integral = (self.integral + self.cfg.ki_ppm_per_ms_s * e * dt_s)
                 .clamp(-self.cfg.max_ppm, self.cfg.max_ppm);
