@@ -19,7 +19,9 @@
 
 mod common;
 
-use common::receiver::{free_port, send_rtp_timed, RtpStream, RunningReceiver, Stats};
+use common::receiver::{
+    free_port, send_rtp_reported, send_rtp_timed, RtpStream, RunningReceiver, Stats,
+};
 use common::{
     burst_count, burst_onsets, first_channel_f32, first_channel_s16, once_more_if_stalled,
     read_f32le, read_s16le, stood_still, stood_still_or_held_up, tone_bursts, AlsaConfig,
@@ -51,9 +53,6 @@ const FIRST_MS: u32 = 60;
 const EVERY_MS: u32 = 500;
 const BURST_MS: u32 = 50;
 const BURST_AMPLITUDE: i16 = 12_000;
-
-/// The test streams' packet interval (their ptime).
-const PTIME: Duration = Duration::from_millis(20);
 
 /// Burst-to-burst timing bar.
 const SPACING_BAR_MS: f64 = 1.0;
@@ -210,7 +209,7 @@ fn paging_pcmu_start_kept_on_a_slow_opening_device() {
         let signal = paging_bursts(8000, 5);
         let watch = GrowthWatch::file(&alsa.paced);
         let t0 = Instant::now();
-        let report = send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME);
+        let report = send_rtp_reported(dest(port), &pcmu_8k(), &signal);
         let sent = report.sent;
         eprintln!(
             "dflt-paging: the sender's latest packet left {:?} late",
@@ -265,7 +264,7 @@ fn paging_pcmu_sent_while_the_device_still_opens() {
         let watch = GrowthWatch::file(&alsa.paced);
         let sender = {
             let signal = signal.clone();
-            std::thread::spawn(move || send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME))
+            std::thread::spawn(move || send_rtp_reported(dest(port), &pcmu_8k(), &signal))
         };
         // The standstill is judged from the device's open on: before it,
         // the recording cannot grow.
@@ -401,7 +400,7 @@ fn pcmu_8k_through_a_rate_converting_plug_plays_clean() {
         let signal = paging_bursts(8000, seconds);
         let watch = GrowthWatch::file(&alsa.jfile);
         let t0 = Instant::now();
-        let report = send_rtp_timed(dest(port), &pcmu_8k(), &signal, PTIME);
+        let report = send_rtp_reported(dest(port), &pcmu_8k(), &signal);
         let sent = report.sent;
         eprintln!(
             "dflt-plug: the sender's latest packet left {:?} late",
