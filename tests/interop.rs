@@ -580,13 +580,12 @@ fn play_tutorial(name: &str, seconds: usize) -> Tutorial {
 }
 
 /// The jitter buffer's capacity for the tutorial's stream: the receiver's
-/// least (`MIN_CAPACITY_MS` in src/receive/engine.rs), kept so a device
-/// that takes seconds to start loses nothing of a stream's start.
-const TUTORIAL_CAPACITY_MS: f64 = 3000.0;
-/// The fastest the receiver can consume a stream (src/receive/stretch.rs):
-/// catching up, the time-stretcher removes one segment in five of the
-/// input, so the device's real time takes 1.25 times as much audio.
-const CATCH_UP_SPEED: f64 = 1.25;
+/// least, kept so a device that takes seconds to start loses nothing of a
+/// stream's start.
+const TUTORIAL_CAPACITY_MS: f64 = netspeaker::receive::engine::MIN_CAPACITY_MS as f64;
+/// The fastest the receiver can consume a stream: catching up, the
+/// time-stretcher's speed.
+const CATCH_UP_SPEED: f64 = netspeaker::receive::stretch::CATCH_UP_SPEED;
 
 /// Resident memory of the receiver (without mlock) after the longer
 /// stream, in KiB; its own footprint is about 8 MiB with the PulseAudio

@@ -223,7 +223,7 @@ pub const MAX_PERIOD_MS: u32 = 100;
 /// PulseAudio and PipeWire take 1.5-2 s to open and start a stream (and
 /// more on a loaded Pi): 2 s was measured to drop the end of that wait's
 /// audio; 3 s keeps all of it.
-const MIN_CAPACITY_MS: u32 = 3_000;
+pub const MIN_CAPACITY_MS: u32 = 3_000;
 
 /// The pure playout chain; one call to `render` makes one device period.
 pub struct Engine {

@@ -34,6 +34,11 @@ const COOLDOWN_PER_LAG: usize = 11;
 /// faster, as NetEQ's "accelerate" does for a full buffer; still a
 /// pitch-preserving cut at a similar place, so speech stays intelligible.
 const CATCH_UP_COOLDOWN_PER_LAG: usize = 3;
+/// The fastest a stream is consumed, catching up: each step takes 2R + 3R
+/// frames of input and gives 4R, so the device's real time takes 1.25
+/// times as much audio.
+pub const CATCH_UP_SPEED: f64 =
+    (2 + CATCH_UP_COOLDOWN_PER_LAG) as f64 / (1 + CATCH_UP_COOLDOWN_PER_LAG) as f64;
 /// Similarity required to stretch at a place; below it the step waits
 /// `MAX_LAG/2` frames, at most `MAX_WAITS` times in a row.
 const SIMILAR_ENOUGH: f32 = 0.5;
