@@ -78,10 +78,12 @@ pub struct ControllerConfig {
     /// reference, not a clock's drift (`stretch_above_ms` bounds it too;
     /// infinite: that bound alone).
     pub integrate_below_ms: f64,
-    /// An error above `integrate_below_ms` that lasts this long (s) is
-    /// not a jump, which the proportional term takes back sooner, but a
-    /// wrong ratio held (a feed-forward off, or what the integral learnt
-    /// from one): it is then integrated too. Infinite: never.
+    /// An error above `integrate_below_ms`, and within what the
+    /// proportional term can balance (`max_correction_ppm` /
+    /// `kp_ppm_per_ms`), that lasts this long (s) is not a jump, which the
+    /// proportional term takes back sooner, but a wrong ratio held (a
+    /// feed-forward off, or what the integral learnt from one): it is then
+    /// integrated too. Infinite: never.
     pub integrate_held_after_s: f64,
 }
 
@@ -370,11 +372,16 @@ impl DelayController {
         // term takes to remove a jump is what the ratio gets wrong: left
         // out, a feed-forward 1000 ppm off held sync 0.23 ms off for as
         // long as it was (the proportional term's 4000 ppm/ms against it).
+        // Only an error the proportional term can balance: beyond its
+        // reach it is saturated, slewing a large error off at its bound
+        // (as is a stretch), and an integral wound up meanwhile would
+        // overshoot.
         let band = limit.min(self.cfg.integrate_below_ms);
-        if error_ms.abs() <= band {
-            self.held_s = 0.0;
-        } else {
+        let reach = self.cfg.max_correction_ppm / self.cfg.kp_ppm_per_ms;
+        if !self.stretching && error_ms.abs() > band && error_ms.abs() <= reach {
             self.held_s += dt_s;
+        } else {
+            self.held_s = 0.0;
         }
         if !self.stretching
             && self.integrating

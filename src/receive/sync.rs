@@ -1494,15 +1494,16 @@ mod tests {
     /// Sync's loop with the resampler it steers, in simulated time: 5 ms
     /// periods at 48 kHz, the ratio gliding at the resampler's 5000 ppm/s,
     /// the clocks agreeing (the ratio needed is 0) while `fed(t)` ppm is
-    /// fed forward. The error (ns, + late) of each period's first frame.
-    fn steered(seconds: f64, fed: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+    /// fed forward, from an error of `start_ns`. The error (ns, + late)
+    /// of each period's first frame.
+    fn steered(seconds: f64, start_ns: f64, fed: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
         use crate::receive::drift::DelayController;
         let rate = 48_000u32;
         let period = 240usize;
         let frame_ns = 1e9 / f64::from(rate);
         let slew = 5000.0 / f64::from(rate);
         let mut loop_ = DelayController::new(&controller_config(rate)).unwrap();
-        let (mut error_ns, mut applied) = (0.0f64, 0.0f64);
+        let (mut error_ns, mut applied) = (start_ns, 0.0f64);
         let mut trace = Vec::new();
         for k in 0..(seconds * f64::from(rate)) as usize / period {
             let t = (k * period) as f64 / f64::from(rate);
@@ -1533,7 +1534,7 @@ mod tests {
     #[test]
     fn a_wrong_ratio_the_loop_learnt_is_unlearnt() {
         for off in [-1000.0, 1000.0, -600.0, 1500.0] {
-            let trace = steered(10.0, |t| if t < 3.0 { off } else { 0.0 });
+            let trace = steered(10.0, 0.0, |t| if t < 3.0 { off } else { 0.0 });
             let worst = |from: f64, to: f64| {
                 trace
                     .iter()
@@ -1547,6 +1548,24 @@ mod tests {
             );
             assert!(learnt < 100_000.0, "{off} ppm: {learnt:.0} ns");
             assert!(unlearnt < 100_000.0, "{off} ppm: {unlearnt:.0} ns");
+        }
+    }
+
+    /// What the wrong-ratio rule must not do: wind the integral up while
+    /// the proportional term, saturated, slews a large error off (a jump
+    /// of 0.5-4 ms is steered, not aligned or stretched). From 1-3.5 ms
+    /// the error comes down at the loop's 2000 ppm and stays down: no
+    /// overshoot past 20 µs the other way.
+    #[test]
+    fn a_large_error_steered_off_does_not_overshoot() {
+        for start_us in [1000.0, -1500.0, 2500.0, -3500.0] {
+            let trace = steered(8.0, start_us * 1e3, |_| 0.0);
+            let sign = if start_us > 0.0 { 1.0 } else { -1.0 };
+            let overshoot = trace.iter().map(|(_, e)| -sign * e).fold(0.0, f64::max);
+            let end = trace.last().map_or(0.0, |(_, e)| e.abs());
+            println!("from {start_us:+} us: overshoot {overshoot:.0} ns, {end:.0} ns at the end");
+            assert!(overshoot < 20_000.0, "{start_us} us: {overshoot:.0} ns");
+            assert!(end < 5_000.0, "{start_us} us: {end:.0} ns");
         }
     }
 
