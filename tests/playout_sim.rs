@@ -748,17 +748,12 @@ fn simulate_sync_48k(seconds: u64, clocks: Clocks) -> SyncPass {
     let mut out = vec![0.0f32; PERIOD as usize];
     let mut k = 0u64;
     // A joiner is judged from a second after its first report: the
-    // issue's bar starts 2 s after its first packet.
-    // (Its first packet is sent at `c0`, 1 s.)
-    let first_report_s = if clocks.first_report_s > 0.0 {
-        1.0 + clocks.first_report_s
+    // issue's bar starts 2 s after its first packet (sent at `c0`, 1 s).
+    let (first_report_s, settle_s) = if clocks.first_report_s > 0.0 {
+        let at = 1.0 + clocks.first_report_s;
+        (at, at + 1.0)
     } else {
-        0.0
-    };
-    let settle_s = if clocks.first_report_s > 0.0 {
-        first_report_s + 1.0
-    } else {
-        SYNC_SETTLE_S as f64
+        (0.0, SYNC_SETTLE_S as f64)
     };
     let settle = (settle_s * f64::from(RATE_48K)) as u64 / PERIOD;
     let first_report = (first_report_s * f64::from(RATE_48K)) as u64 / PERIOD;

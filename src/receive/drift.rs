@@ -367,15 +367,14 @@ impl DelayController {
         // is a new target or a start (the level sits a packet high, the
         // adaptive target comes down), which the proportional term takes
         // back; winding it into the integral would chase it for seconds
-        // after it is gone.
-        // An error held above the band for longer than the proportional
-        // term takes to remove a jump is what the ratio gets wrong: left
-        // out, a feed-forward 1000 ppm off held sync 0.23 ms off for as
-        // long as it was (the proportional term's 4000 ppm/ms against it).
-        // Only an error the proportional term can balance: beyond its
-        // reach it is saturated, slewing a large error off at its bound
-        // (as is a stretch), and an integral wound up meanwhile would
-        // overshoot.
+        // after it is gone. But an error held above the band for longer
+        // than the proportional term takes to remove a jump is what the
+        // ratio gets wrong: left out, a feed-forward 1000 ppm off held
+        // sync 0.23 ms off for as long as it was (the proportional term's
+        // 4000 ppm/ms against it). Only an error the proportional term can
+        // balance counts: beyond its reach it is saturated, slewing a
+        // large error off at its bound (as is a stretch), and an integral
+        // wound up meanwhile would overshoot.
         let band = limit.min(self.cfg.integrate_below_ms);
         let reach = self.cfg.max_correction_ppm / self.cfg.kp_ppm_per_ms;
         if !self.stretching && error_ms.abs() > band && error_ms.abs() <= reach {

@@ -192,8 +192,9 @@ pub struct SyncConfig {
 /// (the reports' first fit of a sender's rate moves it by up to the
 /// report interval × its ppm) is a jump of the reference; integrated
 /// while the resampler glides at 5000 ppm/s it overshot by 0.15 ms and
-/// more for seconds. Unless the error stays above it for 0.4 s, longer
-/// than such a jump: then the ratio is wrong (a young device line fed
+/// more for seconds. Unless the error stays above it, and within the
+/// proportional term's reach (0.5 ms), for 0.4 s, longer than such a
+/// jump: then the ratio is wrong (a young device line fed
 /// forward up to 1500 ppm off), which the proportional term alone held
 /// at 0.23 ms for 1000 ppm, for as long as it lasted. Integrated after
 /// 0.3 s, a sender's refit moved frames 14 µs more (53 µs, simulated);
@@ -1560,8 +1561,10 @@ mod tests {
     fn a_large_error_steered_off_does_not_overshoot() {
         for start_us in [1000.0, -1500.0, 2500.0, -3500.0] {
             let trace = steered(8.0, start_us * 1e3, |_| 0.0);
-            let sign = if start_us > 0.0 { 1.0 } else { -1.0 };
-            let overshoot = trace.iter().map(|(_, e)| -sign * e).fold(0.0, f64::max);
+            let overshoot = trace
+                .iter()
+                .map(|(_, e)| -start_us.signum() * e)
+                .fold(0.0, f64::max);
             let end = trace.last().map_or(0.0, |(_, e)| e.abs());
             println!("from {start_us:+} us: overshoot {overshoot:.0} ns, {end:.0} ns at the end");
             assert!(overshoot < 20_000.0, "{start_us} us: {overshoot:.0} ns");
