@@ -169,38 +169,44 @@ fn write_alsa_conf(dir: &TestDir) -> Vec<(String, String)> {
     vec![("ALSA_CONFIG_PATH".into(), path.display().to_string())]
 }
 
-/// A receiver on device `jack{tag}`; `extra` after the common options
-/// (the stream's format, a device rate).
-/// Receiver `tag`'s log goes to `rx{log}.log`.
-#[allow(clippy::too_many_arguments)]
-fn receiver(
-    dir: &TestDir,
-    tag: &str,
-    log: &str,
-    port: u16,
-    period_ms: &str,
-    sync_ms: &str,
-    extra: &[&str],
-    env: &[(String, String)],
-) -> RunningReceiver {
-    let listen = format!("127.0.0.1:{port}");
-    let device = format!("jack{tag}");
-    let mut args = vec![
-        "-v",
-        "--period-ms",
-        period_ms,
-        "--listen",
-        &listen,
-        "--device",
-        &device,
-        "--sync-ms",
-        sync_ms,
-        "--sync-trust-clock",
-        "--stats-interval",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    RunningReceiver::start(&args, env, dir.file(&format!("rx{log}.log")))
+/// What the receivers of one case share.
+struct Rig<'a> {
+    dir: &'a TestDir,
+    /// The JACK server's environment.
+    env: &'a [(String, String)],
+    sync_ms: &'a str,
+}
+
+impl Rig<'_> {
+    /// A receiver on device `jack{tag}`; `extra` after the common options
+    /// (the stream's format, a device rate). Its log goes to `rx{log}.log`.
+    fn receiver(
+        &self,
+        tag: &str,
+        log: &str,
+        port: u16,
+        period_ms: &str,
+        extra: &[&str],
+    ) -> RunningReceiver {
+        let listen = format!("127.0.0.1:{port}");
+        let device = format!("jack{tag}");
+        let mut args = vec![
+            "-v",
+            "--period-ms",
+            period_ms,
+            "--listen",
+            &listen,
+            "--device",
+            &device,
+            "--sync-ms",
+            self.sync_ms,
+            "--sync-trust-clock",
+            "--stats-interval",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        RunningReceiver::start(&args, self.env, self.dir.file(&format!("rx{log}.log")))
+    }
 }
 
 /// Waits until JACK has `port` (`jack_lsp`).
@@ -704,7 +710,12 @@ fn run_once(name: &str, case: Case) {
     if let Some(hz) = device_rate_b {
         extra_b.extend_from_slice(&["--device-rate", hz]);
     }
-    let mut rx_a = receiver(&dir, "A", "A", port_a, periods_ms[0], sync_ms, format, &env);
+    let rig = Rig {
+        dir: &dir,
+        env: &env,
+        sync_ms,
+    };
+    let mut rx_a = rig.receiver("A", "A", port_a, periods_ms[0], format);
     let (mut tx, mut ffmpeg, mut skewed) = (None, None, None);
     match who_sends {
         Sender::Netspeaker if opus => {
@@ -719,7 +730,7 @@ fn run_once(name: &str, case: Case) {
     let mut b_started = Instant::now();
     let start_b = |log: &str| {
         let b = &extra_b;
-        receiver(&dir, "B", log, port_b, periods_ms[1], sync_ms, b, &env)
+        rig.receiver("B", log, port_b, periods_ms[1], b)
     };
     let mut rx_b = start_b("B");
     // The first run of a restarted receiver: when it stopped, its log and
