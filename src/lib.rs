@@ -54,3 +54,22 @@ pub mod receive;
 pub mod rtp;
 pub mod send;
 pub mod service;
+
+/// What the unit tests of several modules share.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// A seeded linear congruential generator (Knuth's MMIX constants):
+    /// simulations are random, and a failure replays exactly.
+    pub struct Lcg(pub u64);
+
+    impl Lcg {
+        /// Uniform in [0, 1).
+        pub fn uniform(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+}

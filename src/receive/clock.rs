@@ -1209,16 +1209,7 @@ impl ClockEstimator {
 mod tests {
     use super::*;
 
-    struct Lcg(u64);
-    impl Lcg {
-        fn uniform(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::testing::Lcg;
 
     const RATE: u32 = 48000;
     /// 20 ms packets at 48 kHz (the sender's default).

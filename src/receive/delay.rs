@@ -364,17 +364,7 @@ impl DelayEstimator {
 mod tests {
     use super::*;
 
-    struct Lcg(u64);
-    impl Lcg {
-        /// Uniform in [0, 1).
-        fn uniform(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            (self.0 >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::testing::Lcg;
 
     const RATE: u32 = 8000;
     const PTIME_NS: u64 = 20_000_000;
