@@ -892,16 +892,22 @@ fn kernel(design: &Design, behind: usize) -> Arc<[f32]> {
         let t = behind as f64 - k as f64 + p as f64 / PHASES as f64;
         cutoff * prototype(t * cutoff, design)
     };
-    let mut poly = vec![0.0f32; PHASES * 2 * taps];
-    for (p, entry) in poly.chunks_exact_mut(2 * taps).enumerate() {
-        let (row, diff) = entry.split_at_mut(taps);
-        for (k, (w, d)) in row.iter_mut().zip(diff).enumerate() {
-            let (w0, w1) = (weight(p, k), weight(p + 1, k));
-            *w = w0 as f32;
-            *d = (w1 - w0) as f32;
-        }
-    }
-    poly.into()
+    // Each phase's row: `taps` weights, then their differences to the next
+    // phase's. Collected straight into the shared slice it is kept in: a
+    // Vec turned into one would be copied, and the copy's first home left
+    // in the device thread's heap (issue 11: resident memory).
+    let row = 2 * taps;
+    (0..PHASES * row)
+        .map(|i| {
+            let (p, k) = (i / row, i % row);
+            if k < taps {
+                weight(p, k) as f32
+            } else {
+                let k = k - taps;
+                (weight(p + 1, k) - weight(p, k)) as f32
+            }
+        })
+        .collect()
 }
 
 impl Resampler {
