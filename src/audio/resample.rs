@@ -895,16 +895,23 @@ fn kernel(design: &Design, behind: usize) -> Arc<[f32]> {
     // Each phase's row: `taps` weights, then their differences to the next
     // phase's. Collected straight into the shared slice it is kept in: a
     // Vec turned into one would be copied, and the copy's first home left
-    // in the device thread's heap (issue 11: resident memory).
+    // in the device thread's heap (issue 11: resident memory). `current`
+    // holds the phase's weights; each difference computes the next
+    // phase's weight and leaves it there, so every weight is worked out
+    // once.
     let row = 2 * taps;
+    let mut current: Vec<f64> = (0..taps).map(|k| weight(0, k)).collect();
     (0..PHASES * row)
         .map(|i| {
             let (p, k) = (i / row, i % row);
             if k < taps {
-                weight(p, k) as f32
+                current[k] as f32
             } else {
                 let k = k - taps;
-                (weight(p + 1, k) - weight(p, k)) as f32
+                let next = weight(p + 1, k);
+                let d = next - current[k];
+                current[k] = next;
+                d as f32
             }
         })
         .collect()
