@@ -728,10 +728,7 @@ fn run_once(name: &str, case: Case) {
     }
     std::thread::sleep(LATE_JOIN);
     let mut b_started = Instant::now();
-    let start_b = |log: &str| {
-        let b = &extra_b;
-        rig.receiver("B", log, port_b, periods_ms[1], b)
-    };
+    let start_b = |log: &str| rig.receiver("B", log, port_b, periods_ms[1], &extra_b);
     let mut rx_b = start_b("B");
     // The first run of a restarted receiver: when it stopped, its log and
     // statistics.
