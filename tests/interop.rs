@@ -23,6 +23,8 @@
 //! (netspeaker-send → ffmpeg via SDP is tests/send_ffmpeg.rs.)
 
 mod common;
+#[path = "common/relay.rs"]
+mod relay;
 
 use std::net::UdpSocket;
 use std::path::Path;
@@ -33,6 +35,7 @@ use common::paced_receiver::{final_stat, serial, write_s16le, PacedReceiver};
 use common::receiver::free_port;
 use common::{multitone, noise, once_more_if_stalled, TestDir};
 use netspeaker::audio::codec;
+use relay::{Impairment, Relay};
 
 const RECEIVER: &str = env!("CARGO_BIN_EXE_netspeaker");
 
@@ -236,19 +239,24 @@ struct Played {
     /// The sound server stood still this long while the receiver played
     /// (outside evidence, from the recording's growth), if it did.
     stalled: Option<Duration>,
+    /// The sender's worst lateness against its own pace, as a relay in
+    /// front of the receiver saw it (outside evidence); zero where no
+    /// relay watched.
+    held_up: Duration,
 }
 
 /// Plays a stream and judges it: the receiver reported no underrun, and
 /// the recording holds what the device must have been given. Once more
 /// only if that failed while the sound server stalled, by the evidence of
-/// the recording's growth (never the receiver's own figures); the second
-/// run is judged whatever happens in it.
+/// the recording's growth, or while the host held the sender up, by a
+/// relay's (never the receiver's own figures); the second run is judged
+/// whatever happens in it.
 fn judged(name: &str, channels: u16, play: impl Fn() -> Played) {
     // L16 at the device's rate passes through; 8 kHz G.711 is converted.
     let same_rate = channels == DEVICE_CHANNELS;
     once_more_if_stalled(name, |stalled| {
         let p = play();
-        stalled.set(common::stood_still(p.stalled));
+        stalled.set(common::stood_still_or_held_up(p.stalled, p.held_up));
         assert_eq!(
             final_stat(&p.log, "underruns"),
             0,
@@ -335,6 +343,7 @@ fn play_from_ffmpeg_with(
         recording,
         expected,
         stalled,
+        held_up: Duration::ZERO,
     }
 }
 
@@ -407,19 +416,41 @@ fn play_from_gstreamer(
     let mut args = rx_args.to_vec();
     args.extend(["--listen", &listen]);
     let receiver = start_receiver(&dir, &args);
+    // udpsink paces each packet to its timestamp: a relay that forwards
+    // untouched sees when the host held gst-launch up (seen in CI: a
+    // 60 ms hole, after which the backlog left the delay high for the
+    // rest of the stream and 1 s of 24 was exact).
+    let mut relay = Relay::start(
+        listen.parse().expect("listen address"),
+        Impairment::default(),
+    );
+    let t0 = Instant::now();
     let out = Command::new("gst-launch-1.0")
-        .args(gst_pipeline(&input, rate, channels, tail, port))
+        .args(gst_pipeline(
+            &input,
+            rate,
+            channels,
+            tail,
+            relay.addr.port(),
+        ))
         .stdout(Stdio::null())
         .output()
         .expect("run gst-launch-1.0");
     assert!(out.status.success(), "gst-launch-1.0: {out:?}");
+    let held_up = relay.host_delay(t0, Instant::now());
+    eprintln!(
+        "{name}: gst-launch's packets at most {:.1} ms behind its pace",
+        held_up.as_secs_f64() * 1000.0
+    );
     std::thread::sleep(Duration::from_millis(400));
+    relay.stop();
     let (log, recording, stalled) = receiver.stop();
     Played {
         log,
         recording,
         expected,
         stalled,
+        held_up,
     }
 }
 
@@ -570,6 +601,7 @@ fn play_tutorial(name: &str, seconds: usize) -> Tutorial {
         recording,
         expected: sent,
         stalled,
+        held_up: Duration::ZERO,
     };
     Tutorial {
         played,
