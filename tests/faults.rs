@@ -18,7 +18,7 @@ mod rig;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use rig::{sender, write_wav, Bench, Proc, Progress};
+use rig::{sender, write_wav, Bench, Proc, Progress, Stats};
 
 /// L16 16 kHz mono, a 440 Hz tone at amplitude 8000 (RMS ≈ 5657).
 const RATE: u32 = 16_000;
@@ -307,14 +307,30 @@ fn sender_restarted_with_new_ssrc() {
 /// begins up to 2 s later. The audio that arrives while the device stands
 /// still is kept (issue 11: "if the device is not ready (being opened,
 /// recovering), keep the audio") and played out faster afterwards: no
-/// overflow drop, the standstill logged, the tone back within 1 s.
+/// overflow drop, the standstill logged, the tone back within 1 s. The
+/// device is the one it was, on its clock: the clock estimate, known
+/// before the freeze, stays known through it (it was unknown for 5-6 s
+/// after every standstill or underrun while its device side started
+/// over).
 #[test]
 fn sound_server_frozen_keeps_the_audio() {
     let _serial = serial();
     let bench = Bench::with_jack("fault-freeze");
     let (rx, tx) = start(&bench);
     let progress = Progress::start(&bench);
-    std::thread::sleep(Duration::from_secs(3));
+    // The estimate is known from about 6.5 s in.
+    std::thread::sleep(Duration::from_secs(8));
+    let known = |line: &str| line.contains(" ppm (±");
+    assert!(
+        rx.log
+            .lines()
+            .iter()
+            .rev()
+            .find(|(_, l)| Stats::parse(l).is_some())
+            .is_some_and(|(_, l)| known(l)),
+        "the clock estimate is not known 8 s in:\n{}",
+        rx.log.text()
+    );
     let jackd = bench
         .jack
         .as_ref()
@@ -330,6 +346,13 @@ fn sound_server_frozen_keeps_the_audio() {
     std::thread::sleep(AFTER);
     let stats = rx.log.stats();
     let last = stats.last().map(|(_, s)| s.clone());
+    let unknown_after: Vec<String> = rx
+        .log
+        .lines()
+        .into_iter()
+        .filter(|(t, l)| *t >= frozen && Stats::parse(l).is_some() && !known(l))
+        .map(|(_, l)| l)
+        .collect();
     let (present, log) = finish(&bench, rx, tx);
     let last = last.unwrap_or_else(|| panic!("no statistics line:\n{log}"));
     let stood = log
@@ -357,6 +380,10 @@ fn sound_server_frozen_keeps_the_audio() {
     assert_eq!(
         last.overflow, 0,
         "audio that arrived while the device stood still was dropped:\n{log}"
+    );
+    assert!(
+        unknown_after.is_empty(),
+        "the clock estimate was lost with the standstill: {unknown_after:#?}"
     );
 }
 

@@ -96,8 +96,11 @@
 //!   sound server moving its latency by 1–6 ms every 1–4 s, one clock:
 //!   within 20 ppm from 15 s in all 620 checks (worst 11.8 ppm), the
 //!   uncertainty covering the error in 949 of 967. The caller calls
-//!   `reset_device()` when the device is reopened; a change of
-//!   `device_rate` starts the device side over by itself.
+//!   `reset_device()` when the device is reopened, and
+//!   `restart_device()` when the same device's timeline broke (an
+//!   underrun, a standstill: its rate is held until the new fit knows it
+//!   as well); a change of `device_rate` starts the device side over by
+//!   itself.
 //! - Everything is allocated in `new`; no panics on any input: a zero
 //!   rate is counted and ignored, time going backwards is clamped, every
 //!   division is guarded.
@@ -357,6 +360,13 @@ impl Track {
         self.line = None;
         self.held = None;
         self.suspect_run = 0;
+    }
+
+    /// Starts the window over, the estimate held (as after a step).
+    fn restart_holding(&mut self) {
+        let held = self.estimate();
+        self.clear();
+        self.held = held;
     }
 
     /// The better of the current fit and the one held across a step.
@@ -1084,6 +1094,17 @@ impl ClockEstimator {
     /// device side starts over.
     pub fn reset_device(&mut self) {
         self.device.clear();
+        self.device_origin = None;
+    }
+
+    /// The device's timeline broke (an underrun, a resume, a standstill)
+    /// but the device is the one it was, on the same clock: its position
+    /// starts over and the rate it had shown is held until the new fit
+    /// knows it as well. Forgotten, the estimate was unknown for 5-6 s
+    /// after every underrun (through PulseAudio, 2 s of it standing while
+    /// the server restarted its stream), and clock following with it.
+    pub fn restart_device(&mut self) {
+        self.device.restart_holding();
         self.device_origin = None;
     }
 
@@ -2076,6 +2097,33 @@ mod tests {
         c.reset_device();
         assert!(c.device_ppm().is_none() && c.ratio_ppm().is_none());
         assert!(c.sender_ppm().is_some());
+    }
+
+    #[test]
+    fn a_restarted_device_keeps_its_rate_a_reopened_one_forgets_it() {
+        let mut s = Scenario::new(1000.0, 100.0, Jitter::Uniform(20.0), 15);
+        s.secs = 40.0;
+        let mut run = Run::new(&s);
+        let before = run.until(20.0).device_ppm().expect("known at 20 s");
+        run.c.restart_device();
+        // Known at once, and still while the new window fills (its own
+        // fit is less certain than the held one for a while).
+        for secs in [20.0, 21.0, 23.0, 26.0, 32.0, 40.0] {
+            let d = run.until(secs).device_ppm().expect("held");
+            assert!((d.ppm - 100.0).abs() <= 1.0, "{secs} s: {d:?}");
+            assert!(
+                d.uncertainty_ppm <= before.uncertainty_ppm.max(1.0),
+                "{d:?}"
+            );
+            assert!(run.c.ratio_ppm().is_some());
+        }
+        run.c.reset_device();
+        assert!(run.c.device_ppm().is_none());
+        // A held rate is forgotten by a reopen as well.
+        let mut run = Run::new(&s);
+        run.until(20.0).restart_device();
+        run.c.reset_device();
+        assert!(run.c.device_ppm().is_none());
     }
 
     #[test]

@@ -1030,6 +1030,17 @@ impl Engine {
         }
     }
 
+    /// The open device's timeline broke (an underrun, a resume, a
+    /// standstill): its position starts over, its clock is the same. The
+    /// clock estimate holds the device's rate it knew; sync's device side
+    /// starts over.
+    pub fn device_timeline_broke(&mut self) {
+        self.clock.restart_device();
+        if let Some(sync) = self.sync.as_mut() {
+            sync.device.reset();
+        }
+    }
+
     /// Sync playout's view of the sender's clock: the mapping the net
     /// thread published, and whether the kernel says this machine's wall
     /// clock is synchronised.

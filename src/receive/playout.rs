@@ -300,7 +300,7 @@ impl PlayoutThread {
                         // The device's timeline broke: the clock estimate
                         // must not read the standstill as a slow clock.
                         for lane in self.lanes.iter_mut() {
-                            lane.engine.device_restarted();
+                            lane.engine.device_timeline_broke();
                         }
                         if stood_ns >= STANDSTILL_NS {
                             self.event(Event::DeviceStood {
