@@ -688,57 +688,6 @@ fn stats_line_parses() {
     assert_eq!(s.get("drift"), 3.2);
 }
 
-/// Each thread of process `pid`: its name, scheduling policy (0 normal,
-/// 1 SCHED_FIFO) and realtime priority, from /proc.
-fn thread_scheduling(pid: u32) -> Vec<(String, u32, u32)> {
-    let mut threads = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("/proc tasks") {
-        let path = task.expect("task").path();
-        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        // Fields after the name's closing bracket start at field 3;
-        // rt_priority is field 40 and policy 41 (proc(5)).
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse().ok()).unwrap_or(0);
-        threads.push((name.trim().to_string(), field(41), field(40)));
-    }
-    threads
-}
-
-/// Through PulseAudio the ALSA plugin's own thread (libpulse's mainloop,
-/// "threaded-ml") carries every write to the server: it runs at realtime
-/// priority one below the playout thread (the device thread opens the
-/// device at that priority, so the threads it starts take it, then goes
-/// back to normal). At normal priority it waited behind busy processes
-/// and the server's 20 ms buffer ran dry although the playout thread was
-/// on time.
-#[test]
-fn the_sound_servers_client_thread_runs_just_below_the_playout_thread() {
-    let _slot = paced_slot();
-    let dir = TestDir::new("e2e-plugin-thread");
-    let (_pulse, _alsa, mut rx) =
-        receiver_on_defaults(&dir, free_port(), &["--raw", "s16le:8000:1"]);
-    let threads = thread_scheduling(rx.pid());
-    let (code, _, _) = rx.stop();
-    assert_eq!(code, Some(0), "{}", rx.log_text());
-    let find = |name: &str| {
-        threads
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|&(_, policy, prio)| (policy, prio))
-            .unwrap_or_else(|| panic!("no thread {name}: {threads:?}"))
-    };
-    const FIFO: u32 = 1;
-    assert_eq!(find("playout"), (FIFO, 70), "{threads:?}");
-    assert_eq!(find("threaded-ml"), (FIFO, 69), "{threads:?}");
-    assert_eq!(find("device"), (0, 0), "back to normal: {threads:?}");
-    assert_eq!(find("net"), (0, 0), "{threads:?}");
-}
-
 #[test]
 fn without_realtime_privilege_it_says_so_once_and_plays_on() {
     let dir = TestDir::new("e2e-noprivilege");

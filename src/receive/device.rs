@@ -389,32 +389,14 @@ impl DeviceThread {
         // usual 48 kHz when the device chooses (the open ladder keeps its
         // length in time if the device grants another rate).
         let rate = c.device_rate.unwrap_or(48_000);
-        // The threads a plugin starts while it opens take this thread's
-        // scheduling: libpulse's mainloop, which carries every write to
-        // PulseAudio and its requests back, and PipeWire's data loop. At
-        // normal priority they waited behind any busy process, and the
-        // server's 20 ms buffer ran dry although the playout thread was on
-        // time (interop's ffmpeg L16 stream on a quiet machine: the
-        // device underran in 5 of 26 runs, the sound server then standing
-        // for 2 s; 1 of 20 with the mainloop raised). One below
-        // the playout thread, they run when it does; this thread itself
-        // goes back to normal once the device is open. Refused (no
-        // privilege), everything stays normal, as the playout thread's
-        // refusal already said.
-        let helpers =
-            c.rt_priority > 1 && crate::service::sched::set_realtime(c.rt_priority - 1).is_ok();
-        let opened = AlsaOut::open(&DeviceConfig {
+        let device = match AlsaOut::open(&DeviceConfig {
             device: c.device.clone(),
             access: c.access,
             rate: c.device_rate,
             channels: c.device_channels,
             period_frames: (rate as u64 * c.period_ms as u64 / 1000).max(16) as u32,
             buffer_periods: c.buffer_periods,
-        });
-        if helpers {
-            let _ = crate::service::sched::set_normal();
-        }
-        let device = match opened {
+        }) {
             Ok(d) => d,
             Err(e) => return Reply::OpenFailed(OpenError::Alsa(e)),
         };

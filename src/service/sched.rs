@@ -105,23 +105,6 @@ pub fn set_realtime(priority: i32) -> Result<(), SchedError> {
     }
 }
 
-/// Puts the calling thread back in the normal policy (SCHED_OTHER).
-pub fn set_normal() -> Result<(), SchedError> {
-    let param = libc_sched_param(0);
-    // SAFETY: as in `set_realtime`.
-    let rc = unsafe {
-        nix::libc::pthread_setschedparam(nix::libc::pthread_self(), nix::libc::SCHED_OTHER, &param)
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(SchedError::Realtime {
-            priority: 0,
-            errno: nix::errno::Errno::from_raw(rc),
-        })
-    }
-}
-
 fn libc_sched_param(priority: i32) -> nix::libc::sched_param {
     nix::libc::sched_param {
         sched_priority: priority,
