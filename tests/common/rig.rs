@@ -52,6 +52,8 @@ pub struct Stats {
     pub alsa_ms: f64,
     pub delay_ms: f64,
     pub drift_ppm: f64,
+    /// The drift estimate's uncertainty, ppm; None while it is unknown.
+    pub drift_uncertainty_ppm: Option<f64>,
 }
 
 impl Stats {
@@ -118,6 +120,13 @@ impl Stats {
             alsa_ms: float("alsa")?,
             delay_ms: float("delay")?,
             drift_ppm: float("drift")?,
+            // "drift +6.5 ppm (±2.4)" or "drift +0.0 ppm (unknown)".
+            drift_uncertainty_ppm: words
+                .iter()
+                .position(|w| *w == "drift")
+                .and_then(|i| words.get(i + 3))
+                .and_then(|w| w.strip_prefix('±'))
+                .and_then(|u| u.parse().ok()),
         })
     }
 }
